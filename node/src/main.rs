@@ -1,0 +1,60 @@
+//! `dfs-node`: a storage node. It stores chunks durably under `--data` and serves them back,
+//! verified, to the engine.
+
+mod footer;
+mod server;
+mod store;
+
+use clap::Parser;
+use server::NodeState;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// dfs storage node: stores and serves checksummed chunks for a dfs engine.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    listen: SocketAddr,
+    /// Directory that holds this node's chunks.
+    #[arg(long)]
+    data: PathBuf,
+    /// Number of io_uring runtimes (threads), each with its own listener on the same port.
+    #[arg(long, default_value_t = dfs_runtime::default_threads())]
+    threads: usize,
+    /// Seconds a connection may sit idle in the middle of a request, or between requests,
+    /// before it is closed.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    dfs_runtime::init_logging();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if args.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    dfs_runtime::probe_io_uring().map_err(|e| e.to_string())?;
+    let store = store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?;
+    let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    tracing::info!("node listening on {addr}, data in {}, {} runtime(s)", store.root().display(), args.threads);
+    dfs_runtime::announce(addr);
+    let state = Arc::new(NodeState { store, idle_timeout: Duration::from_secs(args.idle_timeout_secs) });
+    dfs_runtime::serve_per_core(listeners, state, server::handle).map_err(|e| e.to_string())
+}

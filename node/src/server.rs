@@ -1,0 +1,309 @@
+//! One connection from the engine: handshake, then requests until it hangs up. Every request
+//! that reaches its end gets exactly one answer; a malformed frame gets a BadRequest answer and
+//! the connection is closed, without disturbing any other connection.
+
+use crate::footer::{Footer, FooterError, FOOTER_FIXED_BYTES};
+use crate::store::ChunkStore;
+use dfs_proto::io_std::Frame;
+use dfs_proto::io_uring::Conn;
+use dfs_proto::layout::{block_len, n_blocks, BlockHasher};
+use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_FILE_SIZE_BYTES, MAX_LIST_ENTRIES};
+use dfs_proto::{ChunkId, FrameError, HelloOk, Msg, Role, Status, VERSION};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::fs::{File, OpenOptions};
+
+/// Bytes moved per socket read or file write while receiving a chunk.
+pub const STORE_IO_BYTES: usize = BLOCK_SIZE_BYTES as usize;
+
+pub struct NodeState {
+    pub store: ChunkStore,
+    pub idle_timeout: Duration,
+}
+
+/// Why a request failed; the connection itself is still usable.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("chunk {0} not found")]
+    NotFound(ChunkId),
+    #[error("chunk {0} is corrupt: {1}")]
+    Corrupt(ChunkId, String),
+    #[error("chunk {0} already exists")]
+    AlreadyExists(ChunkId),
+    #[error("chunk {chunk}: received data has crc32 {actual:08x}, {announced:08x} was announced")]
+    ChecksumMismatch { chunk: ChunkId, announced: u32, actual: u32 },
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+impl RequestError {
+    fn status(&self) -> Status {
+        match self {
+            RequestError::NotFound(_) => Status::NotFound,
+            RequestError::Corrupt(..) => Status::Corrupt,
+            RequestError::AlreadyExists(_) => Status::AlreadyExists,
+            RequestError::ChecksumMismatch { .. } => Status::ChecksumMismatch,
+            RequestError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => Status::NoSpace,
+            RequestError::Io { .. } => Status::Internal,
+        }
+    }
+
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> RequestError {
+        let context = context.into();
+        move |source| RequestError::Io { context, source }
+    }
+}
+
+pub async fn handle(state: Rc<Arc<NodeState>>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
+    let conn = Conn::new(stream, state.idle_timeout);
+    match serve(&state, &conn).await {
+        Ok(()) | Err(FrameError::Closed) => tracing::debug!(%peer, "connection closed"),
+        Err(e) => tracing::warn!(%peer, "connection dropped: {e}"),
+    }
+}
+
+async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
+    match conn.read_frame().await {
+        Ok(Frame::Msg(Msg::Hello(h))) if h.role == Role::Engine && h.version == VERSION => {}
+        Ok(Frame::Msg(Msg::Hello(h))) if h.version != VERSION => {
+            let msg = format!("protocol version {} is not supported; this node speaks {VERSION}", h.version);
+            conn.write_msg(&Msg::error(Status::VersionMismatch, msg)).await?;
+            return Ok(());
+        }
+        Ok(other) => {
+            let _ = conn.write_msg(&Msg::error(Status::BadRequest, "expected an engine Hello")).await;
+            return Err(FrameError::Io(io::Error::other(format!("bad handshake: {other:?}"))));
+        }
+        Err(e) => return reject(conn, e).await,
+    }
+    conn.write_msg(&Msg::HelloOk(HelloOk { version: VERSION, block_size_bytes: BLOCK_SIZE_BYTES, dynamic_chunk_cap_bytes: 0 }))
+        .await?;
+    loop {
+        let frame = match conn.read_frame().await {
+            Ok(f) => f,
+            Err(FrameError::Closed) => return Ok(()),
+            Err(e) => return reject(conn, e).await,
+        };
+        let reply = match frame {
+            Frame::Msg(Msg::Store { chunk_id, length, crc32 }) => store(state, conn, chunk_id, length, crc32).await?,
+            Frame::Msg(Msg::Fetch { chunk_id }) => match fetch(state, conn, chunk_id).await? {
+                Ok(()) => continue,
+                Err(e) => Err(e),
+            },
+            Frame::Msg(Msg::Exists { chunk_id }) => exists(state, chunk_id).await,
+            Frame::Msg(Msg::ChunkDelete { chunk_id }) => delete(state, chunk_id).await,
+            Frame::Msg(Msg::ChunkList { after, limit }) => {
+                let limit = limit.min(MAX_LIST_ENTRIES) as usize;
+                state
+                    .store
+                    .list(after, limit)
+                    .map(|(chunk_ids, more)| Msg::ChunkListOk { chunk_ids, more })
+                    .map_err(RequestError::io("cannot list chunks"))
+            }
+            other => {
+                let _ = conn.write_msg(&Msg::error(Status::BadRequest, "unexpected frame")).await;
+                return Err(FrameError::Io(io::Error::other(format!("unexpected frame {other:?}"))));
+            }
+        };
+        match reply {
+            Ok(msg) => conn.write_msg(&msg).await?,
+            Err(e) => {
+                tracing::warn!("{e}");
+                conn.write_msg(&Msg::error(e.status(), e.to_string())).await?
+            }
+        }
+    }
+}
+
+/// Answers a malformed frame with BadRequest (best effort) and ends the connection.
+async fn reject(conn: &Conn, e: FrameError) -> Result<(), FrameError> {
+    if let FrameError::Decode(d) = &e {
+        let _ = conn.write_msg(&Msg::error(Status::BadRequest, format!("malformed frame: {d}"))).await;
+    }
+    Err(e)
+}
+
+/// Removes a temp file unless the chunk was committed.
+struct TempGuard<'a> {
+    path: &'a Path,
+    armed: bool,
+}
+
+impl Drop for TempGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = std::fs::remove_file(self.path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove temp file {}: {e}", self.path.display());
+                }
+            }
+        }
+    }
+}
+
+/// Receives a chunk of `length` bytes. The body is always read to its end, so the engine gets a
+/// clean answer even when the chunk is refused. Outer error: the connection broke.
+async fn store(
+    state: &NodeState,
+    conn: &Conn,
+    chunk_id: ChunkId,
+    length: u64,
+    crc32: u32,
+) -> Result<Result<Msg, RequestError>, FrameError> {
+    if length > MAX_FILE_SIZE_BYTES {
+        let msg = format!("chunk length {length} is over the limit of {MAX_FILE_SIZE_BYTES} bytes");
+        conn.write_msg(&Msg::error(Status::BadRequest, msg)).await?;
+        return Err(FrameError::Io(io::Error::other("oversized STORE")));
+    }
+    let final_path = state.store.chunk_path(&chunk_id);
+    let temp_path = state.store.temp_path(&chunk_id).map_err(FrameError::Io)?;
+    let mut guard = TempGuard { path: &temp_path, armed: false };
+    let mut failed: Option<RequestError> = None;
+    let mut file = None;
+    if final_path.exists() {
+        failed = Some(RequestError::AlreadyExists(chunk_id));
+    } else {
+        guard.armed = true;
+        match OpenOptions::new().write(true).create_new(true).open(&temp_path).await {
+            Ok(f) => file = Some(f),
+            Err(e) => failed = Some(RequestError::io(format!("cannot create {}", temp_path.display()))(e)),
+        }
+    }
+    let mut hasher = BlockHasher::new();
+    let mut buf = vec![0u8; STORE_IO_BYTES];
+    let mut pos = 0u64;
+    while pos < length {
+        let n = (length - pos).min(STORE_IO_BYTES as u64) as usize;
+        buf = conn.read_exact(buf, 0, n, false).await?;
+        if let (None, Some(f)) = (&failed, &file) {
+            hasher.update(&buf[..n]);
+            let (res, slice) = f.write_all_at(buf.slice(0..n), pos).await;
+            buf = slice.into_inner();
+            if let Err(e) = res {
+                failed = Some(RequestError::io(format!("cannot write chunk {chunk_id}"))(e));
+            }
+        }
+        pos += n as u64;
+    }
+    if let Some(e) = failed {
+        return Ok(Err(e));
+    }
+    let file = file.expect("no failure means the temp file is open");
+    let (actual, block_crcs) = hasher.finish();
+    if actual != crc32 {
+        return Ok(Err(RequestError::ChecksumMismatch { chunk: chunk_id, announced: crc32, actual }));
+    }
+    let footer = Footer { chunk_id, length, crc32, block_crcs };
+    let res = commit(state, file, &footer, &temp_path, &final_path).await;
+    if res.is_ok() {
+        guard.armed = false;
+    }
+    Ok(res.map(|()| Msg::StoreOk { block_crcs: footer.block_crcs }))
+}
+
+/// Footer, fdatasync, no-replace rename, directory fsync: the chunk exists only once durable.
+async fn commit(state: &NodeState, file: File, footer: &Footer, temp: &Path, dest: &Path) -> Result<(), RequestError> {
+    let id = footer.chunk_id;
+    let (res, _) = file.write_all_at(footer.encode(), footer.length).await;
+    res.map_err(RequestError::io(format!("cannot write footer of chunk {id}")))?;
+    file.sync_data().await.map_err(RequestError::io(format!("cannot sync chunk {id}")))?;
+    file.close().await.map_err(RequestError::io(format!("cannot close chunk {id}")))?;
+    match nix::fcntl::renameat2(None, temp, None, dest, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EEXIST) => return Err(RequestError::AlreadyExists(id)),
+        Err(e) => return Err(RequestError::io(format!("cannot rename chunk {id} into place"))(e.into())),
+    }
+    sync_dir(&state.store.chunk_dir(&id)).await.map_err(RequestError::io(format!("cannot sync directory of chunk {id}")))
+}
+
+async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let d = File::open(dir).await?;
+    d.sync_all().await?;
+    d.close().await
+}
+
+/// Opens a committed chunk without following symlinks, and reads and checks its footer.
+async fn open_chunk(state: &NodeState, chunk_id: ChunkId) -> Result<(File, Footer), RequestError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state.store.chunk_path(&chunk_id);
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RequestError::NotFound(chunk_id)),
+        Err(e) => return Err(RequestError::io(format!("cannot open chunk {chunk_id}"))(e)),
+    };
+    let corrupt = |e: FooterError| RequestError::Corrupt(chunk_id, e.to_string());
+    let file_len = file.statx().await.map_err(RequestError::io(format!("cannot stat chunk {chunk_id}")))?.stx_size;
+    if file_len < FOOTER_FIXED_BYTES as u64 {
+        return Err(corrupt(FooterError::TooShort(file_len)));
+    }
+    let tail_at = file_len - FOOTER_FIXED_BYTES as u64;
+    let (res, tail) = file.read_exact_at(vec![0u8; FOOTER_FIXED_BYTES], tail_at).await;
+    res.map_err(RequestError::io(format!("cannot read chunk {chunk_id}")))?;
+    let (length, _) = Footer::parse_tail(&tail, file_len).map_err(corrupt)?;
+    let footer_len = Footer::encoded_len(length);
+    let (res, bytes) = file.read_exact_at(vec![0u8; footer_len as usize], length).await;
+    res.map_err(RequestError::io(format!("cannot read chunk {chunk_id}")))?;
+    let footer = Footer::decode(&bytes, chunk_id).map_err(corrupt)?;
+    Ok((file, footer))
+}
+
+/// Sends a chunk block by block, each block checked against its stored crc32 before it leaves.
+/// Inner error: answered before any data. A block that fails mid-stream ends the stream with a
+/// Corrupt error frame instead of its bytes.
+async fn fetch(state: &NodeState, conn: &Conn, chunk_id: ChunkId) -> Result<Result<(), RequestError>, FrameError> {
+    let (file, footer) = match open_chunk(state, chunk_id).await {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e)),
+    };
+    conn.write_msg(&Msg::FetchOk { length: footer.length, crc32: footer.crc32, block_size_bytes: BLOCK_SIZE_BYTES })
+        .await?;
+    let mut buf = vec![0u8; BLOCK_SIZE_BYTES as usize];
+    for block_idx in 0..n_blocks(footer.length) {
+        let len = block_len(footer.length, block_idx) as usize;
+        let (res, slice) = file.read_exact_at(buf.slice(0..len), block_idx * BLOCK_SIZE_BYTES as u64).await;
+        buf = slice.into_inner();
+        if let Err(e) = res {
+            let e = RequestError::io(format!("cannot read chunk {chunk_id}"))(e);
+            tracing::warn!("{e}");
+            conn.write_msg(&Msg::error(e.status(), e.to_string())).await?;
+            return Ok(Ok(()));
+        }
+        let actual = dfs_proto::layout::crc32(&buf[..len]);
+        let expected = footer.block_crcs[block_idx as usize];
+        if actual != expected {
+            let e = RequestError::Corrupt(
+                chunk_id,
+                format!("block {block_idx} has crc32 {actual:08x}, {expected:08x} was stored"),
+            );
+            tracing::error!("{e}");
+            conn.write_msg(&Msg::error(e.status(), e.to_string())).await?;
+            return Ok(Ok(()));
+        }
+        buf = conn.write_data(buf, 0, len).await?;
+    }
+    let _ = file.close().await;
+    conn.write_msg(&Msg::End).await?;
+    Ok(Ok(()))
+}
+
+async fn exists(state: &NodeState, chunk_id: ChunkId) -> Result<Msg, RequestError> {
+    let (file, footer) = open_chunk(state, chunk_id).await?;
+    let _ = file.close().await;
+    Ok(Msg::ExistsOk { length: footer.length, crc32: footer.crc32 })
+}
+
+async fn delete(state: &NodeState, chunk_id: ChunkId) -> Result<Msg, RequestError> {
+    let path = state.store.chunk_path(&chunk_id);
+    match tokio_uring::fs::remove_file(&path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RequestError::NotFound(chunk_id)),
+        Err(e) => return Err(RequestError::io(format!("cannot delete chunk {chunk_id}"))(e)),
+    }
+    sync_dir(&state.store.chunk_dir(&chunk_id)).await.map_err(RequestError::io(format!("cannot sync directory of chunk {chunk_id}")))?;
+    Ok(Msg::Ok)
+}

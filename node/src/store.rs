@@ -1,0 +1,96 @@
+//! The node's on-disk layout. Everything lives under the data directory:
+//!
+//! - `chunks/<xx>/<file id>.<chunk index>`: committed chunks, `xx` the file ID's first byte;
+//! - `tmp/`: chunks being received, removed on failure and cleared at start-up.
+//!
+//! Paths are built from a [`ChunkId`] alone, never from a name a user typed, so no request can
+//! reach outside the data directory.
+
+use dfs_proto::ChunkId;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub struct ChunkStore {
+    root: PathBuf,
+}
+
+impl ChunkStore {
+    /// Opens (creating if needed) the layout under `root`, and removes chunks left half-received
+    /// by a previous run: they were never acknowledged, so nothing refers to them.
+    pub fn open(root: &Path) -> io::Result<ChunkStore> {
+        let ctx = |what: &str, p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()));
+        std::fs::create_dir_all(root).map_err(|e| ctx("cannot create data directory", root, e))?;
+        let root = root.canonicalize().map_err(|e| ctx("cannot resolve data directory", root, e))?;
+        let store = ChunkStore { root };
+        let tmp = store.tmp_dir();
+        std::fs::create_dir_all(&tmp).map_err(|e| ctx("cannot create", &tmp, e))?;
+        let mut n_removed = 0;
+        for entry in std::fs::read_dir(&tmp).map_err(|e| ctx("cannot read", &tmp, e))? {
+            let entry = entry?;
+            std::fs::remove_file(entry.path()).map_err(|e| ctx("cannot remove stale temp file", &entry.path(), e))?;
+            n_removed += 1;
+        }
+        if n_removed > 0 {
+            tracing::info!("removed {n_removed} half-received chunk(s) from {}", tmp.display());
+        }
+        for byte in 0..=255u8 {
+            let dir = store.root.join("chunks").join(format!("{byte:02x}"));
+            std::fs::create_dir_all(&dir).map_err(|e| ctx("cannot create", &dir, e))?;
+        }
+        for dir in [store.root.join("chunks"), store.root.clone()] {
+            std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| ctx("cannot sync", &dir, e))?;
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn chunk_dir(&self, id: &ChunkId) -> PathBuf {
+        self.root.join("chunks").join(id.fanout_dir())
+    }
+
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        self.chunk_dir(id).join(id.file_name())
+    }
+
+    /// A fresh temp path for receiving `id`; the random suffix keeps two concurrent STOREs of the
+    /// same chunk apart (the second loses at the no-replace rename).
+    pub fn temp_path(&self, id: &ChunkId) -> io::Result<PathBuf> {
+        let mut nonce = [0u8; 8];
+        getrandom::getrandom(&mut nonce).map_err(io::Error::other)?;
+        Ok(self.tmp_dir().join(format!("{}.{}.tmp", id.file_name(), hex::encode(nonce))))
+    }
+
+    /// All committed chunk IDs after `after`, in order, at most `limit`, and whether more follow.
+    /// Files whose names are not chunk IDs are skipped and logged.
+    pub fn list(&self, after: Option<ChunkId>, limit: usize) -> io::Result<(Vec<ChunkId>, bool)> {
+        let first_dir = after.map(|a| a.file_id.0[0]).unwrap_or(0);
+        let mut out = Vec::new();
+        for byte in first_dir..=255u8 {
+            let dir = self.root.join("chunks").join(format!("{byte:02x}"));
+            let mut ids = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                match entry.file_name().to_str().and_then(|n| n.parse::<ChunkId>().ok()) {
+                    Some(id) if Some(id) > after => ids.push(id),
+                    Some(_) => {}
+                    None => tracing::warn!("ignoring unexpected file {}", entry.path().display()),
+                }
+            }
+            ids.sort();
+            for id in ids {
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(id);
+            }
+        }
+        Ok((out, false))
+    }
+}

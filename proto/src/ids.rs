@@ -1,0 +1,121 @@
+//! File and chunk identities. A file ID is 128 bits from the OS random source and is the only
+//! handle a client has on a file; a chunk ID is derived from it and the chunk index, and is the
+//! only thing a storage node builds a path from.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Opaque, unguessable file identity: 16 random bytes, shown as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId(pub [u8; 16]);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseIdError {
+    #[error("malformed file ID {0:?}: expected 32 hex digits")]
+    File(String),
+    #[error("malformed chunk ID {0:?}: expected 32 hex digits, '.', 8 hex digits")]
+    Chunk(String),
+}
+
+impl FileId {
+    /// A fresh ID from the operating system's random source.
+    pub fn random() -> std::io::Result<FileId> {
+        let mut bytes = [0u8; 16];
+        getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
+        Ok(FileId(bytes))
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileId({self})")
+    }
+}
+
+impl FromStr for FileId {
+    type Err = ParseIdError;
+    fn from_str(s: &str) -> Result<FileId, ParseIdError> {
+        let bad = || ParseIdError::File(s.chars().take(80).collect());
+        // Uppercase is refused so that each file has exactly one spelling.
+        if s.len() != 32 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 16];
+        hex::decode_to_slice(s, &mut bytes).map_err(|_| bad())?;
+        Ok(FileId(bytes))
+    }
+}
+
+/// One chunk of one file.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ChunkId {
+    pub file_id: FileId,
+    pub chunk_idx: u32,
+}
+
+impl ChunkId {
+    /// The chunk's file name on a node: built from the ID alone, `<file id hex>.<index hex8>`.
+    pub fn file_name(&self) -> String {
+        format!("{}.{:08x}", self.file_id, self.chunk_idx)
+    }
+
+    /// The fan-out directory a node keeps this chunk in: the file ID's first byte in hex.
+    pub fn fanout_dir(&self) -> String {
+        format!("{:02x}", self.file_id.0[0])
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file_name())
+    }
+}
+
+impl FromStr for ChunkId {
+    type Err = ParseIdError;
+    fn from_str(s: &str) -> Result<ChunkId, ParseIdError> {
+        let bad = || ParseIdError::Chunk(s.chars().take(80).collect());
+        let (file, idx) = s.split_once('.').ok_or_else(bad)?;
+        let file_id: FileId = file.parse().map_err(|_| bad())?;
+        if idx.len() != 8 || !idx.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad());
+        }
+        let chunk_idx = u32::from_str_radix(idx, 16).map_err(|_| bad())?;
+        Ok(ChunkId { file_id, chunk_idx })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_id_round_trips_and_rejects_other_spellings() {
+        let id = FileId::random().unwrap();
+        assert_eq!(id.to_string().parse::<FileId>().unwrap(), id);
+        for bad in ["", "abc", "../../etc/passwd", &id.to_string().to_uppercase(), &format!("{id}0")] {
+            assert!(bad.parse::<FileId>().is_err(), "{bad:?} must not parse");
+        }
+    }
+
+    #[test]
+    fn chunk_id_round_trips() {
+        let c = ChunkId { file_id: FileId([0xab; 16]), chunk_idx: 7 };
+        assert_eq!(c.file_name(), "abababababababababababababababab.00000007");
+        assert_eq!(c.file_name().parse::<ChunkId>().unwrap(), c);
+        assert_eq!(c.fanout_dir(), "ab");
+        assert!("abababababababababababababababab.0000007".parse::<ChunkId>().is_err());
+        assert!("abababababababababababababababab/00000007".parse::<ChunkId>().is_err());
+    }
+
+    #[test]
+    fn random_ids_differ() {
+        assert_ne!(FileId::random().unwrap(), FileId::random().unwrap());
+    }
+}

@@ -1,0 +1,98 @@
+//! Framing over tokio-uring TCP streams (engine and node). Buffers are owned: each read or write
+//! takes a buffer and gives it back on success. On any error the connection is finished, so the
+//! buffer is dropped with it (tokio-uring keeps memory of a cancelled operation alive until the
+//! kernel is done with it).
+
+use crate::error::FrameError;
+use crate::io_std::Frame;
+use crate::limits::FRAME_HEADER_BYTES;
+use crate::msg::{FrameHeader, Kind, Msg};
+use std::time::Duration;
+use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut};
+use tokio_uring::net::TcpStream;
+
+/// A framed connection with an idle timeout on every read and write.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub idle_timeout: Duration,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, idle_timeout: Duration) -> Conn {
+        Conn { stream, idle_timeout }
+    }
+
+    /// Fills `buf[begin..end]` exactly. EOF before the first byte of a frame is `Closed`.
+    pub async fn read_exact<T: IoBufMut>(
+        &self,
+        mut buf: T,
+        begin: usize,
+        end: usize,
+        at_boundary: bool,
+    ) -> Result<T, FrameError> {
+        assert!(begin <= end && end <= buf.bytes_total(), "read range {begin}..{end} outside the buffer");
+        let mut pos = begin;
+        while pos < end {
+            let op = self.stream.read(buf.slice(pos..end));
+            let (res, slice) = tokio::time::timeout(self.idle_timeout, op)
+                .await
+                .map_err(|_| FrameError::TimedOut(self.idle_timeout))?;
+            buf = slice.into_inner();
+            match res {
+                Ok(0) if pos == begin && at_boundary => return Err(FrameError::Closed),
+                Ok(0) => return Err(FrameError::ClosedMidFrame),
+                Ok(n) => pos += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(buf)
+    }
+
+    pub async fn read_header(&self) -> Result<FrameHeader, FrameError> {
+        let h = self.read_exact(vec![0u8; FRAME_HEADER_BYTES], 0, FRAME_HEADER_BYTES, true).await?;
+        let bytes: [u8; FRAME_HEADER_BYTES] = h[..].try_into().expect("header length");
+        Ok(FrameHeader::parse(bytes)?)
+    }
+
+    /// Reads one frame; for a Data frame only the header is read.
+    pub async fn read_frame(&self) -> Result<Frame, FrameError> {
+        let h = self.read_header().await?;
+        if h.kind == Kind::Data {
+            return Ok(Frame::Data(h.body_len));
+        }
+        let len = h.body_len as usize;
+        let body = self.read_exact(vec![0u8; len], 0, len, false).await?;
+        Ok(Frame::Msg(Msg::decode(h.kind, &body)?))
+    }
+
+    pub async fn write_all<T: IoBuf>(&self, buf: T) -> Result<T, FrameError> {
+        let op = self.stream.write_all(buf);
+        let (res, buf) =
+            tokio::time::timeout(self.idle_timeout, op).await.map_err(|_| FrameError::TimedOut(self.idle_timeout))?;
+        res?;
+        Ok(buf)
+    }
+
+    /// Writes `buf[begin..end]` exactly.
+    pub async fn write_range<T: IoBuf>(&self, buf: T, begin: usize, end: usize) -> Result<T, FrameError> {
+        if begin == end {
+            return Ok(buf);
+        }
+        let op = self.stream.write_all(buf.slice(begin..end));
+        let (res, slice) =
+            tokio::time::timeout(self.idle_timeout, op).await.map_err(|_| FrameError::TimedOut(self.idle_timeout))?;
+        res?;
+        Ok(slice.into_inner())
+    }
+
+    pub async fn write_msg(&self, msg: &Msg) -> Result<(), FrameError> {
+        self.write_all(msg.encode()).await.map(drop)
+    }
+
+    /// Writes a Data frame whose body is `buf[begin..end]`.
+    pub async fn write_data<T: IoBuf>(&self, buf: T, begin: usize, end: usize) -> Result<T, FrameError> {
+        self.write_all(FrameHeader::data(end - begin).encode().to_vec()).await?;
+        self.write_range(buf, begin, end).await
+    }
+}

@@ -1,0 +1,30 @@
+//! The dfs wire protocol, version 1: the one definition of every frame that crosses a socket,
+//! the limits that bound them, the typed status codes, file and chunk identities, and the chunk
+//! and block layout both ends must agree on. See `docs/PROTOCOL.md` for the byte-level format.
+//!
+//! This crate does no networking of its own beyond framing helpers: `io_std` for blocking
+//! sockets (the client) and, behind the `uring` feature, `io_uring` for tokio-uring sockets
+//! (engine and node).
+
+pub mod codec;
+pub mod error;
+pub mod ids;
+pub mod io_std;
+#[cfg(feature = "uring")]
+pub mod io_uring;
+pub mod layout;
+pub mod limits;
+pub mod msg;
+pub mod status;
+
+pub use codec::DecodeError;
+pub use error::FrameError;
+pub use ids::{ChunkId, FileId, ParseIdError};
+pub use layout::{BlockCrcs, ChunkSpan, Chunking};
+pub use msg::{ChunkInfo, FileInfo, FileSummary, FrameHeader, Hello, HelloOk, Kind, Msg, Role};
+pub use status::Status;
+
+/// Protocol magic that opens every connection's Hello frame.
+pub const MAGIC: [u8; 4] = *b"DFS1";
+/// The protocol version this build speaks.
+pub const VERSION: u16 = 1;

@@ -1,0 +1,560 @@
+//! Every frame of protocol v1. A frame is `u32 body length (big-endian) | u8 kind | body`.
+//! Control frames carry one [`Msg`]; `Data` frames carry raw bytes (at most one block) that the
+//! receiver reads straight into its own buffer, so bulk data is never decoded or copied twice.
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::ids::{ChunkId, FileId};
+use crate::layout::Chunking;
+use crate::limits::*;
+use crate::status::Status;
+use crate::{MAGIC, VERSION};
+
+/// Frame kinds. The numeric values are part of the wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Hello = 0x01,
+    HelloOk = 0x02,
+    Error = 0x03,
+    Ok = 0x04,
+    Put = 0x10,
+    PutOk = 0x11,
+    Get = 0x12,
+    GetOk = 0x13,
+    Stat = 0x14,
+    StatOk = 0x15,
+    List = 0x16,
+    ListOk = 0x17,
+    Delete = 0x18,
+    Store = 0x20,
+    StoreOk = 0x21,
+    Fetch = 0x22,
+    FetchOk = 0x23,
+    Exists = 0x24,
+    ExistsOk = 0x25,
+    ChunkDelete = 0x26,
+    ChunkList = 0x27,
+    ChunkListOk = 0x28,
+    Data = 0x30,
+    End = 0x31,
+}
+
+impl Kind {
+    const ALL: [Kind; 24] = [
+        Kind::Hello,
+        Kind::HelloOk,
+        Kind::Error,
+        Kind::Ok,
+        Kind::Put,
+        Kind::PutOk,
+        Kind::Get,
+        Kind::GetOk,
+        Kind::Stat,
+        Kind::StatOk,
+        Kind::List,
+        Kind::ListOk,
+        Kind::Delete,
+        Kind::Store,
+        Kind::StoreOk,
+        Kind::Fetch,
+        Kind::FetchOk,
+        Kind::Exists,
+        Kind::ExistsOk,
+        Kind::ChunkDelete,
+        Kind::ChunkList,
+        Kind::ChunkListOk,
+        Kind::Data,
+        Kind::End,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u8 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Hello => "Hello",
+            Kind::HelloOk => "HelloOk",
+            Kind::Error => "Error",
+            Kind::Ok => "Ok",
+            Kind::Put => "Put",
+            Kind::PutOk => "PutOk",
+            Kind::Get => "Get",
+            Kind::GetOk => "GetOk",
+            Kind::Stat => "Stat",
+            Kind::StatOk => "StatOk",
+            Kind::List => "List",
+            Kind::ListOk => "ListOk",
+            Kind::Delete => "Delete",
+            Kind::Store => "Store",
+            Kind::StoreOk => "StoreOk",
+            Kind::Fetch => "Fetch",
+            Kind::FetchOk => "FetchOk",
+            Kind::Exists => "Exists",
+            Kind::ExistsOk => "ExistsOk",
+            Kind::ChunkDelete => "ChunkDelete",
+            Kind::ChunkList => "ChunkList",
+            Kind::ChunkListOk => "ChunkListOk",
+            Kind::Data => "Data",
+            Kind::End => "End",
+        }
+    }
+
+    /// The largest body a frame of this kind may have.
+    pub fn max_body_bytes(self) -> u32 {
+        match self {
+            Kind::Data => MAX_DATA_FRAME_BYTES,
+            _ => MAX_CONTROL_FRAME_BYTES,
+        }
+    }
+}
+
+/// A decoded, validated frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub kind: Kind,
+    pub body_len: u32,
+}
+
+impl FrameHeader {
+    /// Validates the 5 header bytes: a known kind and a length within that kind's limit.
+    pub fn parse(bytes: [u8; FRAME_HEADER_BYTES]) -> Result<FrameHeader, DecodeError> {
+        let body_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let kind = Kind::from_u8(bytes[4]).ok_or(DecodeError::UnknownKind(bytes[4]))?;
+        let max = kind.max_body_bytes();
+        if body_len > max {
+            return Err(DecodeError::FrameTooLarge { kind: kind.name(), len: body_len, max });
+        }
+        Ok(FrameHeader { kind, body_len })
+    }
+
+    pub fn encode(self) -> [u8; FRAME_HEADER_BYTES] {
+        let l = self.body_len.to_be_bytes();
+        [l[0], l[1], l[2], l[3], self.kind as u8]
+    }
+
+    /// Header of a data frame of `len` bytes.
+    pub fn data(len: usize) -> FrameHeader {
+        assert!(len <= MAX_DATA_FRAME_BYTES as usize, "data frame of {len} bytes is over the limit");
+        FrameHeader { kind: Kind::Data, body_len: len as u32 }
+    }
+}
+
+/// Who is opening a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client = 1,
+    Engine = 2,
+}
+
+/// First frame on every connection, from the side that connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub role: Role,
+    /// Authentication method; 0 is "none". Reserved for the authentication issue.
+    pub auth_method: u8,
+    pub auth: Vec<u8>,
+}
+
+impl Hello {
+    pub fn new(role: Role) -> Hello {
+        Hello { version: VERSION, role, auth_method: 0, auth: Vec::new() }
+    }
+}
+
+/// The accepting side's answer to a Hello it accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HelloOk {
+    pub version: u16,
+    pub block_size_bytes: u32,
+    /// The engine's dynamic chunk size cap, so a client can compute the chunk layout (and the
+    /// per-chunk crc32s it must announce) before sending. Zero from a node.
+    pub dynamic_chunk_cap_bytes: u64,
+}
+
+/// One chunk in a file's chunk table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ChunkInfo {
+    pub chunk_idx: u32,
+    pub offset: u64,
+    pub length: u64,
+    pub crc32: u32,
+    /// Indices into [`FileInfo::nodes`], one per copy.
+    pub placement: Vec<u16>,
+}
+
+/// A file's full description, as STAT and GET return it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FileInfo {
+    pub file_id: FileId,
+    pub name: String,
+    pub size: u64,
+    pub created_unix_ms: u64,
+    pub chunking: Chunking,
+    /// Node addresses the chunk placements refer to.
+    pub nodes: Vec<String>,
+    pub chunks: Vec<ChunkInfo>,
+}
+
+/// One line of a LIST answer.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FileSummary {
+    pub file_id: FileId,
+    pub name: String,
+    pub size: u64,
+    pub created_unix_ms: u64,
+    pub chunking: Chunking,
+    pub n_chunks: u32,
+}
+
+impl serde::Serialize for FileId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Every control frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    Hello(Hello),
+    HelloOk(HelloOk),
+    Error { status: Status, message: String },
+    /// Generic success with nothing to say (DELETE).
+    Ok,
+    /// Upload: followed on the wire by exactly `size` raw bytes (no framing).
+    Put { name: String, size: u64, chunking: Chunking, chunk_crcs: Vec<u32> },
+    PutOk { file_id: FileId },
+    /// Download: answered by GetOk, then Data frames in file order, then End (or Error).
+    Get { file_id: FileId },
+    GetOk(FileInfo),
+    Stat { file_id: FileId },
+    StatOk(FileInfo),
+    List { after: Option<FileId>, limit: u32 },
+    ListOk { files: Vec<FileSummary>, more: bool },
+    Delete { file_id: FileId },
+    /// Store a chunk: followed by exactly `length` raw bytes.
+    Store { chunk_id: ChunkId, length: u64, crc32: u32 },
+    /// The chunk is durable; the crc32 of each of its blocks.
+    StoreOk { block_crcs: Vec<u32> },
+    /// Answered by FetchOk, then one Data frame per block, each verified before it is sent,
+    /// then End (or Error naming the corrupt block).
+    Fetch { chunk_id: ChunkId },
+    FetchOk { length: u64, crc32: u32, block_size_bytes: u32 },
+    Exists { chunk_id: ChunkId },
+    ExistsOk { length: u64, crc32: u32 },
+    ChunkDelete { chunk_id: ChunkId },
+    ChunkList { after: Option<ChunkId>, limit: u32 },
+    ChunkListOk { chunk_ids: Vec<ChunkId>, more: bool },
+    /// End of a stream of Data frames.
+    End,
+}
+
+fn put_file_id(w: &mut Writer, id: &FileId) {
+    w.raw(&id.0);
+}
+fn file_id(r: &mut Reader) -> Result<FileId, DecodeError> {
+    Ok(FileId(r.array("file_id")?))
+}
+fn put_chunk_id(w: &mut Writer, id: &ChunkId) {
+    w.raw(&id.file_id.0);
+    w.u32(id.chunk_idx);
+}
+fn chunk_id(r: &mut Reader) -> Result<ChunkId, DecodeError> {
+    Ok(ChunkId { file_id: file_id(r)?, chunk_idx: r.u32("chunk_idx")? })
+}
+fn chunking(r: &mut Reader) -> Result<Chunking, DecodeError> {
+    Chunking::from_code(r.u8("chunking")?).ok_or(DecodeError::Invalid { field: "chunking" })
+}
+fn put_opt<T>(w: &mut Writer, v: &Option<T>, put: impl Fn(&mut Writer, &T)) {
+    match v {
+        None => w.u8(0),
+        Some(v) => {
+            w.u8(1);
+            put(w, v)
+        }
+    }
+}
+fn opt<T>(r: &mut Reader, get: impl Fn(&mut Reader) -> Result<T, DecodeError>) -> Result<Option<T>, DecodeError> {
+    Ok(if r.bool("option tag")? { Some(get(r)?) } else { None })
+}
+fn limit(r: &mut Reader) -> Result<u32, DecodeError> {
+    let n = r.u32("list limit")?;
+    if n == 0 || n > MAX_LIST_ENTRIES {
+        return Err(DecodeError::OverLimit { field: "list limit", len: n as u64, max: MAX_LIST_ENTRIES as u64 });
+    }
+    Ok(n)
+}
+fn u32s(r: &mut Reader, field: &'static str, max: u32) -> Result<Vec<u32>, DecodeError> {
+    let n = r.count(field, max, 4)?;
+    (0..n).map(|_| r.u32(field)).collect()
+}
+fn put_u32s(w: &mut Writer, v: &[u32]) {
+    w.count(v.len());
+    v.iter().for_each(|x| w.u32(*x));
+}
+
+fn put_file_info(w: &mut Writer, f: &FileInfo) {
+    put_file_id(w, &f.file_id);
+    w.str(&f.name);
+    w.u64(f.size);
+    w.u64(f.created_unix_ms);
+    w.u8(f.chunking.code());
+    w.count(f.nodes.len());
+    f.nodes.iter().for_each(|n| w.str(n));
+    w.count(f.chunks.len());
+    for c in &f.chunks {
+        w.u32(c.chunk_idx);
+        w.u64(c.offset);
+        w.u64(c.length);
+        w.u32(c.crc32);
+        w.count(c.placement.len());
+        c.placement.iter().for_each(|p| w.u16(*p));
+    }
+}
+
+fn file_info(r: &mut Reader) -> Result<FileInfo, DecodeError> {
+    let file_id = file_id(r)?;
+    let name = r.string("name", MAX_NAME_BYTES)?;
+    let size = r.u64("size")?;
+    let created_unix_ms = r.u64("created")?;
+    let chunking = chunking(r)?;
+    let n_nodes = r.count("node count", MAX_NODES_PER_FILE, 4)?;
+    let nodes = (0..n_nodes).map(|_| r.string("node address", MAX_ADDR_BYTES)).collect::<Result<Vec<_>, _>>()?;
+    let n_chunks = r.count("chunk count", MAX_CHUNKS_PER_FILE, 28)?;
+    let mut chunks = Vec::with_capacity(n_chunks);
+    for _ in 0..n_chunks {
+        let chunk_idx = r.u32("chunk_idx")?;
+        let offset = r.u64("offset")?;
+        let length = r.u64("length")?;
+        let crc32 = r.u32("crc32")?;
+        let n = r.count("placement count", MAX_REPLICAS, 2)?;
+        let placement = (0..n)
+            .map(|_| {
+                let p = r.u16("placement")?;
+                if p as usize >= nodes.len() {
+                    return Err(DecodeError::Invalid { field: "placement" });
+                }
+                Ok(p)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        chunks.push(ChunkInfo { chunk_idx, offset, length, crc32, placement });
+    }
+    Ok(FileInfo { file_id, name, size, created_unix_ms, chunking, nodes, chunks })
+}
+
+fn put_summary(w: &mut Writer, f: &FileSummary) {
+    put_file_id(w, &f.file_id);
+    w.str(&f.name);
+    w.u64(f.size);
+    w.u64(f.created_unix_ms);
+    w.u8(f.chunking.code());
+    w.u32(f.n_chunks);
+}
+
+fn summary(r: &mut Reader) -> Result<FileSummary, DecodeError> {
+    Ok(FileSummary {
+        file_id: file_id(r)?,
+        name: r.string("name", MAX_NAME_BYTES)?,
+        size: r.u64("size")?,
+        created_unix_ms: r.u64("created")?,
+        chunking: chunking(r)?,
+        n_chunks: r.u32("chunk count")?,
+    })
+}
+
+impl Msg {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Msg::Hello(_) => Kind::Hello,
+            Msg::HelloOk(_) => Kind::HelloOk,
+            Msg::Error { .. } => Kind::Error,
+            Msg::Ok => Kind::Ok,
+            Msg::Put { .. } => Kind::Put,
+            Msg::PutOk { .. } => Kind::PutOk,
+            Msg::Get { .. } => Kind::Get,
+            Msg::GetOk(_) => Kind::GetOk,
+            Msg::Stat { .. } => Kind::Stat,
+            Msg::StatOk(_) => Kind::StatOk,
+            Msg::List { .. } => Kind::List,
+            Msg::ListOk { .. } => Kind::ListOk,
+            Msg::Delete { .. } => Kind::Delete,
+            Msg::Store { .. } => Kind::Store,
+            Msg::StoreOk { .. } => Kind::StoreOk,
+            Msg::Fetch { .. } => Kind::Fetch,
+            Msg::FetchOk { .. } => Kind::FetchOk,
+            Msg::Exists { .. } => Kind::Exists,
+            Msg::ExistsOk { .. } => Kind::ExistsOk,
+            Msg::ChunkDelete { .. } => Kind::ChunkDelete,
+            Msg::ChunkList { .. } => Kind::ChunkList,
+            Msg::ChunkListOk { .. } => Kind::ChunkListOk,
+            Msg::End => Kind::End,
+        }
+    }
+
+    /// An Error frame; the message is cut to the protocol limit on a character boundary.
+    pub fn error(status: Status, message: impl Into<String>) -> Msg {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE_BYTES as usize {
+            let mut cut = MAX_MESSAGE_BYTES as usize;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Msg::Error { status, message }
+    }
+
+    /// The whole frame, header included. Panics if the body breaks a protocol limit: sending
+    /// such a frame is a bug on our side, and the peer would refuse it anyway.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer { buf: vec![0; FRAME_HEADER_BYTES] };
+        match self {
+            Msg::Hello(h) => {
+                w.raw(&MAGIC);
+                w.u16(h.version);
+                w.u8(h.role as u8);
+                w.u8(h.auth_method);
+                w.bytes(&h.auth);
+            }
+            Msg::HelloOk(h) => {
+                w.u16(h.version);
+                w.u32(h.block_size_bytes);
+                w.u64(h.dynamic_chunk_cap_bytes);
+            }
+            Msg::Error { status, message } => {
+                w.u16(status.code());
+                w.str(message);
+            }
+            Msg::Ok | Msg::End => {}
+            Msg::Put { name, size, chunking, chunk_crcs } => {
+                w.str(name);
+                w.u64(*size);
+                w.u8(chunking.code());
+                put_u32s(&mut w, chunk_crcs);
+            }
+            Msg::PutOk { file_id } | Msg::Get { file_id } | Msg::Stat { file_id } | Msg::Delete { file_id } => {
+                put_file_id(&mut w, file_id)
+            }
+            Msg::GetOk(info) | Msg::StatOk(info) => put_file_info(&mut w, info),
+            Msg::List { after, limit } => {
+                put_opt(&mut w, after, put_file_id);
+                w.u32(*limit);
+            }
+            Msg::ListOk { files, more } => {
+                w.count(files.len());
+                files.iter().for_each(|f| put_summary(&mut w, f));
+                w.u8(*more as u8);
+            }
+            Msg::Store { chunk_id, length, crc32 } => {
+                put_chunk_id(&mut w, chunk_id);
+                w.u64(*length);
+                w.u32(*crc32);
+            }
+            Msg::StoreOk { block_crcs } => put_u32s(&mut w, block_crcs),
+            Msg::Fetch { chunk_id } | Msg::Exists { chunk_id } | Msg::ChunkDelete { chunk_id } => {
+                put_chunk_id(&mut w, chunk_id)
+            }
+            Msg::FetchOk { length, crc32, block_size_bytes } => {
+                w.u64(*length);
+                w.u32(*crc32);
+                w.u32(*block_size_bytes);
+            }
+            Msg::ExistsOk { length, crc32 } => {
+                w.u64(*length);
+                w.u32(*crc32);
+            }
+            Msg::ChunkList { after, limit } => {
+                put_opt(&mut w, after, put_chunk_id);
+                w.u32(*limit);
+            }
+            Msg::ChunkListOk { chunk_ids, more } => {
+                w.count(chunk_ids.len());
+                chunk_ids.iter().for_each(|c| put_chunk_id(&mut w, c));
+                w.u8(*more as u8);
+            }
+        }
+        let body_len = w.buf.len() - FRAME_HEADER_BYTES;
+        let kind = self.kind();
+        assert!(body_len <= kind.max_body_bytes() as usize, "{} frame of {body_len} bytes is over the limit", kind.name());
+        let header = FrameHeader { kind, body_len: body_len as u32 }.encode();
+        w.buf[..FRAME_HEADER_BYTES].copy_from_slice(&header);
+        debug_assert_eq!(Msg::decode(kind, &w.buf[FRAME_HEADER_BYTES..]).as_ref(), Ok(self));
+        w.buf
+    }
+
+    /// Decodes the body of a control frame of kind `kind`.
+    pub fn decode(kind: Kind, body: &[u8]) -> Result<Msg, DecodeError> {
+        let mut r = Reader::new(body);
+        let r = &mut r;
+        let msg = match kind {
+            Kind::Data => return Err(DecodeError::Invalid { field: "frame kind (data where control expected)" }),
+            Kind::Hello => {
+                if r.array::<4>("magic")? != MAGIC {
+                    return Err(DecodeError::Invalid { field: "magic" });
+                }
+                let version = r.u16("version")?;
+                let role = match r.u8("role")? {
+                    1 => Role::Client,
+                    2 => Role::Engine,
+                    _ => return Err(DecodeError::Invalid { field: "role" }),
+                };
+                let auth_method = r.u8("auth method")?;
+                let auth = r.bytes("auth", MAX_AUTH_BYTES)?.to_vec();
+                Msg::Hello(Hello { version, role, auth_method, auth })
+            }
+            Kind::HelloOk => Msg::HelloOk(HelloOk {
+                version: r.u16("version")?,
+                block_size_bytes: r.u32("block size")?,
+                dynamic_chunk_cap_bytes: r.u64("dynamic chunk cap")?,
+            }),
+            Kind::Error => {
+                let code = r.u16("status")?;
+                let status = Status::from_code(code).ok_or(DecodeError::Invalid { field: "status" })?;
+                Msg::Error { status, message: r.string("message", MAX_MESSAGE_BYTES)? }
+            }
+            Kind::Ok => Msg::Ok,
+            Kind::End => Msg::End,
+            Kind::Put => {
+                let name = r.string("name", MAX_NAME_BYTES)?;
+                let size = r.u64("size")?;
+                if size > MAX_FILE_SIZE_BYTES {
+                    return Err(DecodeError::OverLimit { field: "file size", len: size, max: MAX_FILE_SIZE_BYTES });
+                }
+                let chunking = chunking(r)?;
+                let chunk_crcs = u32s(r, "chunk crc count", MAX_CHUNKS_PER_FILE)?;
+                Msg::Put { name, size, chunking, chunk_crcs }
+            }
+            Kind::PutOk => Msg::PutOk { file_id: file_id(r)? },
+            Kind::Get => Msg::Get { file_id: file_id(r)? },
+            Kind::Stat => Msg::Stat { file_id: file_id(r)? },
+            Kind::Delete => Msg::Delete { file_id: file_id(r)? },
+            Kind::GetOk => Msg::GetOk(file_info(r)?),
+            Kind::StatOk => Msg::StatOk(file_info(r)?),
+            Kind::List => Msg::List { after: opt(r, file_id)?, limit: limit(r)? },
+            Kind::ListOk => {
+                let n = r.count("file count", MAX_LIST_ENTRIES, 45)?;
+                let files = (0..n).map(|_| summary(r)).collect::<Result<Vec<_>, _>>()?;
+                Msg::ListOk { files, more: r.bool("more")? }
+            }
+            Kind::Store => Msg::Store { chunk_id: chunk_id(r)?, length: r.u64("length")?, crc32: r.u32("crc32")? },
+            Kind::StoreOk => Msg::StoreOk { block_crcs: u32s(r, "block crc count", MAX_BLOCKS_PER_CHUNK)? },
+            Kind::Fetch => Msg::Fetch { chunk_id: chunk_id(r)? },
+            Kind::Exists => Msg::Exists { chunk_id: chunk_id(r)? },
+            Kind::ChunkDelete => Msg::ChunkDelete { chunk_id: chunk_id(r)? },
+            Kind::FetchOk => Msg::FetchOk {
+                length: r.u64("length")?,
+                crc32: r.u32("crc32")?,
+                block_size_bytes: r.u32("block size")?,
+            },
+            Kind::ExistsOk => Msg::ExistsOk { length: r.u64("length")?, crc32: r.u32("crc32")? },
+            Kind::ChunkList => Msg::ChunkList { after: opt(r, chunk_id)?, limit: limit(r)? },
+            Kind::ChunkListOk => {
+                let n = r.count("chunk count", MAX_LIST_ENTRIES, 20)?;
+                let chunk_ids = (0..n).map(|_| chunk_id(r)).collect::<Result<Vec<_>, _>>()?;
+                Msg::ChunkListOk { chunk_ids, more: r.bool("more")? }
+            }
+        };
+        r.finish(kind.name())?;
+        Ok(msg)
+    }
+}

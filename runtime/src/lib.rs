@@ -1,0 +1,102 @@
+//! What the engine and the node share outside the protocol: the io_uring probe, one tokio-uring
+//! runtime per core each with its own SO_REUSEPORT listener on the same port, the accept loop,
+//! and logging set-up.
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// Listen backlog of each per-core listener.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_target(false).init();
+}
+
+/// Checks that the kernel lets this process create an io_uring, so a refusal (kernel setting
+/// `io_uring_disabled`, a seccomp filter) is one clear error at start-up rather than a panic
+/// inside the runtime.
+pub fn probe_io_uring() -> io::Result<()> {
+    io_uring::IoUring::new(8).map(drop).map_err(|e| {
+        io::Error::new(e.kind(), format!("io_uring is not available to this process ({e}); check /proc/sys/kernel/io_uring_disabled and the container's seccomp profile"))
+    })
+}
+
+/// Binds `n` listeners to `addr` with SO_REUSEPORT so the kernel spreads connections across
+/// them. With port 0 the first bind picks the port and the others join it.
+pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    assert!(n >= 1, "at least one listener");
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Default number of per-core runtimes: one per available core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Runs one tokio-uring runtime per listener, each on its own thread, calling `handle` for every
+/// accepted connection on that thread. Returns only if every runtime stops.
+pub fn serve_per_core<S, H, Fut>(listeners: Vec<std::net::TcpListener>, state: S, handle: H) -> io::Result<()>
+where
+    S: Clone + Send + 'static,
+    H: Fn(Rc<S>, tokio_uring::net::TcpStream, SocketAddr) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let mut threads = Vec::new();
+    for (core_idx, listener) in listeners.into_iter().enumerate() {
+        let state = state.clone();
+        let t = std::thread::Builder::new().name(format!("uring-{core_idx}")).spawn(move || {
+            tokio_uring::start(async move {
+                let state = Rc::new(state);
+                let listener = tokio_uring::net::TcpListener::from_std(listener);
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            tokio_uring::spawn(handle(state.clone(), stream, peer));
+                        }
+                        Err(e) => {
+                            // Running out of descriptors is transient: back off instead of spinning.
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            })
+        })?;
+        threads.push(t);
+    }
+    for t in threads {
+        if t.join().is_err() {
+            return Err(io::Error::other("a runtime thread panicked"));
+        }
+    }
+    Ok(())
+}
+
+/// Prints the bound address on stdout as `listening <addr>` so scripts and tests that asked for
+/// port 0 learn the port.
+pub fn announce(addr: SocketAddr) {
+    use std::io::Write;
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "listening {addr}");
+    let _ = out.flush();
+}
