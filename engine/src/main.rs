@@ -1,1 +1,136 @@
-fn main() {}
+//! `dfs-engine`: the coordinator. Clients talk only to it; it cuts uploads into chunks on the
+//! storage nodes, keeps the metadata, and reassembles and verifies downloads.
+
+mod buffer;
+mod get;
+mod local;
+mod meta;
+mod nodes;
+mod put;
+mod server;
+
+use clap::Parser;
+use nodes::NodeTimeouts;
+use server::{EngineConfig, EngineState};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Nodes an engine needs: one per quarter.
+pub const MIN_NODES: usize = 4;
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// dfs engine: the coordinator clients talk to.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on for clients (port 0 picks a free port; the bound address is
+    /// printed on stdout as `listening ADDR`).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Directory of the metadata database.
+    #[arg(long, required_unless_present = "local")]
+    meta: Option<PathBuf>,
+    /// A storage node's address; give at least 4.
+    #[arg(long = "node", value_name = "ADDR")]
+    nodes: Vec<SocketAddr>,
+    /// Start N storage nodes as child processes on the next N loopback ports after --listen,
+    /// with all data under --data (nodes in node-<i>/, metadata in meta/).
+    #[arg(long, value_name = "N", conflicts_with_all = ["nodes", "meta"], requires = "data")]
+    local: Option<usize>,
+    /// Data directory for --local.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Largest chunk in dynamic chunking (e.g. 64MiB).
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    chunk_size_max: u64,
+    /// Memory for downloads held whole while they are verified (e.g. 256MiB); a download that
+    /// does not fit is streamed block by block instead.
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    buffer_budget: u64,
+    /// Number of io_uring runtimes (threads), each with its own listener on the same port.
+    #[arg(long, default_value_t = dfs_runtime::default_threads())]
+    threads: usize,
+    /// Seconds a client connection may stay idle, mid-request or between requests.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_secs: u64,
+    /// Seconds to wait for a node to accept a connection.
+    #[arg(long, default_value_t = 5)]
+    node_connect_timeout_secs: u64,
+    /// Seconds a node may stay silent in the middle of a request before it counts as down.
+    #[arg(long, default_value_t = 30)]
+    node_idle_timeout_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    dfs_runtime::init_logging();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if args.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    if args.chunk_size_max == 0 {
+        return Err("--chunk-size-max must be at least 1 byte".into());
+    }
+    dfs_runtime::probe_io_uring().map_err(|e| e.to_string())?;
+    let (meta_dir, nodes, _children) = match (args.local, &args.data) {
+        (Some(n_nodes), Some(data)) => {
+            if n_nodes < MIN_NODES {
+                return Err(format!("--local needs at least {MIN_NODES} nodes, got {n_nodes}"));
+            }
+            let children = local::start_nodes(args.listen, n_nodes, data)?;
+            let addrs = children.iter().map(|c| c.addr).collect();
+            (data.join("meta"), addrs, children)
+        }
+        _ => {
+            let meta = args.meta.clone().ok_or("--meta DIR is required")?;
+            (meta, args.nodes.clone(), Vec::new())
+        }
+    };
+    if nodes.len() < MIN_NODES {
+        return Err(format!("at least {MIN_NODES} nodes are needed (--node ADDR, repeated), got {}", nodes.len()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = nodes.iter().find(|a| !seen.insert(**a)) {
+        return Err(format!("node {dup} is given twice"));
+    }
+    let meta = meta::MetaStore::open(&meta_dir).map_err(|e| e.to_string())?;
+    let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        "engine listening on {addr}, metadata in {}, {} nodes, {} runtime(s)",
+        meta_dir.display(),
+        nodes.len(),
+        args.threads
+    );
+    let state = Arc::new(EngineState {
+        config: EngineConfig {
+            nodes,
+            dynamic_chunk_cap_bytes: args.chunk_size_max,
+            client_idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+            node_timeouts: NodeTimeouts {
+                connect: Duration::from_secs(args.node_connect_timeout_secs),
+                idle: Duration::from_secs(args.node_idle_timeout_secs),
+            },
+        },
+        meta,
+        budget: buffer::Budget::new(args.buffer_budget),
+    });
+    dfs_runtime::announce(addr);
+    dfs_runtime::serve_per_core(listeners, state, server::handle).map_err(|e| e.to_string())
+}

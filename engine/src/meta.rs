@@ -1,0 +1,289 @@
+//! File metadata in an embedded, crash-safe database (redb) under `--meta`.
+//!
+//! One table maps a file ID to its record: name, size, creation time, chunking, the node
+//! addresses it uses, and per chunk its offset, length, crc32, block crc32s and placement (a
+//! list of node indices, one per copy). A record is written once, when every chunk is durable
+//! on its nodes, so a file is either wholly visible or not at all.
+//!
+//! Reads run on the calling thread (redb read transactions are cheap and concurrent). Writes
+//! go to one writer thread that commits whatever has queued up in a single fsynced
+//! transaction (group commit), so the io_uring threads never block on an fsync.
+
+use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileSummary};
+use redb::{Database, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+const FILES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("files");
+/// Record format version, the first byte of every stored record.
+const RECORD_VERSION: u8 = 1;
+/// Writes that may queue for the writer thread before callers wait.
+pub const MAX_QUEUED_WRITES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata database: {0}")]
+    Db(String),
+    #[error("metadata record of file {0} is unreadable: {1}")]
+    BadRecord(FileId, String),
+    #[error("metadata writer thread is gone")]
+    WriterGone,
+}
+
+fn db_err(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Db(e.to_string())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub offset: u64,
+    pub length: u64,
+    pub crc32: u32,
+    pub block_crcs: Vec<u32>,
+    /// Indices into [`FileRecord::nodes`], one per copy.
+    pub placement: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub name: String,
+    pub size: u64,
+    pub created_unix_ms: u64,
+    pub chunking: Chunking,
+    pub nodes: Vec<String>,
+    pub chunks: Vec<ChunkRecord>,
+}
+
+impl FileRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![RECORD_VERSION];
+        out.extend(postcard::to_stdvec(self).expect("a record always serializes"));
+        out
+    }
+
+    fn decode(file_id: FileId, bytes: &[u8]) -> Result<FileRecord, MetaError> {
+        match bytes.split_first() {
+            Some((&RECORD_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| MetaError::BadRecord(file_id, e.to_string()))
+            }
+            Some((v, _)) => Err(MetaError::BadRecord(file_id, format!("unknown record version {v}"))),
+            None => Err(MetaError::BadRecord(file_id, "empty record".into())),
+        }
+    }
+
+    pub fn info(&self, file_id: FileId) -> FileInfo {
+        FileInfo {
+            file_id,
+            name: self.name.clone(),
+            size: self.size,
+            created_unix_ms: self.created_unix_ms,
+            chunking: self.chunking,
+            nodes: self.nodes.clone(),
+            chunks: self
+                .chunks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ChunkInfo {
+                    chunk_idx: i as u32,
+                    offset: c.offset,
+                    length: c.length,
+                    crc32: c.crc32,
+                    placement: c.placement.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn summary(&self, file_id: FileId) -> FileSummary {
+        FileSummary {
+            file_id,
+            name: self.name.clone(),
+            size: self.size,
+            created_unix_ms: self.created_unix_ms,
+            chunking: self.chunking,
+            n_chunks: self.chunks.len() as u32,
+        }
+    }
+}
+
+enum WriteOp {
+    Insert(FileId, Box<FileRecord>, tokio::sync::oneshot::Sender<Result<(), MetaError>>),
+    Delete(FileId, tokio::sync::oneshot::Sender<Result<Option<FileRecord>, MetaError>>),
+}
+
+#[derive(Clone)]
+pub struct MetaStore {
+    db: Arc<Database>,
+    writes: mpsc::SyncSender<WriteOp>,
+}
+
+impl MetaStore {
+    pub fn open(dir: &Path) -> Result<MetaStore, MetaError> {
+        std::fs::create_dir_all(dir).map_err(|e| MetaError::Db(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("meta.redb");
+        let db = Database::create(&path).map_err(|e| MetaError::Db(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(db_err)?;
+        txn.open_table(FILES).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        let db = Arc::new(db);
+        let (writes, queue) = mpsc::sync_channel(MAX_QUEUED_WRITES);
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("meta-writer".into())
+            .spawn(move || writer(&writer_db, queue))
+            .map_err(|e| MetaError::Db(format!("cannot start writer thread: {e}")))?;
+        Ok(MetaStore { db, writes })
+    }
+
+    pub fn get(&self, file_id: FileId) -> Result<Option<FileRecord>, MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(FILES).map_err(db_err)?;
+        match table.get(&file_id.0).map_err(db_err)? {
+            Some(v) => Ok(Some(FileRecord::decode(file_id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Files in ID order after `after`, at most `limit`, and whether more follow.
+    pub fn list(&self, after: Option<FileId>, limit: usize) -> Result<(Vec<FileSummary>, bool), MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(FILES).map_err(db_err)?;
+        let start = after.map(|a| a.0).unwrap_or([0; 16]);
+        let mut out = Vec::new();
+        for entry in table.range::<&[u8; 16]>(&start..).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let file_id = FileId(*k.value());
+            if Some(file_id) == after {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(FileRecord::decode(file_id, v.value())?.summary(file_id));
+        }
+        Ok((out, false))
+    }
+
+    /// Durably records a file. Returns once the transaction holding it has committed.
+    pub async fn insert(&self, file_id: FileId, record: FileRecord) -> Result<(), MetaError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(WriteOp::Insert(file_id, Box::new(record), tx)).await?;
+        rx.await.map_err(|_| MetaError::WriterGone)?
+    }
+
+    /// Durably removes a file's record; returns it, or None if there was none.
+    pub async fn delete(&self, file_id: FileId) -> Result<Option<FileRecord>, MetaError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(WriteOp::Delete(file_id, tx)).await?;
+        rx.await.map_err(|_| MetaError::WriterGone)?
+    }
+
+    async fn send(&self, mut op: WriteOp) -> Result<(), MetaError> {
+        // A full queue means the disk is behind: wait a little rather than grow without bound.
+        loop {
+            match self.writes.try_send(op) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::TrySendError::Full(back)) => {
+                    op = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(MetaError::WriterGone),
+            }
+        }
+    }
+}
+
+/// The writer thread: takes every queued write, applies them in one transaction, commits
+/// (fsync), then answers each.
+fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_QUEUED_WRITES {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut deleted: Vec<Option<FileRecord>> = Vec::with_capacity(batch.len());
+        let result = (|| -> Result<(), MetaError> {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = txn.open_table(FILES).map_err(db_err)?;
+                for op in &batch {
+                    match op {
+                        WriteOp::Insert(id, record, _) => {
+                            let existing = table.insert(&id.0, record.encode().as_slice()).map_err(db_err)?;
+                            // IDs are 128 random bits: a collision means a bug, not bad luck.
+                            assert!(existing.is_none(), "file ID {id} inserted twice");
+                            deleted.push(None);
+                        }
+                        WriteOp::Delete(id, _) => {
+                            let old = table.remove(&id.0).map_err(db_err)?;
+                            deleted.push(match old {
+                                Some(v) => Some(FileRecord::decode(*id, v.value())?),
+                                None => None,
+                            });
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(db_err)
+        })();
+        if let Err(e) = &result {
+            tracing::error!("metadata commit failed: {e}");
+        }
+        for (op, old) in batch.into_iter().zip(deleted.into_iter().chain(std::iter::repeat(None))) {
+            match op {
+                WriteOp::Insert(_, _, reply) => {
+                    let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| MetaError::Db(e.to_string())));
+                }
+                WriteOp::Delete(_, reply) => {
+                    let _ = reply.send(result.as_ref().map(|_| old).map_err(|e| MetaError::Db(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> FileRecord {
+        FileRecord {
+            name: name.into(),
+            size: 5,
+            created_unix_ms: 1,
+            chunking: Chunking::Equal,
+            nodes: vec!["127.0.0.1:1".into()],
+            chunks: vec![ChunkRecord { offset: 0, length: 5, crc32: 9, block_crcs: vec![9], placement: vec![0] }],
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn records_survive_reopen_and_delete_returns_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FileId([1; 16]);
+        let b = FileId([2; 16]);
+        {
+            let meta = MetaStore::open(dir.path()).unwrap();
+            block_on(meta.insert(a, record("a"))).unwrap();
+            block_on(meta.insert(b, record("b"))).unwrap();
+        }
+        let meta = MetaStore::open(dir.path()).unwrap();
+        assert_eq!(meta.get(a).unwrap(), Some(record("a")));
+        let (page, more) = meta.list(None, 1).unwrap();
+        assert_eq!((page.len(), more), (1, true));
+        let (page2, more) = meta.list(Some(page[0].file_id), 10).unwrap();
+        assert_eq!((page2.len(), more), (1, false));
+        assert_eq!(block_on(meta.delete(a)).unwrap(), Some(record("a")));
+        assert_eq!(block_on(meta.delete(a)).unwrap(), None);
+        assert_eq!(meta.get(a).unwrap(), None);
+    }
+}

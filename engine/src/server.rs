@@ -1,0 +1,153 @@
+//! One client connection: handshake, then requests until the client hangs up. Malformed input
+//! gets a BadRequest answer and the connection is closed; other connections are not affected.
+
+use crate::buffer::Budget;
+use crate::meta::MetaStore;
+use crate::nodes::{NodeConn, NodeTimeouts};
+use dfs_proto::io_std::Frame;
+use dfs_proto::io_uring::Conn;
+use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
+use dfs_proto::{ChunkId, FileId, FrameError, HelloOk, Msg, Role, Status, VERSION};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct EngineConfig {
+    pub nodes: Vec<SocketAddr>,
+    pub dynamic_chunk_cap_bytes: u64,
+    pub client_idle_timeout: Duration,
+    pub node_timeouts: NodeTimeouts,
+}
+
+pub struct EngineState {
+    pub config: EngineConfig,
+    pub meta: MetaStore,
+    pub budget: Arc<Budget>,
+}
+
+pub async fn handle(state: Rc<Arc<EngineState>>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
+    let conn = Conn::new(stream, state.config.client_idle_timeout);
+    match serve(&state, &conn).await {
+        Ok(()) | Err(FrameError::Closed) => tracing::debug!(%peer, "client disconnected"),
+        Err(e) => tracing::info!(%peer, "client connection dropped: {e}"),
+    }
+}
+
+async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
+    match conn.read_frame().await {
+        Ok(Frame::Msg(Msg::Hello(h))) if h.role == Role::Client && h.version == VERSION => {}
+        Ok(Frame::Msg(Msg::Hello(h))) if h.version != VERSION => {
+            let msg = format!("protocol version {} is not supported; this engine speaks {VERSION}", h.version);
+            return conn.write_msg(&Msg::error(Status::VersionMismatch, msg)).await;
+        }
+        Ok(_) => {
+            let _ = conn.write_msg(&Msg::error(Status::BadRequest, "expected a client Hello")).await;
+            return Err(FrameError::Io(std::io::Error::other("bad handshake")));
+        }
+        Err(e) => return reject(conn, e).await,
+    }
+    conn.write_msg(&Msg::HelloOk(HelloOk {
+        version: VERSION,
+        block_size_bytes: BLOCK_SIZE_BYTES,
+        dynamic_chunk_cap_bytes: state.config.dynamic_chunk_cap_bytes,
+    }))
+    .await?;
+    loop {
+        let msg = match conn.read_frame().await {
+            Ok(Frame::Msg(m)) => m,
+            Ok(Frame::Data(_)) => {
+                let _ = conn.write_msg(&Msg::error(Status::BadRequest, "unexpected data frame")).await;
+                return Err(FrameError::Io(std::io::Error::other("unexpected data frame")));
+            }
+            Err(FrameError::Closed) => return Ok(()),
+            Err(e) => return reject(conn, e).await,
+        };
+        match msg {
+            Msg::Put { name, size, chunking, chunk_crcs } => {
+                crate::put::put(state, conn, name, size, chunking, chunk_crcs).await?
+            }
+            Msg::Get { file_id } => crate::get::get(state, conn, file_id).await?,
+            Msg::Stat { file_id } => {
+                let reply = match state.meta.get(file_id) {
+                    Ok(Some(record)) => Msg::StatOk(record.info(file_id)),
+                    Ok(None) => not_found(file_id),
+                    Err(e) => internal(e),
+                };
+                conn.write_msg(&reply).await?
+            }
+            Msg::List { after, limit } => {
+                let reply = match state.meta.list(after, limit.min(MAX_LIST_ENTRIES) as usize) {
+                    Ok((files, more)) => Msg::ListOk { files, more },
+                    Err(e) => internal(e),
+                };
+                conn.write_msg(&reply).await?
+            }
+            Msg::Delete { file_id } => {
+                let reply = match state.meta.delete(file_id).await {
+                    Ok(Some(record)) => {
+                        let chunks = record
+                            .chunks
+                            .iter()
+                            .enumerate()
+                            .flat_map(|(i, c)| {
+                                let id = ChunkId { file_id, chunk_idx: i as u32 };
+                                c.placement.iter().map(move |&p| (id, p))
+                            })
+                            .filter_map(|(id, p)| Some((id, record.nodes[p as usize].parse().ok()?)))
+                            .collect();
+                        delete_chunks_later(state.config.node_timeouts, chunks);
+                        Msg::Ok
+                    }
+                    Ok(None) => not_found(file_id),
+                    Err(e) => internal(e),
+                };
+                conn.write_msg(&reply).await?
+            }
+            other => {
+                let what = format!("unexpected {} frame", other.kind().name());
+                let _ = conn.write_msg(&Msg::error(Status::BadRequest, &what)).await;
+                return Err(FrameError::Io(std::io::Error::other(what)));
+            }
+        }
+    }
+}
+
+/// Answers a malformed frame with BadRequest (best effort) and ends the connection.
+async fn reject(conn: &Conn, e: FrameError) -> Result<(), FrameError> {
+    if let FrameError::Decode(d) = &e {
+        let _ = conn.write_msg(&Msg::error(Status::BadRequest, format!("malformed frame: {d}"))).await;
+    }
+    Err(e)
+}
+
+pub fn not_found(file_id: FileId) -> Msg {
+    Msg::error(Status::NotFound, format!("file {file_id} not found"))
+}
+
+pub fn internal(e: impl std::fmt::Display) -> Msg {
+    tracing::error!("{e}");
+    Msg::error(Status::Internal, e.to_string())
+}
+
+/// Deletes chunks on their nodes in the background, best effort: a chunk left behind on a node
+/// that is down is an orphan for garbage collection, never a dangling reference.
+pub fn delete_chunks_later(timeouts: NodeTimeouts, chunks: Vec<(ChunkId, SocketAddr)>) {
+    if chunks.is_empty() {
+        return;
+    }
+    tokio_uring::spawn(async move {
+        for (chunk_id, addr) in chunks {
+            let result = async {
+                let node = NodeConn::connect(addr, timeouts).await?;
+                node.send(&Msg::ChunkDelete { chunk_id }).await?;
+                node.recv().await
+            }
+            .await;
+            match result {
+                Ok(_) => tracing::debug!("deleted chunk {chunk_id} on {addr}"),
+                Err(e) => tracing::warn!("chunk {chunk_id} left on {addr}: {e}"),
+            }
+        }
+    });
+}
