@@ -30,15 +30,15 @@ struct ChunkFailure {
 
 impl ChunkFailure {
     fn to_msg(&self, file_id: FileId) -> Msg {
+        let (idx, addr) = (self.chunk_idx, &self.error.addr);
         let what = match &self.error.failure {
-            NodeFailure::Remote(Status::NotFound, _) => "is missing".to_string(),
-            NodeFailure::Remote(Status::Corrupt, m) => format!("is corrupt ({m})"),
-            _ => "cannot be read".to_string(),
+            NodeFailure::Remote(Status::NotFound, _) => format!("is missing on node {addr}"),
+            NodeFailure::Remote(Status::Corrupt, m) => format!("is corrupt on node {addr}: {m}"),
+            NodeFailure::Remote(status, m) => format!("cannot be read from node {addr}: {status}: {m}"),
+            NodeFailure::Unreachable(e) => format!("cannot be read: node {addr} is unreachable: {e}"),
+            NodeFailure::Protocol(m) => format!("cannot be read: node {addr} broke the protocol: {m}"),
         };
-        Msg::error(
-            self.error.status(),
-            format!("file {file_id}: chunk {} on node {} {what}: {}", self.chunk_idx, self.error.addr, self.error),
-        )
+        Msg::error(self.error.status(), format!("file {file_id}: chunk {idx} {what}"))
     }
 }
 
@@ -62,7 +62,12 @@ fn chunk_addr(record: &FileRecord, chunk: &ChunkRecord) -> Result<SocketAddr, St
     addr.parse().map_err(|e| format!("stored node address {addr:?} is invalid: {e}"))
 }
 
-async fn get_buffered(state: &EngineState, client: &Conn, file_id: FileId, record: &FileRecord) -> Result<(), FrameError> {
+async fn get_buffered(
+    state: &EngineState,
+    client: &Conn,
+    file_id: FileId,
+    record: &FileRecord,
+) -> Result<(), FrameError> {
     let buf = Reassembly::zeroed(record.size as usize);
     let permits = Rc::new(tokio::sync::Semaphore::new(MAX_PARALLEL_FETCHES));
     let mut tasks = Vec::with_capacity(record.chunks.len());
@@ -113,7 +118,12 @@ async fn get_buffered(state: &EngineState, client: &Conn, file_id: FileId, recor
     client.write_msg(&Msg::End).await
 }
 
-async fn get_streamed(state: &EngineState, client: &Conn, file_id: FileId, record: &FileRecord) -> Result<(), FrameError> {
+async fn get_streamed(
+    state: &EngineState,
+    client: &Conn,
+    file_id: FileId,
+    record: &FileRecord,
+) -> Result<(), FrameError> {
     let mut addrs = Vec::with_capacity(record.chunks.len());
     for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
         match chunk_addr(record, chunk) {

@@ -113,10 +113,20 @@ enum WriteOp {
     Delete(FileId, tokio::sync::oneshot::Sender<Result<Option<FileRecord>, MetaError>>),
 }
 
-#[derive(Clone)]
 pub struct MetaStore {
     db: Arc<Database>,
-    writes: mpsc::SyncSender<WriteOp>,
+    /// Always Some until drop, which closes the queue and waits for the writer to finish.
+    writes: Option<mpsc::SyncSender<WriteOp>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for MetaStore {
+    fn drop(&mut self) {
+        drop(self.writes.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 impl MetaStore {
@@ -130,11 +140,11 @@ impl MetaStore {
         let db = Arc::new(db);
         let (writes, queue) = mpsc::sync_channel(MAX_QUEUED_WRITES);
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("meta-writer".into())
             .spawn(move || writer(&writer_db, queue))
             .map_err(|e| MetaError::Db(format!("cannot start writer thread: {e}")))?;
-        Ok(MetaStore { db, writes })
+        Ok(MetaStore { db, writes: Some(writes), writer: Some(writer) })
     }
 
     pub fn get(&self, file_id: FileId) -> Result<Option<FileRecord>, MetaError> {
@@ -183,7 +193,7 @@ impl MetaStore {
     async fn send(&self, mut op: WriteOp) -> Result<(), MetaError> {
         // A full queue means the disk is behind: wait a little rather than grow without bound.
         loop {
-            match self.writes.try_send(op) {
+            match self.writes.as_ref().expect("queue open until drop").try_send(op) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::TrySendError::Full(back)) => {
                     op = back;

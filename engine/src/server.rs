@@ -9,7 +9,6 @@ use dfs_proto::io_uring::Conn;
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, FileId, FrameError, HelloOk, Msg, Role, Status, VERSION};
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ pub struct EngineState {
     pub budget: Arc<Budget>,
 }
 
-pub async fn handle(state: Rc<Arc<EngineState>>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
+pub async fn handle(state: Arc<EngineState>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
     let conn = Conn::new(stream, state.config.client_idle_timeout);
     match serve(&state, &conn).await {
         Ok(()) | Err(FrameError::Closed) => tracing::debug!(%peer, "client disconnected"),

@@ -12,7 +12,6 @@ use dfs_proto::{ChunkId, FrameError, HelloOk, Msg, Role, Status, VERSION};
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_uring::buf::BoundedBuf;
@@ -31,7 +30,7 @@ pub struct NodeState {
 enum RequestError {
     #[error("chunk {0} not found")]
     NotFound(ChunkId),
-    #[error("chunk {0} is corrupt: {1}")]
+    #[error("chunk {0}: {1}")]
     Corrupt(ChunkId, String),
     #[error("chunk {0} already exists")]
     AlreadyExists(ChunkId),
@@ -59,7 +58,7 @@ impl RequestError {
     }
 }
 
-pub async fn handle(state: Rc<Arc<NodeState>>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
+pub async fn handle(state: Arc<NodeState>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
     let conn = Conn::new(stream, state.idle_timeout);
     match serve(&state, &conn).await {
         Ok(()) | Err(FrameError::Closed) => tracing::debug!(%peer, "connection closed"),
@@ -81,8 +80,12 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
         }
         Err(e) => return reject(conn, e).await,
     }
-    conn.write_msg(&Msg::HelloOk(HelloOk { version: VERSION, block_size_bytes: BLOCK_SIZE_BYTES, dynamic_chunk_cap_bytes: 0 }))
-        .await?;
+    conn.write_msg(&Msg::HelloOk(HelloOk {
+        version: VERSION,
+        block_size_bytes: BLOCK_SIZE_BYTES,
+        dynamic_chunk_cap_bytes: 0,
+    }))
+    .await?;
     loop {
         let frame = match conn.read_frame().await {
             Ok(f) => f,
@@ -218,7 +221,9 @@ async fn commit(state: &NodeState, file: File, footer: &Footer, temp: &Path, des
         Err(nix::errno::Errno::EEXIST) => return Err(RequestError::AlreadyExists(id)),
         Err(e) => return Err(RequestError::io(format!("cannot rename chunk {id} into place"))(e.into())),
     }
-    sync_dir(&state.store.chunk_dir(&id)).await.map_err(RequestError::io(format!("cannot sync directory of chunk {id}")))
+    sync_dir(&state.store.chunk_dir(&id))
+        .await
+        .map_err(RequestError::io(format!("cannot sync directory of chunk {id}")))
 }
 
 async fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -304,6 +309,8 @@ async fn delete(state: &NodeState, chunk_id: ChunkId) -> Result<Msg, RequestErro
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RequestError::NotFound(chunk_id)),
         Err(e) => return Err(RequestError::io(format!("cannot delete chunk {chunk_id}"))(e)),
     }
-    sync_dir(&state.store.chunk_dir(&chunk_id)).await.map_err(RequestError::io(format!("cannot sync directory of chunk {chunk_id}")))?;
+    sync_dir(&state.store.chunk_dir(&chunk_id))
+        .await
+        .map_err(RequestError::io(format!("cannot sync directory of chunk {chunk_id}")))?;
     Ok(Msg::Ok)
 }

@@ -73,11 +73,7 @@ pub enum LayoutError {
 
 /// The chunk spans of a file of `size` bytes. `dynamic_cap_bytes` is the engine's chunk size cap
 /// and is only used by [`Chunking::Dynamic`].
-pub fn chunk_spans(
-    size: u64,
-    chunking: Chunking,
-    dynamic_cap_bytes: u64,
-) -> Result<Vec<ChunkSpan>, LayoutError> {
+pub fn chunk_spans(size: u64, chunking: Chunking, dynamic_cap_bytes: u64) -> Result<Vec<ChunkSpan>, LayoutError> {
     if size > MAX_FILE_SIZE_BYTES {
         return Err(LayoutError::FileTooLarge { size, max: MAX_FILE_SIZE_BYTES });
     }
@@ -190,9 +186,8 @@ mod tests {
 
     #[test]
     fn equal_split_of_small_sizes() {
-        let lens = |size| -> Vec<u64> {
-            chunk_spans(size, Chunking::Equal, 1).unwrap().iter().map(|s| s.length).collect()
-        };
+        let lens =
+            |size| -> Vec<u64> { chunk_spans(size, Chunking::Equal, 1).unwrap().iter().map(|s| s.length).collect() };
         assert_eq!(lens(0), [0, 0, 0, 0]);
         assert_eq!(lens(1), [1, 0, 0, 0]);
         assert_eq!(lens(3), [1, 1, 1, 0]);
@@ -209,10 +204,10 @@ mod tests {
         assert_eq!(chunk_spans(0, Chunking::Dynamic, 100).unwrap().len(), 4);
         assert_eq!(chunk_spans(400, Chunking::Dynamic, 100).unwrap().len(), 4);
         assert_eq!(chunk_spans(401, Chunking::Dynamic, 100).unwrap().len(), 8);
-        assert_eq!(chunk_spans(1 << 30, Chunking::Dynamic, 1), Err(LayoutError::TooManyChunks {
-            n_chunks: 1 << 30,
-            max: MAX_CHUNKS_PER_FILE
-        }));
+        assert_eq!(
+            chunk_spans(1 << 30, Chunking::Dynamic, 1),
+            Err(LayoutError::TooManyChunks { n_chunks: 1 << 30, max: MAX_CHUNKS_PER_FILE })
+        );
     }
 
     proptest! {
@@ -230,6 +225,11 @@ mod tests {
             }
             prop_assert_eq!(next, size);
         }
+    }
+
+    proptest! {
+        // Each case hashes up to 3 MiB in a debug build; 64 cases keep this test near 2 s.
+        #![proptest_config(ProptestConfig::with_cases(64))]
 
         #[test]
         fn block_hasher_agrees_with_one_shot_crcs(

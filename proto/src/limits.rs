@@ -31,6 +31,6 @@ pub const MAX_DATA_FRAME_BYTES: u32 = BLOCK_SIZE_BYTES;
 /// Size of a frame header: u32 body length, u8 kind.
 pub const FRAME_HEADER_BYTES: usize = 5;
 
-const _: () = assert!(MAX_FILE_SIZE_BYTES % BLOCK_SIZE_BYTES as u64 == 0);
+const _: () = assert!(MAX_FILE_SIZE_BYTES.is_multiple_of(BLOCK_SIZE_BYTES as u64));
 const _: () = assert!(MAX_CONTROL_FRAME_BYTES >= 4 * MAX_CHUNKS_PER_FILE + 64 * 1024);
 const _: () = assert!(MAX_LIST_ENTRIES as u64 * (MAX_NAME_BYTES as u64 + 64) <= MAX_CONTROL_FRAME_BYTES as u64);

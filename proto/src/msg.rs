@@ -218,33 +218,80 @@ impl serde::Serialize for FileId {
 pub enum Msg {
     Hello(Hello),
     HelloOk(HelloOk),
-    Error { status: Status, message: String },
+    Error {
+        status: Status,
+        message: String,
+    },
     /// Generic success with nothing to say (DELETE).
     Ok,
     /// Upload: followed on the wire by exactly `size` raw bytes (no framing).
-    Put { name: String, size: u64, chunking: Chunking, chunk_crcs: Vec<u32> },
-    PutOk { file_id: FileId },
+    Put {
+        name: String,
+        size: u64,
+        chunking: Chunking,
+        chunk_crcs: Vec<u32>,
+    },
+    PutOk {
+        file_id: FileId,
+    },
     /// Download: answered by GetOk, then Data frames in file order, then End (or Error).
-    Get { file_id: FileId },
+    Get {
+        file_id: FileId,
+    },
     GetOk(FileInfo),
-    Stat { file_id: FileId },
+    Stat {
+        file_id: FileId,
+    },
     StatOk(FileInfo),
-    List { after: Option<FileId>, limit: u32 },
-    ListOk { files: Vec<FileSummary>, more: bool },
-    Delete { file_id: FileId },
+    List {
+        after: Option<FileId>,
+        limit: u32,
+    },
+    ListOk {
+        files: Vec<FileSummary>,
+        more: bool,
+    },
+    Delete {
+        file_id: FileId,
+    },
     /// Store a chunk: followed by exactly `length` raw bytes.
-    Store { chunk_id: ChunkId, length: u64, crc32: u32 },
+    Store {
+        chunk_id: ChunkId,
+        length: u64,
+        crc32: u32,
+    },
     /// The chunk is durable; the crc32 of each of its blocks.
-    StoreOk { block_crcs: Vec<u32> },
+    StoreOk {
+        block_crcs: Vec<u32>,
+    },
     /// Answered by FetchOk, then one Data frame per block, each verified before it is sent,
     /// then End (or Error naming the corrupt block).
-    Fetch { chunk_id: ChunkId },
-    FetchOk { length: u64, crc32: u32, block_size_bytes: u32 },
-    Exists { chunk_id: ChunkId },
-    ExistsOk { length: u64, crc32: u32 },
-    ChunkDelete { chunk_id: ChunkId },
-    ChunkList { after: Option<ChunkId>, limit: u32 },
-    ChunkListOk { chunk_ids: Vec<ChunkId>, more: bool },
+    Fetch {
+        chunk_id: ChunkId,
+    },
+    FetchOk {
+        length: u64,
+        crc32: u32,
+        block_size_bytes: u32,
+    },
+    Exists {
+        chunk_id: ChunkId,
+    },
+    ExistsOk {
+        length: u64,
+        crc32: u32,
+    },
+    ChunkDelete {
+        chunk_id: ChunkId,
+    },
+    ChunkList {
+        after: Option<ChunkId>,
+        limit: u32,
+    },
+    ChunkListOk {
+        chunk_ids: Vec<ChunkId>,
+        more: bool,
+    },
     /// End of a stream of Data frames.
     End,
 }
@@ -475,7 +522,11 @@ impl Msg {
         }
         let body_len = w.buf.len() - FRAME_HEADER_BYTES;
         let kind = self.kind();
-        assert!(body_len <= kind.max_body_bytes() as usize, "{} frame of {body_len} bytes is over the limit", kind.name());
+        assert!(
+            body_len <= kind.max_body_bytes() as usize,
+            "{} frame of {body_len} bytes is over the limit",
+            kind.name()
+        );
         let header = FrameHeader { kind, body_len: body_len as u32 }.encode();
         w.buf[..FRAME_HEADER_BYTES].copy_from_slice(&header);
         debug_assert_eq!(Msg::decode(kind, &w.buf[FRAME_HEADER_BYTES..]).as_ref(), Ok(self));
@@ -532,7 +583,8 @@ impl Msg {
             Kind::StatOk => Msg::StatOk(file_info(r)?),
             Kind::List => Msg::List { after: opt(r, file_id)?, limit: limit(r)? },
             Kind::ListOk => {
-                let n = r.count("file count", MAX_LIST_ENTRIES, 45)?;
+                // Smallest summary: file id 16, name length 4, size 8, created 8, chunking 1, chunks 4.
+                let n = r.count("file count", MAX_LIST_ENTRIES, 41)?;
                 let files = (0..n).map(|_| summary(r)).collect::<Result<Vec<_>, _>>()?;
                 Msg::ListOk { files, more: r.bool("more")? }
             }

@@ -6,7 +6,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 
 /// Listen backlog of each per-core listener.
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -63,7 +62,7 @@ pub fn default_threads() -> usize {
 pub fn serve_per_core<S, H, Fut>(listeners: Vec<std::net::TcpListener>, state: S, handle: H) -> io::Result<()>
 where
     S: Clone + Send + 'static,
-    H: Fn(Rc<S>, tokio_uring::net::TcpStream, SocketAddr) -> Fut + Copy + Send + 'static,
+    H: Fn(S, tokio_uring::net::TcpStream, SocketAddr) -> Fut + Copy + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let mut threads = Vec::new();
@@ -71,7 +70,6 @@ where
         let state = state.clone();
         let t = std::thread::Builder::new().name(format!("uring-{core_idx}")).spawn(move || {
             tokio_uring::start(async move {
-                let state = Rc::new(state);
                 let listener = tokio_uring::net::TcpListener::from_std(listener);
                 loop {
                     match listener.accept().await {
