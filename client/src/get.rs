@@ -1,0 +1,448 @@
+//! Download with end-to-end verification. The engine answers Get with the file's chunk table
+//! (GetOk), the file's bytes in order as Data frames, then End; it may send an Error frame
+//! instead at any point. The client recomputes each chunk's crc32 as its bytes stream by and
+//! compares it with the table the moment the chunk is complete, so a chunk corrupted on a node,
+//! in the engine or on the wire is named rather than delivered.
+//!
+//! Downloading to a path goes through a temporary file next to the destination that is synced
+//! and renamed into place only after End and full verification; on any failure it is removed,
+//! so a destination path either holds the whole, verified file or is left untouched.
+
+use crate::error::{ClientError, IntegrityError, Result};
+use crate::{check_file_id, connection_error, unexpected, Client, Progress, IO_TIMEOUT};
+use dfs_proto::io_std::{self, Frame};
+use dfs_proto::limits::{MAX_DATA_FRAME_BYTES, MAX_FILE_SIZE_BYTES};
+use dfs_proto::{ChunkInfo, FileId, FileInfo, Msg};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The longest piece of the destination's name kept in the temporary file's name, so that the
+/// prefix and suffix never push it over the usual 255-byte file name limit.
+const TEMP_NAME_KEEP_BYTES: usize = 128;
+
+impl Client {
+    /// Downloads a file into `out` and returns its description. Bytes reach `out` as they
+    /// arrive, before the chunk they belong to has been verified: on an error part of the file
+    /// (possibly including bytes of a corrupt chunk) may already have been written.
+    pub fn get_to_writer(
+        &mut self,
+        file_id: FileId,
+        out: &mut dyn Write,
+        progress: &mut dyn Progress,
+    ) -> Result<FileInfo> {
+        let info = self.start_get(file_id)?;
+        let mut write = |data: &[u8]| out.write_all(data).map_err(ClientError::Output);
+        self.run(false, |c| c.receive(&info, &mut write, progress))?;
+        out.flush().map_err(ClientError::Output)?;
+        Ok(info)
+    }
+
+    /// Downloads a file to `path`, replacing any file there, and returns its description.
+    /// `path` appears only once the whole file has arrived, verified and synced to disk.
+    pub fn get_to_path(&mut self, file_id: FileId, path: &Path, progress: &mut dyn Progress) -> Result<FileInfo> {
+        // The temporary file comes first: an unwritable destination is refused before the
+        // engine starts gathering chunks from its nodes.
+        let mut partial = PartialFile::create(path)?;
+        let info = self.start_get(file_id)?;
+        partial.preallocate(info.size)?;
+        let mut write = |data: &[u8]| partial.write(data);
+        self.run(false, |c| c.receive(&info, &mut write, progress))?;
+        partial.persist()?;
+        Ok(info)
+    }
+
+    /// Sends Get and reads GetOk. A refusal here (such as "not found") is a complete answer and
+    /// leaves the connection usable.
+    fn start_get(&mut self, file_id: FileId) -> Result<FileInfo> {
+        self.run(true, |c| {
+            let info = match c.request(&Msg::Get { file_id }, "GetOk")? {
+                Msg::GetOk(info) => check_file_id(info, file_id)?,
+                other => return Err(unexpected(&other, "GetOk")),
+            };
+            check_chunk_table(&info)?;
+            Ok(info)
+        })
+    }
+
+    /// Reads the Data frames of a download up to End, verifying them and passing them to `write`.
+    fn receive(
+        &mut self,
+        info: &FileInfo,
+        write: &mut dyn FnMut(&[u8]) -> Result<()>,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let mut verifier = StreamVerifier::new(info);
+        // A data frame is at most one block, and never more than the bytes still expected.
+        let buf_len = info.size.min(MAX_DATA_FRAME_BYTES as u64) as usize;
+        let mut buf = vec![0u8; buf_len];
+        progress.start(info.size);
+        loop {
+            match self.recv("receiving file data")? {
+                Frame::Data(len) => {
+                    verifier.check_room(len as u64)?;
+                    let data = buf.get_mut(..len as usize).ok_or_else(|| {
+                        ClientError::Protocol(format!("data frame of {len} bytes is larger than any allowed here"))
+                    })?;
+                    io_std::read_data(&mut self.reader, data)
+                        .map_err(|e| connection_error("receiving file data", e, IO_TIMEOUT))?;
+                    verifier.update(data)?;
+                    write(data)?;
+                    progress.advance(len as u64);
+                }
+                Frame::Msg(Msg::End) => return Ok(verifier.finish()?),
+                Frame::Msg(Msg::Error { status, message }) => return Err(ClientError::Remote { status, message }),
+                Frame::Msg(other) => return Err(unexpected(&other, "Data or End")),
+            }
+        }
+    }
+}
+
+/// Checks that a chunk table describes the file it comes with: chunks numbered in order, each
+/// starting where the previous one ended, together covering exactly `size` bytes.
+fn check_chunk_table(info: &FileInfo) -> Result<()> {
+    let bad =
+        |why: String| ClientError::Protocol(format!("engine sent a chunk table that does not fit the file: {why}"));
+    if info.size > MAX_FILE_SIZE_BYTES {
+        return Err(bad(format!("size {} is over the limit of {MAX_FILE_SIZE_BYTES}", info.size)));
+    }
+    let mut next_offset = 0u64;
+    for (pos, chunk) in info.chunks.iter().enumerate() {
+        if chunk.chunk_idx as usize != pos {
+            return Err(bad(format!("chunk {} is listed in position {pos}", chunk.chunk_idx)));
+        }
+        if chunk.offset != next_offset {
+            return Err(bad(format!("chunk {pos} starts at {} instead of {next_offset}", chunk.offset)));
+        }
+        next_offset = next_offset
+            .checked_add(chunk.length)
+            .filter(|&end| end <= info.size)
+            .ok_or_else(|| bad(format!("chunk {pos} ends past the file's {} bytes", info.size)))?;
+    }
+    if next_offset != info.size {
+        return Err(bad(format!("chunks cover {next_offset} of {} bytes", info.size)));
+    }
+    Ok(())
+}
+
+/// Follows a download through a chunk table (one that passed [`check_chunk_table`]) and checks
+/// each chunk's crc32 as soon as its last byte has arrived.
+struct StreamVerifier<'a> {
+    chunks: &'a [ChunkInfo],
+    size_bytes: u64,
+    received_bytes: u64,
+    /// Position in `chunks` of the chunk being received.
+    chunk_pos: usize,
+    chunk_received_bytes: u64,
+    chunk_hasher: crc32fast::Hasher,
+}
+
+impl<'a> StreamVerifier<'a> {
+    fn new(info: &'a FileInfo) -> StreamVerifier<'a> {
+        StreamVerifier {
+            chunks: &info.chunks,
+            size_bytes: info.size,
+            received_bytes: 0,
+            chunk_pos: 0,
+            chunk_received_bytes: 0,
+            chunk_hasher: crc32fast::Hasher::new(),
+        }
+    }
+
+    /// Refuses `n_bytes` more bytes if they would run past the end of the file. Checked before
+    /// a frame's body is read, so no byte past the end is ever accepted.
+    fn check_room(&self, n_bytes: u64) -> Result<(), IntegrityError> {
+        if n_bytes > self.size_bytes - self.received_bytes {
+            return Err(IntegrityError::Overrun {
+                received_bytes: self.received_bytes,
+                n_bytes,
+                size_bytes: self.size_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn update(&mut self, mut data: &[u8]) -> Result<(), IntegrityError> {
+        self.check_room(data.len() as u64)?;
+        self.close_complete_chunks()?;
+        while !data.is_empty() {
+            // The table tiles the file and `check_room` passed, so a chunk is always open here.
+            let Some(chunk) = self.chunks.get(self.chunk_pos) else {
+                return Err(IntegrityError::Overrun {
+                    received_bytes: self.received_bytes,
+                    n_bytes: data.len() as u64,
+                    size_bytes: self.size_bytes,
+                });
+            };
+            let take = (chunk.length - self.chunk_received_bytes).min(data.len() as u64) as usize;
+            let (now, rest) = data.split_at(take);
+            self.chunk_hasher.update(now);
+            self.chunk_received_bytes += take as u64;
+            self.received_bytes += take as u64;
+            data = rest;
+            self.close_complete_chunks()?;
+        }
+        Ok(())
+    }
+
+    /// Verifies every chunk whose bytes have all arrived, empty chunks included.
+    fn close_complete_chunks(&mut self) -> Result<(), IntegrityError> {
+        while let Some(chunk) = self.chunks.get(self.chunk_pos) {
+            if self.chunk_received_bytes < chunk.length {
+                break;
+            }
+            let actual_crc32 = std::mem::take(&mut self.chunk_hasher).finalize();
+            if actual_crc32 != chunk.crc32 {
+                return Err(IntegrityError::ChunkMismatch {
+                    chunk_idx: chunk.chunk_idx,
+                    expected_crc32: chunk.crc32,
+                    actual_crc32,
+                });
+            }
+            self.chunk_pos += 1;
+            self.chunk_received_bytes = 0;
+        }
+        Ok(())
+    }
+
+    /// Called at End: every chunk must have arrived whole and verified.
+    fn finish(mut self) -> Result<(), IntegrityError> {
+        self.close_complete_chunks()?;
+        match self.chunks.get(self.chunk_pos) {
+            None if self.received_bytes == self.size_bytes => Ok(()),
+            open => Err(IntegrityError::ShortStream {
+                chunk_idx: open.map_or(self.chunk_pos as u32, |c| c.chunk_idx),
+                received_bytes: self.received_bytes,
+                size_bytes: self.size_bytes,
+            }),
+        }
+    }
+}
+
+/// A download in progress: a temporary file next to its destination. Dropping it without
+/// [`PartialFile::persist`] removes the temporary file, whatever the reason for the drop.
+struct PartialFile {
+    dest: PathBuf,
+    temp: PathBuf,
+    file: File,
+    persisted: bool,
+}
+
+impl PartialFile {
+    fn create(dest: &Path) -> Result<PartialFile> {
+        if dest.is_dir() {
+            return Err(ClientError::Invalid(format!("{} is a directory", dest.display())));
+        }
+        let dest_name = dest
+            .file_name()
+            .ok_or_else(|| ClientError::Invalid(format!("{} does not end in a file name", dest.display())))?;
+        let file_error =
+            |source| ClientError::File { action: "create a temporary file for", path: dest.to_owned(), source };
+        let mut suffix = [0u8; 8];
+        getrandom::getrandom(&mut suffix).map_err(|e| file_error(io::Error::from(e)))?;
+        let dest_name = dest_name.to_string_lossy();
+        let mut keep = dest_name.len().min(TEMP_NAME_KEEP_BYTES);
+        while !dest_name.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let temp_name = format!(".{}.dfs-partial-{}", &dest_name[..keep], hex::encode(suffix));
+        let temp = dest.with_file_name(temp_name);
+        // create_new: never truncate or follow a file someone else put at this name.
+        let file = OpenOptions::new().write(true).create_new(true).open(&temp).map_err(file_error)?;
+        Ok(PartialFile { dest: dest.to_owned(), temp, file, persisted: false })
+    }
+
+    fn file_error(&self, action: &'static str) -> impl FnOnce(io::Error) -> ClientError + '_ {
+        move |source| ClientError::File { action, path: self.temp.clone(), source }
+    }
+
+    /// Reserves the file's blocks, so a full disk is reported before the download, not during.
+    fn preallocate(&mut self, size_bytes: u64) -> Result<()> {
+        if size_bytes == 0 {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use nix::errno::Errno;
+            use nix::fcntl::{fallocate, FallocateFlags};
+            use std::os::fd::AsRawFd;
+            let len = i64::try_from(size_bytes)
+                .map_err(|_| ClientError::Invalid(format!("file size {size_bytes} does not fit in off_t")))?;
+            match fallocate(self.file.as_raw_fd(), FallocateFlags::empty(), 0, len) {
+                Ok(()) => return Ok(()),
+                // Some file systems cannot reserve space; a sparse file of the right size will do.
+                Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => {}
+                Err(e) => return Err(self.file_error("preallocate")(e.into())),
+            }
+        }
+        self.file.set_len(size_bytes).map_err(self.file_error("set the size of"))
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.file.write_all(data).map_err(self.file_error("write"))
+    }
+
+    /// Syncs the file, renames it over the destination and syncs the directory, so the
+    /// destination survives a crash once this returns.
+    fn persist(mut self) -> Result<()> {
+        self.file.sync_all().map_err(self.file_error("sync"))?;
+        fs::rename(&self.temp, &self.dest).map_err(|source| ClientError::File {
+            action: "move the download into place at",
+            path: self.dest.clone(),
+            source,
+        })?;
+        self.persisted = true;
+        // The file is complete and verified at this point; a failure here only means the rename
+        // itself may not survive a crash, which is still worth reporting.
+        let dir = match self.dest.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|source| ClientError::File {
+            action: "sync the directory of",
+            path: self.dest.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            // Best effort: the error being reported matters more than a failed clean-up.
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfs_proto::layout::{chunk_spans, crc32};
+    use dfs_proto::Chunking;
+
+    fn info_for(data: &[u8], chunking: Chunking, cap: u64) -> FileInfo {
+        let chunks = chunk_spans(data.len() as u64, chunking, cap)
+            .expect("layout")
+            .into_iter()
+            .map(|s| ChunkInfo {
+                chunk_idx: s.chunk_idx,
+                offset: s.offset,
+                length: s.length,
+                crc32: crc32(&data[s.offset as usize..(s.offset + s.length) as usize]),
+                placement: vec![0],
+            })
+            .collect();
+        FileInfo {
+            file_id: FileId([7; 16]),
+            name: "f".into(),
+            size: data.len() as u64,
+            created_unix_ms: 0,
+            chunking,
+            nodes: vec!["127.0.0.1:7701".into()],
+            chunks,
+        }
+    }
+
+    /// Feeds `data` to a verifier in frames of `frame_len` bytes and finishes it.
+    fn verify(info: &FileInfo, data: &[u8], frame_len: usize) -> Result<(), IntegrityError> {
+        let mut verifier = StreamVerifier::new(info);
+        for frame in data.chunks(frame_len) {
+            verifier.check_room(frame.len() as u64)?;
+            verifier.update(frame)?;
+        }
+        verifier.finish()
+    }
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn intact_streams_pass_whatever_the_frame_size() {
+        for (len, chunking, cap) in [(0, Chunking::Equal, 1), (1, Chunking::Equal, 1), (1001, Chunking::Dynamic, 50)] {
+            let data = sample(len);
+            let info = info_for(&data, chunking, cap);
+            check_chunk_table(&info).expect("valid table");
+            for frame_len in [1, 3, 64, 4096] {
+                assert_eq!(verify(&info, &data, frame_len), Ok(()), "len {len}, frames of {frame_len}");
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_byte_names_its_chunk() {
+        let data = sample(1000);
+        let info = info_for(&data, Chunking::Equal, 1);
+        let mut bad = data.clone();
+        bad[600] ^= 1; // chunks of 250 bytes: byte 600 lies in chunk 2
+        let err = verify(&info, &bad, 100).expect_err("corruption must be caught");
+        assert!(matches!(err, IntegrityError::ChunkMismatch { chunk_idx: 2, .. }), "{err}");
+        assert!(err.to_string().contains("chunk 2"), "{err}");
+    }
+
+    #[test]
+    fn short_stream_names_the_open_chunk() {
+        let data = sample(1000);
+        let info = info_for(&data, Chunking::Equal, 1);
+        let err = verify(&info, &data[..700], 100).expect_err("short stream must be caught");
+        assert_eq!(err, IntegrityError::ShortStream { chunk_idx: 2, received_bytes: 700, size_bytes: 1000 });
+    }
+
+    #[test]
+    fn data_past_the_end_is_refused_before_it_is_read() {
+        let data = sample(10);
+        let info = info_for(&data, Chunking::Equal, 1);
+        let mut verifier = StreamVerifier::new(&info);
+        verifier.update(&data[..8]).expect("first 8 bytes");
+        assert!(matches!(verifier.check_room(3), Err(IntegrityError::Overrun { .. })));
+        assert!(matches!(verifier.update(&[0; 3]), Err(IntegrityError::Overrun { .. })));
+    }
+
+    #[test]
+    fn chunk_tables_that_do_not_tile_the_file_are_refused() {
+        let data = sample(100);
+        let good = info_for(&data, Chunking::Equal, 1);
+        let mut gap = good.clone();
+        gap.chunks[1].offset += 1;
+        let mut short = good.clone();
+        short.size += 1;
+        let mut reordered = good.clone();
+        reordered.chunks.swap(0, 1);
+        let mut overflow = good.clone();
+        overflow.chunks[3].length = u64::MAX;
+        for (what, info) in [("gap", gap), ("short", short), ("reordered", reordered), ("overflow", overflow)] {
+            assert!(matches!(check_chunk_table(&info), Err(ClientError::Protocol(_))), "{what}");
+        }
+    }
+
+    #[test]
+    fn dropped_partial_file_is_removed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dest = dir.path().join("out.bin");
+        let mut partial = PartialFile::create(&dest).expect("create");
+        partial.preallocate(4096).expect("preallocate");
+        partial.write(b"partial").expect("write");
+        drop(partial);
+        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 0, "nothing may be left behind");
+    }
+
+    #[test]
+    fn persisted_partial_file_replaces_the_destination() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dest = dir.path().join("out.bin");
+        fs::write(&dest, b"old contents").expect("old file");
+        let mut partial = PartialFile::create(&dest).expect("create");
+        partial.preallocate(3).expect("preallocate");
+        partial.write(b"new").expect("write");
+        partial.persist().expect("persist");
+        assert_eq!(fs::read(&dest).expect("read"), b"new");
+        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 1, "only the destination remains");
+    }
+
+    #[test]
+    fn directory_destination_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(matches!(PartialFile::create(dir.path()), Err(ClientError::Invalid(_))));
+    }
+}

@@ -1,0 +1,237 @@
+//! The dfs client library: one blocking TCP connection to the engine, and the five requests a
+//! user can make over it (put, get, stat, list, delete). It owns the client side of protocol v1
+//! as `dfs_proto` defines it: the handshake, streaming a file up with its per-chunk crc32s, and
+//! streaming a file down while checking every chunk against the file's chunk table, so that
+//! data corrupted anywhere between the disk and this process is reported rather than written.
+//!
+//! The `dfs-client` binary is a thin command line over this crate; [`view`] holds what it prints.
+
+mod error;
+mod get;
+mod put;
+pub mod view;
+
+pub use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileSummary, HelloOk, Status};
+pub use error::{ClientError, IntegrityError, Result};
+pub use put::{default_name, MappedFile};
+
+use dfs_proto::io_std::{self, Frame};
+use dfs_proto::limits::MAX_LIST_ENTRIES;
+use dfs_proto::{FrameError, Hello, Msg, Role, VERSION};
+use std::collections::HashSet;
+use std::io::{self, BufReader};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Where the engine listens when neither `--server` nor `DFS_SERVER` says otherwise.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:7700";
+/// How long to wait for a TCP connection to the engine to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one socket read or write may block, so a dead engine cannot hang the client forever.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// Read buffer for the socket: large enough that a frame header and a small control frame
+/// arrive in one system call, small next to the 1 MiB data frames, which bypass it.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Receives byte counts while a file moves, for a progress bar. Both methods do nothing by
+/// default; `()` is the "no progress report" implementation.
+pub trait Progress {
+    /// The transfer of `total_bytes` bytes is about to begin.
+    fn start(&mut self, total_bytes: u64) {
+        let _ = total_bytes;
+    }
+    /// `n_bytes` more bytes have been sent or received.
+    fn advance(&mut self, n_bytes: u64) {
+        let _ = n_bytes;
+    }
+}
+
+impl Progress for () {}
+
+/// One page of a LIST answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    pub files: Vec<FileSummary>,
+    /// More files follow the last one of this page.
+    pub more: bool,
+}
+
+/// A connection to the engine, handshake done. Requests run one after the other on it.
+///
+/// A request that fails part-way (a broken upload or download, a malformed answer) leaves the
+/// stream in an unknown state, so the client refuses further requests with
+/// [`ClientError::Unusable`]; a plain refusal by the engine (for example "not found") does not.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    hello: HelloOk,
+    usable: bool,
+}
+
+impl Client {
+    /// Connects to the engine at `addr` (`host:port`) and performs the handshake.
+    pub fn connect(addr: &str) -> Result<Client> {
+        let connect_error = |source| ClientError::Connect { addr: addr.to_owned(), source };
+        let stream = open_stream(addr).map_err(connect_error)?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+        let mut writer = reader.get_ref();
+        io_std::write_msg(&mut writer, &Msg::Hello(Hello::new(Role::Client)))
+            .map_err(|e| connection_error("sending the handshake", e.into(), IO_TIMEOUT))?;
+        let frame = io_std::read_frame(&mut reader)
+            .map_err(|e| connection_error("waiting for the handshake answer", e, IO_TIMEOUT))?;
+        let hello = match frame {
+            Frame::Msg(Msg::HelloOk(hello)) => hello,
+            Frame::Msg(Msg::Error { status, message }) => return Err(ClientError::Remote { status, message }),
+            Frame::Msg(other) => return Err(unexpected(&other, "HelloOk")),
+            Frame::Data(_) => return Err(ClientError::Protocol("expected HelloOk, engine sent a data frame".into())),
+        };
+        if hello.version != VERSION {
+            return Err(ClientError::Protocol(format!(
+                "engine accepted the handshake with protocol version {}, this client speaks {VERSION}",
+                hello.version
+            )));
+        }
+        Ok(Client { reader, hello, usable: true })
+    }
+
+    /// The engine's answer to the handshake (block size, dynamic chunk cap).
+    pub fn hello(&self) -> &HelloOk {
+        &self.hello
+    }
+
+    /// The full description of a file: size, chunking, chunk table and node addresses.
+    pub fn stat(&mut self, file_id: FileId) -> Result<FileInfo> {
+        self.run(true, |c| match c.request(&Msg::Stat { file_id }, "StatOk")? {
+            Msg::StatOk(info) => check_file_id(info, file_id),
+            other => Err(unexpected(&other, "StatOk")),
+        })
+    }
+
+    /// One page of the file list: at most `limit` files (1 to 1000) after `after`.
+    pub fn list_page(&mut self, after: Option<FileId>, limit: u32) -> Result<ListPage> {
+        if limit == 0 || limit > MAX_LIST_ENTRIES {
+            return Err(ClientError::Invalid(format!("list page size {limit} is outside 1..={MAX_LIST_ENTRIES}")));
+        }
+        self.run(true, |c| match c.request(&Msg::List { after, limit }, "ListOk")? {
+            Msg::ListOk { files, more } => Ok(ListPage { files, more }),
+            other => Err(unexpected(&other, "ListOk")),
+        })
+    }
+
+    /// Every file, fetched page by page in the engine's order.
+    pub fn list(&mut self) -> Result<Vec<FileSummary>> {
+        let mut files: Vec<FileSummary> = Vec::new();
+        // The engine's order is its own business, but a file seen twice means the cursor is
+        // not advancing, and following it would loop forever.
+        let mut seen = HashSet::new();
+        loop {
+            let after = files.last().map(|f| f.file_id);
+            let page = self.list_page(after, MAX_LIST_ENTRIES)?;
+            if page.more && page.files.is_empty() {
+                self.usable = false;
+                return Err(ClientError::Protocol("engine sent an empty list page that claims more follow".into()));
+            }
+            for file in page.files {
+                if !seen.insert(file.file_id) {
+                    self.usable = false;
+                    return Err(ClientError::Protocol(format!("engine listed file {} twice", file.file_id)));
+                }
+                files.push(file);
+            }
+            if !page.more {
+                return Ok(files);
+            }
+        }
+    }
+
+    /// Deletes a file. Its chunks are removed from the nodes in the background.
+    pub fn delete(&mut self, file_id: FileId) -> Result<()> {
+        self.run(true, |c| match c.request(&Msg::Delete { file_id }, "Ok")? {
+            Msg::Ok => Ok(()),
+            other => Err(unexpected(&other, "Ok")),
+        })
+    }
+
+    /// Runs one request, refusing it on a connection already known to be broken and marking the
+    /// connection broken if the request fails. With `remote_keeps_connection`, an Error frame
+    /// from the engine is a complete answer and leaves the connection usable.
+    fn run<T>(&mut self, remote_keeps_connection: bool, op: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        if !self.usable {
+            return Err(ClientError::Unusable);
+        }
+        let result = op(self);
+        if let Err(e) = &result {
+            if !(remote_keeps_connection && matches!(e, ClientError::Remote { .. })) {
+                self.usable = false;
+            }
+        }
+        result
+    }
+
+    fn send(&mut self, msg: &Msg, doing: &'static str) -> Result<()> {
+        let mut writer = self.reader.get_ref();
+        io_std::write_msg(&mut writer, msg).map_err(|e| connection_error(doing, e.into(), IO_TIMEOUT))
+    }
+
+    fn recv(&mut self, doing: &'static str) -> Result<Frame> {
+        io_std::read_frame(&mut self.reader).map_err(|e| connection_error(doing, e, IO_TIMEOUT))
+    }
+
+    /// Reads one control frame; an Error frame becomes [`ClientError::Remote`].
+    fn recv_msg(&mut self, doing: &'static str, expected: &str) -> Result<Msg> {
+        match self.recv(doing)? {
+            Frame::Msg(Msg::Error { status, message }) => Err(ClientError::Remote { status, message }),
+            Frame::Msg(msg) => Ok(msg),
+            Frame::Data(_) => Err(ClientError::Protocol(format!("expected {expected}, engine sent a data frame"))),
+        }
+    }
+
+    /// Sends `msg` and reads the one control frame that answers it.
+    fn request(&mut self, msg: &Msg, expected: &str) -> Result<Msg> {
+        self.send(msg, "sending the request")?;
+        self.recv_msg("waiting for the answer", expected)
+    }
+}
+
+/// Resolves `addr` and connects to the first address that answers, then sets the socket up:
+/// no Nagle delay (requests are single small frames), and timeouts on every read and write.
+fn open_stream(addr: &str) -> io::Result<TcpStream> {
+    let mut last_error = None;
+    for socket_addr in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&socket_addr, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(IO_TIMEOUT))?;
+                stream.set_write_timeout(Some(IO_TIMEOUT))?;
+                return Ok(stream);
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the address resolved to nothing")))
+}
+
+/// Wraps a framing error. A socket timeout surfaces as `WouldBlock` (EAGAIN) on Linux, whose
+/// text ("resource temporarily unavailable") would mislead, so it is reported as a timeout.
+fn connection_error(doing: &'static str, source: FrameError, timeout: Duration) -> ClientError {
+    let source = match source {
+        FrameError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            FrameError::TimedOut(timeout)
+        }
+        other => other,
+    };
+    ClientError::Connection { doing, source }
+}
+
+fn unexpected(msg: &Msg, expected: &str) -> ClientError {
+    ClientError::Protocol(format!("expected {expected}, engine sent {}", msg.kind().name()))
+}
+
+fn check_file_id(info: FileInfo, asked: FileId) -> Result<FileInfo> {
+    if info.file_id != asked {
+        return Err(ClientError::Protocol(format!(
+            "asked about file {asked}, engine answered about file {}",
+            info.file_id
+        )));
+    }
+    Ok(info)
+}
