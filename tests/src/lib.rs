@@ -1,1 +1,1278 @@
+//! The integration-test harness: real `dfs-node` and `dfs-engine` processes on loopback, driven
+//! through the real `dfs-client` binary. Each test owns one [`Cluster`], which owns one temp
+//! directory (node data, engine metadata, inputs, downloads and process logs) and every process it
+//! started. Ports are always picked by the kernel (`127.0.0.1:0`) and learned from the
+//! `listening ADDR` line, so tests run in parallel without coordination.
+//!
+//! When a test panics, dropping its cluster prints every command it ran with its outputs, the tail
+//! of every process log and a listing of the test directory, and keeps that directory on disk.
+//!
+//! The client's JSON output is read in one place, [`json`], so a renamed field is one edit.
 
+use dfs_proto::io_std::{self, Frame};
+use dfs_proto::{ChunkId, Chunking, FileId, Msg};
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// How long a server may take to print its `listening` line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one client command may run before it is killed and the test fails.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a server may take to close a connection it was sent garbage on.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lines of each process log printed when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+/// Commands printed when a test fails (the most recent ones).
+const HISTORY_REPORT_ENTRIES: usize = 80;
+/// Bytes of a command's stdout kept in the history.
+const HISTORY_STDOUT_BYTES: usize = 400;
+
+// ---------------------------------------------------------------------------------------------
+// Binaries
+// ---------------------------------------------------------------------------------------------
+
+/// The directory holding `dfs-engine`, `dfs-node` and `dfs-client`: `$DFS_BIN_DIR` if set, else
+/// the cargo target profile directory this test executable was built into (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DFS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("cannot find the test executable's path");
+    // The test executable is target/<profile>/deps/<name>-<hash>.
+    let deps = exe.parent().expect("test executable has a parent directory");
+    deps.parent().expect("deps directory has a parent").to_path_buf()
+}
+
+/// Path of one of the workspace binaries; panics with the build command if it is missing or
+/// older than its sources (`cargo nextest run -p dfs-tests` does not rebuild other packages'
+/// binaries, and a stale one would test yesterday's code).
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "binary {} not found: run `cargo build --workspace --bins` first (or set DFS_BIN_DIR)",
+        path.display()
+    );
+    if std::env::var_os("DFS_BIN_DIR").is_none() {
+        if let Some(newer) = source_newer_than(name, &path) {
+            panic!(
+                "binary {} is older than {}: run `cargo build --workspace --bins` first (or set DFS_BIN_DIR)",
+                path.display(),
+                newer.display()
+            );
+        }
+    }
+    path
+}
+
+/// A source file of binary `name` modified after `binary` was built, if the sources are here.
+fn source_newer_than(name: &str, binary: &Path) -> Option<PathBuf> {
+    let crates: &[&str] = match name {
+        "dfs-engine" => &["engine", "proto", "runtime"],
+        "dfs-node" => &["node", "proto", "runtime"],
+        "dfs-client" => &["client", "proto"],
+        _ => &[],
+    };
+    let built = fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    crates
+        .iter()
+        .flat_map(|c| walk_files(&workspace.join(c).join("src")))
+        .map(|(p, _)| p)
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .find(|p| fs::metadata(p).and_then(|m| m.modified()).is_ok_and(|m| m > built))
+}
+
+fn command_line(cmd: &Command) -> String {
+    let mut s = shell_quote(cmd.get_program());
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&shell_quote(a));
+    }
+    s
+}
+
+fn shell_quote(s: &OsStr) -> String {
+    let s = s.to_string_lossy();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@".contains(&b)) {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server processes
+// ---------------------------------------------------------------------------------------------
+
+/// A server process that announced its address. Dropping it kills it (SIGKILL) and reaps it.
+struct Proc {
+    label: String,
+    child: Child,
+    addr: String,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout read here (first line: `listening ADDR`, then drained into
+    /// `stdout_log`) and stderr written to `stderr_log`. Panics, with the log, if the process does
+    /// not announce itself within [`READY_TIMEOUT`].
+    fn spawn(label: String, cmd: Command, stdout_log: &Path, stderr_log: &Path) -> Proc {
+        Proc::try_spawn(label, cmd, stdout_log, stderr_log).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Proc::spawn`], with a process that exits or never announces itself as an error.
+    fn try_spawn(label: String, mut cmd: Command, stdout_log: &Path, stderr_log: &Path) -> Result<Proc, String> {
+        let stderr_file = fs::File::create(stderr_log).expect("cannot create stderr log");
+        let mut stdout_file = fs::File::create(stdout_log).expect("cannot create stdout log");
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr_file);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {label} ({}): {e}", command_line(&cmd)));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (first_line_tx, first_line_rx) = mpsc::channel::<io::Result<String>>();
+        thread::Builder::new()
+            .name(format!("{label} stdout"))
+            .spawn(move || {
+                let mut reader = BufReader::new(stdout);
+                let mut line = String::new();
+                let res = reader.read_line(&mut line).map(|_| line.clone());
+                let _ = stdout_file.write_all(line.as_bytes());
+                let _ = first_line_tx.send(res);
+                // Keep draining so the process never blocks on a full pipe.
+                let _ = io::copy(&mut reader, &mut stdout_file);
+            })
+            .expect("cannot spawn a stdout reader thread");
+        let mut proc = Proc { label, child, addr: String::new() };
+        let line = match first_line_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => return Err(format!("{}: cannot read its stdout: {e}", proc.label)),
+            Err(_) => {
+                return Err(format!(
+                    "{} did not print `listening ADDR` within {READY_TIMEOUT:?}; stderr:\n{}",
+                    proc.label,
+                    log_tail(stderr_log, LOG_TAIL_LINES)
+                ))
+            }
+        };
+        match line.trim_end().strip_prefix("listening ") {
+            Some(addr) => {
+                proc.addr = addr.trim().to_string();
+                Ok(proc)
+            }
+            None => {
+                // An empty line means stdout closed: the process most likely exited.
+                let status = proc.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                Err(format!(
+                    "{} printed {line:?} instead of `listening ADDR` ({status}); stderr:\n{}",
+                    proc.label,
+                    log_tail(stderr_log, LOG_TAIL_LINES)
+                ))
+            }
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn log_tail(path: &Path, n_lines: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            let skip = lines.len().saturating_sub(n_lines);
+            let mut out = String::new();
+            if skip > 0 {
+                let _ = writeln!(out, "    [... {skip} earlier lines]");
+            }
+            for l in &lines[skip..] {
+                let _ = writeln!(out, "    {l}");
+            }
+            out
+        }
+        Err(e) => format!("    [cannot read {}: {e}]\n", path.display()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client runs
+// ---------------------------------------------------------------------------------------------
+
+/// What one `dfs-client` run produced.
+#[derive(Debug, Clone)]
+pub struct ClientOutput {
+    pub cmdline: String,
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl ClientOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Panics, naming `what`, unless the command exited 0.
+    #[track_caller]
+    pub fn expect_success(&self, what: &str) -> &ClientOutput {
+        assert!(self.success(), "{what}: expected exit 0 from `{}`\n{}", self.cmdline, self.describe());
+        self
+    }
+
+    /// Checks the client's error contract (exit status not 0, exactly one stderr line, starting
+    /// with `error:`) and returns that line.
+    #[track_caller]
+    pub fn expect_error(&self, what: &str) -> String {
+        assert!(
+            !self.success(),
+            "{what}: expected a failure from `{}`, it succeeded\n{}",
+            self.cmdline,
+            self.describe()
+        );
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("error:"),
+            "{what}: expected exactly one stderr line starting with `error:` from `{}`\n{}",
+            self.cmdline,
+            self.describe()
+        );
+        lines[0].to_string()
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "  exit: {}\n  stdout ({} bytes): {}\n  stderr: {}",
+            self.status,
+            self.stdout.len(),
+            preview(&self.stdout, HISTORY_STDOUT_BYTES),
+            self.stderr.trim_end().replace('\n', "\n          ")
+        )
+    }
+}
+
+fn preview(bytes: &[u8], max: usize) -> String {
+    let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
+    if bytes.len() > max {
+        format!("{:?} [... {} more bytes]", shown, bytes.len() - max)
+    } else {
+        format!("{shown:?}")
+    }
+}
+
+/// Runs `cmd` to completion with stdout and stderr captured; kills it after `timeout`.
+fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<(ExitStatus, Vec<u8>, Vec<u8>), String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
+    let (tx, rx) = mpsc::channel::<(bool, Vec<u8>)>();
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let tx2 = tx.clone();
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        let _ = tx.send((true, buf));
+    });
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        let _ = tx2.send((false, buf));
+    });
+    let deadline = Instant::now() + timeout;
+    let (mut out, mut err) = (None, None);
+    while out.is_none() || err.is_none() {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((true, b)) => out = Some(b),
+            Ok((false, b)) => err = Some(b),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("timed out after {timeout:?} and was killed"));
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("cannot wait for it: {e}"))?;
+    Ok((status, out.unwrap_or_default(), err.unwrap_or_default()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster
+// ---------------------------------------------------------------------------------------------
+
+/// Engine options a test may set.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOpts {
+    /// `--chunk-size-max`: the dynamic chunking cap.
+    pub chunk_size_max_bytes: Option<u64>,
+    /// `--buffer-budget`: files larger than this are streamed by GET instead of buffered.
+    pub buffer_budget_bytes: Option<u64>,
+}
+
+struct NodeSlot {
+    proc: Option<Proc>,
+    addr: String,
+    data_dir: PathBuf,
+    n_starts: usize,
+}
+
+/// One test's processes and directory.
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    opts: ClusterOpts,
+    nodes: Vec<NodeSlot>,
+    engine: Option<Proc>,
+    engine_addr: String,
+    n_engine_starts: usize,
+    /// Every process log as (label, stdout log, stderr log), kept after the process is gone.
+    logs: Vec<(String, PathBuf, PathBuf)>,
+    history: Mutex<Vec<String>>,
+    n_runs: AtomicUsize,
+}
+
+fn test_name() -> String {
+    let name = thread::current().name().unwrap_or("test").to_string();
+    let name = name.rsplit("::").next().unwrap_or("test");
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).take(60).collect()
+}
+
+impl Cluster {
+    /// Starts `n_nodes` storage nodes, then an engine that knows them all.
+    pub fn start(n_nodes: usize, opts: ClusterOpts) -> Cluster {
+        let mut c = Cluster::start_nodes(n_nodes);
+        c.opts = opts;
+        c.start_engine();
+        c
+    }
+
+    /// Starts `n_nodes` storage nodes and no engine.
+    pub fn start_nodes(n_nodes: usize) -> Cluster {
+        let mut c = Cluster::empty();
+        for node_idx in 0..n_nodes {
+            let data_dir = c.root.join("nodes").join(format!("n{node_idx}"));
+            c.nodes.push(NodeSlot { proc: None, addr: String::new(), data_dir, n_starts: 0 });
+            c.spawn_node(node_idx, "127.0.0.1:0".to_string());
+        }
+        c
+    }
+
+    /// A cluster with its directory and nothing running.
+    pub fn empty() -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("dfs-{}-", test_name()))
+            .tempdir()
+            .expect("cannot create the test directory");
+        let root = dir.path().to_path_buf();
+        for sub in ["logs", "inputs", "gets", "meta", "nodes", "scratch"] {
+            fs::create_dir_all(root.join(sub)).expect("cannot create test subdirectory");
+        }
+        Cluster {
+            dir: Some(dir),
+            root,
+            opts: ClusterOpts::default(),
+            nodes: Vec::new(),
+            engine: None,
+            engine_addr: String::new(),
+            n_engine_starts: 0,
+            logs: Vec::new(),
+            history: Mutex::new(Vec::new()),
+            n_runs: AtomicUsize::new(0),
+        }
+    }
+
+    fn record(&self, entry: String) {
+        self.history.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+    }
+
+    fn spawn_server(&mut self, label: String, file_stem: String, cmd: Command) -> Proc {
+        let stdout_log = self.root.join("logs").join(format!("{file_stem}.stdout"));
+        let stderr_log = self.root.join("logs").join(format!("{file_stem}.stderr"));
+        let cmdline = command_line(&cmd);
+        self.record(format!("$ {cmdline} &   # {label}"));
+        self.logs.push((label.clone(), stdout_log.clone(), stderr_log.clone()));
+        let proc = Proc::spawn(label.clone(), cmd, &stdout_log, &stderr_log);
+        self.record(format!("  {label} listening on {}", proc.addr));
+        proc
+    }
+
+    fn spawn_node(&mut self, node_idx: usize, listen: String) {
+        let slot = &mut self.nodes[node_idx];
+        slot.n_starts += 1;
+        let n_starts = slot.n_starts;
+        let mut cmd = Command::new(bin("dfs-node"));
+        cmd.arg("--listen").arg(&listen).arg("--data").arg(&slot.data_dir).current_dir(&self.root);
+        let proc =
+            self.spawn_server(format!("node {node_idx} (start {n_starts})"), format!("node{node_idx}.{n_starts}"), cmd);
+        self.nodes[node_idx].addr = proc.addr.clone();
+        self.nodes[node_idx].proc = Some(proc);
+    }
+
+    fn start_engine(&mut self) {
+        self.n_engine_starts += 1;
+        let n_starts = self.n_engine_starts;
+        let mut cmd = Command::new(bin("dfs-engine"));
+        cmd.arg("--listen").arg("127.0.0.1:0").arg("--meta").arg(self.root.join("meta")).current_dir(&self.root);
+        for node in &self.nodes {
+            cmd.arg("--node").arg(&node.addr);
+        }
+        if let Some(cap) = self.opts.chunk_size_max_bytes {
+            cmd.arg("--chunk-size-max").arg(cap.to_string());
+        }
+        if let Some(budget) = self.opts.buffer_budget_bytes {
+            cmd.arg("--buffer-budget").arg(budget.to_string());
+        }
+        let proc = self.spawn_server(format!("engine (start {n_starts})"), format!("engine.{n_starts}"), cmd);
+        self.engine_addr = proc.addr.clone();
+        self.engine = Some(proc);
+    }
+
+    /// Starts `dfs-engine --local N --data DIR --listen 127.0.0.1:PORT`, which spawns its own
+    /// nodes on the N ports after PORT. Returns the engine's pid, or the start-up error (a port
+    /// may have been taken meanwhile; the caller can retry with others).
+    pub fn try_start_local_engine(&mut self, n_nodes: usize, data_dir: &Path, port: u16) -> Result<u32, String> {
+        self.n_engine_starts += 1;
+        let n_starts = self.n_engine_starts;
+        let mut cmd = Command::new(bin("dfs-engine"));
+        cmd.arg("--local")
+            .arg(n_nodes.to_string())
+            .arg("--data")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .current_dir(&self.root);
+        let label = format!("local engine (start {n_starts})");
+        let stdout_log = self.root.join("logs").join(format!("engine.{n_starts}.stdout"));
+        let stderr_log = self.root.join("logs").join(format!("engine.{n_starts}.stderr"));
+        self.record(format!("$ {} &   # {label}", command_line(&cmd)));
+        self.logs.push((label.clone(), stdout_log.clone(), stderr_log.clone()));
+        let proc = Proc::try_spawn(label.clone(), cmd, &stdout_log, &stderr_log)
+            .inspect_err(|e| self.record(format!("  {e}")))?;
+        self.record(format!("  {label} listening on {}", proc.addr));
+        self.engine_addr = proc.addr.clone();
+        let pid = proc.child.id();
+        self.engine = Some(proc);
+        Ok(pid)
+    }
+
+    /// The test directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn engine_addr(&self) -> &str {
+        &self.engine_addr
+    }
+
+    pub fn n_nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn node_addr(&self, node_idx: usize) -> &str {
+        &self.nodes[node_idx].addr
+    }
+
+    pub fn node_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Index of the node listening on `addr`.
+    pub fn node_idx_of(&self, addr: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.addr == addr)
+    }
+
+    pub fn node_data_dir(&self, node_idx: usize) -> &Path {
+        &self.nodes[node_idx].data_dir
+    }
+
+    /// Whether the engine process is still running (it has not crashed).
+    pub fn engine_alive(&mut self) -> bool {
+        self.engine.as_mut().is_some_and(Proc::is_running)
+    }
+
+    pub fn node_alive(&mut self, node_idx: usize) -> bool {
+        self.nodes[node_idx].proc.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// SIGKILLs storage node `node_idx` and reaps it.
+    pub fn kill_node(&mut self, node_idx: usize) {
+        let label = format!("node {node_idx} at {}", self.nodes[node_idx].addr);
+        self.record(format!("# kill -9 {label}"));
+        let mut proc = self.nodes[node_idx].proc.take().unwrap_or_else(|| panic!("{label} is not running"));
+        proc.kill();
+    }
+
+    /// Starts node `node_idx` again on its old address and data directory, so the engine, which
+    /// knows nodes by address, finds it again.
+    pub fn restart_node(&mut self, node_idx: usize) {
+        assert!(self.nodes[node_idx].proc.is_none(), "node {node_idx} is still running");
+        let addr = self.nodes[node_idx].addr.clone();
+        self.spawn_node(node_idx, addr.clone());
+        assert_eq!(self.nodes[node_idx].addr, addr, "node {node_idx} came back on another address");
+    }
+
+    /// SIGKILLs the engine and starts it again on the same `--meta` (on a new port).
+    pub fn restart_engine(&mut self) {
+        self.kill_engine();
+        self.start_engine();
+    }
+
+    pub fn kill_engine(&mut self) {
+        self.record(format!("# kill -9 engine at {}", self.engine_addr));
+        let mut proc = self.engine.take().expect("the engine is not running");
+        proc.kill();
+    }
+
+    fn next_run(&self) -> usize {
+        self.n_runs.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `dfs-client --server ENGINE ARGS...` and records it.
+    pub fn client<I, S>(&self, args: I) -> ClientOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut full: Vec<OsString> = vec!["--server".into(), self.engine_addr.clone().into()];
+        full.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self.client_raw(&full)
+    }
+
+    /// Runs `dfs-client ARGS...` exactly as given (no `--server` added).
+    pub fn client_raw(&self, args: &[OsString]) -> ClientOutput {
+        let mut cmd = Command::new(bin("dfs-client"));
+        cmd.args(args).current_dir(self.root.join("scratch"));
+        let cmdline = command_line(&cmd);
+        let started = Instant::now();
+        let res = run_bounded(cmd, CLIENT_TIMEOUT);
+        match res {
+            Ok((status, stdout, stderr)) => {
+                let out = ClientOutput {
+                    cmdline: cmdline.clone(),
+                    status,
+                    stdout,
+                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                };
+                self.record(format!("$ {cmdline}   # {:.2?}\n{}", started.elapsed(), out.describe()));
+                out
+            }
+            Err(e) => {
+                self.record(format!("$ {cmdline}\n  {e}"));
+                panic!("dfs-client {e}: `{cmdline}`")
+            }
+        }
+    }
+
+    /// Writes `data` to a fresh input file and returns its path.
+    pub fn write_input(&self, data: &[u8]) -> PathBuf {
+        let path = self.root.join("inputs").join(format!("input-{}", self.next_run()));
+        fs::write(&path, data).expect("cannot write input file");
+        path
+    }
+
+    /// `put`: the file ID on success, the client's output on failure.
+    pub fn try_put_file(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        chunking: Option<Chunking>,
+    ) -> Result<String, ClientOutput> {
+        let mut args: Vec<OsString> = vec!["put".into(), path.into()];
+        if let Some(name) = name {
+            args.push("--name".into());
+            args.push(name.into());
+        }
+        if let Some(chunking) = chunking {
+            args.push("--chunking".into());
+            args.push(chunking.to_string().into());
+        }
+        let out = self.client(&args);
+        if !out.success() {
+            return Err(out);
+        }
+        let id = out.stdout_text().trim().to_string();
+        assert!(
+            id.parse::<FileId>().is_ok() && out.stdout_text() == format!("{id}\n"),
+            "put must print the 32-hex file ID alone on stdout, got: `{}`\n{}",
+            out.cmdline,
+            out.describe()
+        );
+        Ok(id)
+    }
+
+    pub fn try_put_bytes(&self, data: &[u8], name: &str, chunking: Chunking) -> Result<String, ClientOutput> {
+        let path = self.write_input(data);
+        let res = self.try_put_file(&path, Some(name), Some(chunking));
+        let _ = fs::remove_file(&path);
+        res
+    }
+
+    /// Uploads `data` under `name`; panics if the upload fails.
+    #[track_caller]
+    pub fn put_bytes(&self, data: &[u8], name: &str, chunking: Chunking) -> String {
+        match self.try_put_bytes(data, name, chunking) {
+            Ok(id) => id,
+            Err(out) => panic!(
+                "put of {} bytes as {name:?} ({chunking}) failed: `{}`\n{}",
+                data.len(),
+                out.cmdline,
+                out.describe()
+            ),
+        }
+    }
+
+    /// Downloads `id` into a fresh directory with `-o PATH`. On success, checks the directory holds
+    /// only the output file and returns its bytes. On failure, checks the error contract (one
+    /// `error:` line, exit not 0) and that neither the output file nor any temp file was left,
+    /// and returns the error line.
+    #[track_caller]
+    pub fn get(&self, id: &str) -> Result<Vec<u8>, String> {
+        let dir = self.root.join("gets").join(format!("get-{}", self.next_run()));
+        fs::create_dir_all(&dir).expect("cannot create download directory");
+        let out_path = dir.join("out.bin");
+        let out = self.client([OsStr::new("get"), OsStr::new(id), OsStr::new("-o"), out_path.as_os_str()]);
+        let left: Vec<String> = fs::read_dir(&dir)
+            .expect("read download dir")
+            .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        if out.success() {
+            assert_eq!(
+                left,
+                ["out.bin"],
+                "get {id} succeeded: the download directory must hold exactly the output file\n{}",
+                out.describe()
+            );
+            let data = fs::read(&out_path).expect("read downloaded file");
+            fs::remove_dir_all(&dir).expect("remove download dir");
+            Ok(data)
+        } else {
+            let line = out.expect_error(&format!("get {id}"));
+            assert!(
+                left.is_empty(),
+                "get {id} failed but left files behind in {}: {left:?} (expected no output file and no temp files)\n{}",
+                dir.display(),
+                out.describe()
+            );
+            Err(line)
+        }
+    }
+
+    /// Downloads `id` with `-o -` (to stdout).
+    #[track_caller]
+    pub fn get_stdout(&self, id: &str) -> Result<Vec<u8>, String> {
+        let out = self.client(["get", id, "-o", "-"]);
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(out.expect_error(&format!("get {id} -o -")))
+        }
+    }
+
+    /// `stat ID --json`, parsed; the error line on failure.
+    #[track_caller]
+    pub fn stat(&self, id: &str) -> Result<json::StatInfo, String> {
+        let out = self.client(["stat", id, "--json"]);
+        if !out.success() {
+            return Err(out.expect_error(&format!("stat {id}")));
+        }
+        let value: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("stat {id} --json printed invalid JSON ({e})\n{}", out.describe()));
+        Ok(json::StatInfo::from_json(&value).unwrap_or_else(|e| panic!("stat {id} --json: {e}\n{}", out.describe())))
+    }
+
+    /// `ls --json`, parsed; panics if it fails.
+    #[track_caller]
+    pub fn ls(&self) -> Vec<json::ListEntry> {
+        let out = self.client(["ls", "--json"]);
+        out.expect_success("ls --json");
+        let value: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("ls --json printed invalid JSON ({e})\n{}", out.describe()));
+        json::ListEntry::from_json_list(&value).unwrap_or_else(|e| panic!("ls --json: {e}\n{}", out.describe()))
+    }
+
+    /// `rm ID`; the error line on failure.
+    #[track_caller]
+    pub fn rm(&self, id: &str) -> Result<(), String> {
+        let out = self.client(["rm", id]);
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.expect_error(&format!("rm {id}")))
+        }
+    }
+
+    /// Every committed chunk file on node `node_idx`, sorted by chunk ID.
+    pub fn chunk_files(&self, node_idx: usize) -> Vec<(ChunkId, PathBuf)> {
+        chunk_files_under(&self.nodes[node_idx].data_dir.join("chunks"))
+    }
+
+    /// Where the chunk `chunk_idx` of file `file_id` lies on disk: (node index, path), on every node.
+    pub fn find_chunk_file(&self, file_id: &str, chunk_idx: u32) -> Vec<(usize, PathBuf)> {
+        let file_id: FileId = file_id.parse().expect("well-formed file ID");
+        let want = ChunkId { file_id, chunk_idx };
+        (0..self.nodes.len())
+            .flat_map(|n| self.chunk_files(n).into_iter().filter(|(c, _)| *c == want).map(move |(_, p)| (n, p)))
+            .collect()
+    }
+
+    /// The engine's dynamic chunking cap, if this test set one.
+    pub fn chunk_size_max_bytes(&self) -> Option<u64> {
+        self.opts.chunk_size_max_bytes
+    }
+
+    /// Checks that `stat` describes `data` uploaded as `name` with `chunking`: name, size and
+    /// chunking as given; chunks numbered 0.., contiguous, tiling the file in a multiple of four
+    /// equal parts (exactly the protocol's layout when the cap is known), each under the dynamic
+    /// cap; each chunk's crc32 that of the local bytes; and each non-empty chunk held by known
+    /// nodes whose chunk file starts with exactly those bytes.
+    #[track_caller]
+    pub fn assert_stat_describes(&self, id: &str, stat: &json::StatInfo, data: &[u8], name: &str, chunking: Chunking) {
+        let ctx = format!("stat {id} (uploaded as {name:?}, {} bytes, {chunking})", data.len());
+        assert_eq!(stat.name, name, "{ctx}: name");
+        assert_eq!(stat.size, data.len() as u64, "{ctx}: size");
+        assert_eq!(stat.chunking, chunking.to_string(), "{ctx}: chunking");
+        if let Some(shown) = &stat.id {
+            assert_eq!(shown, id, "{ctx}: id");
+        }
+        let n_chunks = stat.chunks.len();
+        assert!(
+            n_chunks >= 4 && n_chunks.is_multiple_of(4),
+            "{ctx}: {n_chunks} chunks is not a positive multiple of 4"
+        );
+        if chunking == Chunking::Equal {
+            assert_eq!(n_chunks, 4, "{ctx}: equal chunking must give exactly 4 chunks");
+        }
+        let part = (data.len() as u64).div_ceil(n_chunks as u64);
+        let mut next_offset = 0u64;
+        for (i, c) in stat.chunks.iter().enumerate() {
+            let cctx = format!("{ctx}: chunk {i}");
+            assert_eq!(c.index as usize, i, "{cctx}: chunk index out of order");
+            assert_eq!(c.offset, next_offset, "{cctx}: offset does not follow the previous chunk");
+            assert_eq!(c.length, part.min(data.len() as u64 - c.offset), "{cctx}: length is not the equal share");
+            if chunking == Chunking::Dynamic {
+                if let Some(cap) = self.opts.chunk_size_max_bytes {
+                    assert!(c.length <= cap, "{cctx}: length {} is over the cap {cap}", c.length);
+                }
+            }
+            let bytes = &data[c.offset as usize..(c.offset + c.length) as usize];
+            assert_eq!(c.crc32, dfs_proto::layout::crc32(bytes), "{cctx}: crc32 does not match the uploaded bytes");
+            if c.length > 0 {
+                assert!(!c.nodes.is_empty(), "{cctx}: no node holds this non-empty chunk");
+            }
+            for addr in &c.nodes {
+                let node_idx = self
+                    .node_idx_of(addr)
+                    .unwrap_or_else(|| panic!("{cctx}: node {addr} is not one of {:?}", self.node_addrs()));
+                let file_id: FileId = id.parse().expect("well-formed file ID");
+                let want = ChunkId { file_id, chunk_idx: c.index };
+                if c.length == 0 {
+                    continue;
+                }
+                let path = self.chunk_files(node_idx).into_iter().find(|(cid, _)| *cid == want).map(|(_, p)| p);
+                let path = path.unwrap_or_else(|| panic!("{cctx}: node {node_idx} ({addr}) has no chunk file {want}"));
+                let on_disk = fs::read(&path).expect("read chunk file");
+                assert!(
+                    on_disk.len() as u64 > c.length,
+                    "{cctx}: chunk file {} is shorter than data + footer",
+                    path.display()
+                );
+                assert_bytes_eq(
+                    &on_disk[..c.length as usize],
+                    bytes,
+                    &format!("{cctx}: data part of {}", path.display()),
+                );
+            }
+            next_offset += c.length;
+        }
+        assert_eq!(next_offset, data.len() as u64, "{ctx}: chunk lengths do not add up to the file size");
+        // The cap only matters to dynamic chunking; equal chunking is the same for any cap.
+        let cap = match chunking {
+            Chunking::Equal => Some(1),
+            Chunking::Dynamic => self.opts.chunk_size_max_bytes,
+        };
+        if let Some(cap) = cap {
+            let spans = dfs_proto::layout::chunk_spans(data.len() as u64, chunking, cap).expect("layout");
+            let shown: Vec<(u64, u64)> = stat.chunks.iter().map(|c| (c.offset, c.length)).collect();
+            let expected: Vec<(u64, u64)> = spans.iter().map(|s| (s.offset, s.length)).collect();
+            assert_eq!(shown, expected, "{ctx}: chunk table differs from the protocol layout");
+        }
+    }
+
+    /// Records a note in the command history (shown if the test fails).
+    pub fn note(&self, text: &str) {
+        self.record(format!("# {text}"));
+    }
+
+    fn report(&self) -> String {
+        let mut r = String::new();
+        let _ = writeln!(r, "\n======== dfs test report: {} (kept) ========", self.root.display());
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = history.len().saturating_sub(HISTORY_REPORT_ENTRIES);
+        let _ = writeln!(
+            r,
+            "---- commands run ({} in all{}) ----",
+            history.len(),
+            if skip > 0 { ", oldest left out" } else { "" }
+        );
+        for entry in &history[skip..] {
+            let _ = writeln!(r, "{entry}");
+        }
+        for (label, stdout_log, stderr_log) in &self.logs {
+            let _ = writeln!(r, "---- {label}: stdout {} ----", stdout_log.display());
+            r.push_str(&log_tail(stdout_log, 5));
+            let _ = writeln!(r, "---- {label}: stderr {} ----", stderr_log.display());
+            r.push_str(&log_tail(stderr_log, LOG_TAIL_LINES));
+        }
+        let _ = writeln!(r, "---- files under {} (empty directories left out) ----", self.root.display());
+        for (path, len) in walk_files(&self.root).into_iter().take(400) {
+            let _ = writeln!(r, "    {:>12}  {}", len, path.strip_prefix(&self.root).unwrap_or(&path).display());
+        }
+        r
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let panicking = thread::panicking();
+        if let Some(mut e) = self.engine.take() {
+            e.kill();
+        }
+        for n in &mut self.nodes {
+            if let Some(mut p) = n.proc.take() {
+                p.kill();
+            }
+        }
+        if panicking {
+            eprintln!("{}", self.report());
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("test directory kept: {}", kept.display());
+            }
+        }
+    }
+}
+
+/// Every regular file under `dir`, recursively, with its size, sorted by path.
+pub fn walk_files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(_) => out.push((path, entry.metadata().map(|m| m.len()).unwrap_or(0))),
+                Err(_) => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every file under a node's `chunks/` directory whose name is a chunk ID in its fan-out directory.
+/// Panics on any other file: chunk files are named from IDs only.
+pub fn chunk_files_under(chunks_dir: &Path) -> Vec<(ChunkId, PathBuf)> {
+    let mut out = Vec::new();
+    for (path, _) in walk_files(chunks_dir) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let chunk_id: ChunkId = name.parse().unwrap_or_else(|_| {
+            panic!("{} under a node's chunks/ is not named <file id>.<chunk index>", path.display())
+        });
+        let parent = path.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or("");
+        assert_eq!(parent, chunk_id.fanout_dir(), "chunk file {} is in the wrong fan-out directory", path.display());
+        assert_eq!(
+            path.parent().and_then(Path::parent),
+            Some(chunks_dir),
+            "chunk file {} is nested too deep",
+            path.display()
+        );
+        out.push((chunk_id, path));
+    }
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data and assertions
+// ---------------------------------------------------------------------------------------------
+
+/// `len` pseudo-random bytes from `seed` (xorshift64*): fast, deterministic, incompressible.
+pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = vec![0u8; len];
+    for chunk in out.chunks_mut(8) {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let word = state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+    out
+}
+
+/// Asserts two byte strings are identical; on failure names `what`, both lengths and the first
+/// differing offset with the bytes around it, instead of printing megabytes.
+#[track_caller]
+pub fn assert_bytes_eq(actual: &[u8], expected: &[u8], what: &str) {
+    if actual == expected {
+        return;
+    }
+    let first_diff = actual.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(actual.len().min(expected.len()));
+    let window = |b: &[u8]| {
+        let from = first_diff.saturating_sub(8);
+        let to = (first_diff + 8).min(b.len());
+        if from >= to {
+            String::from("(nothing)")
+        } else {
+            b[from..to].iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+        }
+    };
+    panic!(
+        "{what}: bytes differ: got {} bytes, expected {} bytes; first difference at offset {first_diff}\n  got      [{}..]: {}\n  expected [{}..]: {}",
+        actual.len(),
+        expected.len(),
+        first_diff.saturating_sub(8),
+        window(actual),
+        first_diff.saturating_sub(8),
+        window(expected)
+    );
+}
+
+/// Whether an error message names chunk `chunk_idx` of `file_id`: `chunk 2`, `chunk #2`,
+/// `chunk index 2`, `chunk_idx 2`, `chunk=2`, or the chunk ID `<file id>.00000002`.
+pub fn mentions_chunk(message: &str, file_id: &str, chunk_idx: u32) -> bool {
+    let lower = message.to_lowercase();
+    if lower.contains(&format!("{file_id}.{chunk_idx:08x}")) {
+        return true;
+    }
+    let idx = chunk_idx.to_string();
+    ["chunk ", "chunk #", "chunk index ", "chunk_idx ", "chunk_idx=", "chunk=", "chunk: ", "chunk index: "].iter().any(
+        |prefix| {
+            let needle = format!("{prefix}{idx}");
+            lower.match_indices(&needle).any(|(at, _)| {
+                let next = lower[at + needle.len()..].chars().next();
+                !next.is_some_and(|c| c.is_ascii_alphanumeric())
+            })
+        },
+    )
+}
+
+/// A fresh, well-formed file ID that no server has handed out.
+pub fn random_file_id() -> String {
+    FileId::random().expect("OS random source").to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw TCP
+// ---------------------------------------------------------------------------------------------
+
+/// How a server ended a connection it was sent garbage on.
+#[derive(Debug)]
+pub enum Closed {
+    /// Clean EOF, after these bytes (possibly an Error frame).
+    Eof(Vec<u8>),
+    /// Connection reset (the server closed with unread input).
+    Reset(Vec<u8>),
+    /// An Error frame arrived and the connection was still open when the wait ended.
+    ErrorFrame(String),
+}
+
+/// Connects with read and write timeouts set.
+pub fn raw_connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_millis(250))).expect("set read timeout");
+    s.set_write_timeout(Some(CLOSE_TIMEOUT)).expect("set write timeout");
+    s
+}
+
+/// Sends `bytes` (a write failure is fine: the server may already have closed), optionally
+/// half-closes, then waits up to [`CLOSE_TIMEOUT`] for the server to close the connection or
+/// answer with an Error frame. Panics, naming `what`, if neither happens.
+#[track_caller]
+pub fn send_and_expect_close(addr: &str, bytes: &[u8], half_close: bool, what: &str) -> Closed {
+    let mut s = raw_connect(addr);
+    let _ = s.write_all(bytes);
+    if half_close {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+    expect_closed(&mut s, what)
+}
+
+#[track_caller]
+pub fn expect_closed(s: &mut TcpStream, what: &str) -> Closed {
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Closed::Eof(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Closed::Reset(got),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{what}: unexpected read error {e}"),
+        }
+        if Instant::now() >= deadline {
+            if let Some(message) = error_frame_in(&got) {
+                return Closed::ErrorFrame(message);
+            }
+            panic!(
+                "{what}: the server neither closed the connection nor sent an Error frame within {CLOSE_TIMEOUT:?} (received {} bytes: {})",
+                got.len(),
+                preview(&got, 200)
+            );
+        }
+    }
+}
+
+/// The message of the first frame in `bytes` if it is an Error frame.
+pub fn error_frame_in(bytes: &[u8]) -> Option<String> {
+    match io_std::read_frame(&mut &bytes[..]) {
+        Ok(Frame::Msg(Msg::Error { status, message })) => Some(format!("{status}: {message}")),
+        _ => None,
+    }
+}
+
+/// A frame header: body length (big-endian), then kind.
+pub fn frame_header(body_len: u32, kind: u8) -> Vec<u8> {
+    let mut h = body_len.to_be_bytes().to_vec();
+    h.push(kind);
+    h
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client JSON
+// ---------------------------------------------------------------------------------------------
+
+/// The client's `--json` output, read tolerantly: each field is looked up under every name it
+/// has been given, so the tests do not break on a rename.
+pub mod json {
+    use super::Value;
+
+    /// One chunk as `stat --json` shows it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ChunkStat {
+        pub index: u32,
+        pub offset: u64,
+        pub length: u64,
+        pub crc32: u32,
+        /// Addresses of the nodes holding a copy.
+        pub nodes: Vec<String>,
+    }
+
+    /// `stat ID --json`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct StatInfo {
+        pub id: Option<String>,
+        pub name: String,
+        pub size: u64,
+        pub chunking: String,
+        pub chunks: Vec<ChunkStat>,
+        pub raw: Value,
+    }
+
+    /// One entry of `ls --json`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ListEntry {
+        pub id: String,
+        pub name: String,
+        pub size: u64,
+    }
+
+    fn field<'a>(obj: &'a Value, names: &[&str]) -> Option<&'a Value> {
+        names.iter().find_map(|n| obj.get(*n))
+    }
+
+    fn req<'a>(obj: &'a Value, names: &[&str]) -> Result<&'a Value, String> {
+        field(obj, names).ok_or_else(|| format!("no field {} in {obj}", names.join("|")))
+    }
+
+    fn as_u64(v: &Value, what: &str) -> Result<u64, String> {
+        match v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("{what} is not an unsigned integer: {v}"))
+    }
+
+    fn as_string(v: &Value, what: &str) -> Result<String, String> {
+        v.as_str().map(str::to_string).ok_or_else(|| format!("{what} is not a string: {v}"))
+    }
+
+    /// A crc32 as a number or as hex text (`"0a1b2c3d"` or `"0x0a1b2c3d"`).
+    fn as_crc32(v: &Value) -> Result<u32, String> {
+        let parsed = match v {
+            Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            Value::String(s) => u32::from_str_radix(s.trim_start_matches("0x"), 16).ok(),
+            _ => None,
+        };
+        parsed.ok_or_else(|| format!("crc32 is neither a u32 nor hex text: {v}"))
+    }
+
+    impl StatInfo {
+        pub fn from_json(v: &Value) -> Result<StatInfo, String> {
+            let v = field(v, &["file"]).filter(|f| f.is_object()).unwrap_or(v);
+            let top_nodes: Vec<String> = field(v, &["nodes", "node_addrs"])
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            let chunks = req(v, &["chunks", "chunk_table"])?
+                .as_array()
+                .ok_or("chunks is not an array")?
+                .iter()
+                .map(|c| chunk(c, &top_nodes))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(StatInfo {
+                id: field(v, &["id", "file_id"]).and_then(Value::as_str).map(str::to_string),
+                name: as_string(req(v, &["name", "file_name"])?, "name")?,
+                size: as_u64(req(v, &["size", "size_bytes"])?, "size")?,
+                chunking: as_string(req(v, &["chunking"])?, "chunking")?.to_lowercase(),
+                chunks,
+                raw: v.clone(),
+            })
+        }
+    }
+
+    fn chunk(c: &Value, top_nodes: &[String]) -> Result<ChunkStat, String> {
+        let index = as_u64(req(c, &["index", "chunk_idx", "chunk_index", "idx"])?, "chunk index")?;
+        let nodes_value = req(c, &["nodes", "node", "placement", "replicas", "node_addrs"])?;
+        let items: Vec<&Value> = match nodes_value {
+            Value::Array(a) => a.iter().collect(),
+            other => vec![other],
+        };
+        let nodes = items
+            .into_iter()
+            .map(|n| match n {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(i) => i
+                    .as_u64()
+                    .and_then(|i| top_nodes.get(i as usize).cloned())
+                    .ok_or_else(|| format!("chunk {index}: node index {i} does not name a node in {top_nodes:?}")),
+                Value::Object(_) => field(n, &["addr", "address", "node"])
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("chunk {index}: node entry without an address: {n}")),
+                other => Err(format!("chunk {index}: unreadable node entry {other}")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ChunkStat {
+            index: u32::try_from(index).map_err(|_| format!("chunk index {index} is over u32"))?,
+            offset: as_u64(req(c, &["offset", "offset_bytes"])?, "chunk offset")?,
+            length: as_u64(req(c, &["length", "len", "length_bytes", "size"])?, "chunk length")?,
+            crc32: as_crc32(req(c, &["crc32", "crc"])?)?,
+            nodes,
+        })
+    }
+
+    impl ListEntry {
+        pub fn from_json_list(v: &Value) -> Result<Vec<ListEntry>, String> {
+            let v = field(v, &["files"]).unwrap_or(v);
+            v.as_array()
+                .ok_or_else(|| format!("ls --json is not an array: {v}"))?
+                .iter()
+                .map(|e| {
+                    Ok(ListEntry {
+                        id: as_string(req(e, &["id", "file_id"])?, "id")?,
+                        name: as_string(req(e, &["name", "file_name"])?, "name")?,
+                        size: as_u64(req(e, &["size", "size_bytes"])?, "size")?,
+                    })
+                })
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_chunk_matches_whole_indices_only() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert!(mentions_chunk("error: corrupt: chunk 2 is corrupt on node 127.0.0.1:1", id, 2));
+        assert!(mentions_chunk("chunk #2 failed", id, 2));
+        assert!(mentions_chunk(&format!("chunk {id}.00000002: block 0"), id, 2));
+        assert!(mentions_chunk(&format!("chunk {id}.0000000a"), id, 10));
+        assert!(!mentions_chunk("chunk 20 is corrupt", id, 2));
+        assert!(!mentions_chunk("chunk 12 is corrupt", id, 2));
+        assert!(!mentions_chunk(&format!("chunk {id}.00000003"), id, 2));
+    }
+
+    #[test]
+    fn pseudo_random_bytes_are_deterministic_and_differ_by_seed() {
+        assert_eq!(pseudo_random_bytes(7, 1001), pseudo_random_bytes(7, 1001));
+        assert_ne!(pseudo_random_bytes(7, 64), pseudo_random_bytes(8, 64));
+        assert_eq!(pseudo_random_bytes(7, 13), pseudo_random_bytes(7, 1001)[..13]);
+        let data = pseudo_random_bytes(1, 1 << 16);
+        let n_zero = data.iter().filter(|&&b| b == 0).count();
+        assert!(n_zero < 1000, "{n_zero} zero bytes in 64 KiB: not random-looking");
+    }
+
+    #[test]
+    fn assert_bytes_eq_reports_the_first_differing_offset() {
+        let a = vec![1u8; 100];
+        let mut b = a.clone();
+        b[42] = 9;
+        let err = std::panic::catch_unwind(|| assert_bytes_eq(&b, &a, "sample")).expect_err("must panic");
+        let msg = err.downcast_ref::<String>().expect("a formatted panic message");
+        assert!(msg.contains("first difference at offset 42"), "{msg}");
+        let err = std::panic::catch_unwind(|| assert_bytes_eq(&a[..50], &a, "short")).expect_err("must panic");
+        let msg = err.downcast_ref::<String>().expect("a formatted panic message");
+        assert!(msg.contains("got 50 bytes, expected 100 bytes") && msg.contains("offset 50"), "{msg}");
+    }
+
+    #[test]
+    fn client_json_is_read_as_documented() {
+        let stat: Value = serde_json::json!({
+            "id": "abababababababababababababababab",
+            "name": "f",
+            "size": 3,
+            "chunking": "dynamic",
+            "created_unix_ms": 5,
+            "n_chunks": 1,
+            "chunks": [{"chunk_idx": 0, "offset": 0, "length": 3, "crc32": "0000beef", "nodes": ["n1:2", "n0:1"]}]
+        });
+        let info = json::StatInfo::from_json(&stat).expect("parse stat");
+        assert_eq!(info.name, "f");
+        assert_eq!(info.chunking, "dynamic");
+        assert_eq!(
+            info.chunks,
+            [json::ChunkStat {
+                index: 0,
+                offset: 0,
+                length: 3,
+                crc32: 0xbeef,
+                nodes: vec!["n1:2".into(), "n0:1".into()]
+            }]
+        );
+        let ls = serde_json::json!([{"id": "ab", "name": "x y", "size": 7, "chunking": "equal"}]);
+        let entries = json::ListEntry::from_json_list(&ls).expect("parse ls");
+        assert_eq!(entries, [json::ListEntry { id: "ab".into(), name: "x y".into(), size: 7 }]);
+        assert!(json::StatInfo::from_json(&serde_json::json!({"name": "f"})).is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! `dfs-engine --local 4` starts a whole cluster from one command: the engine and four node
+//! processes of its own, with their data under `--data`.
+
+use dfs_proto::{ChunkId, Chunking, FileId};
+use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, walk_files, Cluster};
+use std::fs;
+use std::net::TcpListener;
+
+/// Start attempts, each on another run of ports, before the test gives up.
+const N_START_ATTEMPTS: usize = 5;
+
+/// A port P such that P..=P+n are free right now, chosen at random below the kernel's ephemeral
+/// range, so that neither port-0 listeners nor outgoing connections of parallel tests take them.
+fn free_port_run(n: u16) -> u16 {
+    let ephemeral_low: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(n + 1).max(10_001));
+    for _ in 0..100 {
+        let mut r = [0u8; 2];
+        getrandom::getrandom(&mut r).expect("OS random source");
+        let port = low + u16::from_le_bytes(r) % (high - low);
+        let all_free = (0..=n).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok());
+        if all_free {
+            return port;
+        }
+    }
+    panic!("found no {} consecutive free ports between {low} and {high}", n + 1)
+}
+
+/// Pids of the live processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else { continue };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) && fields.first() != Some(&"Z") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Ends the local engine and then the node processes it started, by pid, even if the test fails;
+/// the engine first, so it cannot start replacements.
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+#[test]
+fn local_mode_starts_four_nodes_and_round_trips() {
+    let mut cluster = Cluster::empty();
+    let data_dir = cluster.root().join("local");
+    let mut errors = Vec::new();
+    let engine_pid = loop {
+        let port = free_port_run(4);
+        match cluster.try_start_local_engine(4, &data_dir, port) {
+            Ok(pid) => break pid,
+            Err(e) if errors.len() + 1 < N_START_ATTEMPTS => errors.push(e),
+            Err(e) => {
+                panic!("--local 4 did not start in {N_START_ATTEMPTS} attempts; the last: {e}\nearlier: {errors:#?}")
+            }
+        }
+    };
+    let node_pids: Vec<u32> = children_of(engine_pid)
+        .into_iter()
+        .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dfs-node"))
+        .collect();
+    let _guard = KillOnDrop([vec![engine_pid], node_pids.clone()].concat());
+    assert_eq!(node_pids.len(), 4, "--local 4 must run 4 dfs-node child processes, found pids {node_pids:?}");
+
+    let data = pseudo_random_bytes(4, 400_001);
+    let id = cluster.put_bytes(&data, "local.bin", Chunking::Equal);
+    let got = cluster.get(&id).unwrap_or_else(|e| panic!("get {id} from a --local cluster: {e}"));
+    assert_bytes_eq(&got, &data, "a file round-tripped through --local 4");
+
+    let file_id: FileId = id.parse().expect("well-formed ID");
+    let mut chunk_idxs: Vec<u32> = walk_files(&data_dir)
+        .iter()
+        .filter_map(|(p, _)| p.file_name()?.to_str()?.parse::<ChunkId>().ok())
+        .filter(|c| c.file_id == file_id)
+        .map(|c| c.chunk_idx)
+        .collect();
+    chunk_idxs.sort();
+    assert_eq!(chunk_idxs, [0, 1, 2, 3], "chunk files of {id} under {}", data_dir.display());
+    assert!(cluster.engine_alive(), "the local engine died");
+}
