@@ -5,9 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins
-if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast "$@"
-else
-    echo "cargo-nextest not found; running cargo test instead" >&2
-    cargo test --workspace --no-fail-fast "$@"
-fi
+run() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --no-fail-fast "$@"
+    else
+        echo "cargo-nextest not found; running cargo test instead" >&2
+        cargo test --no-fail-fast "$@"
+    fi
+}
+# Everything on the default data path (splice), then the integration suite again with the
+# engine and nodes forced onto the copy path, so both data paths pass every test.
+echo "== all tests, data path: splice"
+DFS_DATA_PATH=splice run --workspace "$@"
+echo "== integration tests, data path: copy"
+DFS_DATA_PATH=copy run -p dfs-tests "$@"

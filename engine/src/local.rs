@@ -23,7 +23,12 @@ impl Drop for LocalNode {
     }
 }
 
-pub fn start_nodes(listen: SocketAddr, n_nodes: usize, data: &Path) -> Result<Vec<LocalNode>, String> {
+pub fn start_nodes(
+    listen: SocketAddr,
+    n_nodes: usize,
+    data: &Path,
+    data_path: dfs_runtime::DataPath,
+) -> Result<Vec<LocalNode>, String> {
     if listen.port() == 0 {
         return Err("--local needs a fixed --listen port: the nodes take the ports after it".into());
     }
@@ -42,6 +47,7 @@ pub fn start_nodes(listen: SocketAddr, n_nodes: usize, data: &Path) -> Result<Ve
         let dir = data.join(format!("node-{node_idx}"));
         let mut cmd = Command::new(&node_exe);
         cmd.arg("--listen").arg(addr.to_string()).arg("--data").arg(&dir).stdout(Stdio::piped());
+        cmd.arg("--data-path").arg(data_path.to_string());
         // SAFETY: set_pdeathsig is a single prctl system call, safe between fork and exec.
         unsafe {
             use std::os::unix::process::CommandExt;

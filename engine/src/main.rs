@@ -53,6 +53,11 @@ struct Args {
     /// does not fit is streamed block by block instead.
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     buffer_budget: u64,
+    /// How upload bytes move from client to node: `splice` (through a kernel pipe with io_uring,
+    /// never entering user space) or `copy` (through a buffer). Falls back to copy, with a
+    /// warning, where the kernel refuses splice.
+    #[arg(long, env = "DFS_DATA_PATH", default_value = "splice")]
+    data_path: dfs_runtime::DataPath,
     /// Number of io_uring runtimes (threads), each with its own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
     threads: usize,
@@ -92,7 +97,7 @@ fn run(args: Args) -> Result<(), String> {
             if n_nodes < MIN_NODES {
                 return Err(format!("--local needs at least {MIN_NODES} nodes, got {n_nodes}"));
             }
-            let children = local::start_nodes(args.listen, n_nodes, data)?;
+            let children = local::start_nodes(args.listen, n_nodes, data, args.data_path)?;
             let addrs = children.iter().map(|c| c.addr).collect();
             (data.join("meta"), addrs, children)
         }
@@ -108,6 +113,7 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(dup) = nodes.iter().find(|a| !seen.insert(**a)) {
         return Err(format!("node {dup} is given twice"));
     }
+    let data_path = dfs_runtime::choose_data_path(args.data_path);
     let meta = meta::MetaStore::open(&meta_dir).map_err(|e| e.to_string())?;
     let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -121,6 +127,7 @@ fn run(args: Args) -> Result<(), String> {
     let state = Arc::new(EngineState {
         config: EngineConfig {
             nodes,
+            data_path,
             dynamic_chunk_cap_bytes: args.chunk_size_max,
             client_idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             node_timeouts: NodeTimeouts {

@@ -4,13 +4,16 @@
 //! the metadata is committed only when every chunk has been acknowledged.
 
 use crate::meta::{ChunkRecord, FileRecord};
-use crate::nodes::{NodeConn, NodeError};
+use crate::nodes::{NodeConn, NodeError, NodeFailure};
 use crate::server::{delete_chunks_later, internal, EngineState};
 use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{chunk_spans, combine_block_crcs, n_blocks};
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, Status};
+use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe, SharedFd, SpliceError};
+use dfs_runtime::DataPath;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 /// Bytes relayed per socket read and write.
 pub const RELAY_BYTES: usize = 1 << 20;
@@ -56,6 +59,12 @@ pub async fn put(
     let mut failure: Option<(u32, NodeError)> = None;
     let mut buf = vec![0u8; RELAY_BYTES];
     let mut client_result: Result<(), FrameError> = Ok(());
+    let mut splicer = match state.config.data_path {
+        DataPath::Splice => Splicer::new(client)
+            .map_err(|e| tracing::warn!("cannot set up splicing, copying this upload instead: {e}"))
+            .ok(),
+        DataPath::Copy => None,
+    };
 
     for span in &spans {
         let addr = place(span.chunk_idx);
@@ -68,7 +77,7 @@ pub async fn put(
                 Err(e) => failure = Some((span.chunk_idx, e)),
             }
         }
-        match relay(client, node.as_ref(), span.length, buf).await {
+        match relay(client, node.as_ref(), span.length, buf, &mut splicer).await {
             Ok((b, write_error)) => {
                 buf = b;
                 if let Some(e) = write_error {
@@ -170,18 +179,58 @@ async fn open_store(
     Ok(node)
 }
 
-/// Moves `length` bytes from the client to the node. If writing to the node fails, the rest is
-/// still read from the client (and dropped) so the client can be answered on this connection.
-/// Outer error: the client connection broke.
+/// What splicing an upload needs: the client socket as a descriptor of its own, and a pipe.
+struct Splicer {
+    client_fd: SharedFd,
+    pipe: Pipe,
+    timeout: std::time::Duration,
+}
+
+impl Splicer {
+    fn new(client: &Conn) -> std::io::Result<Splicer> {
+        Ok(Splicer {
+            client_fd: dup_fd(client.stream.as_raw_fd())?,
+            pipe: Pipe::new()?,
+            timeout: client.idle_timeout,
+        })
+    }
+}
+
+/// Moves `length` bytes from the client to the node: spliced through a pipe when `splicer` is
+/// set, else copied through `buf`. If writing to the node fails, the rest is still read from the
+/// client (and dropped) so the client can be answered on this connection. Outer error: the
+/// client connection broke.
 async fn relay(
     client: &Conn,
     node: Option<&NodeConn>,
     length: u64,
     mut buf: Vec<u8>,
+    splicer: &mut Option<Splicer>,
 ) -> Result<(Vec<u8>, Option<NodeError>), FrameError> {
     let mut node = node;
     let mut node_error = None;
     let mut left = length;
+    if let (Some(sp), Some(nc)) = (splicer.as_ref(), node) {
+        let spliced = match dup_fd(nc.conn.stream.as_raw_fd()) {
+            Ok(node_fd) => {
+                let from = End::Stream(sp.client_fd.clone());
+                splice_exact(&from, &End::Stream(node_fd), &sp.pipe, length, sp.timeout).await
+            }
+            Err(source) => Err(SpliceError::Write { consumed: 0, source }),
+        };
+        match spliced {
+            Ok(()) => return Ok((buf, None)),
+            Err(SpliceError::Read(e)) => return Err(FrameError::Io(e)),
+            Err(SpliceError::SourceEnded { .. }) => return Err(FrameError::ClosedMidFrame),
+            Err(SpliceError::Write { consumed, source }) => {
+                // The pipe may hold bytes of this chunk: drop it, and copy what is left.
+                *splicer = None;
+                node_error = Some(NodeError::new(nc.addr, NodeFailure::Unreachable(source.to_string())));
+                node = None;
+                left = length - consumed;
+            }
+        }
+    }
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
         buf = client.read_exact(buf, 0, n, false).await?;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub struct EngineConfig {
     pub nodes: Vec<SocketAddr>,
+    pub data_path: dfs_runtime::DataPath,
     pub dynamic_chunk_cap_bytes: u64,
     pub client_idle_timeout: Duration,
     pub node_timeouts: NodeTimeouts,

@@ -23,6 +23,11 @@ struct Args {
     /// Directory that holds this node's chunks.
     #[arg(long)]
     data: PathBuf,
+    /// How FETCH sends chunk bytes: `splice` (each block is read once to verify it, then sent
+    /// from the page cache through a kernel pipe with io_uring) or `copy` (sent from the buffer it
+    /// was verified in). Falls back to copy, with a warning, where the kernel refuses splice.
+    #[arg(long, env = "DFS_DATA_PATH", default_value = "splice")]
+    data_path: dfs_runtime::DataPath,
     /// Number of io_uring runtimes (threads), each with its own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
     threads: usize,
@@ -55,6 +60,8 @@ fn run(args: Args) -> Result<(), String> {
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     tracing::info!("node listening on {addr}, data in {}, {} runtime(s)", store.root().display(), args.threads);
     dfs_runtime::announce(addr);
-    let state = Arc::new(NodeState { store, idle_timeout: Duration::from_secs(args.idle_timeout_secs) });
+    let data_path = dfs_runtime::choose_data_path(args.data_path);
+    let state =
+        Arc::new(NodeState { store, idle_timeout: Duration::from_secs(args.idle_timeout_secs), data_path });
     dfs_runtime::serve_per_core(listeners, state, server::handle).map_err(|e| e.to_string())
 }

@@ -8,9 +8,12 @@ use dfs_proto::io_std::Frame;
 use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{block_len, n_blocks, BlockHasher};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_FILE_SIZE_BYTES, MAX_LIST_ENTRIES};
-use dfs_proto::{ChunkId, FrameError, HelloOk, Msg, Role, Status, VERSION};
+use dfs_proto::{ChunkId, FrameError, FrameHeader, HelloOk, Msg, Role, Status, VERSION};
+use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe};
+use dfs_runtime::DataPath;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +26,7 @@ pub const STORE_IO_BYTES: usize = BLOCK_SIZE_BYTES as usize;
 pub struct NodeState {
     pub store: ChunkStore,
     pub idle_timeout: Duration,
+    pub data_path: DataPath,
 }
 
 /// Why a request failed; the connection itself is still usable.
@@ -267,10 +271,24 @@ async fn fetch(state: &NodeState, conn: &Conn, chunk_id: ChunkId) -> Result<Resu
     };
     conn.write_msg(&Msg::FetchOk { length: footer.length, crc32: footer.crc32, block_size_bytes: BLOCK_SIZE_BYTES })
         .await?;
+    // With splice, each block is read once to be verified, then sent from the page cache through
+    // a pipe, saving the copy into the socket. A splicing set-up failure falls back to copying.
+    let splice = match state.data_path {
+        DataPath::Splice => match (Pipe::new(), dup_fd(conn.stream.as_raw_fd()), dup_fd(file.as_raw_fd())) {
+            (Ok(pipe), Ok(sock), Ok(fd)) => Some((pipe, End::Stream(sock), fd)),
+            (p, s, f) => {
+                let e = p.err().or(s.err()).or(f.err()).map(|e| e.to_string()).unwrap_or_default();
+                tracing::warn!("cannot set up splicing, copying chunk {chunk_id} instead: {e}");
+                None
+            }
+        },
+        DataPath::Copy => None,
+    };
     let mut buf = vec![0u8; BLOCK_SIZE_BYTES as usize];
     for block_idx in 0..n_blocks(footer.length) {
         let len = block_len(footer.length, block_idx) as usize;
-        let (res, slice) = file.read_exact_at(buf.slice(0..len), block_idx * BLOCK_SIZE_BYTES as u64).await;
+        let offset = block_idx * BLOCK_SIZE_BYTES as u64;
+        let (res, slice) = file.read_exact_at(buf.slice(0..len), offset).await;
         buf = slice.into_inner();
         if let Err(e) = res {
             let e = RequestError::io(format!("cannot read chunk {chunk_id}"))(e);
@@ -289,7 +307,16 @@ async fn fetch(state: &NodeState, conn: &Conn, chunk_id: ChunkId) -> Result<Resu
             conn.write_msg(&Msg::error(e.status(), e.to_string())).await?;
             return Ok(Ok(()));
         }
-        buf = conn.write_data(buf, 0, len).await?;
+        match &splice {
+            Some((pipe, sock, fd)) => {
+                conn.write_all(FrameHeader::data(len).encode().to_vec()).await?;
+                // A failure here leaves the frame half sent: the connection cannot continue.
+                splice_exact(&End::File(fd.clone(), offset), sock, pipe, len as u64, conn.idle_timeout)
+                    .await
+                    .map_err(|e| FrameError::Io(io::Error::other(format!("splicing chunk {chunk_id}: {e}"))))?;
+            }
+            None => buf = conn.write_data(buf, 0, len).await?,
+        }
     }
     let _ = file.close().await;
     conn.write_msg(&Msg::End).await?;

@@ -2,6 +2,8 @@
 //! runtime per core each with its own SO_REUSEPORT listener on the same port, the accept loop,
 //! and logging set-up.
 
+pub mod splice;
+
 use socket2::{Domain, Protocol, Socket, Type};
 use std::future::Future;
 use std::io;
@@ -103,4 +105,60 @@ pub fn announce(addr: SocketAddr) {
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "listening {addr}");
     let _ = out.flush();
+}
+
+/// How bulk bytes move through a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataPath {
+    /// Through a user-space buffer: read, then write.
+    Copy,
+    /// Through a kernel pipe with io_uring splice: the bytes never enter user space.
+    Splice,
+}
+
+impl std::str::FromStr for DataPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DataPath, String> {
+        match s {
+            "copy" => Ok(DataPath::Copy),
+            "splice" => Ok(DataPath::Splice),
+            _ => Err(format!("unknown data path {s:?}: expected splice or copy")),
+        }
+    }
+}
+
+impl std::fmt::Display for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataPath::Copy => "copy",
+            DataPath::Splice => "splice",
+        })
+    }
+}
+
+/// The data path to use: `requested`, unless it is splice and the kernel cannot do it, in which
+/// case copy. Logs the choice once.
+pub fn choose_data_path(requested: DataPath) -> DataPath {
+    if requested == DataPath::Copy {
+        tracing::info!("data path: copy (as requested)");
+        return DataPath::Copy;
+    }
+    let refused = match splice::probe_splice() {
+        Ok(true) => match splice::Pipe::new() {
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot create a pipe: {e}")),
+        },
+        Ok(false) => Some("this kernel's io_uring has no IORING_OP_SPLICE".to_string()),
+        Err(e) => Some(format!("io_uring probe failed: {e}")),
+    };
+    match refused {
+        None => {
+            tracing::info!("data path: splice (io_uring IORING_OP_SPLICE)");
+            DataPath::Splice
+        }
+        Some(why) => {
+            tracing::warn!("data path: copy, because splice is unavailable: {why}");
+            DataPath::Copy
+        }
+    }
 }
