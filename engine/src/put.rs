@@ -188,11 +188,7 @@ struct Splicer {
 
 impl Splicer {
     fn new(client: &Conn) -> std::io::Result<Splicer> {
-        Ok(Splicer {
-            client_fd: dup_fd(client.stream.as_raw_fd())?,
-            pipe: Pipe::new()?,
-            timeout: client.idle_timeout,
-        })
+        Ok(Splicer { client_fd: dup_fd(client.stream.as_raw_fd())?, pipe: Pipe::new()?, timeout: client.idle_timeout })
     }
 }
 

@@ -61,7 +61,6 @@ fn run(args: Args) -> Result<(), String> {
     tracing::info!("node listening on {addr}, data in {}, {} runtime(s)", store.root().display(), args.threads);
     dfs_runtime::announce(addr);
     let data_path = dfs_runtime::choose_data_path(args.data_path);
-    let state =
-        Arc::new(NodeState { store, idle_timeout: Duration::from_secs(args.idle_timeout_secs), data_path });
+    let state = Arc::new(NodeState { store, idle_timeout: Duration::from_secs(args.idle_timeout_secs), data_path });
     dfs_runtime::serve_per_core(listeners, state, server::handle).map_err(|e| e.to_string())
 }

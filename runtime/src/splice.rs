@@ -97,15 +97,9 @@ async fn splice_once(
 ) -> io::Result<usize> {
     use io_uring::{opcode, types};
     let len = u32::try_from(len).unwrap_or(u32::MAX);
-    let sqe = opcode::Splice::new(
-        types::Fd(fd_in.as_raw_fd()),
-        off_in,
-        types::Fd(fd_out.as_raw_fd()),
-        off_out,
-        len,
-    )
-    .flags(libc::SPLICE_F_MOVE)
-    .build();
+    let sqe = opcode::Splice::new(types::Fd(fd_in.as_raw_fd()), off_in, types::Fd(fd_out.as_raw_fd()), off_out, len)
+        .flags(libc::SPLICE_F_MOVE)
+        .build();
     let op = UnsubmittedOneshot::new(SpliceData { _fds: (fd_in.clone(), fd_out.clone()) }, SpliceTransform, sqe);
     match tokio::time::timeout(timeout, op.submit()).await {
         Ok(res) => res,
