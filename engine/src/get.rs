@@ -131,52 +131,102 @@ async fn get_streamed(
             Err(e) => return client.write_msg(&internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
         }
     }
-    let timeouts = state.config.node_timeouts;
+    client.write_msg(&Msg::GetOk(record.info(file_id))).await?;
+    // A reader task fetches and verifies blocks in file order while this task sends earlier ones
+    // to the client; the two channels bound the read-ahead to READ_AHEAD_BLOCKS buffers.
+    let (blocks_tx, mut blocks_rx) = tokio::sync::mpsc::channel(READ_AHEAD_BLOCKS);
+    let (free_tx, free_rx) = tokio::sync::mpsc::channel(READ_AHEAD_BLOCKS + 1);
+    for _ in 0..READ_AHEAD_BLOCKS {
+        free_tx.try_send(vec![0u8; BLOCK_SIZE_BYTES as usize]).expect("the pool channel has room for every buffer");
+    }
+    let reader = tokio_uring::spawn(read_in_order(
+        state.config.node_timeouts,
+        file_id,
+        record.chunks.clone(),
+        addrs,
+        blocks_tx,
+        free_rx,
+    ));
+    let mut failure = None;
+    let mut client_result = Ok(());
+    while let Some(block) = blocks_rx.recv().await {
+        match block {
+            Ok((buf, len)) => match client.write_data(buf, 0, len).await {
+                // The reader may have finished and dropped its end of the pool; that is fine.
+                Ok(buf) => drop(free_tx.try_send(buf)),
+                Err(e) => {
+                    client_result = Err(e);
+                    break;
+                }
+            },
+            Err(f) => {
+                failure = Some(f);
+                break;
+            }
+        }
+    }
+    // Dropping the receiver stops the reader at its next block if the client went away.
+    drop(blocks_rx);
+    reader.await.expect("block reader task panicked");
+    client_result?;
+    match failure {
+        None => client.write_msg(&Msg::End).await,
+        Some(f) => {
+            tracing::warn!("GET {file_id}: chunk {}: {}", f.chunk_idx, f.error);
+            client.write_msg(&f.to_msg(file_id)).await
+        }
+    }
+}
+
+/// Blocks of a streamed download read ahead of the client.
+pub const READ_AHEAD_BLOCKS: usize = 4;
+
+type Block = Result<(Vec<u8>, usize), ChunkFailure>;
+
+/// Reads every chunk in order, block by block, each verified, into buffers from `free` and
+/// hands them to `blocks`. The next chunk's connection is opened while the current one streams.
+async fn read_in_order(
+    timeouts: crate::nodes::NodeTimeouts,
+    file_id: FileId,
+    chunks: Vec<ChunkRecord>,
+    addrs: Vec<SocketAddr>,
+    blocks: tokio::sync::mpsc::Sender<Block>,
+    mut free: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) {
     let open = |chunk_idx: usize| {
-        let chunk = record.chunks[chunk_idx].clone();
+        let chunk = chunks[chunk_idx].clone();
         let addr = addrs[chunk_idx];
         let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
         tokio_uring::spawn(async move { ChunkReader::open(addr, timeouts, chunk_id, &chunk).await })
     };
-    client.write_msg(&Msg::GetOk(record.info(file_id))).await?;
-    let mut buf = vec![0u8; BLOCK_SIZE_BYTES as usize];
     let mut next = Some(open(0));
-    for chunk_idx in 0..record.chunks.len() {
+    for chunk_idx in 0..chunks.len() {
         let opening = next.take().expect("the next chunk is always being opened");
-        if chunk_idx + 1 < record.chunks.len() {
+        if chunk_idx + 1 < chunks.len() {
             next = Some(open(chunk_idx + 1));
         }
         let result = async {
             let mut reader = opening.await.expect("chunk open task panicked")?;
             while let Some(block_idx) = reader.next_block() {
-                buf = reader.read_block(std::mem::take(&mut buf), 0).await?;
+                let Some(buf) = free.recv().await else { return Ok(false) };
+                let buf = reader.read_block(buf, 0).await?;
                 let len = block_len(reader.length, block_idx as u64) as usize;
-                buf = client.write_data(std::mem::take(&mut buf), 0, len).await.map_err(Streamed::Client)?;
+                if blocks.send(Ok((buf, len))).await.is_err() {
+                    return Ok(false);
+                }
             }
-            reader.finish().await.map_err(Streamed::Node)
+            reader.finish().await.map(|()| true)
         }
         .await;
         match result {
-            Ok(()) => {}
-            Err(Streamed::Client(e)) => return Err(e),
-            Err(Streamed::Node(error)) => {
-                let f = ChunkFailure { chunk_idx: chunk_idx as u32, error };
-                tracing::warn!("GET {file_id}: chunk {chunk_idx}: {}", f.error);
-                return client.write_msg(&f.to_msg(file_id)).await;
+            Ok(true) => {}
+            // The sender of the download gave up (client gone): stop quietly.
+            Ok(false) => return,
+            Err(error) => {
+                let _ = blocks.send(Err(ChunkFailure { chunk_idx: chunk_idx as u32, error })).await;
+                return;
             }
         }
-    }
-    client.write_msg(&Msg::End).await
-}
-
-enum Streamed {
-    Client(FrameError),
-    Node(NodeError),
-}
-
-impl From<NodeError> for Streamed {
-    fn from(e: NodeError) -> Streamed {
-        Streamed::Node(e)
     }
 }
 
