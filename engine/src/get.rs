@@ -246,7 +246,7 @@ impl ChunkReader {
         chunk_id: ChunkId,
         chunk: &ChunkRecord,
     ) -> Result<ChunkReader, NodeError> {
-        let node = NodeConn::connect(addr, timeouts).await?;
+        let node = NodeConn::checkout(addr, timeouts).await?;
         node.send(&Msg::Fetch { chunk_id }).await?;
         match node.recv().await? {
             Msg::FetchOk { length, crc32, block_size_bytes }
@@ -302,7 +302,10 @@ impl ChunkReader {
     async fn finish(self) -> Result<(), NodeError> {
         assert_eq!(self.next_block_idx, self.block_crcs.len(), "finish before the last block");
         match self.node.recv().await? {
-            Msg::End => Ok(()),
+            Msg::End => {
+                self.node.checkin();
+                Ok(())
+            }
             other => Err(self.node.unexpected("End", &other)),
         }
     }

@@ -70,7 +70,51 @@ pub struct NodeConn {
     pub conn: Conn,
 }
 
+/// Idle connections kept per node and per runtime thread for reuse.
+pub const MAX_IDLE_CONNS_PER_NODE: usize = 32;
+
+thread_local! {
+    /// Idle, handshaken node connections of this runtime thread. A connection lives on the
+    /// thread whose runtime registered it, so the pool is per thread.
+    static POOL: std::cell::RefCell<std::collections::HashMap<SocketAddr, Vec<NodeConn>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// True if the peer has closed or broken an idle connection (checked without blocking).
+fn is_dead(conn: &NodeConn) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    // SAFETY: recv into a 1-byte buffer we own, on a descriptor the connection keeps open.
+    let n = unsafe {
+        libc::recv(conn.conn.stream.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    // An idle connection has nothing to read: EAGAIN. EOF, an error, or unexpected bytes all
+    // mean it is unusable.
+    !(n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock)
+}
+
 impl NodeConn {
+    /// An idle pooled connection to `addr`, or a new one.
+    pub async fn checkout(addr: SocketAddr, t: NodeTimeouts) -> Result<NodeConn, NodeError> {
+        while let Some(conn) = POOL.with(|p| p.borrow_mut().get_mut(&addr).and_then(|v| v.pop())) {
+            if !is_dead(&conn) {
+                return Ok(conn);
+            }
+        }
+        NodeConn::connect(addr, t).await
+    }
+
+    /// Returns a connection whose last request completed cleanly to the pool.
+    pub fn checkin(self) {
+        POOL.with(|p| {
+            let mut pool = p.borrow_mut();
+            let idle = pool.entry(self.addr).or_default();
+            if idle.len() < MAX_IDLE_CONNS_PER_NODE {
+                idle.push(self);
+            }
+        });
+    }
+
     pub async fn connect(addr: SocketAddr, t: NodeTimeouts) -> Result<NodeConn, NodeError> {
         let unreachable = |e: String| NodeError::new(addr, NodeFailure::Unreachable(e));
         let stream = match tokio::time::timeout(t.connect, tokio_uring::net::TcpStream::connect(addr)).await {

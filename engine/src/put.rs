@@ -95,6 +95,9 @@ pub async fn put(
             let length = span.length;
             inflight.push_back(tokio_uring::spawn(async move {
                 let result = await_store(&node, length, crc32).await;
+                if result.is_ok() {
+                    node.checkin();
+                }
                 Acked { chunk_idx, addr, result }
             }));
         }
@@ -174,7 +177,7 @@ async fn open_store(
     length: u64,
     crc32: u32,
 ) -> Result<NodeConn, NodeError> {
-    let node = NodeConn::connect(addr, state.config.node_timeouts).await?;
+    let node = NodeConn::checkout(addr, state.config.node_timeouts).await?;
     node.send(&Msg::Store { chunk_id, length, crc32 }).await?;
     Ok(node)
 }

@@ -3,7 +3,7 @@
 
 use crate::buffer::Budget;
 use crate::meta::MetaStore;
-use crate::nodes::{NodeConn, NodeTimeouts};
+use crate::nodes::{NodeConn, NodeFailure, NodeTimeouts};
 use dfs_proto::io_std::Frame;
 use dfs_proto::io_uring::Conn;
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
@@ -139,13 +139,20 @@ pub fn delete_chunks_later(timeouts: NodeTimeouts, chunks: Vec<(ChunkId, SocketA
     tokio_uring::spawn(async move {
         for (chunk_id, addr) in chunks {
             let result = async {
-                let node = NodeConn::connect(addr, timeouts).await?;
+                let node = NodeConn::checkout(addr, timeouts).await?;
                 node.send(&Msg::ChunkDelete { chunk_id }).await?;
-                node.recv().await
+                let answer = node.recv().await;
+                if answer.is_ok() {
+                    node.checkin();
+                }
+                answer
             }
             .await;
             match result {
                 Ok(_) => tracing::debug!("deleted chunk {chunk_id} on {addr}"),
+                Err(e) if matches!(e.failure, NodeFailure::Remote(Status::NotFound, _)) => {
+                    tracing::debug!("chunk {chunk_id} was already gone from {addr}")
+                }
                 Err(e) => tracing::warn!("chunk {chunk_id} left on {addr}: {e}"),
             }
         }
