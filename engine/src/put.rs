@@ -9,7 +9,7 @@ use crate::server::{delete_chunks_later, internal, EngineState};
 use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{chunk_spans, combine_block_crcs, n_blocks};
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, Status};
-use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe, SharedFd, SpliceError};
+use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe, SharedFd, SpliceError, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -57,13 +57,20 @@ pub async fn put(
     let mut inflight: VecDeque<tokio::task::JoinHandle<Acked>> = VecDeque::new();
     let mut acked: Vec<Option<Vec<u32>>> = vec![None; spans.len()];
     let mut failure: Option<(u32, NodeError)> = None;
-    let mut buf = vec![0u8; RELAY_BYTES];
+    // The copy path's relay buffer, sized to the largest chunk so small uploads stay cheap; the
+    // splice path never touches it.
+    let max_chunk = spans.iter().map(|s| s.length).max().unwrap_or(0);
+    let mut buf =
+        vec![
+            0u8;
+            if state.config.data_path == DataPath::Copy { max_chunk.min(RELAY_BYTES as u64) as usize } else { 0 }
+        ];
     let mut client_result: Result<(), FrameError> = Ok(());
     let mut splicer = match state.config.data_path {
-        DataPath::Splice => Splicer::new(client)
+        DataPath::Splice if max_chunk >= SPLICE_MIN_BYTES => Splicer::new(client)
             .map_err(|e| tracing::warn!("cannot set up splicing, copying this upload instead: {e}"))
             .ok(),
-        DataPath::Copy => None,
+        _ => None,
     };
 
     for span in &spans {
@@ -230,6 +237,9 @@ async fn relay(
             }
         }
     }
+    if left > 0 && buf.is_empty() {
+        buf = vec![0u8; left.min(RELAY_BYTES as u64) as usize];
+    }
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
         buf = client.read_exact(buf, 0, n, false).await?;
@@ -239,7 +249,8 @@ async fn relay(
                 Err(e) => {
                     node_error = Some(NodeError::from_frame(nc.addr, e));
                     node = None;
-                    buf = vec![0u8; RELAY_BYTES];
+                    // The failed write kept the buffer: take a new one for draining the rest.
+                    buf = vec![0u8; left.min(RELAY_BYTES as u64) as usize];
                 }
             }
         }
@@ -287,7 +298,7 @@ async fn settle(
 /// the connection stays usable.
 async fn refuse(client: &Conn, size: u64, reply: Msg) -> Result<(), FrameError> {
     client.write_msg(&reply).await?;
-    let mut buf = vec![0u8; RELAY_BYTES];
+    let mut buf = vec![0u8; size.min(RELAY_BYTES as u64) as usize];
     let mut left = size;
     while left > 0 {
         let n = left.min(RELAY_BYTES as u64) as usize;

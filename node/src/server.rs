@@ -9,7 +9,7 @@ use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{block_len, n_blocks, BlockHasher};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_FILE_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, FrameError, FrameHeader, HelloOk, Msg, Role, Status, VERSION};
-use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe};
+use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
 use std::io;
 use std::net::SocketAddr;
@@ -182,7 +182,8 @@ async fn store(
         }
     }
     let mut hasher = BlockHasher::new();
-    let mut buf = vec![0u8; STORE_IO_BYTES];
+    // Sized to the chunk: a small chunk must not pay for zeroing a whole 1 MiB buffer.
+    let mut buf = vec![0u8; (length as usize).min(STORE_IO_BYTES)];
     let mut pos = 0u64;
     while pos < length {
         let n = (length - pos).min(STORE_IO_BYTES as u64) as usize;
@@ -274,17 +275,19 @@ async fn fetch(state: &NodeState, conn: &Conn, chunk_id: ChunkId) -> Result<Resu
     // With splice, each block is read once to be verified, then sent from the page cache through
     // a pipe, saving the copy into the socket. A splicing set-up failure falls back to copying.
     let splice = match state.data_path {
-        DataPath::Splice => match (Pipe::new(), dup_fd(conn.stream.as_raw_fd()), dup_fd(file.as_raw_fd())) {
-            (Ok(pipe), Ok(sock), Ok(fd)) => Some((pipe, End::Stream(sock), fd)),
-            (p, s, f) => {
-                let e = p.err().or(s.err()).or(f.err()).map(|e| e.to_string()).unwrap_or_default();
-                tracing::warn!("cannot set up splicing, copying chunk {chunk_id} instead: {e}");
-                None
+        DataPath::Splice if footer.length >= SPLICE_MIN_BYTES => {
+            match (Pipe::new(), dup_fd(conn.stream.as_raw_fd()), dup_fd(file.as_raw_fd())) {
+                (Ok(pipe), Ok(sock), Ok(fd)) => Some((pipe, End::Stream(sock), fd)),
+                (p, s, f) => {
+                    let e = p.err().or(s.err()).or(f.err()).map(|e| e.to_string()).unwrap_or_default();
+                    tracing::warn!("cannot set up splicing, copying chunk {chunk_id} instead: {e}");
+                    None
+                }
             }
-        },
-        DataPath::Copy => None,
+        }
+        _ => None,
     };
-    let mut buf = vec![0u8; BLOCK_SIZE_BYTES as usize];
+    let mut buf = vec![0u8; (footer.length as usize).min(BLOCK_SIZE_BYTES as usize)];
     for block_idx in 0..n_blocks(footer.length) {
         let len = block_len(footer.length, block_idx) as usize;
         let offset = block_idx * BLOCK_SIZE_BYTES as u64;

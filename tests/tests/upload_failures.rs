@@ -36,9 +36,9 @@ fn wait_for_chunks_of_only(cluster: &Cluster, ids: &[&str], why: &str) {
             .filter(|c| !ids.iter().any(|id| c.starts_with(id)))
             .collect();
         let tmp_left: Vec<_> = (0..cluster.n_nodes())
-            .flat_map(|n| std::fs::read_dir(cluster.node_data_dir(n).join("tmp")).into_iter().flatten())
-            .flatten()
-            .map(|e| e.path())
+            .flat_map(|n| dfs_tests::walk_files(&cluster.node_data_dir(n).join("chunks")))
+            .map(|(path, _)| path)
+            .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
             .collect();
         if stray.is_empty() && tmp_left.is_empty() {
             return;
