@@ -4,8 +4,10 @@
 //! streaming a file down while checking every chunk against the file's chunk table, so that
 //! data corrupted anywhere between the disk and this process is reported rather than written.
 //!
-//! The `dfs-client` binary is a thin command line over this crate; [`view`] holds what it prints.
+//! The `dfs-client` binary is a thin command line over this crate; [`view`] holds what it prints
+//! and [`bench`] the benchmark behind `dfs-client put --bench`.
 
+pub mod bench;
 mod error;
 mod get;
 mod put;
@@ -96,6 +98,12 @@ impl Client {
     /// The engine's answer to the handshake (block size, dynamic chunk cap).
     pub fn hello(&self) -> &HelloOk {
         &self.hello
+    }
+
+    /// False once a request has failed in a way that leaves the connection in an unknown state;
+    /// every further request then fails with [`ClientError::Unusable`].
+    pub fn is_usable(&self) -> bool {
+        self.usable
     }
 
     /// The full description of a file: size, chunking, chunk table and node addresses.

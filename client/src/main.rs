@@ -3,15 +3,21 @@
 //! a listing, downloaded bytes with `-o -`), and everything else to stderr: a progress bar when
 //! stderr is a terminal, and on failure exactly one line starting with `error: `, with exit
 //! status 1. Usage mistakes are reported by clap (exit status 2).
+//!
+//! `put --bench` runs the benchmark of [`dfs_client::bench`] instead of one upload, over
+//! `--concurrency` connections: its report (text, or one JSON object with `--json`) is what goes
+//! to stdout, and a failed request is an `error: op N failed: ...` line like any other failure.
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+use dfs_client::bench::{self, BenchConfig, BenchInput, BenchOp, Cleanup, LocalCluster, LOG_TAIL_LINES};
 use dfs_client::view::{self, FileView, SummaryView};
 use dfs_client::{Chunking, Client, FileId, MappedFile, Progress, DEFAULT_SERVER};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::fs;
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -62,10 +68,13 @@ enum Command {
 /// Arguments of `put`, a struct of its own so that options such as a benchmark mode can join.
 #[derive(Args)]
 struct PutArgs {
-    /// The file to upload
-    path: PathBuf,
+    /// The file to upload (with --bench, see --file instead)
+    // Against the whole group of benchmark options rather than each of them requiring --bench:
+    // clap counts a flag's implicit `false` as present, so `requires = "bench"` never fires.
+    #[arg(required_unless_present = "BenchArgs", conflicts_with = "BenchArgs")]
+    path: Option<PathBuf>,
     /// Name to store the file under (default: the file's base name)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bench")]
     name: Option<String>,
     /// How to cut the file into chunks: `equal` (4 chunks) or `dynamic` (4·k chunks, each at
     /// most the engine's chunk size cap)
@@ -75,6 +84,55 @@ struct PutArgs {
         value_parser = PossibleValuesParser::new(["equal", "dynamic"]).try_map(|s| s.parse::<Chunking>())
     )]
     chunking: Chunking,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+/// `put --bench`: time many uploads (or downloads) instead of uploading one file.
+#[derive(Args)]
+#[command(next_help_heading = "Benchmark")]
+struct BenchArgs {
+    /// Benchmark instead: upload one file --count times over --concurrency connections, time
+    /// each request, and report throughput and latency percentiles. The objects are deleted
+    /// afterwards. Exits 1 at the first failed request
+    #[arg(long)]
+    bench: bool,
+    /// Time verified downloads instead of uploads: upload the objects first (untimed; at most
+    /// 10000 objects or 8 GiB, read round-robin if fewer than --count), then download --count
+    /// times, checking each download against the file's crc32 and discarding the bytes
+    #[arg(long)]
+    get: bool,
+    /// Object size, e.g. 4KiB, 64MiB, 1GiB: a temporary file of pseudo-random bytes [default: 4KiB]
+    #[arg(long, conflicts_with = "file", value_parser = parse_bytes)]
+    size: Option<u64>,
+    /// Upload this existing file instead of a generated one; its size is the object size
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Number of timed requests [default: 1000]
+    #[arg(long)]
+    count: Option<u64>,
+    /// Number of connections, each with its own thread, sharing the requests; at most --count
+    /// and 256 [default: 1]
+    #[arg(long)]
+    concurrency: Option<u64>,
+    /// Start a throw-away local cluster (dfs-engine --local 4 from this program's directory,
+    /// on free loopback ports, data in a temporary directory) and benchmark it instead of
+    /// --server
+    #[arg(long)]
+    local: bool,
+    /// Keep the objects instead of deleting them after the run
+    #[arg(long, conflicts_with = "local")]
+    keep: bool,
+    /// Write the latency percentile distribution to FILE in HdrHistogram's .hgrm text format
+    /// (values in ms)
+    #[arg(long, value_name = "FILE")]
+    hist_out: Option<PathBuf>,
+    /// Draw the latency percentile curve to FILE as SVG
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of text
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -94,13 +152,16 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let stdout = &mut io::stdout().lock();
     match cli.command {
+        Command::Put(args) if args.bench.bench => run_bench(&cli.server, args.chunking, args.bench, stdout)?,
         Command::Put(args) => {
+            // Only benchmark options, without --bench, get this far without a path.
+            let path = args.path.context("the benchmark options need --bench")?;
             // Local problems (missing file, bad name) are reported before connecting.
             let name = match args.name {
                 Some(name) => name,
-                None => dfs_client::default_name(&args.path)?,
+                None => dfs_client::default_name(&path)?,
             };
-            let file = MappedFile::open(&args.path)?;
+            let file = MappedFile::open(&path)?;
             let mut client = Client::connect(&cli.server)?;
             let file_id = client.put_bytes(&name, &file, args.chunking, &mut Bar::on_stderr())?;
             writeln!(stdout, "{file_id}").context("cannot write to stdout")?;
@@ -141,6 +202,114 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     stdout.flush().context("cannot write to stdout")
+}
+
+/// `put --bench`: prepares the input (and the local cluster), runs the benchmark, prints the
+/// report and writes the histogram and plot files.
+fn run_bench(server: &str, chunking: Chunking, args: BenchArgs, stdout: &mut dyn Write) -> Result<()> {
+    let config = BenchConfig {
+        op: if args.get { BenchOp::Get } else { BenchOp::Put },
+        count: args.count.unwrap_or(bench::DEFAULT_COUNT),
+        concurrency: args.concurrency.unwrap_or(bench::DEFAULT_CONCURRENCY),
+        chunking,
+        keep: args.keep,
+    };
+    // Everything that can be refused is refused before a byte is generated or a process started.
+    for out in [&args.hist_out, &args.plot].into_iter().flatten() {
+        check_output_path(out)?;
+    }
+    let input = match &args.file {
+        Some(path) => {
+            // The size from the metadata is enough to validate; opening hashes the whole file.
+            let metadata = fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+            config.validate(metadata.len())?;
+            BenchInput::open(path)?
+        }
+        None => {
+            let size_bytes = args.size.unwrap_or(bench::DEFAULT_SIZE_BYTES);
+            config.validate(size_bytes)?;
+            note(&format!("writing {} of pseudo-random data", bench::format_bytes(size_bytes)));
+            BenchInput::generate(size_bytes)?
+        }
+    };
+    let cluster = if args.local { Some(LocalCluster::start()?) } else { None };
+    let addr = cluster.as_ref().map_or(server, |c| c.addr());
+    if let Some(cluster) = &cluster {
+        note(&format!("local cluster on {addr}, data in {}", cluster.dir().display()));
+    }
+    note(&format!(
+        "{} × {} {} over {} connection(s)",
+        config.count,
+        bench::format_bytes(input.size_bytes()),
+        config.op,
+        config.concurrency
+    ));
+    let report = match bench::run(addr, &config, &input) {
+        Ok(report) => report,
+        // The engine's log is removed with the cluster, so its last lines go with the error.
+        Err(e) => match &cluster {
+            Some(cluster) => {
+                bail!("{:#} (engine log ends: {})", anyhow::Error::from(e), cluster.log_tail(LOG_TAIL_LINES))
+            }
+            None => return Err(e.into()),
+        },
+    };
+    drop(cluster);
+    if args.json {
+        serde_json::to_writer(&mut *stdout, &report.json()).context("cannot write to stdout")?;
+        writeln!(stdout).context("cannot write to stdout")?;
+    } else {
+        report.write_text(stdout).context("cannot write to stdout")?;
+    }
+    if let Some(path) = &args.hist_out {
+        let mut text = Vec::new();
+        bench::write_hgrm(&mut text, &report.latency_us).context("cannot format the histogram")?;
+        fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "{} latency: {} × {}, concurrency {}, chunking {}",
+            report.op,
+            report.count,
+            bench::format_bytes(report.size_bytes),
+            report.concurrency,
+            report.chunking
+        );
+        let svg = bench::render_svg(&report.latency_us, &title).map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
+        fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Cleanup::Failed { n_failed, first_error } = &report.cleanup {
+        bail!("{n_failed} of {} benchmark objects could not be deleted, the first: {first_error}", report.n_objects);
+    }
+    Ok(())
+}
+
+/// Refuses an output path whose directory does not exist, before a long run rather than after.
+fn check_output_path(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("cannot write {}: {} is not a directory", path.display(), dir.display());
+    }
+    if path.is_dir() {
+        bail!("cannot write {}: it is a directory", path.display());
+    }
+    Ok(())
+}
+
+/// A status line on stderr, for a person watching: only when stderr is a terminal, like the
+/// progress bar, so that logs and pipelines stay clean.
+fn note(line: &str) {
+    if io::stderr().is_terminal() {
+        // Nothing sensible is left to do if stderr itself is gone.
+        let _ = writeln!(io::stderr(), "{line}");
+    }
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Parses a file ID before any connection is made, so a typo costs no round trip.

@@ -268,3 +268,103 @@ fn cli_errors_are_one_line_with_status_1() {
     let (_, _, stderr) = cli(&addr, &["rm", "XYZ"]);
     assert!(stderr.starts_with("error: malformed file ID"), "{stderr}");
 }
+
+/// Every file the engine at `addr` holds, over a new connection.
+fn stored_files(addr: &str) -> Vec<FileSummary> {
+    Client::connect(addr).expect("connect").list().expect("list")
+}
+
+#[test]
+fn cli_bench_get_prints_one_json_object_and_deletes_its_objects() {
+    // One connection for the benchmark, one to check what it left behind.
+    let addr = start(Fault::None, 2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hgrm = dir.path().join("latency.hgrm");
+    let svg = dir.path().join("latency.svg");
+    let (code, stdout, stderr) = cli(
+        &addr,
+        &[
+            "put",
+            "--bench",
+            "--get",
+            "--size",
+            "100KiB",
+            "--count",
+            "5",
+            "--chunking",
+            "dynamic",
+            "--json",
+            "--hist-out",
+            hgrm.to_str().expect("utf-8 path"),
+            "--plot",
+            svg.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "one JSON object on one line: {stdout:?}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
+    let mut expected = [
+        "op",
+        "size_bytes",
+        "count",
+        "concurrency",
+        "chunking",
+        "elapsed_s",
+        "bytes_total",
+        "mib_s",
+        "gib_s",
+        "ops_s",
+        "latency_us",
+        "errors",
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "serde_json sorts keys");
+    assert_eq!(json["op"], "get");
+    assert_eq!(json["size_bytes"], 100 * 1024);
+    assert_eq!(json["count"], 5);
+    assert_eq!(json["concurrency"], 1);
+    assert_eq!(json["chunking"], "dynamic");
+    assert_eq!(json["bytes_total"], 5 * 100 * 1024);
+    assert_eq!(json["errors"], 0);
+    let latency = &json["latency_us"];
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(latency[key].as_u64().is_some_and(|us| us > 0), "{key}: {latency}");
+    }
+    assert!(latency["mean"].as_f64().is_some_and(|us| us > 0.0), "{latency}");
+    assert!(json["mib_s"].as_f64().is_some_and(|r| r > 0.0));
+
+    let hgrm = std::fs::read_to_string(&hgrm).expect("read hgrm");
+    assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"), "{hgrm}");
+    assert!(hgrm.contains("#[Max     = ") && hgrm.contains("Total count    =            5]"), "{hgrm}");
+    let svg = std::fs::read_to_string(&svg).expect("read svg");
+    assert!(svg.starts_with("<svg") && svg.contains("get latency: 5 × 100 KiB, concurrency 1"), "{svg}");
+
+    assert!(stored_files(&addr).is_empty(), "the benchmark's objects must be deleted");
+}
+
+#[test]
+fn cli_bench_stops_at_the_first_failed_op_and_still_cleans_up() {
+    // The benchmark's connection, the one that replaces it for clean-up, one to check.
+    let addr = start(Fault::CorruptChunk(1), 3);
+    let (code, stdout, stderr) = cli(&addr, &["put", "--bench", "--get", "--size", "10KiB", "--count", "4"]);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "no report after a failure: {stdout:?}");
+    assert!(stderr.starts_with("error: op 0 failed: chunk 1 is corrupt"), "{stderr:?}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(stored_files(&addr).is_empty(), "preloaded objects must be deleted after a failure");
+}
+
+#[test]
+fn cli_bench_put_text_report_with_keep() {
+    let addr = start(Fault::None, 2);
+    let (code, stdout, stderr) = cli(&addr, &["put", "--bench", "--count", "3", "--size", "1000", "--keep"]);
+    assert_eq!(code, 0, "{stderr}");
+    for line in ["op            put", "size          1000 B (1000 bytes)", "count         3", "errors        0"] {
+        assert!(stdout.lines().any(|l| l == line), "missing {line:?} in\n{stdout}");
+    }
+    assert!(stdout.contains("objects       3 stored, kept"), "{stdout}");
+    let kept = stored_files(&addr);
+    assert_eq!(kept.len(), 3);
+    assert!(kept.iter().all(|f| f.name.starts_with("dfs-bench-") && f.size == 1000), "{kept:?}");
+}

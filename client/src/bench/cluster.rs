@@ -1,0 +1,285 @@
+//! `--local`: a throw-away cluster for one benchmark run. It starts `dfs-engine --local 4` (the
+//! engine plus four node processes on the next four loopback ports) from the directory of the
+//! running executable, with its data and log in a new temporary directory, and stops it and
+//! removes the directory when dropped, whether the benchmark succeeded or not.
+//!
+//! If the engine does not start, the directory is kept and the error names its log, since the
+//! log is then the only explanation.
+
+use super::BenchError;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+use std::{io, thread};
+
+/// Nodes of the local cluster: the fewest an engine accepts.
+const N_NODES: u16 = 4;
+/// How long the engine (which starts its nodes first) may take to print `listening ADDR`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Attempts at finding `1 + N_NODES` consecutive free loopback ports.
+const PORT_PROBE_ATTEMPTS: usize = 100;
+/// Lines of the engine's log quoted when it failed to start: its last words are the reason.
+const START_FAILURE_LOG_LINES: usize = 8;
+/// Lines of the engine's log worth quoting after a failed request: enough for the engine's
+/// view of the failure, short enough to keep the error line readable.
+pub const LOG_TAIL_LINES: usize = 3;
+/// The most of the log's end read to find those lines.
+const LOG_TAIL_MAX_BYTES: u64 = 16 * 1024;
+/// Attempts at removing the data directory: the nodes learn of the engine's death by a signal
+/// and may still be exiting when the engine has been reaped.
+const REMOVE_ATTEMPTS: usize = 20;
+const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// A running local cluster. Dropping it kills the engine (its nodes follow it) and removes the
+/// data directory.
+pub struct LocalCluster {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+    log_path: PathBuf,
+    /// Set when the engine failed to start, so its log outlives the cluster.
+    keep_dir: bool,
+}
+
+impl LocalCluster {
+    /// Starts the engine found next to the current executable and waits for it to listen.
+    pub fn start() -> Result<LocalCluster, BenchError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| BenchError::Cluster(format!("cannot locate the running executable: {e}")))?;
+        let engine_exe = exe.with_file_name("dfs-engine");
+        if !engine_exe.is_file() {
+            return Err(BenchError::Cluster(format!(
+                "{} not found next to {}: build it (cargo build --release)",
+                engine_exe.display(),
+                exe.display()
+            )));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("dfs-bench-cluster-")
+            .tempdir()
+            .map_err(|source| BenchError::File {
+                action: "create a directory for the local cluster in",
+                path: std::env::temp_dir(),
+                source,
+            })?
+            .keep();
+        let log_path = dir.join("engine.log");
+        let (child, listen) = match spawn_engine(&engine_exe, &dir, &log_path) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                // Best effort: nothing ran, so the directory holds nothing worth keeping.
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let mut cluster = LocalCluster { child, addr: listen, dir, log_path, keep_dir: false };
+        match wait_until_listening(&mut cluster.child) {
+            Ok(addr) => {
+                cluster.addr = addr;
+                Ok(cluster)
+            }
+            Err(why) => {
+                let _ = cluster.child.kill();
+                let status = cluster.child.wait().map_or_else(|e| format!("unknown: {e}"), |s| s.to_string());
+                // Keep the directory: the log in it is the only explanation.
+                cluster.keep_dir = true;
+                Err(BenchError::Cluster(format!(
+                    "the local cluster did not start: {why} (engine ended: {status}); its log is {}, \
+                     ending: {}",
+                    cluster.log_path.display(),
+                    cluster.log_tail(START_FAILURE_LOG_LINES)
+                )))
+            }
+        }
+    }
+
+    /// The engine's client address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The directory holding the cluster's data and the engine's log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last `n_lines` lines of the engine's log (its nodes log there too), joined by ` | `
+    /// so that they fit on the one line of an error message.
+    pub fn log_tail(&self, n_lines: usize) -> String {
+        match read_tail(&self.log_path, n_lines) {
+            Ok(lines) if lines.is_empty() => "(empty)".to_owned(),
+            Ok(lines) => lines.join(" | "),
+            Err(e) => format!("(cannot read it: {e})"),
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // Best effort throughout: a failed clean-up must not hide the benchmark's result.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.keep_dir {
+            return;
+        }
+        for _ in 0..REMOVE_ATTEMPTS {
+            match fs::remove_dir_all(&self.dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => thread::sleep(REMOVE_RETRY_DELAY),
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Starts `dfs-engine --local 4` on free ports, its stdout piped (for the `listening` line)
+/// and its stderr, with its nodes', appended to `log_path`.
+fn spawn_engine(engine_exe: &Path, dir: &Path, log_path: &Path) -> Result<(Child, String), BenchError> {
+    let port = free_ports(1 + N_NODES)?;
+    let listen = format!("127.0.0.1:{port}");
+    let log = File::create(log_path).map_err(|source| BenchError::File {
+        action: "create the engine log",
+        path: log_path.to_owned(),
+        source,
+    })?;
+    let mut cmd = Command::new(engine_exe);
+    cmd.arg("--local")
+        .arg(N_NODES.to_string())
+        .arg("--data")
+        .arg(dir.join("data"))
+        .arg("--listen")
+        .arg(&listen)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: set_pdeathsig is a single prctl system call, safe between fork and exec.
+        // It stops the engine (and so its nodes) if this process dies without dropping the
+        // cluster, for example on Ctrl-C.
+        unsafe {
+            cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(io::Error::from));
+        }
+    }
+    let child = cmd.spawn().map_err(|e| BenchError::Cluster(format!("cannot start {}: {e}", engine_exe.display())))?;
+    Ok((child, listen))
+}
+
+/// Waits (at most [`START_TIMEOUT`]) for the engine's first stdout line, `listening ADDR`, and
+/// returns ADDR. A thread reads the pipe, so the wait is bounded even if the engine prints
+/// nothing, and keeps draining it afterwards so the engine never blocks on a full pipe.
+fn wait_until_listening(child: &mut Child) -> Result<String, String> {
+    let stdout = child.stdout.take().ok_or("the engine's stdout is not piped")?;
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("engine-stdout".into())
+        .spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        })
+        .map_err(|e| format!("cannot start a thread to read its output: {e}"))?;
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(Some(Ok(line))) => match line.strip_prefix("listening ") {
+            Some(addr) if !addr.trim().is_empty() => Ok(addr.trim().to_owned()),
+            _ => Err(format!("its first line of output was {line:?}, not `listening ADDR`")),
+        },
+        Ok(Some(Err(e))) => Err(format!("cannot read its output: {e}")),
+        Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Err("it exited without listening".to_owned()),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(format!("it printed nothing within {START_TIMEOUT:?}")),
+    }
+}
+
+/// A loopback port such that it and the `n_ports - 1` ports after it are free. The engine's
+/// `--local` needs a fixed port and takes the following ones for its nodes. Another process can
+/// still take one of them before the engine binds; the engine then fails with a clear log line.
+fn free_ports(n_ports: u16) -> Result<u16, BenchError> {
+    for _ in 0..PORT_PROBE_ATTEMPTS {
+        let first = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| BenchError::Cluster(format!("cannot bind a loopback port: {e}")))?
+            .port();
+        let Some(last) = first.checked_add(n_ports - 1) else { continue };
+        // The listeners close at the end of the statement: only their success matters.
+        if (first..=last).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            return Ok(first);
+        }
+    }
+    Err(BenchError::Cluster(format!(
+        "no {n_ports} consecutive free loopback ports found in {PORT_PROBE_ATTEMPTS} attempts"
+    )))
+}
+
+/// The last `n_lines` non-empty lines of a file, read from at most its last
+/// [`LOG_TAIL_MAX_BYTES`].
+fn read_tail(path: &Path, n_lines: usize) -> io::Result<Vec<String>> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(LOG_TAIL_MAX_BYTES);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(LOG_TAIL_MAX_BYTES).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+    // A read that starts mid-file most likely starts mid-line.
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0);
+    }
+    let skip = lines.len().saturating_sub(n_lines);
+    Ok(lines[skip..].iter().map(|l| strip_ansi(l)).collect())
+}
+
+/// Removes terminal colour sequences (`ESC [ ... m`), in case the log was written in colour.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn consecutive_free_ports_are_found() {
+        let first = free_ports(5).expect("free ports");
+        for port in first..first + 5 {
+            TcpListener::bind(("127.0.0.1", port)).expect("port is free");
+        }
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_non_empty_lines() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(file, "one\n\ntwo\n\u{1b}[31mthree\u{1b}[0m\nfour\n").expect("write");
+        assert_eq!(read_tail(file.path(), 3).expect("tail"), ["two", "three", "four"]);
+        assert_eq!(read_tail(file.path(), 10).expect("tail"), ["one", "two", "three", "four"]);
+    }
+
+    #[test]
+    fn log_tail_of_a_long_log_drops_the_partial_first_line() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        for i in 0..10_000 {
+            writeln!(file, "line {i}").expect("write");
+        }
+        assert_eq!(read_tail(file.path(), 2).expect("tail"), ["line 9998", "line 9999"]);
+        let all = read_tail(file.path(), usize::MAX).expect("tail");
+        assert!(all.iter().all(|l| l.starts_with("line ")), "{:?}", &all[..2]);
+    }
+}
