@@ -185,15 +185,23 @@ async fn store(
     // Sized to the chunk: a small chunk must not pay for zeroing a whole 1 MiB buffer.
     let mut buf = vec![0u8; (length as usize).min(STORE_IO_BYTES)];
     let mut pos = 0u64;
+    // The last piece is written together with the footer, after the crc32 check, so a chunk
+    // that fits one buffer costs one write.
+    let mut last_len = 0usize;
     while pos < length {
         let n = (length - pos).min(STORE_IO_BYTES as u64) as usize;
         buf = conn.read_exact(buf, 0, n, false).await?;
+        let is_last = pos + n as u64 == length;
         if let (None, Some(f)) = (&failed, &file) {
             hasher.update(&buf[..n]);
-            let (res, slice) = f.write_all_at(buf.slice(0..n), pos).await;
-            buf = slice.into_inner();
-            if let Err(e) = res {
-                failed = Some(RequestError::io(format!("cannot write chunk {chunk_id}"))(e));
+            if is_last {
+                last_len = n;
+            } else {
+                let (res, slice) = f.write_all_at(buf.slice(0..n), pos).await;
+                buf = slice.into_inner();
+                if let Err(e) = res {
+                    failed = Some(RequestError::io(format!("cannot write chunk {chunk_id}"))(e));
+                }
             }
         }
         pos += n as u64;
@@ -207,34 +215,39 @@ async fn store(
         return Ok(Err(RequestError::ChecksumMismatch { chunk: chunk_id, announced: crc32, actual }));
     }
     let footer = Footer { chunk_id, length, crc32, block_crcs };
-    let res = commit(state, file, &footer, &temp_path, &final_path).await;
+    let mut tail = Vec::with_capacity(last_len + Footer::encoded_len(length) as usize);
+    tail.extend_from_slice(&buf[..last_len]);
+    tail.extend_from_slice(&footer.encode());
+    let tail_at = length - last_len as u64;
+    let res = commit(state, file, chunk_id, tail, tail_at, &temp_path).await;
     if res.is_ok() {
         guard.armed = false;
     }
     Ok(res.map(|()| Msg::StoreOk { block_crcs: footer.block_crcs }))
 }
 
-/// Footer, fdatasync, no-replace rename, directory fsync: the chunk exists only once durable.
-async fn commit(state: &NodeState, file: File, footer: &Footer, temp: &Path, dest: &Path) -> Result<(), RequestError> {
-    let id = footer.chunk_id;
-    let (res, _) = file.write_all_at(footer.encode(), footer.length).await;
-    res.map_err(RequestError::io(format!("cannot write footer of chunk {id}")))?;
+/// Last data and footer, fdatasync, no-replace rename, directory fsync: the chunk exists only
+/// once durable.
+async fn commit(
+    state: &NodeState,
+    file: File,
+    id: ChunkId,
+    tail: Vec<u8>,
+    tail_at: u64,
+    temp: &Path,
+) -> Result<(), RequestError> {
+    let (res, _) = file.write_all_at(tail, tail_at).await;
+    res.map_err(RequestError::io(format!("cannot write chunk {id}")))?;
     file.sync_data().await.map_err(RequestError::io(format!("cannot sync chunk {id}")))?;
     file.close().await.map_err(RequestError::io(format!("cannot close chunk {id}")))?;
-    match nix::fcntl::renameat2(None, temp, None, dest, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
+    let dir = state.store.chunk_dir_fd(&id);
+    let temp_name = temp.file_name().and_then(|n| n.to_str()).expect("temp names are ASCII");
+    match dfs_runtime::ops::rename_noreplace(dir, temp_name, dir, &id.file_name()).await {
         Ok(()) => {}
-        Err(nix::errno::Errno::EEXIST) => return Err(RequestError::AlreadyExists(id)),
-        Err(e) => return Err(RequestError::io(format!("cannot rename chunk {id} into place"))(e.into())),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(RequestError::AlreadyExists(id)),
+        Err(e) => return Err(RequestError::io(format!("cannot rename chunk {id} into place"))(e)),
     }
-    sync_dir(&state.store.chunk_dir(&id))
-        .await
-        .map_err(RequestError::io(format!("cannot sync directory of chunk {id}")))
-}
-
-async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let d = File::open(dir).await?;
-    d.sync_all().await?;
-    d.close().await
+    dfs_runtime::ops::fsync(dir).await.map_err(RequestError::io(format!("cannot sync directory of chunk {id}")))
 }
 
 /// Opens a committed chunk without following symlinks, and reads and checks its footer.
@@ -339,7 +352,7 @@ async fn delete(state: &NodeState, chunk_id: ChunkId) -> Result<Msg, RequestErro
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RequestError::NotFound(chunk_id)),
         Err(e) => return Err(RequestError::io(format!("cannot delete chunk {chunk_id}"))(e)),
     }
-    sync_dir(&state.store.chunk_dir(&chunk_id))
+    dfs_runtime::ops::fsync(state.store.chunk_dir_fd(&chunk_id))
         .await
         .map_err(RequestError::io(format!("cannot sync directory of chunk {chunk_id}")))?;
     Ok(Msg::Ok)

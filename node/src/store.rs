@@ -10,10 +10,15 @@
 
 use dfs_proto::ChunkId;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub struct ChunkStore {
     root: PathBuf,
+    /// The 256 fan-out directories, open for the life of the process, so a commit renames and
+    /// fsyncs relative to them without opening anything.
+    dir_fds: Vec<Arc<OwnedFd>>,
 }
 
 impl ChunkStore {
@@ -23,7 +28,7 @@ impl ChunkStore {
         let ctx = |what: &str, p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()));
         std::fs::create_dir_all(root).map_err(|e| ctx("cannot create data directory", root, e))?;
         let root = root.canonicalize().map_err(|e| ctx("cannot resolve data directory", root, e))?;
-        let store = ChunkStore { root };
+        let mut store = ChunkStore { root, dir_fds: Vec::with_capacity(256) };
         let mut n_removed = 0;
         for byte in 0..=255u8 {
             let dir = store.root.join("chunks").join(format!("{byte:02x}"));
@@ -36,6 +41,8 @@ impl ChunkStore {
                     n_removed += 1;
                 }
             }
+            let fd = std::fs::File::open(&dir).map_err(|e| ctx("cannot open", &dir, e))?;
+            store.dir_fds.push(Arc::new(fd.into()));
         }
         if n_removed > 0 {
             tracing::info!("removed {n_removed} half-received chunk(s)");
@@ -52,6 +59,10 @@ impl ChunkStore {
 
     pub fn chunk_dir(&self, id: &ChunkId) -> PathBuf {
         self.root.join("chunks").join(id.fanout_dir())
+    }
+
+    pub fn chunk_dir_fd(&self, id: &ChunkId) -> &Arc<OwnedFd> {
+        &self.dir_fds[id.file_id.0[0] as usize]
     }
 
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {

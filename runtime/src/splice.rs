@@ -11,7 +11,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 /// Pipe capacity asked for with F_SETPIPE_SZ: one protocol block.
 pub const PIPE_CAPACITY_BYTES: usize = 1 << 20;
@@ -71,25 +70,6 @@ impl Pipe {
     }
 }
 
-struct SpliceData {
-    _fds: (SharedFd, SharedFd),
-}
-
-struct SpliceTransform;
-
-impl OneshotOutputTransform for SpliceTransform {
-    type Output = io::Result<usize>;
-    type StoredData = SpliceData;
-
-    fn transform_oneshot_output(self, _data: SpliceData, cqe: io_uring::cqueue::Entry) -> io::Result<usize> {
-        if cqe.result() >= 0 {
-            Ok(cqe.result() as usize)
-        } else {
-            Err(io::Error::from_raw_os_error(-cqe.result()))
-        }
-    }
-}
-
 /// One splice(2) of up to `len` bytes; `off_in`/`off_out` are file offsets, or -1 for pipes and
 /// sockets.
 async fn splice_once(
@@ -105,9 +85,10 @@ async fn splice_once(
     let sqe = opcode::Splice::new(types::Fd(fd_in.as_raw_fd()), off_in, types::Fd(fd_out.as_raw_fd()), off_out, len)
         .flags(libc::SPLICE_F_MOVE)
         .build();
-    let op = UnsubmittedOneshot::new(SpliceData { _fds: (fd_in.clone(), fd_out.clone()) }, SpliceTransform, sqe);
-    match tokio::time::timeout(timeout, op.submit()).await {
-        Ok(res) => res,
+    // SAFETY: the operation keeps both descriptors open until it completes.
+    let op = unsafe { crate::ops::submit((fd_in.clone(), fd_out.clone()), sqe) };
+    match tokio::time::timeout(timeout, op).await {
+        Ok(res) => res.map(|n| n as usize),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("splice timed out after {timeout:?}"))),
     }
 }
