@@ -37,6 +37,8 @@ const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// mapped, so it is held as an empty slice.
 pub struct MappedFile {
     map: Option<Mmap>,
+    /// The open file, so its bytes can be sent with sendfile(2) from the page cache.
+    file: File,
 }
 
 impl MappedFile {
@@ -52,7 +54,7 @@ impl MappedFile {
             return Err(LayoutError::FileTooLarge { size: metadata.len(), max: MAX_FILE_SIZE_BYTES }.into());
         }
         if metadata.len() == 0 {
-            return Ok(MappedFile { map: None });
+            return Ok(MappedFile { map: None, file });
         }
         // SAFETY: the map is read-only and private to this process; what the OS cannot promise
         // is that no other process changes the file meanwhile. If one truncates it, reading a
@@ -63,7 +65,7 @@ impl MappedFile {
         // Only a hint for read-ahead; the upload is correct without it.
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
-        Ok(MappedFile { map: Some(map) })
+        Ok(MappedFile { map: Some(map), file })
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -76,6 +78,30 @@ impl ops::Deref for MappedFile {
     fn deref(&self) -> &[u8] {
         self.as_bytes()
     }
+}
+
+/// Sends `len` bytes of `file` from `offset` to the socket with sendfile(2).
+fn send_file_range(sock: &std::net::TcpStream, file: &File, offset: u64, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut off = offset as libc::off64_t;
+    let end = offset + len as u64;
+    while (off as u64) < end {
+        let want = (end - off as u64) as usize;
+        // SAFETY: both descriptors are open for the duration of the call, and `off` is a valid
+        // off64_t the kernel advances by the bytes sent.
+        let n = unsafe { libc::sendfile64(sock.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
+        match n {
+            n if n > 0 => {}
+            0 => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being sent")),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The name a file is stored under when none is given: its base name.
@@ -103,7 +129,7 @@ impl Client {
             None => default_name(path)?,
         };
         let file = MappedFile::open(path)?;
-        self.put_bytes(&name, &file, chunking, progress)
+        self.put_from(&name, &file, Some(&file.file), chunking, progress)
     }
 
     /// Uploads `data` as a file called `name` and returns its ID.
@@ -111,6 +137,19 @@ impl Client {
         &mut self,
         name: &str,
         data: &[u8],
+        chunking: Chunking,
+        progress: &mut dyn Progress,
+    ) -> Result<FileId> {
+        self.put_from(name, data, None, chunking, progress)
+    }
+
+    /// Uploads `data`; if `source` is the file `data` maps, the bytes are sent from it with
+    /// sendfile(2), straight from the page cache, instead of being copied out of the map.
+    fn put_from(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        source: Option<&File>,
         chunking: Chunking,
         progress: &mut dyn Progress,
     ) -> Result<FileId> {
@@ -125,15 +164,21 @@ impl Client {
         let spans = chunk_spans(data.len() as u64, chunking, self.hello.dynamic_chunk_cap_bytes)?;
         let chunk_crcs = chunk_crcs(data, &spans, hash_threads(data.len()));
         let put = Msg::Put { name: name.to_owned(), size: data.len() as u64, chunking, chunk_crcs };
-        self.run(false, |c| c.upload(&put, data, progress))
+        self.run(false, |c| c.upload(&put, data, source, progress))
     }
 
-    fn upload(&mut self, put: &Msg, data: &[u8], progress: &mut dyn Progress) -> Result<FileId> {
+    fn upload(&mut self, put: &Msg, data: &[u8], source: Option<&File>, progress: &mut dyn Progress) -> Result<FileId> {
         self.send(put, "sending the upload request")?;
         progress.start(data.len() as u64);
+        let mut offset = 0u64;
         for piece in data.chunks(SEND_PIECE_BYTES) {
             let mut writer = self.reader.get_ref();
-            if let Err(e) = writer.write_all(piece) {
+            let sent = match source {
+                Some(file) => send_file_range(writer, file, offset, piece.len()),
+                None => writer.write_all(piece),
+            };
+            offset += piece.len() as u64;
+            if let Err(e) = sent {
                 // An engine that refuses an upload says why in an Error frame and closes; our
                 // write then fails with a bare "broken pipe". The frame is the real reason.
                 return Err(self
