@@ -29,6 +29,9 @@ impl ChunkStore {
         std::fs::create_dir_all(root).map_err(|e| ctx("cannot create data directory", root, e))?;
         let root = root.canonicalize().map_err(|e| ctx("cannot resolve data directory", root, e))?;
         let mut store = ChunkStore { root, dir_fds: Vec::with_capacity(256) };
+        let chunks_dir = store.root.join("chunks");
+        std::fs::create_dir_all(&chunks_dir).map_err(|e| ctx("cannot create", &chunks_dir, e))?;
+        spread_subdirectories(&chunks_dir);
         let mut n_removed = 0;
         for byte in 0..=255u8 {
             let dir = store.root.join("chunks").join(format!("{byte:02x}"));
@@ -111,4 +114,31 @@ impl ChunkStore {
 /// Temp files are hidden (leading dot) and end in `.tmp`; no chunk ID looks like that.
 fn is_temp_name(name: &std::ffi::OsStr) -> bool {
     name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+}
+
+nix::ioctl_read!(fs_ioc_getflags, b'f', 1, libc::c_long);
+nix::ioctl_write_ptr!(fs_ioc_setflags, b'f', 2, libc::c_long);
+/// The ext2/3/4 "top of directory hierarchy" inode flag.
+const FS_TOPDIR_FL: libc::c_long = 0x0002_0000;
+
+/// Asks ext4 to place the fan-out directories created under `dir` in different block groups, as
+/// it does for top-level directories. Every chunk file's inode is then allocated in its own
+/// directory's group, so creating many small chunks does not make every upload scan the same
+/// inode bitmap (seen as most of the CPU time of 4 KiB uploads). Only a placement hint: on other
+/// file systems, or when refused, nothing changes.
+fn spread_subdirectories(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(d) = std::fs::File::open(dir) else { return };
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read or write one integer through a pointer to a local
+    // that outlives the calls, on a descriptor we hold open.
+    let result = unsafe {
+        fs_ioc_getflags(d.as_raw_fd(), &mut flags).and_then(|_| {
+            let wanted = flags | FS_TOPDIR_FL;
+            fs_ioc_setflags(d.as_raw_fd(), &wanted)
+        })
+    };
+    if let Err(e) = result {
+        tracing::debug!("cannot set the top-directory flag on {}: {e}", dir.display());
+    }
 }
