@@ -1,88 +1,133 @@
-//! The benchmark harness: starts a local cluster (`dfs-engine --local 4`, separate processes),
-//! round-trips a file of the given size through `dfs-client` several times, checks every copy
-//! byte for byte, and reports median put and get throughput, the engine's CPU seconds per GiB
-//! moved and its peak resident memory (VmHWM), read from /proc.
+//! The one-command benchmark: `cargo run --release -p bench -- [options]`.
+//!
+//! In one run it builds the ideal relay baseline (nothing else: the dfs binaries must already be
+//! built with `cargo build --release`), measures dfs on fresh local clusters (`dfs-engine --local
+//! 4`, one per phase, on each `--data-path` the engine offers) with `dfs-client put --bench`,
+//! runs the relay in both modes and the original Python sketch on the same machine, and prints
+//! every figure with its median and range, the ratios against the baselines, the machine and the
+//! exact commands. No figure is typed in: every number printed was measured in this run.
+//!
+//! Modules: `cluster` (the dfs processes), `dfs` (phases and the client's JSON), `baselines`
+//! (relay and sketch), `machine`, `stats`, `report` (tables, Markdown, JSON), `proc` (running,
+//! recording and cleaning up processes; /proc readings).
+
+mod baselines;
+mod cluster;
+mod dfs;
+mod machine;
+mod proc;
+mod report;
+mod stats;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
-use std::io::{BufRead, BufReader, Read, Write};
+use serde::Serialize;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
     parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
-#[derive(Parser, Debug)]
-#[command(about = "Round-trip benchmark of dfs on a local cluster")]
+#[derive(Parser, Debug, Serialize)]
+#[command(about = "Measure dfs against the ideal relay and the Python sketch, all in one run")]
 struct Args {
-    /// File size (e.g. 1GiB).
-    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
-    size: u64,
-    /// Round trips; the median is reported.
+    /// Runs per dfs phase and per relay measurement (each figure is the median of its runs).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Chunking mode passed to `dfs-client put`.
-    #[arg(long, default_value = "equal")]
-    chunking: String,
+    /// Runs of the Python sketch's upload and get (each is slow).
+    #[arg(long, default_value_t = 3)]
+    sketch_runs: usize,
+    /// A fast smoke run: skip the 4 GiB phases.
+    #[arg(long)]
+    quick: bool,
+    /// Size of the single-object phases compared with the baselines.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    size: u64,
+    /// Size of the large single-object phases (skipped with --quick).
+    #[arg(long, default_value = "4GiB", value_parser = parse_bytes)]
+    large_size: u64,
+    /// Object size of the small-object phase.
+    #[arg(long, default_value = "4KiB", value_parser = parse_bytes)]
+    small_size: u64,
+    /// Number of objects in the small-object phase (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    small_count: u64,
+    /// Runs of the small-object phase (each is long: thousands of fsynced puts).
+    #[arg(long, default_value_t = 3)]
+    small_runs: usize,
+    /// Concurrent requests in the small-object phase.
+    #[arg(long, default_value_t = 32)]
+    small_concurrency: u64,
+    /// Scratch directory (default: a new temp directory, removed at the end). Of a directory
+    /// given here, the input files and cluster data are removed at the end; the logs are kept.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Directory holding the baselines `relay/` and `seed_py/` (default: ../shared/baselines
+    /// next to the workspace).
+    #[arg(long)]
+    baselines: Option<PathBuf>,
     /// Directory with dfs-engine, dfs-node and dfs-client (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// Scratch directory (default: a new directory under the system temp dir).
+    /// Python interpreter for the sketch.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// `--chunking` for `dfs-client put --bench` (default: the client's).
     #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Extra arguments for the engine, e.g. --engine-arg=--buffer-budget=64MiB.
+    chunking: Option<String>,
+    /// Extra engine argument, repeatable, e.g. --engine-arg=--buffer-budget=64MiB.
     #[arg(long = "engine-arg", allow_hyphen_values = true)]
     engine_args: Vec<String>,
+    /// Write every result, machine-readably, to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Print the tables as Markdown, ready to paste into perf.md.
+    #[arg(long)]
+    markdown: bool,
+    /// Longest any single command may run before it is killed.
+    #[arg(long, default_value_t = 900)]
+    timeout_secs: u64,
 }
 
-struct Engine {
-    child: Child,
-    addr: String,
+/// The scratch directory; removed on drop if the harness created it, else only its bulk data.
+struct Scratch {
+    path: PathBuf,
+    temporary: bool,
 }
 
-impl Drop for Engine {
+impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    // The engine's nodes take the 4 ports after it, so look for 5 free ports in a row.
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = l.local_addr()?.port();
-        if port > 65000 {
-            continue;
-        }
-        if (1..=4).all(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok()) {
-            return Ok(port);
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.path);
+        } else {
+            for bulk in ["sketch", "input", "relay"] {
+                let _ = std::fs::remove_dir_all(self.path.join(bulk));
+            }
         }
     }
-    bail!("no 5 consecutive free loopback ports found")
 }
 
-fn start_engine(bin: &Path, data: &Path, extra: &[String]) -> Result<Engine> {
-    let port = free_port()?;
-    let addr = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(data.with_extension("log"))?;
-    let mut child = Command::new(bin.join("dfs-engine"))
-        .args(["--local", "4", "--listen", &addr, "--data"])
-        .arg(data)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .context("cannot start dfs-engine")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("engine stdout")?).read_line(&mut line)?;
-    ensure!(line.starts_with("listening"), "engine did not start; see {}", data.with_extension("log").display());
-    Ok(Engine { child, addr })
+fn workspace_root() -> PathBuf {
+    // bench/ is a member of the workspace, one level down.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench has a parent directory").to_path_buf()
 }
 
-/// Fills a file with pseudo-random bytes (xorshift), quickly and reproducibly.
+/// The input file of `size` bytes in `dir/input`, written and fsynced the first time it is asked
+/// for: every dfs phase of that size and the sketch upload the same bytes.
+fn input_file(scratch: &Path, size: u64) -> Result<PathBuf> {
+    let path = scratch.join("input").join(format!("bench-{size}"));
+    if !path.is_file() {
+        std::fs::create_dir_all(scratch.join("input"))?;
+        eprintln!("writing a {} input file", dfs::human_size(size));
+        write_input(&path, size).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// Fills a file with pseudo-random bytes (xorshift): cheap, and not compressible.
 fn write_input(path: &Path, size: u64) -> Result<()> {
     let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -99,113 +144,242 @@ fn write_input(path: &Path, size: u64) -> Result<()> {
         f.write_all(&block[..n])?;
         left -= n as u64;
     }
-    f.flush()?;
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(())
 }
 
-fn same_contents(a: &Path, b: &Path) -> Result<bool> {
-    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
-    if fa.metadata()?.len() != fb.metadata()?.len() {
-        return Ok(false);
+fn main() -> ExitCode {
+    if let Err(e) = proc::install_signal_cleanup() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
     }
-    let (mut ba, mut bb) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
-    loop {
-        let n = fa.read(&mut ba)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        fb.read_exact(&mut bb[..n])?;
-        if ba[..n] != bb[..n] {
-            return Ok(false);
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn client(bin: &Path, addr: &str, args: &[&str]) -> Result<(String, Duration)> {
-    let t = Instant::now();
-    let out = Command::new(bin.join("dfs-client")).arg("--server").arg(addr).args(args).output()?;
-    let elapsed = t.elapsed();
-    ensure!(out.status.success(), "dfs-client {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    Ok((String::from_utf8_lossy(&out.stdout).trim().to_string(), elapsed))
-}
-
-/// (peak RSS in KiB, CPU seconds) of a process, from /proc.
-fn proc_usage(pid: u32) -> Result<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmHWM in /proc status")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit_once(')').context("bad /proc stat")?.1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // Linux reports these in USER_HZ, which is 100 on every architecture dfs runs on.
-    const USER_HZ: f64 = 100.0;
-    Ok((hwm_kib, ticks / USER_HZ))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn main() -> Result<()> {
-    let args = Args::parse();
-    ensure!(args.runs >= 1, "--runs must be at least 1");
-    let bin = match &args.bin_dir {
+fn run(args: Args) -> Result<ExitCode> {
+    ensure!(
+        args.runs >= 1 && args.sketch_runs >= 1 && args.small_runs >= 1,
+        "--runs, --sketch-runs and --small-runs must be at least 1"
+    );
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let invocation = format!(
+        "cargo run --release -p bench --{}",
+        std::env::args().skip(1).map(|a| format!(" {a}")).collect::<String>()
+    );
+    let workspace = workspace_root();
+    let bin_dir = match &args.bin_dir {
         Some(b) => b.clone(),
-        None => std::env::current_exe()?.parent().context("binary directory")?.to_path_buf(),
+        None => {
+            if cfg!(debug_assertions) {
+                bail!("run the harness with --release (the dfs binaries next to a debug build are debug builds too), or pass --bin-dir");
+            }
+            std::env::current_exe()?.parent().context("binary directory")?.to_path_buf()
+        }
     };
-    for b in ["dfs-engine", "dfs-node", "dfs-client"] {
-        ensure!(bin.join(b).is_file(), "{} not found: run `cargo build --release` first", bin.join(b).display());
-    }
+    let baselines_dir = args.baselines.clone().unwrap_or_else(|| workspace.join("../shared/baselines"));
+    let baselines_dir = baselines_dir
+        .canonicalize()
+        .with_context(|| format!("baselines directory {} not found: pass --baselines DIR", baselines_dir.display()))?;
     let scratch = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("dfs-bench-{}", std::process::id())),
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            Scratch { path: d.canonicalize()?, temporary: false }
+        }
+        None => {
+            let d = std::env::temp_dir().join(format!("dfs-bench-{}", std::process::id()));
+            std::fs::create_dir(&d).with_context(|| format!("cannot create {}", d.display()))?;
+            Scratch { path: d, temporary: true }
+        }
     };
-    std::fs::create_dir_all(&scratch)?;
-    let input = scratch.join("input");
-    let output = scratch.join("output");
-    eprintln!("writing {} bytes to {}", args.size, input.display());
-    write_input(&input, args.size)?;
-    let engine = start_engine(&bin, &scratch.join("cluster"), &args.engine_args)?;
-    let (_, cpu_before) = proc_usage(engine.child.id())?;
+    proc::set_scratch_for_interrupt(scratch.temporary.then(|| scratch.path.clone()));
+    eprintln!("scratch directory: {}", scratch.path.display());
+    let mut notes = Vec::new();
 
-    let mib = args.size as f64 / (1 << 20) as f64;
-    let (mut put_mibs, mut get_mibs) = (Vec::new(), Vec::new());
-    for run in 1..=args.runs {
-        let input_s = input.to_str().context("utf-8 path")?;
-        let (id, put_t) = client(&bin, &engine.addr, &["put", input_s, "--chunking", &args.chunking])?;
-        let (_, get_t) = client(&bin, &engine.addr, &["get", &id, "-o", output.to_str().context("utf-8 path")?])?;
-        ensure!(same_contents(&input, &output)?, "run {run}: downloaded file differs from the input");
-        client(&bin, &engine.addr, &["rm", &id])?;
-        std::fs::remove_file(&output)?;
-        let (p, g) = (mib / put_t.as_secs_f64(), mib / get_t.as_secs_f64());
-        eprintln!("run {run}: put {p:.0} MiB/s ({put_t:.2?}), get {g:.0} MiB/s ({get_t:.2?}), byte-identical");
-        put_mibs.push(p);
-        get_mibs.push(g);
-    }
-    let (hwm_kib, cpu_after) = proc_usage(engine.child.id())?;
-    let gib_moved = 2.0 * args.runs as f64 * args.size as f64 / (1u64 << 30) as f64;
-    println!("size_bytes={} runs={} chunking={}", args.size, args.runs, args.chunking);
-    println!(
-        "put_mib_s_median={:.0} (min {:.0}, max {:.0})",
-        median(&mut put_mibs),
-        put_mibs[0],
-        put_mibs[put_mibs.len() - 1]
+    // What is there to measure.
+    let bins = cluster::Binaries::probe(&bin_dir, timeout)?;
+    ensure!(
+        bins.client_has_bench(timeout)?,
+        "{} has no `put --bench`: build the current workspace (cargo build --release)",
+        bins.client().display()
     );
-    println!(
-        "get_mib_s_median={:.0} (min {:.0}, max {:.0})",
-        median(&mut get_mibs),
-        get_mibs[0],
-        get_mibs[get_mibs.len() - 1]
-    );
-    println!("engine_cpu_s_per_gib={:.3}", (cpu_after - cpu_before) / gib_moved);
-    println!("engine_peak_rss_mib={:.1}", hwm_kib as f64 / 1024.0);
-    drop(engine);
-    if args.dir.is_none() {
-        std::fs::remove_dir_all(&scratch)?;
+    let stale = cluster::stale_sources(&workspace, &bins);
+    if !stale.is_empty() {
+        let list: Vec<String> = stale.iter().take(5).map(|p| p.display().to_string()).collect();
+        let note = format!(
+            "WARNING: {} source file(s) are newer than the dfs binaries ({}{}): these figures may describe older code; run `cargo build --release` first",
+            stale.len(),
+            list.join(", "),
+            if stale.len() > 5 { ", …" } else { "" }
+        );
+        eprintln!("{note}");
+        notes.push(note);
     }
-    Ok(())
+    let data_paths: Vec<Option<String>> = if bins.data_paths.is_empty() {
+        notes.push("the engine has no --data-path flag: only one data path exists, measured as `default`".into());
+        vec![None]
+    } else {
+        bins.data_paths.iter().cloned().map(Some).collect()
+    };
+    let machine = machine::Machine::read(&scratch.path, &workspace, timeout);
+
+    // The relay is built before anything is measured, so that compiling does not overlap a run.
+    let relay_dir = baselines_dir.join("relay");
+    eprintln!("building the relay baseline in {}", relay_dir.display());
+    let relay_bin = baselines::build_relay(&relay_dir, &workspace.join("target/baselines"), timeout)?;
+
+    // The relay first: it is quick and leaves nothing behind.
+    let relay = measure_relay(&relay_bin, &args, &scratch.path, timeout)?;
+
+    let env = dfs::PhaseEnv {
+        bins: &bins,
+        scratch: &scratch.path,
+        chunking: args.chunking.as_deref(),
+        engine_args: &args.engine_args,
+        timeout,
+    };
+    let mut phases = measure_dfs(&env, &args, &data_paths, &mut notes)?;
+
+    // The Python sketch last: it does not fsync, so its writeback would disturb what follows.
+    let sketch = run_sketch_if_possible(&args, &baselines_dir, &scratch.path, timeout, &mut notes)?;
+
+    dfs::estimate_get_alone(&mut phases);
+    if phases.iter().any(|p| p.engine_cpu_s_per_gib_get_alone_est.is_some()) {
+        notes.push("est.*: a get run's engine CPU includes the untimed upload of the object it reads; `get alone` subtracts that upload priced at the median CPU per GiB of the put phase of the same size on the same data path".into());
+    }
+    let mut machine = machine;
+    machine.loadavg_end = machine::loadavg();
+    let errors: u64 = phases.iter().map(|p| p.errors).sum();
+    if errors > 0 {
+        notes.push(format!("ERROR: dfs-client reported {errors} failed operations; see the ERRORS rows"));
+    }
+    notes.push(
+        "dfs get figures: the client verifies and discards the bytes, like the relay's client; the sketch's get writes to /dev/null"
+            .into(),
+    );
+    notes.push("each dfs phase ran on a freshly started cluster, so its engine peak RSS (VmHWM) covers that phase alone; engine CPU is utime+stime of the engine process only (its nodes are separate processes), read before and after each dfs-client run, so it includes the run's untimed deletes".into());
+    let report = report::Report {
+        started_utc: report::utc(started),
+        invocation,
+        options: serde_json::to_value(&args)?,
+        machine,
+        data_paths: data_paths.iter().map(|p| p.clone().unwrap_or_else(|| "default".into())).collect(),
+        ratios: report::ratios(&phases, &relay, sketch.as_ref(), args.size),
+        cpu_ratios: report::cpu_ratios(&phases, &relay, args.size),
+        dfs: phases,
+        relay,
+        sketch,
+        notes,
+        commands: proc::commands(),
+    };
+    if let Some(path) = &args.json {
+        let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        serde_json::to_writer_pretty(std::io::BufWriter::new(f), &report)?;
+        eprintln!("wrote {}", path.display());
+    }
+    let out = if args.markdown { report::markdown(&report) } else { report::text(&report) };
+    print!("{out}");
+    Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The relay's put and get at `--size`, in both modes.
+fn measure_relay(
+    relay_bin: &Path,
+    args: &Args,
+    scratch: &Path,
+    timeout: Duration,
+) -> Result<Vec<baselines::RelayResult>> {
+    let mut relay = Vec::new();
+    for op in ["put", "get"] {
+        for mode in ["rw", "splice"] {
+            eprintln!("relay {op} {} --mode {mode}, {} runs", dfs::human_size(args.size), args.runs);
+            proc::checked_output(&mut std::process::Command::new("sync"), timeout)?;
+            let dir = scratch.join("relay");
+            let r = baselines::run_relay(relay_bin, op, mode, args.size, &dir, args.runs, timeout)?;
+            eprintln!("  median {:.1} MB/s, relay CPU {:.3} s/GiB", r.mb_s.median, r.cpu_s_per_gib);
+            relay.push(r);
+        }
+    }
+    Ok(relay)
+}
+
+/// Every dfs phase on every data path, the paths of one phase back to back so that they see
+/// the same machine state.
+fn measure_dfs(
+    env: &dfs::PhaseEnv,
+    args: &Args,
+    data_paths: &[Option<String>],
+    notes: &mut Vec<String>,
+) -> Result<Vec<dfs::PhaseResult>> {
+    let single = |op, size_bytes| dfs::PhaseSpec { op, size_bytes, count: 1, concurrency: 1, runs: args.runs };
+    let mut specs = vec![single(dfs::Op::Put, args.size), single(dfs::Op::Get, args.size)];
+    if args.quick {
+        notes.push(format!("--quick: the {} phases were skipped", dfs::human_size(args.large_size)));
+    } else {
+        specs.push(single(dfs::Op::Put, args.large_size));
+        specs.push(single(dfs::Op::Get, args.large_size));
+    }
+    if args.small_count > 0 {
+        specs.push(dfs::PhaseSpec {
+            op: dfs::Op::Put,
+            size_bytes: args.small_size,
+            count: args.small_count,
+            concurrency: args.small_concurrency,
+            runs: args.small_runs,
+        });
+    }
+    let mut phases = Vec::new();
+    for spec in &specs {
+        for path in data_paths {
+            let tag = path.as_deref().unwrap_or("default");
+            eprintln!("dfs {} [{tag}], {} runs", spec.label(), spec.runs);
+            let input = input_file(env.scratch, spec.size_bytes)?;
+            let r = dfs::run_phase(env, spec, path.as_deref(), &input)?;
+            for w in r.engine_warnings.iter().take(3) {
+                notes.push(format!("engine log, {} [{tag}]: {w}", r.label));
+            }
+            phases.push(r);
+        }
+    }
+    Ok(phases)
+}
+
+fn run_sketch_if_possible(
+    args: &Args,
+    baselines_dir: &Path,
+    scratch: &Path,
+    timeout: Duration,
+    notes: &mut Vec<String>,
+) -> Result<Option<baselines::SketchResult>> {
+    let sketch_dir = baselines_dir.join("seed_py");
+    if !proc::on_path(&args.python) {
+        let note = format!("the Python sketch was skipped: {} is not installed", args.python);
+        eprintln!("{note}");
+        notes.push(note);
+        return Ok(None);
+    }
+    ensure!(sketch_dir.join("run_cluster.sh").is_file(), "{} not found: pass --baselines DIR", sketch_dir.display());
+    let input = input_file(scratch, args.size)?;
+    proc::checked_output(&mut std::process::Command::new("sync"), timeout)?;
+    let cluster =
+        match baselines::SketchCluster::start(&sketch_dir, &scratch.join("sketch/cluster"), &args.python, timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                let note = format!("the Python sketch was skipped: {e:#}");
+                eprintln!("{note}");
+                notes.push(note);
+                return Ok(None);
+            }
+        };
+    eprintln!("sketch: {} uploads and gets of {}", args.sketch_runs, dfs::human_size(args.size));
+    let r = baselines::run_sketch(&sketch_dir, &args.python, &cluster, &input, args.sketch_runs, timeout)?;
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(scratch.join("sketch/cluster"));
+    Ok(Some(r))
 }
