@@ -39,14 +39,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    dfs_runtime::init_logging();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    dfs_runtime::main_with(|| run(args))
 }
 
 fn run(args: Args) -> Result<(), String> {

@@ -13,6 +13,19 @@ use std::net::SocketAddr;
 /// Listen backlog of each per-core listener.
 pub const LISTEN_BACKLOG: i32 = 1024;
 
+/// The body of a server binary's `main`: sets up logging, runs `run`, and turns its error into
+/// one `error: ...` line on stderr and a failing exit status.
+pub fn main_with(run: impl FnOnce() -> Result<(), String>) -> std::process::ExitCode {
+    init_logging();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
