@@ -13,7 +13,7 @@ run() {
         cargo test --no-fail-fast "$@"
     fi
 }
-# Everything on the default data path (splice), then the integration suite again with the
+# Everything with engine and nodes on the splice path, then the integration suite again with the
 # engine and nodes forced onto the copy path, so both data paths pass every test.
 echo "== all tests, data path: splice"
 DFS_DATA_PATH=splice run --workspace "$@"

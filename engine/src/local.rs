@@ -27,7 +27,7 @@ pub fn start_nodes(
     listen: SocketAddr,
     n_nodes: usize,
     data: &Path,
-    data_path: dfs_runtime::DataPath,
+    data_path: Option<dfs_runtime::DataPath>,
 ) -> Result<Vec<LocalNode>, String> {
     if listen.port() == 0 {
         return Err("--local needs a fixed --listen port: the nodes take the ports after it".into());
@@ -47,7 +47,9 @@ pub fn start_nodes(
         let dir = data.join(format!("node-{node_idx}"));
         let mut cmd = Command::new(&node_exe);
         cmd.arg("--listen").arg(addr.to_string()).arg("--data").arg(&dir).stdout(Stdio::piped());
-        cmd.arg("--data-path").arg(data_path.to_string());
+        if let Some(path) = data_path {
+            cmd.arg("--data-path").arg(path.to_string());
+        }
         // SAFETY: set_pdeathsig is a single prctl system call, safe between fork and exec.
         unsafe {
             use std::os::unix::process::CommandExt;

@@ -54,10 +54,12 @@ struct Args {
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     buffer_budget: u64,
     /// How upload bytes move from client to node: `splice` (through a kernel pipe with io_uring,
-    /// never entering user space) or `copy` (through a buffer). Falls back to copy, with a
-    /// warning, where the kernel refuses splice.
-    #[arg(long, env = "DFS_DATA_PATH", default_value = "splice")]
-    data_path: dfs_runtime::DataPath,
+    /// never entering user space) or `copy` (through a buffer) [default: splice, measured the
+    /// faster for uploads in perf.md]. Falls back to copy, with a warning, where the kernel
+    /// refuses splice. With --local, a value given here is passed on to the nodes too;
+    /// otherwise they keep their own default (copy, the faster for downloads).
+    #[arg(long, env = "DFS_DATA_PATH")]
+    data_path: Option<dfs_runtime::DataPath>,
     /// Number of io_uring runtimes (threads), each with its own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
     threads: usize,
@@ -106,7 +108,7 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(dup) = nodes.iter().find(|a| !seen.insert(**a)) {
         return Err(format!("node {dup} is given twice"));
     }
-    let data_path = dfs_runtime::choose_data_path(args.data_path);
+    let data_path = dfs_runtime::choose_data_path(args.data_path.unwrap_or(dfs_runtime::DataPath::Splice));
     let meta = meta::MetaStore::open(&meta_dir).map_err(|e| e.to_string())?;
     let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -25,8 +25,10 @@ struct Args {
     data: PathBuf,
     /// How FETCH sends chunk bytes: `splice` (each block is read once to verify it, then sent
     /// from the page cache through a kernel pipe with io_uring) or `copy` (sent from the buffer it
-    /// was verified in). Falls back to copy, with a warning, where the kernel refuses splice.
-    #[arg(long, env = "DFS_DATA_PATH", default_value = "splice")]
+    /// was verified in). The default is copy: every block is read to be verified anyway, and
+    /// sending it from that buffer measured faster than splicing it again (perf.md). Falls back
+    /// to copy, with a warning, where the kernel refuses splice.
+    #[arg(long, env = "DFS_DATA_PATH", default_value = "copy")]
     data_path: dfs_runtime::DataPath,
     /// Number of io_uring runtimes (threads), each with its own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
