@@ -66,14 +66,6 @@ impl Reassembly {
         assert!(start.checked_add(len).is_some_and(|end| end <= self.len), "window outside the buffer");
         Window { owner: self.clone(), start, len }
     }
-
-    /// The window over the whole buffer, for sending it. Panics if any other window is alive:
-    /// the chunk tasks must be finished before the file is read.
-    pub fn whole(self: Rc<Reassembly>) -> Window {
-        assert_eq!(Rc::strong_count(&self), 1, "a chunk window is still alive");
-        let len = self.len;
-        Window { owner: self, start: 0, len }
-    }
 }
 
 impl Drop for Reassembly {
@@ -144,6 +136,6 @@ mod tests {
         let w = buf.window(4, 4);
         assert_eq!(w.as_ref(), &[0; 4]);
         drop(w);
-        assert_eq!(buf.whole().as_ref().len(), 8);
+        assert_eq!(buf.window(0, 8).as_ref().len(), 8);
     }
 }

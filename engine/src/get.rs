@@ -7,6 +7,7 @@
 //! ends the stream with an error frame, and the client discards what it received.
 
 use crate::buffer::Reassembly;
+use crate::health::Health;
 use crate::meta::{ChunkRecord, FileRecord};
 use crate::nodes::{NodeConn, NodeError, NodeFailure};
 use crate::server::{internal, not_found, EngineState};
@@ -22,23 +23,46 @@ use tokio_uring::buf::IoBufMut;
 /// Chunk fetches run at once for one buffered download.
 pub const MAX_PARALLEL_FETCHES: usize = 8;
 
-/// A chunk that could not be read, named for the client.
+/// A chunk none of whose copies could be read, named for the client with what went wrong on
+/// each node tried.
 struct ChunkFailure {
     chunk_idx: u32,
-    error: NodeError,
+    errors: Vec<NodeError>,
 }
 
 impl ChunkFailure {
     fn to_msg(&self, file_id: FileId) -> Msg {
-        let (idx, addr) = (self.chunk_idx, &self.error.addr);
-        let what = match &self.error.failure {
-            NodeFailure::Remote(Status::NotFound, _) => format!("is missing on node {addr}"),
-            NodeFailure::Remote(Status::Corrupt, m) => format!("is corrupt on node {addr}: {m}"),
-            NodeFailure::Remote(status, m) => format!("cannot be read from node {addr}: {status}: {m}"),
-            NodeFailure::Unreachable(e) => format!("cannot be read: node {addr} is unreachable: {e}"),
-            NodeFailure::Protocol(m) => format!("cannot be read: node {addr} broke the protocol: {m}"),
+        let (status, message) = self.describe(file_id);
+        Msg::error(status, message)
+    }
+
+    fn describe(&self, file_id: FileId) -> (Status, String) {
+        let idx = self.chunk_idx;
+        let describe = |e: &NodeError| {
+            let addr = &e.addr;
+            match &e.failure {
+                NodeFailure::Remote(Status::NotFound, _) => format!("is missing on node {addr}"),
+                NodeFailure::Remote(Status::Corrupt, m) => format!("is corrupt on node {addr}: {m}"),
+                NodeFailure::Remote(status, m) => format!("cannot be read from node {addr}: {status}: {m}"),
+                NodeFailure::Unreachable(e) => format!("cannot be read: node {addr} is unreachable: {e}"),
+                NodeFailure::Protocol(m) => format!("cannot be read: node {addr} broke the protocol: {m}"),
+            }
         };
-        Msg::error(self.error.status(), format!("file {file_id}: chunk {idx} {what}"))
+        let status = if self.errors.iter().any(|e| e.status() == Status::Corrupt) {
+            Status::Corrupt
+        } else {
+            self.errors.first().map_or(Status::Internal, |e| e.status())
+        };
+        let message = match &self.errors[..] {
+            [] => format!("file {file_id}: chunk {idx} has no copy recorded"),
+            [one] => format!("file {file_id}: chunk {idx} {}", describe(one)),
+            many => format!(
+                "file {file_id}: chunk {idx} cannot be read from any of its {} copies: it {}",
+                many.len(),
+                many.iter().map(describe).collect::<Vec<_>>().join("; it ")
+            ),
+        };
+        (status, message)
     }
 }
 
@@ -49,17 +73,55 @@ pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<
         Ok(None) => return client.write_msg(&not_found(file_id)).await,
         Err(e) => return client.write_msg(&internal(e)).await,
     };
+    let mut copies = Vec::with_capacity(record.chunks.len());
+    for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
+        match chunk_addrs(&record, chunk) {
+            Ok(addrs) => copies.push(state.health.up_first(&addrs)),
+            Err(e) => return client.write_msg(&internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
+        }
+    }
     match state.budget.try_reserve(record.size) {
-        Some(_reservation) => get_buffered(state, client, file_id, &record).await,
-        None => get_streamed(state, client, file_id, &record).await,
+        Some(_reservation) => get_buffered(state, client, file_id, &record, copies).await,
+        None => get_streamed(state, client, file_id, &record, copies).await,
     }
 }
 
-/// Where chunk `chunk_idx`'s first copy lives.
-fn chunk_addr(record: &FileRecord, chunk: &ChunkRecord) -> Result<SocketAddr, String> {
-    let node_idx = *chunk.placement.first().ok_or("chunk has no placement")? as usize;
-    let addr = record.nodes.get(node_idx).ok_or("placement names an unknown node")?;
-    addr.parse().map_err(|e| format!("stored node address {addr:?} is invalid: {e}"))
+/// Where chunk `chunk`'s copies live, in placement order.
+pub fn chunk_addrs(record: &FileRecord, chunk: &ChunkRecord) -> Result<Vec<SocketAddr>, String> {
+    if chunk.placement.is_empty() {
+        return Err("chunk has no placement".into());
+    }
+    chunk
+        .placement
+        .iter()
+        .map(|&node_idx| {
+            let addr = record.nodes.get(node_idx as usize).ok_or("placement names an unknown node")?;
+            addr.parse().map_err(|e| format!("stored node address {addr:?} is invalid: {e}"))
+        })
+        .collect()
+}
+
+/// Marks a node down when a read failure says it did not answer.
+fn note_failure(health: &Health, e: &NodeError) {
+    if let (NodeFailure::Unreachable(why), Ok(addr)) = (&e.failure, e.addr.parse::<SocketAddr>()) {
+        health.mark_down(addr, why);
+    }
+}
+
+/// Reads a whole chunk from one node into `buf[0..length]`, every block verified.
+async fn read_chunk<B: IoBufMut + AsRef<[u8]>>(
+    addr: SocketAddr,
+    timeouts: crate::nodes::NodeTimeouts,
+    chunk_id: ChunkId,
+    chunk: &ChunkRecord,
+    mut buf: B,
+) -> Result<B, NodeError> {
+    let mut reader = ChunkReader::open(addr, timeouts, chunk_id, chunk).await?;
+    while let Some(block_idx) = reader.next_block() {
+        buf = reader.read_block(buf, block_idx * BLOCK_SIZE_BYTES as usize).await?;
+    }
+    reader.finish().await?;
+    Ok(buf)
 }
 
 async fn get_buffered(
@@ -67,53 +129,89 @@ async fn get_buffered(
     client: &Conn,
     file_id: FileId,
     record: &FileRecord,
+    copies: Vec<Vec<SocketAddr>>,
 ) -> Result<(), FrameError> {
     let buf = Reassembly::zeroed(record.size as usize);
     let permits = Rc::new(tokio::sync::Semaphore::new(MAX_PARALLEL_FETCHES));
     let mut tasks = Vec::with_capacity(record.chunks.len());
-    for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
-        let addr = match chunk_addr(record, chunk) {
-            Ok(a) => a,
-            Err(e) => return client.write_msg(&internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
-        };
+    for ((chunk_idx, chunk), addrs) in record.chunks.iter().enumerate().zip(copies) {
         let window = buf.window(chunk.offset as usize, chunk.length as usize);
         let chunk = chunk.clone();
         let permits = permits.clone();
         let timeouts = state.config.node_timeouts;
+        let health = state.health.clone();
         let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
         tasks.push(tokio_uring::spawn(async move {
             let _permit = permits.acquire().await.expect("semaphore is never closed");
-            let result = async {
-                let mut reader = ChunkReader::open(addr, timeouts, chunk_id, &chunk).await?;
-                let mut window = window;
-                while let Some(block_idx) = reader.next_block() {
-                    window = reader.read_block(window, block_idx * BLOCK_SIZE_BYTES as usize).await?;
+            let mut errors = Vec::new();
+            let mut window = Some(window);
+            for addr in addrs {
+                // The first copy is read into the file's buffer. A failed read may leave an
+                // operation in flight on that window (a timed-out read completes later), so any
+                // further copy is read into a buffer of its own and sent from there.
+                let result = match window.take() {
+                    Some(w) => read_chunk(addr, timeouts, chunk_id, &chunk, w).await.map(|_| None),
+                    None => {
+                        read_chunk(addr, timeouts, chunk_id, &chunk, vec![0u8; chunk.length as usize]).await.map(Some)
+                    }
+                };
+                match result {
+                    Ok(replacement) => {
+                        health.mark_up(addr);
+                        if !errors.is_empty() {
+                            tracing::info!("{chunk_id}: read from {addr} after {} failed cop(ies)", errors.len());
+                        }
+                        return Ok(replacement);
+                    }
+                    Err(e) => {
+                        tracing::debug!("{chunk_id}: {e}");
+                        note_failure(&health, &e);
+                        errors.push(e);
+                    }
                 }
-                reader.finish().await
             }
-            .await;
-            result.map_err(|error| ChunkFailure { chunk_idx: chunk_idx as u32, error })
+            Err(ChunkFailure { chunk_idx: chunk_idx as u32, errors })
         }));
     }
     let mut first_failure: Option<ChunkFailure> = None;
+    let mut replacements: Vec<Option<Vec<u8>>> = Vec::with_capacity(tasks.len());
     for t in tasks {
-        if let Err(f) = t.await.expect("chunk fetch task panicked") {
-            if first_failure.as_ref().is_none_or(|g| g.chunk_idx > f.chunk_idx) {
-                first_failure = Some(f);
+        match t.await.expect("chunk fetch task panicked") {
+            Ok(replacement) => replacements.push(replacement),
+            Err(f) => {
+                replacements.push(None);
+                if first_failure.as_ref().is_none_or(|g| g.chunk_idx > f.chunk_idx) {
+                    first_failure = Some(f);
+                }
             }
         }
     }
     if let Some(f) = first_failure {
-        tracing::warn!("GET {file_id}: chunk {}: {}", f.chunk_idx, f.error);
+        tracing::warn!("GET {file_id}: {}", f.describe(file_id).1);
         return client.write_msg(&f.to_msg(file_id)).await;
     }
     client.write_msg(&Msg::GetOk(record.info(file_id))).await?;
-    let mut whole = buf.whole();
-    let mut pos = 0usize;
-    while pos < record.size as usize {
-        let end = (pos + BLOCK_SIZE_BYTES as usize).min(record.size as usize);
-        whole = client.write_data(whole, pos, end).await?;
-        pos = end;
+    for (chunk, replacement) in record.chunks.iter().zip(replacements) {
+        let len = chunk.length as usize;
+        match replacement {
+            Some(mut bytes) => {
+                let mut pos = 0usize;
+                while pos < len {
+                    let end = (pos + BLOCK_SIZE_BYTES as usize).min(len);
+                    bytes = client.write_data(bytes, pos, end).await?;
+                    pos = end;
+                }
+            }
+            None => {
+                let mut window = buf.window(chunk.offset as usize, len);
+                let mut pos = 0usize;
+                while pos < len {
+                    let end = (pos + BLOCK_SIZE_BYTES as usize).min(len);
+                    window = client.write_data(window, pos, end).await?;
+                    pos = end;
+                }
+            }
+        }
     }
     client.write_msg(&Msg::End).await
 }
@@ -123,14 +221,8 @@ async fn get_streamed(
     client: &Conn,
     file_id: FileId,
     record: &FileRecord,
+    copies: Vec<Vec<SocketAddr>>,
 ) -> Result<(), FrameError> {
-    let mut addrs = Vec::with_capacity(record.chunks.len());
-    for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
-        match chunk_addr(record, chunk) {
-            Ok(a) => addrs.push(a),
-            Err(e) => return client.write_msg(&internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
-        }
-    }
     client.write_msg(&Msg::GetOk(record.info(file_id))).await?;
     // A reader task fetches and verifies blocks in file order while this task sends earlier ones
     // to the client; the two channels bound the read-ahead to READ_AHEAD_BLOCKS buffers.
@@ -141,9 +233,10 @@ async fn get_streamed(
     }
     let reader = tokio_uring::spawn(read_in_order(
         state.config.node_timeouts,
+        state.health.clone(),
         file_id,
         record.chunks.clone(),
-        addrs,
+        copies,
         blocks_tx,
         free_rx,
     ));
@@ -172,7 +265,7 @@ async fn get_streamed(
     match failure {
         None => client.write_msg(&Msg::End).await,
         Some(f) => {
-            tracing::warn!("GET {file_id}: chunk {}: {}", f.chunk_idx, f.error);
+            tracing::warn!("GET {file_id}: {}", f.describe(file_id).1);
             client.write_msg(&f.to_msg(file_id)).await
         }
     }
@@ -184,55 +277,98 @@ pub const READ_AHEAD_BLOCKS: usize = 4;
 type Block = Result<(Vec<u8>, usize), ChunkFailure>;
 
 /// Reads every chunk in order, block by block, each verified, into buffers from `free` and
-/// hands them to `blocks`. The next chunk's connection is opened while the current one streams.
+/// hands them to `blocks`. The next chunk's first copy is opened while the current one streams.
+/// When a copy fails part-way, the next copy is opened, the blocks already sent are read past
+/// (and verified), and the stream goes on from the block that failed.
 async fn read_in_order(
     timeouts: crate::nodes::NodeTimeouts,
+    health: std::sync::Arc<Health>,
     file_id: FileId,
     chunks: Vec<ChunkRecord>,
-    addrs: Vec<SocketAddr>,
+    copies: Vec<Vec<SocketAddr>>,
     blocks: tokio::sync::mpsc::Sender<Block>,
     mut free: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) {
-    let open = |chunk_idx: usize| {
+    let open = |chunk_idx: usize, copy_idx: usize| {
         let chunk = chunks[chunk_idx].clone();
-        let addr = addrs[chunk_idx];
+        let addr = copies[chunk_idx][copy_idx];
         let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
         tokio_uring::spawn(async move { ChunkReader::open(addr, timeouts, chunk_id, &chunk).await })
     };
-    let mut next = Some(open(0));
-    for chunk_idx in 0..chunks.len() {
-        let opening = next.take().expect("the next chunk is always being opened");
-        if chunk_idx + 1 < chunks.len() {
-            next = Some(open(chunk_idx + 1));
+    // Buffers that replace ones lost with a failed read, so the pool never shrinks.
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut next = Some(open(0, 0));
+    for (chunk_idx, chunk_copies) in copies.iter().enumerate() {
+        let mut opening = next.take();
+        if chunk_idx + 1 < copies.len() {
+            next = Some(open(chunk_idx + 1, 0));
         }
-        let result = async {
-            let mut reader = opening.await.expect("chunk open task panicked")?;
-            while let Some(block_idx) = reader.next_block() {
-                let Some(buf) = free.recv().await else { return Ok(false) };
-                let buf = reader.read_block(buf, 0).await?;
-                let len = block_len(reader.length, block_idx as u64) as usize;
-                if blocks.send(Ok((buf, len))).await.is_err() {
-                    return Ok(false);
+        let mut errors = Vec::new();
+        // Blocks of this chunk already handed to the sender.
+        let mut n_sent = 0usize;
+        let mut done = false;
+        for copy_idx in 0..chunk_copies.len() {
+            let result = async {
+                let mut reader = match opening.take() {
+                    Some(task) => task.await.expect("chunk open task panicked")?,
+                    None => open(chunk_idx, copy_idx).await.expect("chunk open task panicked")?,
+                };
+                let mut scratch = Vec::new();
+                while let Some(block_idx) = reader.next_block() {
+                    if block_idx < n_sent {
+                        if scratch.is_empty() {
+                            scratch = vec![0u8; BLOCK_SIZE_BYTES as usize];
+                        }
+                        scratch = reader.read_block(scratch, 0).await?;
+                        continue;
+                    }
+                    let buf = match spare.pop() {
+                        Some(b) => b,
+                        None => match free.recv().await {
+                            Some(b) => b,
+                            None => return Ok(false),
+                        },
+                    };
+                    let buf = match reader.read_block(buf, 0).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            spare.push(vec![0u8; BLOCK_SIZE_BYTES as usize]);
+                            return Err(e);
+                        }
+                    };
+                    let len = block_len(reader.length, block_idx as u64) as usize;
+                    if blocks.send(Ok((buf, len))).await.is_err() {
+                        return Ok(false);
+                    }
+                    n_sent = block_idx + 1;
+                }
+                reader.finish().await.map(|()| true)
+            }
+            .await;
+            match result {
+                Ok(true) => {
+                    done = true;
+                    break;
+                }
+                // The sender of the download gave up (client gone): stop quietly.
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::debug!("{file_id} chunk {chunk_idx}: {e}");
+                    note_failure(&health, &e);
+                    errors.push(e);
                 }
             }
-            reader.finish().await.map(|()| true)
         }
-        .await;
-        match result {
-            Ok(true) => {}
-            // The sender of the download gave up (client gone): stop quietly.
-            Ok(false) => return,
-            Err(error) => {
-                let _ = blocks.send(Err(ChunkFailure { chunk_idx: chunk_idx as u32, error })).await;
-                return;
-            }
+        if !done {
+            let _ = blocks.send(Err(ChunkFailure { chunk_idx: chunk_idx as u32, errors })).await;
+            return;
         }
     }
 }
 
 /// Reads one chunk from a node, block by block, checking each block against the crc32 that was
 /// recorded at upload (not the one the node holds).
-struct ChunkReader {
+pub struct ChunkReader {
     node: NodeConn,
     length: u64,
     block_crcs: Vec<u32>,
@@ -240,7 +376,7 @@ struct ChunkReader {
 }
 
 impl ChunkReader {
-    async fn open(
+    pub async fn open(
         addr: SocketAddr,
         timeouts: crate::nodes::NodeTimeouts,
         chunk_id: ChunkId,
@@ -264,12 +400,12 @@ impl ChunkReader {
         Ok(ChunkReader { node, length: chunk.length, block_crcs: chunk.block_crcs.clone(), next_block_idx: 0 })
     }
 
-    fn next_block(&self) -> Option<usize> {
+    pub fn next_block(&self) -> Option<usize> {
         (self.next_block_idx < self.block_crcs.len()).then_some(self.next_block_idx)
     }
 
     /// Reads the next block's data frame into `buf[begin..]` and verifies it.
-    async fn read_block<B: IoBufMut + AsRef<[u8]>>(&mut self, buf: B, begin: usize) -> Result<B, NodeError> {
+    pub async fn read_block<B: IoBufMut + AsRef<[u8]>>(&mut self, buf: B, begin: usize) -> Result<B, NodeError> {
         let block_idx = self.next_block_idx;
         let expected_len = block_len(self.length, block_idx as u64) as usize;
         let len = match self.node.conn.read_frame().await {
@@ -299,7 +435,7 @@ impl ChunkReader {
         Ok(buf)
     }
 
-    async fn finish(self) -> Result<(), NodeError> {
+    pub async fn finish(self) -> Result<(), NodeError> {
         assert_eq!(self.next_block_idx, self.block_crcs.len(), "finish before the last block");
         match self.node.recv().await? {
             Msg::End => {

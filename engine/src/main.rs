@@ -3,10 +3,12 @@
 
 mod buffer;
 mod get;
+mod health;
 mod local;
 mod meta;
 mod nodes;
 mod put;
+mod replicate;
 mod server;
 
 use clap::Parser;
@@ -60,6 +62,11 @@ struct Args {
     /// otherwise they keep their own default (copy, the faster for downloads).
     #[arg(long, env = "DFS_DATA_PATH")]
     data_path: Option<dfs_runtime::DataPath>,
+    /// Copies of each chunk, on distinct nodes [default: 2, or 1 with fewer than 4 nodes]. An
+    /// upload is acknowledged only when every copy is durable; a download reads any copy that
+    /// verifies.
+    #[arg(long, value_name = "R")]
+    replicas: Option<usize>,
     /// Number of io_uring runtimes (threads), each with its own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
     threads: usize,
@@ -108,20 +115,27 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(dup) = nodes.iter().find(|a| !seen.insert(**a)) {
         return Err(format!("node {dup} is given twice"));
     }
+    let replicas = args.replicas.unwrap_or(if nodes.len() >= MIN_NODES { 2 } else { 1 });
+    if replicas == 0 || replicas > nodes.len() {
+        return Err(format!("--replicas must be between 1 and the number of nodes ({}), got {replicas}", nodes.len()));
+    }
     let data_path = dfs_runtime::choose_data_path(args.data_path.unwrap_or(dfs_runtime::DataPath::Splice));
     let meta = meta::MetaStore::open(&meta_dir).map_err(|e| e.to_string())?;
     let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
-        "engine listening on {addr}, metadata in {}, {} nodes, {} runtime(s)",
+        "engine listening on {addr}, metadata in {}, {} nodes, {replicas} cop{} of each chunk, {} runtime(s)",
         meta_dir.display(),
         nodes.len(),
+        if replicas == 1 { "y" } else { "ies" },
         args.threads
     );
+    let health = Arc::new(health::Health::new(&nodes));
     let state = Arc::new(EngineState {
         config: EngineConfig {
             nodes,
+            replicas,
             data_path,
             dynamic_chunk_cap_bytes: args.chunk_size_max,
             client_idle_timeout: Duration::from_secs(args.idle_timeout_secs),
@@ -131,6 +145,7 @@ fn run(args: Args) -> Result<(), String> {
             },
         },
         meta,
+        health,
         budget: buffer::Budget::new(args.buffer_budget),
     });
     dfs_runtime::announce(addr);

@@ -9,7 +9,7 @@ use crate::server::{delete_chunks_later, internal, EngineState};
 use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{chunk_spans, combine_block_crcs, n_blocks};
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, Status};
-use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe, SharedFd, SpliceError, SPLICE_MIN_BYTES};
+use dfs_runtime::splice::{dup_fd, FanOut, FanOutError, SharedFd, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -25,6 +25,27 @@ struct Acked {
     chunk_idx: u32,
     addr: SocketAddr,
     result: Result<Vec<u32>, NodeError>,
+}
+
+/// One copy of a chunk being written: the node, and its connection while the copy is alive.
+struct Target {
+    addr: SocketAddr,
+    node: Option<NodeConn>,
+    error: Option<NodeError>,
+}
+
+impl Target {
+    fn fail(&mut self, e: NodeError) {
+        self.node = None;
+        self.error.get_or_insert(e);
+    }
+}
+
+/// Why an upload cannot be acknowledged, as the client will read it.
+struct PutFailure {
+    chunk_idx: u32,
+    status: Status,
+    message: String,
 }
 
 /// Handles one PUT. Returns Err only when the client connection is broken.
@@ -48,15 +69,24 @@ pub async fn put(
         Ok(id) => id,
         Err(e) => return refuse(client, size, internal(format!("cannot draw a file ID: {e}"))).await,
     };
+    let replicas = state.config.replicas;
+    let timeouts = state.config.node_timeouts;
     let nodes = &state.config.nodes;
-    // Start the round-robin at a node picked by the ID, so load spreads when there are more
-    // nodes than chunks.
+    // Chunk i's copies go to the nodes after its primary in ring order; the ring starts at a
+    // node picked by the ID, so load spreads when there are more nodes than chunks. Nodes
+    // believed down are tried last.
     let first_node = file_id.0[0] as usize % nodes.len();
-    let place = |chunk_idx: u32| nodes[(first_node + chunk_idx as usize) % nodes.len()];
+    let candidates = |chunk_idx: u32| -> Vec<SocketAddr> {
+        let ring: Vec<SocketAddr> =
+            (0..nodes.len()).map(|k| nodes[(first_node + chunk_idx as usize + k) % nodes.len()]).collect();
+        state.health.up_first(&ring)
+    };
 
     let mut inflight: VecDeque<tokio::task::JoinHandle<Acked>> = VecDeque::new();
-    let mut acked: Vec<Option<Vec<u32>>> = vec![None; spans.len()];
-    let mut failure: Option<(u32, NodeError)> = None;
+    // Per chunk: the copies acknowledged durable (node, block crc32s), and what went wrong.
+    let mut copies: Vec<Vec<(SocketAddr, Vec<u32>)>> = vec![Vec::new(); spans.len()];
+    let mut errors: Vec<Vec<NodeError>> = spans.iter().map(|_| Vec::new()).collect();
+    let mut failure: Option<PutFailure> = None;
     // The copy path's relay buffer, sized to the largest chunk so small uploads stay cheap; the
     // splice path never touches it.
     let max_chunk = spans.iter().map(|s| s.length).max().unwrap_or(0);
@@ -67,39 +97,36 @@ pub async fn put(
         ];
     let mut client_result: Result<(), FrameError> = Ok(());
     let mut splicer = match state.config.data_path {
-        DataPath::Splice if max_chunk >= SPLICE_MIN_BYTES => Splicer::new(client)
+        DataPath::Splice if max_chunk >= SPLICE_MIN_BYTES => Splicer::new(client, replicas)
             .map_err(|e| tracing::warn!("cannot set up splicing, copying this upload instead: {e}"))
             .ok(),
         _ => None,
     };
 
     for span in &spans {
-        let addr = place(span.chunk_idx);
         let chunk_id = ChunkId { file_id, chunk_idx: span.chunk_idx };
         let crc32 = chunk_crcs[span.chunk_idx as usize];
-        let mut node = None;
+        let mut targets = Vec::new();
         if failure.is_none() {
-            match open_store(addr, state, chunk_id, span.length, crc32).await {
-                Ok(n) => node = Some(n),
-                Err(e) => failure = Some((span.chunk_idx, e)),
+            match open_targets(state, &candidates(span.chunk_idx), chunk_id, span.length, crc32, replicas).await {
+                Ok(t) => targets = t,
+                Err(f) => failure = Some(f),
             }
         }
-        match relay(client, node.as_ref(), span.length, buf, &mut splicer).await {
-            Ok((b, write_error)) => {
-                buf = b;
-                if let Some(e) = write_error {
-                    failure.get_or_insert((span.chunk_idx, e));
-                    node = None;
-                }
-            }
+        match relay(client, &mut targets, span.length, buf, &mut splicer).await {
+            Ok(b) => buf = b,
             Err(e) => {
                 client_result = Err(e);
                 break;
             }
         }
-        if let Some(node) = node {
-            let chunk_idx = span.chunk_idx;
-            let length = span.length;
+        for target in targets {
+            if let Some(e) = target.error {
+                note_failure(state, &e);
+                errors[span.chunk_idx as usize].push(e);
+            }
+            let Some(node) = target.node else { continue };
+            let (chunk_idx, length, addr) = (span.chunk_idx, span.length, target.addr);
             inflight.push_back(tokio_uring::spawn(async move {
                 let result = await_store(&node, length, crc32).await;
                 if result.is_ok() {
@@ -108,52 +135,59 @@ pub async fn put(
                 Acked { chunk_idx, addr, result }
             }));
         }
-        while inflight.len() >= MAX_INFLIGHT_CHUNKS {
-            settle(inflight.pop_front(), &mut acked, &mut failure).await;
+        while inflight.len() >= MAX_INFLIGHT_CHUNKS * replicas {
+            settle(state, inflight.pop_front(), &mut copies, &mut errors).await;
         }
     }
     while let Some(h) = inflight.pop_front() {
-        settle(Some(h), &mut acked, &mut failure).await;
+        settle(state, Some(h), &mut copies, &mut errors).await;
     }
 
-    let cleanup = |acked: &Vec<Option<Vec<u32>>>| {
-        let written = acked
+    // A chunk with some copies but fewer than asked (a node failed part-way) gets the missing
+    // ones copied from a verified copy to other nodes before anything is committed.
+    if client_result.is_ok() && failure.is_none() {
+        failure = complete_copies(state, file_id, &spans, &chunk_crcs, &mut copies, &mut errors).await;
+    }
+
+    let cleanup = |copies: &Vec<Vec<(SocketAddr, Vec<u32>)>>| {
+        let written = copies
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.is_some())
-            .map(|(i, _)| (ChunkId { file_id, chunk_idx: i as u32 }, place(i as u32)))
+            .flat_map(|(i, c)| c.iter().map(move |(addr, _)| (ChunkId { file_id, chunk_idx: i as u32 }, *addr)))
             .collect();
-        delete_chunks_later(state.config.node_timeouts, written);
+        delete_chunks_later(timeouts, written);
     };
     if let Err(e) = client_result {
         tracing::info!("upload of {name:?} abandoned by the client: {e}");
-        cleanup(&acked);
+        cleanup(&copies);
         return Err(e);
     }
-    if let Some((chunk_idx, e)) = failure {
-        tracing::warn!("upload of {name:?} failed at chunk {chunk_idx}: {e}");
-        cleanup(&acked);
-        let msg = format!("cannot store chunk {chunk_idx} of {name:?}: {e}");
-        return client.write_msg(&Msg::error(e.status(), msg)).await;
+    if let Some(f) = failure {
+        tracing::warn!("upload of {name:?} failed at chunk {}: {}", f.chunk_idx, f.message);
+        cleanup(&copies);
+        return client.write_msg(&Msg::error(f.status, format!("cannot store {name:?}: {}", f.message))).await;
     }
 
     let mut used: Vec<SocketAddr> = Vec::new();
+    let mut index_of = |addr: SocketAddr| -> u16 {
+        let node_idx = used.iter().position(|a| *a == addr).unwrap_or_else(|| {
+            used.push(addr);
+            used.len() - 1
+        });
+        node_idx as u16
+    };
     let chunks = spans
         .iter()
-        .zip(acked)
+        .zip(&copies)
         .zip(&chunk_crcs)
-        .map(|((span, block_crcs), &crc32)| {
-            let addr = place(span.chunk_idx);
-            let node_idx = used.iter().position(|a| *a == addr).unwrap_or_else(|| {
-                used.push(addr);
-                used.len() - 1
-            });
+        .map(|((span, chunk_copies), &crc32)| {
+            assert_eq!(chunk_copies.len(), replicas, "chunk {} committed without all its copies", span.chunk_idx);
             ChunkRecord {
                 offset: span.offset,
                 length: span.length,
                 crc32,
-                block_crcs: block_crcs.expect("every chunk acknowledged"),
-                placement: vec![node_idx as u16],
+                block_crcs: chunk_copies[0].1.clone(),
+                placement: chunk_copies.iter().map(|(addr, _)| index_of(*addr)).collect(),
             }
         })
         .collect();
@@ -171,68 +205,210 @@ pub async fn put(
     match state.meta.insert(file_id, record).await {
         Ok(()) => client.write_msg(&Msg::PutOk { file_id }).await,
         Err(e) => {
-            cleanup(&spans.iter().map(|_| Some(Vec::new())).collect());
+            cleanup(&copies);
             client.write_msg(&internal(format!("cannot record file: {e}"))).await
         }
     }
 }
 
-async fn open_store(
-    addr: SocketAddr,
+/// Marks a node down when a failure says it did not answer.
+fn note_failure(state: &EngineState, e: &NodeError) {
+    if let (NodeFailure::Unreachable(why), Ok(addr)) = (&e.failure, e.addr.parse::<SocketAddr>()) {
+        state.health.mark_down(addr, why);
+    }
+}
+
+/// Opens `replicas` STOREs for one chunk on the first candidates that accept, skipping nodes
+/// that cannot be reached.
+async fn open_targets(
     state: &EngineState,
+    candidates: &[SocketAddr],
+    chunk_id: ChunkId,
+    length: u64,
+    crc32: u32,
+    replicas: usize,
+) -> Result<Vec<Target>, PutFailure> {
+    let mut targets = Vec::with_capacity(replicas);
+    let mut refused = Vec::new();
+    for &addr in candidates {
+        if targets.len() == replicas {
+            break;
+        }
+        match open_store(addr, state.config.node_timeouts, chunk_id, length, crc32).await {
+            Ok(node) => {
+                state.health.mark_up(addr);
+                targets.push(Target { addr, node: Some(node), error: None });
+            }
+            Err(e) => {
+                note_failure(state, &e);
+                refused.push(e.to_string());
+            }
+        }
+    }
+    if targets.len() < replicas {
+        let status = if refused.is_empty() { Status::Internal } else { Status::Unavailable };
+        return Err(PutFailure {
+            chunk_idx: chunk_id.chunk_idx,
+            status,
+            message: format!(
+                "chunk {} needs {replicas} copies on distinct nodes, but only {} of {} nodes accepted it ({})",
+                chunk_id.chunk_idx,
+                targets.len(),
+                candidates.len(),
+                refused.join("; ")
+            ),
+        });
+    }
+    Ok(targets)
+}
+
+/// Brings every chunk to `replicas` copies by copying verified ones to other reachable nodes.
+/// Returns the failure if a chunk has no copy at all, or too few nodes remain.
+async fn complete_copies(
+    state: &EngineState,
+    file_id: FileId,
+    spans: &[dfs_proto::layout::ChunkSpan],
+    chunk_crcs: &[u32],
+    copies: &mut [Vec<(SocketAddr, Vec<u32>)>],
+    errors: &mut [Vec<NodeError>],
+) -> Option<PutFailure> {
+    let replicas = state.config.replicas;
+    for span in spans {
+        let chunk_idx = span.chunk_idx as usize;
+        if copies[chunk_idx].len() >= replicas {
+            continue;
+        }
+        let describe = |errors: &[NodeError]| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+        let Some((source, block_crcs)) = copies[chunk_idx].first().cloned() else {
+            let first = errors[chunk_idx].first();
+            return Some(PutFailure {
+                chunk_idx: span.chunk_idx,
+                status: first.map_or(Status::Internal, |e| e.status()),
+                message: format!(
+                    "chunk {chunk_idx} lost all of its {replicas} copies while they were written: {}",
+                    describe(&errors[chunk_idx])
+                ),
+            });
+        };
+        let chunk = ChunkRecord {
+            offset: span.offset,
+            length: span.length,
+            crc32: chunk_crcs[chunk_idx],
+            block_crcs,
+            placement: Vec::new(),
+        };
+        let chunk_id = ChunkId { file_id, chunk_idx: span.chunk_idx };
+        let failed: Vec<String> = errors[chunk_idx].iter().map(|e| e.addr.clone()).collect();
+        let ring = state.health.up_first(&state.config.nodes);
+        for dest in ring {
+            if copies[chunk_idx].len() >= replicas {
+                break;
+            }
+            if copies[chunk_idx].iter().any(|(a, _)| *a == dest) || failed.contains(&dest.to_string()) {
+                continue;
+            }
+            match crate::replicate::copy_chunk(source, dest, state.config.node_timeouts, chunk_id, &chunk).await {
+                Ok(()) => {
+                    tracing::info!("{chunk_id}: copied from {source} to {dest} after a node failed mid-upload");
+                    copies[chunk_idx].push((dest, chunk.block_crcs.clone()));
+                }
+                Err(e) => {
+                    let e = e.into_node_error();
+                    note_failure(state, &e);
+                    errors[chunk_idx].push(e);
+                }
+            }
+        }
+        if copies[chunk_idx].len() < replicas {
+            return Some(PutFailure {
+                chunk_idx: span.chunk_idx,
+                status: Status::Unavailable,
+                message: format!(
+                    "chunk {chunk_idx} has {} of the {replicas} copies it needs and no other node took one: {}",
+                    copies[chunk_idx].len(),
+                    describe(&errors[chunk_idx])
+                ),
+            });
+        }
+    }
+    None
+}
+
+pub async fn open_store(
+    addr: SocketAddr,
+    timeouts: crate::nodes::NodeTimeouts,
     chunk_id: ChunkId,
     length: u64,
     crc32: u32,
 ) -> Result<NodeConn, NodeError> {
-    let node = NodeConn::checkout(addr, state.config.node_timeouts).await?;
+    let node = NodeConn::checkout(addr, timeouts).await?;
     node.send(&Msg::Store { chunk_id, length, crc32 }).await?;
     Ok(node)
 }
 
-/// What splicing an upload needs: the client socket as a descriptor of its own, and a pipe.
+/// What splicing an upload needs: the client socket as a descriptor of its own, and a fan-out
+/// with one pipe per copy.
 struct Splicer {
     client_fd: SharedFd,
-    pipe: Pipe,
+    fan_out: FanOut,
     timeout: std::time::Duration,
 }
 
 impl Splicer {
-    fn new(client: &Conn) -> std::io::Result<Splicer> {
-        Ok(Splicer { client_fd: dup_fd(client.stream.as_raw_fd())?, pipe: Pipe::new()?, timeout: client.idle_timeout })
+    fn new(client: &Conn, replicas: usize) -> std::io::Result<Splicer> {
+        Ok(Splicer {
+            client_fd: dup_fd(client.stream.as_raw_fd())?,
+            fan_out: FanOut::new(replicas)?,
+            timeout: client.idle_timeout,
+        })
     }
 }
 
-/// Moves `length` bytes from the client to the node: spliced through a pipe when `splicer` is
-/// set, else copied through `buf`. If writing to the node fails, the rest is still read from the
-/// client (and dropped) so the client can be answered on this connection. Outer error: the
+/// Moves `length` bytes from the client to every live target: spliced through pipes (one per
+/// target, filled by tee) when `splicer` is set and the chunk is large enough, else copied
+/// through `buf`. A target that fails is marked so and the others go on; the rest is still read
+/// from the client (and dropped) so the client can be answered on this connection. Error: the
 /// client connection broke.
 async fn relay(
     client: &Conn,
-    node: Option<&NodeConn>,
+    targets: &mut [Target],
     length: u64,
     mut buf: Vec<u8>,
     splicer: &mut Option<Splicer>,
-) -> Result<(Vec<u8>, Option<NodeError>), FrameError> {
-    let mut node = node;
-    let mut node_error = None;
+) -> Result<Vec<u8>, FrameError> {
     let mut left = length;
-    if let (Some(sp), Some(nc)) = (splicer.as_ref(), node) {
-        let spliced = match dup_fd(nc.conn.stream.as_raw_fd()) {
-            Ok(node_fd) => {
-                let from = End::Stream(sp.client_fd.clone());
-                splice_exact(&from, &End::Stream(node_fd), &sp.pipe, length, sp.timeout).await
+    let any_live = targets.iter().any(|t| t.node.is_some());
+    if let Some(sp) = splicer.as_ref().filter(|_| any_live && length >= SPLICE_MIN_BYTES) {
+        let mut fds = Vec::with_capacity(targets.len());
+        for t in targets.iter_mut() {
+            let fd = match t.node.as_ref().map(|nc| dup_fd(nc.conn.stream.as_raw_fd())) {
+                Some(Ok(fd)) => Some(fd),
+                Some(Err(e)) => {
+                    t.fail(NodeError::new(t.addr, NodeFailure::Unreachable(format!("cannot splice to it: {e}"))));
+                    None
+                }
+                None => None,
+            };
+            fds.push(fd);
+        }
+        match sp.fan_out.copy(&sp.client_fd, &fds, length, sp.timeout).await {
+            Ok(failed) => {
+                for (t, e) in targets.iter_mut().zip(failed) {
+                    if let Some(e) = e {
+                        t.fail(NodeError::new(t.addr, NodeFailure::Unreachable(e.to_string())));
+                    }
+                }
+                return Ok(buf);
             }
-            Err(source) => Err(SpliceError::Write { consumed: 0, source }),
-        };
-        match spliced {
-            Ok(()) => return Ok((buf, None)),
-            Err(SpliceError::Read(e)) => return Err(FrameError::Io(e)),
-            Err(SpliceError::SourceEnded { .. }) => return Err(FrameError::ClosedMidFrame),
-            Err(SpliceError::Write { consumed, source }) => {
-                // The pipe may hold bytes of this chunk: drop it, and copy what is left.
+            Err(FanOutError::Read(e)) => return Err(FrameError::Io(e)),
+            Err(FanOutError::SourceEnded { .. }) => return Err(FrameError::ClosedMidFrame),
+            Err(FanOutError::Broken { consumed, source }) => {
+                // The pipes may hold bytes of this chunk: drop them, fail every copy of this
+                // chunk, and read what is left of it from the client by copying.
                 *splicer = None;
-                node_error = Some(NodeError::new(nc.addr, NodeFailure::Unreachable(source.to_string())));
-                node = None;
+                for t in targets.iter_mut() {
+                    t.fail(NodeError::new(t.addr, NodeFailure::Unreachable(format!("splice failed: {source}"))));
+                }
                 left = length - consumed;
             }
         }
@@ -243,25 +419,48 @@ async fn relay(
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
         buf = client.read_exact(buf, 0, n, false).await?;
-        if let Some(nc) = node {
+        let live: Vec<usize> = (0..targets.len()).filter(|&k| targets[k].node.is_some()).collect();
+        if let [k] = live[..] {
+            let nc = targets[k].node.as_ref().expect("live target has a connection");
             match nc.conn.write_range(buf, 0, n).await {
                 Ok(b) => buf = b,
                 Err(e) => {
-                    node_error = Some(NodeError::from_frame(nc.addr, e));
-                    node = None;
-                    // The failed write kept the buffer: take a new one for draining the rest.
+                    let e = NodeError::from_frame(nc.addr, e);
+                    targets[k].fail(e);
+                    // The failed write kept the buffer: take a new one for the rest.
                     buf = vec![0u8; left.min(RELAY_BYTES as u64) as usize];
                 }
             }
+        } else if live.len() > 1 {
+            // The same bytes go to every copy at once, from one shared buffer.
+            let shared = bytes::Bytes::from(buf);
+            let writes = live.iter().map(|&k| {
+                let nc = targets[k].node.as_ref().expect("live target has a connection");
+                let bytes = shared.clone();
+                async move {
+                    nc.conn.write_range(bytes, 0, n).await.map(drop).map_err(|e| NodeError::from_frame(nc.addr, e))
+                }
+            });
+            let results = futures_util::future::join_all(writes).await;
+            for (&k, result) in live.iter().zip(results) {
+                if let Err(e) = result {
+                    targets[k].fail(e);
+                }
+            }
+            // A write that timed out leaves its reference with the runtime: then use a new buffer.
+            buf = match shared.try_into_mut() {
+                Ok(b) => Vec::from(b),
+                Err(_) => vec![0u8; left.min(RELAY_BYTES as u64) as usize],
+            };
         }
         left -= n as u64;
     }
-    Ok((buf, node_error))
+    Ok(buf)
 }
 
 /// Waits for a node's durable-write acknowledgement and checks its block crc32s add up to the
 /// chunk crc32 the client announced.
-async fn await_store(node: &NodeConn, length: u64, crc32: u32) -> Result<Vec<u32>, NodeError> {
+pub async fn await_store(node: &NodeConn, length: u64, crc32: u32) -> Result<Vec<u32>, NodeError> {
     match node.recv().await? {
         Msg::StoreOk { block_crcs } => {
             if block_crcs.len() as u64 != n_blocks(length) {
@@ -277,19 +476,19 @@ async fn await_store(node: &NodeConn, length: u64, crc32: u32) -> Result<Vec<u32
 }
 
 async fn settle(
+    state: &EngineState,
     handle: Option<tokio::task::JoinHandle<Acked>>,
-    acked: &mut [Option<Vec<u32>>],
-    failure: &mut Option<(u32, NodeError)>,
+    copies: &mut [Vec<(SocketAddr, Vec<u32>)>],
+    errors: &mut [Vec<NodeError>],
 ) {
     let Some(handle) = handle else { return };
     let a = handle.await.expect("store acknowledgement task panicked");
     match a.result {
-        Ok(block_crcs) => acked[a.chunk_idx as usize] = Some(block_crcs),
+        Ok(block_crcs) => copies[a.chunk_idx as usize].push((a.addr, block_crcs)),
         Err(e) => {
             tracing::debug!("chunk {} on {}: {e}", a.chunk_idx, a.addr);
-            if failure.as_ref().is_none_or(|(i, _)| *i > a.chunk_idx) {
-                *failure = Some((a.chunk_idx, e));
-            }
+            note_failure(state, &e);
+            errors[a.chunk_idx as usize].push(e);
         }
     }
 }

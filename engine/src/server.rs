@@ -14,6 +14,8 @@ use std::time::Duration;
 
 pub struct EngineConfig {
     pub nodes: Vec<SocketAddr>,
+    /// Copies of each chunk, on distinct nodes.
+    pub replicas: usize,
     pub data_path: dfs_runtime::DataPath,
     pub dynamic_chunk_cap_bytes: u64,
     pub client_idle_timeout: Duration,
@@ -23,6 +25,7 @@ pub struct EngineConfig {
 pub struct EngineState {
     pub config: EngineConfig,
     pub meta: MetaStore,
+    pub health: Arc<crate::health::Health>,
     pub budget: Arc<Budget>,
 }
 

@@ -166,3 +166,160 @@ pub fn probe_splice() -> io::Result<bool> {
     ring.submitter().register_probe(&mut probe)?;
     Ok(probe.is_supported(io_uring::opcode::Splice::CODE))
 }
+
+/// One tee(2): duplicates up to `len` bytes at the head of `from` into `to` without consuming
+/// them.
+async fn tee_once(from: &Pipe, to: &Pipe, len: usize, timeout: Duration) -> io::Result<usize> {
+    use io_uring::{opcode, types};
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    let sqe = opcode::Tee::new(types::Fd(from.read.as_raw_fd()), types::Fd(to.write.as_raw_fd()), len).build();
+    // SAFETY: the operation keeps both descriptors open until it completes.
+    let op = unsafe { crate::ops::submit((from.read.clone(), to.write.clone()), sqe) };
+    match tokio::time::timeout(timeout, op).await {
+        Ok(res) => res.map(|n| n as usize),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("tee timed out after {timeout:?}"))),
+    }
+}
+
+/// Moves exactly `len` bytes out of `pipe` into `to`.
+async fn drain(pipe: &Pipe, to: &SharedFd, len: usize, timeout: Duration) -> io::Result<()> {
+    let mut drained = 0usize;
+    while drained < len {
+        let m = splice_once(&pipe.read, -1, to, -1, len - drained, timeout).await?;
+        if m == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "destination took no bytes"));
+        }
+        drained += m;
+    }
+    Ok(())
+}
+
+/// Pipes and a sink for copying one stream to several destinations at once without the bytes
+/// entering user space: the source is spliced into the first pipe, duplicated into the others
+/// by tee(2) (page references, not copies), and each pipe is spliced to its destination.
+pub struct FanOut {
+    pipes: Vec<Pipe>,
+    /// `/dev/null`: where a pipe's bytes go when its destination has failed, so the pipe is
+    /// empty again for the next round.
+    sink: SharedFd,
+}
+
+/// Why a fan-out stopped early for every destination at once.
+#[derive(Debug, thiserror::Error)]
+pub enum FanOutError {
+    #[error("reading: {0}")]
+    Read(io::Error),
+    #[error("source ended after {moved} of {len} bytes")]
+    SourceEnded { moved: u64, len: u64 },
+    /// A pipe could not be emptied: the fan-out's state is unknown and it must not be reused.
+    #[error("pipe left in an unknown state: {source}")]
+    Broken {
+        /// Bytes taken from the source so far.
+        consumed: u64,
+        source: io::Error,
+    },
+}
+
+impl FanOut {
+    /// Room for `n_destinations` destinations.
+    pub fn new(n_destinations: usize) -> io::Result<FanOut> {
+        assert!(n_destinations >= 1, "a fan-out needs a destination");
+        let pipes = (0..n_destinations).map(|_| Pipe::new()).collect::<io::Result<Vec<_>>>()?;
+        let sink = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+        Ok(FanOut { pipes, sink: Rc::new(OwnedFd::from(sink)) })
+    }
+
+    pub fn n_destinations(&self) -> usize {
+        self.pipes.len()
+    }
+
+    /// Copies exactly `len` bytes from `from` to every destination in `to` (None: a destination
+    /// that already failed, skipped). Returns one entry per destination: the error that made it
+    /// fail during this call, if any. A failed destination does not stop the others.
+    pub async fn copy(
+        &self,
+        from: &SharedFd,
+        to: &[Option<SharedFd>],
+        len: u64,
+        timeout: Duration,
+    ) -> Result<Vec<Option<io::Error>>, FanOutError> {
+        assert!(
+            !to.is_empty() && to.len() <= self.pipes.len(),
+            "{} destinations for {} pipes",
+            to.len(),
+            self.pipes.len()
+        );
+        let mut failed: Vec<Option<io::Error>> = to.iter().map(|_| None).collect();
+        let capacity = self.pipes.iter().map(|p| p.capacity_bytes).min().unwrap_or(0) as u64;
+        let mut moved = 0u64;
+        while moved < len {
+            let want = (len - moved).min(capacity) as usize;
+            let n = splice_once(from, -1, &self.pipes[0].write, -1, want, timeout).await.map_err(FanOutError::Read)?;
+            if n == 0 {
+                return Err(FanOutError::SourceEnded { moved, len });
+            }
+            let broken = |source| FanOutError::Broken { consumed: moved + n as u64, source };
+            // Every other live destination gets its own reference to the same pages. The
+            // target pipes are empty and as large as the source pipe, so one tee takes all.
+            for (k, pipe) in self.pipes.iter().enumerate().take(to.len()).skip(1) {
+                if to[k].is_none() || failed[k].is_some() {
+                    continue;
+                }
+                match tee_once(&self.pipes[0], pipe, n, timeout).await {
+                    Ok(m) if m == n => {}
+                    Ok(m) => {
+                        drain(pipe, &self.sink, m, timeout).await.map_err(broken)?;
+                        let why = format!("tee duplicated {m} of {n} bytes");
+                        failed[k] = Some(io::Error::other(why));
+                    }
+                    Err(e) => failed[k] = Some(e),
+                }
+            }
+            // Each pipe goes to its destination, or to the sink if that has failed, so that
+            // every pipe is empty when the round ends.
+            let drains = (0..to.len()).map(|k| {
+                let pipe = &self.pipes[k];
+                let dest = if failed[k].is_none() { to[k].clone() } else { None };
+                let sink = &self.sink;
+                async move {
+                    let Some(dest) = dest else {
+                        // A pipe other than the source pipe was not filled for a failed
+                        // destination; the source pipe always holds the round's bytes.
+                        if k == 0 {
+                            drain(pipe, sink, n, timeout).await.map_err(|e| (k, None, Some(e)))?;
+                        }
+                        return Ok(());
+                    };
+                    let mut sent = 0usize;
+                    while sent < n {
+                        match splice_once(&pipe.read, -1, &dest, -1, n - sent, timeout).await {
+                            Ok(0) => {
+                                let e = io::Error::new(io::ErrorKind::WriteZero, "destination took no bytes");
+                                let rest = drain(pipe, sink, n - sent, timeout).await.err();
+                                return Err((k, Some(e), rest));
+                            }
+                            Ok(m) => sent += m,
+                            Err(e) => {
+                                let rest = drain(pipe, sink, n - sent, timeout).await.err();
+                                return Err((k, Some(e), rest));
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+            });
+            for result in futures_util::future::join_all(drains).await {
+                if let Err((k, dest_error, drain_error)) = result {
+                    if let Some(e) = drain_error {
+                        return Err(broken(e));
+                    }
+                    if let Some(e) = dest_error {
+                        failed[k] = Some(e);
+                    }
+                }
+            }
+            moved += n as u64;
+        }
+        Ok(failed)
+    }
+}

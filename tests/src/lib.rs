@@ -330,6 +330,8 @@ pub struct ClusterOpts {
     pub chunk_size_max_bytes: Option<u64>,
     /// `--buffer-budget`: files larger than this are streamed by GET instead of buffered.
     pub buffer_budget_bytes: Option<u64>,
+    /// `--replicas`: copies of each chunk (the engine's default is 2 with 4 nodes or more).
+    pub replicas: Option<usize>,
 }
 
 struct NodeSlot {
@@ -444,6 +446,9 @@ impl Cluster {
         }
         if let Some(budget) = self.opts.buffer_budget_bytes {
             cmd.arg("--buffer-budget").arg(budget.to_string());
+        }
+        if let Some(replicas) = self.opts.replicas {
+            cmd.arg("--replicas").arg(replicas.to_string());
         }
         let proc = self.spawn_server(format!("engine (start {n_starts})"), format!("engine.{n_starts}"), cmd);
         self.engine_addr = proc.addr.clone();
@@ -584,6 +589,33 @@ impl Cluster {
                 panic!("dfs-client {e}: `{cmdline}`")
             }
         }
+    }
+
+    /// Starts `dfs-client --server ENGINE ARGS...` in the background with stdout piped and
+    /// stderr sent to a log under `logs/`, for tests that act while a request is in flight.
+    /// The caller waits for it.
+    pub fn spawn_client<I, S>(&self, args: I) -> std::process::Child
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let run = self.next_run();
+        let stderr_log = self.root.join("logs").join(format!("client-{run}.stderr"));
+        let stderr = fs::File::create(&stderr_log).expect("cannot create client stderr log");
+        let mut cmd = Command::new(bin("dfs-client"));
+        cmd.arg("--server").arg(&self.engine_addr).args(args).current_dir(self.root.join("scratch"));
+        cmd.stdout(Stdio::piped()).stderr(stderr);
+        self.record(format!("$ {} &   # stderr in {}", command_line(&cmd), stderr_log.display()));
+        cmd.spawn().expect("cannot start dfs-client")
+    }
+
+    /// Temp files (uploads in progress) on node `node_idx`.
+    pub fn temp_files(&self, node_idx: usize) -> Vec<PathBuf> {
+        walk_files(&self.nodes[node_idx].data_dir.join("chunks"))
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
+            .collect()
     }
 
     /// Writes `data` to a fresh input file and returns its path.

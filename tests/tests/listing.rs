@@ -105,7 +105,7 @@ fn rm_deletes_the_chunk_files_on_the_nodes() {
     let id = cluster.put_bytes(&data, "to be removed", Chunking::Equal);
     let kept = cluster.put_bytes(&data, "kept", Chunking::Equal);
     let n_before: usize = (0..4).map(|c| cluster.find_chunk_file(&id, c).len()).sum();
-    assert_eq!(n_before, 4, "a 100000-byte file must have 4 chunk files on the nodes before rm");
+    assert_eq!(n_before, 8, "a 100000-byte file must have 2 copies of each of its 4 chunks before rm");
     cluster.rm(&id).unwrap_or_else(|e| panic!("rm {id}: {e}"));
     // The engine may delete chunks after it answers; nothing signals the end, so wait boundedly.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -118,5 +118,5 @@ fn rm_deletes_the_chunk_files_on_the_nodes() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let n_kept: usize = (0..4).map(|c| cluster.find_chunk_file(&kept, c).len()).sum();
-    assert_eq!(n_kept, 4, "rm of one file removed chunk files of another");
+    assert_eq!(n_kept, 8, "rm of one file removed chunk files of another");
 }

@@ -5,6 +5,7 @@ use dfs_proto::{ChunkId, Chunking, FileId};
 use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, walk_files, Cluster};
 use std::fs;
 use std::net::TcpListener;
+use std::path::PathBuf;
 
 /// Start attempts, each on another run of ports, before the test gives up.
 const N_START_ATTEMPTS: usize = 5;
@@ -85,13 +86,20 @@ fn local_mode_starts_four_nodes_and_round_trips() {
     assert_bytes_eq(&got, &data, "a file round-tripped through --local 4");
 
     let file_id: FileId = id.parse().expect("well-formed ID");
-    let mut chunk_idxs: Vec<u32> = walk_files(&data_dir)
+    // Two copies of each chunk (the default with 4 nodes), in two different node directories.
+    let mut copies: Vec<(u32, PathBuf)> = walk_files(&data_dir)
         .iter()
-        .filter_map(|(p, _)| p.file_name()?.to_str()?.parse::<ChunkId>().ok())
-        .filter(|c| c.file_id == file_id)
-        .map(|c| c.chunk_idx)
+        .filter_map(|(p, _)| {
+            let c = p.file_name()?.to_str()?.parse::<ChunkId>().ok()?;
+            let node_dir = p.strip_prefix(&data_dir).ok()?.components().next()?.as_os_str().into();
+            (c.file_id == file_id).then_some((c.chunk_idx, node_dir))
+        })
         .collect();
-    chunk_idxs.sort();
-    assert_eq!(chunk_idxs, [0, 1, 2, 3], "chunk files of {id} under {}", data_dir.display());
+    copies.sort();
+    let chunk_idxs: Vec<u32> = copies.iter().map(|(i, _)| *i).collect();
+    assert_eq!(chunk_idxs, [0, 0, 1, 1, 2, 2, 3, 3], "chunk files of {id} under {}", data_dir.display());
+    for pair in copies.chunks(2) {
+        assert_ne!(pair[0].1, pair[1].1, "both copies of chunk {} of {id} are on one node", pair[0].0);
+    }
     assert!(cluster.engine_alive(), "the local engine died");
 }

@@ -65,7 +65,10 @@ fn sixty_four_mib_random_file_round_trips_byte_identical() {
 
 #[test]
 fn get_larger_than_the_buffer_budget_streams_byte_identical() {
-    let cluster = Cluster::start(4, ClusterOpts { buffer_budget_bytes: Some(MIB), chunk_size_max_bytes: Some(MIB) });
+    let cluster = Cluster::start(
+        4,
+        ClusterOpts { buffer_budget_bytes: Some(MIB), chunk_size_max_bytes: Some(MIB), ..ClusterOpts::default() },
+    );
     // 8 MiB + 7 is eight times the budget, and its chunks are neither block- nor budget-aligned.
     let size = 8 * MIB as usize + 7;
     for (seed, chunking) in [(80, Chunking::Equal), (81, Chunking::Dynamic)] {

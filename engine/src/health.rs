@@ -1,0 +1,146 @@
+//! What the engine believes about each node: up or down, when it last answered, and what it
+//! reported holding. Requests mark a node down the moment it fails to answer and up when it
+//! answers; a pinger thread (to come with `status`) will keep the picture fresh for nodes no request touches, so uploads
+//! skip down nodes without waiting for a timeout and reads try live copies first.
+
+// The reporting half (ping reports, views) lands with the pinger and `status`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a node reported about its store at its last ping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreReport {
+    pub n_chunks: u64,
+    pub bytes_used: u64,
+    pub bytes_free: u64,
+}
+
+struct NodeHealth {
+    addr: SocketAddr,
+    up: AtomicBool,
+    /// Unix milliseconds of the last answer; 0 = never.
+    last_seen_unix_ms: AtomicU64,
+    report: Mutex<Option<StoreReport>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A node as `status` shows it.
+#[derive(Clone, Debug)]
+pub struct NodeView {
+    pub addr: SocketAddr,
+    pub up: bool,
+    pub last_seen_unix_ms: u64,
+    pub report: Option<StoreReport>,
+    pub last_error: Option<String>,
+}
+
+pub struct Health {
+    nodes: Vec<NodeHealth>,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Health {
+    /// Every node starts up: nothing is known against it yet.
+    pub fn new(addrs: &[SocketAddr]) -> Health {
+        let nodes = addrs
+            .iter()
+            .map(|&addr| NodeHealth {
+                addr,
+                up: AtomicBool::new(true),
+                last_seen_unix_ms: AtomicU64::new(0),
+                report: Mutex::new(None),
+                last_error: Mutex::new(None),
+            })
+            .collect();
+        Health { nodes }
+    }
+
+    fn find(&self, addr: SocketAddr) -> Option<&NodeHealth> {
+        self.nodes.iter().find(|n| n.addr == addr)
+    }
+
+    /// False only for a configured node currently believed down.
+    pub fn is_up(&self, addr: SocketAddr) -> bool {
+        self.find(addr).is_none_or(|n| n.up.load(Ordering::Acquire))
+    }
+
+    /// The node answered.
+    pub fn mark_up(&self, addr: SocketAddr) {
+        if let Some(n) = self.find(addr) {
+            n.last_seen_unix_ms.store(now_unix_ms(), Ordering::Release);
+            if !n.up.swap(true, Ordering::AcqRel) {
+                tracing::info!("node {addr} is up again");
+            }
+        }
+    }
+
+    /// The node did not answer (connection refused, reset or timed out). Logged once per
+    /// transition, not per failed request.
+    pub fn mark_down(&self, addr: SocketAddr, why: &str) {
+        if let Some(n) = self.find(addr) {
+            *n.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+            if n.up.swap(false, Ordering::AcqRel) {
+                tracing::warn!("node {addr} is down: {why}");
+            }
+        }
+    }
+
+    pub fn record_report(&self, addr: SocketAddr, report: StoreReport) {
+        if let Some(n) = self.find(addr) {
+            *n.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        }
+        self.mark_up(addr);
+    }
+
+    /// `addrs` reordered so that nodes believed up come first, each group keeping its order.
+    pub fn up_first(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let (mut up, down): (Vec<_>, Vec<_>) = addrs.iter().partition(|a| self.is_up(**a));
+        up.extend(down);
+        up
+    }
+
+    pub fn view(&self) -> Vec<NodeView> {
+        self.nodes
+            .iter()
+            .map(|n| NodeView {
+                addr: n.addr,
+                up: n.up.load(Ordering::Acquire),
+                last_seen_unix_ms: n.last_seen_unix_ms.load(Ordering::Acquire),
+                report: *n.report.lock().unwrap_or_else(|e| e.into_inner()),
+                last_error: n.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            })
+            .collect()
+    }
+
+    pub fn n_up(&self) -> usize {
+        self.nodes.iter().filter(|n| n.up.load(Ordering::Acquire)).count()
+    }
+}
+
+/// How often the pinger asks every node for its report.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_nodes_go_last_and_come_back_when_they_answer() {
+        let addrs: Vec<SocketAddr> = (0..3).map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i))).collect();
+        let h = Health::new(&addrs);
+        h.mark_down(addrs[0], "refused");
+        assert!(!h.is_up(addrs[0]));
+        assert_eq!(h.up_first(&addrs), vec![addrs[1], addrs[2], addrs[0]]);
+        assert_eq!(h.n_up(), 2);
+        h.mark_up(addrs[0]);
+        assert_eq!(h.up_first(&addrs), addrs);
+        assert!(h.view()[0].last_seen_unix_ms > 0);
+    }
+}
