@@ -7,6 +7,7 @@
 //! The `dfs-client` binary is a thin command line over this crate; [`view`] holds what it prints
 //! and [`bench`] the benchmark behind `dfs-client put --bench`.
 
+pub mod admin;
 pub mod bench;
 mod error;
 mod get;

@@ -8,6 +8,8 @@
 //! `--concurrency` connections: its report (text, or one JSON object with `--json`) is what goes
 //! to stdout, and a failed request is an `error: op N failed: ...` line like any other failure.
 
+mod admin_cmd;
+
 use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
@@ -63,6 +65,8 @@ enum Command {
         /// File ID (32 hex digits)
         id: String,
     },
+    #[command(flatten)]
+    Admin(admin_cmd::AdminCommand),
 }
 
 /// Arguments of `put`, a struct of its own so that options such as a benchmark mode can join.
@@ -200,6 +204,7 @@ fn run(cli: Cli) -> Result<()> {
             let file_id = parse_id(&id)?;
             Client::connect(&cli.server)?.delete(file_id)?;
         }
+        Command::Admin(command) => admin_cmd::run(&cli.server, command, stdout)?,
     }
     stdout.flush().context("cannot write to stdout")
 }

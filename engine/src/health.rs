@@ -1,23 +1,14 @@
 //! What the engine believes about each node: up or down, when it last answered, and what it
 //! reported holding. Requests mark a node down the moment it fails to answer and up when it
-//! answers; a pinger thread (to come with `status`) will keep the picture fresh for nodes no request touches, so uploads
+//! answers; a pinger thread keeps the picture fresh for nodes no request touches, so uploads
 //! skip down nodes without waiting for a timeout and reads try live copies first.
-
-// The reporting half (ping reports, views) lands with the pinger and `status`.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// What a node reported about its store at its last ping.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreReport {
-    pub n_chunks: u64,
-    pub bytes_used: u64,
-    pub bytes_free: u64,
-}
+use dfs_proto::StoreReport;
 
 struct NodeHealth {
     addr: SocketAddr,
@@ -26,16 +17,6 @@ struct NodeHealth {
     last_seen_unix_ms: AtomicU64,
     report: Mutex<Option<StoreReport>>,
     last_error: Mutex<Option<String>>,
-}
-
-/// A node as `status` shows it.
-#[derive(Clone, Debug)]
-pub struct NodeView {
-    pub addr: SocketAddr,
-    pub up: bool,
-    pub last_seen_unix_ms: u64,
-    pub report: Option<StoreReport>,
-    pub last_error: Option<String>,
 }
 
 pub struct Health {
@@ -106,26 +87,78 @@ impl Health {
         up
     }
 
-    pub fn view(&self) -> Vec<NodeView> {
+    pub fn view(&self) -> Vec<dfs_proto::NodeStatus> {
         self.nodes
             .iter()
-            .map(|n| NodeView {
-                addr: n.addr,
+            .map(|n| dfs_proto::NodeStatus {
+                addr: n.addr.to_string(),
                 up: n.up.load(Ordering::Acquire),
                 last_seen_unix_ms: n.last_seen_unix_ms.load(Ordering::Acquire),
                 report: *n.report.lock().unwrap_or_else(|e| e.into_inner()),
-                last_error: n.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                last_error: n.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone().map(|mut e| {
+                    let mut lines = Vec::new();
+                    dfs_proto::msg::push_report_line(&mut lines, std::mem::take(&mut e));
+                    lines.pop().unwrap_or_default()
+                }),
             })
             .collect()
     }
+}
 
-    pub fn n_up(&self) -> usize {
-        self.nodes.iter().filter(|n| n.up.load(Ordering::Acquire)).count()
+/// Asks one node for its store report over `conn`, connecting first if needed.
+fn ping(
+    conn: &mut Option<std::net::TcpStream>,
+    addr: SocketAddr,
+    timeouts: crate::nodes::NodeTimeouts,
+) -> Result<StoreReport, String> {
+    use dfs_proto::io_std::{read_frame, write_msg, Frame};
+    use dfs_proto::{Hello, Msg, Role};
+    if conn.is_none() {
+        let s = std::net::TcpStream::connect_timeout(&addr, timeouts.connect).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(timeouts.connect)).map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(timeouts.connect)).map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        let mut s = s;
+        write_msg(&mut s, &Msg::Hello(Hello::new(Role::Engine))).map_err(|e| e.to_string())?;
+        match read_frame(&mut s).map_err(|e| e.to_string())? {
+            Frame::Msg(Msg::HelloOk(_)) => {}
+            other => return Err(format!("expected HelloOk, got {other:?}")),
+        }
+        *conn = Some(s);
+    }
+    let s = conn.as_mut().expect("connected above");
+    write_msg(s, &Msg::NodeStat).map_err(|e| e.to_string())?;
+    match read_frame(s).map_err(|e| e.to_string())? {
+        Frame::Msg(Msg::NodeStatOk(report)) => Ok(report),
+        Frame::Msg(Msg::Error { status, message }) => Err(format!("{status}: {message}")),
+        other => Err(format!("expected NodeStatOk, got {other:?}")),
     }
 }
 
-/// How often the pinger asks every node for its report.
-pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(2);
+/// Starts the pinger thread: every `interval`, each node is asked for its store report and
+/// marked up or down by the outcome.
+pub fn start_pinger(
+    health: std::sync::Arc<Health>,
+    timeouts: crate::nodes::NodeTimeouts,
+    interval: Duration,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("pinger".into()).spawn(move || {
+        let mut conns: Vec<Option<std::net::TcpStream>> = health.nodes.iter().map(|_| None).collect();
+        loop {
+            for (node, conn) in health.nodes.iter().zip(conns.iter_mut()) {
+                match ping(conn, node.addr, timeouts) {
+                    Ok(report) => health.record_report(node.addr, report),
+                    Err(why) => {
+                        *conn = None;
+                        health.mark_down(node.addr, &why);
+                    }
+                }
+            }
+            std::thread::sleep(interval);
+        }
+    })?;
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
@@ -138,7 +171,6 @@ mod tests {
         h.mark_down(addrs[0], "refused");
         assert!(!h.is_up(addrs[0]));
         assert_eq!(h.up_first(&addrs), vec![addrs[1], addrs[2], addrs[0]]);
-        assert_eq!(h.n_up(), 2);
         h.mark_up(addrs[0]);
         assert_eq!(h.up_first(&addrs), addrs);
         assert!(h.view()[0].last_seen_unix_ms > 0);

@@ -2,12 +2,14 @@
 //! storage nodes, keeps the metadata, and reassembles and verifies downloads.
 
 mod buffer;
+mod gc;
 mod get;
 mod health;
 mod local;
 mod meta;
 mod nodes;
 mod put;
+mod repair;
 mod replicate;
 mod server;
 
@@ -67,6 +69,17 @@ struct Args {
     /// verifies.
     #[arg(long, value_name = "R")]
     replicas: Option<usize>,
+    /// Seconds between health checks of every node.
+    #[arg(long, default_value_t = 2)]
+    ping_interval_secs: u64,
+    /// Seconds between background repair passes, which bring every chunk back to --replicas
+    /// verified copies (0: never; `dfs-client repair` runs one on demand).
+    #[arg(long, default_value_t = 600)]
+    repair_interval_secs: u64,
+    /// Seconds a chunk that no file references must have existed before `dfs-client gc`
+    /// deletes it as an orphan.
+    #[arg(long, default_value_t = 3600)]
+    gc_grace_secs: u64,
     /// Number of io_uring runtimes (threads), each with its own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
     threads: usize,
@@ -143,11 +156,42 @@ fn run(args: Args) -> Result<(), String> {
                 connect: Duration::from_secs(args.node_connect_timeout_secs),
                 idle: Duration::from_secs(args.node_idle_timeout_secs),
             },
+            gc_grace: Duration::from_secs(args.gc_grace_secs),
         },
+        uploads_in_progress: server::Uploads::default(),
         meta,
         health,
         budget: buffer::Budget::new(args.buffer_budget),
     });
+    if args.ping_interval_secs > 0 {
+        health::start_pinger(
+            state.health.clone(),
+            state.config.node_timeouts,
+            Duration::from_secs(args.ping_interval_secs),
+        )
+        .map_err(|e| format!("cannot start the node pinger: {e}"))?;
+    }
+    if args.repair_interval_secs > 0 {
+        start_background_repair(state.clone(), Duration::from_secs(args.repair_interval_secs))?;
+    }
     dfs_runtime::announce(addr);
     dfs_runtime::serve_per_core(listeners, state, server::handle).map_err(|e| e.to_string())
+}
+
+/// A repair pass every `interval`, on a thread and io_uring runtime of its own.
+fn start_background_repair(state: Arc<EngineState>, interval: Duration) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("repair".into())
+        .spawn(move || {
+            tokio_uring::start(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    if let Err(e) = repair::run(&state, None).await {
+                        tracing::info!("background repair skipped: {e}");
+                    }
+                }
+            })
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the background repair thread: {e}"))
 }

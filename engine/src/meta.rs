@@ -10,7 +10,7 @@
 //! transaction (group commit), so the io_uring threads never block on an fsync.
 
 use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileSummary};
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::mpsc;
@@ -111,6 +111,8 @@ impl FileRecord {
 enum WriteOp {
     Insert(FileId, Box<FileRecord>, tokio::sync::oneshot::Sender<Result<(), MetaError>>),
     Delete(FileId, tokio::sync::oneshot::Sender<Result<Option<FileRecord>, MetaError>>),
+    /// Replaces where one chunk's copies live, if the file still exists.
+    SetPlacement(FileId, u32, Vec<String>, tokio::sync::oneshot::Sender<Result<bool, MetaError>>),
 }
 
 pub struct MetaStore {
@@ -190,6 +192,14 @@ impl MetaStore {
         rx.await.map_err(|_| MetaError::WriterGone)?
     }
 
+    /// Durably records that chunk `chunk_idx` of `file_id` now has its copies on `addrs`, in
+    /// that order. Returns false, changing nothing, if the file has been deleted meanwhile.
+    pub async fn set_placement(&self, file_id: FileId, chunk_idx: u32, addrs: Vec<String>) -> Result<bool, MetaError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(WriteOp::SetPlacement(file_id, chunk_idx, addrs, tx)).await?;
+        rx.await.map_err(|_| MetaError::WriterGone)?
+    }
+
     async fn send(&self, mut op: WriteOp) -> Result<(), MetaError> {
         // A full queue means the disk is behind: wait a little rather than grow without bound.
         loop {
@@ -217,6 +227,7 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
             }
         }
         let mut deleted: Vec<Option<FileRecord>> = Vec::with_capacity(batch.len());
+        let mut placed: Vec<bool> = Vec::with_capacity(batch.len());
         let result = (|| -> Result<(), MetaError> {
             let txn = db.begin_write().map_err(db_err)?;
             {
@@ -228,8 +239,38 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                             // IDs are 128 random bits: a collision means a bug, not bad luck.
                             assert!(existing.is_none(), "file ID {id} inserted twice");
                             deleted.push(None);
+                            placed.push(false);
+                        }
+                        WriteOp::SetPlacement(id, chunk_idx, addrs, _) => {
+                            deleted.push(None);
+                            let old = table.get(&id.0).map_err(db_err)?.map(|v| FileRecord::decode(*id, v.value()));
+                            let Some(mut record) = old.transpose()? else {
+                                placed.push(false);
+                                continue;
+                            };
+                            let chunk_idx = *chunk_idx as usize;
+                            assert!(
+                                chunk_idx < record.chunks.len(),
+                                "placement for chunk {chunk_idx} of {id}, which has {}",
+                                record.chunks.len()
+                            );
+                            let mut placement = Vec::with_capacity(addrs.len());
+                            for addr in addrs {
+                                let node_idx = match record.nodes.iter().position(|n| n == addr) {
+                                    Some(i) => i,
+                                    None => {
+                                        record.nodes.push(addr.clone());
+                                        record.nodes.len() - 1
+                                    }
+                                };
+                                placement.push(node_idx as u16);
+                            }
+                            record.chunks[chunk_idx].placement = placement;
+                            table.insert(&id.0, record.encode().as_slice()).map_err(db_err)?;
+                            placed.push(true);
                         }
                         WriteOp::Delete(id, _) => {
+                            placed.push(false);
                             let old = table.remove(&id.0).map_err(db_err)?;
                             deleted.push(match old {
                                 Some(v) => Some(FileRecord::decode(*id, v.value())?),
@@ -244,8 +285,13 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
         if let Err(e) = &result {
             tracing::error!("metadata commit failed: {e}");
         }
+        let mut placed = placed.into_iter().chain(std::iter::repeat(false));
         for (op, old) in batch.into_iter().zip(deleted.into_iter().chain(std::iter::repeat(None))) {
+            let placed = placed.next().unwrap_or(false);
             match op {
+                WriteOp::SetPlacement(.., reply) => {
+                    let _ = reply.send(result.as_ref().map(|_| placed).map_err(|e| MetaError::Db(e.to_string())));
+                }
                 WriteOp::Insert(_, _, reply) => {
                     let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| MetaError::Db(e.to_string())));
                 }
@@ -294,6 +340,22 @@ mod tests {
         assert_eq!((page2.len(), more), (1, false));
         assert_eq!(block_on(meta.delete(a)).unwrap(), Some(record("a")));
         assert_eq!(block_on(meta.delete(a)).unwrap(), None);
+        assert_eq!(meta.get(a).unwrap(), None);
+    }
+
+    #[test]
+    fn set_placement_rewrites_one_chunk_and_skips_deleted_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let a = FileId([3; 16]);
+        block_on(meta.insert(a, record("a"))).unwrap();
+        let moved = vec!["127.0.0.1:2".to_string(), "127.0.0.1:1".to_string()];
+        assert!(block_on(meta.set_placement(a, 0, moved)).unwrap());
+        let got = meta.get(a).unwrap().unwrap();
+        assert_eq!(got.nodes, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(got.chunks[0].placement, [1, 0]);
+        block_on(meta.delete(a)).unwrap();
+        assert!(!block_on(meta.set_placement(a, 0, vec!["127.0.0.1:3".into()])).unwrap());
         assert_eq!(meta.get(a).unwrap(), None);
     }
 }

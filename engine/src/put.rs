@@ -69,6 +69,7 @@ pub async fn put(
         Ok(id) => id,
         Err(e) => return refuse(client, size, internal(format!("cannot draw a file ID: {e}"))).await,
     };
+    let _in_progress = state.uploads_in_progress.begin(file_id);
     let replicas = state.config.replicas;
     let timeouts = state.config.node_timeouts;
     let nodes = &state.config.nodes;

@@ -20,9 +20,36 @@ pub struct EngineConfig {
     pub dynamic_chunk_cap_bytes: u64,
     pub client_idle_timeout: Duration,
     pub node_timeouts: NodeTimeouts,
+    /// Age below which a chunk no file references is not yet an orphan.
+    pub gc_grace: Duration,
+}
+
+/// File IDs being uploaded right now, which garbage collection must not touch.
+#[derive(Default)]
+pub struct Uploads(std::sync::Mutex<std::collections::HashSet<FileId>>);
+
+/// Removes its file ID from [`Uploads`] when the upload ends, however it ends.
+pub struct UploadGuard<'a>(&'a Uploads, FileId);
+
+impl Uploads {
+    pub fn begin(&self, file_id: FileId) -> UploadGuard<'_> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(file_id);
+        UploadGuard(self, file_id)
+    }
+
+    pub fn contains(&self, file_id: FileId) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(&file_id)
+    }
+}
+
+impl Drop for UploadGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
 }
 
 pub struct EngineState {
+    pub uploads_in_progress: Uploads,
     pub config: EngineConfig,
     pub meta: MetaStore,
     pub health: Arc<crate::health::Health>,
@@ -107,6 +134,29 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                 };
                 conn.write_msg(&reply).await?
             }
+            Msg::ClusterStatus => {
+                let reply = Msg::ClusterStatusOk { replicas: state.config.replicas as u32, nodes: state.health.view() };
+                conn.write_msg(&reply).await?
+            }
+            Msg::Repair => {
+                let reply = match crate::repair::run(state, Some(conn)).await {
+                    Ok(summary) => Msg::RepairOk(summary),
+                    Err(e) => Msg::error(Status::Unavailable, e),
+                };
+                conn.write_msg(&reply).await?
+            }
+            Msg::Scrub => conn.write_msg(&scrub_all(state).await).await?,
+            Msg::Gc { dry_run, grace_secs } => {
+                let grace = grace_secs.map(Duration::from_secs).unwrap_or(state.config.gc_grace);
+                let out = crate::gc::run(state, dry_run, grace).await;
+                let reply = Msg::GcOk {
+                    n_scanned: out.n_scanned,
+                    n_orphans: out.n_orphans,
+                    n_deleted: out.n_deleted,
+                    orphans: out.lines,
+                };
+                conn.write_msg(&reply).await?
+            }
             other => {
                 let what = format!("unexpected {} frame", other.kind().name());
                 let _ = conn.write_msg(&Msg::error(Status::BadRequest, &what)).await;
@@ -114,6 +164,38 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
             }
         }
     }
+}
+
+/// How long one node may take to scrub its whole store.
+pub const SCRUB_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Has every node re-verify its chunks, all at once, and sums up what they found. A node that
+/// cannot scrub is reported as a line, not as a failure of the whole request.
+async fn scrub_all(state: &EngineState) -> Msg {
+    let timeouts = NodeTimeouts { connect: state.config.node_timeouts.connect, idle: SCRUB_TIMEOUT };
+    let scrubs = state.config.nodes.iter().map(|&addr| async move {
+        let node = NodeConn::connect(addr, timeouts).await?;
+        node.send(&Msg::Scrub).await?;
+        node.recv().await.map(|m| (addr, m))
+    });
+    let (mut n_checked, mut n_corrupt, mut lines) = (0, 0, Vec::new());
+    for result in futures_util::future::join_all(scrubs).await {
+        match result {
+            Ok((addr, Msg::ScrubOk { n_checked: c, n_corrupt: k, corrupt })) => {
+                n_checked += c;
+                n_corrupt += k;
+                for line in corrupt {
+                    dfs_proto::msg::push_report_line(&mut lines, format!("node {addr}: {line}"));
+                }
+            }
+            Ok((addr, other)) => dfs_proto::msg::push_report_line(
+                &mut lines,
+                format!("node {addr}: answered {} to SCRUB", other.kind().name()),
+            ),
+            Err(e) => dfs_proto::msg::push_report_line(&mut lines, format!("not scrubbed: {e}")),
+        }
+    }
+    Msg::ScrubOk { n_checked, n_corrupt, corrupt: lines }
 }
 
 /// Answers a malformed frame with BadRequest (best effort) and ends the connection.

@@ -2,6 +2,7 @@
 //! verified, to the engine.
 
 mod footer;
+mod scrub;
 mod server;
 mod store;
 
@@ -33,6 +34,13 @@ struct Args {
     /// Number of io_uring runtimes (threads), each with its own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
     threads: usize,
+    /// Seconds between background scrub passes, which re-read every chunk and quarantine the
+    /// corrupt ones (0: never; `dfs-client scrub` runs one on demand).
+    #[arg(long, default_value_t = 24 * 3600)]
+    scrub_interval_secs: u64,
+    /// Read rate of a background scrub pass, in MiB/s, so it does not crowd out requests.
+    #[arg(long, default_value_t = 32)]
+    scrub_rate_mib: u64,
     /// Seconds a connection may sit idle in the middle of a request, or between requests,
     /// before it is closed.
     #[arg(long, default_value_t = 60)]
@@ -49,7 +57,12 @@ fn run(args: Args) -> Result<(), String> {
         return Err("--threads must be at least 1".into());
     }
     dfs_runtime::probe_io_uring().map_err(|e| e.to_string())?;
-    let store = store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?;
+    let store = Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?);
+    if args.scrub_interval_secs > 0 {
+        let interval = Duration::from_secs(args.scrub_interval_secs);
+        scrub::start_background(store.clone(), interval, args.scrub_rate_mib.saturating_mul(1 << 20))
+            .map_err(|e| format!("cannot start the background scrubber: {e}"))?;
+    }
     let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;

@@ -24,7 +24,7 @@ use tokio_uring::fs::{File, OpenOptions};
 pub const STORE_IO_BYTES: usize = BLOCK_SIZE_BYTES as usize;
 
 pub struct NodeState {
-    pub store: ChunkStore,
+    pub store: Arc<ChunkStore>,
     pub idle_timeout: Duration,
     pub data_path: DataPath,
 }
@@ -104,13 +104,20 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
             },
             Frame::Msg(Msg::Exists { chunk_id }) => exists(state, chunk_id).await,
             Frame::Msg(Msg::ChunkDelete { chunk_id }) => delete(state, chunk_id).await,
-            Frame::Msg(Msg::ChunkList { after, limit }) => {
+            Frame::Msg(Msg::ChunkList { after, limit, min_age_secs }) => {
                 let limit = limit.min(MAX_LIST_ENTRIES) as usize;
+                let min_age = (min_age_secs > 0).then(|| Duration::from_secs(min_age_secs));
                 state
                     .store
-                    .list(after, limit)
+                    .list(after, limit, min_age)
                     .map(|(chunk_ids, more)| Msg::ChunkListOk { chunk_ids, more })
                     .map_err(RequestError::io("cannot list chunks"))
+            }
+            Frame::Msg(Msg::NodeStat) => {
+                state.store.report().map(Msg::NodeStatOk).map_err(RequestError::io("cannot read store report"))
+            }
+            Frame::Msg(Msg::Scrub) => {
+                crate::scrub::scrub_now(&state.store).await.map_err(RequestError::io("scrub failed"))
             }
             other => {
                 let _ = conn.write_msg(&Msg::error(Status::BadRequest, "unexpected frame")).await;
@@ -236,6 +243,7 @@ async fn commit(
     tail_at: u64,
     temp: &Path,
 ) -> Result<(), RequestError> {
+    let tail_len = tail.len() as u64;
     let (res, _) = file.write_all_at(tail, tail_at).await;
     res.map_err(RequestError::io(format!("cannot write chunk {id}")))?;
     file.sync_data().await.map_err(RequestError::io(format!("cannot sync chunk {id}")))?;
@@ -243,7 +251,7 @@ async fn commit(
     let dir = state.store.chunk_dir_fd(&id);
     let temp_name = temp.file_name().and_then(|n| n.to_str()).expect("temp names are ASCII");
     match dfs_runtime::ops::rename_noreplace(dir, temp_name, dir, &id.file_name()).await {
-        Ok(()) => {}
+        Ok(()) => state.store.note_added(tail_at + tail_len),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(RequestError::AlreadyExists(id)),
         Err(e) => return Err(RequestError::io(format!("cannot rename chunk {id} into place"))(e)),
     }
@@ -347,8 +355,9 @@ async fn exists(state: &NodeState, chunk_id: ChunkId) -> Result<Msg, RequestErro
 
 async fn delete(state: &NodeState, chunk_id: ChunkId) -> Result<Msg, RequestError> {
     let path = state.store.chunk_path(&chunk_id);
+    let file_bytes = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
     match tokio_uring::fs::remove_file(&path).await {
-        Ok(()) => {}
+        Ok(()) => state.store.note_removed(file_bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RequestError::NotFound(chunk_id)),
         Err(e) => return Err(RequestError::io(format!("cannot delete chunk {chunk_id}"))(e)),
     }

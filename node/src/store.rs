@@ -5,6 +5,9 @@
 //!   they will be renamed, removed on failure and at start-up. (One shared temp directory made
 //!   ext4 spend most of a small-file upload scanning its inode bitmap for a free inode.)
 //!
+//! - `quarantine/<file id>.<chunk index>.<unix secs>`: chunk files scrub found corrupt, set
+//!   aside for inspection, out of every request's reach.
+//!
 //! Paths are built from a [`ChunkId`] alone, never from a name a user typed, so no request can
 //! reach outside the data directory.
 
@@ -12,10 +15,22 @@ use dfs_proto::ChunkId;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Running totals of what the store holds, counted at start-up and kept up to date by every
+/// commit, delete and quarantine.
+#[derive(Default)]
+pub struct StoreCounts {
+    n_chunks: AtomicU64,
+    bytes_used: AtomicU64,
+    n_quarantined: AtomicU64,
+}
 
 pub struct ChunkStore {
     root: PathBuf,
+    counts: StoreCounts,
     /// The 256 fan-out directories, open for the life of the process, so a commit renames and
     /// fsyncs relative to them without opening anything.
     dir_fds: Vec<Arc<OwnedFd>>,
@@ -28,7 +43,11 @@ impl ChunkStore {
         let ctx = |what: &str, p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()));
         std::fs::create_dir_all(root).map_err(|e| ctx("cannot create data directory", root, e))?;
         let root = root.canonicalize().map_err(|e| ctx("cannot resolve data directory", root, e))?;
-        let mut store = ChunkStore { root, dir_fds: Vec::with_capacity(256) };
+        let mut store = ChunkStore { root, counts: StoreCounts::default(), dir_fds: Vec::with_capacity(256) };
+        let quarantine = store.quarantine_dir();
+        std::fs::create_dir_all(&quarantine).map_err(|e| ctx("cannot create", &quarantine, e))?;
+        let n_quarantined = std::fs::read_dir(&quarantine).map_err(|e| ctx("cannot read", &quarantine, e))?.count();
+        store.counts.n_quarantined.store(n_quarantined as u64, Ordering::Relaxed);
         let chunks_dir = store.root.join("chunks");
         std::fs::create_dir_all(&chunks_dir).map_err(|e| ctx("cannot create", &chunks_dir, e))?;
         spread_subdirectories(&chunks_dir);
@@ -42,6 +61,10 @@ impl ChunkStore {
                     std::fs::remove_file(entry.path())
                         .map_err(|e| ctx("cannot remove stale temp file", &entry.path(), e))?;
                     n_removed += 1;
+                } else if entry.file_name().to_str().is_some_and(|n| n.parse::<ChunkId>().is_ok()) {
+                    let len = entry.metadata().map_err(|e| ctx("cannot stat", &entry.path(), e))?.len();
+                    store.counts.n_chunks.fetch_add(1, Ordering::Relaxed);
+                    store.counts.bytes_used.fetch_add(len, Ordering::Relaxed);
                 }
             }
             let fd = std::fs::File::open(&dir).map_err(|e| ctx("cannot open", &dir, e))?;
@@ -58,6 +81,51 @@ impl ChunkStore {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.root.join("quarantine")
+    }
+
+    /// A chunk file of `file_bytes` bytes was committed.
+    pub fn note_added(&self, file_bytes: u64) {
+        self.counts.n_chunks.fetch_add(1, Ordering::Relaxed);
+        self.counts.bytes_used.fetch_add(file_bytes, Ordering::Relaxed);
+    }
+
+    /// A chunk file of `file_bytes` bytes was deleted or quarantined.
+    pub fn note_removed(&self, file_bytes: u64) {
+        let sub = |a: &AtomicU64, v: u64| {
+            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(x.saturating_sub(v)));
+        };
+        sub(&self.counts.n_chunks, 1);
+        sub(&self.counts.bytes_used, file_bytes);
+    }
+
+    /// What the store holds, and the free space of its file system.
+    pub fn report(&self) -> io::Result<dfs_proto::StoreReport> {
+        let vfs = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+        Ok(dfs_proto::StoreReport {
+            n_chunks: self.counts.n_chunks.load(Ordering::Relaxed),
+            bytes_used: self.counts.bytes_used.load(Ordering::Relaxed),
+            bytes_free: vfs.blocks_available() as u64 * vfs.fragment_size() as u64,
+            n_quarantined: self.counts.n_quarantined.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Moves a committed chunk file out of reach into `quarantine/`, durably.
+    pub fn quarantine(&self, id: &ChunkId) -> io::Result<PathBuf> {
+        let from = self.chunk_path(id);
+        let file_bytes = std::fs::symlink_metadata(&from)?.len();
+        let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let to = self.quarantine_dir().join(format!("{}.{stamp}", id.file_name()));
+        std::fs::rename(&from, &to)?;
+        for dir in [self.quarantine_dir(), self.chunk_dir(id)] {
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        self.note_removed(file_bytes);
+        self.counts.n_quarantined.fetch_add(1, Ordering::Relaxed);
+        Ok(to)
     }
 
     pub fn chunk_dir(&self, id: &ChunkId) -> PathBuf {
@@ -80,9 +148,16 @@ impl ChunkStore {
         Ok(self.chunk_dir(id).join(format!(".{}.{}.tmp", id.file_name(), hex::encode(nonce))))
     }
 
-    /// All committed chunk IDs after `after`, in order, at most `limit`, and whether more follow.
+    /// All committed chunk IDs after `after`, in order, at most `limit`, and whether more follow;
+    /// with a `min_age`, only chunks whose file was last modified at least that long ago.
     /// Files whose names are not chunk IDs are skipped and logged.
-    pub fn list(&self, after: Option<ChunkId>, limit: usize) -> io::Result<(Vec<ChunkId>, bool)> {
+    pub fn list(
+        &self,
+        after: Option<ChunkId>,
+        limit: usize,
+        min_age: Option<Duration>,
+    ) -> io::Result<(Vec<ChunkId>, bool)> {
+        let now = SystemTime::now();
         let first_dir = after.map(|a| a.file_id.0[0]).unwrap_or(0);
         let mut out = Vec::new();
         for byte in first_dir..=255u8 {
@@ -94,7 +169,15 @@ impl ChunkStore {
                     continue;
                 }
                 match entry.file_name().to_str().and_then(|n| n.parse::<ChunkId>().ok()) {
-                    Some(id) if Some(id) > after => ids.push(id),
+                    Some(id) if Some(id) > after => {
+                        if let Some(min_age) = min_age {
+                            let modified = entry.metadata()?.modified()?;
+                            if now.duration_since(modified).unwrap_or_default() < min_age {
+                                continue;
+                            }
+                        }
+                        ids.push(id)
+                    }
                     Some(_) => {}
                     None => tracing::warn!("ignoring unexpected file {}", entry.path().display()),
                 }

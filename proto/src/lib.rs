@@ -21,7 +21,10 @@ pub use codec::DecodeError;
 pub use error::FrameError;
 pub use ids::{ChunkId, FileId, ParseIdError};
 pub use layout::{BlockCrcs, ChunkSpan, Chunking};
-pub use msg::{ChunkInfo, FileInfo, FileSummary, FrameHeader, Hello, HelloOk, Kind, Msg, Role};
+pub use msg::{
+    ChunkInfo, FileInfo, FileSummary, FrameHeader, Hello, HelloOk, Kind, Msg, NodeStatus, RepairSummary, Role,
+    StoreReport,
+};
 pub use status::Status;
 
 /// Protocol magic that opens every connection's Hello frame.

@@ -24,6 +24,11 @@ pub const MAX_REPLICAS: u32 = 8;
 pub const MAX_AUTH_BYTES: u32 = 1024;
 /// Largest number of entries in one LIST answer page.
 pub const MAX_LIST_ENTRIES: u32 = 1000;
+/// Largest number of lines in a repair, scrub or gc report (the counts are exact; the lines
+/// show the first problems).
+pub const MAX_REPORT_LINES: u32 = 256;
+/// Largest report line, in UTF-8 bytes.
+pub const MAX_REPORT_LINE_BYTES: u32 = 512;
 /// Largest body of a control (non-data) frame: a chunk's block crcs at the largest size fit.
 pub const MAX_CONTROL_FRAME_BYTES: u32 = 4 * MAX_BLOCKS_PER_CHUNK + 64 * 1024;
 /// Largest body of a data frame: one block.
@@ -34,3 +39,9 @@ pub const FRAME_HEADER_BYTES: usize = 5;
 const _: () = assert!(MAX_FILE_SIZE_BYTES.is_multiple_of(BLOCK_SIZE_BYTES as u64));
 const _: () = assert!(MAX_CONTROL_FRAME_BYTES >= 4 * MAX_CHUNKS_PER_FILE + 64 * 1024);
 const _: () = assert!(MAX_LIST_ENTRIES as u64 * (MAX_NAME_BYTES as u64 + 64) <= MAX_CONTROL_FRAME_BYTES as u64);
+const _: () =
+    assert!(MAX_REPORT_LINES as u64 * (MAX_REPORT_LINE_BYTES as u64 + 4) + 64 <= MAX_CONTROL_FRAME_BYTES as u64);
+const _: () = assert!(
+    MAX_NODES_PER_FILE as u64 * (MAX_ADDR_BYTES as u64 + MAX_REPORT_LINE_BYTES as u64 + 64)
+        <= MAX_CONTROL_FRAME_BYTES as u64
+);

@@ -25,6 +25,13 @@ pub enum Kind {
     List = 0x16,
     ListOk = 0x17,
     Delete = 0x18,
+    ClusterStatus = 0x19,
+    ClusterStatusOk = 0x1A,
+    Repair = 0x1B,
+    RepairProgress = 0x1C,
+    RepairOk = 0x1D,
+    Gc = 0x1E,
+    GcOk = 0x1F,
     Store = 0x20,
     StoreOk = 0x21,
     Fetch = 0x22,
@@ -34,12 +41,16 @@ pub enum Kind {
     ChunkDelete = 0x26,
     ChunkList = 0x27,
     ChunkListOk = 0x28,
+    NodeStat = 0x29,
+    NodeStatOk = 0x2A,
+    Scrub = 0x2B,
+    ScrubOk = 0x2C,
     Data = 0x30,
     End = 0x31,
 }
 
 impl Kind {
-    const ALL: [Kind; 24] = [
+    const ALL: [Kind; 35] = [
         Kind::Hello,
         Kind::HelloOk,
         Kind::Error,
@@ -53,6 +64,13 @@ impl Kind {
         Kind::List,
         Kind::ListOk,
         Kind::Delete,
+        Kind::ClusterStatus,
+        Kind::ClusterStatusOk,
+        Kind::Repair,
+        Kind::RepairProgress,
+        Kind::RepairOk,
+        Kind::Gc,
+        Kind::GcOk,
         Kind::Store,
         Kind::StoreOk,
         Kind::Fetch,
@@ -62,6 +80,10 @@ impl Kind {
         Kind::ChunkDelete,
         Kind::ChunkList,
         Kind::ChunkListOk,
+        Kind::NodeStat,
+        Kind::NodeStatOk,
+        Kind::Scrub,
+        Kind::ScrubOk,
         Kind::Data,
         Kind::End,
     ];
@@ -94,6 +116,17 @@ impl Kind {
             Kind::ChunkDelete => "ChunkDelete",
             Kind::ChunkList => "ChunkList",
             Kind::ChunkListOk => "ChunkListOk",
+            Kind::ClusterStatus => "ClusterStatus",
+            Kind::ClusterStatusOk => "ClusterStatusOk",
+            Kind::Repair => "Repair",
+            Kind::RepairProgress => "RepairProgress",
+            Kind::RepairOk => "RepairOk",
+            Kind::Gc => "Gc",
+            Kind::GcOk => "GcOk",
+            Kind::NodeStat => "NodeStat",
+            Kind::NodeStatOk => "NodeStatOk",
+            Kind::Scrub => "Scrub",
+            Kind::ScrubOk => "ScrubOk",
             Kind::Data => "Data",
             Kind::End => "End",
         }
@@ -207,6 +240,62 @@ pub struct FileSummary {
     pub n_chunks: u32,
 }
 
+/// What a node reports about its store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreReport {
+    pub n_chunks: u64,
+    pub bytes_used: u64,
+    pub bytes_free: u64,
+    /// Chunk files set aside by scrub because they failed verification.
+    pub n_quarantined: u64,
+}
+
+/// One node as the engine sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStatus {
+    pub addr: String,
+    pub up: bool,
+    /// When the node last answered; 0 if it never has.
+    pub last_seen_unix_ms: u64,
+    pub report: Option<StoreReport>,
+    /// Why it was last marked down.
+    pub last_error: Option<String>,
+}
+
+/// The outcome of a repair pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RepairSummary {
+    pub n_files: u64,
+    pub n_chunks_checked: u64,
+    /// New copies made (a chunk missing two copies counts twice).
+    pub n_copies_made: u64,
+    /// Chunks with no verified copy left anywhere.
+    pub n_chunks_unrecoverable: u64,
+    /// Chunks still short of copies because too few nodes could take one.
+    pub n_chunks_degraded: u64,
+    pub bytes_copied: u64,
+    /// One line per problem, at most [`MAX_REPORT_LINES`].
+    pub problems: Vec<String>,
+}
+
+/// Adds a line to a report (repair problems, scrub findings, gc orphans), cut to
+/// [`MAX_REPORT_LINE_BYTES`] on a character boundary; lines beyond [`MAX_REPORT_LINES`] are
+/// dropped, since every report also carries exact counts.
+pub fn push_report_line(lines: &mut Vec<String>, line: impl Into<String>) {
+    if lines.len() >= MAX_REPORT_LINES as usize {
+        return;
+    }
+    let mut line = line.into();
+    if line.len() > MAX_REPORT_LINE_BYTES as usize {
+        let mut cut = MAX_REPORT_LINE_BYTES as usize;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    lines.push(line);
+}
+
 impl serde::Serialize for FileId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -284,13 +373,54 @@ pub enum Msg {
     ChunkDelete {
         chunk_id: ChunkId,
     },
+    /// Chunks in ID order after `after`, only those whose file is at least `min_age_secs` old.
     ChunkList {
         after: Option<ChunkId>,
         limit: u32,
+        min_age_secs: u64,
     },
     ChunkListOk {
         chunk_ids: Vec<ChunkId>,
         more: bool,
+    },
+    /// Client → engine: every node's state.
+    ClusterStatus,
+    ClusterStatusOk {
+        replicas: u32,
+        nodes: Vec<NodeStatus>,
+    },
+    /// Client → engine: bring every chunk back to its copy count. Answered by any number of
+    /// RepairProgress, then RepairOk.
+    Repair,
+    RepairProgress {
+        n_done: u64,
+        n_total: u64,
+    },
+    RepairOk(RepairSummary),
+    /// Client → engine: find chunks on nodes that no file references and that are older than
+    /// the grace period (the engine's default if None); delete them unless `dry_run`.
+    Gc {
+        dry_run: bool,
+        grace_secs: Option<u64>,
+    },
+    GcOk {
+        n_scanned: u64,
+        n_orphans: u64,
+        n_deleted: u64,
+        /// One line per orphan, at most [`MAX_REPORT_LINES`].
+        orphans: Vec<String>,
+    },
+    /// Engine → node: report on the store.
+    NodeStat,
+    NodeStatOk(StoreReport),
+    /// Re-verify every stored chunk and quarantine the corrupt ones (engine → node), or have
+    /// every node do so (client → engine).
+    Scrub,
+    ScrubOk {
+        n_checked: u64,
+        n_corrupt: u64,
+        /// One line per corrupt chunk, at most [`MAX_REPORT_LINES`].
+        corrupt: Vec<String>,
     },
     /// End of a stream of Data frames.
     End,
@@ -338,6 +468,45 @@ fn u32s(r: &mut Reader, field: &'static str, max: u32) -> Result<Vec<u32>, Decod
 fn put_u32s(w: &mut Writer, v: &[u32]) {
     w.count(v.len());
     v.iter().for_each(|x| w.u32(*x));
+}
+
+fn put_lines(w: &mut Writer, lines: &[String]) {
+    w.count(lines.len());
+    lines.iter().for_each(|l| w.str(l));
+}
+fn lines(r: &mut Reader, field: &'static str) -> Result<Vec<String>, DecodeError> {
+    let n = r.count(field, MAX_REPORT_LINES, 4)?;
+    (0..n).map(|_| r.string(field, MAX_REPORT_LINE_BYTES)).collect()
+}
+fn put_store_report(w: &mut Writer, s: &StoreReport) {
+    w.u64(s.n_chunks);
+    w.u64(s.bytes_used);
+    w.u64(s.bytes_free);
+    w.u64(s.n_quarantined);
+}
+fn store_report(r: &mut Reader) -> Result<StoreReport, DecodeError> {
+    Ok(StoreReport {
+        n_chunks: r.u64("chunks")?,
+        bytes_used: r.u64("bytes used")?,
+        bytes_free: r.u64("bytes free")?,
+        n_quarantined: r.u64("quarantined")?,
+    })
+}
+fn put_node_status(w: &mut Writer, n: &NodeStatus) {
+    w.str(&n.addr);
+    w.u8(n.up as u8);
+    w.u64(n.last_seen_unix_ms);
+    put_opt(w, &n.report, put_store_report);
+    put_opt(w, &n.last_error, |w, e| w.str(e));
+}
+fn node_status(r: &mut Reader) -> Result<NodeStatus, DecodeError> {
+    Ok(NodeStatus {
+        addr: r.string("node address", MAX_ADDR_BYTES)?,
+        up: r.bool("up")?,
+        last_seen_unix_ms: r.u64("last seen")?,
+        report: opt(r, store_report)?,
+        last_error: opt(r, |r| r.string("last error", MAX_REPORT_LINE_BYTES))?,
+    })
 }
 
 fn put_file_info(w: &mut Writer, f: &FileInfo) {
@@ -434,6 +603,17 @@ impl Msg {
             Msg::ChunkDelete { .. } => Kind::ChunkDelete,
             Msg::ChunkList { .. } => Kind::ChunkList,
             Msg::ChunkListOk { .. } => Kind::ChunkListOk,
+            Msg::ClusterStatus => Kind::ClusterStatus,
+            Msg::ClusterStatusOk { .. } => Kind::ClusterStatusOk,
+            Msg::Repair => Kind::Repair,
+            Msg::RepairProgress { .. } => Kind::RepairProgress,
+            Msg::RepairOk(_) => Kind::RepairOk,
+            Msg::Gc { .. } => Kind::Gc,
+            Msg::GcOk { .. } => Kind::GcOk,
+            Msg::NodeStat => Kind::NodeStat,
+            Msg::NodeStatOk(_) => Kind::NodeStatOk,
+            Msg::Scrub => Kind::Scrub,
+            Msg::ScrubOk { .. } => Kind::ScrubOk,
             Msg::End => Kind::End,
         }
     }
@@ -510,9 +690,49 @@ impl Msg {
                 w.u64(*length);
                 w.u32(*crc32);
             }
-            Msg::ChunkList { after, limit } => {
+            Msg::ChunkList { after, limit, min_age_secs } => {
                 put_opt(&mut w, after, put_chunk_id);
                 w.u32(*limit);
+                w.u64(*min_age_secs);
+            }
+            Msg::ClusterStatus | Msg::Repair | Msg::NodeStat | Msg::Scrub => {}
+            Msg::ClusterStatusOk { replicas, nodes } => {
+                w.u32(*replicas);
+                w.count(nodes.len());
+                nodes.iter().for_each(|n| put_node_status(&mut w, n));
+            }
+            Msg::RepairProgress { n_done, n_total } => {
+                w.u64(*n_done);
+                w.u64(*n_total);
+            }
+            Msg::RepairOk(r) => {
+                for v in [
+                    r.n_files,
+                    r.n_chunks_checked,
+                    r.n_copies_made,
+                    r.n_chunks_unrecoverable,
+                    r.n_chunks_degraded,
+                    r.bytes_copied,
+                ] {
+                    w.u64(v);
+                }
+                put_lines(&mut w, &r.problems);
+            }
+            Msg::Gc { dry_run, grace_secs } => {
+                w.u8(*dry_run as u8);
+                put_opt(&mut w, grace_secs, |w, v| w.u64(*v));
+            }
+            Msg::GcOk { n_scanned, n_orphans, n_deleted, orphans } => {
+                w.u64(*n_scanned);
+                w.u64(*n_orphans);
+                w.u64(*n_deleted);
+                put_lines(&mut w, orphans);
+            }
+            Msg::NodeStatOk(r) => put_store_report(&mut w, r),
+            Msg::ScrubOk { n_checked, n_corrupt, corrupt } => {
+                w.u64(*n_checked);
+                w.u64(*n_corrupt);
+                put_lines(&mut w, corrupt);
             }
             Msg::ChunkListOk { chunk_ids, more } => {
                 w.count(chunk_ids.len());
@@ -599,7 +819,43 @@ impl Msg {
                 block_size_bytes: r.u32("block size")?,
             },
             Kind::ExistsOk => Msg::ExistsOk { length: r.u64("length")?, crc32: r.u32("crc32")? },
-            Kind::ChunkList => Msg::ChunkList { after: opt(r, chunk_id)?, limit: limit(r)? },
+            Kind::ChunkList => {
+                Msg::ChunkList { after: opt(r, chunk_id)?, limit: limit(r)?, min_age_secs: r.u64("min age")? }
+            }
+            Kind::ClusterStatus => Msg::ClusterStatus,
+            Kind::Repair => Msg::Repair,
+            Kind::NodeStat => Msg::NodeStat,
+            Kind::Scrub => Msg::Scrub,
+            Kind::ClusterStatusOk => {
+                let replicas = r.u32("replicas")?;
+                // Smallest node: address length 4, up 1, last seen 8, two option tags.
+                let n = r.count("node count", MAX_NODES_PER_FILE, 15)?;
+                let nodes = (0..n).map(|_| node_status(r)).collect::<Result<Vec<_>, _>>()?;
+                Msg::ClusterStatusOk { replicas, nodes }
+            }
+            Kind::RepairProgress => Msg::RepairProgress { n_done: r.u64("done")?, n_total: r.u64("total")? },
+            Kind::RepairOk => Msg::RepairOk(RepairSummary {
+                n_files: r.u64("files")?,
+                n_chunks_checked: r.u64("chunks checked")?,
+                n_copies_made: r.u64("copies made")?,
+                n_chunks_unrecoverable: r.u64("chunks unrecoverable")?,
+                n_chunks_degraded: r.u64("chunks degraded")?,
+                bytes_copied: r.u64("bytes copied")?,
+                problems: lines(r, "problems")?,
+            }),
+            Kind::Gc => Msg::Gc { dry_run: r.bool("dry run")?, grace_secs: opt(r, |r| r.u64("grace"))? },
+            Kind::GcOk => Msg::GcOk {
+                n_scanned: r.u64("scanned")?,
+                n_orphans: r.u64("orphans")?,
+                n_deleted: r.u64("deleted")?,
+                orphans: lines(r, "orphans")?,
+            },
+            Kind::NodeStatOk => Msg::NodeStatOk(store_report(r)?),
+            Kind::ScrubOk => Msg::ScrubOk {
+                n_checked: r.u64("checked")?,
+                n_corrupt: r.u64("corrupt")?,
+                corrupt: lines(r, "corrupt")?,
+            },
             Kind::ChunkListOk => {
                 let n = r.count("chunk count", MAX_LIST_ENTRIES, 20)?;
                 let chunk_ids = (0..n).map(|_| chunk_id(r)).collect::<Result<Vec<_>, _>>()?;

@@ -7,7 +7,7 @@ use dfs_proto::io_std::{read_data, read_frame, write_data, write_msg, Frame};
 use dfs_proto::limits::*;
 use dfs_proto::{
     ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileSummary, FrameError, FrameHeader, Hello, HelloOk, Kind, Msg,
-    Role, Status, MAGIC, VERSION,
+    NodeStatus, RepairSummary, Role, Status, StoreReport, MAGIC, VERSION,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -19,7 +19,7 @@ use std::io::Cursor;
 
 /// Every frame kind with its wire value, written out here rather than taken from the crate so
 /// that a renumbering (a wire format change) fails a test.
-const KINDS: [(u8, Kind); 24] = [
+const KINDS: [(u8, Kind); 35] = [
     (0x01, Kind::Hello),
     (0x02, Kind::HelloOk),
     (0x03, Kind::Error),
@@ -33,6 +33,13 @@ const KINDS: [(u8, Kind); 24] = [
     (0x16, Kind::List),
     (0x17, Kind::ListOk),
     (0x18, Kind::Delete),
+    (0x19, Kind::ClusterStatus),
+    (0x1A, Kind::ClusterStatusOk),
+    (0x1B, Kind::Repair),
+    (0x1C, Kind::RepairProgress),
+    (0x1D, Kind::RepairOk),
+    (0x1E, Kind::Gc),
+    (0x1F, Kind::GcOk),
     (0x20, Kind::Store),
     (0x21, Kind::StoreOk),
     (0x22, Kind::Fetch),
@@ -42,6 +49,10 @@ const KINDS: [(u8, Kind); 24] = [
     (0x26, Kind::ChunkDelete),
     (0x27, Kind::ChunkList),
     (0x28, Kind::ChunkListOk),
+    (0x29, Kind::NodeStat),
+    (0x2A, Kind::NodeStatOk),
+    (0x2B, Kind::Scrub),
+    (0x2C, Kind::ScrubOk),
     (0x30, Kind::Data),
     (0x31, Kind::End),
 ];
@@ -182,10 +193,64 @@ fn msg() -> impl Strategy<Value = Msg> {
         chunk_id().prop_map(|chunk_id| Msg::Exists { chunk_id }),
         (any::<u64>(), any::<u32>()).prop_map(|(length, crc32)| Msg::ExistsOk { length, crc32 }),
         chunk_id().prop_map(|chunk_id| Msg::ChunkDelete { chunk_id }),
-        (proptest::option::of(chunk_id()), list_limit()).prop_map(|(after, limit)| Msg::ChunkList { after, limit }),
+        (proptest::option::of(chunk_id()), list_limit(), any::<u64>())
+            .prop_map(|(after, limit, min_age_secs)| Msg::ChunkList { after, limit, min_age_secs }),
         (vec(chunk_id(), 0..50), any::<bool>()).prop_map(|(chunk_ids, more)| Msg::ChunkListOk { chunk_ids, more }),
         Just(Msg::End),
+        Just(Msg::ClusterStatus),
+        (any::<u32>(), vec(node_status(), 0..20))
+            .prop_map(|(replicas, nodes)| Msg::ClusterStatusOk { replicas, nodes }),
+        Just(Msg::Repair),
+        (any::<u64>(), any::<u64>()).prop_map(|(n_done, n_total)| Msg::RepairProgress { n_done, n_total }),
+        (vec(any::<u64>(), 6), report_lines()).prop_map(|(v, problems)| Msg::RepairOk(RepairSummary {
+            n_files: v[0],
+            n_chunks_checked: v[1],
+            n_copies_made: v[2],
+            n_chunks_unrecoverable: v[3],
+            n_chunks_degraded: v[4],
+            bytes_copied: v[5],
+            problems,
+        })),
+        (any::<bool>(), proptest::option::of(any::<u64>()))
+            .prop_map(|(dry_run, grace_secs)| Msg::Gc { dry_run, grace_secs }),
+        (any::<u64>(), any::<u64>(), any::<u64>(), report_lines()).prop_map(
+            |(n_scanned, n_orphans, n_deleted, orphans)| Msg::GcOk { n_scanned, n_orphans, n_deleted, orphans }
+        ),
+        Just(Msg::NodeStat),
+        store_report().prop_map(Msg::NodeStatOk),
+        Just(Msg::Scrub),
+        (any::<u64>(), any::<u64>(), report_lines()).prop_map(|(n_checked, n_corrupt, corrupt)| Msg::ScrubOk {
+            n_checked,
+            n_corrupt,
+            corrupt
+        }),
     ]
+}
+
+fn store_report() -> impl Strategy<Value = StoreReport> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(n_chunks, bytes_used, bytes_free, n_quarantined)| StoreReport {
+            n_chunks,
+            bytes_used,
+            bytes_free,
+            n_quarantined,
+        },
+    )
+}
+
+fn node_status() -> impl Strategy<Value = NodeStatus> {
+    (text(64), any::<bool>(), any::<u64>(), proptest::option::of(store_report()), proptest::option::of(text(100)))
+        .prop_map(|(addr, up, last_seen_unix_ms, report, last_error)| NodeStatus {
+            addr,
+            up,
+            last_seen_unix_ms,
+            report,
+            last_error,
+        })
+}
+
+fn report_lines() -> impl Strategy<Value = Vec<String>> {
+    vec(text(100), 0..20)
 }
 
 /// The body of a message's encoding, checking its header on the way.
@@ -516,22 +581,30 @@ fn hello_with_unknown_role_is_refused() {
 
 #[test]
 fn list_limit_of_zero_or_above_max_is_refused() {
-    let lists: [fn(u32) -> Msg; 4] = [
-        |limit| Msg::List { after: None, limit },
-        |limit| Msg::List { after: Some(FileId([9; 16])), limit },
-        |limit| Msg::ChunkList { after: None, limit },
-        |limit| Msg::ChunkList { after: Some(ChunkId { file_id: FileId([7; 16]), chunk_idx: 3 }), limit },
+    // Each list request, with the number of body bytes that follow its limit field.
+    let lists: [(fn(u32) -> Msg, usize); 4] = [
+        (|limit| Msg::List { after: None, limit }, 0),
+        (|limit| Msg::List { after: Some(FileId([9; 16])), limit }, 0),
+        (|limit| Msg::ChunkList { after: None, limit, min_age_secs: 0 }, 8),
+        (
+            |limit| Msg::ChunkList {
+                after: Some(ChunkId { file_id: FileId([7; 16]), chunk_idx: 3 }),
+                limit,
+                min_age_secs: 3600,
+            },
+            8,
+        ),
     ];
-    for make in lists {
+    for (make, after_limit) in lists {
         for good in [1, MAX_LIST_ENTRIES] {
             let msg = make(good);
             assert_eq!(Msg::decode(msg.kind(), &body_of(&msg)), Ok(msg));
         }
         let template = make(1);
         let mut body = body_of(&template);
-        let at = body.len() - 4;
+        let at = body.len() - after_limit - 4;
         for bad in [0, MAX_LIST_ENTRIES + 1, u32::MAX] {
-            body[at..].copy_from_slice(&bad.to_be_bytes());
+            body[at..at + 4].copy_from_slice(&bad.to_be_bytes());
             assert_eq!(
                 Msg::decode(template.kind(), &body),
                 Err(DecodeError::OverLimit { field: "list limit", len: bad as u64, max: MAX_LIST_ENTRIES as u64 })

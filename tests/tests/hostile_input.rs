@@ -105,6 +105,7 @@ fn node_cases() -> Vec<Case> {
         Msg::Store { chunk_id: ChunkId { file_id: FileId([0xab; 16]), chunk_idx: 0 }, length: u64::MAX, crc32: 0 };
     let mut absurd_limit = vec![0u8];
     absurd_limit.extend_from_slice(&u32::MAX.to_be_bytes());
+    absurd_limit.extend_from_slice(&0u64.to_be_bytes()); // min age
     vec![
         case("a client Hello to a node", hello(Role::Client)),
         case("Store announcing a chunk of 2^64-1 bytes", [hello(Role::Engine), store.encode()].concat()),

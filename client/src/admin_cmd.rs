@@ -1,0 +1,190 @@
+//! The administration commands of the CLI: `status`, `repair`, `scrub`, `gc`. Reports go to
+//! stdout (text, or one JSON object with `--json`); a repair that leaves any chunk without a
+//! sound copy, or short of copies, ends with an `error:` line and exit status 1.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use dfs_client::view::format_unix_ms;
+use dfs_client::Client;
+use dfs_proto::RepairSummary;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Show every storage node: up or down, last seen, chunks held, bytes used and free
+    Status {
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring every chunk back to the engine's number of copies, copying from sound copies
+    Repair {
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Have every node re-verify all its chunks and set corrupt ones aside, then repair
+    Scrub {
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete chunks that no file references (interrupted uploads, leftovers of deleted files)
+    Gc {
+        /// Only list what would be deleted
+        #[arg(long)]
+        dry_run: bool,
+        /// Only chunks older than this many seconds [default: the engine's --gc-grace-secs]
+        #[arg(long, value_name = "SECS")]
+        grace_secs: Option<u64>,
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn json_line(stdout: &mut dyn Write, value: &impl serde::Serialize) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *stdout, value).context("cannot write to stdout")?;
+    writeln!(stdout).context("cannot write to stdout")
+}
+
+/// Runs a repair pass with a progress bar on a terminal.
+fn repair(client: &mut Client) -> Result<RepairSummary> {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("repair {bar:30} {pos}/{len} chunks {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let summary = client.repair(|done, total| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(summary?)
+}
+
+fn write_repair(stdout: &mut dyn Write, s: &RepairSummary) -> Result<()> {
+    writeln!(
+        stdout,
+        "repair: {} files, {} chunks checked, {} copies made ({}), {} unrecoverable, {} short of copies",
+        s.n_files,
+        s.n_chunks_checked,
+        s.n_copies_made,
+        human_bytes(s.bytes_copied),
+        s.n_chunks_unrecoverable,
+        s.n_chunks_degraded
+    )?;
+    for line in &s.problems {
+        writeln!(stdout, "  {line}")?;
+    }
+    Ok(())
+}
+
+/// Exit status 1 when repair could not restore every chunk.
+fn check_repair(s: &RepairSummary) -> Result<()> {
+    if s.n_chunks_unrecoverable > 0 || s.n_chunks_degraded > 0 {
+        bail!(
+            "{} chunk(s) have no sound copy left and {} are short of copies; see the report",
+            s.n_chunks_unrecoverable,
+            s.n_chunks_degraded
+        );
+    }
+    Ok(())
+}
+
+pub fn run(server: &str, command: AdminCommand, stdout: &mut dyn Write) -> Result<()> {
+    let mut client = Client::connect(server)?;
+    match command {
+        AdminCommand::Status { json } => {
+            let status = client.status()?;
+            if json {
+                return json_line(stdout, &status);
+            }
+            writeln!(stdout, "{} nodes, {} copies of each chunk", status.nodes.len(), status.replicas)?;
+            writeln!(
+                stdout,
+                "{:<22} {:<5} {:<24} {:>10} {:>12} {:>12}",
+                "NODE", "STATE", "LAST SEEN", "CHUNKS", "USED", "FREE"
+            )?;
+            for n in &status.nodes {
+                let seen =
+                    if n.last_seen_unix_ms == 0 { "never".to_string() } else { format_unix_ms(n.last_seen_unix_ms) };
+                let (chunks, used, free) = match &n.report {
+                    Some(r) => (r.n_chunks.to_string(), human_bytes(r.bytes_used), human_bytes(r.bytes_free)),
+                    None => ("-".into(), "-".into(), "-".into()),
+                };
+                let state = if n.up { "up" } else { "down" };
+                writeln!(stdout, "{:<22} {:<5} {:<24} {:>10} {:>12} {:>12}", n.addr, state, seen, chunks, used, free)?;
+                if let (false, Some(e)) = (n.up, &n.last_error) {
+                    writeln!(stdout, "  last error: {e}")?;
+                }
+            }
+        }
+        AdminCommand::Repair { json } => {
+            let summary = repair(&mut client)?;
+            if json {
+                json_line(stdout, &summary)?;
+            } else {
+                write_repair(stdout, &summary)?;
+            }
+            check_repair(&summary)?;
+        }
+        AdminCommand::Scrub { json } => {
+            let scrub = client.scrub()?;
+            // Corrupt copies were set aside by their nodes: repair puts sound ones back.
+            let repaired = if scrub.n_corrupt > 0 { Some(repair(&mut client)?) } else { None };
+            if json {
+                json_line(stdout, &serde_json::json!({ "scrub": scrub, "repair": repaired }))?;
+            } else {
+                writeln!(stdout, "scrub: {} chunk copies checked, {} corrupt", scrub.n_checked, scrub.n_corrupt)?;
+                for line in &scrub.corrupt {
+                    writeln!(stdout, "  {line}")?;
+                }
+                if let Some(r) = &repaired {
+                    write_repair(stdout, r)?;
+                }
+            }
+            if let Some(r) = &repaired {
+                check_repair(r)?;
+            }
+        }
+        AdminCommand::Gc { dry_run, grace_secs, json } => {
+            let report = client.gc(dry_run, grace_secs)?;
+            if json {
+                return json_line(stdout, &report);
+            }
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            let n = if dry_run { report.n_orphans } else { report.n_deleted };
+            writeln!(stdout, "gc: {} old chunks scanned, {} orphans, {verb} {n}", report.n_scanned, report.n_orphans)?;
+            for line in &report.orphans {
+                writeln!(stdout, "  {line}")?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Orphan collection: a chunk on a node that no committed file places there (an interrupted
+//! upload, an engine killed mid-upload, a file deleted while the node was down, a copy repair
+//! replaced) is deleted once it is older than the grace period. Uploads in progress are never
+//! touched: their chunks are younger than any sensible grace period, and the engine also skips
+//! every file ID it is uploading right now.
+
+use crate::meta::FileRecord;
+use crate::nodes::NodeConn;
+use crate::server::EngineState;
+use dfs_proto::limits::MAX_LIST_ENTRIES;
+use dfs_proto::msg::push_report_line;
+use dfs_proto::{ChunkId, FileId, Msg};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct GcOutcome {
+    pub n_scanned: u64,
+    pub n_orphans: u64,
+    pub n_deleted: u64,
+    pub lines: Vec<String>,
+}
+
+/// Whether `record` places chunk `chunk_idx` on `addr`.
+fn places(record: &FileRecord, chunk_idx: u32, addr: SocketAddr) -> bool {
+    let Some(chunk) = record.chunks.get(chunk_idx as usize) else { return false };
+    chunk.placement.iter().any(|&i| record.nodes.get(i as usize).is_some_and(|n| n.parse() == Ok(addr)))
+}
+
+pub async fn run(state: &EngineState, dry_run: bool, grace: Duration) -> GcOutcome {
+    let mut out = GcOutcome::default();
+    for &addr in &state.config.nodes {
+        if let Err(e) = collect_node(state, addr, dry_run, grace, &mut out).await {
+            push_report_line(&mut out.lines, format!("node {addr} skipped: {e}"));
+        }
+    }
+    tracing::info!(
+        "gc{}: {} chunk(s) older than {grace:?} scanned, {} orphan(s), {} deleted",
+        if dry_run { " (dry run)" } else { "" },
+        out.n_scanned,
+        out.n_orphans,
+        out.n_deleted
+    );
+    out
+}
+
+async fn collect_node(
+    state: &EngineState,
+    addr: SocketAddr,
+    dry_run: bool,
+    grace: Duration,
+    out: &mut GcOutcome,
+) -> Result<(), String> {
+    let node = NodeConn::checkout(addr, state.config.node_timeouts).await.map_err(|e| e.to_string())?;
+    let mut after: Option<ChunkId> = None;
+    // Chunks come in file ID order: one record lookup per file.
+    let mut cached: Option<(FileId, Option<FileRecord>)> = None;
+    loop {
+        node.send(&Msg::ChunkList { after, limit: MAX_LIST_ENTRIES, min_age_secs: grace.as_secs() })
+            .await
+            .map_err(|e| e.to_string())?;
+        let (chunk_ids, more) = match node.recv().await.map_err(|e| e.to_string())? {
+            Msg::ChunkListOk { chunk_ids, more } => (chunk_ids, more),
+            other => return Err(node.unexpected("ChunkListOk", &other).to_string()),
+        };
+        for &chunk_id in &chunk_ids {
+            out.n_scanned += 1;
+            if cached.as_ref().is_none_or(|(id, _)| *id != chunk_id.file_id) {
+                let record = state.meta.get(chunk_id.file_id).map_err(|e| e.to_string())?;
+                cached = Some((chunk_id.file_id, record));
+            }
+            let referenced = match &cached {
+                Some((_, Some(record))) => places(record, chunk_id.chunk_idx, addr),
+                _ => false,
+            };
+            if referenced || state.uploads_in_progress.contains(chunk_id.file_id) {
+                continue;
+            }
+            out.n_orphans += 1;
+            if dry_run {
+                push_report_line(&mut out.lines, format!("{chunk_id} on {addr}"));
+                continue;
+            }
+            let deleted = async {
+                let conn = NodeConn::checkout(addr, state.config.node_timeouts).await?;
+                conn.send(&Msg::ChunkDelete { chunk_id }).await?;
+                let answer = conn.recv().await;
+                if answer.is_ok() {
+                    conn.checkin();
+                }
+                answer
+            }
+            .await;
+            match deleted {
+                Ok(_) => {
+                    out.n_deleted += 1;
+                    push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: deleted"));
+                }
+                Err(e) => push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: not deleted: {e}")),
+            }
+        }
+        match (more, chunk_ids.last()) {
+            (true, Some(last)) => after = Some(*last),
+            _ => break,
+        }
+    }
+    node.checkin();
+    Ok(())
+}

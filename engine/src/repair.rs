@@ -1,0 +1,264 @@
+//! Repair: brings every chunk back to the configured number of verified copies. For each chunk
+//! it asks every recorded node whether it holds a sound copy (EXISTS checks the copy's sealed
+//! footer against the recorded length and crc32); copies that are missing or corrupt on a live
+//! node are copied back to that node, copies on a down node are made again on another live
+//! node, and only then does the metadata point at the new copy. Copies are made only from
+//! copies that verify block by block against the crc32s recorded at upload (see
+//! [`crate::replicate`]), so repair never spreads bad bytes.
+
+use crate::get::chunk_addrs;
+use crate::meta::{ChunkRecord, FileRecord};
+use crate::nodes::{NodeConn, NodeError, NodeFailure};
+use crate::replicate::{copy_chunk, CopyError};
+use crate::server::EngineState;
+use dfs_proto::io_uring::Conn;
+use dfs_proto::msg::push_report_line;
+use dfs_proto::{ChunkId, FileId, Msg, RepairSummary, Status};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// One pass at a time, whether asked for or on the background interval.
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+struct Running;
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.store(false, Ordering::Release);
+    }
+}
+
+/// How often a pass reports progress to the client that asked for it.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs one repair pass over every file. With `client`, sends it RepairProgress frames on the
+/// way (best effort). Err: the pass could not run at all.
+pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSummary, String> {
+    if RUNNING.swap(true, Ordering::AcqRel) {
+        return Err("a repair pass is already running; try again when it has finished".into());
+    }
+    let _running = Running;
+    let started = Instant::now();
+    // The file list first, so progress has a total.
+    let mut files: Vec<(FileId, u64)> = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, more) = state.meta.list(after, 1000).map_err(|e| e.to_string())?;
+        files.extend(page.iter().map(|f| (f.file_id, f.n_chunks as u64)));
+        match (more, page.last()) {
+            (true, Some(last)) => after = Some(last.file_id),
+            _ => break,
+        }
+    }
+    let n_total: u64 = files.iter().map(|(_, n)| n).sum();
+    let mut summary = RepairSummary::default();
+    let mut n_done = 0u64;
+    let mut last_report = Instant::now();
+    for (file_id, n_chunks) in files {
+        let record = match state.meta.get(file_id) {
+            Ok(Some(r)) => r,
+            // Deleted since it was listed.
+            Ok(None) => {
+                n_done += n_chunks;
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        summary.n_files += 1;
+        for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
+            let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
+            repair_chunk(state, &record, chunk_id, chunk, &mut summary).await;
+            n_done += 1;
+            if let Some(conn) = client.filter(|_| last_report.elapsed() >= PROGRESS_EVERY) {
+                let _ = conn.write_msg(&Msg::RepairProgress { n_done, n_total }).await;
+                last_report = Instant::now();
+            }
+        }
+    }
+    tracing::info!(
+        "repair: {} file(s), {} chunk(s) checked, {} cop(ies) made ({} bytes), {} unrecoverable, {} short of copies, in {:.1?}",
+        summary.n_files,
+        summary.n_chunks_checked,
+        summary.n_copies_made,
+        summary.bytes_copied,
+        summary.n_chunks_unrecoverable,
+        summary.n_chunks_degraded,
+        started.elapsed()
+    );
+    Ok(summary)
+}
+
+/// What a node holds of one chunk.
+enum Copy {
+    Sound,
+    /// The node answered: the copy is absent, or present but not the recorded bytes.
+    Bad(String),
+    Unreachable(String),
+}
+
+async fn check_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId, chunk: &ChunkRecord) -> Copy {
+    let answer = async {
+        let node = NodeConn::checkout(addr, state.config.node_timeouts).await?;
+        node.send(&Msg::Exists { chunk_id }).await?;
+        let answer = node.recv().await;
+        if answer.is_ok() {
+            node.checkin();
+        }
+        answer
+    }
+    .await;
+    match answer {
+        Ok(Msg::ExistsOk { length, crc32 }) if length == chunk.length && crc32 == chunk.crc32 => Copy::Sound,
+        Ok(Msg::ExistsOk { length, crc32 }) => Copy::Bad(format!(
+            "holds {length} bytes with crc32 {crc32:08x}, {} bytes with crc32 {:08x} were stored",
+            chunk.length, chunk.crc32
+        )),
+        Ok(other) => Copy::Bad(format!("answered {} to EXISTS", other.kind().name())),
+        Err(NodeError { failure: NodeFailure::Unreachable(why), .. }) => Copy::Unreachable(why),
+        Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Copy::Bad("missing".into()),
+        Err(e) => Copy::Bad(e.to_string()),
+    }
+}
+
+/// Deletes a bad copy so a sound one can be stored in its place (best effort).
+async fn remove_bad_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId) {
+    let result = async {
+        let node = NodeConn::checkout(addr, state.config.node_timeouts).await?;
+        node.send(&Msg::ChunkDelete { chunk_id }).await?;
+        node.recv().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!("repair: removing the bad copy of {chunk_id} on {addr}: {e}");
+    }
+}
+
+/// Copies `chunk_id` to `dest` from the first of `sources` that can supply it.
+async fn copy_from_any(
+    state: &EngineState,
+    sources: &[SocketAddr],
+    dest: SocketAddr,
+    chunk_id: ChunkId,
+    chunk: &ChunkRecord,
+) -> Result<(), String> {
+    let mut why = Vec::new();
+    for &source in sources {
+        match copy_chunk(source, dest, state.config.node_timeouts, chunk_id, chunk).await {
+            Ok(()) => return Ok(()),
+            Err(CopyError::Source(e)) => why.push(format!("source {source}: {e}")),
+            Err(CopyError::Destination(e)) => {
+                if matches!(e.failure, NodeFailure::Unreachable(_)) {
+                    state.health.mark_down(dest, &e.to_string());
+                }
+                return Err(e.to_string());
+            }
+        }
+    }
+    Err(why.join("; "))
+}
+
+async fn repair_chunk(
+    state: &EngineState,
+    record: &FileRecord,
+    chunk_id: ChunkId,
+    chunk: &ChunkRecord,
+    summary: &mut RepairSummary,
+) {
+    summary.n_chunks_checked += 1;
+    let replicas = state.config.replicas;
+    let recorded = match chunk_addrs(record, chunk) {
+        Ok(a) => a,
+        Err(e) => {
+            summary.n_chunks_unrecoverable += 1;
+            push_report_line(&mut summary.problems, format!("{chunk_id}: unreadable metadata: {e}"));
+            return;
+        }
+    };
+    let (mut sound, mut bad_on_live, mut on_down) = (Vec::new(), Vec::new(), Vec::new());
+    let mut findings = Vec::new();
+    for &addr in &recorded {
+        if !state.health.is_up(addr) {
+            on_down.push(addr);
+            findings.push(format!("node {addr} is down"));
+            continue;
+        }
+        match check_copy(state, addr, chunk_id, chunk).await {
+            Copy::Sound => sound.push(addr),
+            Copy::Bad(why) => {
+                findings.push(format!("copy on {addr}: {why}"));
+                bad_on_live.push(addr);
+            }
+            Copy::Unreachable(why) => {
+                state.health.mark_down(addr, &why);
+                findings.push(format!("node {addr} is unreachable: {why}"));
+                on_down.push(addr);
+            }
+        }
+    }
+    if sound.is_empty() {
+        summary.n_chunks_unrecoverable += 1;
+        let line = format!("{chunk_id}: no sound copy left ({})", findings.join("; "));
+        tracing::error!("repair: {line}");
+        push_report_line(&mut summary.problems, line);
+        return;
+    }
+    if sound.len() >= replicas {
+        return;
+    }
+    let mut placement = sound.clone();
+    // A node that answered but lost or spoiled its copy (a replaced disk, a quarantined chunk)
+    // gets the copy back, so placement stays where it was.
+    for dest in bad_on_live {
+        if placement.len() >= replicas {
+            break;
+        }
+        remove_bad_copy(state, dest, chunk_id).await;
+        match copy_from_any(state, &sound, dest, chunk_id, chunk).await {
+            Ok(()) => {
+                placement.push(dest);
+                summary.n_copies_made += 1;
+                summary.bytes_copied += chunk.length;
+            }
+            Err(e) => findings.push(format!("copy to {dest} failed: {e}")),
+        }
+    }
+    // Copies on down nodes are made again on other live nodes.
+    for dest in state.health.up_first(&state.config.nodes) {
+        if placement.len() >= replicas {
+            break;
+        }
+        if !state.health.is_up(dest) || recorded.contains(&dest) {
+            continue;
+        }
+        match copy_from_any(state, &sound, dest, chunk_id, chunk).await {
+            Ok(()) => {
+                placement.push(dest);
+                summary.n_copies_made += 1;
+                summary.bytes_copied += chunk.length;
+            }
+            Err(e) => findings.push(format!("copy to {dest} failed: {e}")),
+        }
+    }
+    if placement.len() < replicas {
+        summary.n_chunks_degraded += 1;
+        let line = format!(
+            "{chunk_id}: {} of {replicas} copies, no other node could take one ({})",
+            placement.len(),
+            findings.join("; ")
+        );
+        tracing::warn!("repair: {line}");
+        push_report_line(&mut summary.problems, line);
+        // Keep pointing at copies on down nodes: they may come back.
+        placement.extend(on_down.iter().copied().take(replicas - placement.len()));
+    }
+    if placement != recorded {
+        let addrs = placement.iter().map(|a| a.to_string()).collect();
+        match state.meta.set_placement(chunk_id.file_id, chunk_id.chunk_idx, addrs).await {
+            Ok(true) => tracing::info!("repair: {chunk_id} now on {placement:?} (was {recorded:?})"),
+            // Deleted meanwhile: the new copies are orphans for gc.
+            Ok(false) => {}
+            Err(e) => push_report_line(&mut summary.problems, format!("{chunk_id}: cannot record new copies: {e}")),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Scrub: re-reads every committed chunk and checks it against its own footer (the footer's
+//! seal, then every block's crc32). A chunk that fails is moved to `quarantine/`, where no
+//! request can reach it, so the engine sees the copy as missing and repair replaces it from a
+//! good one. Runs on its own thread, one pass at a time: on request (SCRUB) at full speed, and
+//! in the background on an interval at a bounded read rate.
+
+use crate::footer::{Footer, FOOTER_FIXED_BYTES};
+use crate::store::ChunkStore;
+use dfs_proto::layout::{block_len, crc32};
+use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
+use dfs_proto::{ChunkId, Msg};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One pass at a time, whoever asked for it.
+static PASS: Mutex<()> = Mutex::new(());
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub n_checked: u64,
+    pub n_corrupt: u64,
+    pub lines: Vec<String>,
+}
+
+/// Why a chunk file failed verification.
+enum Bad {
+    Corrupt(String),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Bad {
+    fn from(e: io::Error) -> Bad {
+        Bad::Io(e)
+    }
+}
+
+/// Checks one chunk file against its footer, reading at most `rate` bytes per second.
+fn verify(store: &ChunkStore, id: &ChunkId, pace: &mut Pace) -> Result<(), Bad> {
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(store.chunk_path(id))?;
+    let file_len = file.metadata()?.len();
+    if file_len < FOOTER_FIXED_BYTES as u64 {
+        return Err(Bad::Corrupt(format!("file is {file_len} bytes, too short for a chunk footer")));
+    }
+    let mut tail = vec![0u8; FOOTER_FIXED_BYTES];
+    file.seek(SeekFrom::Start(file_len - FOOTER_FIXED_BYTES as u64))?;
+    file.read_exact(&mut tail)?;
+    let (length, _) = Footer::parse_tail(&tail, file_len).map_err(|e| Bad::Corrupt(e.to_string()))?;
+    let mut footer_bytes = vec![0u8; Footer::encoded_len(length) as usize];
+    file.seek(SeekFrom::Start(length))?;
+    file.read_exact(&mut footer_bytes)?;
+    let footer = Footer::decode(&footer_bytes, *id).map_err(|e| Bad::Corrupt(e.to_string()))?;
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; BLOCK_SIZE_BYTES as usize];
+    for (block_idx, &expected) in footer.block_crcs.iter().enumerate() {
+        let len = block_len(length, block_idx as u64) as usize;
+        file.read_exact(&mut buf[..len])?;
+        let actual = crc32(&buf[..len]);
+        if actual != expected {
+            return Err(Bad::Corrupt(format!(
+                "block {block_idx} has crc32 {actual:08x}, its footer says {expected:08x}"
+            )));
+        }
+        pace.account(len as u64);
+    }
+    Ok(())
+}
+
+/// Keeps a pass under a read rate by sleeping between blocks.
+struct Pace {
+    bytes_per_sec: Option<u64>,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn account(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        if let Some(rate) = self.bytes_per_sec.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+/// One full pass over the store.
+pub fn pass(store: &ChunkStore, bytes_per_sec: Option<u64>) -> io::Result<Outcome> {
+    let _one_at_a_time = PASS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pace = Pace { bytes_per_sec, started: Instant::now(), bytes: 0 };
+    let mut out = Outcome::default();
+    let mut after = None;
+    loop {
+        let (ids, more) = store.list(after, MAX_LIST_ENTRIES as usize, None)?;
+        for id in &ids {
+            match verify(store, id, &mut pace) {
+                Ok(()) => out.n_checked += 1,
+                // Deleted since it was listed.
+                Err(Bad::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(Bad::Io(e)) => {
+                    out.n_checked += 1;
+                    tracing::warn!("scrub: cannot read chunk {id}: {e}");
+                    dfs_proto::msg::push_report_line(&mut out.lines, format!("chunk {id}: cannot be read: {e}"));
+                }
+                Err(Bad::Corrupt(why)) => {
+                    out.n_checked += 1;
+                    out.n_corrupt += 1;
+                    let line = match store.quarantine(id) {
+                        Ok(to) => format!("chunk {id} is corrupt ({why}); moved to {}", to.display()),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => format!("chunk {id} is corrupt ({why}); cannot quarantine it: {e}"),
+                    };
+                    tracing::warn!("scrub: {line}");
+                    dfs_proto::msg::push_report_line(&mut out.lines, line);
+                }
+            }
+        }
+        match (more, ids.last()) {
+            (true, Some(last)) => after = Some(*last),
+            _ => break,
+        }
+    }
+    tracing::info!("scrub: {} chunk(s) checked, {} corrupt", out.n_checked, out.n_corrupt);
+    Ok(out)
+}
+
+/// A full-speed pass on a thread of its own, answered as a ScrubOk.
+pub async fn scrub_now(store: &Arc<ChunkStore>) -> io::Result<Msg> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let store = store.clone();
+    std::thread::Builder::new().name("scrub".into()).spawn(move || {
+        let _ = tx.send(pass(&store, None));
+    })?;
+    let out = rx.await.map_err(|_| io::Error::other("the scrub thread died"))??;
+    Ok(Msg::ScrubOk { n_checked: out.n_checked, n_corrupt: out.n_corrupt, corrupt: out.lines })
+}
+
+/// Starts the background scrubber: a pass every `interval`, reading at most `bytes_per_sec`.
+pub fn start_background(store: Arc<ChunkStore>, interval: Duration, bytes_per_sec: u64) -> io::Result<()> {
+    std::thread::Builder::new().name("scrub-bg".into()).spawn(move || loop {
+        std::thread::sleep(interval);
+        if let Err(e) = pass(&store, Some(bytes_per_sec)) {
+            tracing::warn!("background scrub failed: {e}");
+        }
+    })?;
+    Ok(())
+}
