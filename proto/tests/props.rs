@@ -582,7 +582,8 @@ fn hello_with_unknown_role_is_refused() {
 #[test]
 fn list_limit_of_zero_or_above_max_is_refused() {
     // Each list request, with the number of body bytes that follow its limit field.
-    let lists: [(fn(u32) -> Msg, usize); 4] = [
+    type MakeList = fn(u32) -> Msg;
+    let lists: [(MakeList, usize); 4] = [
         (|limit| Msg::List { after: None, limit }, 0),
         (|limit| Msg::List { after: Some(FileId([9; 16])), limit }, 0),
         (|limit| Msg::ChunkList { after: None, limit, min_age_secs: 0 }, 8),

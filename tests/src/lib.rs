@@ -539,6 +539,13 @@ impl Cluster {
         assert_eq!(self.nodes[node_idx].addr, addr, "node {node_idx} came back on another address");
     }
 
+    /// Starts node `node_idx` again on its old address with another data directory (a new,
+    /// or a differently mounted, disk).
+    pub fn restart_node_with_data(&mut self, node_idx: usize, data_dir: PathBuf) {
+        self.nodes[node_idx].data_dir = data_dir;
+        self.restart_node(node_idx);
+    }
+
     /// SIGKILLs the engine and starts it again on the same `--meta` (on a new port).
     pub fn restart_engine(&mut self) {
         self.kill_engine();
