@@ -56,14 +56,22 @@ fn assert_two_sound_copies(cluster: &Cluster, files: &[(String, Vec<u8>)], dead:
         for chunk in &stat.chunks {
             let nodes: BTreeSet<&String> = chunk.nodes.iter().collect();
             assert_eq!(nodes.len(), 2, "{when}: chunk {} of {id} is on {:?}", chunk.index, chunk.nodes);
-            assert!(nodes.iter().all(|n| !dead.contains(*n)), "{when}: chunk {} of {id} is on a dead node", chunk.index);
+            assert!(
+                nodes.iter().all(|n| !dead.contains(*n)),
+                "{when}: chunk {} of {id} is on a dead node",
+                chunk.index
+            );
             let on_disk: BTreeSet<String> = cluster
                 .find_chunk_file(id, chunk.index)
                 .iter()
                 .map(|(node_idx, _)| cluster.node_addr(*node_idx).to_string())
                 .collect();
             for n in &nodes {
-                assert!(on_disk.contains(*n), "{when}: chunk {} of {id} is recorded on {n} but not on its disk", chunk.index);
+                assert!(
+                    on_disk.contains(*n),
+                    "{when}: chunk {} of {id} is recorded on {n} but not on its disk",
+                    chunk.index
+                );
             }
         }
     }
@@ -119,7 +127,9 @@ fn repair_moves_copies_off_a_dead_node_so_a_second_loss_costs_nothing() {
     let dead: BTreeSet<String> = [cluster.node_addr(0).to_string()].into();
     let held: usize = files
         .iter()
-        .map(|(id, _)| cluster.stat(id).map(|s| s.chunks.iter().filter(|c| c.nodes.iter().any(|n| dead.contains(n))).count()))
+        .map(|(id, _)| {
+            cluster.stat(id).map(|s| s.chunks.iter().filter(|c| c.nodes.iter().any(|n| dead.contains(n))).count())
+        })
         .map(|r| r.unwrap_or_else(|e| panic!("stat: {e}")))
         .sum();
     assert!(held > 0, "node 0 held no chunk copies; the test needs some");
