@@ -107,6 +107,16 @@ fn run(args: Args) -> Result<(), String> {
         return Err("--chunk-size-max must be at least 1 byte".into());
     }
     dfs_runtime::probe_io_uring().map_err(|e| e.to_string())?;
+    // Checked before any local node is started.
+    let n_planned = args.local.unwrap_or(args.nodes.len());
+    let replicas = args.replicas.unwrap_or(if n_planned >= MIN_NODES { 2 } else { 1 });
+    let max_replicas = n_planned.min(dfs_proto::limits::MAX_REPLICAS as usize);
+    if replicas == 0 || replicas > max_replicas {
+        return Err(format!(
+            "--replicas must be between 1 and {max_replicas} (the number of nodes, at most {}), got {replicas}",
+            dfs_proto::limits::MAX_REPLICAS
+        ));
+    }
     let (meta_dir, nodes, _children) = match (args.local, &args.data) {
         (Some(n_nodes), Some(data)) => {
             if n_nodes < MIN_NODES {
@@ -127,10 +137,6 @@ fn run(args: Args) -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = nodes.iter().find(|a| !seen.insert(**a)) {
         return Err(format!("node {dup} is given twice"));
-    }
-    let replicas = args.replicas.unwrap_or(if nodes.len() >= MIN_NODES { 2 } else { 1 });
-    if replicas == 0 || replicas > nodes.len() {
-        return Err(format!("--replicas must be between 1 and the number of nodes ({}), got {replicas}", nodes.len()));
     }
     let data_path = dfs_runtime::choose_data_path(args.data_path.unwrap_or(dfs_runtime::DataPath::Splice));
     let meta = meta::MetaStore::open(&meta_dir).map_err(|e| e.to_string())?;
