@@ -19,6 +19,8 @@ cleanup() {
 trap cleanup EXIT
 rate() { awk -v s="$size_mib" -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", s / (b - a) }'; }
 export DFS_SERVER=127.0.0.1:$port
+# The local cluster makes a random access key in its data directory; the client presents it.
+export DFS_TOKEN_FILE="$work/cluster/access.key"
 
 echo "== starting engine + 4 nodes on 127.0.0.1:$port..$((port + 4)), data in $work/cluster"
 "$bin/dfs-engine" --local 4 --data "$work/cluster" --listen "$DFS_SERVER" >"$work/engine.out" 2>"$work/engine.log" &

@@ -106,6 +106,8 @@ pub struct Cluster {
     engine: Guard,
     pub addr: String,
     pub log: PathBuf,
+    /// The access key file `--local` creates.
+    pub token_file: PathBuf,
 }
 
 impl Cluster {
@@ -135,7 +137,7 @@ impl Cluster {
         cmd.args(extra);
         cmd.stderr(std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?);
         let (engine, lines) = Guard::spawn(&mut cmd, "dfs-engine")?;
-        let cluster = Cluster { engine, addr, log };
+        let cluster = Cluster { engine, addr, log, token_file: data.join("access.key") };
         match lines.recv_timeout(START_TIMEOUT) {
             Ok(line) if line.starts_with("listening") => Ok(cluster),
             other => bail!(

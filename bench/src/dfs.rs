@@ -198,8 +198,11 @@ pub struct PhaseEnv<'a> {
     pub timeout: Duration,
 }
 
-fn client_command(env: &PhaseEnv, addr: &str, spec: &PhaseSpec, input: &Path) -> Command {
+fn client_command(env: &PhaseEnv, cluster: &Cluster, spec: &PhaseSpec, input: &Path) -> Command {
+    let addr = cluster.addr.as_str();
     let mut cmd = Command::new(env.bins.client());
+    // The local cluster's own access key (the engine creates it in its data directory).
+    cmd.env("DFS_TOKEN_FILE", &cluster.token_file);
     cmd.args(["--server", addr, "put", "--bench", "--file"]).arg(input);
     cmd.args(["--count", &spec.count.to_string()]);
     cmd.args(["--concurrency", &spec.concurrency.to_string()]);
@@ -227,7 +230,7 @@ pub fn run_phase(env: &PhaseEnv, spec: &PhaseSpec, data_path: Option<&str>, inpu
     let mut cpu_s = Vec::new();
     for run in 1..=spec.runs {
         let cpu_before = cluster.cpu_seconds()?;
-        let out = proc::output(&mut client_command(env, &cluster.addr, spec, input), env.timeout);
+        let out = proc::output(&mut client_command(env, &cluster, spec, input), env.timeout);
         let cpu_after = cluster.cpu_seconds();
         cluster.check_alive()?;
         let out = out?;

@@ -59,6 +59,30 @@ pub struct ListPage {
     pub more: bool,
 }
 
+/// The access key every new connection presents, if any (see [`set_access_key`]).
+static ACCESS_KEY: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+/// Sets the access key that [`Client::connect`] presents to the engine from now on (None: no
+/// key). The CLI sets it from `--token`/`--token-file`; a local benchmark cluster from its own
+/// key file.
+pub fn set_access_key(key: Option<String>) {
+    *ACCESS_KEY.write().unwrap_or_else(|e| e.into_inner()) = key;
+}
+
+/// Whether an access key is set.
+pub fn has_access_key() -> bool {
+    ACCESS_KEY.read().unwrap_or_else(|e| e.into_inner()).is_some()
+}
+
+fn client_hello() -> Hello {
+    let mut hello = Hello::new(Role::Client);
+    if let Some(key) = ACCESS_KEY.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        hello.auth_method = dfs_proto::auth::AUTH_ACCESS_KEY;
+        hello.auth = key.as_bytes().to_vec();
+    }
+    hello
+}
+
 /// A connection to the engine, handshake done. Requests run one after the other on it.
 ///
 /// A request that fails part-way (a broken upload or download, a malformed answer) leaves the
@@ -77,7 +101,7 @@ impl Client {
         let stream = open_stream(addr).map_err(connect_error)?;
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
         let mut writer = reader.get_ref();
-        io_std::write_msg(&mut writer, &Msg::Hello(Hello::new(Role::Client)))
+        io_std::write_msg(&mut writer, &Msg::Hello(client_hello()))
             .map_err(|e| connection_error("sending the handshake", e.into(), IO_TIMEOUT))?;
         let frame = io_std::read_frame(&mut reader)
             .map_err(|e| connection_error("waiting for the handshake answer", e, IO_TIMEOUT))?;

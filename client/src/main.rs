@@ -28,6 +28,20 @@ struct Cli {
     /// Engine address (host:port)
     #[arg(long, global = true, value_name = "ADDR", env = "DFS_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// Access key to present to the engine
+    #[arg(
+        long,
+        global = true,
+        value_name = "KEY",
+        env = "DFS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// File holding the access key to present (its first line), e.g. DATA/access.key of a
+    /// `dfs-engine --local` cluster
+    #[arg(long, global = true, value_name = "FILE", env = "DFS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -154,6 +168,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let key = match (&cli.token, &cli.token_file) {
+        (Some(key), _) => Some(key.clone()),
+        (None, Some(path)) => Some(dfs_proto::auth::read_client_key(path).map_err(|e| anyhow!(e))?),
+        (None, None) => None,
+    };
+    dfs_client::set_access_key(key);
     let stdout = &mut io::stdout().lock();
     match cli.command {
         Command::Put(args) if args.bench.bench => run_bench(&cli.server, args.chunking, args.bench, stdout)?,

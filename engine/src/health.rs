@@ -112,16 +112,26 @@ fn ping(
     timeouts: crate::nodes::NodeTimeouts,
 ) -> Result<StoreReport, String> {
     use dfs_proto::io_std::{read_frame, write_msg, Frame};
-    use dfs_proto::{Hello, Msg, Role};
+    use dfs_proto::Msg;
     if conn.is_none() {
         let s = std::net::TcpStream::connect_timeout(&addr, timeouts.connect).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(timeouts.connect)).map_err(|e| e.to_string())?;
         s.set_write_timeout(Some(timeouts.connect)).map_err(|e| e.to_string())?;
         let _ = s.set_nodelay(true);
         let mut s = s;
-        write_msg(&mut s, &Msg::Hello(Hello::new(Role::Engine))).map_err(|e| e.to_string())?;
-        match read_frame(&mut s).map_err(|e| e.to_string())? {
+        let (hello, engine_nonce) = crate::nodes::engine_hello().map_err(|e| e.to_string())?;
+        write_msg(&mut s, &Msg::Hello(hello)).map_err(|e| e.to_string())?;
+        let mut answer = read_frame(&mut s).map_err(|e| e.to_string())?;
+        if let Frame::Msg(Msg::AuthChallenge { nonce, proof }) = &answer {
+            let reply = crate::nodes::answer_challenge(engine_nonce, nonce, proof)?;
+            write_msg(&mut s, &reply).map_err(|e| e.to_string())?;
+            answer = read_frame(&mut s).map_err(|e| e.to_string())?;
+        } else if engine_nonce.is_some() {
+            return Err("the node did not prove the cluster secret: it runs without --cluster-secret-file".into());
+        }
+        match answer {
             Frame::Msg(Msg::HelloOk(_)) => {}
+            Frame::Msg(Msg::Error { status, message }) => return Err(format!("{status}: {message}")),
             other => return Err(format!("expected HelloOk, got {other:?}")),
         }
         *conn = Some(s);

@@ -28,6 +28,7 @@ pub fn start_nodes(
     n_nodes: usize,
     data: &Path,
     data_path: Option<dfs_runtime::DataPath>,
+    cluster_secret_file: Option<&Path>,
 ) -> Result<Vec<LocalNode>, String> {
     if listen.port() == 0 {
         return Err("--local needs a fixed --listen port: the nodes take the ports after it".into());
@@ -49,6 +50,9 @@ pub fn start_nodes(
         cmd.arg("--listen").arg(addr.to_string()).arg("--data").arg(&dir).stdout(Stdio::piped());
         if let Some(path) = data_path {
             cmd.arg("--data-path").arg(path.to_string());
+        }
+        if let Some(secret) = cluster_secret_file {
+            cmd.arg("--cluster-secret-file").arg(secret);
         }
         // SAFETY: set_pdeathsig is a single prctl system call, safe between fork and exec.
         unsafe {

@@ -57,11 +57,11 @@ struct Args {
     /// does not fit is streamed block by block instead.
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     buffer_budget: u64,
-    /// How upload bytes move from client to node: `splice` (through a kernel pipe with io_uring,
-    /// never entering user space) or `copy` (through a buffer) [default: splice, measured the
-    /// faster for uploads in perf.md]. Falls back to copy, with a warning, where the kernel
-    /// refuses splice. With --local, a value given here is passed on to the nodes too;
-    /// otherwise they keep their own default (copy, the faster for downloads).
+    /// How upload bytes move from client to nodes: `copy` (through one buffer, written to every
+    /// copy's node) or `splice` (through kernel pipes with io_uring splice and tee, never
+    /// entering user space) [default: copy, which measured as fast or faster on this project's
+    /// machines, see perf.md]. Falls back to copy, with a warning, where the kernel refuses
+    /// splice. With --local, a value given here is passed on to the nodes too.
     #[arg(long, env = "DFS_DATA_PATH")]
     data_path: Option<dfs_runtime::DataPath>,
     /// Copies of each chunk, on distinct nodes [default: 2, or 1 with fewer than 4 nodes]. An
@@ -69,6 +69,18 @@ struct Args {
     /// verifies.
     #[arg(long, value_name = "R")]
     replicas: Option<usize>,
+    /// File of access keys (one per line, mode 600): only clients presenting one are served.
+    /// With --local, defaults to DATA/access.key, created with a random key if missing.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// File holding the cluster secret (mode 600) shared with every node; the engine and each
+    /// node prove to each other that they know it. With --local, defaults to
+    /// DATA/cluster.secret, created if missing, and given to the nodes it starts.
+    #[arg(long, value_name = "FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without access keys or without a cluster secret.
+    #[arg(long)]
+    insecure: bool,
     /// Seconds between health checks of every node.
     #[arg(long, default_value_t = 2)]
     ping_interval_secs: u64,
@@ -117,12 +129,40 @@ fn run(args: Args) -> Result<(), String> {
             dfs_proto::limits::MAX_REPLICAS
         ));
     }
+    // A local cluster gets its own random access key and cluster secret unless given others.
+    let mut token_file = args.token_file.clone();
+    let mut secret_file = args.cluster_secret_file.clone();
+    if let (Some(_), Some(data)) = (args.local, &args.data) {
+        std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+        for (file, name) in [(&mut token_file, "access.key"), (&mut secret_file, "cluster.secret")] {
+            if file.is_none() {
+                let path = data.join(name);
+                dfs_proto::auth::ensure_secret_file(&path)?;
+                *file = Some(path);
+            }
+        }
+    }
+    let access_keys = token_file.as_deref().map(dfs_proto::auth::AccessKeys::from_file).transpose()?;
+    let cluster_secret = secret_file.as_deref().map(dfs_proto::auth::ClusterSecret::from_file).transpose()?;
+    let open = match (&access_keys, &cluster_secret) {
+        (None, None) => Some("no --token-file and no --cluster-secret-file: any client can use this engine, and nodes are not authenticated"),
+        (None, Some(_)) => Some("no --token-file: any client that reaches the engine can read, write and delete files"),
+        (Some(_), None) => Some("no --cluster-secret-file: nodes are not authenticated"),
+        (Some(_), Some(_)) => None,
+    };
+    if let Some(what) = open {
+        if !args.listen.ip().is_loopback() && !args.insecure {
+            return Err(format!("refusing to listen on {}: {what} (or pass --insecure)", args.listen));
+        }
+        tracing::warn!("{what}");
+    }
+    nodes::CLUSTER_SECRET.set(cluster_secret).map_err(|_| "the cluster secret was set twice")?;
     let (meta_dir, nodes, _children) = match (args.local, &args.data) {
         (Some(n_nodes), Some(data)) => {
             if n_nodes < MIN_NODES {
                 return Err(format!("--local needs at least {MIN_NODES} nodes, got {n_nodes}"));
             }
-            let children = local::start_nodes(args.listen, n_nodes, data, args.data_path)?;
+            let children = local::start_nodes(args.listen, n_nodes, data, args.data_path, secret_file.as_deref())?;
             let addrs = children.iter().map(|c| c.addr).collect();
             (data.join("meta"), addrs, children)
         }
@@ -138,7 +178,7 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(dup) = nodes.iter().find(|a| !seen.insert(**a)) {
         return Err(format!("node {dup} is given twice"));
     }
-    let data_path = dfs_runtime::choose_data_path(args.data_path.unwrap_or(dfs_runtime::DataPath::Splice));
+    let data_path = dfs_runtime::choose_data_path(args.data_path.unwrap_or(dfs_runtime::DataPath::Copy));
     let meta = meta::MetaStore::open(&meta_dir).map_err(|e| e.to_string())?;
     let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -152,6 +192,7 @@ fn run(args: Args) -> Result<(), String> {
     );
     let health = Arc::new(health::Health::new(&nodes));
     let state = Arc::new(EngineState {
+        access_keys,
         config: EngineConfig {
             nodes,
             replicas,

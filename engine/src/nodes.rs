@@ -64,6 +64,42 @@ impl fmt::Display for NodeError {
     }
 }
 
+/// The cluster secret the engine proves to nodes, set once at start-up (None: nodes are open).
+pub static CLUSTER_SECRET: std::sync::OnceLock<Option<dfs_proto::auth::ClusterSecret>> = std::sync::OnceLock::new();
+
+fn cluster_secret() -> Option<&'static dfs_proto::auth::ClusterSecret> {
+    CLUSTER_SECRET.get().and_then(Option::as_ref)
+}
+
+/// The engine's Hello to a node: with the cluster secret, it carries a fresh challenge nonce.
+pub fn engine_hello() -> std::io::Result<(Hello, Option<dfs_proto::auth::Nonce>)> {
+    match cluster_secret() {
+        None => Ok((Hello::new(Role::Engine), None)),
+        Some(_) => {
+            let nonce = dfs_proto::auth::nonce()?;
+            let hello =
+                Hello { auth_method: dfs_proto::auth::AUTH_CLUSTER, auth: nonce.to_vec(), ..Hello::new(Role::Engine) };
+            Ok((hello, Some(nonce)))
+        }
+    }
+}
+
+/// The engine's answer to a node's AuthChallenge: checks the node's proof and returns the
+/// engine's, or why the node is not trusted.
+pub fn answer_challenge(
+    engine_nonce: Option<dfs_proto::auth::Nonce>,
+    node_nonce: &dfs_proto::auth::Nonce,
+    node_proof: &dfs_proto::auth::Proof,
+) -> Result<Msg, String> {
+    let (Some(secret), Some(engine_nonce)) = (cluster_secret(), engine_nonce) else {
+        return Err("the node asked for a cluster secret this engine does not have (--cluster-secret-file)".into());
+    };
+    if !secret.check_node(&engine_nonce, node_nonce, node_proof) {
+        return Err("the node's proof of the cluster secret is wrong: it does not share this engine's secret".into());
+    }
+    Ok(Msg::AuthProof { proof: secret.engine_proof(&engine_nonce, node_nonce) })
+}
+
 /// A handshaken connection to one node.
 pub struct NodeConn {
     pub addr: SocketAddr,
@@ -124,8 +160,19 @@ impl NodeConn {
         };
         let _ = stream.set_nodelay(true);
         let node = NodeConn { addr, conn: Conn::new(stream, t.idle) };
-        node.send(&Msg::Hello(Hello::new(Role::Engine))).await?;
-        match node.recv().await? {
+        let (hello, engine_nonce) = engine_hello().map_err(|e| unreachable(format!("cannot draw a nonce: {e}")))?;
+        node.send(&Msg::Hello(hello)).await?;
+        let mut answer = node.recv().await?;
+        if let Msg::AuthChallenge { nonce, proof } = &answer {
+            let reply = answer_challenge(engine_nonce, nonce, proof)
+                .map_err(|why| NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why)))?;
+            node.send(&reply).await?;
+            answer = node.recv().await?;
+        } else if engine_nonce.is_some() {
+            let why = "the node did not prove the cluster secret: it runs without --cluster-secret-file";
+            return Err(NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why.into())));
+        }
+        match answer {
             Msg::HelloOk(h) if h.version == VERSION => Ok(node),
             other => Err(node.unexpected("HelloOk", &other)),
         }

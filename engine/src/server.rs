@@ -49,6 +49,8 @@ impl Drop for UploadGuard<'_> {
 }
 
 pub struct EngineState {
+    /// With keys, only clients presenting one are served.
+    pub access_keys: Option<dfs_proto::auth::AccessKeys>,
     pub uploads_in_progress: Uploads,
     pub config: EngineConfig,
     pub meta: MetaStore,
@@ -66,7 +68,15 @@ pub async fn handle(state: Arc<EngineState>, stream: tokio_uring::net::TcpStream
 
 async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
     match conn.read_frame().await {
-        Ok(Frame::Msg(Msg::Hello(h))) if h.role == Role::Client && h.version == VERSION => {}
+        Ok(Frame::Msg(Msg::Hello(h))) if h.role == Role::Client && h.version == VERSION => {
+            if let Some(keys) = &state.access_keys {
+                if h.auth_method != dfs_proto::auth::AUTH_ACCESS_KEY || !keys.accepts(&h.auth) {
+                    let why = "a valid access key is required: dfs-client --token-file FILE (or DFS_TOKEN_FILE), or --token KEY (or DFS_TOKEN)";
+                    let _ = conn.write_msg(&Msg::error(Status::Unauthorized, why)).await;
+                    return Err(FrameError::Io(std::io::Error::other("client presented no valid access key")));
+                }
+            }
+        }
         Ok(Frame::Msg(Msg::Hello(h))) if h.version != VERSION => {
             let msg = format!("protocol version {} is not supported; this engine speaks {VERSION}", h.version);
             return conn.write_msg(&Msg::error(Status::VersionMismatch, msg)).await;

@@ -34,6 +34,14 @@ struct Args {
     /// Number of io_uring runtimes (threads), each with its own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
     threads: usize,
+    /// File holding the cluster secret (mode 600) shared with the engine: only an engine that
+    /// proves it knows it is served. Required to listen on a non-loopback address.
+    #[arg(long, value_name = "FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without a cluster secret: anyone who can reach the
+    /// port can read, write and delete chunks.
+    #[arg(long)]
+    insecure: bool,
     /// Seconds between background scrub passes, which re-read every chunk and quarantine the
     /// corrupt ones (0: never; `dfs-client scrub` runs one on demand).
     #[arg(long, default_value_t = 24 * 3600)]
@@ -56,6 +64,23 @@ fn run(args: Args) -> Result<(), String> {
     if args.threads == 0 {
         return Err("--threads must be at least 1".into());
     }
+    let cluster_secret = match &args.cluster_secret_file {
+        Some(path) => Some(dfs_proto::auth::ClusterSecret::from_file(path)?),
+        None if args.listen.ip().is_loopback() => {
+            tracing::warn!("no --cluster-secret-file: any local process can use this node");
+            None
+        }
+        None if args.insecure => {
+            tracing::warn!(
+                "no --cluster-secret-file and --insecure: anyone who reaches {} can use this node",
+                args.listen
+            );
+            None
+        }
+        None => {
+            return Err(format!("refusing to listen on {} without --cluster-secret-file (or --insecure)", args.listen))
+        }
+    };
     dfs_runtime::probe_io_uring().map_err(|e| e.to_string())?;
     let store = Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?);
     if args.scrub_interval_secs > 0 {
@@ -69,6 +94,11 @@ fn run(args: Args) -> Result<(), String> {
     tracing::info!("node listening on {addr}, data in {}, {} runtime(s)", store.root().display(), args.threads);
     dfs_runtime::announce(addr);
     let data_path = dfs_runtime::choose_data_path(args.data_path);
-    let state = Arc::new(NodeState { store, idle_timeout: Duration::from_secs(args.idle_timeout_secs), data_path });
+    let state = Arc::new(NodeState {
+        store,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        data_path,
+        cluster_secret,
+    });
     dfs_runtime::serve_per_core(listeners, state, server::handle).map_err(|e| e.to_string())
 }

@@ -4,11 +4,12 @@
 
 use crate::footer::{Footer, FooterError, FOOTER_FIXED_BYTES};
 use crate::store::ChunkStore;
+use dfs_proto::auth::{self, ClusterSecret, Nonce, AUTH_CLUSTER, AUTH_NONE};
 use dfs_proto::io_std::Frame;
 use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{block_len, n_blocks, BlockHasher};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_FILE_SIZE_BYTES, MAX_LIST_ENTRIES};
-use dfs_proto::{ChunkId, FrameError, FrameHeader, HelloOk, Msg, Role, Status, VERSION};
+use dfs_proto::{ChunkId, FrameError, FrameHeader, Hello, HelloOk, Msg, Role, Status, VERSION};
 use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
 use std::io;
@@ -27,6 +28,8 @@ pub struct NodeState {
     pub store: Arc<ChunkStore>,
     pub idle_timeout: Duration,
     pub data_path: DataPath,
+    /// With a secret, only an engine that proves it knows the secret is served.
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 /// Why a request failed; the connection itself is still usable.
@@ -72,7 +75,13 @@ pub async fn handle(state: Arc<NodeState>, stream: tokio_uring::net::TcpStream, 
 
 async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
     match conn.read_frame().await {
-        Ok(Frame::Msg(Msg::Hello(h))) if h.role == Role::Engine && h.version == VERSION => {}
+        Ok(Frame::Msg(Msg::Hello(h))) if h.role == Role::Engine && h.version == VERSION => {
+            if let Err(why) = authenticate(state, conn, &h).await? {
+                tracing::warn!("refused an engine connection: {why}");
+                let _ = conn.write_msg(&Msg::error(Status::Unauthorized, why)).await;
+                return Ok(());
+            }
+        }
         Ok(Frame::Msg(Msg::Hello(h))) if h.version != VERSION => {
             let msg = format!("protocol version {} is not supported; this node speaks {VERSION}", h.version);
             conn.write_msg(&Msg::error(Status::VersionMismatch, msg)).await?;
@@ -132,6 +141,31 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
             }
         }
     }
+}
+
+/// Checks that the engine knows the cluster secret, if this node has one (see
+/// `dfs_proto::auth`). Inner error: why the engine is refused.
+async fn authenticate(state: &NodeState, conn: &Conn, hello: &Hello) -> Result<Result<(), String>, FrameError> {
+    let Some(secret) = &state.cluster_secret else {
+        return Ok(match hello.auth_method {
+            AUTH_NONE => Ok(()),
+            _ => Err("this node has no cluster secret (--cluster-secret-file) and cannot prove one".into()),
+        });
+    };
+    let engine_nonce: Nonce = match (hello.auth_method, hello.auth.as_slice().try_into()) {
+        (AUTH_CLUSTER, Ok(n)) => n,
+        _ => {
+            return Ok(Err("this node requires the cluster secret: start the engine with --cluster-secret-file".into()))
+        }
+    };
+    let node_nonce = auth::nonce().map_err(FrameError::Io)?;
+    let proof = secret.node_proof(&engine_nonce, &node_nonce);
+    conn.write_msg(&Msg::AuthChallenge { nonce: node_nonce, proof }).await?;
+    Ok(match conn.read_frame().await? {
+        Frame::Msg(Msg::AuthProof { proof }) if secret.check_engine(&engine_nonce, &node_nonce, &proof) => Ok(()),
+        Frame::Msg(Msg::AuthProof { .. }) => Err("the engine's proof of the cluster secret is wrong".into()),
+        _ => Err("expected the engine's AuthProof".into()),
+    })
 }
 
 /// Answers a malformed frame with BadRequest (best effort) and ends the connection.

@@ -6,6 +6,7 @@
 //! sockets (the client) and, behind the `uring` feature, `io_uring` for tokio-uring sockets
 //! (engine and node).
 
+pub mod auth;
 pub mod codec;
 pub mod error;
 pub mod ids;

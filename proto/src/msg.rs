@@ -16,6 +16,8 @@ pub enum Kind {
     HelloOk = 0x02,
     Error = 0x03,
     Ok = 0x04,
+    AuthChallenge = 0x05,
+    AuthProof = 0x06,
     Put = 0x10,
     PutOk = 0x11,
     Get = 0x12,
@@ -50,11 +52,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 35] = [
+    const ALL: [Kind; 37] = [
         Kind::Hello,
         Kind::HelloOk,
         Kind::Error,
         Kind::Ok,
+        Kind::AuthChallenge,
+        Kind::AuthProof,
         Kind::Put,
         Kind::PutOk,
         Kind::Get,
@@ -98,6 +102,8 @@ impl Kind {
             Kind::HelloOk => "HelloOk",
             Kind::Error => "Error",
             Kind::Ok => "Ok",
+            Kind::AuthChallenge => "AuthChallenge",
+            Kind::AuthProof => "AuthProof",
             Kind::Put => "Put",
             Kind::PutOk => "PutOk",
             Kind::Get => "Get",
@@ -313,6 +319,16 @@ pub enum Msg {
     },
     /// Generic success with nothing to say (DELETE).
     Ok,
+    /// Node → engine, in answer to a Hello with the cluster method: the node's nonce and its
+    /// proof of the cluster secret (see [`crate::auth`]).
+    AuthChallenge {
+        nonce: crate::auth::Nonce,
+        proof: crate::auth::Proof,
+    },
+    /// Engine → node: the engine's proof of the cluster secret.
+    AuthProof {
+        proof: crate::auth::Proof,
+    },
     /// Upload: followed on the wire by exactly `size` raw bytes (no framing).
     Put {
         name: String,
@@ -585,6 +601,8 @@ impl Msg {
             Msg::HelloOk(_) => Kind::HelloOk,
             Msg::Error { .. } => Kind::Error,
             Msg::Ok => Kind::Ok,
+            Msg::AuthChallenge { .. } => Kind::AuthChallenge,
+            Msg::AuthProof { .. } => Kind::AuthProof,
             Msg::Put { .. } => Kind::Put,
             Msg::PutOk { .. } => Kind::PutOk,
             Msg::Get { .. } => Kind::Get,
@@ -696,6 +714,11 @@ impl Msg {
                 w.u64(*min_age_secs);
             }
             Msg::ClusterStatus | Msg::Repair | Msg::NodeStat | Msg::Scrub => {}
+            Msg::AuthChallenge { nonce, proof } => {
+                w.raw(nonce);
+                w.raw(proof);
+            }
+            Msg::AuthProof { proof } => w.raw(proof),
             Msg::ClusterStatusOk { replicas, nodes } => {
                 w.u32(*replicas);
                 w.count(nodes.len());
@@ -784,6 +807,8 @@ impl Msg {
                 Msg::Error { status, message: r.string("message", MAX_MESSAGE_BYTES)? }
             }
             Kind::Ok => Msg::Ok,
+            Kind::AuthChallenge => Msg::AuthChallenge { nonce: r.array("nonce")?, proof: r.array("proof")? },
+            Kind::AuthProof => Msg::AuthProof { proof: r.array("proof")? },
             Kind::End => Msg::End,
             Kind::Put => {
                 let name = r.string("name", MAX_NAME_BYTES)?;

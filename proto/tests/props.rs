@@ -19,11 +19,13 @@ use std::io::Cursor;
 
 /// Every frame kind with its wire value, written out here rather than taken from the crate so
 /// that a renumbering (a wire format change) fails a test.
-const KINDS: [(u8, Kind); 35] = [
+const KINDS: [(u8, Kind); 37] = [
     (0x01, Kind::Hello),
     (0x02, Kind::HelloOk),
     (0x03, Kind::Error),
     (0x04, Kind::Ok),
+    (0x05, Kind::AuthChallenge),
+    (0x06, Kind::AuthProof),
     (0x10, Kind::Put),
     (0x11, Kind::PutOk),
     (0x12, Kind::Get),
@@ -167,6 +169,8 @@ fn msg() -> impl Strategy<Value = Msg> {
         }),
         (status(), text(100)).prop_map(|(status, message)| Msg::Error { status, message }),
         Just(Msg::Ok),
+        (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(nonce, proof)| Msg::AuthChallenge { nonce, proof }),
+        any::<[u8; 32]>().prop_map(|proof| Msg::AuthProof { proof }),
         (text(100), file_size(), chunking(), crcs()).prop_map(|(name, size, chunking, chunk_crcs)| Msg::Put {
             name,
             size,

@@ -332,6 +332,21 @@ pub struct ClusterOpts {
     pub buffer_budget_bytes: Option<u64>,
     /// `--replicas`: copies of each chunk (the engine's default is 2 with 4 nodes or more).
     pub replicas: Option<usize>,
+    /// Give the engine `--token-file` with a fresh key, which every client run presents.
+    pub access_key: bool,
+    /// Give the engine and every node `--cluster-secret-file` with a fresh secret.
+    pub cluster_secret: bool,
+}
+
+/// Writes a fresh random secret (64 hex digits) to `path` with mode 600.
+pub fn write_secret_file(path: &Path) -> String {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).expect("OS random source");
+    let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).expect("create secret file");
+    writeln!(f, "{text}").expect("write secret file");
+    text
 }
 
 struct NodeSlot {
@@ -350,6 +365,8 @@ pub struct Cluster {
     engine: Option<Proc>,
     engine_addr: String,
     n_engine_starts: usize,
+    /// The access key file clients present, once a `--local` engine has made one.
+    token_file: Option<PathBuf>,
     /// Every process log as (label, stdout log, stderr log), kept after the process is gone.
     logs: Vec<(String, PathBuf, PathBuf)>,
     history: Mutex<Vec<String>>,
@@ -365,15 +382,32 @@ fn test_name() -> String {
 impl Cluster {
     /// Starts `n_nodes` storage nodes, then an engine that knows them all.
     pub fn start(n_nodes: usize, opts: ClusterOpts) -> Cluster {
-        let mut c = Cluster::start_nodes(n_nodes);
-        c.opts = opts;
+        let mut c = Cluster::start_nodes_with(n_nodes, opts);
         c.start_engine();
         c
     }
 
     /// Starts `n_nodes` storage nodes and no engine.
     pub fn start_nodes(n_nodes: usize) -> Cluster {
+        Cluster::start_nodes_with(n_nodes, ClusterOpts::default())
+    }
+
+    /// Where the cluster secret lives, if the options asked for one.
+    pub fn cluster_secret_path(&self) -> Option<PathBuf> {
+        self.opts.cluster_secret.then(|| self.root.join("cluster.secret"))
+    }
+
+    fn start_nodes_with(n_nodes: usize, opts: ClusterOpts) -> Cluster {
         let mut c = Cluster::empty();
+        if opts.cluster_secret {
+            write_secret_file(&c.root.join("cluster.secret"));
+        }
+        if opts.access_key {
+            let path = c.root.join("access.key");
+            write_secret_file(&path);
+            c.token_file = Some(path);
+        }
+        c.opts = opts;
         for node_idx in 0..n_nodes {
             let data_dir = c.root.join("nodes").join(format!("n{node_idx}"));
             c.nodes.push(NodeSlot { proc: None, addr: String::new(), data_dir, n_starts: 0 });
@@ -400,6 +434,7 @@ impl Cluster {
             engine: None,
             engine_addr: String::new(),
             n_engine_starts: 0,
+            token_file: None,
             logs: Vec::new(),
             history: Mutex::new(Vec::new()),
             n_runs: AtomicUsize::new(0),
@@ -427,6 +462,9 @@ impl Cluster {
         let n_starts = slot.n_starts;
         let mut cmd = Command::new(bin("dfs-node"));
         cmd.arg("--listen").arg(&listen).arg("--data").arg(&slot.data_dir).current_dir(&self.root);
+        if self.opts.cluster_secret {
+            cmd.arg("--cluster-secret-file").arg(self.root.join("cluster.secret"));
+        }
         let proc =
             self.spawn_server(format!("node {node_idx} (start {n_starts})"), format!("node{node_idx}.{n_starts}"), cmd);
         self.nodes[node_idx].addr = proc.addr.clone();
@@ -450,6 +488,23 @@ impl Cluster {
         if let Some(replicas) = self.opts.replicas {
             cmd.arg("--replicas").arg(replicas.to_string());
         }
+        if self.opts.cluster_secret {
+            cmd.arg("--cluster-secret-file").arg(self.root.join("cluster.secret"));
+        }
+        if self.opts.access_key {
+            cmd.arg("--token-file").arg(self.root.join("access.key"));
+        }
+        let proc = self.spawn_server(format!("engine (start {n_starts})"), format!("engine.{n_starts}"), cmd);
+        self.engine_addr = proc.addr.clone();
+        self.engine = Some(proc);
+    }
+
+    /// Starts an engine from a command the test built itself (its own flags), as this cluster's
+    /// engine: logged, recorded, and killed with the cluster.
+    pub fn adopt_engine(&mut self, mut cmd: Command) {
+        self.n_engine_starts += 1;
+        let n_starts = self.n_engine_starts;
+        cmd.current_dir(&self.root);
         let proc = self.spawn_server(format!("engine (start {n_starts})"), format!("engine.{n_starts}"), cmd);
         self.engine_addr = proc.addr.clone();
         self.engine = Some(proc);
@@ -478,6 +533,8 @@ impl Cluster {
             .inspect_err(|e| self.record(format!("  {e}")))?;
         self.record(format!("  {label} listening on {}", proc.addr));
         self.engine_addr = proc.addr.clone();
+        // A local cluster protects itself with a random access key in its data directory.
+        self.token_file = Some(data_dir.join("access.key"));
         let pid = proc.child.id();
         self.engine = Some(proc);
         Ok(pid)
@@ -577,6 +634,9 @@ impl Cluster {
     pub fn client_raw(&self, args: &[OsString]) -> ClientOutput {
         let mut cmd = Command::new(bin("dfs-client"));
         cmd.args(args).current_dir(self.root.join("scratch"));
+        if let Some(key) = &self.token_file {
+            cmd.env("DFS_TOKEN_FILE", key);
+        }
         let cmdline = command_line(&cmd);
         let started = Instant::now();
         let res = run_bounded(cmd, CLIENT_TIMEOUT);
@@ -611,6 +671,9 @@ impl Cluster {
         let stderr = fs::File::create(&stderr_log).expect("cannot create client stderr log");
         let mut cmd = Command::new(bin("dfs-client"));
         cmd.arg("--server").arg(&self.engine_addr).args(args).current_dir(self.root.join("scratch"));
+        if let Some(key) = &self.token_file {
+            cmd.env("DFS_TOKEN_FILE", key);
+        }
         cmd.stdout(Stdio::piped()).stderr(stderr);
         self.record(format!("$ {} &   # stderr in {}", command_line(&cmd), stderr_log.display()));
         cmd.spawn().expect("cannot start dfs-client")

@@ -80,6 +80,10 @@ impl LocalCluster {
         match wait_until_listening(&mut cluster.child) {
             Ok(addr) => {
                 cluster.addr = addr;
+                // The engine made a random access key for this cluster; present it.
+                let key_file = cluster.dir.join("data").join("access.key");
+                let key = dfs_proto::auth::read_client_key(&key_file).map_err(BenchError::Cluster)?;
+                crate::set_access_key(Some(key));
                 Ok(cluster)
             }
             Err(why) => {

@@ -1,0 +1,199 @@
+//! Authentication, carried in the Hello frame's `auth_method` and `auth` slot.
+//!
+//! - Clients present an **access key** (method 1): the engine compares it, in constant time,
+//!   with each key of its `--token-file`.
+//! - Engine and nodes prove to each other that they know the **cluster secret** (method 2) by
+//!   challenge-response, so the secret never crosses the wire and a recorded handshake cannot be
+//!   replayed: the engine's Hello carries a fresh nonce; the node answers with its own fresh
+//!   nonce and HMAC-SHA256(secret, "dfs node" | engine nonce | node nonce); the engine checks
+//!   it and answers with HMAC-SHA256(secret, "dfs engine" | engine nonce | node nonce); only
+//!   then does the node send HelloOk.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::path::Path;
+use subtle::ConstantTimeEq;
+
+pub const AUTH_NONE: u8 = 0;
+pub const AUTH_ACCESS_KEY: u8 = 1;
+pub const AUTH_CLUSTER: u8 = 2;
+/// Bytes of each side's challenge nonce.
+pub const NONCE_BYTES: usize = 32;
+/// Bytes of an HMAC-SHA256 proof.
+pub const PROOF_BYTES: usize = 32;
+/// Shortest access key or cluster secret accepted: 128 bits as hex.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+pub type Nonce = [u8; NONCE_BYTES];
+pub type Proof = [u8; PROOF_BYTES];
+
+const NODE_LABEL: &[u8] = b"dfs node";
+const ENGINE_LABEL: &[u8] = b"dfs engine";
+
+/// A fresh nonce from the operating system's random source.
+pub fn nonce() -> std::io::Result<Nonce> {
+    let mut n = [0u8; NONCE_BYTES];
+    getrandom::getrandom(&mut n).map_err(std::io::Error::other)?;
+    Ok(n)
+}
+
+/// A new random secret, as 64 hex digits, for a key or secret file.
+pub fn new_secret_text() -> std::io::Result<String> {
+    Ok(hex::encode(nonce()?))
+}
+
+/// Reads a file that must exist, be owned by us and not be readable by others.
+fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{what} file {} is readable by other users (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))
+}
+
+/// The shared secret of a cluster's engine and nodes.
+pub struct ClusterSecret(Vec<u8>);
+
+impl ClusterSecret {
+    pub fn from_file(path: &Path) -> Result<ClusterSecret, String> {
+        let text = read_secret_file(path, "cluster secret")?;
+        let secret = text.trim();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "cluster secret in {} is {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                path.display(),
+                secret.len()
+            ));
+        }
+        Ok(ClusterSecret(secret.as_bytes().to_vec()))
+    }
+
+    fn mac(&self, label: &[u8], engine_nonce: &Nonce, node_nonce: &Nonce) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(label);
+        mac.update(engine_nonce);
+        mac.update(node_nonce);
+        mac
+    }
+
+    /// The node's answer to the engine's challenge.
+    pub fn node_proof(&self, engine_nonce: &Nonce, node_nonce: &Nonce) -> Proof {
+        self.mac(NODE_LABEL, engine_nonce, node_nonce).finalize().into_bytes().into()
+    }
+
+    /// The engine's answer to the node's challenge.
+    pub fn engine_proof(&self, engine_nonce: &Nonce, node_nonce: &Nonce) -> Proof {
+        self.mac(ENGINE_LABEL, engine_nonce, node_nonce).finalize().into_bytes().into()
+    }
+
+    /// Checks, in constant time, a node's proof.
+    pub fn check_node(&self, engine_nonce: &Nonce, node_nonce: &Nonce, proof: &[u8]) -> bool {
+        self.mac(NODE_LABEL, engine_nonce, node_nonce).verify_slice(proof).is_ok()
+    }
+
+    /// Checks, in constant time, the engine's proof.
+    pub fn check_engine(&self, engine_nonce: &Nonce, node_nonce: &Nonce, proof: &[u8]) -> bool {
+        self.mac(ENGINE_LABEL, engine_nonce, node_nonce).verify_slice(proof).is_ok()
+    }
+}
+
+/// The access keys an engine accepts from clients.
+pub struct AccessKeys(Vec<Vec<u8>>);
+
+impl AccessKeys {
+    /// One key per line; blank lines and lines starting with `#` are ignored.
+    pub fn from_file(path: &Path) -> Result<AccessKeys, String> {
+        let text = read_secret_file(path, "access key")?;
+        let mut keys = Vec::new();
+        for (line_idx, line) in text.lines().enumerate() {
+            let key = line.trim();
+            if key.is_empty() || key.starts_with('#') {
+                continue;
+            }
+            if key.len() < MIN_SECRET_BYTES {
+                return Err(format!(
+                    "access key on line {} of {} is {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                    line_idx + 1,
+                    path.display(),
+                    key.len()
+                ));
+            }
+            keys.push(key.as_bytes().to_vec());
+        }
+        if keys.is_empty() {
+            return Err(format!("{} holds no access key", path.display()));
+        }
+        Ok(AccessKeys(keys))
+    }
+
+    /// Whether `presented` is one of the keys. Every key is compared in full, in constant time,
+    /// so the answer's timing says nothing about which key or how many bytes matched.
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        let mut ok = subtle::Choice::from(0u8);
+        for key in &self.0 {
+            ok |= key.as_slice().ct_eq(presented);
+        }
+        ok.into()
+    }
+}
+
+/// Reads the access key a client presents from a file (its first non-comment line).
+pub fn read_client_key(path: &Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read access key file {}: {e}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .ok_or_else(|| format!("{} holds no access key", path.display()))
+}
+
+/// Writes a new random secret to `path` (mode 600) unless the file exists; returns the path.
+pub fn ensure_secret_file(path: &Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(mut f) => {
+            let text = new_secret_text().map_err(|e| format!("cannot draw a secret: {e}"))?;
+            writeln!(f, "{text}")
+                .and_then(|_| f.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proofs_bind_both_nonces_and_the_role() {
+        let s = ClusterSecret(b"0123456789abcdef0123456789abcdef".to_vec());
+        let other = ClusterSecret(b"0123456789abcdef0123456789abcdeF".to_vec());
+        let (e, n) = ([1u8; 32], [2u8; 32]);
+        let p = s.node_proof(&e, &n);
+        assert!(s.check_node(&e, &n, &p));
+        assert!(!s.check_engine(&e, &n, &p), "a node proof is not an engine proof");
+        assert!(!s.check_node(&e, &[3u8; 32], &p), "a proof for another node nonce (a replay) fails");
+        assert!(!s.check_node(&[3u8; 32], &n, &p), "a proof for another engine nonce fails");
+        assert!(!other.check_node(&e, &n, &p), "another secret fails");
+        assert!(!s.check_node(&e, &n, &p[..31]), "a short proof fails");
+    }
+
+    #[test]
+    fn access_keys_accept_exactly_their_keys() {
+        let keys = AccessKeys(vec![b"a".repeat(32), b"b".repeat(40)]);
+        assert!(keys.accepts(&b"a".repeat(32)));
+        assert!(keys.accepts(&b"b".repeat(40)));
+        assert!(!keys.accepts(&b"a".repeat(31)));
+        assert!(!keys.accepts(b""));
+        assert!(!keys.accepts(&b"c".repeat(32)));
+    }
+}
