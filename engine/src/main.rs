@@ -92,6 +92,10 @@ struct Args {
     /// deletes it as an orphan.
     #[arg(long, default_value_t = 3600)]
     gc_grace_secs: u64,
+    /// Largest number of open connections (clients, or engine connections for a node); more are
+    /// closed as they arrive.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
     /// Number of io_uring runtimes (threads), each with its own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
     threads: usize,
@@ -222,7 +226,7 @@ fn run(args: Args) -> Result<(), String> {
         start_background_repair(state.clone(), Duration::from_secs(args.repair_interval_secs))?;
     }
     dfs_runtime::announce(addr);
-    dfs_runtime::serve_per_core(listeners, state, server::handle).map_err(|e| e.to_string())
+    dfs_runtime::serve_per_core(listeners, args.max_connections, state, server::handle).map_err(|e| e.to_string())
 }
 
 /// A repair pass every `interval`, on a thread and io_uring runtime of its own.

@@ -31,6 +31,10 @@ struct Args {
     /// to copy, with a warning, where the kernel refuses splice.
     #[arg(long, env = "DFS_DATA_PATH", default_value = "copy")]
     data_path: dfs_runtime::DataPath,
+    /// Largest number of open connections (clients, or engine connections for a node); more are
+    /// closed as they arrive.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
     /// Number of io_uring runtimes (threads), each with its own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
     threads: usize,
@@ -100,5 +104,5 @@ fn run(args: Args) -> Result<(), String> {
         data_path,
         cluster_secret,
     });
-    dfs_runtime::serve_per_core(listeners, state, server::handle).map_err(|e| e.to_string())
+    dfs_runtime::serve_per_core(listeners, args.max_connections, state, server::handle).map_err(|e| e.to_string())
 }

@@ -22,7 +22,9 @@ impl Conn {
         Conn { stream, idle_timeout }
     }
 
-    /// Fills `buf[begin..end]` exactly. EOF before the first byte of a frame is `Closed`.
+    /// Fills `buf[begin..end]` exactly, within one idle timeout for the whole range (not per
+    /// read), so a peer that trickles a byte now and then is cut off like a silent one. EOF
+    /// before the first byte of a frame is `Closed`.
     pub async fn read_exact<T: IoBufMut>(
         &self,
         mut buf: T,
@@ -32,11 +34,11 @@ impl Conn {
     ) -> Result<T, FrameError> {
         assert!(begin <= end && end <= buf.bytes_total(), "read range {begin}..{end} outside the buffer");
         let mut pos = begin;
+        let deadline = tokio::time::Instant::now() + self.idle_timeout;
         while pos < end {
             let op = self.stream.read(buf.slice(pos..end));
-            let (res, slice) = tokio::time::timeout(self.idle_timeout, op)
-                .await
-                .map_err(|_| FrameError::TimedOut(self.idle_timeout))?;
+            let (res, slice) =
+                tokio::time::timeout_at(deadline, op).await.map_err(|_| FrameError::TimedOut(self.idle_timeout))?;
             buf = slice.into_inner();
             match res {
                 Ok(0) if pos == begin && at_boundary => return Err(FrameError::Closed),

@@ -75,23 +75,47 @@ pub fn default_threads() -> usize {
 
 /// Runs one tokio-uring runtime per listener, each on its own thread, calling `handle` for every
 /// accepted connection on that thread. Returns only if every runtime stops.
-pub fn serve_per_core<S, H, Fut>(listeners: Vec<std::net::TcpListener>, state: S, handle: H) -> io::Result<()>
+pub fn serve_per_core<S, H, Fut>(
+    listeners: Vec<std::net::TcpListener>,
+    max_connections: usize,
+    state: S,
+    handle: H,
+) -> io::Result<()>
 where
     S: Clone + Send + 'static,
     H: Fn(S, tokio_uring::net::TcpStream, SocketAddr) -> Fut + Copy + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let mut threads = Vec::new();
+    // Each runtime takes its share of the connection limit (at least one).
+    let per_thread = max_connections.div_ceil(listeners.len().max(1)).max(1);
     for (core_idx, listener) in listeners.into_iter().enumerate() {
         let state = state.clone();
         let t = std::thread::Builder::new().name(format!("uring-{core_idx}")).spawn(move || {
             tokio_uring::start(async move {
                 let listener = tokio_uring::net::TcpListener::from_std(listener);
+                let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
+                let mut refusing = false;
                 loop {
                     match listener.accept().await {
+                        Ok((stream, peer)) if open.get() >= per_thread => {
+                            // Over the limit: close at once, and say so once per burst.
+                            if !refusing {
+                                tracing::warn!("connection limit ({per_thread} per thread) reached: closing new connections, {peer} first");
+                                refusing = true;
+                            }
+                            drop(stream);
+                        }
                         Ok((stream, peer)) => {
+                            refusing = false;
                             let _ = stream.set_nodelay(true);
-                            tokio_uring::spawn(handle(state.clone(), stream, peer));
+                            open.set(open.get() + 1);
+                            let open = open.clone();
+                            let conn = handle(state.clone(), stream, peer);
+                            tokio_uring::spawn(async move {
+                                conn.await;
+                                open.set(open.get() - 1);
+                            });
                         }
                         Err(e) => {
                             // Running out of descriptors is transient: back off instead of spinning.

@@ -332,6 +332,8 @@ pub struct ClusterOpts {
     pub buffer_budget_bytes: Option<u64>,
     /// `--replicas`: copies of each chunk (the engine's default is 2 with 4 nodes or more).
     pub replicas: Option<usize>,
+    /// `--idle-timeout-secs` on the engine and every node.
+    pub idle_timeout_secs: Option<u64>,
     /// Give the engine `--token-file` with a fresh key, which every client run presents.
     pub access_key: bool,
     /// Give the engine and every node `--cluster-secret-file` with a fresh secret.
@@ -465,6 +467,9 @@ impl Cluster {
         if self.opts.cluster_secret {
             cmd.arg("--cluster-secret-file").arg(self.root.join("cluster.secret"));
         }
+        if let Some(secs) = self.opts.idle_timeout_secs {
+            cmd.arg("--idle-timeout-secs").arg(secs.to_string());
+        }
         let proc =
             self.spawn_server(format!("node {node_idx} (start {n_starts})"), format!("node{node_idx}.{n_starts}"), cmd);
         self.nodes[node_idx].addr = proc.addr.clone();
@@ -493,6 +498,9 @@ impl Cluster {
         }
         if self.opts.access_key {
             cmd.arg("--token-file").arg(self.root.join("access.key"));
+        }
+        if let Some(secs) = self.opts.idle_timeout_secs {
+            cmd.arg("--idle-timeout-secs").arg(secs.to_string());
         }
         let proc = self.spawn_server(format!("engine (start {n_starts})"), format!("engine.{n_starts}"), cmd);
         self.engine_addr = proc.addr.clone();
@@ -573,6 +581,17 @@ impl Cluster {
     /// Whether the engine process is still running (it has not crashed).
     pub fn engine_alive(&mut self) -> bool {
         self.engine.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// Process IDs of the engine and of each running node.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self.engine.iter().map(|p| ("engine".to_string(), p.child.id())).collect();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(p) = &n.proc {
+                out.push((format!("node {i}"), p.child.id()));
+            }
+        }
+        out
     }
 
     pub fn node_alive(&mut self, node_idx: usize) -> bool {
