@@ -56,6 +56,7 @@ impl Health {
     pub fn mark_up(&self, addr: SocketAddr) {
         if let Some(n) = self.find(addr) {
             n.last_seen_unix_ms.store(now_unix_ms(), Ordering::Release);
+            crate::metrics::NODE_UP.with_label_values(&[&addr.to_string()]).set(1);
             if !n.up.swap(true, Ordering::AcqRel) {
                 tracing::info!("node {addr} is up again");
             }
@@ -67,6 +68,7 @@ impl Health {
     pub fn mark_down(&self, addr: SocketAddr, why: &str) {
         if let Some(n) = self.find(addr) {
             *n.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+            crate::metrics::NODE_UP.with_label_values(&[&addr.to_string()]).set(0);
             if n.up.swap(false, Ordering::AcqRel) {
                 tracing::warn!("node {addr} is down: {why}");
             }
@@ -74,6 +76,10 @@ impl Health {
     }
 
     pub fn record_report(&self, addr: SocketAddr, report: StoreReport) {
+        let node = addr.to_string();
+        crate::metrics::NODE_CHUNKS.with_label_values(&[&node]).set(report.n_chunks as i64);
+        crate::metrics::NODE_BYTES_USED.with_label_values(&[&node]).set(report.bytes_used as i64);
+        crate::metrics::NODE_BYTES_FREE.with_label_values(&[&node]).set(report.bytes_free as i64);
         if let Some(n) = self.find(addr) {
             *n.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
         }

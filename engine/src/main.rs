@@ -7,6 +7,7 @@ mod get;
 mod health;
 mod local;
 mod meta;
+mod metrics;
 mod nodes;
 mod put;
 mod repair;
@@ -92,6 +93,9 @@ struct Args {
     /// deletes it as an orphan.
     #[arg(long, default_value_t = 3600)]
     gc_grace_secs: u64,
+    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`), e.g. 127.0.0.1:9100.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Largest number of open connections (clients, or engine connections for a node); more are
     /// closed as they arrive.
     #[arg(long, default_value_t = 4096)]
@@ -224,6 +228,10 @@ fn run(args: Args) -> Result<(), String> {
     }
     if args.repair_interval_secs > 0 {
         start_background_repair(state.clone(), Duration::from_secs(args.repair_interval_secs))?;
+    }
+    metrics::init();
+    if let Some(metrics_addr) = args.metrics {
+        dfs_runtime::metrics::serve(metrics_addr)?;
     }
     dfs_runtime::announce(addr);
     dfs_runtime::serve_per_core(listeners, args.max_connections, state, server::handle).map_err(|e| e.to_string())

@@ -392,7 +392,13 @@ async fn relay(
             };
             fds.push(fd);
         }
-        match sp.fan_out.copy(&sp.client_fd, &fds, length, sp.timeout).await {
+        let copied = sp.fan_out.copy(&sp.client_fd, &fds, length, sp.timeout).await;
+        client.note_read(match &copied {
+            Ok(_) => length,
+            Err(FanOutError::Broken { consumed, .. }) => *consumed,
+            Err(_) => 0,
+        });
+        match copied {
             Ok(failed) => {
                 for (t, e) in targets.iter_mut().zip(failed) {
                     if let Some(e) = e {

@@ -218,6 +218,7 @@ async fn repair_chunk(
             Ok(()) => {
                 placement.push(dest);
                 summary.n_copies_made += 1;
+                crate::metrics::REPAIR_COPIES.inc();
                 summary.bytes_copied += chunk.length;
             }
             Err(e) => findings.push(format!("copy to {dest} failed: {e}")),
@@ -235,6 +236,7 @@ async fn repair_chunk(
             Ok(()) => {
                 placement.push(dest);
                 summary.n_copies_made += 1;
+                crate::metrics::REPAIR_COPIES.inc();
                 summary.bytes_copied += chunk.length;
             }
             Err(e) => findings.push(format!("copy to {dest} failed: {e}")),

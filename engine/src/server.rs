@@ -3,6 +3,7 @@
 
 use crate::buffer::Budget;
 use crate::meta::MetaStore;
+use crate::metrics;
 use crate::nodes::{NodeConn, NodeFailure, NodeTimeouts};
 use dfs_proto::io_std::Frame;
 use dfs_proto::io_uring::Conn;
@@ -60,7 +61,10 @@ pub struct EngineState {
 
 pub async fn handle(state: Arc<EngineState>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
     let conn = Conn::new(stream, state.config.client_idle_timeout);
-    match serve(&state, &conn).await {
+    metrics::CONNECTIONS.inc();
+    let served = serve(&state, &conn).await;
+    metrics::CONNECTIONS.dec();
+    match served {
         Ok(()) | Err(FrameError::Closed) => tracing::debug!(%peer, "client disconnected"),
         Err(e) => tracing::info!(%peer, "client connection dropped: {e}"),
     }
@@ -103,76 +107,111 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
             Err(FrameError::Closed) => return Ok(()),
             Err(e) => return reject(conn, e).await,
         };
-        match msg {
-            Msg::Put { name, size, chunking, chunk_crcs } => {
-                crate::put::put(state, conn, name, size, chunking, chunk_crcs).await?
+        let op = msg.kind().name();
+        let started = std::time::Instant::now();
+        let ((read0, written0), errors0) = (conn.bytes_moved(), conn.errors_sent());
+        let upload_bytes = match &msg {
+            Msg::Put { size, .. } => *size as i64,
+            _ => 0,
+        };
+        metrics::INFLIGHT_REQUESTS.inc();
+        metrics::INFLIGHT_BYTES.add(upload_bytes);
+        let result: Result<(), FrameError> = async {
+            match msg {
+                Msg::Put { name, size, chunking, chunk_crcs } => {
+                    crate::put::put(state, conn, name, size, chunking, chunk_crcs).await?
+                }
+                Msg::Get { file_id } => crate::get::get(state, conn, file_id).await?,
+                Msg::Stat { file_id } => {
+                    let reply = match state.meta.get(file_id) {
+                        Ok(Some(record)) => Msg::StatOk(record.info(file_id)),
+                        Ok(None) => not_found(file_id),
+                        Err(e) => internal(e),
+                    };
+                    conn.write_msg(&reply).await?
+                }
+                Msg::List { after, limit } => {
+                    let reply = match state.meta.list(after, limit.min(MAX_LIST_ENTRIES) as usize) {
+                        Ok((files, more)) => Msg::ListOk { files, more },
+                        Err(e) => internal(e),
+                    };
+                    conn.write_msg(&reply).await?
+                }
+                Msg::Delete { file_id } => {
+                    let reply = match state.meta.delete(file_id).await {
+                        Ok(Some(record)) => {
+                            let chunks = record
+                                .chunks
+                                .iter()
+                                .enumerate()
+                                .flat_map(|(i, c)| {
+                                    let id = ChunkId { file_id, chunk_idx: i as u32 };
+                                    c.placement.iter().map(move |&p| (id, p))
+                                })
+                                .filter_map(|(id, p)| Some((id, record.nodes[p as usize].parse().ok()?)))
+                                .collect();
+                            delete_chunks_later(state.config.node_timeouts, chunks);
+                            Msg::Ok
+                        }
+                        Ok(None) => not_found(file_id),
+                        Err(e) => internal(e),
+                    };
+                    conn.write_msg(&reply).await?
+                }
+                Msg::ClusterStatus => {
+                    let reply =
+                        Msg::ClusterStatusOk { replicas: state.config.replicas as u32, nodes: state.health.view() };
+                    conn.write_msg(&reply).await?
+                }
+                Msg::Repair => {
+                    let reply = match crate::repair::run(state, Some(conn)).await {
+                        Ok(summary) => Msg::RepairOk(summary),
+                        Err(e) => Msg::error(Status::Unavailable, e),
+                    };
+                    conn.write_msg(&reply).await?
+                }
+                Msg::Scrub => conn.write_msg(&scrub_all(state).await).await?,
+                Msg::Gc { dry_run, grace_secs } => {
+                    let grace = grace_secs.map(Duration::from_secs).unwrap_or(state.config.gc_grace);
+                    let out = crate::gc::run(state, dry_run, grace).await;
+                    let reply = Msg::GcOk {
+                        n_scanned: out.n_scanned,
+                        n_orphans: out.n_orphans,
+                        n_deleted: out.n_deleted,
+                        orphans: out.lines,
+                    };
+                    conn.write_msg(&reply).await?
+                }
+                other => {
+                    let what = format!("unexpected {} frame", other.kind().name());
+                    let _ = conn.write_msg(&Msg::error(Status::BadRequest, &what)).await;
+                    return Err(FrameError::Io(std::io::Error::other(what)));
+                }
             }
-            Msg::Get { file_id } => crate::get::get(state, conn, file_id).await?,
-            Msg::Stat { file_id } => {
-                let reply = match state.meta.get(file_id) {
-                    Ok(Some(record)) => Msg::StatOk(record.info(file_id)),
-                    Ok(None) => not_found(file_id),
-                    Err(e) => internal(e),
-                };
-                conn.write_msg(&reply).await?
-            }
-            Msg::List { after, limit } => {
-                let reply = match state.meta.list(after, limit.min(MAX_LIST_ENTRIES) as usize) {
-                    Ok((files, more)) => Msg::ListOk { files, more },
-                    Err(e) => internal(e),
-                };
-                conn.write_msg(&reply).await?
-            }
-            Msg::Delete { file_id } => {
-                let reply = match state.meta.delete(file_id).await {
-                    Ok(Some(record)) => {
-                        let chunks = record
-                            .chunks
-                            .iter()
-                            .enumerate()
-                            .flat_map(|(i, c)| {
-                                let id = ChunkId { file_id, chunk_idx: i as u32 };
-                                c.placement.iter().map(move |&p| (id, p))
-                            })
-                            .filter_map(|(id, p)| Some((id, record.nodes[p as usize].parse().ok()?)))
-                            .collect();
-                        delete_chunks_later(state.config.node_timeouts, chunks);
-                        Msg::Ok
-                    }
-                    Ok(None) => not_found(file_id),
-                    Err(e) => internal(e),
-                };
-                conn.write_msg(&reply).await?
-            }
-            Msg::ClusterStatus => {
-                let reply = Msg::ClusterStatusOk { replicas: state.config.replicas as u32, nodes: state.health.view() };
-                conn.write_msg(&reply).await?
-            }
-            Msg::Repair => {
-                let reply = match crate::repair::run(state, Some(conn)).await {
-                    Ok(summary) => Msg::RepairOk(summary),
-                    Err(e) => Msg::error(Status::Unavailable, e),
-                };
-                conn.write_msg(&reply).await?
-            }
-            Msg::Scrub => conn.write_msg(&scrub_all(state).await).await?,
-            Msg::Gc { dry_run, grace_secs } => {
-                let grace = grace_secs.map(Duration::from_secs).unwrap_or(state.config.gc_grace);
-                let out = crate::gc::run(state, dry_run, grace).await;
-                let reply = Msg::GcOk {
-                    n_scanned: out.n_scanned,
-                    n_orphans: out.n_orphans,
-                    n_deleted: out.n_deleted,
-                    orphans: out.lines,
-                };
-                conn.write_msg(&reply).await?
-            }
-            other => {
-                let what = format!("unexpected {} frame", other.kind().name());
-                let _ = conn.write_msg(&Msg::error(Status::BadRequest, &what)).await;
-                return Err(FrameError::Io(std::io::Error::other(what)));
-            }
+            Ok(())
         }
+        .await;
+        metrics::INFLIGHT_REQUESTS.dec();
+        metrics::INFLIGHT_BYTES.sub(upload_bytes);
+        let (read1, written1) = conn.bytes_moved();
+        metrics::BYTES_IN.inc_by(read1 - read0);
+        metrics::BYTES_OUT.inc_by(written1 - written0);
+        let outcome = match (&result, conn.errors_sent() > errors0) {
+            (Err(_), _) => "broken",
+            (Ok(()), true) => "error",
+            (Ok(()), false) => "ok",
+        };
+        metrics::REQUESTS.with_label_values(&[op, outcome]).inc();
+        metrics::REQUEST_SECONDS.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            op,
+            outcome,
+            bytes_in = read1 - read0,
+            bytes_out = written1 - written0,
+            "request took {:.2?}",
+            started.elapsed()
+        );
+        result?;
     }
 }
 

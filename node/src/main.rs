@@ -2,6 +2,7 @@
 //! verified, to the engine.
 
 mod footer;
+mod metrics;
 mod scrub;
 mod server;
 mod store;
@@ -31,6 +32,9 @@ struct Args {
     /// to copy, with a warning, where the kernel refuses splice.
     #[arg(long, env = "DFS_DATA_PATH", default_value = "copy")]
     data_path: dfs_runtime::DataPath,
+    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`), e.g. 127.0.0.1:9100.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Largest number of open connections (clients, or engine connections for a node); more are
     /// closed as they arrive.
     #[arg(long, default_value_t = 4096)]
@@ -96,6 +100,10 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     tracing::info!("node listening on {addr}, data in {}, {} runtime(s)", store.root().display(), args.threads);
+    metrics::init();
+    if let Some(metrics_addr) = args.metrics {
+        dfs_runtime::metrics::serve(metrics_addr)?;
+    }
     dfs_runtime::announce(addr);
     let data_path = dfs_runtime::choose_data_path(args.data_path);
     let state = Arc::new(NodeState {

@@ -3,6 +3,7 @@
 //! the connection is closed, without disturbing any other connection.
 
 use crate::footer::{Footer, FooterError, FOOTER_FIXED_BYTES};
+use crate::metrics;
 use crate::store::ChunkStore;
 use dfs_proto::auth::{self, ClusterSecret, Nonce, AUTH_CLUSTER, AUTH_NONE};
 use dfs_proto::io_std::Frame;
@@ -105,41 +106,77 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
             Err(FrameError::Closed) => return Ok(()),
             Err(e) => return reject(conn, e).await,
         };
-        let reply = match frame {
-            Frame::Msg(Msg::Store { chunk_id, length, crc32 }) => store(state, conn, chunk_id, length, crc32).await?,
-            Frame::Msg(Msg::Fetch { chunk_id }) => match fetch(state, conn, chunk_id).await? {
-                Ok(()) => continue,
-                Err(e) => Err(e),
-            },
-            Frame::Msg(Msg::Exists { chunk_id }) => exists(state, chunk_id).await,
-            Frame::Msg(Msg::ChunkDelete { chunk_id }) => delete(state, chunk_id).await,
-            Frame::Msg(Msg::ChunkList { after, limit, min_age_secs }) => {
-                let limit = limit.min(MAX_LIST_ENTRIES) as usize;
-                let min_age = (min_age_secs > 0).then(|| Duration::from_secs(min_age_secs));
-                state
-                    .store
-                    .list(after, limit, min_age)
-                    .map(|(chunk_ids, more)| Msg::ChunkListOk { chunk_ids, more })
-                    .map_err(RequestError::io("cannot list chunks"))
-            }
-            Frame::Msg(Msg::NodeStat) => {
-                state.store.report().map(Msg::NodeStatOk).map_err(RequestError::io("cannot read store report"))
-            }
-            Frame::Msg(Msg::Scrub) => {
-                crate::scrub::scrub_now(&state.store).await.map_err(RequestError::io("scrub failed"))
-            }
-            other => {
-                let _ = conn.write_msg(&Msg::error(Status::BadRequest, "unexpected frame")).await;
-                return Err(FrameError::Io(io::Error::other(format!("unexpected frame {other:?}"))));
-            }
+        let op = match &frame {
+            Frame::Msg(m) => m.kind().name(),
+            Frame::Data(_) => "Data",
         };
-        match reply {
-            Ok(msg) => conn.write_msg(&msg).await?,
-            Err(e) => {
-                tracing::warn!("{e}");
-                conn.write_msg(&Msg::error(e.status(), e.to_string())).await?
+        let started = std::time::Instant::now();
+        let ((read0, written0), errors0) = (conn.bytes_moved(), conn.errors_sent());
+        metrics::INFLIGHT_REQUESTS.inc();
+        let result: Result<(), FrameError> = async {
+            let reply = match frame {
+                Frame::Msg(Msg::Store { chunk_id, length, crc32 }) => {
+                    store(state, conn, chunk_id, length, crc32).await?
+                }
+                Frame::Msg(Msg::Fetch { chunk_id }) => match fetch(state, conn, chunk_id).await? {
+                    Ok(()) => return Ok(()),
+                    Err(e) => Err(e),
+                },
+                Frame::Msg(Msg::Exists { chunk_id }) => exists(state, chunk_id).await,
+                Frame::Msg(Msg::ChunkDelete { chunk_id }) => delete(state, chunk_id).await,
+                Frame::Msg(Msg::ChunkList { after, limit, min_age_secs }) => {
+                    let limit = limit.min(MAX_LIST_ENTRIES) as usize;
+                    let min_age = (min_age_secs > 0).then(|| Duration::from_secs(min_age_secs));
+                    state
+                        .store
+                        .list(after, limit, min_age)
+                        .map(|(chunk_ids, more)| Msg::ChunkListOk { chunk_ids, more })
+                        .map_err(RequestError::io("cannot list chunks"))
+                }
+                Frame::Msg(Msg::NodeStat) => state
+                    .store
+                    .report()
+                    .inspect(metrics::record_store)
+                    .map(Msg::NodeStatOk)
+                    .map_err(RequestError::io("cannot read store report")),
+                Frame::Msg(Msg::Scrub) => {
+                    crate::scrub::scrub_now(&state.store).await.map_err(RequestError::io("scrub failed"))
+                }
+                other => {
+                    let _ = conn.write_msg(&Msg::error(Status::BadRequest, "unexpected frame")).await;
+                    return Err(FrameError::Io(io::Error::other(format!("unexpected frame {other:?}"))));
+                }
+            };
+            match reply {
+                Ok(msg) => conn.write_msg(&msg).await?,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    conn.write_msg(&Msg::error(e.status(), e.to_string())).await?
+                }
             }
+            Ok(())
         }
+        .await;
+        metrics::INFLIGHT_REQUESTS.dec();
+        let (read1, written1) = conn.bytes_moved();
+        metrics::BYTES_IN.inc_by(read1 - read0);
+        metrics::BYTES_OUT.inc_by(written1 - written0);
+        let outcome = match (&result, conn.errors_sent() > errors0) {
+            (Err(_), _) => "broken",
+            (Ok(()), true) => "error",
+            (Ok(()), false) => "ok",
+        };
+        metrics::REQUESTS.with_label_values(&[op, outcome]).inc();
+        metrics::REQUEST_SECONDS.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            op,
+            outcome,
+            bytes_in = read1 - read0,
+            bytes_out = written1 - written0,
+            "request took {:.2?}",
+            started.elapsed()
+        );
+        result?;
     }
 }
 
@@ -372,6 +409,7 @@ async fn fetch(state: &NodeState, conn: &Conn, chunk_id: ChunkId) -> Result<Resu
                 splice_exact(&End::File(fd.clone(), offset), sock, pipe, len as u64, conn.idle_timeout)
                     .await
                     .map_err(|e| FrameError::Io(io::Error::other(format!("splicing chunk {chunk_id}: {e}"))))?;
+                conn.note_written(len as u64);
             }
             None => buf = conn.write_data(buf, 0, len).await?,
         }

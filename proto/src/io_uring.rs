@@ -11,15 +11,44 @@ use std::time::Duration;
 use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut};
 use tokio_uring::net::TcpStream;
 
-/// A framed connection with an idle timeout on every read and write.
+/// A framed connection with an idle timeout on every read and write. It counts the bytes it
+/// moves and the Error frames it sends, for metrics.
 pub struct Conn {
     pub stream: TcpStream,
     pub idle_timeout: Duration,
+    bytes_read: std::cell::Cell<u64>,
+    bytes_written: std::cell::Cell<u64>,
+    errors_sent: std::cell::Cell<u64>,
 }
 
 impl Conn {
     pub fn new(stream: TcpStream, idle_timeout: Duration) -> Conn {
-        Conn { stream, idle_timeout }
+        Conn {
+            stream,
+            idle_timeout,
+            bytes_read: Default::default(),
+            bytes_written: Default::default(),
+            errors_sent: Default::default(),
+        }
+    }
+
+    /// Bytes read from and written to the socket so far, including those moved around this
+    /// type (by splice) and reported with [`Conn::note_read`] and [`Conn::note_written`].
+    pub fn bytes_moved(&self) -> (u64, u64) {
+        (self.bytes_read.get(), self.bytes_written.get())
+    }
+
+    /// Error frames sent so far.
+    pub fn errors_sent(&self) -> u64 {
+        self.errors_sent.get()
+    }
+
+    pub fn note_read(&self, n: u64) {
+        self.bytes_read.set(self.bytes_read.get() + n);
+    }
+
+    pub fn note_written(&self, n: u64) {
+        self.bytes_written.set(self.bytes_written.get() + n);
     }
 
     /// Fills `buf[begin..end]` exactly, within one idle timeout for the whole range (not per
@@ -43,7 +72,10 @@ impl Conn {
             match res {
                 Ok(0) if pos == begin && at_boundary => return Err(FrameError::Closed),
                 Ok(0) => return Err(FrameError::ClosedMidFrame),
-                Ok(n) => pos += n,
+                Ok(n) => {
+                    pos += n;
+                    self.note_read(n as u64);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
@@ -69,10 +101,12 @@ impl Conn {
     }
 
     pub async fn write_all<T: IoBuf>(&self, buf: T) -> Result<T, FrameError> {
+        let len = buf.bytes_init() as u64;
         let op = self.stream.write_all(buf);
         let (res, buf) =
             tokio::time::timeout(self.idle_timeout, op).await.map_err(|_| FrameError::TimedOut(self.idle_timeout))?;
         res?;
+        self.note_written(len);
         Ok(buf)
     }
 
@@ -85,10 +119,14 @@ impl Conn {
         let (res, slice) =
             tokio::time::timeout(self.idle_timeout, op).await.map_err(|_| FrameError::TimedOut(self.idle_timeout))?;
         res?;
+        self.note_written((end - begin) as u64);
         Ok(slice.into_inner())
     }
 
     pub async fn write_msg(&self, msg: &Msg) -> Result<(), FrameError> {
+        if matches!(msg, Msg::Error { .. }) {
+            self.errors_sent.set(self.errors_sent.get() + 1);
+        }
         self.write_all(msg.encode()).await.map(drop)
     }
 

@@ -332,6 +332,9 @@ pub struct ClusterOpts {
     pub buffer_budget_bytes: Option<u64>,
     /// `--replicas`: copies of each chunk (the engine's default is 2 with 4 nodes or more).
     pub replicas: Option<usize>,
+    /// More arguments for the engine, and for every node.
+    pub engine_args: Vec<String>,
+    pub node_args: Vec<String>,
     /// `--idle-timeout-secs` on the engine and every node.
     pub idle_timeout_secs: Option<u64>,
     /// Give the engine `--token-file` with a fresh key, which every client run presents.
@@ -470,6 +473,7 @@ impl Cluster {
         if let Some(secs) = self.opts.idle_timeout_secs {
             cmd.arg("--idle-timeout-secs").arg(secs.to_string());
         }
+        cmd.args(&self.opts.node_args);
         let proc =
             self.spawn_server(format!("node {node_idx} (start {n_starts})"), format!("node{node_idx}.{n_starts}"), cmd);
         self.nodes[node_idx].addr = proc.addr.clone();
@@ -502,6 +506,7 @@ impl Cluster {
         if let Some(secs) = self.opts.idle_timeout_secs {
             cmd.arg("--idle-timeout-secs").arg(secs.to_string());
         }
+        cmd.args(&self.opts.engine_args);
         let proc = self.spawn_server(format!("engine (start {n_starts})"), format!("engine.{n_starts}"), cmd);
         self.engine_addr = proc.addr.clone();
         self.engine = Some(proc);
@@ -581,6 +586,15 @@ impl Cluster {
     /// Whether the engine process is still running (it has not crashed).
     pub fn engine_alive(&mut self) -> bool {
         self.engine.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// The stderr log of node `node_idx`'s latest start, and of the engine's.
+    pub fn node_stderr_log(&self, node_idx: usize) -> PathBuf {
+        self.root.join("logs").join(format!("node{node_idx}.{}.stderr", self.nodes[node_idx].n_starts))
+    }
+
+    pub fn engine_stderr_log(&self) -> PathBuf {
+        self.root.join("logs").join(format!("engine.{}.stderr", self.n_engine_starts))
     }
 
     /// Process IDs of the engine and of each running node.
