@@ -14,7 +14,7 @@ mod repair;
 mod replicate;
 mod server;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use nodes::NodeTimeouts;
 use server::{EngineConfig, EngineState};
 use std::net::SocketAddr;
@@ -34,6 +34,11 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    /// Read settings from a TOML file: each key a long option's name (`chunk_size_max = "8MiB"`,
+    /// `node = ["10.0.0.1:7701", ...]`, `insecure = true`). Options on the command line
+    /// override the file's.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on for clients (port 0 picks a free port; the bound address is
     /// printed on stdout as `listening ADDR`).
     #[arg(long, default_value = "127.0.0.1:7700")]
@@ -115,7 +120,15 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Settings from --config FILE go in front of the command line, which overrides them.
+    let argv = match dfs_runtime::config::args_with_config(&Args::command()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = Args::parse_from(argv);
     dfs_runtime::main_with(|| run(args))
 }
 

@@ -7,7 +7,7 @@ mod scrub;
 mod server;
 mod store;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use server::NodeState;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +19,11 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    /// Read settings from a TOML file: each key a long option's name (`chunk_size_max = "8MiB"`,
+    /// `node = ["10.0.0.1:7701", ...]`, `insecure = true`). Options on the command line
+    /// override the file's.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port; the bound address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:7701")]
     listen: SocketAddr,
@@ -64,7 +69,15 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Settings from --config FILE go in front of the command line, which overrides them.
+    let argv = match dfs_runtime::config::args_with_config(&Args::command()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = Args::parse_from(argv);
     dfs_runtime::main_with(|| run(args))
 }
 

@@ -2,6 +2,7 @@
 //! runtime per core each with its own SO_REUSEPORT listener on the same port, the accept loop,
 //! and logging set-up.
 
+pub mod config;
 pub mod metrics;
 pub mod ops;
 pub mod splice;

@@ -1,0 +1,43 @@
+//! `--config FILE`: an engine configured by a TOML file, with a command-line flag overriding
+//! one of the file's settings, and a file with an unknown setting refused before anything starts.
+
+use dfs_proto::Chunking;
+use dfs_tests::{assert_bytes_eq, bin, pseudo_random_bytes, Cluster};
+use std::process::Command;
+
+#[test]
+fn an_engine_runs_from_a_config_file_and_flags_override_it() {
+    let mut cluster = Cluster::start_nodes(4);
+    let nodes: Vec<String> = cluster.node_addrs().iter().map(|a| format!("{a:?}")).collect();
+    let config = cluster.root().join("engine.toml");
+    let meta = cluster.root().join("meta");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nmeta = {:?}\nnode = [{}]\nreplicas = 2\nchunk_size_max = \"1MiB\"\n",
+            meta.to_str().expect("utf-8 path"),
+            nodes.join(", ")
+        ),
+    )
+    .expect("write config");
+    let mut cmd = Command::new(bin("dfs-engine"));
+    cmd.arg("--config").arg(&config).args(["--replicas", "1"]);
+    cluster.adopt_engine(cmd);
+
+    let data = pseudo_random_bytes(3, 3 << 20);
+    let id = cluster.put_bytes(&data, "configured", Chunking::Dynamic);
+    let stat = cluster.stat(&id).unwrap_or_else(|e| panic!("stat {id}: {e}"));
+    // chunk_size_max from the file: 3 MiB in chunks of at most 1 MiB.
+    assert!(stat.chunks.len() >= 4 && stat.chunks.iter().all(|c| c.length <= 1 << 20), "{:?}", stat.chunks);
+    // --replicas 1 on the command line beat replicas = 2 in the file.
+    assert!(stat.chunks.iter().all(|c| c.nodes.len() == 1), "the flag must override the file: {:?}", stat.chunks);
+    let got = cluster.get(&id).unwrap_or_else(|e| panic!("get {id}: {e}"));
+    assert_bytes_eq(&got, &data, "a file stored by a configured engine");
+
+    let bad = cluster.root().join("bad.toml");
+    std::fs::write(&bad, "replicas = 2\nreplicaz = 3\n").expect("write config");
+    let out = Command::new(bin("dfs-engine")).arg("--config").arg(&bad).output().expect("run dfs-engine");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unknown setting \"replicaz\"") && stderr.contains("bad.toml"), "{stderr}");
+}
