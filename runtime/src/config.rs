@@ -48,7 +48,7 @@ fn config_args(path: &Path, cmd: &clap::Command, skip: &[String]) -> Result<Vec<
             .find(|a| a.get_long() == Some(long.as_str()))
             .filter(|_| long != "config" && long != "help" && long != "version")
             .ok_or_else(|| format!("config file {}: unknown setting {key:?}", path.display()))?;
-        if skip.iter().any(|s| *s == long) {
+        if skip.contains(&long) {
             continue;
         }
         let takes_value = arg.get_action().takes_values();
