@@ -11,6 +11,8 @@ pub mod admin;
 pub mod bench;
 mod error;
 mod get;
+pub mod ingest;
+pub mod manifest;
 mod put;
 pub mod view;
 

@@ -9,6 +9,7 @@
 //! to stdout, and a failed request is an `error: op N failed: ...` line like any other failure.
 
 mod admin_cmd;
+mod tree_cmd;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -50,10 +51,24 @@ struct Cli {
 enum Command {
     /// Upload a file and print its ID on stdout
     Put(PutArgs),
-    /// Download a file, verifying every chunk's checksum
+    /// Download a file, verifying every chunk's checksum (or, with -r, a whole tree)
     Get {
-        /// File ID (32 hex digits)
+        /// File ID (32 hex digits); with -r, the manifest of a `put -r`
         id: String,
+        /// Restore the directory tree a manifest records into the directory given with -o, in
+        /// parallel, checking every file's size and crc32. A file already present with the
+        /// recorded contents is left alone; one that differs is an error unless --force
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// With -r: files downloaded at once
+        #[arg(long, default_value_t = 4, requires = "recursive")]
+        jobs: usize,
+        /// With -r: replace existing files that differ from the manifest
+        #[arg(long, requires = "recursive")]
+        force: bool,
+        /// With -r: print the summary as one JSON object on stdout
+        #[arg(long, requires = "recursive")]
+        json: bool,
         /// Where to write the file; `-` for stdout. A path is written only once the whole file
         /// has arrived and been verified. On stdout, data is written as it arrives: after a
         /// failure part of the file may already have been written, but the exit status is 1.
@@ -102,8 +117,34 @@ struct PutArgs {
         value_parser = PossibleValuesParser::new(["equal", "dynamic"]).try_map(|s| s.parse::<Chunking>())
     )]
     chunking: Chunking,
+    /// With --bench or -r: print the report as one JSON object on stdout instead of text
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     bench: BenchArgs,
+    #[command(flatten)]
+    tree: TreeArgs,
+}
+
+/// `put -r`: a whole directory tree.
+#[derive(Args)]
+#[command(next_help_heading = "Directory trees")]
+struct TreeArgs {
+    /// Upload every regular file under the directory PATH, in parallel, each under its path
+    /// relative to PATH, recording each in --manifest. Rerun with the same manifest to resume:
+    /// files stored unchanged (same size and modification time, still on the engine) are
+    /// skipped. Symlinks and special files are reported and skipped
+    #[arg(short = 'r', long, conflicts_with_all = ["bench", "name"])]
+    recursive: bool,
+    /// With -r: the manifest file (JSON lines: path, id, size, crc32, mtime_ns), appended to
+    #[arg(long, value_name = "FILE", requires = "recursive")]
+    manifest: Option<PathBuf>,
+    /// With -r: files uploaded at once
+    #[arg(long, default_value_t = 4, requires = "recursive")]
+    jobs: usize,
+    /// With -r: follow symlinks to regular files and directories instead of skipping them
+    #[arg(long, requires = "recursive")]
+    follow_symlinks: bool,
 }
 
 /// `put --bench`: time many uploads (or downloads) instead of uploading one file.
@@ -148,9 +189,6 @@ struct BenchArgs {
     /// Draw the latency percentile curve to FILE as SVG
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
-    /// Print one JSON object on stdout instead of text
-    #[arg(long)]
-    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -176,10 +214,28 @@ fn run(cli: Cli) -> Result<()> {
     dfs_client::set_access_key(key);
     let stdout = &mut io::stdout().lock();
     match cli.command {
-        Command::Put(args) if args.bench.bench => run_bench(&cli.server, args.chunking, args.bench, stdout)?,
+        Command::Put(args) if args.bench.bench => run_bench(&cli.server, args.chunking, args.json, args.bench, stdout)?,
+        Command::Put(args) if args.tree.recursive => {
+            let root = args.path.context("put -r needs a directory")?;
+            let manifest = args.tree.manifest.context("put -r needs --manifest FILE to record what went where")?;
+            let opts = dfs_client::ingest::PutTree {
+                server: &cli.server,
+                root: &root,
+                manifest: &manifest,
+                jobs: args.tree.jobs.max(1),
+                follow_symlinks: args.tree.follow_symlinks,
+                chunking: args.chunking,
+            };
+            let bar = tree_cmd::TreeBar::on_stderr("uploaded");
+            let summary = dfs_client::ingest::put_tree(&opts, &bar).map_err(|e| anyhow!(e))?;
+            tree_cmd::report(&summary, "uploaded", args.json, stdout)?;
+        }
         Command::Put(args) => {
             // Only benchmark options, without --bench, get this far without a path.
             let path = args.path.context("the benchmark options need --bench")?;
+            if args.json {
+                bail!("--json needs --bench or -r");
+            }
             // Local problems (missing file, bad name) are reported before connecting.
             let name = match args.name {
                 Some(name) => name,
@@ -190,7 +246,19 @@ fn run(cli: Cli) -> Result<()> {
             let file_id = client.put_bytes(&name, &file, args.chunking, &mut Bar::on_stderr())?;
             writeln!(stdout, "{file_id}").context("cannot write to stdout")?;
         }
-        Command::Get { id, output } => {
+        Command::Get { id, recursive: true, output, jobs, force, json } => {
+            let opts = dfs_client::ingest::GetTree {
+                server: &cli.server,
+                manifest: std::path::Path::new(&id),
+                out_dir: &output,
+                jobs: jobs.max(1),
+                force,
+            };
+            let bar = tree_cmd::TreeBar::on_stderr("restored");
+            let summary = dfs_client::ingest::get_tree(&opts, &bar).map_err(|e| anyhow!(e))?;
+            tree_cmd::report(&summary, "restored", json, stdout)?;
+        }
+        Command::Get { id, output, .. } => {
             let file_id = parse_id(&id)?;
             let mut client = Client::connect(&cli.server)?;
             let mut bar = Bar::on_stderr();
@@ -231,7 +299,7 @@ fn run(cli: Cli) -> Result<()> {
 
 /// `put --bench`: prepares the input (and the local cluster), runs the benchmark, prints the
 /// report and writes the histogram and plot files.
-fn run_bench(server: &str, chunking: Chunking, args: BenchArgs, stdout: &mut dyn Write) -> Result<()> {
+fn run_bench(server: &str, chunking: Chunking, json: bool, args: BenchArgs, stdout: &mut dyn Write) -> Result<()> {
     let config = BenchConfig {
         op: if args.get { BenchOp::Get } else { BenchOp::Put },
         count: args.count.unwrap_or(bench::DEFAULT_COUNT),
@@ -280,7 +348,7 @@ fn run_bench(server: &str, chunking: Chunking, args: BenchArgs, stdout: &mut dyn
         },
     };
     drop(cluster);
-    if args.json {
+    if json {
         serde_json::to_writer(&mut *stdout, &report.json()).context("cannot write to stdout")?;
         writeln!(stdout).context("cannot write to stdout")?;
     } else {

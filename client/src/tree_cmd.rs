@@ -1,0 +1,144 @@
+//! `put -r` and `get -r` on the command line: a tree progress display (one bar on a terminal,
+//! a plain line every few seconds otherwise) and the summary (text on stderr, or one JSON
+//! object on stdout with `--json`). Any failed file makes the exit status 1.
+
+use anyhow::{bail, Context, Result};
+use dfs_client::ingest::{TreeProgress, TreeSummary};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often a progress line is printed when stderr is not a terminal.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+pub struct TreeBar {
+    verb: &'static str,
+    bar: Option<ProgressBar>,
+    n_files: AtomicU64,
+    files_done: AtomicU64,
+    n_bytes: AtomicU64,
+    bytes_done: AtomicU64,
+    started: Instant,
+    last_line: Mutex<Instant>,
+}
+
+impl TreeBar {
+    pub fn on_stderr(verb: &'static str) -> TreeBar {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} {bar:30.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        TreeBar {
+            verb,
+            bar,
+            n_files: AtomicU64::new(0),
+            files_done: AtomicU64::new(0),
+            n_bytes: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+            started: Instant::now(),
+            last_line: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn files_msg(&self) -> String {
+        format!(
+            "{} {}/{} files",
+            self.verb,
+            self.files_done.load(Ordering::Relaxed),
+            self.n_files.load(Ordering::Relaxed)
+        )
+    }
+
+    fn maybe_print_line(&self) {
+        if self.bar.is_some() {
+            return;
+        }
+        let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() < PLAIN_PROGRESS_EVERY {
+            return;
+        }
+        *last = Instant::now();
+        let done = self.bytes_done.load(Ordering::Relaxed);
+        let rate = done as f64 / (1 << 20) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}, {} of {} MiB, {rate:.1} MiB/s",
+            self.files_msg(),
+            done >> 20,
+            self.n_bytes.load(Ordering::Relaxed) >> 20
+        );
+    }
+}
+
+impl TreeProgress for TreeBar {
+    fn start(&self, n_files: u64, n_bytes: u64) {
+        self.n_files.store(n_files, Ordering::Relaxed);
+        self.n_bytes.store(n_bytes, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_length(n_bytes);
+            bar.set_message(self.files_msg());
+        }
+    }
+
+    fn bytes(&self, n_bytes: u64) {
+        self.bytes_done.fetch_add(n_bytes, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.inc(n_bytes);
+        }
+        self.maybe_print_line();
+    }
+
+    fn file_done(&self) {
+        self.files_done.fetch_add(1, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_message(self.files_msg());
+        }
+        self.maybe_print_line();
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Prints the summary and turns failures into the exit status.
+pub fn report(summary: &TreeSummary, verb: &str, json: bool, stdout: &mut dyn Write) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *stdout, summary).context("cannot write to stdout")?;
+        writeln!(stdout).context("cannot write to stdout")?;
+    } else {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "{verb} {} files ({:.1} MiB) in {:.1} s, {:.1} MiB/s; {} unchanged, {} not regular files, {} failed",
+            summary.files_done,
+            summary.bytes_done as f64 / (1 << 20) as f64,
+            summary.elapsed_s,
+            summary.throughput_mib_s,
+            summary.skipped_unchanged,
+            summary.skipped_not_regular.len(),
+            summary.failed.len()
+        );
+        for s in &summary.skipped_not_regular {
+            let _ = writeln!(err, "  skipped {} ({})", s.path, s.kind);
+        }
+        for f in &summary.failed {
+            let _ = writeln!(err, "  failed {}: {}", f.path, f.error);
+        }
+    }
+    if !summary.failed.is_empty() {
+        let first = &summary.failed[0];
+        bail!("{} file(s) failed, the first {}: {}", summary.failed.len(), first.path, first.error);
+    }
+    Ok(())
+}
