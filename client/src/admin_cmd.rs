@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use dfs_client::view::format_unix_ms;
+use dfs_client::view::{format_unix_ms, human_bytes};
 use dfs_client::Client;
 use dfs_proto::RepairSummary;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -42,21 +42,6 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 fn json_line(stdout: &mut dyn Write, value: &impl serde::Serialize) -> Result<()> {

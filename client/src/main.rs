@@ -13,7 +13,7 @@ mod tree_cmd;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use dfs_client::bench::{self, BenchConfig, BenchInput, BenchOp, Cleanup, LocalCluster, LOG_TAIL_LINES};
 use dfs_client::view::{self, FileView, SummaryView};
 use dfs_client::{Chunking, Client, FileId, MappedFile, Progress, DEFAULT_SERVER};
@@ -83,11 +83,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List all files
+    /// List files (sizes in bytes, or human-readable on a terminal)
     Ls {
         /// Print a JSON array instead of text
         #[arg(long)]
         json: bool,
+        /// Order by name, size or time (creation) [default: the engine's order, by file ID]
+        #[arg(long, value_parser = ["name", "size", "time"])]
+        sort: Option<String>,
+        /// Reverse the order
+        #[arg(long)]
+        reverse: bool,
+        /// Only files whose name starts with PREFIX
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page, or write dfs-client.1 and one page per command into DIR
+    Man {
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        output: Option<PathBuf>,
     },
     /// Delete a file
     Rm {
@@ -278,14 +294,29 @@ fn run(cli: Cli) -> Result<()> {
                 view::write_stat_text(stdout, &info).context("cannot write to stdout")?;
             }
         }
-        Command::Ls { json } => {
-            let files = Client::connect(&cli.server)?.list()?;
+        Command::Ls { json, sort, reverse, prefix } => {
+            let mut files = Client::connect(&cli.server)?.list()?;
+            if let Some(prefix) = &prefix {
+                files.retain(|f| f.name.starts_with(prefix.as_str()));
+            }
+            match sort.as_deref() {
+                Some("name") => files.sort_by(|a, b| a.name.cmp(&b.name).then(a.file_id.cmp(&b.file_id))),
+                Some("size") => files.sort_by(|a, b| a.size.cmp(&b.size).then(a.name.cmp(&b.name))),
+                Some("time") => {
+                    files.sort_by(|a, b| a.created_unix_ms.cmp(&b.created_unix_ms).then(a.name.cmp(&b.name)))
+                }
+                _ => {}
+            }
+            if reverse {
+                files.reverse();
+            }
             if json {
                 let views: Vec<SummaryView> = files.iter().map(SummaryView::from).collect();
                 serde_json::to_writer_pretty(&mut *stdout, &views).context("cannot write to stdout")?;
                 writeln!(stdout).context("cannot write to stdout")?;
             } else {
-                view::write_list_text(stdout, &files).context("cannot write to stdout")?;
+                let human = io::stdout().is_terminal();
+                view::write_list_text(stdout, &files, human).context("cannot write to stdout")?;
             }
         }
         Command::Rm { id } => {
@@ -293,6 +324,27 @@ fn run(cli: Cli) -> Result<()> {
             Client::connect(&cli.server)?.delete(file_id)?;
         }
         Command::Admin(command) => admin_cmd::run(&cli.server, command, stdout)?,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "dfs-client", stdout);
+        }
+        Command::Man { output: None } => {
+            clap_mangen::Man::new(Cli::command()).render(stdout).context("cannot write to stdout")?;
+        }
+        Command::Man { output: Some(dir) } => {
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let cmd = Cli::command();
+            let mut pages = vec![("dfs-client".to_string(), cmd.clone())];
+            pages.extend(cmd.get_subcommands().map(|sub| (format!("dfs-client-{}", sub.get_name()), sub.clone())));
+            for (name, page) in pages {
+                let path = dir.join(format!("{name}.1"));
+                let mut out = Vec::new();
+                clap_mangen::Man::new(page)
+                    .title(name.clone())
+                    .render(&mut out)
+                    .context("cannot render the man page")?;
+                fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
     }
     stdout.flush().context("cannot write to stdout")
 }

@@ -120,3 +120,35 @@ fn rm_deletes_the_chunk_files_on_the_nodes() {
     let n_kept: usize = (0..4).map(|c| cluster.find_chunk_file(&kept, c).len()).sum();
     assert_eq!(n_kept, 8, "rm of one file removed chunk files of another");
 }
+
+#[test]
+fn ls_sorts_filters_and_reverses() {
+    let cluster = Cluster::start(4, ClusterOpts::default());
+    // (name, size), put in an order that is neither by name nor by size.
+    let files = [("b-mid", 300usize), ("a-big", 5000), ("c-small", 10), ("other", 1)];
+    for (name, size) in files {
+        cluster.put_bytes(&pseudo_random_bytes(size as u64, size), name, Chunking::Equal);
+        // Distinct creation times, for sorting by time.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut full = vec!["ls", "--json"];
+        full.extend_from_slice(args);
+        let out = cluster.client(&full);
+        out.expect_success("ls");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ls --json prints JSON");
+        v.as_array().expect("an array").iter().map(|e| e["name"].as_str().expect("name").to_string()).collect()
+    };
+    assert_eq!(names(&["--sort", "name"]), ["a-big", "b-mid", "c-small", "other"]);
+    assert_eq!(names(&["--sort", "size"]), ["other", "c-small", "b-mid", "a-big"]);
+    assert_eq!(names(&["--sort", "size", "--reverse"]), ["a-big", "b-mid", "c-small", "other"]);
+    assert_eq!(names(&["--sort", "time"]), ["b-mid", "a-big", "c-small", "other"]);
+    assert_eq!(names(&["--sort", "name", "--prefix", "b"]), ["b-mid"]);
+    assert!(names(&["--prefix", "zzz"]).is_empty());
+    // Text output to a pipe keeps exact byte sizes, for scripts.
+    let out = cluster.client(["ls", "--sort", "size", "--prefix", "a-"]);
+    let text = out.expect_success("ls").stdout_text();
+    assert!(text.contains(" 5000 ") && text.contains("a-big"), "{text:?}");
+    let bad = cluster.client(["ls", "--sort", "colour"]);
+    assert!(!bad.success(), "an unknown sort key must be refused");
+}
