@@ -19,3 +19,6 @@ echo "== all tests, data path: splice"
 DFS_DATA_PATH=splice run --workspace "$@"
 echo "== integration tests, data path: copy"
 DFS_DATA_PATH=copy run -p dfs-tests "$@"
+# And once more with io_uring switched off, as where a kernel or container refuses it.
+echo "== integration tests, I/O backend: epoll (io_uring off)"
+DFS_IO=epoll DFS_DATA_PATH=copy run -p dfs-tests "$@"

@@ -141,7 +141,7 @@ async fn get_buffered(
         let timeouts = state.config.node_timeouts;
         let health = state.health.clone();
         let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
-        tasks.push(tokio_uring::spawn(async move {
+        tasks.push(dfs_runtime::backend::spawn(async move {
             let _permit = permits.acquire().await.expect("semaphore is never closed");
             let mut errors = Vec::new();
             let mut window = Some(window);
@@ -231,7 +231,7 @@ async fn get_streamed(
     for _ in 0..READ_AHEAD_BLOCKS {
         free_tx.try_send(vec![0u8; BLOCK_SIZE_BYTES as usize]).expect("the pool channel has room for every buffer");
     }
-    let reader = tokio_uring::spawn(read_in_order(
+    let reader = dfs_runtime::backend::spawn(read_in_order(
         state.config.node_timeouts,
         state.health.clone(),
         file_id,
@@ -293,7 +293,7 @@ async fn read_in_order(
         let chunk = chunks[chunk_idx].clone();
         let addr = copies[chunk_idx][copy_idx];
         let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
-        tokio_uring::spawn(async move { ChunkReader::open(addr, timeouts, chunk_id, &chunk).await })
+        dfs_runtime::backend::spawn(async move { ChunkReader::open(addr, timeouts, chunk_id, &chunk).await })
     };
     // Buffers that replace ones lost with a failed read, so the pool never shrinks.
     let mut spare: Vec<Vec<u8>> = Vec::new();

@@ -139,7 +139,8 @@ fn run(args: Args) -> Result<(), String> {
     if args.chunk_size_max == 0 {
         return Err("--chunk-size-max must be at least 1 byte".into());
     }
-    dfs_runtime::probe_io_uring().map_err(|e| e.to_string())?;
+    // io_uring where the kernel allows it, else epoll (logged once).
+    dfs_runtime::backend::select()?;
     // Checked before any local node is started.
     let n_planned = args.local.unwrap_or(args.nodes.len());
     let replicas = args.replicas.unwrap_or(if n_planned >= MIN_NODES { 2 } else { 1 });
@@ -255,7 +256,7 @@ fn start_background_repair(state: Arc<EngineState>, interval: Duration) -> Resul
     std::thread::Builder::new()
         .name("repair".into())
         .spawn(move || {
-            tokio_uring::start(async move {
+            dfs_runtime::backend::start(async move {
                 loop {
                     tokio::time::sleep(interval).await;
                     if let Err(e) = repair::run(&state, None).await {

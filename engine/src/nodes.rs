@@ -153,7 +153,7 @@ impl NodeConn {
 
     pub async fn connect(addr: SocketAddr, t: NodeTimeouts) -> Result<NodeConn, NodeError> {
         let unreachable = |e: String| NodeError::new(addr, NodeFailure::Unreachable(e));
-        let stream = match tokio::time::timeout(t.connect, tokio_uring::net::TcpStream::connect(addr)).await {
+        let stream = match tokio::time::timeout(t.connect, dfs_runtime::backend::net::TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(unreachable(e.to_string())),
             Err(_) => return Err(unreachable(format!("connect timed out after {:?}", t.connect))),

@@ -128,7 +128,7 @@ pub async fn put(
             }
             let Some(node) = target.node else { continue };
             let (chunk_idx, length, addr) = (span.chunk_idx, span.length, target.addr);
-            inflight.push_back(tokio_uring::spawn(async move {
+            inflight.push_back(dfs_runtime::backend::spawn(async move {
                 let result = await_store(&node, length, crc32).await;
                 if result.is_ok() {
                     node.checkin();

@@ -59,7 +59,7 @@ pub struct EngineState {
     pub budget: Arc<Budget>,
 }
 
-pub async fn handle(state: Arc<EngineState>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
+pub async fn handle(state: Arc<EngineState>, stream: dfs_runtime::backend::net::TcpStream, peer: SocketAddr) {
     let conn = Conn::new(stream, state.config.client_idle_timeout);
     metrics::CONNECTIONS.inc();
     let served = serve(&state, &conn).await;
@@ -270,7 +270,7 @@ pub fn delete_chunks_later(timeouts: NodeTimeouts, chunks: Vec<(ChunkId, SocketA
     if chunks.is_empty() {
         return;
     }
-    tokio_uring::spawn(async move {
+    dfs_runtime::backend::spawn(async move {
         for (chunk_id, addr) in chunks {
             let result = async {
                 let node = NodeConn::checkout(addr, timeouts).await?;

@@ -102,7 +102,8 @@ fn run(args: Args) -> Result<(), String> {
             return Err(format!("refusing to listen on {} without --cluster-secret-file (or --insecure)", args.listen))
         }
     };
-    dfs_runtime::probe_io_uring().map_err(|e| e.to_string())?;
+    // io_uring where the kernel allows it, else epoll (logged once).
+    dfs_runtime::backend::select()?;
     let store = Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?);
     if args.scrub_interval_secs > 0 {
         let interval = Duration::from_secs(args.scrub_interval_secs);

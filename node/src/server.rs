@@ -11,6 +11,7 @@ use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{block_len, n_blocks, BlockHasher};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_FILE_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, FrameError, FrameHeader, Hello, HelloOk, Msg, Role, Status, VERSION};
+use dfs_runtime::backend::fs::{File, OpenOptions};
 use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
 use std::io;
@@ -20,7 +21,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_uring::buf::BoundedBuf;
-use tokio_uring::fs::{File, OpenOptions};
 
 /// Bytes moved per socket read or file write while receiving a chunk.
 pub const STORE_IO_BYTES: usize = BLOCK_SIZE_BYTES as usize;
@@ -66,7 +66,7 @@ impl RequestError {
     }
 }
 
-pub async fn handle(state: Arc<NodeState>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
+pub async fn handle(state: Arc<NodeState>, stream: dfs_runtime::backend::net::TcpStream, peer: SocketAddr) {
     let conn = Conn::new(stream, state.idle_timeout);
     match serve(&state, &conn).await {
         Ok(()) | Err(FrameError::Closed) => tracing::debug!(%peer, "connection closed"),
@@ -331,7 +331,6 @@ async fn commit(
 
 /// Opens a committed chunk without following symlinks, and reads and checks its footer.
 async fn open_chunk(state: &NodeState, chunk_id: ChunkId) -> Result<(File, Footer), RequestError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = state.store.chunk_path(&chunk_id);
     let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).await {
         Ok(f) => f,
@@ -339,7 +338,7 @@ async fn open_chunk(state: &NodeState, chunk_id: ChunkId) -> Result<(File, Foote
         Err(e) => return Err(RequestError::io(format!("cannot open chunk {chunk_id}"))(e)),
     };
     let corrupt = |e: FooterError| RequestError::Corrupt(chunk_id, e.to_string());
-    let file_len = file.statx().await.map_err(RequestError::io(format!("cannot stat chunk {chunk_id}")))?.stx_size;
+    let file_len = file.len().await.map_err(RequestError::io(format!("cannot stat chunk {chunk_id}")))?;
     if file_len < FOOTER_FIXED_BYTES as u64 {
         return Err(corrupt(FooterError::TooShort(file_len)));
     }
@@ -428,7 +427,7 @@ async fn exists(state: &NodeState, chunk_id: ChunkId) -> Result<Msg, RequestErro
 async fn delete(state: &NodeState, chunk_id: ChunkId) -> Result<Msg, RequestError> {
     let path = state.store.chunk_path(&chunk_id);
     let file_bytes = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
-    match tokio_uring::fs::remove_file(&path).await {
+    match dfs_runtime::backend::fs::remove_file(&path).await {
         Ok(()) => state.store.note_removed(file_bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RequestError::NotFound(chunk_id)),
         Err(e) => return Err(RequestError::io(format!("cannot delete chunk {chunk_id}"))(e)),

@@ -7,9 +7,9 @@ use crate::error::FrameError;
 use crate::io_std::Frame;
 use crate::limits::FRAME_HEADER_BYTES;
 use crate::msg::{FrameHeader, Kind, Msg};
+use dfs_runtime::backend::net::TcpStream;
 use std::time::Duration;
 use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut};
-use tokio_uring::net::TcpStream;
 
 /// A framed connection with an idle timeout on every read and write. It counts the bytes it
 /// moves and the Error frames it sends, for metrics.

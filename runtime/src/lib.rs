@@ -2,6 +2,7 @@
 //! runtime per core each with its own SO_REUSEPORT listener on the same port, the accept loop,
 //! and logging set-up.
 
+pub mod backend;
 pub mod config;
 pub mod metrics;
 pub mod ops;
@@ -41,15 +42,6 @@ pub fn init_logging() {
         .init();
 }
 
-/// Checks that the kernel lets this process create an io_uring, so a refusal (kernel setting
-/// `io_uring_disabled`, a seccomp filter) is one clear error at start-up rather than a panic
-/// inside the runtime.
-pub fn probe_io_uring() -> io::Result<()> {
-    io_uring::IoUring::new(8).map(drop).map_err(|e| {
-        io::Error::new(e.kind(), format!("io_uring is not available to this process ({e}); check /proc/sys/kernel/io_uring_disabled and the container's seccomp profile"))
-    })
-}
-
 /// Binds `n` listeners to `addr` with SO_REUSEPORT so the kernel spreads connections across
 /// them. With port 0 the first bind picks the port and the others join it.
 pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
@@ -85,7 +77,7 @@ pub fn serve_per_core<S, H, Fut>(
 ) -> io::Result<()>
 where
     S: Clone + Send + 'static,
-    H: Fn(S, tokio_uring::net::TcpStream, SocketAddr) -> Fut + Copy + Send + 'static,
+    H: Fn(S, backend::net::TcpStream, SocketAddr) -> Fut + Copy + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let mut threads = Vec::new();
@@ -94,8 +86,14 @@ where
     for (core_idx, listener) in listeners.into_iter().enumerate() {
         let state = state.clone();
         let t = std::thread::Builder::new().name(format!("uring-{core_idx}")).spawn(move || {
-            tokio_uring::start(async move {
-                let listener = tokio_uring::net::TcpListener::from_std(listener);
+            backend::start(async move {
+                let listener = match backend::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("cannot use the listener: {e}");
+                        return;
+                    }
+                };
                 let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
                 let mut refusing = false;
                 loop {
@@ -114,7 +112,7 @@ where
                             open.set(open.get() + 1);
                             let open = open.clone();
                             let conn = handle(state.clone(), stream, peer);
-                            tokio_uring::spawn(async move {
+                            backend::spawn(async move {
                                 conn.await;
                                 open.set(open.get() - 1);
                             });
@@ -179,6 +177,10 @@ impl std::fmt::Display for DataPath {
 /// The data path to use: `requested`, unless it is splice and the kernel cannot do it, in which
 /// case copy. Logs the choice once.
 pub fn choose_data_path(requested: DataPath) -> DataPath {
+    if requested == DataPath::Splice && backend::backend() == backend::Backend::Epoll {
+        tracing::warn!("data path: copy, because splice needs io_uring and the epoll backend is in use");
+        return DataPath::Copy;
+    }
     if requested == DataPath::Copy {
         tracing::info!("data path: copy (as requested)");
         return DataPath::Copy;

@@ -38,6 +38,10 @@ pub async unsafe fn submit<D: Unpin + 'static>(keep: D, sqe: io_uring::squeue::E
 
 /// fsync(2) of a descriptor shared with the rest of the process (a directory, typically).
 pub async fn fsync(fd: &Arc<OwnedFd>) -> io::Result<()> {
+    if crate::backend::backend() == crate::backend::Backend::Epoll {
+        // SAFETY: fsync on a descriptor the Arc keeps open.
+        return if unsafe { libc::fsync(fd.as_raw_fd()) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+    }
     let sqe = io_uring::opcode::Fsync::new(io_uring::types::Fd(fd.as_raw_fd())).build();
     // SAFETY: the operation holds a clone of the Arc, so the descriptor stays open until it ends.
     unsafe { submit(fd.clone(), sqe) }.await.map(drop)
@@ -53,6 +57,20 @@ pub async fn rename_noreplace(
 ) -> io::Result<()> {
     let cstr = |s: &str| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a file name"));
     let (old_c, new_c) = (cstr(old_name)?, cstr(new_name)?);
+    if crate::backend::backend() == crate::backend::Backend::Epoll {
+        // SAFETY: renameat2 with two descriptors kept open by their Arcs and two NUL-terminated
+        // strings that live across the call.
+        let rc = unsafe {
+            libc::renameat2(
+                old_dir.as_raw_fd(),
+                old_c.as_ptr(),
+                new_dir.as_raw_fd(),
+                new_c.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        return if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+    }
     let sqe = io_uring::opcode::RenameAt::new(
         io_uring::types::Fd(old_dir.as_raw_fd()),
         old_c.as_ptr(),
