@@ -29,6 +29,8 @@ pub struct NodeState {
     pub store: Arc<ChunkStore>,
     pub idle_timeout: Duration,
     pub data_path: DataPath,
+    /// Set with `--commit-sync grouped`: STOREs share file-system-wide syncs.
+    pub group_sync: Option<crate::sync::GroupSync>,
     /// With a secret, only an engine that proves it knows the secret is served.
     pub cluster_secret: Option<ClusterSecret>,
 }
@@ -317,7 +319,9 @@ async fn commit(
     let tail_len = tail.len() as u64;
     let (res, _) = file.write_all_at(tail, tail_at).await;
     res.map_err(RequestError::io(format!("cannot write chunk {id}")))?;
-    file.sync_data().await.map_err(RequestError::io(format!("cannot sync chunk {id}")))?;
+    if state.group_sync.is_none() {
+        file.sync_data().await.map_err(RequestError::io(format!("cannot sync chunk {id}")))?;
+    }
     file.close().await.map_err(RequestError::io(format!("cannot close chunk {id}")))?;
     let dir = state.store.chunk_dir_fd(&id);
     let temp_name = temp.file_name().and_then(|n| n.to_str()).expect("temp names are ASCII");
@@ -326,7 +330,14 @@ async fn commit(
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(RequestError::AlreadyExists(id)),
         Err(e) => return Err(RequestError::io(format!("cannot rename chunk {id} into place"))(e)),
     }
-    dfs_runtime::ops::fsync(dir).await.map_err(RequestError::io(format!("cannot sync directory of chunk {id}")))
+    match &state.group_sync {
+        // The file's data and its new name are durable once a sync that started after the
+        // rename has finished.
+        Some(group) => group.sync().await.map_err(RequestError::io(format!("cannot sync chunk {id}"))),
+        None => {
+            dfs_runtime::ops::fsync(dir).await.map_err(RequestError::io(format!("cannot sync directory of chunk {id}")))
+        }
+    }
 }
 
 /// Opens a committed chunk without following symlinks, and reads and checks its footer.
