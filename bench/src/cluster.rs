@@ -14,25 +14,10 @@ use std::time::Duration;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often to retry a start that failed, e.g. because another process took a port meanwhile.
 const START_ATTEMPTS: usize = 3;
-/// Ports to try when looking for a run of free ones.
-const PORT_SEARCH_ATTEMPTS: usize = 200;
-/// The engine's port plus one per node.
-const N_PORTS: u16 = 5;
-
-/// Whether every port in `first..first + n` can be bound on loopback right now.
+/// Whether every port in `first..first + n` can be bound on loopback right now (the Python
+/// sketch needs fixed ports).
 pub fn ports_free(first: u16, n: u16) -> bool {
     (0..n).all(|i| first.checked_add(i).is_some_and(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()))
-}
-
-/// A port such that it and the next four are free.
-fn free_port_run() -> Result<u16> {
-    for _ in 0..PORT_SEARCH_ATTEMPTS {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if port <= u16::MAX - N_PORTS && ports_free(port, N_PORTS) {
-            return Ok(port);
-        }
-    }
-    bail!("no {N_PORTS} consecutive free loopback ports found")
 }
 
 /// Where the dfs binaries are and what they accept.
@@ -111,7 +96,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `dfs-engine --local 4 --data DATA --listen 127.0.0.1:PORT [--data-path P] EXTRA…`
+    /// Starts `dfs-engine --local 4 --data DATA --listen 127.0.0.1:0 [--data-path P] EXTRA…`
     /// and waits for its `listening` line. Its stderr goes to `DATA.log`.
     pub fn start(bins: &Binaries, data: &Path, data_path: Option<&str>, extra: &[String]) -> Result<Cluster> {
         let mut last_err = None;
@@ -126,8 +111,8 @@ impl Cluster {
 
     fn start_once(bins: &Binaries, data: &Path, data_path: Option<&str>, extra: &[String]) -> Result<Cluster> {
         let _ = std::fs::remove_dir_all(data);
-        let port = free_port_run()?;
-        let addr = format!("127.0.0.1:{port}");
+        // Port 0: the engine and its nodes each take a free port; the engine prints its own.
+        let addr = "127.0.0.1:0".to_string();
         let log = data.with_extension("log");
         let mut cmd = Command::new(bins.engine());
         cmd.args(["--local", "4", "--data"]).arg(data).args(["--listen", &addr]);
@@ -137,9 +122,12 @@ impl Cluster {
         cmd.args(extra);
         cmd.stderr(std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?);
         let (engine, lines) = Guard::spawn(&mut cmd, "dfs-engine")?;
-        let cluster = Cluster { engine, addr, log, token_file: data.join("access.key") };
+        let mut cluster = Cluster { engine, addr, log, token_file: data.join("access.key") };
         match lines.recv_timeout(START_TIMEOUT) {
-            Ok(line) if line.starts_with("listening") => Ok(cluster),
+            Ok(line) if line.starts_with("listening ") => {
+                cluster.addr = line["listening ".len()..].trim().to_string();
+                Ok(cluster)
+            }
             other => bail!(
                 "the engine did not start (first stdout line: {other:?}); end of {}:\n{}",
                 cluster.log.display(),

@@ -30,10 +30,9 @@ pub fn start_nodes(
     data_path: Option<dfs_runtime::DataPath>,
     cluster_secret_file: Option<&Path>,
 ) -> Result<Vec<LocalNode>, String> {
-    if listen.port() == 0 {
-        return Err("--local needs a fixed --listen port: the nodes take the ports after it".into());
-    }
-    if listen.port() as usize + n_nodes > u16::MAX as usize {
+    // With port 0 every node picks a free port of its own and says which; otherwise the nodes
+    // take the ports after the engine's.
+    if listen.port() != 0 && listen.port() as usize + n_nodes > u16::MAX as usize {
         return Err(format!("no room for {n_nodes} node ports after port {}", listen.port()));
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate the engine binary: {e}"))?;
@@ -44,7 +43,10 @@ pub fn start_nodes(
     std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
     let mut nodes = Vec::with_capacity(n_nodes);
     for node_idx in 0..n_nodes {
-        let addr = SocketAddr::new(listen.ip(), listen.port() + 1 + node_idx as u16);
+        let addr = match listen.port() {
+            0 => SocketAddr::new(listen.ip(), 0),
+            port => SocketAddr::new(listen.ip(), port + 1 + node_idx as u16),
+        };
         let dir = data.join(format!("node-{node_idx}"));
         let mut cmd = Command::new(&node_exe);
         cmd.arg("--listen").arg(addr.to_string()).arg("--data").arg(&dir).stdout(Stdio::piped());
@@ -72,7 +74,12 @@ pub fn start_nodes(
         });
         let mut node = LocalNode { addr, child };
         match rx.recv_timeout(NODE_START_TIMEOUT) {
-            Ok(Some(Ok(line))) if line.starts_with("listening ") => {}
+            Ok(Some(Ok(line))) if line.starts_with("listening ") => {
+                let announced = line["listening ".len()..].trim();
+                node.addr = announced
+                    .parse()
+                    .map_err(|e| format!("node {node_idx} announced an unreadable address {announced:?}: {e}"))?;
+            }
             _ => {
                 let status = node.child.try_wait().ok().flatten();
                 return Err(format!(
@@ -81,7 +88,7 @@ pub fn start_nodes(
                 ));
             }
         }
-        tracing::info!("local node {node_idx} on {addr}, data in {}", dir.display());
+        tracing::info!("local node {node_idx} on {}, data in {}", node.addr, dir.display());
         nodes.push(node);
     }
     Ok(nodes)

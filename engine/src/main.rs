@@ -49,8 +49,9 @@ struct Args {
     /// A storage node's address; give at least 4.
     #[arg(long = "node", value_name = "ADDR")]
     nodes: Vec<SocketAddr>,
-    /// Start N storage nodes as child processes on the next N loopback ports after --listen,
-    /// with all data under --data (nodes in node-<i>/, metadata in meta/).
+    /// Start N storage nodes as child processes on the next N ports after --listen (or, with
+    /// port 0, on free ports of their own), with all data under --data (nodes in node-<i>/,
+    /// metadata in meta/).
     #[arg(long, value_name = "N", conflicts_with_all = ["nodes", "meta"], requires = "data")]
     local: Option<usize>,
     /// Data directory for --local.

@@ -103,3 +103,21 @@ fn local_mode_starts_four_nodes_and_round_trips() {
     }
     assert!(cluster.engine_alive(), "the local engine died");
 }
+
+#[test]
+fn put_bench_local_runs_its_own_cluster_on_free_ports() {
+    // `--local` starts `dfs-engine --local 4 --listen 127.0.0.1:0`: every process takes a free
+    // port of its own, and the client presents the cluster's own access key.
+    for extra in [&[][..], &["--get"][..]] {
+        let mut cmd = std::process::Command::new(dfs_tests::bin("dfs-client"));
+        cmd.args(["put", "--bench", "--local", "--size", "64KiB", "--count", "20", "--concurrency", "4", "--json"]);
+        cmd.args(extra).env_remove("DFS_TOKEN_FILE").env_remove("DFS_SERVER");
+        let out = cmd.output().expect("run dfs-client put --bench --local");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "put --bench --local {extra:?} failed: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        assert_eq!(report["count"], 20, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        assert!(report["ops_s"].as_f64().is_some_and(|v| v > 0.0), "{report}");
+    }
+}

@@ -9,7 +9,6 @@
 use super::BenchError;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -20,8 +19,6 @@ use std::{io, thread};
 const N_NODES: u16 = 4;
 /// How long the engine (which starts its nodes first) may take to print `listening ADDR`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// Attempts at finding `1 + N_NODES` consecutive free loopback ports.
-const PORT_PROBE_ATTEMPTS: usize = 100;
 /// Lines of the engine's log quoted when it failed to start: its last words are the reason.
 const START_FAILURE_LOG_LINES: usize = 8;
 /// Lines of the engine's log worth quoting after a failed request: enough for the engine's
@@ -142,8 +139,8 @@ impl Drop for LocalCluster {
 /// Starts `dfs-engine --local 4` on free ports, its stdout piped (for the `listening` line)
 /// and its stderr, with its nodes', appended to `log_path`.
 fn spawn_engine(engine_exe: &Path, dir: &Path, log_path: &Path) -> Result<(Child, String), BenchError> {
-    let port = free_ports(1 + N_NODES)?;
-    let listen = format!("127.0.0.1:{port}");
+    // Port 0: the engine and its nodes each take a free port; the engine prints its own.
+    let listen = "127.0.0.1:0".to_string();
     let log = File::create(log_path).map_err(|source| BenchError::File {
         action: "create the engine log",
         path: log_path.to_owned(),
@@ -198,26 +195,6 @@ fn wait_until_listening(child: &mut Child) -> Result<String, String> {
     }
 }
 
-/// A loopback port such that it and the `n_ports - 1` ports after it are free. The engine's
-/// `--local` needs a fixed port and takes the following ones for its nodes. Another process can
-/// still take one of them before the engine binds; the engine then fails with a clear log line.
-fn free_ports(n_ports: u16) -> Result<u16, BenchError> {
-    for _ in 0..PORT_PROBE_ATTEMPTS {
-        let first = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| BenchError::Cluster(format!("cannot bind a loopback port: {e}")))?
-            .port();
-        let Some(last) = first.checked_add(n_ports - 1) else { continue };
-        // The listeners close at the end of the statement: only their success matters.
-        if (first..=last).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
-            return Ok(first);
-        }
-    }
-    Err(BenchError::Cluster(format!(
-        "no {n_ports} consecutive free loopback ports found in {PORT_PROBE_ATTEMPTS} attempts"
-    )))
-}
-
 /// The last `n_lines` non-empty lines of a file, read from at most its last
 /// [`LOG_TAIL_MAX_BYTES`].
 fn read_tail(path: &Path, n_lines: usize) -> io::Result<Vec<String>> {
@@ -259,14 +236,6 @@ fn strip_ansi(line: &str) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
-
-    #[test]
-    fn consecutive_free_ports_are_found() {
-        let first = free_ports(5).expect("free ports");
-        for port in first..first + 5 {
-            TcpListener::bind(("127.0.0.1", port)).expect("port is free");
-        }
-    }
 
     #[test]
     fn log_tail_keeps_the_last_non_empty_lines() {
