@@ -81,17 +81,7 @@ async fn collect_node(
                 push_report_line(&mut out.lines, format!("{chunk_id} on {addr}"));
                 continue;
             }
-            let deleted = async {
-                let conn = NodeConn::checkout(addr, state.config.node_timeouts).await?;
-                conn.send(&Msg::ChunkDelete { chunk_id }).await?;
-                let answer = conn.recv().await;
-                if answer.is_ok() {
-                    conn.checkin();
-                }
-                answer
-            }
-            .await;
-            match deleted {
+            match NodeConn::request(addr, state.config.node_timeouts, &Msg::ChunkDelete { chunk_id }).await {
                 Ok(_) => {
                     out.n_deleted += 1;
                     push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: deleted"));

@@ -73,3 +73,18 @@ pub fn init() {
     LazyLock::force(&NODE_BYTES_USED);
     LazyLock::force(&NODE_BYTES_FREE);
 }
+
+/// Counts one finished request and logs it at debug level.
+pub fn record(op: &str, tally: &dfs_proto::io_uring::Tally, elapsed: std::time::Duration) {
+    BYTES_IN.inc_by(tally.bytes_in);
+    BYTES_OUT.inc_by(tally.bytes_out);
+    REQUESTS.with_label_values(&[op, tally.outcome]).inc();
+    REQUEST_SECONDS.with_label_values(&[op]).observe(elapsed.as_secs_f64());
+    tracing::debug!(
+        op,
+        outcome = tally.outcome,
+        bytes_in = tally.bytes_in,
+        bytes_out = tally.bytes_out,
+        "request took {elapsed:.2?}"
+    );
+}

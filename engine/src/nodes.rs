@@ -178,6 +178,18 @@ impl NodeConn {
         }
     }
 
+    /// One request and its one-frame answer on a pooled connection to `addr`; the connection
+    /// goes back to the pool only after a clean answer.
+    pub async fn request(addr: SocketAddr, t: NodeTimeouts, msg: &Msg) -> Result<Msg, NodeError> {
+        let node = NodeConn::checkout(addr, t).await?;
+        node.send(msg).await?;
+        let answer = node.recv().await;
+        if answer.is_ok() {
+            node.checkin();
+        }
+        answer
+    }
+
     pub async fn send(&self, msg: &Msg) -> Result<(), NodeError> {
         self.conn.write_msg(msg).await.map_err(|e| NodeError::from_frame(self.addr, e))
     }

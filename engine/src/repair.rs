@@ -98,17 +98,7 @@ enum Copy {
 }
 
 async fn check_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId, chunk: &ChunkRecord) -> Copy {
-    let answer = async {
-        let node = NodeConn::checkout(addr, state.config.node_timeouts).await?;
-        node.send(&Msg::Exists { chunk_id }).await?;
-        let answer = node.recv().await;
-        if answer.is_ok() {
-            node.checkin();
-        }
-        answer
-    }
-    .await;
-    match answer {
+    match NodeConn::request(addr, state.config.node_timeouts, &Msg::Exists { chunk_id }).await {
         Ok(Msg::ExistsOk { length, crc32 }) if length == chunk.length && crc32 == chunk.crc32 => Copy::Sound,
         Ok(Msg::ExistsOk { length, crc32 }) => Copy::Bad(format!(
             "holds {length} bytes with crc32 {crc32:08x}, {} bytes with crc32 {:08x} were stored",
@@ -123,13 +113,7 @@ async fn check_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId, ch
 
 /// Deletes a bad copy so a sound one can be stored in its place (best effort).
 async fn remove_bad_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId) {
-    let result = async {
-        let node = NodeConn::checkout(addr, state.config.node_timeouts).await?;
-        node.send(&Msg::ChunkDelete { chunk_id }).await?;
-        node.recv().await
-    }
-    .await;
-    if let Err(e) = result {
+    if let Err(e) = NodeConn::request(addr, state.config.node_timeouts, &Msg::ChunkDelete { chunk_id }).await {
         tracing::debug!("repair: removing the bad copy of {chunk_id} on {addr}: {e}");
     }
 }
@@ -207,29 +191,19 @@ async fn repair_chunk(
         return;
     }
     let mut placement = sound.clone();
-    // A node that answered but lost or spoiled its copy (a replaced disk, a quarantined chunk)
-    // gets the copy back, so placement stays where it was.
-    for dest in bad_on_live {
+    // Where new copies go, in order: a node that answered but lost or spoiled its copy (a
+    // replaced disk, a quarantined chunk) gets it back, so placement stays where it was; copies
+    // on down nodes are then made again on other live nodes.
+    let others = state.health.up_first(&state.config.nodes).into_iter().filter(|d| !recorded.contains(d));
+    let dests: Vec<(SocketAddr, bool)> =
+        bad_on_live.iter().map(|&d| (d, true)).chain(others.map(|d| (d, false))).collect();
+    for (dest, holds_bad_copy) in dests {
         if placement.len() >= replicas {
             break;
         }
-        remove_bad_copy(state, dest, chunk_id).await;
-        match copy_from_any(state, &sound, dest, chunk_id, chunk).await {
-            Ok(()) => {
-                placement.push(dest);
-                summary.n_copies_made += 1;
-                crate::metrics::REPAIR_COPIES.inc();
-                summary.bytes_copied += chunk.length;
-            }
-            Err(e) => findings.push(format!("copy to {dest} failed: {e}")),
-        }
-    }
-    // Copies on down nodes are made again on other live nodes.
-    for dest in state.health.up_first(&state.config.nodes) {
-        if placement.len() >= replicas {
-            break;
-        }
-        if !state.health.is_up(dest) || recorded.contains(&dest) {
+        if holds_bad_copy {
+            remove_bad_copy(state, dest, chunk_id).await;
+        } else if !state.health.is_up(dest) {
             continue;
         }
         match copy_from_any(state, &sound, dest, chunk_id, chunk).await {

@@ -109,7 +109,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
         };
         let op = msg.kind().name();
         let started = std::time::Instant::now();
-        let ((read0, written0), errors0) = (conn.bytes_moved(), conn.errors_sent());
+        let mark = conn.mark();
         let upload_bytes = match &msg {
             Msg::Put { size, .. } => *size as i64,
             _ => 0,
@@ -193,24 +193,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
         .await;
         metrics::INFLIGHT_REQUESTS.dec();
         metrics::INFLIGHT_BYTES.sub(upload_bytes);
-        let (read1, written1) = conn.bytes_moved();
-        metrics::BYTES_IN.inc_by(read1 - read0);
-        metrics::BYTES_OUT.inc_by(written1 - written0);
-        let outcome = match (&result, conn.errors_sent() > errors0) {
-            (Err(_), _) => "broken",
-            (Ok(()), true) => "error",
-            (Ok(()), false) => "ok",
-        };
-        metrics::REQUESTS.with_label_values(&[op, outcome]).inc();
-        metrics::REQUEST_SECONDS.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
-        tracing::debug!(
-            op,
-            outcome,
-            bytes_in = read1 - read0,
-            bytes_out = written1 - written0,
-            "request took {:.2?}",
-            started.elapsed()
-        );
+        metrics::record(op, &conn.tally(&mark, &result), started.elapsed());
         result?;
     }
 }
@@ -272,17 +255,7 @@ pub fn delete_chunks_later(timeouts: NodeTimeouts, chunks: Vec<(ChunkId, SocketA
     }
     dfs_runtime::backend::spawn(async move {
         for (chunk_id, addr) in chunks {
-            let result = async {
-                let node = NodeConn::checkout(addr, timeouts).await?;
-                node.send(&Msg::ChunkDelete { chunk_id }).await?;
-                let answer = node.recv().await;
-                if answer.is_ok() {
-                    node.checkin();
-                }
-                answer
-            }
-            .await;
-            match result {
+            match NodeConn::request(addr, timeouts, &Msg::ChunkDelete { chunk_id }).await {
                 Ok(_) => tracing::debug!("deleted chunk {chunk_id} on {addr}"),
                 Err(e) if matches!(e.failure, NodeFailure::Remote(Status::NotFound, _)) => {
                     tracing::debug!("chunk {chunk_id} was already gone from {addr}")

@@ -57,3 +57,18 @@ pub fn record_store(report: &dfs_proto::StoreReport) {
     BYTES_FREE.set(report.bytes_free as i64);
     QUARANTINED.set(report.n_quarantined as i64);
 }
+
+/// Counts one finished request and logs it at debug level.
+pub fn record(op: &str, tally: &dfs_proto::io_uring::Tally, elapsed: std::time::Duration) {
+    BYTES_IN.inc_by(tally.bytes_in);
+    BYTES_OUT.inc_by(tally.bytes_out);
+    REQUESTS.with_label_values(&[op, tally.outcome]).inc();
+    REQUEST_SECONDS.with_label_values(&[op]).observe(elapsed.as_secs_f64());
+    tracing::debug!(
+        op,
+        outcome = tally.outcome,
+        bytes_in = tally.bytes_in,
+        bytes_out = tally.bytes_out,
+        "request took {elapsed:.2?}"
+    );
+}

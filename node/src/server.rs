@@ -113,7 +113,7 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
             Frame::Data(_) => "Data",
         };
         let started = std::time::Instant::now();
-        let ((read0, written0), errors0) = (conn.bytes_moved(), conn.errors_sent());
+        let mark = conn.mark();
         metrics::INFLIGHT_REQUESTS.inc();
         let result: Result<(), FrameError> = async {
             let reply = match frame {
@@ -160,24 +160,7 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
         }
         .await;
         metrics::INFLIGHT_REQUESTS.dec();
-        let (read1, written1) = conn.bytes_moved();
-        metrics::BYTES_IN.inc_by(read1 - read0);
-        metrics::BYTES_OUT.inc_by(written1 - written0);
-        let outcome = match (&result, conn.errors_sent() > errors0) {
-            (Err(_), _) => "broken",
-            (Ok(()), true) => "error",
-            (Ok(()), false) => "ok",
-        };
-        metrics::REQUESTS.with_label_values(&[op, outcome]).inc();
-        metrics::REQUEST_SECONDS.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
-        tracing::debug!(
-            op,
-            outcome,
-            bytes_in = read1 - read0,
-            bytes_out = written1 - written0,
-            "request took {:.2?}",
-            started.elapsed()
-        );
+        metrics::record(op, &conn.tally(&mark, &result), started.elapsed());
         result?;
     }
 }

@@ -11,6 +11,22 @@ use dfs_runtime::backend::net::TcpStream;
 use std::time::Duration;
 use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut};
 
+/// A connection's counts at one moment (see [`Conn::mark`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    bytes_read: u64,
+    bytes_written: u64,
+    errors_sent: u64,
+}
+
+/// What one request moved and how it ended (see [`Conn::tally`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Tally {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub outcome: &'static str,
+}
+
 /// A framed connection with an idle timeout on every read and write. It counts the bytes it
 /// moves and the Error frames it sends, for metrics.
 pub struct Conn {
@@ -32,21 +48,36 @@ impl Conn {
         }
     }
 
-    /// Bytes read from and written to the socket so far, including those moved around this
-    /// type (by splice) and reported with [`Conn::note_read`] and [`Conn::note_written`].
-    pub fn bytes_moved(&self) -> (u64, u64) {
-        (self.bytes_read.get(), self.bytes_written.get())
+    /// Where the connection's counts stand, to measure one request from.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            bytes_read: self.bytes_read.get(),
+            bytes_written: self.bytes_written.get(),
+            errors_sent: self.errors_sent.get(),
+        }
     }
 
-    /// Error frames sent so far.
-    pub fn errors_sent(&self) -> u64 {
-        self.errors_sent.get()
+    /// What one request moved since `mark`, and how it ended: `broken` if it broke the
+    /// connection, `error` if it was answered with an Error frame, else `ok`.
+    pub fn tally<T, E>(&self, mark: &Mark, result: &Result<T, E>) -> Tally {
+        let outcome = match (result, self.errors_sent.get() > mark.errors_sent) {
+            (Err(_), _) => "broken",
+            (Ok(_), true) => "error",
+            (Ok(_), false) => "ok",
+        };
+        Tally {
+            bytes_in: self.bytes_read.get() - mark.bytes_read,
+            bytes_out: self.bytes_written.get() - mark.bytes_written,
+            outcome,
+        }
     }
 
+    /// Counts bytes read from the socket around this type (by splice).
     pub fn note_read(&self, n: u64) {
         self.bytes_read.set(self.bytes_read.get() + n);
     }
 
+    /// Counts bytes written to the socket around this type (by splice).
     pub fn note_written(&self, n: u64) {
         self.bytes_written.set(self.bytes_written.get() + n);
     }
