@@ -1,31 +1,19 @@
 //! The engine's metrics, registered in the process-wide Prometheus registry and served by
 //! `--metrics ADDR` (see `dfs_runtime::metrics`).
 
-use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-};
+use dfs_runtime::metrics::{RequestMetricNames, RequestMetrics};
+use prometheus::{register_int_counter, register_int_gauge, register_int_gauge_vec, IntCounter, IntGauge, IntGaugeVec};
 use std::sync::LazyLock;
 
-pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("dfs_engine_requests_total", "Client requests by kind and result", &["op", "result"])
-        .expect("metric registers once")
-});
-pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
-        "dfs_engine_request_seconds",
-        "Client request latency by kind",
-        &["op"],
-        prometheus::exponential_buckets(0.0005, 2.0, 18).expect("valid buckets")
-    )
-    .expect("metric registers once")
-});
-pub static BYTES_IN: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("dfs_engine_client_bytes_in_total", "Bytes received from clients")
-        .expect("metric registers once")
-});
-pub static BYTES_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("dfs_engine_client_bytes_out_total", "Bytes sent to clients").expect("metric registers once")
+pub static REQUESTS: LazyLock<RequestMetrics> = LazyLock::new(|| {
+    RequestMetrics::register(&RequestMetricNames {
+        requests: "dfs_engine_requests_total",
+        seconds: "dfs_engine_request_seconds",
+        bytes_in: "dfs_engine_client_bytes_in_total",
+        bytes_out: "dfs_engine_client_bytes_out_total",
+        peer: "Client",
+        first_bucket_secs: 0.0005,
+    })
 });
 pub static INFLIGHT_REQUESTS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("dfs_engine_inflight_requests", "Client requests being served").expect("metric registers once")
@@ -60,14 +48,11 @@ pub static REPAIR_COPIES: LazyLock<IntCounter> = LazyLock::new(|| {
 
 /// Registers every metric, so the endpoint shows them all from the start.
 pub fn init() {
-    for m in [&*BYTES_IN, &*BYTES_OUT, &*REPAIR_COPIES] {
-        m.reset();
-    }
+    REPAIR_COPIES.reset();
     INFLIGHT_REQUESTS.set(0);
     INFLIGHT_BYTES.set(0);
     CONNECTIONS.set(0);
     LazyLock::force(&REQUESTS);
-    LazyLock::force(&REQUEST_SECONDS);
     LazyLock::force(&NODE_UP);
     LazyLock::force(&NODE_CHUNKS);
     LazyLock::force(&NODE_BYTES_USED);
@@ -76,15 +61,5 @@ pub fn init() {
 
 /// Counts one finished request and logs it at debug level.
 pub fn record(op: &str, tally: &dfs_proto::io_uring::Tally, elapsed: std::time::Duration) {
-    BYTES_IN.inc_by(tally.bytes_in);
-    BYTES_OUT.inc_by(tally.bytes_out);
-    REQUESTS.with_label_values(&[op, tally.outcome]).inc();
-    REQUEST_SECONDS.with_label_values(&[op]).observe(elapsed.as_secs_f64());
-    tracing::debug!(
-        op,
-        outcome = tally.outcome,
-        bytes_in = tally.bytes_in,
-        bytes_out = tally.bytes_out,
-        "request took {elapsed:.2?}"
-    );
+    REQUESTS.record(op, tally.outcome, tally.bytes_in, tally.bytes_out, elapsed);
 }

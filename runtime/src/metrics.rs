@@ -35,3 +35,61 @@ pub fn serve(addr: SocketAddr) -> Result<SocketAddr, String> {
     tracing::info!("metrics on http://{bound}/metrics");
     Ok(bound)
 }
+
+/// The names one server gives its per-request metrics.
+pub struct RequestMetricNames {
+    /// Counter by `op` and `result`.
+    pub requests: &'static str,
+    /// Latency histogram by `op`.
+    pub seconds: &'static str,
+    pub bytes_in: &'static str,
+    pub bytes_out: &'static str,
+    /// Who sends the requests, for the help texts ("Client", "Engine").
+    pub peer: &'static str,
+    /// The lowest latency bucket; each next one doubles it.
+    pub first_bucket_secs: f64,
+}
+
+/// What engine and node both count per request: requests by kind and result, latency, bytes in
+/// and out.
+pub struct RequestMetrics {
+    requests: prometheus::IntCounterVec,
+    seconds: prometheus::HistogramVec,
+    bytes_in: prometheus::IntCounter,
+    bytes_out: prometheus::IntCounter,
+}
+
+impl RequestMetrics {
+    /// Registers the metrics in the process-wide registry. Panics if a name is taken: each
+    /// server registers once, at start-up.
+    pub fn register(names: &RequestMetricNames) -> RequestMetrics {
+        let registered = "metric registers once";
+        let buckets = prometheus::exponential_buckets(names.first_bucket_secs, 2.0, 20).expect("valid buckets");
+        RequestMetrics {
+            requests: prometheus::register_int_counter_vec!(
+                names.requests,
+                format!("{} requests by kind and result", names.peer),
+                &["op", "result"]
+            )
+            .expect(registered),
+            seconds: prometheus::register_histogram_vec!(
+                names.seconds,
+                format!("{} request latency by kind", names.peer),
+                &["op"],
+                buckets
+            )
+            .expect(registered),
+            bytes_in: prometheus::register_int_counter!(names.bytes_in, "Bytes received").expect(registered),
+            bytes_out: prometheus::register_int_counter!(names.bytes_out, "Bytes sent").expect(registered),
+        }
+    }
+
+    /// Counts one finished request and logs it at debug level.
+    pub fn record(&self, op: &str, outcome: &str, bytes_in: u64, bytes_out: u64, elapsed: std::time::Duration) {
+        self.bytes_in.inc_by(bytes_in);
+        self.bytes_out.inc_by(bytes_out);
+        self.requests.with_label_values(&[op, outcome]).inc();
+        self.seconds.with_label_values(&[op]).observe(elapsed.as_secs_f64());
+        tracing::debug!(op, outcome, bytes_in, bytes_out, "request took {elapsed:.2?}");
+    }
+}
