@@ -13,8 +13,14 @@ bin=target/release
 work=$(mktemp -d)
 engine_pid=
 cleanup() {
-    [ -n "$engine_pid" ] && kill "$engine_pid" 2>/dev/null && wait "$engine_pid" 2>/dev/null
+    status=$?
+    # The engine ends by SIGTERM; its exit status is not the demo's.
+    if [ -n "$engine_pid" ]; then
+        kill "$engine_pid" 2>/dev/null || true
+        wait "$engine_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
+    exit "$status"
 }
 trap cleanup EXIT
 rate() { awk -v s="$size_mib" -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", s / (b - a) }'; }
@@ -44,7 +50,8 @@ echo "== put: file ID $id ($(rate "$t0" "$t1") MiB/s)"
 t2=$(date +%s.%N)
 echo "== get: $(rate "$t1" "$t2") MiB/s"
 
-cmp "$work/input" "$work/output" && echo "== round trip is byte-identical"
+cmp "$work/input" "$work/output"
+echo "== round trip is byte-identical"
 "$bin/dfs-client" stat "$id"
 "$bin/dfs-client" ls
 "$bin/dfs-client" rm "$id"
