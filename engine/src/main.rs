@@ -66,8 +66,8 @@ struct Args {
     buffer_budget: u64,
     /// How upload bytes move from client to nodes: `copy` (through one buffer, written to every
     /// copy's node) or `splice` (through kernel pipes with io_uring splice and tee, never
-    /// entering user space) [default: copy, which measured as fast or faster on this project's
-    /// machines, see perf.md]. Falls back to copy, with a warning, where the kernel refuses
+    /// entering user space) [default: copy, which measured about even for uploads and used less
+    /// engine CPU on this project's machines, see perf.md]. Falls back to copy, with a warning, where the kernel refuses
     /// splice. With --local, a value given here is passed on to the nodes too.
     #[arg(long, env = "DFS_DATA_PATH")]
     data_path: Option<dfs_runtime::DataPath>,
