@@ -30,6 +30,10 @@ pub struct TreeSummary {
     pub bytes_done: u64,
     /// Stored unchanged by an earlier run (put), or already present and identical (get).
     pub skipped_unchanged: u64,
+    /// put: found already stored under their path with the same bytes, though the manifest
+    /// did not record them (an earlier run stopped between storing and recording), so recorded
+    /// now instead of stored twice.
+    pub adopted: u64,
     /// Symlinks and special files, with what they are.
     pub skipped_not_regular: Vec<Skipped>,
     pub failed: Vec<Failed>,
@@ -194,6 +198,15 @@ pub fn put_tree(opts: &PutTree, progress: &dyn TreeProgress) -> Result<TreeSumma
             Err(e) => summary.failed.push(Failed { path: rel, error: e.to_string() }),
         }
     }
+    // A rerun may find files an interrupted run stored but never recorded: look them up by name
+    // rather than store them twice.
+    let mut stored_by_name: std::collections::HashMap<String, Vec<(crate::FileId, u64)>> = Default::default();
+    if !done_before.is_empty() {
+        let files = Client::connect(opts.server).and_then(|mut c| c.list()).map_err(|e| format!("{e:#}"))?;
+        for f in files {
+            stored_by_name.entry(f.name).or_default().push((f.file_id, f.size));
+        }
+    }
     let writer = Mutex::new(
         manifest::Writer::open(opts.manifest)
             .map_err(|e| format!("cannot open manifest {}: {e}", opts.manifest.display()))?,
@@ -203,6 +216,7 @@ pub fn put_tree(opts: &PutTree, progress: &dyn TreeProgress) -> Result<TreeSumma
     enum Outcome {
         Uploaded(u64),
         Unchanged,
+        Adopted,
         Failed(Failed),
     }
     let outcomes = run_parallel(opts.jobs, uploads, |client, up| {
@@ -224,14 +238,32 @@ pub fn put_tree(opts: &PutTree, progress: &dyn TreeProgress) -> Result<TreeSumma
                 return Err("the file changed while it was being read".into());
             }
             let crc32 = crc32fast::hash(&file);
+            let record = |id: crate::FileId| -> Result<(), String> {
+                let entry =
+                    Entry { path: up.rel.clone(), id: id.to_string(), size: up.size, crc32, mtime_ns: up.mtime_ns };
+                writer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .append(&entry)
+                    .map_err(|e| format!("stored as {id}, but the manifest could not be written: {e}"))
+            };
+            let same_size = stored_by_name.get(&up.rel).into_iter().flatten().filter(|(_, size)| *size == up.size);
+            for (id, _) in same_size {
+                if let Ok(info) = conn.stat(*id) {
+                    let same_bytes = info.chunks.iter().all(|c| {
+                        let range = c.offset as usize..(c.offset + c.length) as usize;
+                        file.get(range).is_some_and(|bytes| crc32fast::hash(bytes) == c.crc32)
+                    });
+                    if same_bytes {
+                        record(*id)?;
+                        progress.bytes(up.size);
+                        return Ok(Outcome::Adopted);
+                    }
+                }
+            }
             let id =
                 conn.put_bytes(&up.rel, &file, opts.chunking, &mut FileBytes(progress)).map_err(|e| e.to_string())?;
-            let entry = Entry { path: up.rel.clone(), id: id.to_string(), size: up.size, crc32, mtime_ns: up.mtime_ns };
-            writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&entry)
-                .map_err(|e| format!("stored as {id}, but the manifest could not be written: {e}"))?;
+            record(id)?;
             Ok(Outcome::Uploaded(up.size))
         })();
         progress.file_done();
@@ -244,6 +276,7 @@ pub fn put_tree(opts: &PutTree, progress: &dyn TreeProgress) -> Result<TreeSumma
                 summary.bytes_done += n;
             }
             Outcome::Unchanged => summary.skipped_unchanged += 1,
+            Outcome::Adopted => summary.adopted += 1,
             Outcome::Failed(f) => summary.failed.push(f),
         }
     }

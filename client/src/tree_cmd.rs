@@ -120,12 +120,13 @@ pub fn report(summary: &TreeSummary, verb: &str, json: bool, stdout: &mut dyn Wr
         let mut err = std::io::stderr().lock();
         let _ = writeln!(
             err,
-            "{verb} {} files ({:.1} MiB) in {:.1} s, {:.1} MiB/s; {} unchanged, {} not regular files, {} failed",
+            "{verb} {} files ({:.1} MiB) in {:.1} s, {:.1} MiB/s; {} unchanged, {} found stored and recorded, {} not regular files, {} failed",
             summary.files_done,
             summary.bytes_done as f64 / (1 << 20) as f64,
             summary.elapsed_s,
             summary.throughput_mib_s,
             summary.skipped_unchanged,
+            summary.adopted,
             summary.skipped_not_regular.len(),
             summary.failed.len()
         );
