@@ -7,7 +7,7 @@
 
 use crate::manifest::{self, Entry, ManifestError};
 use crate::{Chunking, Client, ClientError, MappedFile, Progress};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -18,6 +18,59 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The most connections (and threads) one tree transfer may use.
 pub const MAX_JOBS: usize = 256;
+
+/// Temporary files of restores in progress, so that an interrupted `get -r` can remove them
+/// (see [`remove_partial_files`]). A file is created and registered under this lock.
+static PARTIAL_FILES: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// Removes the temporary files of every restore in progress, and keeps new ones from being
+/// created: for a process about to exit on an interrupt, so that an output directory holds
+/// only whole, verified files. Never returns the lock, so call it only on the way out.
+pub fn remove_partial_files() {
+    let partial = PARTIAL_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    for path in partial.iter() {
+        // Best effort on the way out; a file already renamed into place is whole.
+        let _ = fs::remove_file(path);
+    }
+    std::mem::forget(partial);
+}
+
+/// A registered temporary file, unregistered when dropped (after it was renamed or removed).
+struct Partial {
+    /// None once renamed into place.
+    temp: Option<tempfile::NamedTempFile>,
+    path: PathBuf,
+}
+
+impl Partial {
+    fn create_in(dir: &Path) -> io::Result<Partial> {
+        let mut registry = PARTIAL_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        let file = tempfile::Builder::new()
+            .prefix(".dfs-restore-")
+            .permissions(fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)?;
+        let path = file.path().to_path_buf();
+        registry.insert(path.clone());
+        Ok(Partial { temp: Some(file), path })
+    }
+
+    fn file(&self) -> io::Result<&File> {
+        self.temp.as_ref().map(|t| t.as_file()).ok_or_else(|| io::Error::other("already renamed into place"))
+    }
+
+    /// Renames the file to `dest`, replacing what is there only with `replace`.
+    fn persist(mut self, dest: &Path, replace: bool) -> io::Result<()> {
+        let temp = self.temp.take().ok_or_else(|| io::Error::other("already renamed into place"))?;
+        let persisted = if replace { temp.persist(dest) } else { temp.persist_noclobber(dest) };
+        persisted.map(drop).map_err(|e| e.error)
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        PARTIAL_FILES.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.path);
+    }
+}
 
 /// How a tree transfer reports progress; called from every worker thread.
 pub trait TreeProgress: Sync {
@@ -428,12 +481,9 @@ fn get_one(
         }
     };
     let conn = connected(client, opts.server).map_err(|e| error_chain(&e))?;
-    let temp = tempfile::Builder::new()
-        .prefix(".dfs-restore-")
-        .permissions(fs::Permissions::from_mode(0o666))
-        .tempfile_in(&dir)
-        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
-    let mut out = CrcWriter { file: temp.as_file(), hasher: crc32fast::Hasher::new(), n_bytes: 0 };
+    let partial = Partial::create_in(&dir).map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
+    let file = partial.file().map_err(|e| e.to_string())?;
+    let mut out = CrcWriter { file, hasher: crc32fast::Hasher::new(), n_bytes: 0 };
     conn.get_to_writer(id, &mut out, &mut FileBytes(progress)).map_err(|e| error_chain(&e))?;
     let (n_bytes, crc32) = (out.n_bytes, out.hasher.finalize());
     if n_bytes != entry.size {
@@ -445,11 +495,10 @@ fn get_one(
     let mtime = u64::try_from(entry.mtime_ns).ok().map(|ns| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns));
     if let Some(mtime) = mtime {
         // Only cosmetic (the recorded time, as `cp -p` would keep it); the data is what counts.
-        let _ = temp.as_file().set_modified(mtime);
+        let _ = file.set_modified(mtime);
     }
-    temp.as_file().sync_data().map_err(|e| format!("cannot sync {}: {e}", temp.path().display()))?;
-    let persisted = if replace { temp.persist(&dest) } else { temp.persist_noclobber(&dest) };
-    persisted.map_err(|e| format!("cannot put the file in place at {}: {}", dest.display(), e.error))?;
+    file.sync_data().map_err(|e| format!("cannot sync {}: {e}", partial.path.display()))?;
+    partial.persist(&dest, replace).map_err(|e| format!("cannot put the file in place at {}: {e}", dest.display()))?;
     Ok(Outcome::Moved(entry.size))
 }
 

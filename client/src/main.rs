@@ -250,6 +250,7 @@ fn run(cli: Cli) -> Result<()> {
                 follow_symlinks: args.tree.follow_symlinks,
                 chunking: args.chunking,
             };
+            tree_cmd::exit_cleanly_on_interrupt("every finished file is in the manifest: rerun to resume")?;
             let bar = tree_cmd::TreeBar::on_stderr("uploaded");
             let summary = dfs_client::ingest::put_tree(&opts, &bar)?;
             tree_cmd::report(&summary, "uploaded", args.json, stdout)?;
@@ -278,6 +279,7 @@ fn run(cli: Cli) -> Result<()> {
                 jobs,
                 force,
             };
+            tree_cmd::exit_cleanly_on_interrupt("unfinished files were removed: rerun to resume")?;
             let bar = tree_cmd::TreeBar::on_stderr("restored");
             let summary = dfs_client::ingest::get_tree(&opts, &bar)?;
             tree_cmd::report(&summary, "restored", json, stdout)?;

@@ -130,6 +130,32 @@ impl TreeProgress for TreeBar {
     }
 }
 
+/// Makes SIGINT and SIGTERM end the process on a thread of its own, after removing the
+/// temporary files of restores in progress, with one `error:` line ending in `hint` and the
+/// usual 128 + signal number status. Must run before any other thread starts, so that every
+/// thread inherits the blocked signals and only the waiting thread receives them.
+pub fn exit_cleanly_on_interrupt(hint: &'static str) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().context("cannot block SIGINT and SIGTERM")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(signal) = signals.wait() {
+                dfs_client::ingest::remove_partial_files();
+                let mut err = std::io::stderr().lock();
+                let newline = if std::io::stderr().is_terminal() { "\n" } else { "" };
+                // Nothing sensible is left to do if stderr itself is gone.
+                let _ = writeln!(err, "{newline}error: interrupted by {signal}; {hint}");
+                std::process::exit(128 + signal as i32);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
 /// Prints the summary and turns failures into the exit status.
 pub fn report(summary: &TreeSummary, verb: &str, json: bool, stdout: &mut dyn Write) -> Result<()> {
     if json {

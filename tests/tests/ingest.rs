@@ -249,6 +249,54 @@ fn killing_put_part_way_then_rerunning_uploads_only_the_rest() {
 }
 
 #[test]
+fn an_interrupted_get_leaves_only_whole_files_and_a_rerun_finishes() {
+    let cluster = Cluster::start(4, ClusterOpts::default());
+    let scratch = cluster.root().join("scratch");
+    let root = scratch.join("big");
+    let files: Vec<(String, Vec<u8>)> =
+        (0..6).map(|i| (format!("part-{i}.bin"), pseudo_random_bytes(200 + i, 6 << 20))).collect();
+    write_files(&root, &files);
+    let manifest = scratch.join("m.jsonl");
+    let (ok, v) = json_run(&cluster, &["put", "-r", s(&root), "--manifest", s(&manifest), "--json"]);
+    assert!(ok, "put -r failed: {v}");
+
+    let restored = scratch.join("restored");
+    let mut child = cluster.spawn_client(["get", "-r", s(&manifest), "-o", s(&restored), "--jobs", "1"]);
+    let partial = |dir: &Path| -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".dfs-restore-")))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partial(&restored).is_empty() {
+        assert!(Instant::now() < deadline, "get -r started no download in 60 s");
+        assert!(child.try_wait().expect("try_wait").is_none(), "get -r ended before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+    assert!(status.success(), "kill -TERM failed");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(128 + 15), "get -r should exit 143 on SIGTERM: {status}");
+    assert!(partial(&restored).is_empty(), "partial files left behind: {:?}", partial(&restored));
+    let n_whole = walk(&restored).len();
+    assert!(n_whole < files.len(), "everything was restored before the interrupt");
+    for p in walk(&restored) {
+        let rel = p.strip_prefix(&restored).expect("inside").to_str().expect("utf-8").to_string();
+        let expected = &files.iter().find(|f| f.0 == rel).expect("a file of the tree").1;
+        assert!(fs::read(&p).expect("read") == *expected, "{rel} was left incomplete");
+    }
+
+    let (ok, got) = json_run(&cluster, &["get", "-r", s(&manifest), "-o", s(&restored), "--json"]);
+    assert!(ok, "get -r after the interrupt failed: {got}");
+    assert_eq!(n(&got, "skipped_unchanged"), n_whole as u64, "{got}");
+    assert_eq!(n(&got, "files_done"), (files.len() - n_whole) as u64, "{got}");
+    assert_tree_equals(&restored, &files);
+}
+
+#[test]
 fn a_hostile_manifest_fails_only_its_bad_lines_and_writes_nothing_outside() {
     let cluster = Cluster::start(4, ClusterOpts::default());
     let scratch = cluster.root().join("scratch");
