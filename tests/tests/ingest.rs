@@ -217,7 +217,7 @@ fn killing_put_part_way_then_rerunning_uploads_only_the_rest() {
     let cluster = Cluster::start(4, ClusterOpts::default());
     let scratch = cluster.root().join("scratch");
     let root = scratch.join("many");
-    let files: Vec<(String, Vec<u8>)> = (0..400)
+    let files: Vec<(String, Vec<u8>)> = (0..200)
         .map(|i| (format!("d{}/f{i:03}", i % 7), pseudo_random_bytes(100 + i, 1000 + (i as usize * 37) % 9000)))
         .collect();
     write_files(&root, &files);
