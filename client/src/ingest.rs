@@ -1,16 +1,76 @@
 //! Whole directory trees: `put -r` uploads every regular file of a tree in parallel and records
 //! each in a manifest (see [`crate::manifest`]); a rerun with the same manifest skips files
 //! already stored unchanged. `get -r` restores a tree from a manifest, verifying every file.
-//! Both report progress through a [`TreeProgress`] and end with a [`TreeSummary`].
+//! Both run on a pool of threads, each with its own engine connection, report progress through
+//! a [`TreeProgress`] and end with a [`TreeSummary`]. A file that fails is recorded in the
+//! summary and the others go on; only a run that cannot start at all is an error.
 
-use crate::manifest::{self, Entry};
-use crate::{Chunking, Client, MappedFile, Progress};
-use std::collections::{BTreeMap, VecDeque};
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use crate::manifest::{self, Entry, ManifestError};
+use crate::{Chunking, Client, ClientError, MappedFile, Progress};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The most connections (and threads) one tree transfer may use.
+pub const MAX_JOBS: usize = 256;
+
+/// Temporary files of restores in progress, so that an interrupted `get -r` can remove them
+/// (see [`remove_partial_files`]). A file is created and registered under this lock.
+static PARTIAL_FILES: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// Removes the temporary files of every restore in progress, and keeps new ones from being
+/// created: for a process about to exit on an interrupt, so that an output directory holds
+/// only whole, verified files. Never returns the lock, so call it only on the way out.
+pub fn remove_partial_files() {
+    let partial = PARTIAL_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    for path in partial.iter() {
+        // Best effort on the way out; a file already renamed into place is whole.
+        let _ = fs::remove_file(path);
+    }
+    std::mem::forget(partial);
+}
+
+/// A registered temporary file, unregistered when dropped (after it was renamed or removed).
+struct Partial {
+    /// None once renamed into place.
+    temp: Option<tempfile::NamedTempFile>,
+    path: PathBuf,
+}
+
+impl Partial {
+    fn create_in(dir: &Path) -> io::Result<Partial> {
+        let mut registry = PARTIAL_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        let file = tempfile::Builder::new()
+            .prefix(".dfs-restore-")
+            .permissions(fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)?;
+        let path = file.path().to_path_buf();
+        registry.insert(path.clone());
+        Ok(Partial { temp: Some(file), path })
+    }
+
+    fn file(&self) -> io::Result<&File> {
+        self.temp.as_ref().map(|t| t.as_file()).ok_or_else(|| io::Error::other("already renamed into place"))
+    }
+
+    /// Renames the file to `dest`, replacing what is there only with `replace`.
+    fn persist(mut self, dest: &Path, replace: bool) -> io::Result<()> {
+        let temp = self.temp.take().ok_or_else(|| io::Error::other("already renamed into place"))?;
+        let persisted = if replace { temp.persist(dest) } else { temp.persist_noclobber(dest) };
+        persisted.map(drop).map_err(|e| e.error)
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        PARTIAL_FILES.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.path);
+    }
+}
 
 /// How a tree transfer reports progress; called from every worker thread.
 pub trait TreeProgress: Sync {
@@ -18,6 +78,8 @@ pub trait TreeProgress: Sync {
     fn start(&self, n_files: u64, n_bytes: u64);
     /// `n_bytes` more bytes of some file moved.
     fn bytes(&self, n_bytes: u64);
+    /// A file of `n_bytes` bytes needs no transfer after all (it is already in place).
+    fn skipped(&self, n_bytes: u64);
     /// One more file is done (moved, skipped or failed).
     fn file_done(&self);
     fn finish(&self);
@@ -26,18 +88,21 @@ pub trait TreeProgress: Sync {
 /// What a tree transfer did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct TreeSummary {
+    /// Files uploaded (put) or restored (get) by this run.
     pub files_done: u64,
+    /// Their bytes.
     pub bytes_done: u64,
     /// Stored unchanged by an earlier run (put), or already present and identical (get).
     pub skipped_unchanged: u64,
-    /// put: found already stored under their path with the same bytes, though the manifest
-    /// did not record them (an earlier run stopped between storing and recording), so recorded
-    /// now instead of stored twice.
+    /// put: found already stored under their path with the same bytes, though the manifest did
+    /// not record them (an earlier run stopped between storing and recording), so recorded now
+    /// instead of stored twice.
     pub adopted: u64,
-    /// Symlinks and special files, with what they are.
+    /// Symlinks and special files, with what they are (put).
     pub skipped_not_regular: Vec<Skipped>,
     pub failed: Vec<Failed>,
     pub elapsed_s: f64,
+    /// `bytes_done` over `elapsed_s`.
     pub throughput_mib_s: f64,
 }
 
@@ -53,12 +118,38 @@ pub struct Failed {
     pub error: String,
 }
 
+/// Why a tree transfer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("cannot read the directory {}", path.display())]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("cannot create the output directory {}", path.display())]
+    OutputDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The engine cannot be reached at all: reported once rather than once per file.
+    #[error(transparent)]
+    Engine(#[from] ClientError),
+}
+
 /// Options of `put -r`.
 pub struct PutTree<'a> {
     pub server: &'a str,
     pub root: &'a Path,
     pub manifest: &'a Path,
+    /// Connections, hence files in flight, at once (1 to [`MAX_JOBS`]).
     pub jobs: usize,
+    /// Upload the regular files symlinks point to, instead of skipping the symlinks.
     pub follow_symlinks: bool,
     pub chunking: Chunking,
 }
@@ -68,12 +159,13 @@ pub struct GetTree<'a> {
     pub server: &'a str,
     pub manifest: &'a Path,
     pub out_dir: &'a Path,
+    /// Connections, hence files in flight, at once (1 to [`MAX_JOBS`]).
     pub jobs: usize,
-    /// Replace existing files that differ from the manifest instead of failing them.
+    /// Replace existing files (and symlinks) that differ from the manifest instead of failing them.
     pub force: bool,
 }
 
-/// A file to upload.
+/// A file to upload, as the walk found it.
 struct Upload {
     rel: String,
     path: PathBuf,
@@ -81,14 +173,16 @@ struct Upload {
     mtime_ns: i128,
 }
 
-fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+fn mtime_ns(meta: &fs::Metadata) -> i128 {
     meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
 }
 
-fn kind_of(ft: std::fs::FileType) -> &'static str {
+fn kind_of(ft: fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_symlink() {
         "symlink"
+    } else if ft.is_dir() {
+        "directory"
     } else if ft.is_fifo() {
         "fifo"
     } else if ft.is_socket() {
@@ -118,10 +212,11 @@ fn run_parallel<T: Send, R: Send>(
     items: Vec<T>,
     work: impl Fn(&mut Option<Client>, T) -> R + Sync,
 ) -> Vec<R> {
+    let n_threads = jobs.clamp(1, MAX_JOBS).min(items.len().max(1));
     let queue = Mutex::new(items.into_iter().collect::<VecDeque<T>>());
     let results = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
+        for _ in 0..n_threads {
             scope.spawn(|| {
                 let mut client: Option<Client> = None;
                 loop {
@@ -139,13 +234,32 @@ fn run_parallel<T: Send, R: Send>(
 }
 
 fn connected<'a>(client: &'a mut Option<Client>, server: &str) -> crate::Result<&'a mut Client> {
-    if client.is_none() {
-        *client = Some(Client::connect(server)?);
+    match client {
+        Some(c) => Ok(c),
+        None => Ok(client.insert(Client::connect(server)?)),
     }
-    Ok(client.as_mut().expect("connected above"))
 }
 
-fn finish(summary: &mut TreeSummary, started: Instant) {
+/// How one file ended.
+enum Outcome {
+    Moved(u64),
+    Unchanged,
+    Adopted,
+    Failed(Failed),
+}
+
+fn tally(summary: &mut TreeSummary, outcomes: Vec<Outcome>, started: Instant) {
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Moved(n) => {
+                summary.files_done += 1;
+                summary.bytes_done += n;
+            }
+            Outcome::Unchanged => summary.skipped_unchanged += 1,
+            Outcome::Adopted => summary.adopted += 1,
+            Outcome::Failed(f) => summary.failed.push(f),
+        }
+    }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     summary.throughput_mib_s =
         if summary.elapsed_s > 0.0 { summary.bytes_done as f64 / (1 << 20) as f64 / summary.elapsed_s } else { 0.0 };
@@ -153,22 +267,64 @@ fn finish(summary: &mut TreeSummary, started: Instant) {
     summary.skipped_not_regular.sort_by(|a, b| a.path.cmp(&b.path));
 }
 
-/// Uploads a directory tree. Err: the run could not start (unreadable root or manifest).
-pub fn put_tree(opts: &PutTree, progress: &dyn TreeProgress) -> Result<TreeSummary, String> {
+/// Uploads a directory tree.
+pub fn put_tree(opts: &PutTree, progress: &dyn TreeProgress) -> Result<TreeSummary, TreeError> {
     let started = Instant::now();
-    let root_meta = std::fs::metadata(opts.root).map_err(|e| format!("cannot read {}: {e}", opts.root.display()))?;
+    let root_meta = fs::metadata(opts.root).map_err(|source| TreeError::Root { path: opts.root.into(), source })?;
     if !root_meta.is_dir() {
-        return Err(format!("{} is not a directory", opts.root.display()));
+        return Err(TreeError::NotADirectory(opts.root.into()));
     }
-    let done_before = manifest::load(opts.manifest).map_err(|e| e.to_string())?;
+    let (writer, done_before) = manifest::Writer::open(opts.manifest)?;
+    let manifest_ino = writer.file().metadata().map(|m| (m.dev(), m.ino())).ok();
+    // One connection first, so an unreachable engine or a refused key is one error, not one
+    // per file.
+    drop(Client::connect(opts.server)?);
+
+    // A rerun may find files an interrupted run stored but never recorded: look them up by
+    // name rather than store them twice.
+    let mut stored_by_name: std::collections::HashMap<String, Vec<(crate::FileId, u64)>> = Default::default();
+    if !done_before.is_empty() {
+        for f in Client::connect(opts.server)?.list()? {
+            stored_by_name.entry(f.name).or_default().push((f.file_id, f.size));
+        }
+    }
     let mut summary = TreeSummary::default();
+    let uploads = walk(opts, manifest_ino, &mut summary);
+    progress.start(uploads.len() as u64, uploads.iter().map(|u| u.size).sum());
+    let writer = Mutex::new(writer);
+    let outcomes = run_parallel(opts.jobs, uploads, |client, up| {
+        let stored = stored_by_name.get(&up.rel).map_or(&[][..], Vec::as_slice);
+        let outcome = match put_one(client, opts, &up, done_before.get(&up.rel), stored, &writer, progress) {
+            Ok(outcome) => outcome,
+            Err(error) => Outcome::Failed(Failed { path: up.rel.clone(), error }),
+        };
+        progress.file_done();
+        outcome
+    });
+    if let Err(e) = writer.lock().unwrap_or_else(|e| e.into_inner()).sync() {
+        summary.failed.push(Failed {
+            path: opts.manifest.display().to_string(),
+            error: format!("cannot sync the manifest: {e}"),
+        });
+    }
+    progress.finish();
+    tally(&mut summary, outcomes, started);
+    Ok(summary)
+}
+
+/// Lists the regular files under the root, recording in `summary` what is skipped and what
+/// cannot be read. The manifest itself, if it lies inside the tree, is left out.
+fn walk(opts: &PutTree, manifest_ino: Option<(u64, u64)>, summary: &mut TreeSummary) -> Vec<Upload> {
     let mut uploads = Vec::new();
-    for entry in walkdir::WalkDir::new(opts.root).follow_links(opts.follow_symlinks).sort_by_file_name() {
+    // Symlinks are never followed by the walk itself: a symlink to a directory could lead out of
+    // the tree or around in a loop. With --follow-symlinks, one to a regular file is uploaded.
+    for entry in walkdir::WalkDir::new(opts.root).follow_links(false).sort_by_file_name() {
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                let path = e.path().map(|p| p.display().to_string()).unwrap_or_default();
-                summary.failed.push(Failed { path, error: e.to_string() });
+                let path = e.path().map(|p| rel_display(opts.root, p)).unwrap_or_default();
+                let error = e.io_error().map_or_else(|| e.to_string(), |io| format!("cannot read: {io}"));
+                summary.failed.push(Failed { path, error });
                 continue;
             }
         };
@@ -184,191 +340,263 @@ pub fn put_tree(opts: &PutTree, progress: &dyn TreeProgress) -> Result<TreeSumma
             });
             continue;
         };
-        if !ft.is_file() {
+        let meta = if ft.is_symlink() && opts.follow_symlinks {
+            match fs::metadata(entry.path()) {
+                Ok(m) if m.is_file() => Ok(m),
+                Ok(m) => {
+                    let kind = format!("symlink to a {}", kind_of(m.file_type()));
+                    summary.skipped_not_regular.push(Skipped { path: rel, kind });
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    summary.skipped_not_regular.push(Skipped { path: rel, kind: "broken symlink".into() });
+                    continue;
+                }
+                Err(e) => Err(e),
+            }
+        } else if ft.is_file() {
+            entry.metadata().map_err(|e| e.into_io_error().unwrap_or_else(|| io::Error::other("walk error")))
+        } else {
             summary.skipped_not_regular.push(Skipped { path: rel, kind: kind_of(ft).into() });
             continue;
-        }
-        match entry.metadata() {
-            Ok(meta) => uploads.push(Upload {
-                rel,
-                path: entry.path().to_path_buf(),
-                size: meta.len(),
-                mtime_ns: mtime_ns(&meta),
-            }),
-            Err(e) => summary.failed.push(Failed { path: rel, error: e.to_string() }),
+        };
+        match meta {
+            Ok(meta) if Some((meta.dev(), meta.ino())) == manifest_ino => {}
+            Ok(meta) => {
+                uploads.push(Upload { rel, path: entry.path().into(), size: meta.len(), mtime_ns: mtime_ns(&meta) })
+            }
+            Err(e) => summary.failed.push(Failed { path: rel, error: format!("cannot read: {e}") }),
         }
     }
-    // A rerun may find files an interrupted run stored but never recorded: look them up by name
-    // rather than store them twice.
-    let mut stored_by_name: std::collections::HashMap<String, Vec<(crate::FileId, u64)>> = Default::default();
-    if !done_before.is_empty() {
-        let files = Client::connect(opts.server).and_then(|mut c| c.list()).map_err(|e| format!("{e:#}"))?;
-        for f in files {
-            stored_by_name.entry(f.name).or_default().push((f.file_id, f.size));
-        }
-    }
-    let writer = Mutex::new(
-        manifest::Writer::open(opts.manifest)
-            .map_err(|e| format!("cannot open manifest {}: {e}", opts.manifest.display()))?,
-    );
-    progress.start(uploads.len() as u64, uploads.iter().map(|u| u.size).sum());
+    uploads
+}
 
-    enum Outcome {
-        Uploaded(u64),
-        Unchanged,
-        Adopted,
-        Failed(Failed),
-    }
-    let outcomes = run_parallel(opts.jobs, uploads, |client, up| {
-        let result = (|| -> Result<Outcome, String> {
-            let conn = connected(client, opts.server).map_err(|e| format!("{e:#}"))?;
-            if let Some(prev) = done_before.get(&up.rel) {
-                if prev.size == up.size && prev.mtime_ns == up.mtime_ns {
-                    // Unchanged here; skip it if the engine still has it as recorded.
-                    let still_there =
-                        prev.file_id().ok().and_then(|id| conn.stat(id).ok()).is_some_and(|info| info.size == up.size);
-                    if still_there {
-                        progress.bytes(up.size);
-                        return Ok(Outcome::Unchanged);
-                    }
+fn rel_display(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).display().to_string()
+}
+
+/// Uploads one file unless the manifest shows it stored unchanged and the engine still has it.
+fn put_one(
+    client: &mut Option<Client>,
+    opts: &PutTree,
+    up: &Upload,
+    before: Option<&Entry>,
+    stored: &[(crate::FileId, u64)],
+    writer: &Mutex<manifest::Writer>,
+    progress: &dyn TreeProgress,
+) -> Result<Outcome, String> {
+    let conn = connected(client, opts.server).map_err(|e| error_chain(&e))?;
+    if let Some(prev) = before.filter(|prev| prev.size == up.size && prev.mtime_ns == up.mtime_ns) {
+        if let Ok(id) = prev.file_id() {
+            match conn.stat(id) {
+                Ok(info) if info.size == prev.size && crate::file_crc32(&info) == prev.crc32 => {
+                    progress.skipped(up.size);
+                    return Ok(Outcome::Unchanged);
                 }
+                // Gone from the engine, or not what the manifest says: upload it again.
+                Ok(_) | Err(ClientError::Remote { .. }) => {}
+                Err(e) => return Err(error_chain(&e)),
             }
-            let file = MappedFile::open(&up.path).map_err(|e| e.to_string())?;
-            if file.len() as u64 != up.size {
-                return Err("the file changed while it was being read".into());
-            }
-            let crc32 = crc32fast::hash(&file);
-            let record = |id: crate::FileId| -> Result<(), String> {
-                let entry =
-                    Entry { path: up.rel.clone(), id: id.to_string(), size: up.size, crc32, mtime_ns: up.mtime_ns };
-                writer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .append(&entry)
-                    .map_err(|e| format!("stored as {id}, but the manifest could not be written: {e}"))
-            };
-            let same_size = stored_by_name.get(&up.rel).into_iter().flatten().filter(|(_, size)| *size == up.size);
-            for (id, _) in same_size {
-                if let Ok(info) = conn.stat(*id) {
-                    let same_bytes = info.chunks.iter().all(|c| {
-                        let range = c.offset as usize..(c.offset + c.length) as usize;
-                        file.get(range).is_some_and(|bytes| crc32fast::hash(bytes) == c.crc32)
-                    });
-                    if same_bytes {
-                        record(*id)?;
-                        progress.bytes(up.size);
-                        return Ok(Outcome::Adopted);
-                    }
-                }
-            }
-            let id =
-                conn.put_bytes(&up.rel, &file, opts.chunking, &mut FileBytes(progress)).map_err(|e| e.to_string())?;
-            record(id)?;
-            Ok(Outcome::Uploaded(up.size))
-        })();
-        progress.file_done();
-        result.unwrap_or_else(|error| Outcome::Failed(Failed { path: up.rel.clone(), error }))
-    });
-    for outcome in outcomes {
-        match outcome {
-            Outcome::Uploaded(n) => {
-                summary.files_done += 1;
-                summary.bytes_done += n;
-            }
-            Outcome::Unchanged => summary.skipped_unchanged += 1,
-            Outcome::Adopted => summary.adopted += 1,
-            Outcome::Failed(f) => summary.failed.push(f),
         }
     }
-    if let Err(e) = writer.lock().unwrap_or_else(|e| e.into_inner()).sync() {
-        summary.failed.push(Failed { path: opts.manifest.display().to_string(), error: format!("cannot sync: {e}") });
+    let file = MappedFile::open(&up.path).map_err(|e| error_chain(&e))?;
+    // What is recorded is what was opened: if the file changes after this, its modification
+    // time moves on and the next run uploads it again.
+    let meta = file.metadata().map_err(|e| format!("cannot read the metadata: {e}"))?;
+    for &(id, size) in stored.iter().filter(|(_, size)| *size == meta.len()) {
+        let Ok(info) = conn.stat(id) else { continue };
+        let same_bytes = info.chunks.iter().all(|c| {
+            let range = c.offset as usize..(c.offset + c.length) as usize;
+            file.get(range).is_some_and(|bytes| crc32fast::hash(bytes) == c.crc32)
+        });
+        if same_bytes {
+            let entry = Entry {
+                path: up.rel.clone(),
+                id: id.to_string(),
+                size,
+                crc32: crate::file_crc32(&info),
+                mtime_ns: mtime_ns(&meta),
+            };
+            writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&entry)
+                .map_err(|e| format!("found stored as {id}, but the manifest could not be written: {e}"))?;
+            progress.skipped(size);
+            return Ok(Outcome::Adopted);
+        }
+    }
+    let (id, crc32) =
+        conn.put_mapped(&up.rel, &file, opts.chunking, &mut FileBytes(progress)).map_err(|e| error_chain(&e))?;
+    let entry = Entry { path: up.rel.clone(), id: id.to_string(), size: meta.len(), crc32, mtime_ns: mtime_ns(&meta) };
+    writer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .append(&entry)
+        .map_err(|e| format!("stored as {id}, but the manifest could not be written: {e}"))?;
+    Ok(Outcome::Moved(meta.len()))
+}
+
+/// An error and its causes, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}
+
+/// Restores a tree from a manifest.
+pub fn get_tree(opts: &GetTree, progress: &dyn TreeProgress) -> Result<TreeSummary, TreeError> {
+    let started = Instant::now();
+    let entries: BTreeMap<String, Entry> = manifest::load(opts.manifest)?;
+    fs::create_dir_all(opts.out_dir).map_err(|source| TreeError::OutputDir { path: opts.out_dir.into(), source })?;
+    drop(Client::connect(opts.server)?);
+    let mut summary = TreeSummary::default();
+    progress.start(entries.len() as u64, entries.values().map(|e| e.size).sum());
+    let outcomes = run_parallel(opts.jobs, entries.into_values().collect(), |client, entry| {
+        let outcome = match get_one(client, opts, &entry, progress) {
+            Ok(outcome) => outcome,
+            Err(error) => Outcome::Failed(Failed { path: entry.path.clone(), error }),
+        };
+        progress.file_done();
+        outcome
+    });
+    // One sync of the whole file system makes the directories and renames durable, instead of
+    // one fsync per directory entry.
+    if let Err(e) = syncfs(opts.out_dir) {
+        summary.failed.push(Failed { path: opts.out_dir.display().to_string(), error: format!("cannot sync: {e}") });
     }
     progress.finish();
-    finish(&mut summary, started);
+    tally(&mut summary, outcomes, started);
     Ok(summary)
 }
 
-/// crc32 of a local file, or None if it cannot be read.
-fn crc32_of(path: &Path) -> Option<(u64, u32)> {
-    let mut f = std::fs::File::open(path).ok()?;
+fn syncfs(dir: &Path) -> io::Result<()> {
+    let d = File::open(dir)?;
+    // SAFETY: syncfs only reads the descriptor, which `d` keeps open for the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Restores one file: into a temporary file next to its place, checked against the manifest's
+/// size and crc32, then renamed into place.
+fn get_one(
+    client: &mut Option<Client>,
+    opts: &GetTree,
+    entry: &Entry,
+    progress: &dyn TreeProgress,
+) -> Result<Outcome, String> {
+    manifest::check_relative(&entry.path).map_err(|why| format!("refused: {why}; nothing was written"))?;
+    let id = entry.file_id()?;
+    let dir = make_dirs(opts.out_dir, &entry.path)?;
+    let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+    let dest = dir.join(name);
+    let replace = match fs::symlink_metadata(&dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(format!("cannot inspect {}: {e}", dest.display())),
+        Ok(m) if m.is_file() => {
+            if m.len() == entry.size && crc32_of(&dest).ok() == Some((entry.size, entry.crc32)) {
+                progress.skipped(entry.size);
+                return Ok(Outcome::Unchanged);
+            }
+            if !opts.force {
+                return Err(format!("{} exists and differs from the manifest (--force replaces it)", dest.display()));
+            }
+            true
+        }
+        Ok(m) if m.is_dir() => return Err(format!("{} is a directory", dest.display())),
+        Ok(m) => {
+            if !opts.force {
+                let kind = kind_of(m.file_type());
+                return Err(format!("{} is a {kind} (--force replaces it)", dest.display()));
+            }
+            true
+        }
+    };
+    let conn = connected(client, opts.server).map_err(|e| error_chain(&e))?;
+    let partial = Partial::create_in(&dir).map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
+    let file = partial.file().map_err(|e| e.to_string())?;
+    let mut out = CrcWriter { file, hasher: crc32fast::Hasher::new(), n_bytes: 0 };
+    conn.get_to_writer(id, &mut out, &mut FileBytes(progress)).map_err(|e| error_chain(&e))?;
+    let (n_bytes, crc32) = (out.n_bytes, out.hasher.finalize());
+    if n_bytes != entry.size {
+        return Err(format!("the engine sent {n_bytes} bytes for {id}, the manifest says {}", entry.size));
+    }
+    if crc32 != entry.crc32 {
+        return Err(format!("the data of {id} has crc32 {crc32:08x}, the manifest says {:08x}", entry.crc32));
+    }
+    let mtime = u64::try_from(entry.mtime_ns).ok().map(|ns| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns));
+    if let Some(mtime) = mtime {
+        // Only cosmetic (the recorded time, as `cp -p` would keep it); the data is what counts.
+        let _ = file.set_modified(mtime);
+    }
+    file.sync_data().map_err(|e| format!("cannot sync {}: {e}", partial.path.display()))?;
+    partial.persist(&dest, replace).map_err(|e| format!("cannot put the file in place at {}: {e}", dest.display()))?;
+    Ok(Outcome::Moved(entry.size))
+}
+
+/// Creates the directories leading to `rel` under `out_dir`, refusing any that exists as a
+/// symlink or a file, so that no path inside the output directory can lead out of it.
+fn make_dirs(out_dir: &Path, rel: &str) -> Result<PathBuf, String> {
+    let mut dir = out_dir.to_path_buf();
+    let mut components: Vec<&str> = rel.split('/').collect();
+    components.pop();
+    for component in components {
+        dir.push(component);
+        let created = match fs::create_dir(&dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(format!("cannot create the directory {}: {e}", dir.display())),
+        };
+        if !created {
+            let meta = fs::symlink_metadata(&dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+            if !meta.is_dir() {
+                let kind = kind_of(meta.file_type());
+                return Err(format!("{} is a {kind}, not a directory; nothing was written", dir.display()));
+            }
+        }
+    }
+    Ok(dir)
+}
+
+/// Writes to a file while computing the crc32 and length of what was written.
+struct CrcWriter<'a> {
+    file: &'a File,
+    hasher: crc32fast::Hasher,
+    n_bytes: u64,
+}
+
+impl Write for CrcWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.n_bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Length and crc32 of a local file.
+fn crc32_of(path: &Path) -> io::Result<(u64, u32)> {
+    let mut f = File::open(path)?;
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
     loop {
-        let n = f.read(&mut buf).ok()?;
+        let n = f.read(&mut buf)?;
         if n == 0 {
-            return Some((len, hasher.finalize()));
+            return Ok((len, hasher.finalize()));
         }
         hasher.update(&buf[..n]);
         len += n as u64;
     }
-}
-
-/// Restores a tree from a manifest. Err: the run could not start.
-pub fn get_tree(opts: &GetTree, progress: &dyn TreeProgress) -> Result<TreeSummary, String> {
-    let started = Instant::now();
-    let entries: BTreeMap<String, Entry> = match std::fs::read_to_string(opts.manifest) {
-        Ok(text) => manifest::parse(&text, &opts.manifest.display().to_string()).map_err(|e| e.to_string())?,
-        Err(e) => return Err(format!("cannot read manifest {}: {e}", opts.manifest.display())),
-    };
-    std::fs::create_dir_all(opts.out_dir).map_err(|e| format!("cannot create {}: {e}", opts.out_dir.display()))?;
-    let mut summary = TreeSummary::default();
-    progress.start(entries.len() as u64, entries.values().map(|e| e.size).sum());
-    enum Outcome {
-        Restored(u64),
-        Unchanged,
-        Failed(Failed),
-    }
-    let outcomes = run_parallel(opts.jobs, entries.into_values().collect(), |client, entry| {
-        let result = (|| -> Result<Outcome, String> {
-            // parse() already refused paths that leave the directory; check again where it is used.
-            manifest::check_relative(&entry.path)?;
-            let dest = opts.out_dir.join(&entry.path);
-            if std::fs::symlink_metadata(&dest).is_ok() {
-                if crc32_of(&dest) == Some((entry.size, entry.crc32)) {
-                    progress.bytes(entry.size);
-                    return Ok(Outcome::Unchanged);
-                }
-                if !opts.force {
-                    return Err(format!(
-                        "{} exists and differs from the manifest (use --force to replace it)",
-                        dest.display()
-                    ));
-                }
-            }
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-            }
-            let id = entry.file_id()?;
-            let conn = connected(client, opts.server).map_err(|e| format!("{e:#}"))?;
-            let info = conn.get_to_path(id, &dest, &mut FileBytes(progress)).map_err(|e| e.to_string())?;
-            if info.size != entry.size {
-                let _ = std::fs::remove_file(&dest);
-                return Err(format!("the engine has {} bytes for {id}, the manifest says {}", info.size, entry.size));
-            }
-            match crc32_of(&dest) {
-                Some((_, crc)) if crc == entry.crc32 => Ok(Outcome::Restored(entry.size)),
-                Some((_, crc)) => {
-                    let _ = std::fs::remove_file(&dest);
-                    Err(format!("restored data has crc32 {crc:08x}, the manifest says {:08x}", entry.crc32))
-                }
-                None => Err(format!("cannot read back {}", dest.display())),
-            }
-        })();
-        progress.file_done();
-        result.unwrap_or_else(|error| Outcome::Failed(Failed { path: entry.path.clone(), error }))
-    });
-    for outcome in outcomes {
-        match outcome {
-            Outcome::Restored(n) => {
-                summary.files_done += 1;
-                summary.bytes_done += n;
-            }
-            Outcome::Unchanged => summary.skipped_unchanged += 1,
-            Outcome::Failed(f) => summary.failed.push(f),
-        }
-    }
-    progress.finish();
-    finish(&mut summary, started);
-    Ok(summary)
 }

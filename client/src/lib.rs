@@ -53,6 +53,20 @@ pub trait Progress {
 
 impl Progress for () {}
 
+/// The crc32 of a concatenation, from the crc32 and length of each part in order.
+pub fn combine_crc32s(parts: impl IntoIterator<Item = (u32, u64)>) -> u32 {
+    let mut whole = crc32fast::Hasher::new();
+    for (crc32, length) in parts {
+        whole.combine(&crc32fast::Hasher::new_with_initial_len(crc32, length));
+    }
+    whole.finalize()
+}
+
+/// The crc32 of a whole stored file, from its chunk table.
+pub fn file_crc32(info: &FileInfo) -> u32 {
+    combine_crc32s(info.chunks.iter().map(|c| (c.crc32, c.length)))
+}
+
 /// One page of a LIST answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListPage {

@@ -55,15 +55,18 @@ enum Command {
     Get {
         /// File ID (32 hex digits); with -r, the manifest of a `put -r`
         id: String,
-        /// Restore the directory tree a manifest records into the directory given with -o, in
-        /// parallel, checking every file's size and crc32. A file already present with the
-        /// recorded contents is left alone; one that differs is an error unless --force
+        /// Restore the directory tree a manifest records (the last line for each path) into the
+        /// directory given with -o, in parallel, checking every file's size and crc32 before it
+        /// is renamed into place. A file already present with the recorded contents is left
+        /// alone; an existing file or symlink that differs is a failed file unless --force. A
+        /// manifest path that is absolute, contains `..`, or leads through a symlink or a file
+        /// is refused for that file alone: nothing is ever written outside the directory
         #[arg(short = 'r', long)]
         recursive: bool,
-        /// With -r: files downloaded at once
-        #[arg(long, default_value_t = 4, requires = "recursive")]
+        /// With -r: files downloaded at once, each over its own connection (1 to 256)
+        #[arg(long, default_value_t = 4, requires = "recursive", value_parser = parse_jobs)]
         jobs: usize,
-        /// With -r: replace existing files that differ from the manifest
+        /// With -r: replace existing files and symlinks that differ from the manifest
         #[arg(long, requires = "recursive")]
         force: bool,
         /// With -r: print the summary as one JSON object on stdout
@@ -148,17 +151,22 @@ struct PutArgs {
 struct TreeArgs {
     /// Upload every regular file under the directory PATH, in parallel, each under its path
     /// relative to PATH, recording each in --manifest. Rerun with the same manifest to resume:
-    /// files stored unchanged (same size and modification time, still on the engine) are
-    /// skipped. Symlinks and special files are reported and skipped
+    /// files stored unchanged (same size and modification time as recorded, and still on the
+    /// engine with the recorded size and crc32) are skipped; the others are uploaded and their
+    /// new lines supersede the old. Symlinks and special files are reported and skipped.
+    /// Prints a summary (stderr, or stdout with --json); exit status 1 if any file failed
     #[arg(short = 'r', long, conflicts_with_all = ["bench", "name"])]
     recursive: bool,
-    /// With -r: the manifest file (JSON lines: path, id, size, crc32, mtime_ns), appended to
+    /// With -r: the manifest file (JSON lines: path, id, size, crc32, mtime_ns), created or
+    /// appended to, one line per finished file; locked while the upload runs, and never
+    /// uploaded itself
     #[arg(long, value_name = "FILE", requires = "recursive")]
     manifest: Option<PathBuf>,
-    /// With -r: files uploaded at once
-    #[arg(long, default_value_t = 4, requires = "recursive")]
+    /// With -r: files uploaded at once, each over its own connection (1 to 256)
+    #[arg(long, default_value_t = 4, requires = "recursive", value_parser = parse_jobs)]
     jobs: usize,
-    /// With -r: follow symlinks to regular files and directories instead of skipping them
+    /// With -r: upload the regular file a symlink points to instead of skipping the symlink
+    /// (symlinks to directories and other files are still skipped)
     #[arg(long, requires = "recursive")]
     follow_symlinks: bool,
 }
@@ -238,12 +246,13 @@ fn run(cli: Cli) -> Result<()> {
                 server: &cli.server,
                 root: &root,
                 manifest: &manifest,
-                jobs: args.tree.jobs.max(1),
+                jobs: args.tree.jobs,
                 follow_symlinks: args.tree.follow_symlinks,
                 chunking: args.chunking,
             };
+            tree_cmd::exit_cleanly_on_interrupt("every finished file is in the manifest: rerun to resume")?;
             let bar = tree_cmd::TreeBar::on_stderr("uploaded");
-            let summary = dfs_client::ingest::put_tree(&opts, &bar).map_err(|e| anyhow!(e))?;
+            let summary = dfs_client::ingest::put_tree(&opts, &bar)?;
             tree_cmd::report(&summary, "uploaded", args.json, stdout)?;
         }
         Command::Put(args) => {
@@ -267,11 +276,12 @@ fn run(cli: Cli) -> Result<()> {
                 server: &cli.server,
                 manifest: std::path::Path::new(&id),
                 out_dir: &output,
-                jobs: jobs.max(1),
+                jobs,
                 force,
             };
+            tree_cmd::exit_cleanly_on_interrupt("unfinished files were removed: rerun to resume")?;
             let bar = tree_cmd::TreeBar::on_stderr("restored");
-            let summary = dfs_client::ingest::get_tree(&opts, &bar).map_err(|e| anyhow!(e))?;
+            let summary = dfs_client::ingest::get_tree(&opts, &bar)?;
             tree_cmd::report(&summary, "restored", json, stdout)?;
         }
         Command::Get { id, output, .. } => {
@@ -450,6 +460,14 @@ fn note(line: &str) {
     if io::stderr().is_terminal() {
         // Nothing sensible is left to do if stderr itself is gone.
         let _ = writeln!(io::stderr(), "{line}");
+    }
+}
+
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    let max = dfs_client::ingest::MAX_JOBS;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number of jobs from 1 to {max}")),
     }
 }
 

@@ -71,6 +71,12 @@ impl MappedFile {
     pub fn as_bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or_default()
     }
+
+    /// The metadata of the open file (size, modification time) as it was when it was mapped
+    /// or later, whatever path it was opened by.
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.file.metadata()
+    }
 }
 
 impl ops::Deref for MappedFile {
@@ -129,7 +135,19 @@ impl Client {
             None => default_name(path)?,
         };
         let file = MappedFile::open(path)?;
-        self.put_from(&name, &file, Some(&file.file), chunking, progress)
+        self.put_from(&name, &file, Some(&file.file), chunking, progress).map(|(id, _)| id)
+    }
+
+    /// Uploads an opened file under `name`, sending its bytes with sendfile(2), and returns its
+    /// ID and the crc32 of the whole file, derived from the chunk crc32s the engine checked.
+    pub fn put_mapped(
+        &mut self,
+        name: &str,
+        file: &MappedFile,
+        chunking: Chunking,
+        progress: &mut dyn Progress,
+    ) -> Result<(FileId, u32)> {
+        self.put_from(name, file, Some(&file.file), chunking, progress)
     }
 
     /// Uploads `data` as a file called `name` and returns its ID.
@@ -140,11 +158,12 @@ impl Client {
         chunking: Chunking,
         progress: &mut dyn Progress,
     ) -> Result<FileId> {
-        self.put_from(name, data, None, chunking, progress)
+        self.put_from(name, data, None, chunking, progress).map(|(id, _)| id)
     }
 
     /// Uploads `data`; if `source` is the file `data` maps, the bytes are sent from it with
     /// sendfile(2), straight from the page cache, instead of being copied out of the map.
+    /// Returns the file's ID and the crc32 of all of `data`.
     fn put_from(
         &mut self,
         name: &str,
@@ -152,7 +171,7 @@ impl Client {
         source: Option<&File>,
         chunking: Chunking,
         progress: &mut dyn Progress,
-    ) -> Result<FileId> {
+    ) -> Result<(FileId, u32)> {
         if name.len() > MAX_NAME_BYTES as usize {
             return Err(ClientError::Invalid(format!(
                 "file name is {} bytes, over the limit of {MAX_NAME_BYTES}",
@@ -163,8 +182,10 @@ impl Client {
         // such a refusal leaves the connection usable.
         let spans = chunk_spans(data.len() as u64, chunking, self.hello.dynamic_chunk_cap_bytes)?;
         let chunk_crcs = chunk_crcs(data, &spans, hash_threads(data.len()));
+        let whole_crc32 = crate::combine_crc32s(chunk_crcs.iter().zip(&spans).map(|(&crc, span)| (crc, span.length)));
         let put = Msg::Put { name: name.to_owned(), size: data.len() as u64, chunking, chunk_crcs };
-        self.run(false, |c| c.upload(&put, data, source, progress))
+        let file_id = self.run(false, |c| c.upload(&put, data, source, progress))?;
+        Ok((file_id, whole_crc32))
     }
 
     fn upload(&mut self, put: &Msg, data: &[u8], source: Option<&File>, progress: &mut dyn Progress) -> Result<FileId> {
