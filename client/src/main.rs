@@ -7,6 +7,9 @@
 //! `put --bench` runs the benchmark of [`dfs_client::bench`] instead of one upload, over
 //! `--concurrency` connections: its report (text, or one JSON object with `--json`) is what goes
 //! to stdout, and a failed request is an `error: op N failed: ...` line like any other failure.
+//!
+//! `put -r` and `get -r` move a whole tree over `--jobs` connections (see `tree_cmd`): a failed
+//! file does not stop the others; the summary lists it and the exit status is 1.
 
 mod admin_cmd;
 mod tree_cmd;
@@ -75,6 +78,7 @@ enum Command {
         /// Where to write the file; `-` for stdout. A path is written only once the whole file
         /// has arrived and been verified. On stdout, data is written as it arrives: after a
         /// failure part of the file may already have been written, but the exit status is 1.
+        /// With -r: the directory to restore into, created if missing
         #[arg(short = 'o', long = "output", value_name = "PATH")]
         output: PathBuf,
     },
@@ -272,6 +276,9 @@ fn run(cli: Cli) -> Result<()> {
             writeln!(stdout, "{file_id}").context("cannot write to stdout")?;
         }
         Command::Get { id, recursive: true, output, jobs, force, json } => {
+            if output.as_os_str() == "-" {
+                bail!("get -r restores into a directory: give one with -o, not `-`");
+            }
             let opts = dfs_client::ingest::GetTree {
                 server: &cli.server,
                 manifest: std::path::Path::new(&id),

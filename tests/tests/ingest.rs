@@ -8,6 +8,7 @@ use dfs_tests::{pseudo_random_bytes, Cluster, ClusterOpts};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -418,11 +419,20 @@ fn tree_misuse_is_one_clear_error_line() {
         (vec!["put", "-r", s(&root), "--manifest", s(&deep_manifest)], "manifest"),
         (vec!["get", "-r", s(&missing), "-o", s(&out_dir)], "missing.jsonl"),
         (vec!["get", "-r", s(&m), "-o", s(&file)], "output directory"),
+        (vec!["get", "-r", s(&m), "-o", "-"], "directory"),
     ];
     for (args, expected) in cases {
         let err = cluster.client(&args).expect_error(&format!("{args:?}"));
         assert!(err.contains(expected), "{args:?}: {err:?} should mention {expected:?}");
     }
+    // A name that is not UTF-8 fails that file alone.
+    let odd = root.join(std::ffi::OsStr::from_bytes(b"bad-\xff-name"));
+    fs::write(&odd, b"odd").expect("write");
+    let (ok, v) = json_run(&cluster, &["put", "-r", s(&root), "--manifest", s(&m), "--json"]);
+    assert!(!ok, "a tree with a non-UTF-8 name succeeded: {v}");
+    assert_eq!(n(&v, "files_done"), 1, "{v}");
+    assert!(v["failed"][0]["error"].as_str().unwrap_or("").contains("UTF-8"), "{v}");
+    fs::remove_file(&odd).expect("rm");
     // An engine that cannot be reached is one error, not one per file.
     let out = cluster.client_raw(
         &["--server", "127.0.0.1:1", "put", "-r", s(&root), "--manifest", s(&m)].map(std::ffi::OsString::from),
