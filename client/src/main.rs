@@ -63,7 +63,8 @@ enum Command {
         /// is renamed into place. A file already present with the recorded contents is left
         /// alone; an existing file or symlink that differs is a failed file unless --force. A
         /// manifest path that is absolute, contains `..`, or leads through a symlink or a file
-        /// is refused for that file alone: nothing is ever written outside the directory
+        /// is refused for that file alone: nothing is ever written outside the directory. Prints
+        /// a summary (stderr, or stdout with --json); exit status 1 if any file failed
         #[arg(short = 'r', long)]
         recursive: bool,
         /// With -r: files downloaded at once, each over its own connection (1 to 256)
