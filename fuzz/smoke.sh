@@ -31,14 +31,20 @@ for target in $(cargo fuzz list); do
     # New inputs go to the scratch directory (the first one named); the committed corpus is
     # only read, so the tree stays clean.
     mkdir -p "$scratch/$target" "corpus/$target"
+    log=$scratch/$target.log
     status=0
     "${fuzz[@]}" run "${sanitizer[@]}" "$target" "$scratch/$target" "corpus/$target" -- \
-        -runs="$runs" -max_total_time=60 -timeout=10 >"$scratch/$target.log" 2>&1 || status=$?
+        -runs="$runs" -max_total_time=60 -timeout=10 >"$log" 2>&1 || status=$?
     if [ "$status" -ne 0 ]; then
-        tail -40 "$scratch/$target.log" >&2
+        # From the first panic or libFuzzer/sanitizer error on; the whole log if there is none.
+        if grep -qE 'panicked at|ERROR:' "$log"; then
+            sed -nE '/panicked at|ERROR:/,$p' "$log" | head -80 >&2 || true
+        else
+            cat "$log" >&2
+        fi
         echo "fuzz smoke: $target failed (exit $status); the input is in fuzz/artifacts/$target/" >&2
         exit "$status"
     fi
-    echo "fuzz smoke: $target: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$scratch/$target.log" | tail -1)"
+    echo "fuzz smoke: $target: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1)"
 done
 echo "fuzz smoke: every target passed"
