@@ -14,7 +14,7 @@ mod repair;
 mod replicate;
 mod server;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use nodes::NodeTimeouts;
 use server::{EngineConfig, EngineState};
 use std::net::SocketAddr;
@@ -121,16 +121,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // Settings from --config FILE go in front of the command line, which overrides them.
-    let argv = match dfs_runtime::config::args_with_config(&Args::command()) {
-        Ok(argv) => argv,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let args = Args::parse_from(argv);
-    dfs_runtime::main_with(|| run(args))
+    dfs_runtime::main_with_config::<Args>(run)
 }
 
 fn run(args: Args) -> Result<(), String> {

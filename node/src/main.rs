@@ -8,7 +8,7 @@ mod server;
 mod store;
 mod sync;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use server::NodeState;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,16 +75,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // Settings from --config FILE go in front of the command line, which overrides them.
-    let argv = match dfs_runtime::config::args_with_config(&Args::command()) {
-        Ok(argv) => argv,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let args = Args::parse_from(argv);
-    dfs_runtime::main_with(|| run(args))
+    dfs_runtime::main_with_config::<Args>(run)
 }
 
 fn run(args: Args) -> Result<(), String> {

@@ -29,6 +29,20 @@ pub fn main_with(run: impl FnOnce() -> Result<(), String>) -> std::process::Exit
     }
 }
 
+/// [`main_with`] for a binary whose arguments may also come from `--config FILE`: the file's
+/// settings go in front of the command line, which overrides them.
+pub fn main_with_config<A: clap::Parser>(run: impl FnOnce(A) -> Result<(), String>) -> std::process::ExitCode {
+    let argv = match config::args_with_config(&A::command()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let args = A::parse_from(argv);
+    main_with(|| run(args))
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
