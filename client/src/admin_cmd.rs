@@ -1,6 +1,6 @@
 //! The administration commands of the CLI: `status`, `repair`, `scrub`, `gc`. Reports go to
-//! stdout (text, or one JSON object with `--json`); a repair that leaves any chunk without a
-//! sound copy, or short of copies, ends with an `error:` line and exit status 1.
+//! stdout (text, or one JSON object with `--json`); a repair that leaves any chunk lost,
+//! unavailable or short of copies ends with an `error:` line and exit status 1.
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -19,6 +19,17 @@ pub enum AdminCommand {
         json: bool,
     },
     /// Bring every chunk back to the engine's number of copies, copying from sound copies
+    ///
+    /// Repair never lowers the number of sound copies a chunk has: only a copy proven missing
+    /// or corrupt is replaced, and a corrupt copy is deleted only once a sound one is durable
+    /// elsewhere. A copy whose check fails for any other reason (its node out of file
+    /// descriptors, an I/O error) is left as it is and checked again next pass.
+    ///
+    /// The report counts chunks that are "lost" (unrecoverable: every copy is proven missing
+    /// or corrupt; no pass can bring them back), "unavailable now" (no sound copy could be read,
+    /// but some copy could not be checked, because its node is down or answered with a passing
+    /// error; run repair again once the node is back) and "short of copies" (readable, but too
+    /// few live nodes could take a new copy). Any of the three makes the exit status 1.
     Repair {
         /// Print one JSON object instead of text
         #[arg(long)]
@@ -76,12 +87,13 @@ fn repair(client: &mut Client) -> Result<RepairSummary> {
 fn write_repair(stdout: &mut dyn Write, s: &RepairSummary) -> Result<()> {
     writeln!(
         stdout,
-        "repair: {} files, {} chunks checked, {} copies made ({}), {} unrecoverable, {} short of copies",
+        "repair: {} files, {} chunks checked, {} copies made ({}), {} lost, {} unavailable now, {} short of copies",
         s.n_files,
         s.n_chunks_checked,
         s.n_copies_made,
         human_bytes(s.bytes_copied),
         s.n_chunks_unrecoverable,
+        s.n_chunks_unavailable,
         s.n_chunks_degraded
     )?;
     for line in &s.problems {
@@ -92,12 +104,21 @@ fn write_repair(stdout: &mut dyn Write, s: &RepairSummary) -> Result<()> {
 
 /// Exit status 1 when repair could not restore every chunk.
 fn check_repair(s: &RepairSummary) -> Result<()> {
-    if s.n_chunks_unrecoverable > 0 || s.n_chunks_degraded > 0 {
-        bail!(
-            "{} chunk(s) have no sound copy left and {} are short of copies; see the report",
-            s.n_chunks_unrecoverable,
-            s.n_chunks_degraded
-        );
+    let mut parts = Vec::new();
+    if s.n_chunks_unrecoverable > 0 {
+        parts.push(format!("{} chunk(s) lost (every copy missing or corrupt)", s.n_chunks_unrecoverable));
+    }
+    if s.n_chunks_unavailable > 0 {
+        parts.push(format!(
+            "{} chunk(s) unavailable now (no sound copy reachable; run repair again once the down node is back)",
+            s.n_chunks_unavailable
+        ));
+    }
+    if s.n_chunks_degraded > 0 {
+        parts.push(format!("{} chunk(s) short of copies", s.n_chunks_degraded));
+    }
+    if !parts.is_empty() {
+        bail!("{}; see the report", parts.join(", "));
     }
     Ok(())
 }

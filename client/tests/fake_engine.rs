@@ -52,7 +52,12 @@ fn serve(mut s: TcpStream, fault: Fault, files: &mut BTreeMap<FileId, (FileInfo,
         _ => None,
     };
     let Some(Msg::Hello(_)) = next(&mut s) else { return Ok(()) };
-    let hello = HelloOk { version: VERSION, block_size_bytes: 1 << 20, dynamic_chunk_cap_bytes: CAP_BYTES };
+    let hello = HelloOk {
+        version: VERSION,
+        block_size_bytes: 1 << 20,
+        dynamic_chunk_cap_bytes: CAP_BYTES,
+        idle_timeout_ms: 60_000,
+    };
     io_std::write_msg(&mut s, &Msg::HelloOk(hello))?;
     while let Some(msg) = next(&mut s) {
         let reply = match msg {

@@ -4,13 +4,21 @@
 //! Each chunk's fetch task owns a [`Window`] onto its own disjoint range and the kernel reads
 //! straight into it, so chunks land at their offsets concurrently with no copy. Once every
 //! window is gone, one window over the whole file sends it.
+//!
+//! Every byte of these buffers, and of any buffer a chunk is read into instead, is reserved
+//! against the budget and counted by [`crate::metrics::GET_BUFFER_BYTES`].
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::cell::Cell;
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_uring::buf::{IoBuf, IoBufMut};
+
+/// How often a download waiting for budget looks again.
+const BUDGET_POLL: Duration = Duration::from_millis(5);
 
 /// Bytes of download buffers that may exist at once, shared by all runtimes.
 pub struct Budget {
@@ -35,6 +43,51 @@ impl Budget {
             .ok()
             .map(|_| Reservation { budget: self.clone(), bytes })
     }
+
+    /// Reserves `bytes`, waiting up to `wait` for other downloads to return budget.
+    pub async fn reserve_within(self: &Arc<Budget>, bytes: u64, wait: Duration) -> Option<Reservation> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(r) = self.try_reserve(bytes) {
+                return Some(r);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(BUDGET_POLL).await;
+        }
+    }
+}
+
+/// Counts bytes of download buffers while it lives (the `dfs_engine_get_buffer_bytes` gauge and
+/// its high-water mark).
+pub struct Counted(u64);
+
+impl Counted {
+    pub fn new(bytes: u64) -> Counted {
+        crate::metrics::add_get_buffer_bytes(bytes as i64);
+        Counted(bytes)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        crate::metrics::add_get_buffer_bytes(-(self.0 as i64));
+    }
+}
+
+/// A buffer of its own for one chunk, reserved against the budget.
+pub struct ChunkBuf {
+    pub bytes: Vec<u8>,
+    /// What pays for `bytes`, kept as long as they are.
+    pub hold: (Counted, Reservation),
+}
+
+impl ChunkBuf {
+    pub fn zeroed(len: usize, reservation: Reservation) -> ChunkBuf {
+        assert_eq!(reservation.bytes, len as u64, "a chunk buffer is reserved for exactly its size");
+        ChunkBuf { bytes: vec![0u8; len], hold: (Counted::new(len as u64), reservation) }
+    }
 }
 
 impl Drop for Reservation {
@@ -47,24 +100,53 @@ impl Drop for Reservation {
 pub struct Reassembly {
     ptr: NonNull<u8>,
     len: usize,
+    _counted: Counted,
 }
 
 impl Reassembly {
     pub fn zeroed(len: usize) -> Rc<Reassembly> {
         if len == 0 {
-            return Rc::new(Reassembly { ptr: NonNull::dangling(), len });
+            return Rc::new(Reassembly { ptr: NonNull::dangling(), len, _counted: Counted::new(0) });
         }
         let layout = Layout::array::<u8>(len).expect("buffer size fits a layout");
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        Rc::new(Reassembly { ptr, len })
+        Rc::new(Reassembly { ptr, len, _counted: Counted::new(len as u64) })
     }
 
     /// A window onto `start..start + len`. The caller keeps windows it hands out disjoint.
     pub fn window(self: &Rc<Reassembly>, start: usize, len: usize) -> Window {
         assert!(start.checked_add(len).is_some_and(|end| end <= self.len), "window outside the buffer");
-        Window { owner: self.clone(), start, len }
+        Window { owner: self.clone(), start, len, out: None }
+    }
+
+    /// The range `start..start + len` as a slot that hands out one window at a time.
+    pub fn slot(self: &Rc<Reassembly>, start: usize, len: usize) -> WindowSlot {
+        assert!(start.checked_add(len).is_some_and(|end| end <= self.len), "window outside the buffer");
+        WindowSlot { owner: self.clone(), start, len, out: Rc::new(Cell::new(false)) }
+    }
+}
+
+/// One range of a [`Reassembly`], handed out as at most one [`Window`] at a time. A window given
+/// to a read that failed may still be written by the kernel until that read completes (a read
+/// that timed out is still in flight), so the range is handed out again only once the old
+/// window has been dropped.
+pub struct WindowSlot {
+    owner: Rc<Reassembly>,
+    start: usize,
+    len: usize,
+    /// True while a window over the range exists.
+    out: Rc<Cell<bool>>,
+}
+
+impl WindowSlot {
+    /// The range's window, or None while an earlier one is still alive.
+    pub fn take(&self) -> Option<Window> {
+        if self.out.replace(true) {
+            return None;
+        }
+        Some(Window { owner: self.owner.clone(), start: self.start, len: self.len, out: Some(self.out.clone()) })
     }
 }
 
@@ -82,6 +164,16 @@ pub struct Window {
     owner: Rc<Reassembly>,
     start: usize,
     len: usize,
+    /// The slot's flag, cleared when this window is dropped.
+    out: Option<Rc<Cell<bool>>>,
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        if let Some(out) = &self.out {
+            out.set(false);
+        }
+    }
 }
 
 impl AsRef<[u8]> for Window {
@@ -128,6 +220,17 @@ mod tests {
         assert!(b.try_reserve(4).is_none());
         drop(r);
         assert!(b.try_reserve(10).is_some());
+    }
+
+    #[test]
+    fn a_slot_hands_out_its_window_again_only_once_the_last_one_is_gone() {
+        let buf = Reassembly::zeroed(8);
+        let slot = buf.slot(2, 4);
+        let w = slot.take().expect("the first window");
+        assert_eq!(w.as_ref().len(), 4);
+        assert!(slot.take().is_none(), "a second window while the first is alive");
+        drop(w);
+        assert!(slot.take().is_some(), "the window once the first is dropped");
     }
 
     #[test]

@@ -65,20 +65,37 @@ async fn collect_node(
         };
         for &chunk_id in &chunk_ids {
             out.n_scanned += 1;
+            // Writers first, then the record: a copy written before its record is committed is
+            // protected by the first check until the second can see it.
+            if state.uploads_in_progress.contains(chunk_id.file_id) {
+                continue;
+            }
             if cached.as_ref().is_none_or(|(id, _)| *id != chunk_id.file_id) {
                 let record = state.meta.get(chunk_id.file_id).map_err(|e| e.to_string())?;
                 cached = Some((chunk_id.file_id, record));
+                dfs_runtime::failpoint::pause("gc-after-record-read").await;
             }
             let referenced = match &cached {
                 Some((_, Some(record))) => places(record, chunk_id.chunk_idx, addr),
                 _ => false,
             };
-            if referenced || state.uploads_in_progress.contains(chunk_id.file_id) {
+            if referenced {
                 continue;
             }
             out.n_orphans += 1;
             if dry_run {
                 push_report_line(&mut out.lines, format!("{chunk_id} on {addr}"));
+                continue;
+            }
+            // The cached record may be stale by now (a repair re-pointed the chunk here): the
+            // decision to delete rests on a fresh look at both.
+            let still_orphan = !state.uploads_in_progress.contains(chunk_id.file_id)
+                && match state.meta.get(chunk_id.file_id).map_err(|e| e.to_string())? {
+                    Some(record) => !places(&record, chunk_id.chunk_idx, addr),
+                    None => true,
+                };
+            if !still_orphan {
+                out.n_orphans -= 1;
                 continue;
             }
             match NodeConn::request(addr, state.config.node_timeouts, &Msg::ChunkDelete { chunk_id }).await {

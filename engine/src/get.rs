@@ -3,10 +3,11 @@
 //! A file that fits the buffer budget is fetched with all chunks in parallel into one
 //! preallocated buffer and sent only once all of it has verified, so a missing or corrupt chunk
 //! is reported before the first byte. A larger file is streamed in chunk order, one block at a
-//! time, with the next chunk's fetch already under way (bounded read-ahead); a failure part-way
-//! ends the stream with an error frame, and the client discards what it received.
+//! time, with bounded read-ahead, reading from a node only as fast as the client drains; a
+//! failure part-way ends the stream with an error frame, and the client discards what it
+//! received.
 
-use crate::buffer::Reassembly;
+use crate::buffer::{ChunkBuf, Reassembly};
 use crate::health::Health;
 use crate::meta::{ChunkRecord, FileRecord};
 use crate::nodes::{NodeConn, NodeError, NodeFailure};
@@ -116,7 +117,7 @@ async fn read_chunk<B: IoBufMut + AsRef<[u8]>>(
     chunk: &ChunkRecord,
     mut buf: B,
 ) -> Result<B, NodeError> {
-    let mut reader = ChunkReader::open(addr, timeouts, chunk_id, chunk).await?;
+    let mut reader = ChunkReader::open(addr, timeouts, chunk_id, chunk, 0).await?;
     while let Some(block_idx) = reader.next_block() {
         buf = reader.read_block(buf, block_idx * BLOCK_SIZE_BYTES as usize).await?;
     }
@@ -135,25 +136,38 @@ async fn get_buffered(
     let permits = Rc::new(tokio::sync::Semaphore::new(MAX_PARALLEL_FETCHES));
     let mut tasks = Vec::with_capacity(record.chunks.len());
     for ((chunk_idx, chunk), addrs) in record.chunks.iter().enumerate().zip(copies) {
-        let window = buf.window(chunk.offset as usize, chunk.length as usize);
+        let slot = buf.slot(chunk.offset as usize, chunk.length as usize);
         let chunk = chunk.clone();
         let permits = permits.clone();
         let timeouts = state.config.node_timeouts;
         let health = state.health.clone();
+        let budget = state.budget.clone();
         let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
         tasks.push(dfs_runtime::backend::spawn(async move {
             let _permit = permits.acquire().await.expect("semaphore is never closed");
             let mut errors = Vec::new();
-            let mut window = Some(window);
             for addr in addrs {
-                // The first copy is read into the file's buffer. A failed read may leave an
-                // operation in flight on that window (a timed-out read completes later), so any
-                // further copy is read into a buffer of its own and sent from there.
-                let result = match window.take() {
+                // Each copy is read into the chunk's window of the file's buffer. A failed read
+                // that is still in flight (one that timed out completes later) keeps its window,
+                // and the kernel may still write into it: then the next copy is read into a
+                // buffer of its own, reserved against the budget like the file's buffer.
+                let result = match slot.take() {
                     Some(w) => read_chunk(addr, timeouts, chunk_id, &chunk, w).await.map(|_| None),
-                    None => {
-                        read_chunk(addr, timeouts, chunk_id, &chunk, vec![0u8; chunk.length as usize]).await.map(Some)
-                    }
+                    None => match budget.reserve_within(chunk.length, timeouts.idle).await {
+                        Some(reservation) => {
+                            let ChunkBuf { bytes, hold } = ChunkBuf::zeroed(chunk.length as usize, reservation);
+                            read_chunk(addr, timeouts, chunk_id, &chunk, bytes)
+                                .await
+                                .map(|bytes| Some(ChunkBuf { bytes, hold }))
+                        }
+                        None => Err(NodeError::new(
+                            addr,
+                            NodeFailure::Remote(
+                                Status::Unavailable,
+                                "not read: the engine's download buffer budget stayed full".into(),
+                            ),
+                        )),
+                    },
                 };
                 match result {
                     Ok(replacement) => {
@@ -174,7 +188,7 @@ async fn get_buffered(
         }));
     }
     let mut first_failure: Option<ChunkFailure> = None;
-    let mut replacements: Vec<Option<Vec<u8>>> = Vec::with_capacity(tasks.len());
+    let mut replacements: Vec<Option<ChunkBuf>> = Vec::with_capacity(tasks.len());
     for t in tasks {
         match t.await.expect("chunk fetch task panicked") {
             Ok(replacement) => replacements.push(replacement),
@@ -194,7 +208,7 @@ async fn get_buffered(
     for (chunk, replacement) in record.chunks.iter().zip(replacements) {
         let len = chunk.length as usize;
         match replacement {
-            Some(mut bytes) => {
+            Some(ChunkBuf { mut bytes, hold: _hold }) => {
                 let mut pos = 0usize;
                 while pos < len {
                     let end = (pos + BLOCK_SIZE_BYTES as usize).min(len);
@@ -258,9 +272,17 @@ async fn get_streamed(
             }
         }
     }
-    // Dropping the receiver stops the reader at its next block if the client went away.
+    // However the download ended, the reader ends with it and lets go of its node connections:
+    // it may be waiting for a pool buffer that will never come back (the client went away with
+    // one), or on a node. Aborting a reader that has already finished does nothing.
     drop(blocks_rx);
-    reader.await.expect("block reader task panicked");
+    drop(free_tx);
+    reader.abort();
+    if let Err(e) = reader.await {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
     client_result?;
     match failure {
         None => client.write_msg(&Msg::End).await,
@@ -276,10 +298,23 @@ pub const READ_AHEAD_BLOCKS: usize = 4;
 
 type Block = Result<(Vec<u8>, usize), ChunkFailure>;
 
+/// How streaming one copy of a chunk ended.
+enum Streamed {
+    /// Every block was handed on and the node ended the fetch cleanly.
+    Done,
+    /// The sending side is gone (client gone or download over): stop quietly.
+    Stopped,
+    /// The client fell so far behind that the node would have given up on the connection: it
+    /// was let go, to be opened again from the next block once the client catches up.
+    Paused,
+    Failed(NodeError),
+}
+
 /// Reads every chunk in order, block by block, each verified, into buffers from `free` and
-/// hands them to `blocks`. The next chunk's first copy is opened while the current one streams.
-/// When a copy fails part-way, the next copy is opened, the blocks already sent are read past
-/// (and verified), and the stream goes on from the block that failed.
+/// hands them to `blocks`. A node connection is opened only with a pool buffer in hand, and let
+/// go (not failed) when the client keeps the pool empty for half of what the node lets a
+/// connection wait, so a slow client never makes a healthy node time out. When a copy fails
+/// part-way, the next copy is opened at the block that failed.
 async fn read_in_order(
     timeouts: crate::nodes::NodeTimeouts,
     health: std::sync::Arc<Health>,
@@ -289,80 +324,84 @@ async fn read_in_order(
     blocks: tokio::sync::mpsc::Sender<Block>,
     mut free: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) {
-    let open = |chunk_idx: usize, copy_idx: usize| {
-        let chunk = chunks[chunk_idx].clone();
-        let addr = copies[chunk_idx][copy_idx];
+    let mut held: Option<Vec<u8>> = None;
+    for (chunk_idx, (chunk, chunk_copies)) in chunks.iter().zip(&copies).enumerate() {
         let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
-        dfs_runtime::backend::spawn(async move { ChunkReader::open(addr, timeouts, chunk_id, &chunk).await })
-    };
-    // Buffers that replace ones lost with a failed read, so the pool never shrinks.
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut next = Some(open(0, 0));
-    for (chunk_idx, chunk_copies) in copies.iter().enumerate() {
-        let mut opening = next.take();
-        if chunk_idx + 1 < copies.len() {
-            next = Some(open(chunk_idx + 1, 0));
-        }
         let mut errors = Vec::new();
         // Blocks of this chunk already handed to the sender.
         let mut n_sent = 0usize;
-        let mut done = false;
-        for copy_idx in 0..chunk_copies.len() {
-            let result = async {
-                let mut reader = match opening.take() {
-                    Some(task) => task.await.expect("chunk open task panicked")?,
-                    None => open(chunk_idx, copy_idx).await.expect("chunk open task panicked")?,
-                };
-                let mut scratch = Vec::new();
-                while let Some(block_idx) = reader.next_block() {
-                    if block_idx < n_sent {
-                        if scratch.is_empty() {
-                            scratch = vec![0u8; BLOCK_SIZE_BYTES as usize];
-                        }
-                        scratch = reader.read_block(scratch, 0).await?;
-                        continue;
-                    }
-                    let buf = match spare.pop() {
-                        Some(b) => b,
-                        None => match free.recv().await {
-                            Some(b) => b,
-                            None => return Ok(false),
-                        },
-                    };
-                    let buf = match reader.read_block(buf, 0).await {
-                        Ok(b) => b,
-                        Err(e) => {
-                            spare.push(vec![0u8; BLOCK_SIZE_BYTES as usize]);
-                            return Err(e);
-                        }
-                    };
-                    let len = block_len(reader.length, block_idx as u64) as usize;
-                    if blocks.send(Ok((buf, len))).await.is_err() {
-                        return Ok(false);
-                    }
-                    n_sent = block_idx + 1;
+        let mut copy_idx = 0usize;
+        loop {
+            let Some(&addr) = chunk_copies.get(copy_idx) else {
+                let _ = blocks.send(Err(ChunkFailure { chunk_idx: chunk_idx as u32, errors })).await;
+                return;
+            };
+            if held.is_none() && n_sent < chunk.block_crcs.len() {
+                match free.recv().await {
+                    Some(b) => held = Some(b),
+                    None => return,
                 }
-                reader.finish().await.map(|()| true)
             }
-            .await;
-            match result {
-                Ok(true) => {
-                    done = true;
-                    break;
-                }
-                // The sender of the download gave up (client gone): stop quietly.
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::debug!("{file_id} chunk {chunk_idx}: {e}");
+            match stream_copy(addr, timeouts, chunk_id, chunk, &mut n_sent, &mut held, &blocks, &mut free).await {
+                Streamed::Done => break,
+                Streamed::Stopped => return,
+                Streamed::Paused => tracing::debug!("{chunk_id}: client behind, let {addr} go at block {n_sent}"),
+                Streamed::Failed(e) => {
+                    tracing::debug!("{chunk_id}: {e}");
                     note_failure(&health, &e);
                     errors.push(e);
+                    copy_idx += 1;
                 }
             }
         }
-        if !done {
-            let _ = blocks.send(Err(ChunkFailure { chunk_idx: chunk_idx as u32, errors })).await;
-            return;
+        if !errors.is_empty() {
+            tracing::info!("{chunk_id}: streamed after {} failed cop(ies)", errors.len());
         }
+    }
+}
+
+/// Streams chunk `chunk_id` from `addr`, from block `n_sent` on, into `blocks`.
+#[allow(clippy::too_many_arguments)]
+async fn stream_copy(
+    addr: SocketAddr,
+    timeouts: crate::nodes::NodeTimeouts,
+    chunk_id: ChunkId,
+    chunk: &ChunkRecord,
+    n_sent: &mut usize,
+    held: &mut Option<Vec<u8>>,
+    blocks: &tokio::sync::mpsc::Sender<Block>,
+    free: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Streamed {
+    let mut reader = match ChunkReader::open(addr, timeouts, chunk_id, chunk, *n_sent).await {
+        Ok(r) => r,
+        Err(e) => return Streamed::Failed(e),
+    };
+    while let Some(block_idx) = reader.next_block() {
+        let buf = match held.take() {
+            Some(b) => b,
+            None => match tokio::time::timeout(reader.max_unread(), free.recv()).await {
+                Ok(Some(b)) => b,
+                Ok(None) => return Streamed::Stopped,
+                Err(_) => return Streamed::Paused,
+            },
+        };
+        let buf = match reader.read_block(buf, 0).await {
+            Ok(b) => b,
+            Err(e) => {
+                // The buffer went with the failed read: replace it so the pool never shrinks.
+                *held = Some(vec![0u8; BLOCK_SIZE_BYTES as usize]);
+                return Streamed::Failed(e);
+            }
+        };
+        let len = block_len(reader.length, block_idx as u64) as usize;
+        if blocks.send(Ok((buf, len))).await.is_err() {
+            return Streamed::Stopped;
+        }
+        *n_sent = block_idx + 1;
+    }
+    match reader.finish().await {
+        Ok(()) => Streamed::Done,
+        Err(e) => Streamed::Failed(e),
     }
 }
 
@@ -376,14 +415,35 @@ pub struct ChunkReader {
 }
 
 impl ChunkReader {
+    /// Asks `addr` for the chunk from block `first_block` on. A pooled connection that breaks
+    /// before the answer is retried once on a fresh one.
     pub async fn open(
         addr: SocketAddr,
         timeouts: crate::nodes::NodeTimeouts,
         chunk_id: ChunkId,
         chunk: &ChunkRecord,
+        first_block: usize,
     ) -> Result<ChunkReader, NodeError> {
         let node = NodeConn::checkout(addr, timeouts).await?;
-        node.send(&Msg::Fetch { chunk_id }).await?;
+        let reused = node.reused;
+        match ChunkReader::open_on(node, chunk_id, chunk, first_block).await {
+            Err(e) if reused && e.is_unreachable() => {
+                tracing::debug!("{e} on a pooled connection; retrying on a fresh one");
+                ChunkReader::open_on(NodeConn::connect(addr, timeouts).await?, chunk_id, chunk, first_block).await
+            }
+            opened => opened,
+        }
+    }
+
+    async fn open_on(
+        node: NodeConn,
+        chunk_id: ChunkId,
+        chunk: &ChunkRecord,
+        first_block: usize,
+    ) -> Result<ChunkReader, NodeError> {
+        assert_eq!(chunk.block_crcs.len() as u64, n_blocks(chunk.length), "metadata block count");
+        assert!(first_block <= chunk.block_crcs.len(), "fetch from block {first_block} of {}", chunk.block_crcs.len());
+        node.send(&Msg::Fetch { chunk_id, first_block: first_block as u32 }).await?;
         match node.recv().await? {
             Msg::FetchOk { length, crc32, block_size_bytes }
                 if length == chunk.length && crc32 == chunk.crc32 && block_size_bytes == BLOCK_SIZE_BYTES => {}
@@ -392,12 +452,22 @@ impl ChunkReader {
                     "node holds {length} bytes with crc32 {crc32:08x}, {} bytes with crc32 {:08x} were stored",
                     chunk.length, chunk.crc32
                 );
-                return Err(NodeError::new(addr, NodeFailure::Remote(Status::Corrupt, detail)));
+                return Err(NodeError::new(node.addr, NodeFailure::Remote(Status::Corrupt, detail)));
             }
             other => return Err(node.unexpected("FetchOk", &other)),
         }
-        assert_eq!(chunk.block_crcs.len() as u64, n_blocks(chunk.length), "metadata block count");
-        Ok(ChunkReader { node, length: chunk.length, block_crcs: chunk.block_crcs.clone(), next_block_idx: 0 })
+        Ok(ChunkReader {
+            node,
+            length: chunk.length,
+            block_crcs: chunk.block_crcs.clone(),
+            next_block_idx: first_block,
+        })
+    }
+
+    /// The longest this reader may leave the node's stream unread: half of what the node
+    /// allows, so the node never closes the connection for the engine's own delay.
+    pub fn max_unread(&self) -> std::time::Duration {
+        (self.node.node_idle_timeout / 2).max(std::time::Duration::from_millis(100))
     }
 
     pub fn next_block(&self) -> Option<usize> {

@@ -293,7 +293,15 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                     let _ = reply.send(result.as_ref().map(|_| placed).map_err(|e| MetaError::Db(e.to_string())));
                 }
                 WriteOp::Insert(_, _, reply) => {
-                    let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| MetaError::Db(e.to_string())));
+                    // The test failpoint reports an error for an insert that did commit, as a
+                    // failing fsync reported after the data reached the disk could.
+                    let result = match &result {
+                        Ok(()) if dfs_runtime::failpoint::is_on("meta-insert-commit-then-error") => {
+                            Err(MetaError::Db("injected: the commit reported an error after it was made".into()))
+                        }
+                        other => other.as_ref().map(|_| ()).map_err(|e| MetaError::Db(e.to_string())),
+                    };
+                    let _ = reply.send(result);
                 }
                 WriteOp::Delete(_, reply) => {
                     let _ = reply.send(result.as_ref().map(|_| old).map_err(|e| MetaError::Db(e.to_string())));

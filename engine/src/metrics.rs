@@ -46,6 +46,29 @@ pub static REPAIR_COPIES: LazyLock<IntCounter> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+pub static GET_BUFFER_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "dfs_engine_get_buffer_bytes",
+        "Bytes of download buffers allocated under --buffer-budget (whole-file buffers and chunk re-reads)"
+    )
+    .expect("metric registers once")
+});
+pub static GET_BUFFER_BYTES_PEAK: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("dfs_engine_get_buffer_bytes_peak", "Highest dfs_engine_get_buffer_bytes since start")
+        .expect("metric registers once")
+});
+
+/// Moves the download buffer gauge by `delta` bytes and keeps its high-water mark.
+pub fn add_get_buffer_bytes(delta: i64) {
+    static NOW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    static PEAK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    use std::sync::atomic::Ordering;
+    let now = NOW.fetch_add(delta, Ordering::AcqRel) + delta;
+    GET_BUFFER_BYTES.set(now);
+    let peak = PEAK.fetch_max(now, Ordering::AcqRel).max(now);
+    GET_BUFFER_BYTES_PEAK.set(peak);
+}
+
 /// Registers every metric, so the endpoint shows them all from the start.
 pub fn init() {
     REPAIR_COPIES.reset();
@@ -57,6 +80,8 @@ pub fn init() {
     LazyLock::force(&NODE_CHUNKS);
     LazyLock::force(&NODE_BYTES_USED);
     LazyLock::force(&NODE_BYTES_FREE);
+    LazyLock::force(&GET_BUFFER_BYTES);
+    LazyLock::force(&GET_BUFFER_BYTES_PEAK);
 }
 
 /// Counts one finished request and logs it at debug level.

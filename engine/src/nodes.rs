@@ -36,6 +36,11 @@ impl NodeError {
         NodeError { addr: addr.to_string(), failure }
     }
 
+    /// The node did not answer: it may be down.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self.failure, NodeFailure::Unreachable(_))
+    }
+
     /// The status to report upstream for this failure.
     pub fn status(&self) -> Status {
         match &self.failure {
@@ -104,6 +109,12 @@ pub fn answer_challenge(
 pub struct NodeConn {
     pub addr: SocketAddr,
     pub conn: Conn,
+    /// How long the node lets this connection sit unread or idle before it closes it (from its
+    /// HelloOk): the engine must never leave a request's answer unread for that long.
+    pub node_idle_timeout: Duration,
+    /// Taken from the pool rather than freshly connected: its first failure may only mean the
+    /// node closed it while it sat idle, not that the node is down.
+    pub reused: bool,
 }
 
 /// Idle connections kept per node and per runtime thread for reuse.
@@ -134,7 +145,7 @@ impl NodeConn {
     pub async fn checkout(addr: SocketAddr, t: NodeTimeouts) -> Result<NodeConn, NodeError> {
         while let Some(conn) = POOL.with(|p| p.borrow_mut().get_mut(&addr).and_then(|v| v.pop())) {
             if !is_dead(&conn) {
-                return Ok(conn);
+                return Ok(NodeConn { reused: true, ..conn });
             }
         }
         NodeConn::connect(addr, t).await
@@ -159,7 +170,7 @@ impl NodeConn {
             Err(_) => return Err(unreachable(format!("connect timed out after {:?}", t.connect))),
         };
         let _ = stream.set_nodelay(true);
-        let node = NodeConn { addr, conn: Conn::new(stream, t.idle) };
+        let node = NodeConn { addr, conn: Conn::new(stream, t.idle), node_idle_timeout: t.idle, reused: false };
         let (hello, engine_nonce) = engine_hello().map_err(|e| unreachable(format!("cannot draw a nonce: {e}")))?;
         node.send(&Msg::Hello(hello)).await?;
         let mut answer = node.recv().await?;
@@ -173,19 +184,34 @@ impl NodeConn {
             return Err(NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why.into())));
         }
         match answer {
-            Msg::HelloOk(h) if h.version == VERSION => Ok(node),
+            Msg::HelloOk(h) if h.version == VERSION => {
+                Ok(NodeConn { node_idle_timeout: Duration::from_millis(u64::from(h.idle_timeout_ms)), ..node })
+            }
             other => Err(node.unexpected("HelloOk", &other)),
         }
     }
 
     /// One request and its one-frame answer on a pooled connection to `addr`; the connection
-    /// goes back to the pool only after a clean answer.
+    /// goes back to the pool only after a clean answer. A pooled connection that breaks is
+    /// retried once on a fresh one before the node counts as unreachable: the node may simply
+    /// have closed it while it sat idle.
     pub async fn request(addr: SocketAddr, t: NodeTimeouts, msg: &Msg) -> Result<Msg, NodeError> {
         let node = NodeConn::checkout(addr, t).await?;
-        node.send(msg).await?;
-        let answer = node.recv().await;
+        let reused = node.reused;
+        match node.request_once(msg).await {
+            Err(e) if reused && e.is_unreachable() => {
+                tracing::debug!("{e} on a pooled connection; retrying on a fresh one");
+                NodeConn::connect(addr, t).await?.request_once(msg).await
+            }
+            answer => answer,
+        }
+    }
+
+    async fn request_once(self, msg: &Msg) -> Result<Msg, NodeError> {
+        self.send(msg).await?;
+        let answer = self.recv().await;
         if answer.is_ok() {
-            node.checkin();
+            self.checkin();
         }
         answer
     }

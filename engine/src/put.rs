@@ -203,12 +203,32 @@ pub async fn put(
         nodes: used.iter().map(|a| a.to_string()).collect(),
         chunks,
     };
-    match state.meta.insert(file_id, record).await {
+    match state.meta.insert(file_id, record.clone()).await {
         Ok(()) => client.write_msg(&Msg::PutOk { file_id }).await,
-        Err(e) => {
-            cleanup(&copies);
-            client.write_msg(&internal(format!("cannot record file: {e}"))).await
-        }
+        // An error from a commit does not prove that nothing was committed (an fsync can fail
+        // after the data reached the disk): look before deleting chunks a record may point at.
+        Err(e) => match state.meta.get(file_id) {
+            Ok(Some(stored)) if stored == record => {
+                tracing::warn!(
+                    "upload of {:?}: the metadata commit reported {e}, but the record is there",
+                    record.name
+                );
+                client.write_msg(&Msg::PutOk { file_id }).await
+            }
+            Ok(_) => {
+                cleanup(&copies);
+                client.write_msg(&internal(format!("cannot record file: {e}"))).await
+            }
+            Err(e2) => {
+                // Whether the record exists is unknown: keep the chunks (gc removes them after
+                // the grace period if the record really is absent).
+                tracing::error!(
+                    "upload of {:?}: commit failed ({e}) and the record cannot be read back: {e2}",
+                    record.name
+                );
+                client.write_msg(&internal(format!("cannot tell whether the file was recorded: {e}; {e2}"))).await
+            }
+        },
     }
 }
 

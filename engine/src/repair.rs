@@ -40,6 +40,7 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
     }
     let _running = Running;
     let started = Instant::now();
+    probe_down_nodes(state).await;
     // The file list first, so progress has a total.
     let mut files: Vec<(FileId, u64)> = Vec::new();
     let mut after = None;
@@ -77,48 +78,76 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
         }
     }
     tracing::info!(
-        "repair: {} file(s), {} chunk(s) checked, {} cop(ies) made ({} bytes), {} unrecoverable, {} short of copies, in {:.1?}",
+        "repair: {} file(s), {} chunk(s) checked, {} cop(ies) made ({} bytes), {} lost, {} unavailable now, {} short of copies, in {:.1?}",
         summary.n_files,
         summary.n_chunks_checked,
         summary.n_copies_made,
         summary.bytes_copied,
         summary.n_chunks_unrecoverable,
+        summary.n_chunks_unavailable,
         summary.n_chunks_degraded,
         started.elapsed()
     );
     Ok(summary)
 }
 
-/// What a node holds of one chunk.
+/// What a node holds of one chunk, as far as one check can tell.
 enum Copy {
     Sound,
-    /// The node answered: the copy is absent, or present but not the recorded bytes.
-    Bad(String),
-    Unreachable(String),
+    /// The node answered that it has no such chunk.
+    Missing,
+    /// Proven bad: the node holds other bytes than were stored, or its copy fails verification.
+    Corrupt(String),
+    /// The check failed for a reason that says nothing about the copy (out of descriptors, an
+    /// I/O error, an unexpected answer): leave the copy alone and look again next pass.
+    Unknown(String),
+    /// The node did not answer.
+    Down(String),
 }
 
 async fn check_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId, chunk: &ChunkRecord) -> Copy {
     match NodeConn::request(addr, state.config.node_timeouts, &Msg::Exists { chunk_id }).await {
         Ok(Msg::ExistsOk { length, crc32 }) if length == chunk.length && crc32 == chunk.crc32 => Copy::Sound,
-        Ok(Msg::ExistsOk { length, crc32 }) => Copy::Bad(format!(
+        Ok(Msg::ExistsOk { length, crc32 }) => Copy::Corrupt(format!(
             "holds {length} bytes with crc32 {crc32:08x}, {} bytes with crc32 {:08x} were stored",
             chunk.length, chunk.crc32
         )),
-        Ok(other) => Copy::Bad(format!("answered {} to EXISTS", other.kind().name())),
-        Err(NodeError { failure: NodeFailure::Unreachable(why), .. }) => Copy::Unreachable(why),
-        Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Copy::Bad("missing".into()),
-        Err(e) => Copy::Bad(e.to_string()),
+        Ok(other) => Copy::Unknown(format!("answered {} to EXISTS", other.kind().name())),
+        Err(NodeError { failure: NodeFailure::Unreachable(why), .. }) => Copy::Down(why),
+        Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Copy::Missing,
+        Err(NodeError { failure: NodeFailure::Remote(Status::Corrupt, why), .. }) => Copy::Corrupt(why),
+        Err(e) => Copy::Unknown(e.to_string()),
     }
 }
 
-/// Deletes a bad copy so a sound one can be stored in its place (best effort).
-async fn remove_bad_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId) {
-    if let Err(e) = NodeConn::request(addr, state.config.node_timeouts, &Msg::ChunkDelete { chunk_id }).await {
-        tracing::debug!("repair: removing the bad copy of {chunk_id} on {addr}: {e}");
+/// Asks every node believed down whether it is back, so that a node restarted a moment ago is
+/// not taken for lost before the pinger's next round.
+async fn probe_down_nodes(state: &EngineState) {
+    for &addr in &state.config.nodes {
+        if state.health.is_up(addr) {
+            continue;
+        }
+        match NodeConn::request(addr, state.config.node_timeouts, &Msg::NodeStat).await {
+            Ok(Msg::NodeStatOk(report)) => state.health.record_report(addr, report),
+            Ok(other) => tracing::debug!("repair: node {addr} answered {} to NODESTAT", other.kind().name()),
+            Err(e) if e.is_unreachable() => tracing::debug!("repair: node {addr} is still down: {e}"),
+            // It answered, if only with an error: it is up.
+            Err(_) => state.health.mark_up(addr),
+        }
     }
 }
 
-/// Copies `chunk_id` to `dest` from the first of `sources` that can supply it.
+/// Deletes a copy proven corrupt (best effort): only ever called once the chunk has as many
+/// sound copies elsewhere as it can get, or to make room for a sound copy in its place.
+async fn remove_corrupt_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId) -> Result<(), String> {
+    match NodeConn::request(addr, state.config.node_timeouts, &Msg::ChunkDelete { chunk_id }).await {
+        Ok(_) | Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Copies `chunk_id` to `dest` from the first of `sources` that can supply it. Every block of
+/// the source is verified against the recorded crc32s on the way ([`copy_chunk`]).
 async fn copy_from_any(
     state: &EngineState,
     sources: &[SocketAddr],
@@ -132,7 +161,7 @@ async fn copy_from_any(
             Ok(()) => return Ok(()),
             Err(CopyError::Source(e)) => why.push(format!("source {source}: {e}")),
             Err(CopyError::Destination(e)) => {
-                if matches!(e.failure, NodeFailure::Unreachable(_)) {
+                if e.is_unreachable() {
                     state.health.mark_down(dest, &e.to_string());
                 }
                 return Err(e.to_string());
@@ -142,6 +171,10 @@ async fn copy_from_any(
     Err(why.join("; "))
 }
 
+/// Brings one chunk back to R sound copies without ever lowering the number it has: only a
+/// copy proven missing or corrupt is replaced, a new copy is durable and verified before the
+/// metadata points at it, and a corrupt copy is deleted only after that (or to make room for a
+/// sound copy on the same node, when no other node can take one).
 async fn repair_chunk(
     state: &EngineState,
     record: &FileRecord,
@@ -159,61 +192,93 @@ async fn repair_chunk(
             return;
         }
     };
-    let (mut sound, mut bad_on_live, mut on_down) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut sound, mut missing, mut corrupt, mut unknown, mut down) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut findings = Vec::new();
     for &addr in &recorded {
-        if !state.health.is_up(addr) {
-            on_down.push(addr);
-            findings.push(format!("node {addr} is down"));
-            continue;
-        }
-        match check_copy(state, addr, chunk_id, chunk).await {
+        let found = if state.health.is_up(addr) {
+            check_copy(state, addr, chunk_id, chunk).await
+        } else {
+            Copy::Down("node is down".into())
+        };
+        match found {
             Copy::Sound => sound.push(addr),
-            Copy::Bad(why) => {
-                findings.push(format!("copy on {addr}: {why}"));
-                bad_on_live.push(addr);
+            Copy::Missing => {
+                findings.push(format!("copy on {addr} is missing"));
+                missing.push(addr);
             }
-            Copy::Unreachable(why) => {
+            Copy::Corrupt(why) => {
+                findings.push(format!("copy on {addr} is corrupt: {why}"));
+                corrupt.push(addr);
+            }
+            Copy::Unknown(why) => {
+                findings.push(format!("copy on {addr} could not be checked: {why}"));
+                unknown.push(addr);
+            }
+            Copy::Down(why) => {
                 state.health.mark_down(addr, &why);
-                findings.push(format!("node {addr} is unreachable: {why}"));
-                on_down.push(addr);
+                findings.push(format!("node {addr} is down: {why}"));
+                down.push(addr);
             }
         }
     }
     if sound.is_empty() {
-        summary.n_chunks_unrecoverable += 1;
-        let line = format!("{chunk_id}: no sound copy left ({})", findings.join("; "));
+        let line = if unknown.is_empty() && down.is_empty() {
+            summary.n_chunks_unrecoverable += 1;
+            format!("{chunk_id}: lost, every copy is missing or corrupt ({})", findings.join("; "))
+        } else {
+            summary.n_chunks_unavailable += 1;
+            format!("{chunk_id}: unavailable now, no copy could be read ({})", findings.join("; "))
+        };
         tracing::error!("repair: {line}");
         push_report_line(&mut summary.problems, line);
         return;
     }
-    if sound.len() >= replicas {
-        return;
+    if !unknown.is_empty() {
+        push_report_line(
+            &mut summary.problems,
+            format!("{chunk_id}: left as it is, to check again next pass ({})", findings.join("; ")),
+        );
     }
-    let mut placement = sound.clone();
-    // Where new copies go, in order: a node that answered but lost or spoiled its copy (a
-    // replaced disk, a quarantined chunk) gets it back, so placement stays where it was; copies
-    // on down nodes are then made again on other live nodes.
-    let others = state.health.up_first(&state.config.nodes).into_iter().filter(|d| !recorded.contains(d));
-    let dests: Vec<(SocketAddr, bool)> =
-        bad_on_live.iter().map(|&d| (d, true)).chain(others.map(|d| (d, false))).collect();
-    for (dest, holds_bad_copy) in dests {
-        if placement.len() >= replicas {
-            break;
-        }
-        if holds_bad_copy {
-            remove_bad_copy(state, dest, chunk_id).await;
-        } else if !state.health.is_up(dest) {
-            continue;
-        }
-        match copy_from_any(state, &sound, dest, chunk_id, chunk).await {
-            Ok(()) => {
-                placement.push(dest);
-                summary.n_copies_made += 1;
-                crate::metrics::REPAIR_COPIES.inc();
-                summary.bytes_copied += chunk.length;
+    // Copies that may still be sound stay where they are, in their order.
+    let mut placement: Vec<SocketAddr> =
+        recorded.iter().filter(|a| sound.contains(a) || unknown.contains(a)).copied().collect();
+    // A new copy is an orphan to gc until the metadata points at it.
+    let _writing = state.uploads_in_progress.begin(chunk_id.file_id);
+    if placement.len() < replicas {
+        // Where new copies go, in order: a node that answered but lost its copy (a replaced
+        // disk, a quarantined chunk) gets it back; then other live nodes; then, only when no
+        // other node can take it, a node holding a corrupt copy, which is deleted first.
+        let others = state.health.up_first(&state.config.nodes).into_iter().filter(|d| !recorded.contains(d));
+        let dests: Vec<(SocketAddr, bool)> = missing
+            .iter()
+            .map(|&d| (d, false))
+            .chain(others.map(|d| (d, false)))
+            .chain(corrupt.iter().map(|&d| (d, true)))
+            .collect();
+        for (dest, holds_corrupt_copy) in dests {
+            if placement.len() >= replicas {
+                break;
             }
-            Err(e) => findings.push(format!("copy to {dest} failed: {e}")),
+            if !state.health.is_up(dest) {
+                continue;
+            }
+            if holds_corrupt_copy {
+                if let Err(e) = remove_corrupt_copy(state, dest, chunk_id).await {
+                    findings.push(format!("corrupt copy on {dest} not removed: {e}"));
+                    continue;
+                }
+                corrupt.retain(|&a| a != dest);
+            }
+            match copy_from_any(state, &sound, dest, chunk_id, chunk).await {
+                Ok(()) => {
+                    placement.push(dest);
+                    summary.n_copies_made += 1;
+                    crate::metrics::REPAIR_COPIES.inc();
+                    summary.bytes_copied += chunk.length;
+                }
+                Err(e) => findings.push(format!("copy to {dest} failed: {e}")),
+            }
         }
     }
     if placement.len() < replicas {
@@ -226,15 +291,25 @@ async fn repair_chunk(
         tracing::warn!("repair: {line}");
         push_report_line(&mut summary.problems, line);
         // Keep pointing at copies on down nodes: they may come back.
-        placement.extend(on_down.iter().copied().take(replicas - placement.len()));
+        let short = replicas - placement.len();
+        placement.extend(down.iter().copied().take(short));
     }
     if placement != recorded {
         let addrs = placement.iter().map(|a| a.to_string()).collect();
         match state.meta.set_placement(chunk_id.file_id, chunk_id.chunk_idx, addrs).await {
             Ok(true) => tracing::info!("repair: {chunk_id} now on {placement:?} (was {recorded:?})"),
             // Deleted meanwhile: the new copies are orphans for gc.
-            Ok(false) => {}
-            Err(e) => push_report_line(&mut summary.problems, format!("{chunk_id}: cannot record new copies: {e}")),
+            Ok(false) => return,
+            Err(e) => {
+                push_report_line(&mut summary.problems, format!("{chunk_id}: cannot record new copies: {e}"));
+                return;
+            }
+        }
+    }
+    // Corrupt copies the metadata no longer points at go last.
+    for addr in corrupt.into_iter().filter(|a| !placement.contains(a)) {
+        if let Err(e) = remove_corrupt_copy(state, addr, chunk_id).await {
+            tracing::warn!("repair: corrupt copy of {chunk_id} on {addr} not removed (gc will): {e}");
         }
     }
 }

@@ -45,7 +45,7 @@ pub async fn copy_chunk(
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
 ) -> Result<(), CopyError> {
-    let mut reader = ChunkReader::open(source, timeouts, chunk_id, chunk).await.map_err(CopyError::Source)?;
+    let mut reader = ChunkReader::open(source, timeouts, chunk_id, chunk, 0).await.map_err(CopyError::Source)?;
     let writer =
         open_store(dest, timeouts, chunk_id, chunk.length, chunk.crc32).await.map_err(CopyError::Destination)?;
     let mut buf = vec![0u8; chunk.length.min(BLOCK_SIZE_BYTES as u64) as usize];

@@ -25,27 +25,35 @@ pub struct EngineConfig {
     pub gc_grace: Duration,
 }
 
-/// File IDs being uploaded right now, which garbage collection must not touch.
+/// File IDs whose chunks are being written right now (an upload, or repair making a copy),
+/// which garbage collection must not touch: a copy may exist before the metadata points at it.
+/// Counted, so that two writers of one file each keep it protected.
 #[derive(Default)]
-pub struct Uploads(std::sync::Mutex<std::collections::HashSet<FileId>>);
+pub struct Uploads(std::sync::Mutex<std::collections::HashMap<FileId, usize>>);
 
-/// Removes its file ID from [`Uploads`] when the upload ends, however it ends.
+/// Releases its file ID in [`Uploads`] when the writing ends, however it ends.
 pub struct UploadGuard<'a>(&'a Uploads, FileId);
 
 impl Uploads {
     pub fn begin(&self, file_id: FileId) -> UploadGuard<'_> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(file_id);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(file_id).or_default() += 1;
         UploadGuard(self, file_id)
     }
 
     pub fn contains(&self, file_id: FileId) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(&file_id)
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&file_id)
     }
 }
 
 impl Drop for UploadGuard<'_> {
     fn drop(&mut self) {
-        self.0 .0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+        let mut writers = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut n) = writers.entry(self.1) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
     }
 }
 
@@ -95,6 +103,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
         version: VERSION,
         block_size_bytes: BLOCK_SIZE_BYTES,
         dynamic_chunk_cap_bytes: state.config.dynamic_chunk_cap_bytes,
+        idle_timeout_ms: conn.idle_timeout.as_millis().min(u32::MAX as u128) as u32,
     }))
     .await?;
     loop {

@@ -46,6 +46,8 @@ enum RequestError {
     AlreadyExists(ChunkId),
     #[error("chunk {chunk}: received data has crc32 {actual:08x}, {announced:08x} was announced")]
     ChecksumMismatch { chunk: ChunkId, announced: u32, actual: u32 },
+    #[error("chunk {0}: {1}")]
+    BadRequest(ChunkId, String),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -57,6 +59,7 @@ impl RequestError {
             RequestError::Corrupt(..) => Status::Corrupt,
             RequestError::AlreadyExists(_) => Status::AlreadyExists,
             RequestError::ChecksumMismatch { .. } => Status::ChecksumMismatch,
+            RequestError::BadRequest(..) => Status::BadRequest,
             RequestError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => Status::NoSpace,
             RequestError::Io { .. } => Status::Internal,
         }
@@ -100,6 +103,7 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
         version: VERSION,
         block_size_bytes: BLOCK_SIZE_BYTES,
         dynamic_chunk_cap_bytes: 0,
+        idle_timeout_ms: state.idle_timeout.as_millis().min(u32::MAX as u128) as u32,
     }))
     .await?;
     loop {
@@ -120,10 +124,12 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
                 Frame::Msg(Msg::Store { chunk_id, length, crc32 }) => {
                     store(state, conn, chunk_id, length, crc32).await?
                 }
-                Frame::Msg(Msg::Fetch { chunk_id }) => match fetch(state, conn, chunk_id).await? {
-                    Ok(()) => return Ok(()),
-                    Err(e) => Err(e),
-                },
+                Frame::Msg(Msg::Fetch { chunk_id, first_block }) => {
+                    match fetch(state, conn, chunk_id, first_block).await? {
+                        Ok(()) => return Ok(()),
+                        Err(e) => Err(e),
+                    }
+                }
                 Frame::Msg(Msg::Exists { chunk_id }) => exists(state, chunk_id).await,
                 Frame::Msg(Msg::ChunkDelete { chunk_id }) => delete(state, chunk_id).await,
                 Frame::Msg(Msg::ChunkList { after, limit, min_age_secs }) => {
@@ -347,14 +353,24 @@ async fn open_chunk(state: &NodeState, chunk_id: ChunkId) -> Result<(File, Foote
     Ok((file, footer))
 }
 
-/// Sends a chunk block by block, each block checked against its stored crc32 before it leaves.
-/// Inner error: answered before any data. A block that fails mid-stream ends the stream with a
-/// Corrupt error frame instead of its bytes.
-async fn fetch(state: &NodeState, conn: &Conn, chunk_id: ChunkId) -> Result<Result<(), RequestError>, FrameError> {
+/// Sends a chunk block by block from `first_block` on, each block checked against its stored
+/// crc32 before it leaves. Inner error: answered before any data. A block that fails mid-stream
+/// ends the stream with a Corrupt error frame instead of its bytes.
+async fn fetch(
+    state: &NodeState,
+    conn: &Conn,
+    chunk_id: ChunkId,
+    first_block: u32,
+) -> Result<Result<(), RequestError>, FrameError> {
     let (file, footer) = match open_chunk(state, chunk_id).await {
         Ok(x) => x,
         Err(e) => return Ok(Err(e)),
     };
+    if u64::from(first_block) > n_blocks(footer.length) {
+        let _ = file.close().await;
+        let why = format!("first block {first_block} is past the end of a chunk of {} blocks", n_blocks(footer.length));
+        return Ok(Err(RequestError::BadRequest(chunk_id, why)));
+    }
     conn.write_msg(&Msg::FetchOk { length: footer.length, crc32: footer.crc32, block_size_bytes: BLOCK_SIZE_BYTES })
         .await?;
     // With splice, each block is read once to be verified, then sent from the page cache through
@@ -373,7 +389,7 @@ async fn fetch(state: &NodeState, conn: &Conn, chunk_id: ChunkId) -> Result<Resu
         _ => None,
     };
     let mut buf = vec![0u8; (footer.length as usize).min(BLOCK_SIZE_BYTES as usize)];
-    for block_idx in 0..n_blocks(footer.length) {
+    for block_idx in u64::from(first_block)..n_blocks(footer.length) {
         let len = block_len(footer.length, block_idx) as usize;
         let offset = block_idx * BLOCK_SIZE_BYTES as u64;
         let (res, slice) = file.read_exact_at(buf.slice(0..len), offset).await;

@@ -37,6 +37,16 @@ pub struct Conn {
     errors_sent: std::cell::Cell<u64>,
 }
 
+impl Drop for Conn {
+    /// Shuts the socket down before it is closed. Dropping an io_uring stream whose read was
+    /// abandoned (an idle timeout) does not close it: the abandoned read keeps the descriptor
+    /// open until it completes, which on a quiet connection is never, so the peer would not see
+    /// the connection end until it next sent something on it. shutdown(2) ends it now.
+    fn drop(&mut self) {
+        self.stream.shutdown();
+    }
+}
+
 impl Conn {
     pub fn new(stream: TcpStream, idle_timeout: Duration) -> Conn {
         Conn {

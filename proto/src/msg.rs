@@ -209,6 +209,9 @@ pub struct HelloOk {
     /// The engine's dynamic chunk size cap, so a client can compute the chunk layout (and the
     /// per-chunk crc32s it must announce) before sending. Zero from a node.
     pub dynamic_chunk_cap_bytes: u64,
+    /// How long the accepting side lets the connection sit idle, mid-request or between
+    /// requests, before it closes it: a peer must not leave a request unread for longer.
+    pub idle_timeout_ms: u32,
 }
 
 /// One chunk in a file's chunk table.
@@ -275,8 +278,11 @@ pub struct RepairSummary {
     pub n_chunks_checked: u64,
     /// New copies made (a chunk missing two copies counts twice).
     pub n_copies_made: u64,
-    /// Chunks with no verified copy left anywhere.
+    /// Chunks lost: every copy is proven missing or corrupt.
     pub n_chunks_unrecoverable: u64,
+    /// Chunks with no sound copy found this pass, but with a copy that could not be checked (its
+    /// node is down, or answered with a passing error): perhaps readable again later.
+    pub n_chunks_unavailable: u64,
     /// Chunks still short of copies because too few nodes could take one.
     pub n_chunks_degraded: u64,
     pub bytes_copied: u64,
@@ -369,10 +375,11 @@ pub enum Msg {
     StoreOk {
         block_crcs: Vec<u32>,
     },
-    /// Answered by FetchOk, then one Data frame per block, each verified before it is sent,
-    /// then End (or Error naming the corrupt block).
+    /// Answered by FetchOk, then one Data frame per block from `first_block` on, each verified
+    /// before it is sent, then End (or Error naming the corrupt block).
     Fetch {
         chunk_id: ChunkId,
+        first_block: u32,
     },
     FetchOk {
         length: u64,
@@ -665,6 +672,7 @@ impl Msg {
                 w.u16(h.version);
                 w.u32(h.block_size_bytes);
                 w.u64(h.dynamic_chunk_cap_bytes);
+                w.u32(h.idle_timeout_ms);
             }
             Msg::Error { status, message } => {
                 w.u16(status.code());
@@ -696,9 +704,11 @@ impl Msg {
                 w.u32(*crc32);
             }
             Msg::StoreOk { block_crcs } => put_u32s(&mut w, block_crcs),
-            Msg::Fetch { chunk_id } | Msg::Exists { chunk_id } | Msg::ChunkDelete { chunk_id } => {
-                put_chunk_id(&mut w, chunk_id)
+            Msg::Fetch { chunk_id, first_block } => {
+                put_chunk_id(&mut w, chunk_id);
+                w.u32(*first_block);
             }
+            Msg::Exists { chunk_id } | Msg::ChunkDelete { chunk_id } => put_chunk_id(&mut w, chunk_id),
             Msg::FetchOk { length, crc32, block_size_bytes } => {
                 w.u64(*length);
                 w.u32(*crc32);
@@ -734,6 +744,7 @@ impl Msg {
                     r.n_chunks_checked,
                     r.n_copies_made,
                     r.n_chunks_unrecoverable,
+                    r.n_chunks_unavailable,
                     r.n_chunks_degraded,
                     r.bytes_copied,
                 ] {
@@ -800,6 +811,7 @@ impl Msg {
                 version: r.u16("version")?,
                 block_size_bytes: r.u32("block size")?,
                 dynamic_chunk_cap_bytes: r.u64("dynamic chunk cap")?,
+                idle_timeout_ms: r.u32("idle timeout")?,
             }),
             Kind::Error => {
                 let code = r.u16("status")?;
@@ -835,7 +847,7 @@ impl Msg {
             }
             Kind::Store => Msg::Store { chunk_id: chunk_id(r)?, length: r.u64("length")?, crc32: r.u32("crc32")? },
             Kind::StoreOk => Msg::StoreOk { block_crcs: u32s(r, "block crc count", MAX_BLOCKS_PER_CHUNK)? },
-            Kind::Fetch => Msg::Fetch { chunk_id: chunk_id(r)? },
+            Kind::Fetch => Msg::Fetch { chunk_id: chunk_id(r)?, first_block: r.u32("first block")? },
             Kind::Exists => Msg::Exists { chunk_id: chunk_id(r)? },
             Kind::ChunkDelete => Msg::ChunkDelete { chunk_id: chunk_id(r)? },
             Kind::FetchOk => Msg::FetchOk {
@@ -864,6 +876,7 @@ impl Msg {
                 n_chunks_checked: r.u64("chunks checked")?,
                 n_copies_made: r.u64("copies made")?,
                 n_chunks_unrecoverable: r.u64("chunks unrecoverable")?,
+                n_chunks_unavailable: r.u64("chunks unavailable")?,
                 n_chunks_degraded: r.u64("chunks degraded")?,
                 bytes_copied: r.u64("bytes copied")?,
                 problems: lines(r, "problems")?,

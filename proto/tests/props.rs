@@ -164,9 +164,11 @@ fn msg() -> impl Strategy<Value = Msg> {
     prop_oneof![
         (any::<u16>(), role(), any::<u8>(), vec(any::<u8>(), 0..200))
             .prop_map(|(version, role, auth_method, auth)| { Msg::Hello(Hello { version, role, auth_method, auth }) }),
-        (any::<u16>(), any::<u32>(), any::<u64>()).prop_map(|(version, block_size_bytes, dynamic_chunk_cap_bytes)| {
-            Msg::HelloOk(HelloOk { version, block_size_bytes, dynamic_chunk_cap_bytes })
-        }),
+        (any::<u16>(), any::<u32>(), any::<u64>(), any::<u32>()).prop_map(
+            |(version, block_size_bytes, dynamic_chunk_cap_bytes, idle_timeout_ms)| {
+                Msg::HelloOk(HelloOk { version, block_size_bytes, dynamic_chunk_cap_bytes, idle_timeout_ms })
+            }
+        ),
         (status(), text(100)).prop_map(|(status, message)| Msg::Error { status, message }),
         Just(Msg::Ok),
         (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(nonce, proof)| Msg::AuthChallenge { nonce, proof }),
@@ -191,7 +193,7 @@ fn msg() -> impl Strategy<Value = Msg> {
             crc32
         }),
         crcs().prop_map(|block_crcs| Msg::StoreOk { block_crcs }),
-        chunk_id().prop_map(|chunk_id| Msg::Fetch { chunk_id }),
+        (chunk_id(), any::<u32>()).prop_map(|(chunk_id, first_block)| Msg::Fetch { chunk_id, first_block }),
         (any::<u64>(), any::<u32>(), any::<u32>())
             .prop_map(|(length, crc32, block_size_bytes)| { Msg::FetchOk { length, crc32, block_size_bytes } }),
         chunk_id().prop_map(|chunk_id| Msg::Exists { chunk_id }),
@@ -206,13 +208,14 @@ fn msg() -> impl Strategy<Value = Msg> {
             .prop_map(|(replicas, nodes)| Msg::ClusterStatusOk { replicas, nodes }),
         Just(Msg::Repair),
         (any::<u64>(), any::<u64>()).prop_map(|(n_done, n_total)| Msg::RepairProgress { n_done, n_total }),
-        (vec(any::<u64>(), 6), report_lines()).prop_map(|(v, problems)| Msg::RepairOk(RepairSummary {
+        (vec(any::<u64>(), 7), report_lines()).prop_map(|(v, problems)| Msg::RepairOk(RepairSummary {
             n_files: v[0],
             n_chunks_checked: v[1],
             n_copies_made: v[2],
             n_chunks_unrecoverable: v[3],
             n_chunks_degraded: v[4],
             bytes_copied: v[5],
+            n_chunks_unavailable: v[6],
             problems,
         })),
         (any::<bool>(), proptest::option::of(any::<u64>()))

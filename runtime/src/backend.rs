@@ -161,6 +161,15 @@ pub mod net {
         }
     }
 
+    impl TcpStream {
+        /// Shuts both directions down now (best effort), whatever operations are still in
+        /// flight on the descriptor; the peer sees the connection end.
+        pub fn shutdown(&self) {
+            // SAFETY: shutdown(2) on a descriptor this stream owns; it frees nothing.
+            unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+
     impl AsRawFd for TcpStream {
         fn as_raw_fd(&self) -> RawFd {
             match self {

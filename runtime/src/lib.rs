@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod failpoint;
 pub mod metrics;
 pub mod ops;
 pub mod splice;

@@ -334,6 +334,8 @@ pub struct ClusterOpts {
     pub replicas: Option<usize>,
     /// More arguments for the engine, and for every node.
     pub engine_args: Vec<String>,
+    /// Environment variables for the engine (e.g. `DFS_FAILPOINTS`).
+    pub engine_env: Vec<(String, String)>,
     pub node_args: Vec<String>,
     /// `--idle-timeout-secs` on the engine and every node.
     pub idle_timeout_secs: Option<u64>,
@@ -507,6 +509,7 @@ impl Cluster {
             cmd.arg("--idle-timeout-secs").arg(secs.to_string());
         }
         cmd.args(&self.opts.engine_args);
+        cmd.envs(self.opts.engine_env.iter().map(|(k, v)| (k, v)));
         let proc = self.spawn_server(format!("engine (start {n_starts})"), format!("engine.{n_starts}"), cmd);
         self.engine_addr = proc.addr.clone();
         self.engine = Some(proc);

@@ -146,7 +146,7 @@ fn node_store_and_fetch(addr: &str, chunk_id: ChunkId, data: &[u8]) {
         Frame::Msg(Msg::StoreOk { .. }) => {}
         other => panic!("node answered Store with {other:?}"),
     }
-    io_std::write_msg(&mut s, &Msg::Fetch { chunk_id }).expect("send Fetch");
+    io_std::write_msg(&mut s, &Msg::Fetch { chunk_id, first_block: 0 }).expect("send Fetch");
     let length = match io_std::read_frame(&mut s).expect("read FetchOk") {
         Frame::Msg(Msg::FetchOk { length, .. }) => length,
         other => panic!("node answered Fetch with {other:?}"),
