@@ -427,7 +427,7 @@ fn put_one(
         }
     }
     let (id, crc32) =
-        conn.put_mapped(&up.rel, &file, opts.chunking, &mut FileBytes(progress)).map_err(|e| error_chain(&e))?;
+        conn.put_mapped(&up.rel, &file, opts.chunking, None, &mut FileBytes(progress)).map_err(|e| error_chain(&e))?;
     let entry = Entry { path: up.rel.clone(), id: id.to_string(), size: meta.len(), crc32, mtime_ns: mtime_ns(&meta) };
     writer
         .lock()
