@@ -339,6 +339,7 @@ mod tests {
             size: data.len() as u64,
             created_unix_ms: 0,
             chunking,
+            origin: None,
             nodes: vec!["127.0.0.1:7701".into()],
             chunks,
         }

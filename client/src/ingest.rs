@@ -1,6 +1,9 @@
 //! Whole directory trees: `put -r` uploads every regular file of a tree in parallel and records
 //! each in a manifest (see [`crate::manifest`]); a rerun with the same manifest skips files
-//! already stored unchanged. `get -r` restores a tree from a manifest, verifying every file.
+//! already stored unchanged, and records instead of storing again the files its own earlier runs
+//! stored but never recorded (every upload carries the manifest's identity as its origin; no
+//! other upload is ever taken for one of them). `get -r` restores a tree from a manifest,
+//! verifying every file.
 //! Both run on a pool of threads, each with its own engine connection, report progress through
 //! a [`TreeProgress`] and end with a [`TreeSummary`]. A file that fails is recorded in the
 //! summary and the others go on; only a run that cannot start at all is an error.
@@ -94,9 +97,9 @@ pub struct TreeSummary {
     pub bytes_done: u64,
     /// Stored unchanged by an earlier run (put), or already present and identical (get).
     pub skipped_unchanged: u64,
-    /// put: found already stored under their path with the same bytes, though the manifest did
-    /// not record them (an earlier run stopped between storing and recording), so recorded now
-    /// instead of stored twice.
+    /// put: found already stored under their path with the same bytes by an earlier run of this
+    /// manifest (same origin), though the manifest did not record them (that run stopped between
+    /// storing and recording), so recorded now instead of stored twice.
     pub adopted: u64,
     /// Symlinks and special files, with what they are (put).
     pub skipped_not_regular: Vec<Skipped>,
@@ -274,17 +277,22 @@ pub fn put_tree(opts: &PutTree, progress: &dyn TreeProgress) -> Result<TreeSumma
     if !root_meta.is_dir() {
         return Err(TreeError::NotADirectory(opts.root.into()));
     }
-    let (writer, done_before) = manifest::Writer::open(opts.manifest)?;
+    let (writer, before) = manifest::Writer::open(opts.manifest)?;
+    let done_before = before.entries;
     let manifest_ino = writer.file().metadata().map(|m| (m.dev(), m.ino())).ok();
     // One connection first, so an unreachable engine or a refused key is one error, not one
     // per file.
     drop(Client::connect(opts.server)?);
 
     // A rerun may find files an interrupted run stored but never recorded: look them up by
-    // name rather than store them twice.
+    // name rather than store them twice. Only files carrying this manifest's identity are
+    // candidates: a file another tree, another manifest or a plain `put` stored under the same
+    // name is not ours to record, since whoever owns it may delete it. A manifest that had no
+    // identity before this run (new, or from before identities) can have nothing to adopt;
+    // files its earlier runs stored without recording are uploaded again.
     let mut stored_by_name: std::collections::HashMap<String, Vec<(crate::FileId, u64)>> = Default::default();
-    if !done_before.is_empty() {
-        for f in Client::connect(opts.server)?.list()? {
+    if let Some(own) = before.origin {
+        for f in Client::connect(opts.server)?.list()?.into_iter().filter(|f| f.origin == Some(own)) {
             stored_by_name.entry(f.name).or_default().push((f.file_id, f.size));
         }
     }
@@ -385,6 +393,7 @@ fn put_one(
     writer: &Mutex<manifest::Writer>,
     progress: &dyn TreeProgress,
 ) -> Result<Outcome, String> {
+    let origin = writer.lock().unwrap_or_else(|e| e.into_inner()).origin();
     let conn = connected(client, opts.server).map_err(|e| error_chain(&e))?;
     if let Some(prev) = before.filter(|prev| prev.size == up.size && prev.mtime_ns == up.mtime_ns) {
         if let Ok(id) = prev.file_id() {
@@ -404,7 +413,12 @@ fn put_one(
     // time moves on and the next run uploads it again.
     let meta = file.metadata().map_err(|e| format!("cannot read the metadata: {e}"))?;
     for &(id, size) in stored.iter().filter(|(_, size)| *size == meta.len()) {
+        // The list said this file is ours; STAT is what the entry is built from, so it must say
+        // so too.
         let Ok(info) = conn.stat(id) else { continue };
+        if info.origin != Some(origin) {
+            continue;
+        }
         let same_bytes = info.chunks.iter().all(|c| {
             let range = c.offset as usize..(c.offset + c.length) as usize;
             file.get(range).is_some_and(|bytes| crc32fast::hash(bytes) == c.crc32)
@@ -426,8 +440,9 @@ fn put_one(
             return Ok(Outcome::Adopted);
         }
     }
-    let (id, crc32) =
-        conn.put_mapped(&up.rel, &file, opts.chunking, &mut FileBytes(progress)).map_err(|e| error_chain(&e))?;
+    let (id, crc32) = conn
+        .put_mapped(&up.rel, &file, opts.chunking, Some(origin), &mut FileBytes(progress))
+        .map_err(|e| error_chain(&e))?;
     let entry = Entry { path: up.rel.clone(), id: id.to_string(), size: meta.len(), crc32, mtime_ns: mtime_ns(&meta) };
     writer
         .lock()
@@ -452,7 +467,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Restores a tree from a manifest.
 pub fn get_tree(opts: &GetTree, progress: &dyn TreeProgress) -> Result<TreeSummary, TreeError> {
     let started = Instant::now();
-    let entries: BTreeMap<String, Entry> = manifest::load(opts.manifest)?;
+    let entries: BTreeMap<String, Entry> = manifest::load(opts.manifest)?.entries;
     fs::create_dir_all(opts.out_dir).map_err(|source| TreeError::OutputDir { path: opts.out_dir.into(), source })?;
     drop(Client::connect(opts.server)?);
     let mut summary = TreeSummary::default();

@@ -16,7 +16,7 @@ pub mod manifest;
 mod put;
 pub mod view;
 
-pub use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileSummary, HelloOk, Status};
+pub use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileSummary, HelloOk, Origin, Status};
 pub use error::{ClientError, IntegrityError, Result};
 pub use put::{default_name, MappedFile};
 

@@ -157,14 +157,15 @@ struct TreeArgs {
     /// Upload every regular file under the directory PATH, in parallel, each under its path
     /// relative to PATH, recording each in --manifest. Rerun with the same manifest to resume:
     /// files stored unchanged (same size and modification time as recorded, and still on the
-    /// engine with the recorded size and crc32) are skipped; the others are uploaded and their
-    /// new lines supersede the old. Symlinks and special files are reported and skipped.
+    /// engine with the recorded size and crc32) are skipped; files an earlier run of this
+    /// manifest stored but never recorded are recorded; the others are uploaded and their new
+    /// lines supersede the old. Symlinks and special files are reported and skipped.
     /// Prints a summary (stderr, or stdout with --json); exit status 1 if any file failed
     #[arg(short = 'r', long, conflicts_with_all = ["bench", "name"])]
     recursive: bool,
-    /// With -r: the manifest file (JSON lines: path, id, size, crc32, mtime_ns), created or
-    /// appended to, one line per finished file; locked while the upload runs, and never
-    /// uploaded itself
+    /// With -r: the manifest file (JSON lines: a header with the manifest's identity, then path,
+    /// id, size, crc32, mtime_ns), created or appended to, one line per finished file; locked
+    /// while the upload runs, and never uploaded itself
     #[arg(long, value_name = "FILE", requires = "recursive")]
     manifest: Option<PathBuf>,
     /// With -r: files uploaded at once, each over its own connection (1 to 256)

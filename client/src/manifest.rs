@@ -5,6 +5,14 @@
 //! is ignored. A run that appends holds an exclusive lock on the file, so two uploads cannot
 //! interleave their lines.
 //!
+//! A manifest also has an identity, a random [`Origin`] that every upload of its runs carries to
+//! the engine, so that a rerun can tell the files its own earlier runs stored (and perhaps never
+//! recorded) from files anyone else stored under the same name. It lives in a header line,
+//! `{"dfs_manifest":1,"origin":"<32 hex digits>"}`, which [`Writer::open`] writes and syncs
+//! before the run stores anything, so even a run killed before its first entry line leaves it
+//! behind. A manifest from before identities has no header: its next run appends one (not
+//! necessarily as the first line; the first header in the file is the identity, wherever it is).
+//!
 //! Parsing checks the form of each line only. Whether a path may be written is the business of
 //! whoever writes it ([`check_relative`]), so one hostile line fails that file alone.
 
@@ -14,6 +22,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
+
+use crate::Origin;
+
+/// The header format [`Writer::open`] writes; a header of another format is refused.
+pub const HEADER_FORMAT: u32 = 1;
 
 /// One uploaded file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +48,57 @@ impl Entry {
     }
 }
 
+/// The line naming a manifest's identity (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Header {
+    /// The header's format, [`HEADER_FORMAT`]; also what tells a header from an entry.
+    dfs_manifest: u32,
+    /// The manifest's identity, 32 hex digits.
+    origin: String,
+}
+
+impl Header {
+    fn new(origin: Origin) -> Header {
+        Header { dfs_manifest: HEADER_FORMAT, origin: origin.to_string() }
+    }
+
+    fn origin(&self) -> Result<Origin, String> {
+        if self.dfs_manifest != HEADER_FORMAT {
+            return Err(format!(
+                "manifest header format {} is not the one this client knows ({HEADER_FORMAT})",
+                self.dfs_manifest
+            ));
+        }
+        self.origin.parse().map_err(|e| format!("{e}"))
+    }
+}
+
+/// One line of a manifest.
+enum Line {
+    Entry(Entry),
+    Header(Header),
+}
+
+impl Line {
+    /// An entry, else a header; the error is the entry's, since nearly every line is one.
+    fn parse(text: &[u8]) -> Result<Line, serde_json::Error> {
+        match serde_json::from_slice::<Entry>(text) {
+            Ok(entry) => Ok(Line::Entry(entry)),
+            Err(e) => serde_json::from_slice::<Header>(text).map(Line::Header).map_err(|_| e),
+        }
+    }
+}
+
+/// What a manifest holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contents {
+    /// Its identity, from its first header line; None for a manifest without one (new, or
+    /// written before identities).
+    pub origin: Option<Origin>,
+    /// Its entries, last line per path winning.
+    pub entries: BTreeMap<String, Entry>,
+}
+
 /// Why a manifest cannot be read or appended to.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -51,11 +115,12 @@ pub enum ManifestError {
     Line { path: PathBuf, line: usize, why: String },
 }
 
-/// The entries of a manifest's text, last line per path winning. A final line without its
-/// newline that does not parse is the trace of an interrupted write and is ignored; any other
-/// bad line is an error naming it.
-pub fn parse(text: &str, path_for_errors: &Path) -> Result<BTreeMap<String, Entry>, ManifestError> {
-    let mut entries = BTreeMap::new();
+/// The identity and entries of a manifest's text, last line per path winning. A final line
+/// without its newline that does not parse is the trace of an interrupted write and is ignored;
+/// any other bad line, a malformed header included, is an error naming it. Of several headers
+/// (manifests concatenated by hand) the first is the identity.
+pub fn parse(text: &str, path_for_errors: &Path) -> Result<Contents, ManifestError> {
+    let mut contents = Contents::default();
     let complete = text.is_empty() || text.ends_with('\n');
     let lines: Vec<&str> = text.lines().collect();
     for (idx, line) in lines.iter().enumerate() {
@@ -63,20 +128,24 @@ pub fn parse(text: &str, path_for_errors: &Path) -> Result<BTreeMap<String, Entr
             continue;
         }
         let is_last = idx + 1 == lines.len();
-        let entry: Entry = match serde_json::from_str(line) {
-            Ok(e) => e,
-            Err(_) if is_last && !complete => break,
-            Err(e) => {
-                return Err(ManifestError::Line { path: path_for_errors.into(), line: idx + 1, why: e.to_string() })
+        let bad = |why: String| ManifestError::Line { path: path_for_errors.into(), line: idx + 1, why };
+        match Line::parse(line.as_bytes()) {
+            Ok(Line::Entry(entry)) => {
+                contents.entries.insert(entry.path.clone(), entry);
             }
-        };
-        entries.insert(entry.path.clone(), entry);
+            Ok(Line::Header(header)) => {
+                let origin = header.origin().map_err(bad)?;
+                contents.origin.get_or_insert(origin);
+            }
+            Err(_) if is_last && !complete => break,
+            Err(e) => return Err(bad(e.to_string())),
+        }
     }
-    Ok(entries)
+    Ok(contents)
 }
 
 /// Reads a manifest file that must exist (for restoring).
-pub fn load(path: &Path) -> Result<BTreeMap<String, Entry>, ManifestError> {
+pub fn load(path: &Path) -> Result<Contents, ManifestError> {
     let bytes =
         std::fs::read(path).map_err(|source| ManifestError::Io { action: "read", path: path.into(), source })?;
     let text = String::from_utf8(bytes).map_err(|e| ManifestError::Line {
@@ -119,15 +188,22 @@ pub fn check_relative(path: &str) -> Result<(), String> {
 /// Appends entries to a manifest file, one flushed line each, holding the file's lock.
 pub struct Writer {
     file: File,
+    origin: Origin,
 }
 
 impl Writer {
-    /// Opens (or creates) a manifest for appending and returns it with the entries it already
-    /// holds. Fails if another process holds its lock. A previous run cut short mid-line left a
-    /// partial last line: it is cut off (or, if it is a whole entry that only lacks its newline,
-    /// completed), so that every line stays a complete entry and the entries returned are
-    /// exactly those in the file.
-    pub fn open(path: &Path) -> Result<(Writer, BTreeMap<String, Entry>), ManifestError> {
+    /// Opens (or creates) a manifest for appending and returns it with what it already holds.
+    /// Fails if another process holds its lock. A previous run cut short mid-line left a
+    /// partial last line: it is cut off (or, if it is a whole line that only lacks its newline,
+    /// completed), so that every line stays complete and the contents returned are exactly
+    /// those in the file.
+    ///
+    /// A manifest without an identity (new, or from before identities) is given one: a header
+    /// line is appended and made durable, file and directory entry, before this returns, so no
+    /// upload can carry an identity the manifest might lose. The contents returned are those
+    /// from before, so `origin` is None then: no earlier run stored anything under the new
+    /// identity. [`Writer::origin`] is the identity in force either way.
+    pub fn open(path: &Path) -> Result<(Writer, Contents), ManifestError> {
         let io_error = |action| move |source| ManifestError::Io { action, path: path.into(), source };
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(path).map_err(io_error("open"))?;
         // SAFETY: flock only reads the descriptor, which `file` keeps open for the call; the
@@ -144,17 +220,34 @@ impl Writer {
         file.seek(SeekFrom::Start(0)).map_err(io_error("read"))?;
         file.read_to_end(&mut bytes).map_err(io_error("read"))?;
         let text = String::from_utf8_lossy(&bytes);
-        let entries = parse(&text, path)?;
+        let contents = parse(&text, path)?;
         if !bytes.is_empty() && !bytes.ends_with(b"\n") {
             let tail_start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            let tail_is_entry = serde_json::from_slice::<Entry>(&bytes[tail_start..]).is_ok();
-            if tail_is_entry {
+            // parse() kept a whole last line only if it read as a line; the same test here.
+            if Line::parse(&bytes[tail_start..]).is_ok() {
                 file.write_all(b"\n").map_err(io_error("append to"))?;
             } else {
                 file.set_len(tail_start as u64).map_err(io_error("truncate"))?;
             }
         }
-        Ok((Writer { file }, entries))
+        let origin = match contents.origin {
+            Some(origin) => origin,
+            None => {
+                let origin = Origin::random().map_err(io_error("draw an identity for"))?;
+                let mut line = serde_json::to_vec(&Header::new(origin)).map_err(|e| io_error("write")(e.into()))?;
+                line.push(b'\n');
+                file.write_all(&line).map_err(io_error("append to"))?;
+                file.sync_all().map_err(io_error("sync"))?;
+                sync_parent_dir(path).map_err(io_error("sync the directory of"))?;
+                origin
+            }
+        };
+        Ok((Writer { file, origin }, contents))
+    }
+
+    /// The manifest's identity, which every upload of this run carries.
+    pub fn origin(&self) -> Origin {
+        self.origin
     }
 
     pub fn append(&mut self, entry: &Entry) -> io::Result<()> {
@@ -177,6 +270,16 @@ impl Writer {
     }
 }
 
+/// Makes a file's directory entry durable: a manifest created by this run must not vanish in a
+/// crash while files carrying its identity survive on the engine.
+fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,7 +300,7 @@ mod tests {
     #[test]
     fn last_line_per_path_wins_and_a_cut_last_line_is_ignored() {
         let text = format!("{}\n{}\n{}\n{}", line("a", 1), line("b/c", 2), line("a", 3), &line("d", 4)[..20]);
-        let got = parse(&text, m()).expect("parse");
+        let got = parse(&text, m()).expect("parse").entries;
         assert_eq!(got.len(), 2);
         assert_eq!(got["a"].size, 3);
         assert_eq!(got["b/c"].size, 2);
@@ -222,7 +325,7 @@ mod tests {
             assert!(check_relative(bad).is_err(), "{bad:?} was accepted");
             // The line itself is well formed: the file it names fails, not the whole manifest.
             let text = format!("{}\n", line(bad, 1));
-            assert_eq!(parse(&text, m()).expect("parse")[bad].path, bad);
+            assert_eq!(parse(&text, m()).expect("parse").entries[bad].path, bad);
         }
         for good in ["a", "a/b c/ü.txt", "..a", "a..b/c", ".hidden", "a/.b"] {
             assert!(check_relative(good).is_ok(), "{good:?} was refused");
@@ -235,7 +338,7 @@ mod tests {
         let path = dir.path().join("m.jsonl");
         std::fs::write(&path, format!("{}\n{}", line("kept", 1), &line("cut", 1)[..15])).expect("write");
         let (mut w, before) = Writer::open(&path).expect("open");
-        assert_eq!(before.keys().collect::<Vec<_>>(), ["kept"]);
+        assert_eq!(before.entries.keys().collect::<Vec<_>>(), ["kept"]);
         let e = Entry {
             path: "x/y".into(),
             id: "00112233445566778899aabbccddeeff".into(),
@@ -246,17 +349,92 @@ mod tests {
         w.append(&e).expect("append");
         w.sync().expect("sync");
         drop(w);
-        let got = load(&path).expect("load");
+        let got = load(&path).expect("load").entries;
         assert_eq!(got.get("x/y"), Some(&e));
         assert_eq!(got.len(), 2, "the complete line before the cut one is kept: {got:?}");
 
         // A whole entry that lost only its newline is kept, and the next line starts on its own.
         std::fs::write(&path, line("whole", 1)).expect("write");
         let (mut w, before) = Writer::open(&path).expect("open");
-        assert_eq!(before.keys().collect::<Vec<_>>(), ["whole"]);
+        assert_eq!(before.entries.keys().collect::<Vec<_>>(), ["whole"]);
         w.append(&e).expect("append");
         drop(w);
-        assert_eq!(load(&path).expect("load").len(), 2);
+        assert_eq!(load(&path).expect("load").entries.len(), 2);
+    }
+
+    fn header_line(origin: &str) -> String {
+        format!("{{\"dfs_manifest\":1,\"origin\":\"{origin}\"}}")
+    }
+
+    #[test]
+    fn a_new_manifest_starts_with_its_identity_and_keeps_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.jsonl");
+        let (mut w, before) = Writer::open(&path).expect("open");
+        assert_eq!(before, Contents::default(), "a new manifest has no identity runs could have used");
+        let origin = w.origin();
+        // Written before any entry, so a run killed before its first entry leaves it behind.
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), header_line(&origin.to_string()) + "\n");
+        w.append(&entry("a", 1)).expect("append");
+        drop(w);
+        let (w, again) = Writer::open(&path).expect("reopen");
+        assert_eq!((again.origin, w.origin()), (Some(origin), origin));
+        assert_eq!(again.entries.keys().collect::<Vec<_>>(), ["a"]);
+        drop(w);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.matches("dfs_manifest").count(), 1, "a second header was written: {text}");
+        assert_eq!(load(&path).expect("load").origin, Some(origin));
+    }
+
+    #[test]
+    fn an_old_manifest_gets_an_identity_appended_and_loses_no_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.jsonl");
+        std::fs::write(&path, format!("{}\n{}\n", line("a", 1), line("b", 2))).expect("write");
+        let (w, before) = Writer::open(&path).expect("open");
+        assert_eq!(before.origin, None, "nothing was stored under an identity it never had");
+        assert_eq!(before.entries.len(), 2);
+        let origin = w.origin();
+        drop(w);
+        let got = load(&path).expect("load");
+        assert_eq!((got.origin, got.entries.len()), (Some(origin), 2));
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.ends_with(&(header_line(&origin.to_string()) + "\n")), "{text}");
+    }
+
+    #[test]
+    fn a_header_cut_short_is_dropped_and_a_new_identity_drawn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.jsonl");
+        let old = "ab".repeat(16);
+        std::fs::write(&path, &header_line(&old)[..30]).expect("write");
+        let (w, before) = Writer::open(&path).expect("open");
+        assert_eq!(before.origin, None);
+        assert_ne!(w.origin().to_string(), old);
+        drop(w);
+        assert_eq!(std::fs::read_to_string(&path).expect("read").lines().count(), 1);
+        // A whole header that only lost its newline is kept.
+        std::fs::write(&path, header_line(&old)).expect("write");
+        let (w, before) = Writer::open(&path).expect("open");
+        assert_eq!((before.origin, w.origin().to_string()), (Some(old.parse().expect("origin")), old.clone()));
+    }
+
+    #[test]
+    fn the_first_header_is_the_identity_and_a_malformed_one_is_refused() {
+        let (first, second) = ("01".repeat(16), "02".repeat(16));
+        let text = format!("{}\n{}\n{}\n", header_line(&first), line("a", 1), header_line(&second));
+        let got = parse(&text, m()).expect("parse");
+        assert_eq!(got.origin, Some(first.parse().expect("origin")));
+        assert_eq!(got.entries.len(), 1);
+        for (bad, why) in [
+            (header_line("ABAB"), "origin"),
+            (header_line(&"AB".repeat(16)), "origin"),
+            (format!("{{\"dfs_manifest\":2,\"origin\":\"{first}\"}}"), "format 2"),
+            ("{\"dfs_manifest\":1}".to_string(), "line 2"),
+        ] {
+            let err = parse(&format!("{}\n{bad}\n", line("a", 1)), m()).expect_err(&bad).to_string();
+            assert!(err.contains("line 2") && err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -295,10 +473,15 @@ mod tests {
         /// line finished before the cut is read, last line per path winning, and nothing else.
         #[test]
         fn a_manifest_cut_anywhere_reads_as_its_finished_lines(
+            origin in proptest::option::of(any::<[u8; 16]>().prop_map(Origin)),
             entries in proptest::collection::vec(arb_entry(), 0..8),
             cut_frac in 0.0f64..=1.0,
         ) {
-            let text: String = entries.iter().map(|e| serde_json::to_string(e).expect("serialize") + "\n").collect();
+            let header = origin.map(|o| serde_json::to_string(&Header::new(o)).expect("serialize") + "\n");
+            let header = header.unwrap_or_default();
+            let text: String = std::iter::once(header.clone())
+                .chain(entries.iter().map(|e| serde_json::to_string(e).expect("serialize") + "\n"))
+                .collect();
             let mut cut = (text.len() as f64 * cut_frac) as usize;
             while !text.is_char_boundary(cut) {
                 cut -= 1;
@@ -306,8 +489,10 @@ mod tests {
             let got = parse(&text[..cut], m()).expect("a cut manifest must parse");
             // Lines wholly before the cut, plus the cut one if what is left of it is still a
             // complete object (only its newline was lost).
+            let header_kept = !header.is_empty() && header.len() - 1 <= cut;
+            prop_assert_eq!(got.origin, if header_kept { origin } else { None });
             let mut expected = BTreeMap::new();
-            let mut offset = 0;
+            let mut offset = header.len();
             for e in &entries {
                 let len = serde_json::to_string(e).expect("serialize").len();
                 if offset + len <= cut {
@@ -315,7 +500,7 @@ mod tests {
                 }
                 offset += len + 1;
             }
-            prop_assert_eq!(got, expected);
+            prop_assert_eq!(got.entries, expected);
         }
 
         /// Whatever the text, parsing returns entries or an error naming a line; it never panics.

@@ -12,7 +12,7 @@ use crate::{connection_error, unexpected, Client, Progress, IO_TIMEOUT};
 use dfs_proto::io_std::{self, Frame};
 use dfs_proto::layout::{self, chunk_spans, ChunkSpan, LayoutError};
 use dfs_proto::limits::{MAX_FILE_SIZE_BYTES, MAX_NAME_BYTES};
-use dfs_proto::{Chunking, FileId, Msg};
+use dfs_proto::{Chunking, FileId, Msg, Origin};
 use memmap2::Mmap;
 use std::fs::File;
 use std::io::Write;
@@ -135,19 +135,21 @@ impl Client {
             None => default_name(path)?,
         };
         let file = MappedFile::open(path)?;
-        self.put_from(&name, &file, Some(&file.file), chunking, progress).map(|(id, _)| id)
+        self.put_from(&name, &file, Some(&file.file), chunking, None, progress).map(|(id, _)| id)
     }
 
     /// Uploads an opened file under `name`, sending its bytes with sendfile(2), and returns its
     /// ID and the crc32 of the whole file, derived from the chunk crc32s the engine checked.
+    /// `origin` is stored with the file and shown in STAT and LIST (see [`Origin`]).
     pub fn put_mapped(
         &mut self,
         name: &str,
         file: &MappedFile,
         chunking: Chunking,
+        origin: Option<Origin>,
         progress: &mut dyn Progress,
     ) -> Result<(FileId, u32)> {
-        self.put_from(name, file, Some(&file.file), chunking, progress)
+        self.put_from(name, file, Some(&file.file), chunking, origin, progress)
     }
 
     /// Uploads `data` as a file called `name` and returns its ID.
@@ -158,7 +160,7 @@ impl Client {
         chunking: Chunking,
         progress: &mut dyn Progress,
     ) -> Result<FileId> {
-        self.put_from(name, data, None, chunking, progress).map(|(id, _)| id)
+        self.put_from(name, data, None, chunking, None, progress).map(|(id, _)| id)
     }
 
     /// Uploads `data`; if `source` is the file `data` maps, the bytes are sent from it with
@@ -170,6 +172,7 @@ impl Client {
         data: &[u8],
         source: Option<&File>,
         chunking: Chunking,
+        origin: Option<Origin>,
         progress: &mut dyn Progress,
     ) -> Result<(FileId, u32)> {
         if name.len() > MAX_NAME_BYTES as usize {
@@ -183,7 +186,7 @@ impl Client {
         let spans = chunk_spans(data.len() as u64, chunking, self.hello.dynamic_chunk_cap_bytes)?;
         let chunk_crcs = chunk_crcs(data, &spans, hash_threads(data.len()));
         let whole_crc32 = crate::combine_crc32s(chunk_crcs.iter().zip(&spans).map(|(&crc, span)| (crc, span.length)));
-        let put = Msg::Put { name: name.to_owned(), size: data.len() as u64, chunking, chunk_crcs };
+        let put = Msg::Put { name: name.to_owned(), size: data.len() as u64, chunking, chunk_crcs, origin };
         let file_id = self.run(false, |c| c.upload(&put, data, source, progress))?;
         Ok((file_id, whole_crc32))
     }

@@ -9,6 +9,8 @@
 //! - `chunking`: `"equal"` or `"dynamic"`.
 //! - `created_unix_ms`: creation time, milliseconds since the Unix epoch (UTC).
 //! - `n_chunks`: number of chunks.
+//! - `origin`: the tag the uploader attached (32 lowercase hex digits; `put -r` sends its
+//!   manifest's identity), or null.
 //! - `chunks` (STAT only): one object per chunk, in file order, with `chunk_idx`, `offset`,
 //!   `length`, `crc32` (8 lowercase hex digits) and `nodes` (addresses holding a copy).
 
@@ -26,6 +28,7 @@ pub struct FileView {
     pub chunking: String,
     pub created_unix_ms: u64,
     pub n_chunks: usize,
+    pub origin: Option<String>,
     pub chunks: Vec<ChunkView>,
 }
 
@@ -48,6 +51,7 @@ pub struct SummaryView {
     pub chunking: String,
     pub created_unix_ms: u64,
     pub n_chunks: u32,
+    pub origin: Option<String>,
 }
 
 impl From<&FileInfo> for FileView {
@@ -70,6 +74,7 @@ impl From<&FileInfo> for FileView {
             chunking: info.chunking.to_string(),
             created_unix_ms: info.created_unix_ms,
             n_chunks: info.chunks.len(),
+            origin: info.origin.map(|o| o.to_string()),
             chunks,
         }
     }
@@ -84,6 +89,7 @@ impl From<&FileSummary> for SummaryView {
             chunking: f.chunking.to_string(),
             created_unix_ms: f.created_unix_ms,
             n_chunks: f.n_chunks,
+            origin: f.origin.map(|o| o.to_string()),
         }
     }
 }
@@ -102,6 +108,9 @@ pub fn write_stat_text(w: &mut dyn Write, info: &FileInfo) -> io::Result<()> {
     writeln!(w, "chunking: {}", info.chunking)?;
     writeln!(w, "created:  {}", format_unix_ms(info.created_unix_ms))?;
     writeln!(w, "chunks:   {}", info.chunks.len())?;
+    if let Some(origin) = info.origin {
+        writeln!(w, "origin:   {origin}")?;
+    }
     writeln!(w, "{:>6}  {:>14}  {:>14}  {:8}  nodes", "chunk", "offset", "length", "crc32")?;
     for c in &info.chunks {
         let nodes: Vec<String> = c.placement.iter().map(|&p| node_address(info, p)).collect();
@@ -220,6 +229,7 @@ mod tests {
             size: 3,
             created_unix_ms: 5,
             chunking: Chunking::Dynamic,
+            origin: Some(dfs_proto::Origin([0xcd; 16])),
             nodes: vec!["n0:1".into(), "n1:2".into()],
             chunks: vec![ChunkInfo { chunk_idx: 0, offset: 0, length: 3, crc32: 0xbeef, placement: vec![1, 0] }],
         };
@@ -227,11 +237,13 @@ mod tests {
         assert_eq!(json["id"], "abababababababababababababababab");
         assert_eq!(json["chunking"], "dynamic");
         assert_eq!(json["n_chunks"], 1);
+        assert_eq!(json["origin"], "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd");
         assert_eq!(json["chunks"][0]["crc32"], "0000beef");
         assert_eq!(json["chunks"][0]["nodes"], serde_json::json!(["n1:2", "n0:1"]));
         let mut text = Vec::new();
         write_stat_text(&mut text, &info).expect("write");
         let text = String::from_utf8(text).expect("utf-8");
         assert!(text.contains("0000beef  n1:2,n0:1"), "{text}");
+        assert!(text.contains("origin:   cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"), "{text}");
     }
 }

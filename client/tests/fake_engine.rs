@@ -65,7 +65,7 @@ fn serve(mut s: TcpStream, fault: Fault, files: &mut BTreeMap<FileId, (FileInfo,
                 io_std::write_msg(&mut s, &Msg::error(Status::NoSpace, "no node has room for 64 MiB"))?;
                 return Ok(()); // hang up with the data unread
             }
-            Msg::Put { name, size, chunking, chunk_crcs } => {
+            Msg::Put { name, size, chunking, chunk_crcs, origin } => {
                 let mut data = vec![0; size as usize];
                 s.read_exact(&mut data)?;
                 let spans = chunk_spans(size, chunking, CAP_BYTES).expect("layout");
@@ -84,7 +84,7 @@ fn serve(mut s: TcpStream, fault: Fault, files: &mut BTreeMap<FileId, (FileInfo,
                 } else {
                     let file_id = FileId::random()?;
                     let nodes = vec!["127.0.0.1:7701".into(), "127.0.0.1:7702".into()];
-                    let info = FileInfo { file_id, name, size, created_unix_ms: 1, chunking, nodes, chunks };
+                    let info = FileInfo { file_id, name, size, created_unix_ms: 1, chunking, origin, nodes, chunks };
                     files.insert(file_id, (info, data));
                     Msg::PutOk { file_id }
                 }
@@ -127,6 +127,7 @@ fn serve(mut s: TcpStream, fault: Fault, files: &mut BTreeMap<FileId, (FileInfo,
                         created_unix_ms: info.created_unix_ms,
                         chunking: info.chunking,
                         n_chunks: info.chunks.len() as u32,
+                        origin: info.origin,
                     })
                     .collect();
                 let more = rest.len() > PAGE_FILES;

@@ -1,15 +1,20 @@
 //! File metadata in an embedded, crash-safe database (redb) under `--meta`.
 //!
 //! One table maps a file ID to its record: name, size, creation time, chunking, the node
-//! addresses it uses, and per chunk its offset, length, crc32, block crc32s and placement (a
-//! list of node indices, one per copy). A record is written once, when every chunk is durable
-//! on its nodes, so a file is either wholly visible or not at all.
+//! addresses it uses, per chunk its offset, length, crc32, block crc32s and placement (a list of
+//! node indices, one per copy), and the origin tag the uploader sent, if any. A record is
+//! written once, when every chunk is durable on its nodes, so a file is either wholly visible or
+//! not at all.
+//!
+//! A record is its format version byte, then postcard. Version 1 lacks the origin; it is still
+//! read (as a record without one), and rewritten as version 2 only when the record changes for
+//! another reason (a new placement).
 //!
 //! Reads run on the calling thread (redb read transactions are cheap and concurrent). Writes
 //! go to one writer thread that commits whatever has queued up in a single fsynced
 //! transaction (group commit), so the io_uring threads never block on an fsync.
 
-use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileSummary};
+use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileSummary, Origin};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -17,8 +22,11 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 const FILES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("files");
-/// Record format version, the first byte of every stored record.
-const RECORD_VERSION: u8 = 1;
+/// Record format version, the first byte of every stored record: the one every record is
+/// written in.
+const RECORD_VERSION: u8 = 2;
+/// The first format, without an origin: [`FileRecordV1`]. Still read, never written.
+const RECORD_VERSION_1: u8 = 1;
 /// Writes that may queue for the writer thread before callers wait.
 pub const MAX_QUEUED_WRITES: usize = 1024;
 
@@ -46,6 +54,8 @@ pub struct ChunkRecord {
     pub placement: Vec<u16>,
 }
 
+/// A record as written today (version 2). postcard lays fields out in declaration order with no
+/// names, so fields are only ever added in a new version, never changed in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
     pub name: String,
@@ -54,6 +64,27 @@ pub struct FileRecord {
     pub chunking: Chunking,
     pub nodes: Vec<String>,
     pub chunks: Vec<ChunkRecord>,
+    /// The uploader's [`Origin`] tag, as raw bytes; None for plain uploads and version 1 records.
+    pub origin: Option<[u8; 16]>,
+}
+
+/// A version 1 record, exactly as the engine wrote it before origins existed. Its layout must
+/// never change: databases full of these records are still read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileRecordV1 {
+    name: String,
+    size: u64,
+    created_unix_ms: u64,
+    chunking: Chunking,
+    nodes: Vec<String>,
+    chunks: Vec<ChunkRecord>,
+}
+
+impl From<FileRecordV1> for FileRecord {
+    fn from(v1: FileRecordV1) -> FileRecord {
+        let FileRecordV1 { name, size, created_unix_ms, chunking, nodes, chunks } = v1;
+        FileRecord { name, size, created_unix_ms, chunking, nodes, chunks, origin: None }
+    }
 }
 
 impl FileRecord {
@@ -64,10 +95,10 @@ impl FileRecord {
     }
 
     fn decode(file_id: FileId, bytes: &[u8]) -> Result<FileRecord, MetaError> {
+        let bad = |e: postcard::Error| MetaError::BadRecord(file_id, e.to_string());
         match bytes.split_first() {
-            Some((&RECORD_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| MetaError::BadRecord(file_id, e.to_string()))
-            }
+            Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(bad),
+            Some((&RECORD_VERSION_1, rest)) => postcard::from_bytes::<FileRecordV1>(rest).map(Into::into).map_err(bad),
             Some((v, _)) => Err(MetaError::BadRecord(file_id, format!("unknown record version {v}"))),
             None => Err(MetaError::BadRecord(file_id, "empty record".into())),
         }
@@ -80,6 +111,7 @@ impl FileRecord {
             size: self.size,
             created_unix_ms: self.created_unix_ms,
             chunking: self.chunking,
+            origin: self.origin.map(Origin),
             nodes: self.nodes.clone(),
             chunks: self
                 .chunks
@@ -104,6 +136,7 @@ impl FileRecord {
             created_unix_ms: self.created_unix_ms,
             chunking: self.chunking,
             n_chunks: self.chunks.len() as u32,
+            origin: self.origin.map(Origin),
         }
     }
 }
@@ -323,6 +356,7 @@ mod tests {
             chunking: Chunking::Equal,
             nodes: vec!["127.0.0.1:1".into()],
             chunks: vec![ChunkRecord { offset: 0, length: 5, crc32: 9, block_crcs: vec![9], placement: vec![0] }],
+            origin: None,
         }
     }
 
@@ -365,5 +399,76 @@ mod tests {
         block_on(meta.delete(a)).unwrap();
         assert!(!block_on(meta.set_placement(a, 0, vec!["127.0.0.1:3".into()])).unwrap());
         assert_eq!(meta.get(a).unwrap(), None);
+    }
+
+    /// The bytes the engine wrote for `record("a")` before record version 2, pinned so that a
+    /// change to the version 1 layout fails here instead of on an operator's database.
+    const V1_RECORD_A: &[u8] = &[
+        1, // version
+        1, b'a', // name
+        5,    // size
+        1,    // created_unix_ms
+        0,    // chunking: Equal
+        1, 11, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1', b':', b'1', // nodes
+        1, 0, 5, 9, 1, 9, 1, 0, // one chunk: offset, length, crc32, block crcs, placement
+    ];
+
+    fn insert_raw(dir: &Path, id: FileId, bytes: &[u8]) {
+        let db = Database::create(dir.join("meta.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(FILES).unwrap().insert(&id.0, bytes).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn version_1_records_still_read_and_are_rewritten_as_version_2_with_no_origin() {
+        let v1 = FileRecordV1 {
+            name: "a".into(),
+            size: 5,
+            created_unix_ms: 1,
+            chunking: Chunking::Equal,
+            nodes: vec!["127.0.0.1:1".into()],
+            chunks: record("a").chunks,
+        };
+        assert_eq!([&[RECORD_VERSION_1][..], &postcard::to_stdvec(&v1).unwrap()].concat(), V1_RECORD_A);
+
+        let dir = tempfile::tempdir().unwrap();
+        let id = FileId([4; 16]);
+        insert_raw(dir.path(), id, V1_RECORD_A);
+        let meta = MetaStore::open(dir.path()).unwrap();
+        assert_eq!(meta.get(id).unwrap(), Some(record("a")));
+        assert_eq!(meta.list(None, 10).unwrap().0[0].origin, None);
+        // A placement change rewrites the record in the current version; nothing is lost.
+        assert!(block_on(meta.set_placement(id, 0, vec!["127.0.0.1:2".into()])).unwrap());
+        let txn = meta.db.begin_read().unwrap();
+        let stored = txn.open_table(FILES).unwrap().get(&id.0).unwrap().unwrap().value().to_vec();
+        assert_eq!(stored[0], RECORD_VERSION);
+        let got = meta.get(id).unwrap().unwrap();
+        assert_eq!((got.name.as_str(), got.origin, got.chunks[0].placement.as_slice()), ("a", None, &[1u16][..]));
+    }
+
+    #[test]
+    fn the_origin_survives_reopen_and_shows_in_stat_and_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = FileId([6; 16]);
+        let tagged = FileRecord { origin: Some([0xab; 16]), ..record("t") };
+        {
+            let meta = MetaStore::open(dir.path()).unwrap();
+            block_on(meta.insert(id, tagged.clone())).unwrap();
+        }
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let got = meta.get(id).unwrap().unwrap();
+        assert_eq!(got, tagged);
+        assert_eq!(got.info(id).origin, Some(Origin([0xab; 16])));
+        assert_eq!(meta.list(None, 10).unwrap().0[0].origin, Some(Origin([0xab; 16])));
+    }
+
+    #[test]
+    fn unknown_and_empty_records_are_errors_not_panics() {
+        let id = FileId([8; 16]);
+        for (bytes, why) in [(&[][..], "empty"), (&[3, 0][..], "version 3"), (&V1_RECORD_A[..5], "")] {
+            let err = FileRecord::decode(id, bytes).expect_err("must be refused").to_string();
+            assert!(err.contains(why), "{err}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use crate::nodes::{NodeConn, NodeError, NodeFailure};
 use crate::server::{delete_chunks_later, internal, EngineState};
 use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{chunk_spans, combine_block_crcs, n_blocks};
-use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, Status};
+use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, Origin, Status};
 use dfs_runtime::splice::{dup_fd, FanOut, FanOutError, SharedFd, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
 use std::collections::VecDeque;
@@ -56,6 +56,7 @@ pub async fn put(
     size: u64,
     chunking: Chunking,
     chunk_crcs: Vec<u32>,
+    origin: Option<Origin>,
 ) -> Result<(), FrameError> {
     let spans = match chunk_spans(size, chunking, state.config.dynamic_chunk_cap_bytes) {
         Ok(s) => s,
@@ -202,6 +203,7 @@ pub async fn put(
         chunking,
         nodes: used.iter().map(|a| a.to_string()).collect(),
         chunks,
+        origin: origin.map(|o| o.0),
     };
     match state.meta.insert(file_id, record.clone()).await {
         Ok(()) => client.write_msg(&Msg::PutOk { file_id }).await,

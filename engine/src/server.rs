@@ -127,8 +127,8 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
         metrics::INFLIGHT_BYTES.add(upload_bytes);
         let result: Result<(), FrameError> = async {
             match msg {
-                Msg::Put { name, size, chunking, chunk_crcs } => {
-                    crate::put::put(state, conn, name, size, chunking, chunk_crcs).await?
+                Msg::Put { name, size, chunking, chunk_crcs, origin } => {
+                    crate::put::put(state, conn, name, size, chunking, chunk_crcs, origin).await?
                 }
                 Msg::Get { file_id } => crate::get::get(state, conn, file_id).await?,
                 Msg::Stat { file_id } => {

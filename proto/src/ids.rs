@@ -1,6 +1,7 @@
 //! File and chunk identities. A file ID is 128 bits from the OS random source and is the only
 //! handle a client has on a file; a chunk ID is derived from it and the chunk index, and is the
-//! only thing a storage node builds a path from.
+//! only thing a storage node builds a path from. An origin is an opaque 128-bit tag a client may
+//! attach to an upload (a tree upload's manifest identity) and find again in listings.
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,6 +16,19 @@ pub enum ParseIdError {
     File(String),
     #[error("malformed chunk ID {0:?}: expected 32 hex digits, '.', 8 hex digits")]
     Chunk(String),
+    #[error("malformed origin {0:?}: expected 32 hex digits")]
+    Origin(String),
+}
+
+/// 16 bytes from 32 lowercase hex digits. Uppercase is refused so that each value has exactly
+/// one spelling.
+fn hex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    hex::decode_to_slice(s, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 impl FileId {
@@ -41,14 +55,42 @@ impl fmt::Debug for FileId {
 impl FromStr for FileId {
     type Err = ParseIdError;
     fn from_str(s: &str) -> Result<FileId, ParseIdError> {
-        let bad = || ParseIdError::File(s.chars().take(80).collect());
-        // Uppercase is refused so that each file has exactly one spelling.
-        if s.len() != 32 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(bad());
-        }
+        hex16(s).map(FileId).ok_or_else(|| ParseIdError::File(s.chars().take(80).collect()))
+    }
+}
+
+/// Who stored a file, as the uploading client chose to say: 16 opaque bytes, shown as 32
+/// lowercase hex digits. The engine stores it with the file and returns it in STAT and LIST; it
+/// never interprets it. `put -r` sends its manifest's identity, so that a rerun recognises the
+/// files its own earlier runs stored.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Origin(pub [u8; 16]);
+
+impl Origin {
+    /// A fresh origin from the operating system's random source.
+    pub fn random() -> std::io::Result<Origin> {
         let mut bytes = [0u8; 16];
-        hex::decode_to_slice(s, &mut bytes).map_err(|_| bad())?;
-        Ok(FileId(bytes))
+        getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
+        Ok(Origin(bytes))
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Origin({self})")
+    }
+}
+
+impl FromStr for Origin {
+    type Err = ParseIdError;
+    fn from_str(s: &str) -> Result<Origin, ParseIdError> {
+        hex16(s).map(Origin).ok_or_else(|| ParseIdError::Origin(s.chars().take(80).collect()))
     }
 }
 
@@ -117,5 +159,15 @@ mod tests {
     #[test]
     fn random_ids_differ() {
         assert_ne!(FileId::random().unwrap(), FileId::random().unwrap());
+        assert_ne!(Origin::random().unwrap(), Origin::random().unwrap());
+    }
+
+    #[test]
+    fn origin_round_trips_and_rejects_other_spellings() {
+        let o = Origin::random().unwrap();
+        assert_eq!(o.to_string().parse::<Origin>().unwrap(), o);
+        for bad in ["", "xyz", &o.to_string().to_uppercase(), &format!("{o}0"), &o.to_string()[1..]] {
+            assert!(bad.parse::<Origin>().is_err(), "{bad:?} must not parse");
+        }
     }
 }

@@ -20,7 +20,7 @@ pub mod status;
 
 pub use codec::DecodeError;
 pub use error::FrameError;
-pub use ids::{ChunkId, FileId, ParseIdError};
+pub use ids::{ChunkId, FileId, Origin, ParseIdError};
 pub use layout::{BlockCrcs, ChunkSpan, Chunking};
 pub use msg::{
     ChunkInfo, FileInfo, FileSummary, FrameHeader, Hello, HelloOk, Kind, Msg, NodeStatus, RepairSummary, Role,

@@ -3,7 +3,7 @@
 //! receiver reads straight into its own buffer, so bulk data is never decoded or copied twice.
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::ids::{ChunkId, FileId};
+use crate::ids::{ChunkId, FileId, Origin};
 use crate::layout::Chunking;
 use crate::limits::*;
 use crate::status::Status;
@@ -233,6 +233,8 @@ pub struct FileInfo {
     pub size: u64,
     pub created_unix_ms: u64,
     pub chunking: Chunking,
+    /// The tag the uploader sent with the file, if any (see [`Origin`]).
+    pub origin: Option<Origin>,
     /// Node addresses the chunk placements refer to.
     pub nodes: Vec<String>,
     pub chunks: Vec<ChunkInfo>,
@@ -247,6 +249,8 @@ pub struct FileSummary {
     pub created_unix_ms: u64,
     pub chunking: Chunking,
     pub n_chunks: u32,
+    /// The tag the uploader sent with the file, if any (see [`Origin`]).
+    pub origin: Option<Origin>,
 }
 
 /// What a node reports about its store.
@@ -314,6 +318,12 @@ impl serde::Serialize for FileId {
     }
 }
 
+impl serde::Serialize for Origin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Every control frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
@@ -335,12 +345,14 @@ pub enum Msg {
     AuthProof {
         proof: crate::auth::Proof,
     },
-    /// Upload: followed on the wire by exactly `size` raw bytes (no framing).
+    /// Upload: followed on the wire by exactly `size` raw bytes (no framing). `origin` is
+    /// stored with the file as given, and returned in STAT and LIST.
     Put {
         name: String,
         size: u64,
         chunking: Chunking,
         chunk_crcs: Vec<u32>,
+        origin: Option<Origin>,
     },
     PutOk {
         file_id: FileId,
@@ -462,6 +474,12 @@ fn put_chunk_id(w: &mut Writer, id: &ChunkId) {
 fn chunk_id(r: &mut Reader) -> Result<ChunkId, DecodeError> {
     Ok(ChunkId { file_id: file_id(r)?, chunk_idx: r.u32("chunk_idx")? })
 }
+fn put_origin(w: &mut Writer, o: &Origin) {
+    w.raw(&o.0);
+}
+fn origin(r: &mut Reader) -> Result<Origin, DecodeError> {
+    Ok(Origin(r.array("origin")?))
+}
 fn chunking(r: &mut Reader) -> Result<Chunking, DecodeError> {
     Chunking::from_code(r.u8("chunking")?).ok_or(DecodeError::Invalid { field: "chunking" })
 }
@@ -538,6 +556,7 @@ fn put_file_info(w: &mut Writer, f: &FileInfo) {
     w.u64(f.size);
     w.u64(f.created_unix_ms);
     w.u8(f.chunking.code());
+    put_opt(w, &f.origin, put_origin);
     w.count(f.nodes.len());
     f.nodes.iter().for_each(|n| w.str(n));
     w.count(f.chunks.len());
@@ -557,6 +576,7 @@ fn file_info(r: &mut Reader) -> Result<FileInfo, DecodeError> {
     let size = r.u64("size")?;
     let created_unix_ms = r.u64("created")?;
     let chunking = chunking(r)?;
+    let origin = opt(r, origin)?;
     let n_nodes = r.count("node count", MAX_NODES_PER_FILE, 4)?;
     let nodes = (0..n_nodes).map(|_| r.string("node address", MAX_ADDR_BYTES)).collect::<Result<Vec<_>, _>>()?;
     let n_chunks = r.count("chunk count", MAX_CHUNKS_PER_FILE, 28)?;
@@ -578,7 +598,7 @@ fn file_info(r: &mut Reader) -> Result<FileInfo, DecodeError> {
             .collect::<Result<Vec<_>, _>>()?;
         chunks.push(ChunkInfo { chunk_idx, offset, length, crc32, placement });
     }
-    Ok(FileInfo { file_id, name, size, created_unix_ms, chunking, nodes, chunks })
+    Ok(FileInfo { file_id, name, size, created_unix_ms, chunking, origin, nodes, chunks })
 }
 
 fn put_summary(w: &mut Writer, f: &FileSummary) {
@@ -588,6 +608,7 @@ fn put_summary(w: &mut Writer, f: &FileSummary) {
     w.u64(f.created_unix_ms);
     w.u8(f.chunking.code());
     w.u32(f.n_chunks);
+    put_opt(w, &f.origin, put_origin);
 }
 
 fn summary(r: &mut Reader) -> Result<FileSummary, DecodeError> {
@@ -598,6 +619,7 @@ fn summary(r: &mut Reader) -> Result<FileSummary, DecodeError> {
         created_unix_ms: r.u64("created")?,
         chunking: chunking(r)?,
         n_chunks: r.u32("chunk count")?,
+        origin: opt(r, origin)?,
     })
 }
 
@@ -679,11 +701,12 @@ impl Msg {
                 w.str(message);
             }
             Msg::Ok | Msg::End => {}
-            Msg::Put { name, size, chunking, chunk_crcs } => {
+            Msg::Put { name, size, chunking, chunk_crcs, origin } => {
                 w.str(name);
                 w.u64(*size);
                 w.u8(chunking.code());
                 put_u32s(&mut w, chunk_crcs);
+                put_opt(&mut w, origin, put_origin);
             }
             Msg::PutOk { file_id } | Msg::Get { file_id } | Msg::Stat { file_id } | Msg::Delete { file_id } => {
                 put_file_id(&mut w, file_id)
@@ -830,7 +853,8 @@ impl Msg {
                 }
                 let chunking = chunking(r)?;
                 let chunk_crcs = u32s(r, "chunk crc count", MAX_CHUNKS_PER_FILE)?;
-                Msg::Put { name, size, chunking, chunk_crcs }
+                let origin = opt(r, origin)?;
+                Msg::Put { name, size, chunking, chunk_crcs, origin }
             }
             Kind::PutOk => Msg::PutOk { file_id: file_id(r)? },
             Kind::Get => Msg::Get { file_id: file_id(r)? },
@@ -840,8 +864,9 @@ impl Msg {
             Kind::StatOk => Msg::StatOk(file_info(r)?),
             Kind::List => Msg::List { after: opt(r, file_id)?, limit: limit(r)? },
             Kind::ListOk => {
-                // Smallest summary: file id 16, name length 4, size 8, created 8, chunking 1, chunks 4.
-                let n = r.count("file count", MAX_LIST_ENTRIES, 41)?;
+                // Smallest summary: file id 16, name length 4, size 8, created 8, chunking 1, chunks 4,
+                // origin tag 1.
+                let n = r.count("file count", MAX_LIST_ENTRIES, 42)?;
                 let files = (0..n).map(|_| summary(r)).collect::<Result<Vec<_>, _>>()?;
                 Msg::ListOk { files, more: r.bool("more")? }
             }

@@ -7,7 +7,7 @@ use dfs_proto::io_std::{read_data, read_frame, write_data, write_msg, Frame};
 use dfs_proto::limits::*;
 use dfs_proto::{
     ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileSummary, FrameError, FrameHeader, Hello, HelloOk, Kind, Msg,
-    NodeStatus, RepairSummary, Role, Status, StoreReport, MAGIC, VERSION,
+    NodeStatus, Origin, RepairSummary, Role, Status, StoreReport, MAGIC, VERSION,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -92,6 +92,10 @@ fn file_id() -> impl Strategy<Value = FileId> {
     any::<[u8; 16]>().prop_map(FileId)
 }
 
+fn origin() -> impl Strategy<Value = Option<Origin>> {
+    proptest::option::of(any::<[u8; 16]>().prop_map(Origin))
+}
+
 fn chunk_id() -> impl Strategy<Value = ChunkId> {
     (file_id(), any::<u32>()).prop_map(|(file_id, chunk_idx)| ChunkId { file_id, chunk_idx })
 }
@@ -131,14 +135,15 @@ fn chunk_info(n_nodes: usize) -> impl Strategy<Value = ChunkInfo> {
 fn file_info() -> impl Strategy<Value = FileInfo> {
     // At most 64 characters keeps an address within MAX_ADDR_BYTES even if every one is 4 bytes.
     let nodes = vec(text(64), 0..20);
-    (file_id(), text(100), any::<u64>(), any::<u64>(), chunking(), nodes).prop_flat_map(
-        |(file_id, name, size, created_unix_ms, chunking, nodes)| {
+    (file_id(), text(100), any::<u64>(), any::<u64>(), chunking(), origin(), nodes).prop_flat_map(
+        |(file_id, name, size, created_unix_ms, chunking, origin, nodes)| {
             vec(chunk_info(nodes.len()), 0..50).prop_map(move |chunks| FileInfo {
                 file_id,
                 name: name.clone(),
                 size,
                 created_unix_ms,
                 chunking,
+                origin,
                 nodes: nodes.clone(),
                 chunks,
             })
@@ -147,14 +152,15 @@ fn file_info() -> impl Strategy<Value = FileInfo> {
 }
 
 fn file_summary() -> impl Strategy<Value = FileSummary> {
-    (file_id(), text(100), any::<u64>(), any::<u64>(), chunking(), any::<u32>()).prop_map(
-        |(file_id, name, size, created_unix_ms, chunking, n_chunks)| FileSummary {
+    (file_id(), text(100), any::<u64>(), any::<u64>(), chunking(), any::<u32>(), origin()).prop_map(
+        |(file_id, name, size, created_unix_ms, chunking, n_chunks, origin)| FileSummary {
             file_id,
             name,
             size,
             created_unix_ms,
             chunking,
             n_chunks,
+            origin,
         },
     )
 }
@@ -173,12 +179,9 @@ fn msg() -> impl Strategy<Value = Msg> {
         Just(Msg::Ok),
         (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(nonce, proof)| Msg::AuthChallenge { nonce, proof }),
         any::<[u8; 32]>().prop_map(|proof| Msg::AuthProof { proof }),
-        (text(100), file_size(), chunking(), crcs()).prop_map(|(name, size, chunking, chunk_crcs)| Msg::Put {
-            name,
-            size,
-            chunking,
-            chunk_crcs
-        }),
+        (text(100), file_size(), chunking(), crcs(), origin()).prop_map(
+            |(name, size, chunking, chunk_crcs, origin)| Msg::Put { name, size, chunking, chunk_crcs, origin }
+        ),
         file_id().prop_map(|file_id| Msg::PutOk { file_id }),
         file_id().prop_map(|file_id| Msg::Get { file_id }),
         file_info().prop_map(Msg::GetOk),
@@ -516,6 +519,7 @@ fn put_body(count: u32, present: usize) -> Vec<u8> {
     b.push(Chunking::Equal.code());
     b.extend_from_slice(&count.to_be_bytes());
     b.extend(vec![0xab; 4 * present]);
+    b.push(0); // no origin
     b
 }
 
@@ -550,6 +554,7 @@ fn forged_counts_in_answers_are_refused_before_allocating() {
     b.extend_from_slice(&0u32.to_be_bytes()); // name
     b.extend_from_slice(&[0; 16]); // size, created
     b.push(Chunking::Equal.code());
+    b.push(0); // no origin
     b.extend_from_slice(&0u32.to_be_bytes()); // nodes
     b.extend_from_slice(&MAX_CHUNKS_PER_FILE.to_be_bytes());
     assert_eq!(Msg::decode(Kind::GetOk, &b), Err(DecodeError::Truncated { field: "chunk count" }));
@@ -638,8 +643,8 @@ fn data_is_not_a_control_frame() {
 
 #[test]
 fn list_ok_of_files_with_empty_names_round_trips() {
-    // The smallest file summary is 41 bytes; the decoder once assumed 45 and refused a page of
-    // short names as truncated.
+    // The smallest file summary is 42 bytes (41 before the origin tag); the decoder once
+    // assumed more and refused a page of short names as truncated.
     let summary = FileSummary {
         file_id: FileId([5; 16]),
         name: String::new(),
@@ -647,6 +652,7 @@ fn list_ok_of_files_with_empty_names_round_trips() {
         created_unix_ms: 0,
         chunking: Chunking::Equal,
         n_chunks: 4,
+        origin: None,
     };
     for n in [1, 2, 10] {
         let msg = Msg::ListOk { files: vec![summary.clone(); n], more: false };
@@ -662,6 +668,7 @@ fn placement_past_the_node_list_is_refused() {
         size: 1,
         created_unix_ms: 0,
         chunking: Chunking::Equal,
+        origin: Some(Origin([7; 16])),
         nodes: vec!["a:1".into(), "b:2".into()],
         chunks: vec![ChunkInfo { chunk_idx: 0, offset: 0, length: 1, crc32: 0, placement: vec![1] }],
     };
@@ -674,7 +681,7 @@ fn placement_past_the_node_list_is_refused() {
 #[test]
 fn names_at_the_limit_are_accepted_and_one_byte_over_refused() {
     let at_limit = "é".repeat(MAX_NAME_BYTES as usize / 2);
-    let msg = Msg::Put { name: at_limit, size: 0, chunking: Chunking::Dynamic, chunk_crcs: vec![] };
+    let msg = Msg::Put { name: at_limit, size: 0, chunking: Chunking::Dynamic, chunk_crcs: vec![], origin: None };
     assert_eq!(Msg::decode(Kind::Put, &body_of(&msg)), Ok(msg));
 
     let mut body = (MAX_NAME_BYTES + 1).to_be_bytes().to_vec();
@@ -687,11 +694,33 @@ fn names_at_the_limit_are_accepted_and_one_byte_over_refused() {
 
 #[test]
 fn put_over_the_file_size_limit_is_refused() {
-    let ok = Msg::Put { name: "x".into(), size: MAX_FILE_SIZE_BYTES, chunking: Chunking::Equal, chunk_crcs: vec![1] };
+    let ok = Msg::Put {
+        name: "x".into(),
+        size: MAX_FILE_SIZE_BYTES,
+        chunking: Chunking::Equal,
+        chunk_crcs: vec![1],
+        origin: Some(Origin([9; 16])),
+    };
     let mut body = body_of(&ok);
     assert_eq!(Msg::decode(Kind::Put, &body), Ok(ok));
     body[5..13].copy_from_slice(&(MAX_FILE_SIZE_BYTES + 1).to_be_bytes());
     assert!(matches!(Msg::decode(Kind::Put, &body), Err(DecodeError::OverLimit { field: "file size", .. })));
+}
+
+#[test]
+fn put_origin_is_a_tag_then_16_bytes_and_a_bad_tag_is_refused() {
+    let put = |origin| Msg::Put { name: "y".into(), size: 0, chunking: Chunking::Equal, chunk_crcs: vec![], origin };
+    let without = body_of(&put(None));
+    assert_eq!(without.last(), Some(&0), "no origin is one 0 byte at the end");
+    let with = body_of(&put(Some(Origin([0xab; 16]))));
+    assert_eq!(with.len(), without.len() + 16);
+    assert_eq!(with[without.len() - 1..], [[1u8].as_slice(), &[0xab; 16]].concat()[..]);
+    let mut bad = without.clone();
+    *bad.last_mut().expect("tag") = 2;
+    assert_eq!(Msg::decode(Kind::Put, &bad), Err(DecodeError::Invalid { field: "option tag" }));
+    // A tag that promises an origin the body does not hold is truncated, not read past the end.
+    *bad.last_mut().expect("tag") = 1;
+    assert!(matches!(Msg::decode(Kind::Put, &bad), Err(DecodeError::Truncated { field: "origin" })));
 }
 
 #[test]

@@ -23,7 +23,7 @@ fn handshake(addr: &str) -> (TcpStream, u64) {
 fn put_msg(name: &str, data: &[u8], cap: u64) -> Msg {
     let spans = chunk_spans(data.len() as u64, Chunking::Equal, cap).expect("layout");
     let chunk_crcs = spans.iter().map(|s| crc32(&data[s.offset as usize..(s.offset + s.length) as usize])).collect();
-    Msg::Put { name: name.into(), size: data.len() as u64, chunking: Chunking::Equal, chunk_crcs }
+    Msg::Put { name: name.into(), size: data.len() as u64, chunking: Chunking::Equal, chunk_crcs, origin: None }
 }
 
 /// Waits (bounded) until the nodes hold exactly the chunk files of `ids`.
@@ -59,9 +59,11 @@ fn put_with_a_wrong_chunk_crc_is_refused_names_the_chunk_and_leaves_nothing() {
 
     let (mut s, cap) = handshake(cluster.engine_addr());
     let data = pseudo_random_bytes(2, 3 * 1024 * 1024 + 11);
-    let Msg::Put { name, size, chunking, mut chunk_crcs } = put_msg("bad crc", &data, cap) else { unreachable!() };
+    let Msg::Put { name, size, chunking, mut chunk_crcs, origin } = put_msg("bad crc", &data, cap) else {
+        unreachable!()
+    };
     chunk_crcs[2] ^= 1;
-    write_msg(&mut s, &Msg::Put { name, size, chunking, chunk_crcs }).expect("send Put");
+    write_msg(&mut s, &Msg::Put { name, size, chunking, chunk_crcs, origin }).expect("send Put");
     s.write_all(&data).expect("send body");
     match read_frame(&mut s).expect("read answer") {
         Frame::Msg(Msg::Error { status, message }) => {

@@ -10,7 +10,7 @@ use dfs_proto::auth::{AUTH_ACCESS_KEY, AUTH_CLUSTER};
 use dfs_proto::limits::{FRAME_HEADER_BYTES, MAX_DATA_FRAME_BYTES, MAX_FILE_SIZE_BYTES};
 use dfs_proto::{
     ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileSummary, FrameHeader, Hello, HelloOk, Msg, NodeStatus,
-    RepairSummary, Role, Status, StoreReport, VERSION,
+    Origin, RepairSummary, Role, Status, StoreReport, VERSION,
 };
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,7 @@ fn file_info() -> FileInfo {
         size: 10,
         created_unix_ms: 1_700_000_000_000,
         chunking: Chunking::Equal,
+        origin: Some(Origin([0x0a; 16])),
         nodes: vec!["10.0.0.1:7701".into(), "10.0.0.2:7701".into()],
         chunks: (0..4)
             .map(|i| ChunkInfo {
@@ -66,7 +67,23 @@ fn samples() -> Vec<(&'static str, Msg)> {
         ("auth-proof", Msg::AuthProof { proof: [3; 32] }),
         (
             "put",
-            Msg::Put { name: "dataset.tar".into(), size: 10, chunking: Chunking::Equal, chunk_crcs: vec![1, 2, 3, 4] },
+            Msg::Put {
+                name: "dataset.tar".into(),
+                size: 10,
+                chunking: Chunking::Equal,
+                chunk_crcs: vec![1, 2, 3, 4],
+                origin: None,
+            },
+        ),
+        (
+            "put-origin",
+            Msg::Put {
+                name: "dataset.tar".into(),
+                size: 10,
+                chunking: Chunking::Equal,
+                chunk_crcs: vec![1, 2, 3, 4],
+                origin: Some(Origin([0x0a; 16])),
+            },
         ),
         ("put-ok", Msg::PutOk { file_id: FILE_ID }),
         ("get", Msg::Get { file_id: FILE_ID }),
@@ -78,14 +95,26 @@ fn samples() -> Vec<(&'static str, Msg)> {
         (
             "list-ok",
             Msg::ListOk {
-                files: vec![FileSummary {
-                    file_id: FILE_ID,
-                    name: "dataset.tar".into(),
-                    size: 10,
-                    created_unix_ms: 1_700_000_000_000,
-                    chunking: Chunking::Dynamic,
-                    n_chunks: 4,
-                }],
+                files: vec![
+                    FileSummary {
+                        file_id: FILE_ID,
+                        name: "dataset.tar".into(),
+                        size: 10,
+                        created_unix_ms: 1_700_000_000_000,
+                        chunking: Chunking::Dynamic,
+                        n_chunks: 4,
+                        origin: None,
+                    },
+                    FileSummary {
+                        file_id: FileId([0x5f; 16]),
+                        name: "tree/a.txt".into(),
+                        size: 3,
+                        created_unix_ms: 1_700_000_000_001,
+                        chunking: Chunking::Equal,
+                        n_chunks: 4,
+                        origin: Some(Origin([0x0a; 16])),
+                    },
+                ],
                 more: true,
             },
         ),
