@@ -123,18 +123,31 @@ fn one_bad_copy_is_read_around_deleted_or_corrupt() {
 #[test]
 fn two_nodes_down_lose_only_chunks_with_both_copies_on_them() {
     let mut cluster = Cluster::start(6, ClusterOpts { buffer_budget_bytes: Some(MIB), ..two_copies() });
-    let files: Vec<(String, Vec<u8>)> = (0..12)
-        .map(|i| {
-            let size = if i % 2 == 0 { 200_000 } else { 3 * MIB as usize };
-            let data = pseudo_random_bytes(100 + i, size);
-            (cluster.put_bytes(&data, &format!("file-{i}"), Chunking::Equal), data)
-        })
-        .collect();
-    let stats: Vec<_> =
-        files.iter().map(|(id, _)| cluster.stat(id).unwrap_or_else(|e| panic!("stat {id}: {e}"))).collect();
+    let put = |i: u64| {
+        let size = if i.is_multiple_of(2) { 200_000 } else { 3 * MIB as usize };
+        let data = pseudo_random_bytes(100 + i, size);
+        let id = cluster.put_bytes(&data, &format!("file-{i}"), Chunking::Equal);
+        let stat = cluster.stat(&id).unwrap_or_else(|e| panic!("stat {id}: {e}"));
+        ((id, data), stat)
+    };
+    let (mut files, mut stats): (Vec<(String, Vec<u8>)>, Vec<_>) = (0..12).map(put).unzip();
     // Kill both nodes that hold chunk 2 of the first file.
     let dead: BTreeSet<String> = stats[0].chunks[2].nodes.iter().cloned().collect();
     assert_eq!(dead.len(), 2, "chunk 2 of {} must have two copies: {:?}", files[0].0, stats[0].chunks[2]);
+    // Placement follows the random file ID: with six nodes, a file has a chunk on both dead nodes
+    // with probability 2/3, so twelve files are all lost about once in a hundred runs. Put more
+    // until one keeps a live copy of every chunk, so both outcomes are always tested.
+    let is_lost = |stat: &dfs_tests::json::StatInfo| {
+        stat.chunks.iter().any(|c| c.length > 0 && c.nodes.iter().all(|n| dead.contains(n)))
+    };
+    let mut i = files.len() as u64;
+    while stats.iter().all(is_lost) {
+        assert!(i < 200, "200 files and every one has a chunk on both of {dead:?}");
+        let (file, stat) = put(i);
+        files.push(file);
+        stats.push(stat);
+        i += 1;
+    }
     for addr in &dead {
         let node_idx = cluster.node_idx_of(addr).expect("stat names a cluster node");
         cluster.kill_node(node_idx);
