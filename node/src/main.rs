@@ -4,6 +4,7 @@
 mod footer;
 mod metrics;
 mod scrub;
+mod segments;
 mod server;
 mod store;
 mod sync;
@@ -68,10 +69,34 @@ struct Args {
     /// Read rate of a background scrub pass, in MiB/s, so it does not crowd out requests.
     #[arg(long, default_value_t = 32)]
     scrub_rate_mib: u64,
+    /// Where chunks live: `files` (one file per chunk copy under `chunks/`, written through the
+    /// page cache) or `segments` (records appended with O_DIRECT to preallocated segment files
+    /// under `segments/`, one fdatasync per segment shared by every record written before it;
+    /// docs/STORE.md). A data directory holds one kind: a node refuses the other's directory.
+    #[arg(long, value_enum, env = "DFS_STORE", default_value = "files")]
+    store: StoreKind,
+    /// Size of each segment file with `--store segments` (a chunk larger than this gets a
+    /// segment of its own size).
+    #[arg(long, env = "DFS_SEGMENT_SIZE", default_value = "1GiB", value_parser = parse_segment_size)]
+    segment_size: u64,
     /// Seconds a connection may sit idle in the middle of a request, or between requests,
     /// before it is closed.
     #[arg(long, default_value_t = 60)]
     idle_timeout_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    Files,
+    Segments,
+}
+
+fn parse_segment_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_size::parse_size(s).map_err(|e| e.to_string())?;
+    if !(1 << 20..=1 << 40).contains(&bytes) || !bytes.is_multiple_of(dfs_runtime::aligned::ALIGN as u64) {
+        return Err(format!("{bytes} bytes: a segment is 1 MiB to 1 TiB, a multiple of 4 KiB"));
+    }
+    Ok(bytes)
 }
 
 fn main() -> ExitCode {
@@ -101,16 +126,37 @@ fn run(args: Args) -> Result<(), String> {
     };
     // io_uring where the kernel allows it, else epoll (logged once).
     dfs_runtime::backend::select()?;
-    let store = Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?);
+    let stores = match args.store {
+        StoreKind::Files => {
+            if args.data.join("segments").exists() {
+                return Err(format!(
+                    "{} holds a segment store (segments/): start this node with --store segments",
+                    args.data.display()
+                ));
+            }
+            server::Stores::Files(Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?))
+        }
+        StoreKind::Segments => server::Stores::Segments(Arc::new(
+            segments::SegmentStore::open(&args.data, args.segment_size).map_err(|e| e.to_string())?,
+        )),
+    };
+    let root = match &stores {
+        server::Stores::Files(f) => f.root().to_path_buf(),
+        server::Stores::Segments(s) => s.root().to_path_buf(),
+    };
     if args.scrub_interval_secs > 0 {
         let interval = Duration::from_secs(args.scrub_interval_secs);
-        scrub::start_background(store.clone(), interval, args.scrub_rate_mib.saturating_mul(1 << 20))
+        let copy = match &stores {
+            server::Stores::Files(f) => server::Stores::Files(f.clone()),
+            server::Stores::Segments(s) => server::Stores::Segments(s.clone()),
+        };
+        scrub::start_background(copy, interval, args.scrub_rate_mib.saturating_mul(1 << 20))
             .map_err(|e| format!("cannot start the background scrubber: {e}"))?;
     }
     let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
-    tracing::info!("node listening on {addr}, data in {}, {} runtime(s)", store.root().display(), args.threads);
+    tracing::info!("node listening on {addr}, data in {}, {} runtime(s)", root.display(), args.threads);
     metrics::init();
     if let Some(metrics_addr) = args.metrics {
         dfs_runtime::metrics::serve(metrics_addr)?;
@@ -119,13 +165,13 @@ fn run(args: Args) -> Result<(), String> {
     let data_path = dfs_runtime::choose_data_path(args.data_path);
     let group_sync = match args.commit_sync {
         sync::CommitSync::Grouped => {
-            Some(sync::GroupSync::start(store.root()).map_err(|e| format!("cannot start the group sync thread: {e}"))?)
+            Some(sync::GroupSync::start(&root).map_err(|e| format!("cannot start the group sync thread: {e}"))?)
         }
         sync::CommitSync::PerChunk => None,
     };
     let state = Arc::new(NodeState {
         group_sync,
-        store,
+        stores,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         data_path,
         cluster_secret,

@@ -5,13 +5,15 @@
 //! in the background on an interval at a bounded read rate.
 
 use crate::footer::{Footer, FOOTER_FIXED_BYTES};
+use crate::segments::SegmentStore;
+use crate::server::Stores;
 use crate::store::ChunkStore;
 use dfs_proto::layout::{block_len, crc32};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, Msg};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One pass at a time, whoever asked for it.
@@ -126,22 +128,62 @@ pub fn pass(store: &ChunkStore, bytes_per_sec: Option<u64>) -> io::Result<Outcom
     Ok(out)
 }
 
+/// One full pass over a segment store: every live record's blocks are read and checked; a
+/// corrupt record is set aside with a tombstone (its bytes stay until compaction) and counted as
+/// quarantined.
+pub fn pass_segments(store: &SegmentStore, bytes_per_sec: Option<u64>) -> io::Result<Outcome> {
+    let _one_at_a_time = PASS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pace = Pace { bytes_per_sec, started: Instant::now(), bytes: 0 };
+    let mut out = Outcome::default();
+    for (id, loc) in store.all() {
+        out.n_checked += 1;
+        match store.verify(&loc, |n| pace.account(n)) {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                out.n_corrupt += 1;
+                let line = match store.remove_blocking(id, &loc, true) {
+                    Ok(()) => format!("chunk {id} is corrupt ({why}); set aside"),
+                    Err(e) => format!("chunk {id} is corrupt ({why}); cannot set it aside: {e}"),
+                };
+                tracing::warn!("scrub: {line}");
+                dfs_proto::msg::push_report_line(&mut out.lines, line);
+            }
+            Err(e) => {
+                tracing::warn!("scrub: cannot read chunk {id}: {e}");
+                dfs_proto::msg::push_report_line(&mut out.lines, format!("chunk {id}: cannot be read: {e}"));
+            }
+        }
+    }
+    tracing::info!("scrub: {} chunk(s) checked, {} corrupt", out.n_checked, out.n_corrupt);
+    Ok(out)
+}
+
+fn pass_any(stores: &Stores, bytes_per_sec: Option<u64>) -> io::Result<Outcome> {
+    match stores {
+        Stores::Files(files) => pass(files, bytes_per_sec),
+        Stores::Segments(segs) => pass_segments(segs, bytes_per_sec),
+    }
+}
+
 /// A full-speed pass on a thread of its own, answered as a ScrubOk.
-pub async fn scrub_now(store: &Arc<ChunkStore>) -> io::Result<Msg> {
+pub async fn scrub_now(stores: &Stores) -> io::Result<Msg> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let store = store.clone();
+    let stores = match stores {
+        Stores::Files(f) => Stores::Files(f.clone()),
+        Stores::Segments(s) => Stores::Segments(s.clone()),
+    };
     std::thread::Builder::new().name("scrub".into()).spawn(move || {
-        let _ = tx.send(pass(&store, None));
+        let _ = tx.send(pass_any(&stores, None));
     })?;
     let out = rx.await.map_err(|_| io::Error::other("the scrub thread died"))??;
     Ok(Msg::ScrubOk { n_checked: out.n_checked, n_corrupt: out.n_corrupt, corrupt: out.lines })
 }
 
 /// Starts the background scrubber: a pass every `interval`, reading at most `bytes_per_sec`.
-pub fn start_background(store: Arc<ChunkStore>, interval: Duration, bytes_per_sec: u64) -> io::Result<()> {
+pub fn start_background(stores: Stores, interval: Duration, bytes_per_sec: u64) -> io::Result<()> {
     std::thread::Builder::new().name("scrub-bg".into()).spawn(move || loop {
         std::thread::sleep(interval);
-        if let Err(e) = pass(&store, Some(bytes_per_sec)) {
+        if let Err(e) = pass_any(&stores, Some(bytes_per_sec)) {
             tracing::warn!("background scrub failed: {e}");
         }
     })?;

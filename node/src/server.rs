@@ -4,6 +4,7 @@
 
 use crate::footer::{Footer, FooterError, FOOTER_FIXED_BYTES};
 use crate::metrics;
+use crate::segments::{record_span, Kind, Location, RecordHeader, SegmentStore, WRITE_BYTES};
 use crate::store::ChunkStore;
 use dfs_proto::auth::{self, ClusterSecret, Nonce, AUTH_CLUSTER, AUTH_NONE};
 use dfs_proto::io_std::Frame;
@@ -11,6 +12,7 @@ use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{block_len, n_blocks, BlockHasher};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_FILE_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, FrameError, FrameHeader, Hello, HelloOk, Msg, Role, Status, VERSION};
+use dfs_runtime::aligned::{align_down, align_up, AlignedBuf, ALIGN};
 use dfs_runtime::backend::fs::{File, OpenOptions};
 use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
@@ -25,8 +27,16 @@ use tokio_uring::buf::BoundedBuf;
 /// Bytes moved per socket read or file write while receiving a chunk.
 pub const STORE_IO_BYTES: usize = BLOCK_SIZE_BYTES as usize;
 
+/// Where a node keeps its chunks (`--store`).
+pub enum Stores {
+    /// One file per chunk copy under `chunks/`.
+    Files(Arc<ChunkStore>),
+    /// Records appended to segment files under `segments/`.
+    Segments(Arc<SegmentStore>),
+}
+
 pub struct NodeState {
-    pub store: Arc<ChunkStore>,
+    pub stores: Stores,
     pub idle_timeout: Duration,
     pub data_path: DataPath,
     /// Set with `--commit-sync grouped`: STOREs share file-system-wide syncs.
@@ -120,37 +130,57 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
         let mark = conn.mark();
         metrics::INFLIGHT_REQUESTS.inc();
         let result: Result<(), FrameError> = async {
-            let reply = match frame {
-                Frame::Msg(Msg::Store { chunk_id, length, crc32 }) => {
-                    store(state, conn, chunk_id, length, crc32).await?
+            let reply = match (frame, &state.stores) {
+                (Frame::Msg(Msg::Store { chunk_id, length, crc32 }), Stores::Files(files)) => {
+                    store(state, files, conn, chunk_id, length, crc32).await?
                 }
-                Frame::Msg(Msg::Fetch { chunk_id, first_block }) => {
-                    match fetch(state, conn, chunk_id, first_block).await? {
+                (Frame::Msg(Msg::Store { chunk_id, length, crc32 }), Stores::Segments(segs)) => {
+                    segment_store(segs, conn, chunk_id, length, crc32).await?
+                }
+                (Frame::Msg(Msg::Fetch { chunk_id, first_block }), stores) => {
+                    let fetched = match stores {
+                        Stores::Files(files) => fetch(state, files, conn, chunk_id, first_block).await?,
+                        Stores::Segments(segs) => segment_fetch(segs, conn, chunk_id, first_block).await?,
+                    };
+                    match fetched {
                         Ok(()) => return Ok(()),
                         Err(e) => Err(e),
                     }
                 }
-                Frame::Msg(Msg::Exists { chunk_id }) => exists(state, chunk_id).await,
-                Frame::Msg(Msg::ChunkDelete { chunk_id }) => delete(state, chunk_id).await,
-                Frame::Msg(Msg::ChunkList { after, limit, min_age_secs }) => {
+                (Frame::Msg(Msg::Exists { chunk_id }), Stores::Files(files)) => exists(files, chunk_id).await,
+                (Frame::Msg(Msg::Exists { chunk_id }), Stores::Segments(segs)) => match segs.get(&chunk_id) {
+                    Some(l) => Ok(Msg::ExistsOk { length: l.length, crc32: l.crc32 }),
+                    None => Err(RequestError::NotFound(chunk_id)),
+                },
+                (Frame::Msg(Msg::ChunkDelete { chunk_id }), Stores::Files(files)) => delete(files, chunk_id).await,
+                (Frame::Msg(Msg::ChunkDelete { chunk_id }), Stores::Segments(segs)) => {
+                    match segs.remove(chunk_id, false).await {
+                        Ok(()) => Ok(Msg::Ok),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RequestError::NotFound(chunk_id)),
+                        Err(e) => Err(RequestError::io(format!("cannot delete chunk {chunk_id}"))(e)),
+                    }
+                }
+                (Frame::Msg(Msg::ChunkList { after, limit, min_age_secs }), stores) => {
                     let limit = limit.min(MAX_LIST_ENTRIES) as usize;
                     let min_age = (min_age_secs > 0).then(|| Duration::from_secs(min_age_secs));
-                    state
-                        .store
-                        .list(after, limit, min_age)
-                        .map(|(chunk_ids, more)| Msg::ChunkListOk { chunk_ids, more })
-                        .map_err(RequestError::io("cannot list chunks"))
+                    match stores {
+                        Stores::Files(files) => files.list(after, limit, min_age),
+                        Stores::Segments(segs) => Ok(segs.list(after, limit, min_age)),
+                    }
+                    .map(|(chunk_ids, more)| Msg::ChunkListOk { chunk_ids, more })
+                    .map_err(RequestError::io("cannot list chunks"))
                 }
-                Frame::Msg(Msg::NodeStat) => state
-                    .store
-                    .report()
-                    .inspect(metrics::record_store)
-                    .map(Msg::NodeStatOk)
-                    .map_err(RequestError::io("cannot read store report")),
-                Frame::Msg(Msg::Scrub) => {
-                    crate::scrub::scrub_now(&state.store).await.map_err(RequestError::io("scrub failed"))
+                (Frame::Msg(Msg::NodeStat), stores) => match stores {
+                    Stores::Files(files) => files.report(),
+                    Stores::Segments(segs) => segs.report(),
                 }
-                other => {
+                .inspect(metrics::record_store)
+                .map(Msg::NodeStatOk)
+                .map_err(RequestError::io("cannot read store report")),
+                (Frame::Msg(Msg::Scrub), stores) => {
+                    crate::scrub::scrub_now(stores).await.map_err(RequestError::io("scrub failed"))
+                }
+                (other, _) => {
                     let _ = conn.write_msg(&Msg::error(Status::BadRequest, "unexpected frame")).await;
                     return Err(FrameError::Io(io::Error::other(format!("unexpected frame {other:?}"))));
                 }
@@ -226,6 +256,7 @@ impl Drop for TempGuard<'_> {
 /// clean answer even when the chunk is refused. Outer error: the connection broke.
 async fn store(
     state: &NodeState,
+    files: &ChunkStore,
     conn: &Conn,
     chunk_id: ChunkId,
     length: u64,
@@ -236,8 +267,8 @@ async fn store(
         conn.write_msg(&Msg::error(Status::BadRequest, msg)).await?;
         return Err(FrameError::Io(io::Error::other("oversized STORE")));
     }
-    let final_path = state.store.chunk_path(&chunk_id);
-    let temp_path = state.store.temp_path(&chunk_id).map_err(FrameError::Io)?;
+    let final_path = files.chunk_path(&chunk_id);
+    let temp_path = files.temp_path(&chunk_id).map_err(FrameError::Io)?;
     let mut guard = TempGuard { path: &temp_path, armed: false };
     let mut failed: Option<RequestError> = None;
     let mut file = None;
@@ -288,7 +319,7 @@ async fn store(
     tail.extend_from_slice(&buf[..last_len]);
     tail.extend_from_slice(&footer.encode());
     let tail_at = length - last_len as u64;
-    let res = commit(state, file, chunk_id, tail, tail_at, &temp_path).await;
+    let res = commit(state, files, file, chunk_id, tail, tail_at, &temp_path).await;
     if res.is_ok() {
         guard.armed = false;
     }
@@ -299,6 +330,7 @@ async fn store(
 /// once durable.
 async fn commit(
     state: &NodeState,
+    files: &ChunkStore,
     file: File,
     id: ChunkId,
     tail: Vec<u8>,
@@ -312,10 +344,10 @@ async fn commit(
         file.sync_data().await.map_err(RequestError::io(format!("cannot sync chunk {id}")))?;
     }
     file.close().await.map_err(RequestError::io(format!("cannot close chunk {id}")))?;
-    let dir = state.store.chunk_dir_fd(&id);
+    let dir = files.chunk_dir_fd(&id);
     let temp_name = temp.file_name().and_then(|n| n.to_str()).expect("temp names are ASCII");
     match dfs_runtime::ops::rename_noreplace(dir, temp_name, dir, &id.file_name()).await {
-        Ok(()) => state.store.note_added(tail_at + tail_len),
+        Ok(()) => files.note_added(tail_at + tail_len),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(RequestError::AlreadyExists(id)),
         Err(e) => return Err(RequestError::io(format!("cannot rename chunk {id} into place"))(e)),
     }
@@ -330,8 +362,8 @@ async fn commit(
 }
 
 /// Opens a committed chunk without following symlinks, and reads and checks its footer.
-async fn open_chunk(state: &NodeState, chunk_id: ChunkId) -> Result<(File, Footer), RequestError> {
-    let path = state.store.chunk_path(&chunk_id);
+async fn open_chunk(files: &ChunkStore, chunk_id: ChunkId) -> Result<(File, Footer), RequestError> {
+    let path = files.chunk_path(&chunk_id);
     let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RequestError::NotFound(chunk_id)),
@@ -358,11 +390,12 @@ async fn open_chunk(state: &NodeState, chunk_id: ChunkId) -> Result<(File, Foote
 /// ends the stream with a Corrupt error frame instead of its bytes.
 async fn fetch(
     state: &NodeState,
+    files: &ChunkStore,
     conn: &Conn,
     chunk_id: ChunkId,
     first_block: u32,
 ) -> Result<Result<(), RequestError>, FrameError> {
-    let (file, footer) = match open_chunk(state, chunk_id).await {
+    let (file, footer) = match open_chunk(files, chunk_id).await {
         Ok(x) => x,
         Err(e) => return Ok(Err(e)),
     };
@@ -428,22 +461,168 @@ async fn fetch(
     Ok(Ok(()))
 }
 
-async fn exists(state: &NodeState, chunk_id: ChunkId) -> Result<Msg, RequestError> {
-    let (file, footer) = open_chunk(state, chunk_id).await?;
+async fn exists(files: &ChunkStore, chunk_id: ChunkId) -> Result<Msg, RequestError> {
+    let (file, footer) = open_chunk(files, chunk_id).await?;
     let _ = file.close().await;
     Ok(Msg::ExistsOk { length: footer.length, crc32: footer.crc32 })
 }
 
-async fn delete(state: &NodeState, chunk_id: ChunkId) -> Result<Msg, RequestError> {
-    let path = state.store.chunk_path(&chunk_id);
+async fn delete(files: &ChunkStore, chunk_id: ChunkId) -> Result<Msg, RequestError> {
+    let path = files.chunk_path(&chunk_id);
     let file_bytes = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
     match dfs_runtime::backend::fs::remove_file(&path).await {
-        Ok(()) => state.store.note_removed(file_bytes),
+        Ok(()) => files.note_removed(file_bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RequestError::NotFound(chunk_id)),
         Err(e) => return Err(RequestError::io(format!("cannot delete chunk {chunk_id}"))(e)),
     }
-    dfs_runtime::ops::fsync(state.store.chunk_dir_fd(&chunk_id))
+    dfs_runtime::ops::fsync(files.chunk_dir_fd(&chunk_id))
         .await
         .map_err(RequestError::io(format!("cannot sync directory of chunk {chunk_id}")))?;
     Ok(Msg::Ok)
+}
+
+/// Receives a chunk into a segment record: header, data and trailer go to disk in aligned
+/// pieces of [`WRITE_BYTES`] with direct I/O as they arrive, then one shared fdatasync of the
+/// segment makes it durable, and only then does the index point at it. The body is always read
+/// to its end. Outer error: the connection broke.
+async fn segment_store(
+    segs: &SegmentStore,
+    conn: &Conn,
+    chunk_id: ChunkId,
+    length: u64,
+    crc32: u32,
+) -> Result<Result<Msg, RequestError>, FrameError> {
+    if length > MAX_FILE_SIZE_BYTES {
+        let msg = format!("chunk length {length} is over the limit of {MAX_FILE_SIZE_BYTES} bytes");
+        conn.write_msg(&Msg::error(Status::BadRequest, msg)).await?;
+        return Err(FrameError::Io(io::Error::other("oversized STORE")));
+    }
+    let mut failed: Option<RequestError> = None;
+    let mut reservation = None;
+    if segs.contains(&chunk_id) {
+        failed = Some(RequestError::AlreadyExists(chunk_id));
+    } else {
+        match segs.reserve(record_span(length)) {
+            Ok(r) => reservation = Some(r),
+            Err(e) => failed = Some(RequestError::io(format!("cannot make room for chunk {chunk_id}"))(e)),
+        }
+    }
+    let created_unix_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let header = RecordHeader { kind: Kind::Chunk, chunk_id, length, crc32, created_unix_ms }.encode();
+    // One write's worth plus the part of a block left over from the previous write.
+    let mut stage = AlignedBuf::zeroed(WRITE_BYTES + ALIGN);
+    stage.extend_from_slice(&header);
+    let mut write_at = reservation.as_ref().map_or(0, |r| r.offset);
+    let mut hasher = BlockHasher::new();
+    let mut pos = 0u64;
+    while pos < length {
+        let begin = if failed.is_some() { 0 } else { stage.len() };
+        let n = (length - pos).min((stage.capacity() - begin) as u64) as usize;
+        stage = conn.read_exact(stage, begin, begin + n, false).await?;
+        pos += n as u64;
+        if failed.is_some() {
+            stage.set_len(0);
+            continue;
+        }
+        hasher.update(&stage[begin..begin + n]);
+        stage.set_len(begin + n);
+        if stage.len() >= WRITE_BYTES {
+            let r = reservation.as_ref().expect("no failure means space was reserved");
+            let full = stage.len();
+            let aligned = align_down(full as u64) as usize;
+            stage.set_len(aligned);
+            let (res, back) = dfs_runtime::ops::write_all_at(&r.segment.fd, stage, write_at).await;
+            stage = back;
+            stage.set_len(full);
+            stage.drain_front(aligned);
+            write_at += aligned as u64;
+            if let Err(e) = res {
+                failed = Some(RequestError::io(format!("cannot write chunk {chunk_id}"))(e));
+                stage.set_len(0);
+            }
+        }
+    }
+    let Some(r) = reservation else {
+        return Ok(Err(failed.expect("no reservation means a failure")));
+    };
+    if let Some(e) = failed {
+        segs.abandon(&r).await;
+        return Ok(Err(e));
+    }
+    let (actual, block_crcs) = hasher.finish();
+    if actual != crc32 {
+        segs.abandon(&r).await;
+        return Ok(Err(RequestError::ChecksumMismatch { chunk: chunk_id, announced: crc32, actual }));
+    }
+    stage.extend_from_slice(&crate::segments::encode_trailer(&header, &block_crcs));
+    stage.pad_to_alignment();
+    assert_eq!(write_at + stage.len() as u64, r.offset + r.span, "a record fills its reservation exactly");
+    let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, stage, write_at).await;
+    if let Err(e) = res {
+        segs.abandon(&r).await;
+        return Ok(Err(RequestError::io(format!("cannot write chunk {chunk_id}"))(e)));
+    }
+    if let Err(e) = segs.sync(&r.segment).await {
+        return Ok(Err(RequestError::io(format!("cannot sync chunk {chunk_id}"))(e)));
+    }
+    let location = Location {
+        segment: r.segment.clone(),
+        offset: r.offset,
+        length,
+        crc32,
+        created_unix_ms,
+        block_crcs: block_crcs.clone().into(),
+    };
+    if !segs.publish(chunk_id, location) {
+        segs.abandon(&r).await;
+        return Ok(Err(RequestError::AlreadyExists(chunk_id)));
+    }
+    Ok(Ok(Msg::StoreOk { block_crcs }))
+}
+
+/// Sends a chunk's record block by block from `first_block` on, each read with direct I/O and
+/// checked against its crc32 before it leaves.
+async fn segment_fetch(
+    segs: &SegmentStore,
+    conn: &Conn,
+    chunk_id: ChunkId,
+    first_block: u32,
+) -> Result<Result<(), RequestError>, FrameError> {
+    let Some(loc) = segs.get(&chunk_id) else { return Ok(Err(RequestError::NotFound(chunk_id))) };
+    let n = n_blocks(loc.length);
+    if u64::from(first_block) > n {
+        let why = format!("first block {first_block} is past the end of a chunk of {n} blocks");
+        return Ok(Err(RequestError::BadRequest(chunk_id, why)));
+    }
+    conn.write_msg(&Msg::FetchOk { length: loc.length, crc32: loc.crc32, block_size_bytes: BLOCK_SIZE_BYTES }).await?;
+    let mut buf = AlignedBuf::zeroed(BLOCK_SIZE_BYTES as usize + 2 * ALIGN);
+    for block_idx in u64::from(first_block)..n {
+        let len = block_len(loc.length, block_idx);
+        let at = loc.data_offset() + block_idx * BLOCK_SIZE_BYTES as u64;
+        let (start, end) = (align_down(at), align_up(at + len));
+        let (res, back) = dfs_runtime::ops::read_exact_at(&loc.segment.fd, buf, (end - start) as usize, start).await;
+        buf = back;
+        if let Err(e) = res {
+            let e = RequestError::io(format!("cannot read chunk {chunk_id}"))(e);
+            tracing::warn!("{e}");
+            conn.write_msg(&Msg::error(e.status(), e.to_string())).await?;
+            return Ok(Ok(()));
+        }
+        let from = (at - start) as usize;
+        let actual = dfs_proto::layout::crc32(&buf[from..from + len as usize]);
+        let expected = loc.block_crcs[block_idx as usize];
+        if actual != expected {
+            let e = RequestError::Corrupt(
+                chunk_id,
+                format!("block {block_idx} has crc32 {actual:08x}, {expected:08x} was stored"),
+            );
+            tracing::error!("{e}");
+            conn.write_msg(&Msg::error(e.status(), e.to_string())).await?;
+            return Ok(Ok(()));
+        }
+        buf = conn.write_data(buf, from, from + len as usize).await?;
+    }
+    conn.write_msg(&Msg::End).await?;
+    Ok(Ok(()))
 }

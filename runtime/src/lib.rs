@@ -2,6 +2,7 @@
 //! runtime per core each with its own SO_REUSEPORT listener on the same port, the accept loop,
 //! and logging set-up.
 
+pub mod aligned;
 pub mod backend;
 pub mod config;
 pub mod failpoint;

@@ -1,0 +1,956 @@
+//! The segment store (`dfs-node --store segments`): every chunk copy is one record appended to a
+//! large preallocated segment file, written with O_DIRECT from aligned buffers, and made durable
+//! by an `fdatasync` of its segment shared by every record written before it started (group
+//! commit). An in-memory index maps chunk IDs to records; it is rebuilt at start-up by scanning
+//! the segments. The on-disk format is specified in `docs/STORE.md`.
+//!
+//! Layout under the data directory: `segments/<seq as 16 hex digits>.seg`. Each segment starts
+//! with a 4 KiB header block; records follow at 4 KiB-aligned offsets:
+//!
+//! ```text
+//! header (64 bytes) | data (length bytes) | block crc32s (4 each) | seal (4) | zeros to 4 KiB
+//! ```
+//!
+//! The header carries its own crc32, so its length can be trusted before anything else is read;
+//! the seal is the crc32 of the header and the block crc32s. A record whose header is sound but
+//! whose seal or data is not (a torn write) is skipped, never served: every block is checked
+//! against its crc32 when it is read, and at start-up the newest segments are read through.
+
+use dfs_proto::layout::{block_len, combine_block_crcs, n_blocks};
+use dfs_proto::limits::BLOCK_SIZE_BYTES;
+use dfs_proto::{ChunkId, FileId};
+use dfs_runtime::aligned::{align_down, align_up, AlignedBuf, ALIGN};
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Version of the on-disk format in `docs/STORE.md`, in every segment header.
+pub const FORMAT_VERSION: u32 = 1;
+const SEGMENT_MAGIC: [u8; 8] = *b"DFSSEG01";
+const RECORD_MAGIC: [u8; 8] = *b"DFSREC01";
+/// The segment header block; records start after it.
+pub const SEGMENT_HEADER_BYTES: u64 = ALIGN as u64;
+pub const RECORD_HEADER_BYTES: usize = 64;
+/// Bytes of segment read at once while looking for the next record after a gap.
+const SCAN_WINDOW_BYTES: usize = 1 << 20;
+/// Segments, newest first, whose every record's data is read and checked at start-up: the ones
+/// that can hold a write torn by a crash.
+const VERIFIED_SEGMENTS_AT_START: usize = 2;
+/// Bytes moved per direct write while receiving a chunk.
+pub const WRITE_BYTES: usize = BLOCK_SIZE_BYTES as usize;
+
+/// What a record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A chunk copy: `length` bytes of data.
+    Chunk = 1,
+    /// The chunk is deleted (or set aside by scrub); earlier records of it are dead.
+    Tombstone = 2,
+    /// Dead space of `length` bytes in all, header included: an abandoned write.
+    Pad = 3,
+}
+
+/// A record's header, as stored in its first 64 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: Kind,
+    pub chunk_id: ChunkId,
+    pub length: u64,
+    pub crc32: u32,
+    pub created_unix_ms: u64,
+}
+
+impl RecordHeader {
+    pub fn encode(&self) -> [u8; RECORD_HEADER_BYTES] {
+        let mut out = [0u8; RECORD_HEADER_BYTES];
+        out[0..8].copy_from_slice(&RECORD_MAGIC);
+        out[8] = self.kind as u8;
+        out[12..28].copy_from_slice(&self.chunk_id.file_id.0);
+        out[28..32].copy_from_slice(&self.chunk_id.chunk_idx.to_be_bytes());
+        out[32..40].copy_from_slice(&self.length.to_be_bytes());
+        out[40..44].copy_from_slice(&self.crc32.to_be_bytes());
+        out[44..52].copy_from_slice(&self.created_unix_ms.to_be_bytes());
+        let seal = crc32fast::hash(&out[..52]);
+        out[52..56].copy_from_slice(&seal.to_be_bytes());
+        out
+    }
+
+    /// The header at the start of `bytes`, if it is one whose own crc32 holds.
+    pub fn decode(bytes: &[u8]) -> Option<RecordHeader> {
+        let b = bytes.get(..RECORD_HEADER_BYTES)?;
+        if b[0..8] != RECORD_MAGIC || crc32fast::hash(&b[..52]) != u32::from_be_bytes(b[52..56].try_into().ok()?) {
+            return None;
+        }
+        let kind = match b[8] {
+            1 => Kind::Chunk,
+            2 => Kind::Tombstone,
+            3 => Kind::Pad,
+            _ => return None,
+        };
+        let header = RecordHeader {
+            kind,
+            chunk_id: ChunkId {
+                file_id: FileId(b[12..28].try_into().ok()?),
+                chunk_idx: u32::from_be_bytes(b[28..32].try_into().ok()?),
+            },
+            length: u64::from_be_bytes(b[32..40].try_into().ok()?),
+            crc32: u32::from_be_bytes(b[40..44].try_into().ok()?),
+            created_unix_ms: u64::from_be_bytes(b[44..52].try_into().ok()?),
+        };
+        // A pad's length is its whole span; it must be a whole number of blocks.
+        if kind == Kind::Pad && (header.length == 0 || !header.length.is_multiple_of(ALIGN as u64)) {
+            return None;
+        }
+        if kind == Kind::Tombstone && header.length != 0 {
+            return None;
+        }
+        Some(header)
+    }
+
+    /// Bytes the whole record takes in its segment, padding included.
+    pub fn span(&self) -> u64 {
+        match self.kind {
+            Kind::Pad => self.length,
+            _ => record_span(self.length),
+        }
+    }
+}
+
+/// Bytes a chunk or tombstone record of `length` data bytes takes in a segment.
+pub fn record_span(length: u64) -> u64 {
+    align_up(RECORD_HEADER_BYTES as u64 + length + 4 * n_blocks(length) + 4)
+}
+
+/// The trailer after a record's data: its block crc32s, then the seal over header and crc32s.
+pub fn encode_trailer(header: &[u8; RECORD_HEADER_BYTES], block_crcs: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * block_crcs.len() + 4);
+    for c in block_crcs {
+        out.extend_from_slice(&c.to_be_bytes());
+    }
+    let mut seal = crc32fast::Hasher::new();
+    seal.update(header);
+    seal.update(&out);
+    out.extend_from_slice(&seal.finalize().to_be_bytes());
+    out
+}
+
+/// The block crc32s of a trailer, if its seal holds for `header`.
+fn decode_trailer(header: &RecordHeader, trailer: &[u8]) -> Option<Vec<u32>> {
+    let n = n_blocks(header.length) as usize;
+    if trailer.len() != 4 * n + 4 {
+        return None;
+    }
+    let mut seal = crc32fast::Hasher::new();
+    seal.update(&header.encode());
+    seal.update(&trailer[..4 * n]);
+    if seal.finalize() != u32::from_be_bytes(trailer[4 * n..].try_into().ok()?) {
+        return None;
+    }
+    let crcs: Vec<u32> =
+        trailer[..4 * n].chunks_exact(4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).collect();
+    (combine_block_crcs(&crcs, header.length) == header.crc32).then_some(crcs)
+}
+
+/// Where a chunk's record lives, and what the index needs to answer without reading it.
+#[derive(Clone, Debug)]
+pub struct Location {
+    pub segment: Arc<Segment>,
+    /// Offset of the record's header in its segment.
+    pub offset: u64,
+    pub length: u64,
+    pub crc32: u32,
+    pub created_unix_ms: u64,
+    pub block_crcs: Arc<[u32]>,
+}
+
+impl Location {
+    /// Offset of the data's first byte in the segment.
+    pub fn data_offset(&self) -> u64 {
+        self.offset + RECORD_HEADER_BYTES as u64
+    }
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    pub seq: u64,
+    pub fd: Arc<OwnedFd>,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// The space one write was given: `span` bytes at `offset` of `segment`.
+pub struct Reservation {
+    pub segment: Arc<Segment>,
+    pub offset: u64,
+    pub span: u64,
+}
+
+struct Writer {
+    active: Option<Arc<Segment>>,
+    next_offset: u64,
+    next_seq: u64,
+}
+
+type SyncWaiter = (Arc<Segment>, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+pub struct SegmentStore {
+    root: PathBuf,
+    dir: PathBuf,
+    dir_fd: OwnedFd,
+    segment_bytes: u64,
+    /// Whether the segments are open with O_DIRECT (refused by some file systems, tmpfs among
+    /// them; then the page cache is used, and said once in the log).
+    pub direct: bool,
+    index: Mutex<BTreeMap<ChunkId, Location>>,
+    writer: Mutex<Writer>,
+    sync_queue: mpsc::Sender<SyncWaiter>,
+    live_bytes: AtomicU64,
+    n_quarantined: AtomicU64,
+    reported_direct: AtomicBool,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn ctx<'a>(what: &str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Error + 'a {
+    let what = what.to_string();
+    move |e| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:016x}.seg")
+}
+
+fn encode_segment_header(seq: u64, size: u64) -> AlignedBuf {
+    let mut b = AlignedBuf::zeroed(ALIGN);
+    let mut h = Vec::with_capacity(40);
+    h.extend_from_slice(&SEGMENT_MAGIC);
+    h.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    h.extend_from_slice(&(ALIGN as u32).to_be_bytes());
+    h.extend_from_slice(&seq.to_be_bytes());
+    h.extend_from_slice(&size.to_be_bytes());
+    let seal = crc32fast::hash(&h);
+    h.extend_from_slice(&seal.to_be_bytes());
+    b.extend_from_slice(&h);
+    b.pad_to_alignment();
+    b
+}
+
+/// (seq, size) from a segment header block, or why it is not one this build can read.
+fn decode_segment_header(b: &[u8]) -> Result<(u64, u64), String> {
+    if b.len() < 36 || b[0..8] != SEGMENT_MAGIC {
+        return Err("not a dfs segment (bad magic)".into());
+    }
+    if crc32fast::hash(&b[..32]) != u32::from_be_bytes(b[32..36].try_into().expect("4 bytes")) {
+        return Err("segment header fails its crc32".into());
+    }
+    let version = u32::from_be_bytes(b[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(format!("segment format version {version}; this build reads version {FORMAT_VERSION}"));
+    }
+    let align = u32::from_be_bytes(b[12..16].try_into().expect("4 bytes"));
+    if align as usize != ALIGN {
+        return Err(format!("segment alignment {align}, expected {ALIGN}"));
+    }
+    Ok((
+        u64::from_be_bytes(b[16..24].try_into().expect("8 bytes")),
+        u64::from_be_bytes(b[24..32].try_into().expect("8 bytes")),
+    ))
+}
+
+/// Opens a segment file for direct I/O if the file system allows it.
+fn open_segment_file(path: &Path, create: bool, direct: bool) -> io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true);
+    if create {
+        o.create_new(true);
+    }
+    let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | if direct { libc::O_DIRECT } else { 0 };
+    o.custom_flags(flags).open(path)
+}
+
+/// Blocking positioned read of exactly `len` bytes, for start-up.
+fn pread_exact(fd: &OwnedFd, buf: &mut AlignedBuf, len: usize, offset: u64) -> io::Result<()> {
+    buf.set_len(0);
+    let dst = buf.spare_all();
+    let mut done = 0;
+    while done < len {
+        // SAFETY: pread into the buffer's own memory, within its capacity.
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                dst[done..].as_mut_ptr().cast(),
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n < 0 => return Err(io::Error::last_os_error()),
+            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "segment ends early")),
+            n => done += n as usize,
+        }
+    }
+    buf.set_len(len);
+    Ok(())
+}
+
+impl SegmentStore {
+    /// Opens (creating if needed) the segments under `root/segments`, rebuilding the index.
+    pub fn open(root: &Path, segment_bytes: u64) -> io::Result<SegmentStore> {
+        assert!(segment_bytes.is_multiple_of(ALIGN as u64) && segment_bytes > SEGMENT_HEADER_BYTES, "segment size");
+        std::fs::create_dir_all(root).map_err(ctx("cannot create data directory", root))?;
+        let root = root.canonicalize().map_err(ctx("cannot resolve data directory", root))?;
+        if root.join("chunks").exists() {
+            return Err(io::Error::other(format!(
+                "{} holds a chunk-file store (chunks/): this node was started with --store files; \
+                 start it with --store files, or move the chunks to a node of their own and let \
+                 repair copy them back",
+                root.display()
+            )));
+        }
+        let dir = root.join("segments");
+        std::fs::create_dir_all(&dir).map_err(ctx("cannot create", &dir))?;
+        let dir_fd: OwnedFd = std::fs::File::open(&dir).map_err(ctx("cannot open", &dir))?.into();
+        // Probe direct I/O once with a scratch file.
+        let probe = dir.join(".direct-probe");
+        let _ = std::fs::remove_file(&probe);
+        let direct = match open_segment_file(&probe, true, true) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("segments: O_DIRECT refused on {} ({e}): writing through the page cache", dir.display());
+                false
+            }
+        };
+        let _ = std::fs::remove_file(&probe);
+
+        let (sync_queue, waiting) = mpsc::channel::<SyncWaiter>();
+        std::thread::Builder::new().name("segment-sync".into()).spawn(move || sync_thread(waiting))?;
+        let store = SegmentStore {
+            root,
+            dir,
+            dir_fd,
+            segment_bytes,
+            direct,
+            index: Mutex::new(BTreeMap::new()),
+            writer: Mutex::new(Writer { active: None, next_offset: 0, next_seq: 1 }),
+            sync_queue,
+            live_bytes: AtomicU64::new(0),
+            n_quarantined: AtomicU64::new(0),
+            reported_direct: AtomicBool::new(false),
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock_index(&self) -> std::sync::MutexGuard<'_, BTreeMap<ChunkId, Location>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Scans every segment in order and rebuilds the index: later records win, tombstones
+    /// remove, records that fail their seals are skipped. The newest segments are read through
+    /// and every block checked, since a crash can only have torn a write there.
+    fn recover(&self) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        let mut seqs = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(ctx("cannot read", &self.dir))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            match name.strip_suffix(".seg").and_then(|h| u64::from_str_radix(h, 16).ok()) {
+                Some(seq) => seqs.push(seq),
+                None if name.starts_with('.') => {}
+                None => tracing::warn!("segments: ignoring unexpected file {}", entry.path().display()),
+            }
+        }
+        seqs.sort_unstable();
+        let n_segments = seqs.len();
+        let mut index = BTreeMap::new();
+        let (mut n_records, mut n_skipped) = (0u64, 0u64);
+        let mut last: Option<Arc<Segment>> = None;
+        for (i, &seq) in seqs.iter().enumerate() {
+            let path = self.dir.join(segment_name(seq));
+            let file = open_segment_file(&path, false, self.direct).map_err(ctx("cannot open", &path))?;
+            let fd: OwnedFd = file.into();
+            let mut buf = AlignedBuf::zeroed(SCAN_WINDOW_BYTES);
+            pread_exact(&fd, &mut buf, ALIGN, 0).map_err(ctx("cannot read", &path))?;
+            let (found_seq, size) =
+                decode_segment_header(&buf).map_err(|why| io::Error::other(format!("{}: {why}", path.display())))?;
+            if found_seq != seq {
+                return Err(io::Error::other(format!("{}: header says segment {found_seq}", path.display())));
+            }
+            let segment = Arc::new(Segment { seq, fd: Arc::new(fd), size, path: path.clone() });
+            let verify_data = i + VERIFIED_SEGMENTS_AT_START >= n_segments;
+            let (n, skipped) = scan_segment(&segment, verify_data, &mut index)
+                .map_err(|e| io::Error::new(e.kind(), format!("scanning {}: {e}", path.display())))?;
+            n_records += n;
+            n_skipped += skipped;
+            last = Some(segment);
+        }
+        let live: u64 = index.values().map(|l: &Location| record_span(l.length)).sum();
+        self.live_bytes.store(live, Ordering::Relaxed);
+        let n_chunks = index.len();
+        *self.lock_index() = index;
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.next_seq = seqs.last().map_or(1, |s| s + 1);
+        // New records go to a fresh segment: where a crash stopped writing the last one is not
+        // known exactly, and appending after a torn region would interleave with it.
+        w.active = None;
+        drop(last);
+        tracing::info!(
+            "segments: {n_segments} segment(s), {n_records} record(s) read, {n_skipped} skipped, {n_chunks} chunk(s) live, \
+             in {:.1?}{}",
+            started.elapsed(),
+            if self.direct { "" } else { " (no O_DIRECT)" }
+        );
+        Ok(())
+    }
+
+    /// Space for a record of `span` bytes: in the active segment, or in a new one.
+    pub fn reserve(&self, span: u64) -> io::Result<Reservation> {
+        assert!(span.is_multiple_of(ALIGN as u64), "record spans are aligned");
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = w.active.as_ref().is_some_and(|s| w.next_offset + span <= s.size);
+        if !fits {
+            let size = self.segment_bytes.max(SEGMENT_HEADER_BYTES + span);
+            let seq = w.next_seq;
+            let segment = self.create_segment(seq, size)?;
+            w.next_seq = seq + 1;
+            w.active = Some(segment);
+            w.next_offset = SEGMENT_HEADER_BYTES;
+        }
+        let segment = w.active.clone().expect("an active segment after the check above");
+        let offset = w.next_offset;
+        w.next_offset += span;
+        Ok(Reservation { segment, offset, span })
+    }
+
+    fn create_segment(&self, seq: u64, size: u64) -> io::Result<Arc<Segment>> {
+        let path = self.dir.join(segment_name(seq));
+        let file = open_segment_file(&path, true, self.direct).map_err(ctx("cannot create", &path))?;
+        let fd: OwnedFd = file.into();
+        let result = (|| {
+            // SAFETY: fallocate on a descriptor we own.
+            if unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, size as libc::off_t) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let header = encode_segment_header(seq, size);
+            // SAFETY: pwrite from an aligned buffer we own, on a descriptor we own.
+            let n = unsafe { libc::pwrite(fd.as_raw_fd(), header.as_ptr().cast(), header.len(), 0) };
+            if n != header.len() as isize {
+                return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::other("short header write") });
+            }
+            // SAFETY: fdatasync and fsync on descriptors we own.
+            if unsafe { libc::fdatasync(fd.as_raw_fd()) } != 0 || unsafe { libc::fsync(self.dir_fd.as_raw_fd()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            drop(fd);
+            let _ = std::fs::remove_file(&path);
+            return Err(io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display())));
+        }
+        if !self.reported_direct.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                "segments: writing {} with{} O_DIRECT, {} MiB per segment",
+                self.dir.display(),
+                if self.direct { "" } else { "out" },
+                size >> 20
+            );
+        }
+        Ok(Arc::new(Segment { seq, fd: Arc::new(fd), size, path }))
+    }
+
+    /// Returns once an fdatasync of `segment` that started after this call has finished: every
+    /// write to it completed before the call is then durable.
+    pub async fn sync(&self, segment: &Arc<Segment>) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.sync_queue.send((segment.clone(), tx)).map_err(|_| io::Error::other("the segment sync thread is gone"))?;
+        rx.await.map_err(|_| io::Error::other("the segment sync thread is gone"))?.map_err(io::Error::other)
+    }
+
+    pub fn get(&self, id: &ChunkId) -> Option<Location> {
+        self.lock_index().get(id).cloned()
+    }
+
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.lock_index().contains_key(id)
+    }
+
+    /// Makes a durable record the live copy of its chunk. False if the chunk already has one
+    /// (the caller then marks its record dead).
+    pub fn publish(&self, id: ChunkId, location: Location) -> bool {
+        let mut index = self.lock_index();
+        if index.contains_key(&id) {
+            return false;
+        }
+        self.live_bytes.fetch_add(record_span(location.length), Ordering::Relaxed);
+        index.insert(id, location);
+        true
+    }
+
+    /// Appends a tombstone for `id` and, once it is durable, drops the chunk from the index.
+    /// Err(NotFound) if there is no such chunk.
+    pub async fn remove(&self, id: ChunkId, quarantine: bool) -> io::Result<()> {
+        let Some(old) = self.get(&id) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("chunk {id} not found")));
+        };
+        let r = self.reserve(record_span(0))?;
+        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, tombstone(id), r.offset).await;
+        res?;
+        self.sync(&r.segment).await?;
+        self.forget(id, &old, quarantine);
+        Ok(())
+    }
+
+    /// [`SegmentStore::remove`] for a thread outside the runtimes (scrub): writes and syncs the
+    /// tombstone with plain blocking calls.
+    pub fn remove_blocking(&self, id: ChunkId, old: &Location, quarantine: bool) -> io::Result<()> {
+        let r = self.reserve(record_span(0))?;
+        let buf = tombstone(id);
+        // SAFETY: pwrite from an aligned buffer we own, on a descriptor the segment keeps open.
+        let n =
+            unsafe { libc::pwrite(r.segment.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), r.offset as libc::off_t) };
+        if n != buf.len() as isize {
+            return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::other("short tombstone write") });
+        }
+        // SAFETY: fdatasync on a descriptor the segment keeps open.
+        if unsafe { libc::fdatasync(r.segment.fd.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.forget(id, old, quarantine);
+        Ok(())
+    }
+
+    /// Drops `id` from the index if it still points at `old`.
+    fn forget(&self, id: ChunkId, old: &Location, quarantine: bool) {
+        let mut index = self.lock_index();
+        if index.get(&id).is_some_and(|l| Arc::ptr_eq(&l.segment, &old.segment) && l.offset == old.offset) {
+            index.remove(&id);
+            let _ = self.live_bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(record_span(old.length)))
+            });
+            if quarantine {
+                self.n_quarantined.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reads a record's data and checks every block against its crc32, calling `pace` with the
+    /// bytes read (blocking; for scrub). Inner error: why the record is corrupt.
+    pub fn verify(&self, loc: &Location, mut pace: impl FnMut(u64)) -> io::Result<Result<(), String>> {
+        let mut buf = AlignedBuf::zeroed(BLOCK_SIZE_BYTES as usize + 2 * ALIGN);
+        for (block_idx, &expected) in loc.block_crcs.iter().enumerate() {
+            let at = loc.data_offset() + block_idx as u64 * BLOCK_SIZE_BYTES as u64;
+            let len = block_len(loc.length, block_idx as u64);
+            let (s, e) = (align_down(at), align_up(at + len));
+            pread_exact(&loc.segment.fd, &mut buf, (e - s) as usize, s)?;
+            let from = (at - s) as usize;
+            let actual = crc32fast::hash(&buf[from..from + len as usize]);
+            if actual != expected {
+                return Ok(Err(format!("block {block_idx} has crc32 {actual:08x}, {expected:08x} was stored")));
+            }
+            pace(len);
+        }
+        Ok(Ok(()))
+    }
+
+    /// Marks the record of an abandoned or refused write dead (best effort): a pad header over
+    /// its span, so start-up skips it at once.
+    pub async fn abandon(&self, r: &Reservation) {
+        let header = RecordHeader {
+            kind: Kind::Pad,
+            chunk_id: ChunkId { file_id: FileId([0; 16]), chunk_idx: 0 },
+            length: r.span,
+            crc32: 0,
+            created_unix_ms: now_unix_ms(),
+        };
+        let mut buf = AlignedBuf::zeroed(ALIGN);
+        buf.extend_from_slice(&header.encode());
+        buf.pad_to_alignment();
+        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, buf, r.offset).await;
+        if let Err(e) = res {
+            tracing::warn!("segments: cannot mark an abandoned record dead in {}: {e}", r.segment.path.display());
+        }
+    }
+
+    /// Chunk IDs after `after`, in order, at most `limit`, and whether more follow; with
+    /// `min_age`, only chunks stored at least that long ago.
+    pub fn list(&self, after: Option<ChunkId>, limit: usize, min_age: Option<Duration>) -> (Vec<ChunkId>, bool) {
+        let now = now_unix_ms();
+        let index = self.lock_index();
+        let mut out = Vec::new();
+        let range = match after {
+            Some(a) => index.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => index.range(..),
+        };
+        for (id, loc) in range {
+            if min_age.is_some_and(|age| now.saturating_sub(loc.created_unix_ms) < age.as_millis() as u64) {
+                continue;
+            }
+            if out.len() == limit {
+                return (out, true);
+            }
+            out.push(*id);
+        }
+        (out, false)
+    }
+
+    pub fn report(&self) -> io::Result<dfs_proto::StoreReport> {
+        let vfs = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+        Ok(dfs_proto::StoreReport {
+            n_chunks: self.lock_index().len() as u64,
+            bytes_used: self.live_bytes.load(Ordering::Relaxed),
+            bytes_free: vfs.blocks_available() as u64 * vfs.fragment_size() as u64,
+            n_quarantined: self.n_quarantined.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Every live chunk, for scrub.
+    pub fn all(&self) -> Vec<(ChunkId, Location)> {
+        self.lock_index().iter().map(|(id, l)| (*id, l.clone())).collect()
+    }
+}
+
+/// A tombstone record for `id`, ready to write.
+fn tombstone(id: ChunkId) -> AlignedBuf {
+    let header =
+        RecordHeader { kind: Kind::Tombstone, chunk_id: id, length: 0, crc32: 0, created_unix_ms: now_unix_ms() };
+    let mut buf = AlignedBuf::zeroed(ALIGN);
+    let bytes = header.encode();
+    buf.extend_from_slice(&bytes);
+    buf.extend_from_slice(&encode_trailer(&bytes, &[]));
+    buf.pad_to_alignment();
+    buf
+}
+
+/// Runs fdatasync for the waiters queued so far, once per distinct segment, and answers them.
+fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
+    while let Ok(first) = waiting.recv() {
+        let mut batch = vec![first];
+        batch.extend(waiting.try_iter());
+        let mut results: Vec<(u64, Result<(), String>)> = Vec::new();
+        for (segment, _) in &batch {
+            if results.iter().any(|(seq, _)| *seq == segment.seq) {
+                continue;
+            }
+            // SAFETY: fdatasync on a descriptor the segment's Arc keeps open.
+            let rc = unsafe { libc::fdatasync(segment.fd.as_raw_fd()) };
+            let result = if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error().to_string()) };
+            results.push((segment.seq, result));
+        }
+        for (segment, waiter) in batch {
+            let result = results.iter().find(|(seq, _)| *seq == segment.seq).map(|(_, r)| r.clone());
+            let _ = waiter.send(result.unwrap_or(Ok(())));
+        }
+    }
+}
+
+/// Reads one segment's records into `index`. Returns (records read, records skipped).
+fn scan_segment(
+    segment: &Arc<Segment>,
+    verify_data: bool,
+    index: &mut BTreeMap<ChunkId, Location>,
+) -> io::Result<(u64, u64)> {
+    let fd = &segment.fd;
+    let mut buf = AlignedBuf::zeroed(SCAN_WINDOW_BYTES);
+    let mut pos = SEGMENT_HEADER_BYTES;
+    let (mut n_read, mut n_skipped) = (0u64, 0u64);
+    while pos + ALIGN as u64 <= segment.size {
+        pread_exact(fd, &mut buf, ALIGN, pos)?;
+        let Some(header) = RecordHeader::decode(&buf) else {
+            // A gap: an abandoned write that never wrote its header, or the unwritten end.
+            // Look for the next record a window at a time.
+            match next_header_after(fd, &mut buf, pos + ALIGN as u64, segment.size)? {
+                Some(next) => {
+                    pos = next;
+                    continue;
+                }
+                None => break,
+            }
+        };
+        let span = header.span();
+        if pos + span > segment.size {
+            n_skipped += 1;
+            pos += ALIGN as u64;
+            continue;
+        }
+        match header.kind {
+            Kind::Pad => {}
+            Kind::Tombstone => {
+                n_read += 1;
+                index.remove(&header.chunk_id);
+            }
+            Kind::Chunk => match read_record_trailer(fd, &header, pos, verify_data)? {
+                Some(block_crcs) => {
+                    n_read += 1;
+                    index.insert(
+                        header.chunk_id,
+                        Location {
+                            segment: segment.clone(),
+                            offset: pos,
+                            length: header.length,
+                            crc32: header.crc32,
+                            created_unix_ms: header.created_unix_ms,
+                            block_crcs: block_crcs.into(),
+                        },
+                    );
+                }
+                None => {
+                    n_skipped += 1;
+                    tracing::warn!(
+                        "segments: record of {} at {} in {} is torn or corrupt: skipped",
+                        header.chunk_id,
+                        pos,
+                        segment.path.display()
+                    );
+                }
+            },
+        }
+        pos += span;
+    }
+    Ok((n_read, n_skipped))
+}
+
+/// The offset of the first sound record header at or after `from`, reading a window at a time.
+fn next_header_after(fd: &OwnedFd, buf: &mut AlignedBuf, from: u64, end: u64) -> io::Result<Option<u64>> {
+    let mut pos = from;
+    while pos < end {
+        let len = (end - pos).min(SCAN_WINDOW_BYTES as u64) as usize;
+        pread_exact(fd, buf, len, pos)?;
+        for at in (0..len).step_by(ALIGN) {
+            if RecordHeader::decode(&buf[at..]).is_some() {
+                return Ok(Some(pos + at as u64));
+            }
+        }
+        pos += len as u64;
+    }
+    Ok(None)
+}
+
+/// The block crc32s of the chunk record at `pos`, if its trailer's seal holds (and, with
+/// `verify_data`, every block matches its crc32).
+fn read_record_trailer(
+    fd: &OwnedFd,
+    header: &RecordHeader,
+    pos: u64,
+    verify_data: bool,
+) -> io::Result<Option<Vec<u32>>> {
+    let data_at = pos + RECORD_HEADER_BYTES as u64;
+    let trailer_at = data_at + header.length;
+    let trailer_len = 4 * n_blocks(header.length) as usize + 4;
+    let start = align_down(trailer_at);
+    let end = align_up(trailer_at + trailer_len as u64);
+    let mut buf = AlignedBuf::zeroed((end - start) as usize);
+    pread_exact(fd, &mut buf, (end - start) as usize, start)?;
+    let from = (trailer_at - start) as usize;
+    let Some(crcs) = decode_trailer(header, &buf[from..from + trailer_len]) else { return Ok(None) };
+    if verify_data {
+        let mut block = AlignedBuf::zeroed(BLOCK_SIZE_BYTES as usize + 2 * ALIGN);
+        for (block_idx, &expected) in crcs.iter().enumerate() {
+            let at = data_at + block_idx as u64 * BLOCK_SIZE_BYTES as u64;
+            let len = block_len(header.length, block_idx as u64);
+            let (s, e) = (align_down(at), align_up(at + len));
+            pread_exact(fd, &mut block, (e - s) as usize, s)?;
+            let from = (at - s) as usize;
+            if crc32fast::hash(&block[from..from + len as usize]) != expected {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(crcs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8, idx: u32) -> ChunkId {
+        ChunkId { file_id: FileId([n; 16]), chunk_idx: idx }
+    }
+
+    #[test]
+    fn headers_round_trip_and_refuse_damage() {
+        let h = RecordHeader { kind: Kind::Chunk, chunk_id: id(7, 3), length: 5000, crc32: 9, created_unix_ms: 11 };
+        let b = h.encode();
+        assert_eq!(RecordHeader::decode(&b), Some(h.clone()));
+        for i in 0..56 {
+            let mut bad = b;
+            bad[i] ^= 1;
+            assert_eq!(RecordHeader::decode(&bad), None, "a flipped bit at byte {i} went unnoticed");
+        }
+        assert_eq!(record_span(5000), 8192);
+        assert_eq!(record_span(0), 4096);
+        assert_eq!(record_span(4096 - 64 - 8), 4096);
+        assert_eq!(record_span(4096 - 64 - 7), 8192);
+    }
+
+    #[test]
+    fn trailers_seal_the_header_and_the_block_crcs() {
+        let data = vec![5u8; 3 * BLOCK_SIZE_BYTES as usize / 2];
+        let crcs: Vec<u32> = data.chunks(BLOCK_SIZE_BYTES as usize).map(crc32fast::hash).collect();
+        let h = RecordHeader {
+            kind: Kind::Chunk,
+            chunk_id: id(1, 0),
+            length: data.len() as u64,
+            crc32: crc32fast::hash(&data),
+            created_unix_ms: 1,
+        };
+        let t = encode_trailer(&h.encode(), &crcs);
+        assert_eq!(decode_trailer(&h, &t), Some(crcs.clone()));
+        let mut bad = t.clone();
+        bad[0] ^= 1;
+        assert_eq!(decode_trailer(&h, &bad), None);
+        let other = RecordHeader { chunk_id: id(2, 0), ..h };
+        assert_eq!(decode_trailer(&other, &t), None, "a trailer belongs to its own header");
+    }
+
+    /// Writes one whole chunk record the way a STORE does (header, data, trailer, sync,
+    /// publish) and returns where it went.
+    async fn put(store: &SegmentStore, chunk_id: ChunkId, data: &[u8]) -> Reservation {
+        let r = store.reserve(record_span(data.len() as u64)).unwrap();
+        let crcs: Vec<u32> = data.chunks(BLOCK_SIZE_BYTES as usize).map(crc32fast::hash).collect();
+        let header = RecordHeader {
+            kind: Kind::Chunk,
+            chunk_id,
+            length: data.len() as u64,
+            crc32: crc32fast::hash(data),
+            created_unix_ms: 1,
+        };
+        let bytes = header.encode();
+        let mut buf = AlignedBuf::zeroed(r.span as usize);
+        buf.extend_from_slice(&bytes);
+        buf.extend_from_slice(data);
+        buf.extend_from_slice(&encode_trailer(&bytes, &crcs));
+        buf.pad_to_alignment();
+        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, buf, r.offset).await;
+        res.unwrap();
+        store.sync(&r.segment).await.unwrap();
+        let loc = Location {
+            segment: r.segment.clone(),
+            offset: r.offset,
+            length: data.len() as u64,
+            crc32: header.crc32,
+            created_unix_ms: 1,
+            block_crcs: crcs.into(),
+        };
+        assert!(store.publish(chunk_id, loc));
+        r
+    }
+
+    fn data(seed: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    /// Reads a chunk's data back through the index with plain reads.
+    fn read_back(store: &SegmentStore, id: &ChunkId) -> Option<Vec<u8>> {
+        let loc = store.get(id)?;
+        store.verify(&loc, |_| {}).unwrap().ok()?;
+        let bytes = std::fs::read(&loc.segment.path).unwrap();
+        let at = loc.data_offset() as usize;
+        Some(bytes[at..at + loc.length as usize].to_vec())
+    }
+
+    fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, at).unwrap();
+    }
+
+    #[test]
+    fn records_survive_a_restart_and_tombstones_stay_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = data(3, 3 * BLOCK_SIZE_BYTES as usize + 17);
+        tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 4 << 20).unwrap();
+            put(&store, id(1, 0), &data(1, 1000)).await;
+            put(&store, id(1, 1), &[]).await;
+            // Larger than what is left of the first segment: goes to the next one.
+            put(&store, id(1, 2), &big).await;
+            put(&store, id(2, 0), &data(2, 5000)).await;
+            store.remove(id(2, 0), false).await.unwrap();
+            assert!(!store.contains(&id(2, 0)));
+        });
+        let store = SegmentStore::open(dir.path(), 4 << 20).unwrap();
+        assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 1000)));
+        assert_eq!(read_back(&store, &id(1, 1)), Some(vec![]));
+        assert_eq!(read_back(&store, &id(1, 2)), Some(big));
+        assert!(!store.contains(&id(2, 0)), "a deleted chunk came back after a restart");
+        assert_eq!(store.list(None, 10, None).0, vec![id(1, 0), id(1, 1), id(1, 2)]);
+        assert_eq!(store.report().unwrap().n_chunks, 3);
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let torn = tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+            put(&store, id(1, 0), &data(1, 2000)).await;
+            put(&store, id(1, 1), &data(2, 3 * BLOCK_SIZE_BYTES as usize)).await
+        });
+        // The crash left only the record's first block on disk: the rest reads as zeros.
+        let zeros = vec![0u8; (torn.span - ALIGN as u64) as usize];
+        overwrite(&torn.segment.path, torn.offset + ALIGN as u64, &zeros);
+        let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+        assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 2000)));
+        assert!(!store.contains(&id(1, 1)), "a torn record was indexed");
+    }
+
+    #[test]
+    fn a_corrupt_record_in_the_middle_is_skipped_and_the_scan_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (middle, header_hit) = tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+            put(&store, id(1, 0), &data(1, 100)).await;
+            let middle = put(&store, id(1, 1), &data(2, 9000)).await;
+            let header_hit = put(&store, id(1, 2), &data(3, 100)).await;
+            put(&store, id(1, 3), &data(4, 100)).await;
+            (middle, header_hit)
+        });
+        // One data byte of the second record, and the header of the third.
+        overwrite(&middle.segment.path, middle.offset + RECORD_HEADER_BYTES as u64 + 5000, &[0xff]);
+        overwrite(&header_hit.segment.path, header_hit.offset + 30, &[0xff]);
+        let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+        assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 100)));
+        assert!(!store.contains(&id(1, 1)), "a record with a flipped data byte was indexed");
+        assert!(!store.contains(&id(1, 2)), "a record with a broken header was indexed");
+        assert_eq!(read_back(&store, &id(1, 3)), Some(data(4, 100)), "the scan stopped at a bad record");
+    }
+
+    #[test]
+    fn space_reserved_but_never_written_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+            put(&store, id(1, 0), &data(1, 100)).await;
+            // A STORE that reserved 3 MiB and died before writing anything.
+            let _lost = store.reserve(3 << 20).unwrap();
+            put(&store, id(1, 1), &data(2, 100)).await;
+            // A STORE that was refused and marked its space dead.
+            let refused = store.reserve(1 << 20).unwrap();
+            store.abandon(&refused).await;
+            put(&store, id(1, 2), &data(3, 100)).await;
+        });
+        let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+        for (n, seed) in [(0, 1), (1, 2), (2, 3)] {
+            assert_eq!(read_back(&store, &id(1, n)), Some(data(seed, 100)), "chunk {n}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_file_store_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("chunks")).unwrap();
+        let e = SegmentStore::open(dir.path(), 64 << 20).err().expect("a files store must be refused");
+        assert!(e.to_string().contains("--store files"), "{e}");
+    }
+}
