@@ -74,7 +74,7 @@ struct Args {
     /// Copies of each chunk, on distinct nodes [default: 2, or 1 with fewer than 4 nodes]. An
     /// upload is acknowledged only when every copy is durable; a download reads any copy that
     /// verifies.
-    #[arg(long, value_name = "R")]
+    #[arg(long, env = "DFS_REPLICAS", value_name = "R")]
     replicas: Option<usize>,
     /// File of access keys (one per line, mode 600): only clients presenting one are served.
     /// With --local, defaults to DATA/access.key, created with a random key if missing.

@@ -77,8 +77,13 @@ struct Args {
     store: StoreKind,
     /// Size of each segment file with `--store segments` (a chunk larger than this gets a
     /// segment of its own size).
-    #[arg(long, env = "DFS_SEGMENT_SIZE", default_value = "1GiB", value_parser = parse_segment_size)]
+    #[arg(long, env = "DFS_SEGMENT_SIZE", default_value = "64MiB", value_parser = parse_segment_size)]
     segment_size: u64,
+    /// How a new segment's space is prepared, on a thread of its own ahead of need: `zero`
+    /// (allocate and write zeros through, so record writes land in written space: no extent
+    /// conversion, no metadata to sync) or `allocate` (fallocate only).
+    #[arg(long, value_enum, env = "DFS_SEGMENT_PREFILL", default_value = "zero")]
+    segment_prefill: segments::Prefill,
     /// Seconds a connection may sit idle in the middle of a request, or between requests,
     /// before it is closed.
     #[arg(long, default_value_t = 60)]
@@ -137,7 +142,8 @@ fn run(args: Args) -> Result<(), String> {
             server::Stores::Files(Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?))
         }
         StoreKind::Segments => server::Stores::Segments(Arc::new(
-            segments::SegmentStore::open(&args.data, args.segment_size).map_err(|e| e.to_string())?,
+            segments::SegmentStore::open(&args.data, args.segment_size, args.segment_prefill)
+                .map_err(|e| e.to_string())?,
         )),
     };
     let root = match &stores {

@@ -194,6 +194,9 @@ struct Writer {
     active: Option<Arc<Segment>>,
     next_offset: u64,
     next_seq: u64,
+    /// A segment made ahead of need, and whether one is being made.
+    spare: Option<Arc<Segment>>,
+    preparing: bool,
 }
 
 type SyncWaiter = (Arc<Segment>, tokio::sync::oneshot::Sender<Result<(), String>>);
@@ -201,17 +204,18 @@ type SyncWaiter = (Arc<Segment>, tokio::sync::oneshot::Sender<Result<(), String>
 pub struct SegmentStore {
     root: PathBuf,
     dir: PathBuf,
-    dir_fd: OwnedFd,
+    maker: Arc<SegmentMaker>,
     segment_bytes: u64,
     /// Whether the segments are open with O_DIRECT (refused by some file systems, tmpfs among
     /// them; then the page cache is used, and said once in the log).
     pub direct: bool,
     index: Mutex<BTreeMap<ChunkId, Location>>,
-    writer: Mutex<Writer>,
+    writer: Arc<Mutex<Writer>>,
+    /// Signalled when a spare segment is ready (or failed to be made).
+    spare_ready: Arc<std::sync::Condvar>,
     sync_queue: mpsc::Sender<SyncWaiter>,
     live_bytes: AtomicU64,
     n_quarantined: AtomicU64,
-    reported_direct: AtomicBool,
 }
 
 fn now_unix_ms() -> u64 {
@@ -275,6 +279,83 @@ fn open_segment_file(path: &Path, create: bool, direct: bool) -> io::Result<std:
     o.custom_flags(flags).open(path)
 }
 
+/// How a new segment's space is prepared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prefill {
+    /// fallocate only: the space is reserved but unwritten, so the first write to each part of
+    /// it also converts the extent, a metadata change every fdatasync must then commit.
+    Allocate,
+    /// fallocate, then write zeros through: every later record write lands in space that is
+    /// already written, which ext4 takes inline from io_uring and syncs without metadata.
+    Zero,
+}
+
+/// Makes segment files: on the writer's path when no spare is ready, else on a thread of its
+/// own ahead of need.
+struct SegmentMaker {
+    dir: PathBuf,
+    dir_fd: OwnedFd,
+    direct: bool,
+    prefill: Prefill,
+    reported: AtomicBool,
+}
+
+impl SegmentMaker {
+    /// Makes segment `seq` of `size` bytes, prefilled as configured unless `prefill` is false
+    /// (a segment made for one record larger than a segment: writing it twice would halve
+    /// what the disk gives a large upload).
+    fn make(&self, seq: u64, size: u64, prefill: bool) -> io::Result<Arc<Segment>> {
+        let path = self.dir.join(segment_name(seq));
+        let file = open_segment_file(&path, true, self.direct).map_err(ctx("cannot create", &path))?;
+        let fd: OwnedFd = file.into();
+        let result = (|| {
+            // SAFETY: fallocate on a descriptor we own.
+            if unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, size as libc::off_t) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if prefill && self.prefill == Prefill::Zero {
+                let zeros = AlignedBuf::zeroed(4 << 20);
+                let mut at = SEGMENT_HEADER_BYTES;
+                while at < size {
+                    let len = (size - at).min(zeros.capacity() as u64) as usize;
+                    // SAFETY: pwrite from an aligned buffer we own, on a descriptor we own.
+                    let n = unsafe { libc::pwrite(fd.as_raw_fd(), zeros.as_ptr().cast(), len, at as libc::off_t) };
+                    if n != len as isize {
+                        return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::other("short write") });
+                    }
+                    at += len as u64;
+                }
+            }
+            let header = encode_segment_header(seq, size);
+            // SAFETY: pwrite from an aligned buffer we own, on a descriptor we own.
+            let n = unsafe { libc::pwrite(fd.as_raw_fd(), header.as_ptr().cast(), header.len(), 0) };
+            if n != header.len() as isize {
+                return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::other("short header write") });
+            }
+            // SAFETY: fdatasync and fsync on descriptors we own.
+            if unsafe { libc::fdatasync(fd.as_raw_fd()) } != 0 || unsafe { libc::fsync(self.dir_fd.as_raw_fd()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            drop(fd);
+            let _ = std::fs::remove_file(&path);
+            return Err(io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display())));
+        }
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                "segments: writing {} with{} O_DIRECT, {} MiB per segment, prefilled: {:?}",
+                self.dir.display(),
+                if self.direct { "" } else { "out" },
+                size >> 20,
+                self.prefill
+            );
+        }
+        Ok(Arc::new(Segment { seq, fd: Arc::new(fd), size, path }))
+    }
+}
+
 /// Blocking positioned read of exactly `len` bytes, for start-up.
 fn pread_exact(fd: &OwnedFd, buf: &mut AlignedBuf, len: usize, offset: u64) -> io::Result<()> {
     buf.set_len(0);
@@ -302,7 +383,7 @@ fn pread_exact(fd: &OwnedFd, buf: &mut AlignedBuf, len: usize, offset: u64) -> i
 
 impl SegmentStore {
     /// Opens (creating if needed) the segments under `root/segments`, rebuilding the index.
-    pub fn open(root: &Path, segment_bytes: u64) -> io::Result<SegmentStore> {
+    pub fn open(root: &Path, segment_bytes: u64, prefill: Prefill) -> io::Result<SegmentStore> {
         assert!(segment_bytes.is_multiple_of(ALIGN as u64) && segment_bytes > SEGMENT_HEADER_BYTES, "segment size");
         std::fs::create_dir_all(root).map_err(ctx("cannot create data directory", root))?;
         let root = root.canonicalize().map_err(ctx("cannot resolve data directory", root))?;
@@ -331,20 +412,31 @@ impl SegmentStore {
 
         let (sync_queue, waiting) = mpsc::channel::<SyncWaiter>();
         std::thread::Builder::new().name("segment-sync".into()).spawn(move || sync_thread(waiting))?;
+        let maker =
+            Arc::new(SegmentMaker { dir: dir.clone(), dir_fd, direct, prefill, reported: AtomicBool::new(false) });
         let store = SegmentStore {
             root,
             dir,
-            dir_fd,
+            maker,
             segment_bytes,
             direct,
             index: Mutex::new(BTreeMap::new()),
-            writer: Mutex::new(Writer { active: None, next_offset: 0, next_seq: 1 }),
+            writer: Arc::new(Mutex::new(Writer {
+                active: None,
+                next_offset: 0,
+                next_seq: 1,
+                spare: None,
+                preparing: false,
+            })),
+            spare_ready: Arc::new(std::sync::Condvar::new()),
             sync_queue,
             live_bytes: AtomicU64::new(0),
             n_quarantined: AtomicU64::new(0),
-            reported_direct: AtomicBool::new(false),
         };
         store.recover()?;
+        let mut w = store.writer.lock().unwrap_or_else(|e| e.into_inner());
+        store.prepare_spare(&mut w);
+        drop(w);
         Ok(store)
     }
 
@@ -376,8 +468,9 @@ impl SegmentStore {
         let n_segments = seqs.len();
         let mut index = BTreeMap::new();
         let (mut n_records, mut n_skipped) = (0u64, 0u64);
-        let mut last: Option<Arc<Segment>> = None;
-        for (i, &seq) in seqs.iter().enumerate() {
+        let mut nonempty: Vec<Arc<Segment>> = Vec::new();
+        let mut empty_last: Option<Arc<Segment>> = None;
+        for &seq in &seqs {
             let path = self.dir.join(segment_name(seq));
             let file = open_segment_file(&path, false, self.direct).map_err(ctx("cannot open", &path))?;
             let fd: OwnedFd = file.into();
@@ -389,12 +482,47 @@ impl SegmentStore {
                 return Err(io::Error::other(format!("{}: header says segment {found_seq}", path.display())));
             }
             let segment = Arc::new(Segment { seq, fd: Arc::new(fd), size, path: path.clone() });
-            let verify_data = i + VERIFIED_SEGMENTS_AT_START >= n_segments;
-            let (n, skipped) = scan_segment(&segment, verify_data, &mut index)
+            let (n, skipped) = scan_segment(&segment, false, &mut index)
                 .map_err(|e| io::Error::new(e.kind(), format!("scanning {}: {e}", path.display())))?;
             n_records += n;
             n_skipped += skipped;
-            last = Some(segment);
+            if n + skipped > 0 {
+                nonempty.push(segment);
+                if let Some(unused) = empty_last.take() {
+                    remove_unused(&unused);
+                }
+            } else if let Some(unused) = empty_last.replace(segment) {
+                remove_unused(&unused);
+            }
+        }
+        // Only the newest segments written to can hold a write torn by a crash: read their
+        // records through and drop any whose data does not match its block crc32s.
+        for segment in nonempty.iter().rev().take(VERIFIED_SEGMENTS_AT_START) {
+            let torn: Vec<ChunkId> = index
+                .iter()
+                .filter(|(_, l)| Arc::ptr_eq(&l.segment, segment))
+                .filter_map(|(id, l)| match verify_location(l, |_| {}) {
+                    Ok(Ok(())) => None,
+                    Ok(Err(why)) => {
+                        tracing::warn!(
+                            "segments: record of {id} in {} is torn ({why}): skipped",
+                            segment.path.display()
+                        );
+                        Some(*id)
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "segments: record of {id} in {} cannot be read ({e}): skipped",
+                            segment.path.display()
+                        );
+                        Some(*id)
+                    }
+                })
+                .collect();
+            n_skipped += torn.len() as u64;
+            for id in torn {
+                index.remove(&id);
+            }
         }
         let live: u64 = index.values().map(|l: &Location| record_span(l.length)).sum();
         self.live_bytes.store(live, Ordering::Relaxed);
@@ -405,7 +533,8 @@ impl SegmentStore {
         // New records go to a fresh segment: where a crash stopped writing the last one is not
         // known exactly, and appending after a torn region would interleave with it.
         w.active = None;
-        drop(last);
+        // An empty newest segment (a spare made before the stop) is the next spare.
+        w.spare = empty_last.filter(|s| s.size >= self.segment_bytes);
         tracing::info!(
             "segments: {n_segments} segment(s), {n_records} record(s) read, {n_skipped} skipped, {n_chunks} chunk(s) live, \
              in {:.1?}{}",
@@ -421,12 +550,24 @@ impl SegmentStore {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let fits = w.active.as_ref().is_some_and(|s| w.next_offset + span <= s.size);
         if !fits {
-            let size = self.segment_bytes.max(SEGMENT_HEADER_BYTES + span);
-            let seq = w.next_seq;
-            let segment = self.create_segment(seq, size)?;
-            w.next_seq = seq + 1;
+            // A spare on its way is worth waiting for: making another here would write a second
+            // segment's worth of zeros while the first is still being written.
+            while w.spare.is_none() && w.preparing {
+                w = self.spare_ready.wait(w).unwrap_or_else(|e| e.into_inner());
+            }
+            let segment = match w.spare.take() {
+                Some(spare) if SEGMENT_HEADER_BYTES + span <= spare.size => spare,
+                other => {
+                    w.spare = other;
+                    let size = self.segment_bytes.max(SEGMENT_HEADER_BYTES + span);
+                    let seq = w.next_seq;
+                    w.next_seq += 1;
+                    self.maker.make(seq, size, size == self.segment_bytes)?
+                }
+            };
             w.active = Some(segment);
             w.next_offset = SEGMENT_HEADER_BYTES;
+            self.prepare_spare(&mut w);
         }
         let segment = w.active.clone().expect("an active segment after the check above");
         let offset = w.next_offset;
@@ -434,41 +575,30 @@ impl SegmentStore {
         Ok(Reservation { segment, offset, span })
     }
 
-    fn create_segment(&self, seq: u64, size: u64) -> io::Result<Arc<Segment>> {
-        let path = self.dir.join(segment_name(seq));
-        let file = open_segment_file(&path, true, self.direct).map_err(ctx("cannot create", &path))?;
-        let fd: OwnedFd = file.into();
-        let result = (|| {
-            // SAFETY: fallocate on a descriptor we own.
-            if unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, size as libc::off_t) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let header = encode_segment_header(seq, size);
-            // SAFETY: pwrite from an aligned buffer we own, on a descriptor we own.
-            let n = unsafe { libc::pwrite(fd.as_raw_fd(), header.as_ptr().cast(), header.len(), 0) };
-            if n != header.len() as isize {
-                return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::other("short header write") });
-            }
-            // SAFETY: fdatasync and fsync on descriptors we own.
-            if unsafe { libc::fdatasync(fd.as_raw_fd()) } != 0 || unsafe { libc::fsync(self.dir_fd.as_raw_fd()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            drop(fd);
-            let _ = std::fs::remove_file(&path);
-            return Err(io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display())));
+    /// Starts making the next segment on a thread of its own, unless one is ready or under way.
+    fn prepare_spare(&self, w: &mut Writer) {
+        if w.spare.is_some() || w.preparing {
+            return;
         }
-        if !self.reported_direct.swap(true, Ordering::Relaxed) {
-            tracing::info!(
-                "segments: writing {} with{} O_DIRECT, {} MiB per segment",
-                self.dir.display(),
-                if self.direct { "" } else { "out" },
-                size >> 20
-            );
+        w.preparing = true;
+        let seq = w.next_seq;
+        w.next_seq += 1;
+        let (maker, writer, size) = (self.maker.clone(), self.writer.clone(), self.segment_bytes);
+        let ready = self.spare_ready.clone();
+        let made = std::thread::Builder::new().name("segment-maker".into()).spawn(move || {
+            let made = maker.make(seq, size, true);
+            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+            w.preparing = false;
+            match made {
+                Ok(segment) => w.spare = Some(segment),
+                Err(e) => tracing::warn!("segments: cannot make a spare segment ahead of need: {e}"),
+            }
+            ready.notify_all();
+        });
+        if let Err(e) = made {
+            w.preparing = false;
+            tracing::warn!("segments: cannot start the segment maker thread: {e}");
         }
-        Ok(Arc::new(Segment { seq, fd: Arc::new(fd), size, path }))
     }
 
     /// Returns once an fdatasync of `segment` that started after this call has finished: every
@@ -548,23 +678,38 @@ impl SegmentStore {
 
     /// Reads a record's data and checks every block against its crc32, calling `pace` with the
     /// bytes read (blocking; for scrub). Inner error: why the record is corrupt.
-    pub fn verify(&self, loc: &Location, mut pace: impl FnMut(u64)) -> io::Result<Result<(), String>> {
-        let mut buf = AlignedBuf::zeroed(BLOCK_SIZE_BYTES as usize + 2 * ALIGN);
-        for (block_idx, &expected) in loc.block_crcs.iter().enumerate() {
-            let at = loc.data_offset() + block_idx as u64 * BLOCK_SIZE_BYTES as u64;
-            let len = block_len(loc.length, block_idx as u64);
-            let (s, e) = (align_down(at), align_up(at + len));
-            pread_exact(&loc.segment.fd, &mut buf, (e - s) as usize, s)?;
-            let from = (at - s) as usize;
-            let actual = crc32fast::hash(&buf[from..from + len as usize]);
-            if actual != expected {
-                return Ok(Err(format!("block {block_idx} has crc32 {actual:08x}, {expected:08x} was stored")));
-            }
-            pace(len);
-        }
-        Ok(Ok(()))
+    pub fn verify(&self, loc: &Location, pace: impl FnMut(u64)) -> io::Result<Result<(), String>> {
+        verify_location(loc, pace)
     }
+}
 
+/// Deletes a segment no record was ever written to (a spare made before a stop).
+fn remove_unused(segment: &Segment) {
+    match std::fs::remove_file(&segment.path) {
+        Ok(()) => tracing::info!("segments: removed {}, which holds no record", segment.path.display()),
+        Err(e) => tracing::warn!("segments: cannot remove unused {}: {e}", segment.path.display()),
+    }
+}
+
+/// See [`SegmentStore::verify`].
+fn verify_location(loc: &Location, mut pace: impl FnMut(u64)) -> io::Result<Result<(), String>> {
+    let mut buf = AlignedBuf::zeroed(BLOCK_SIZE_BYTES as usize + 2 * ALIGN);
+    for (block_idx, &expected) in loc.block_crcs.iter().enumerate() {
+        let at = loc.data_offset() + block_idx as u64 * BLOCK_SIZE_BYTES as u64;
+        let len = block_len(loc.length, block_idx as u64);
+        let (s, e) = (align_down(at), align_up(at + len));
+        pread_exact(&loc.segment.fd, &mut buf, (e - s) as usize, s)?;
+        let from = (at - s) as usize;
+        let actual = crc32fast::hash(&buf[from..from + len as usize]);
+        if actual != expected {
+            return Ok(Err(format!("block {block_idx} has crc32 {actual:08x}, {expected:08x} was stored")));
+        }
+        pace(len);
+    }
+    Ok(Ok(()))
+}
+
+impl SegmentStore {
     /// Marks the record of an abandoned or refused write dead (best effort): a pad header over
     /// its span, so start-up skips it at once.
     pub async fn abandon(&self, r: &Reservation) {
@@ -871,7 +1016,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let big = data(3, 3 * BLOCK_SIZE_BYTES as usize + 17);
         tokio_uring::start(async {
-            let store = SegmentStore::open(dir.path(), 4 << 20).unwrap();
+            let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
             put(&store, id(1, 0), &data(1, 1000)).await;
             put(&store, id(1, 1), &[]).await;
             // Larger than what is left of the first segment: goes to the next one.
@@ -880,7 +1025,7 @@ mod tests {
             store.remove(id(2, 0), false).await.unwrap();
             assert!(!store.contains(&id(2, 0)));
         });
-        let store = SegmentStore::open(dir.path(), 4 << 20).unwrap();
+        let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
         assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 1000)));
         assert_eq!(read_back(&store, &id(1, 1)), Some(vec![]));
         assert_eq!(read_back(&store, &id(1, 2)), Some(big));
@@ -893,14 +1038,14 @@ mod tests {
     fn a_torn_last_record_is_dropped_and_the_others_kept() {
         let dir = tempfile::tempdir().unwrap();
         let torn = tokio_uring::start(async {
-            let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+            let store = SegmentStore::open(dir.path(), 64 << 20, Prefill::Zero).unwrap();
             put(&store, id(1, 0), &data(1, 2000)).await;
             put(&store, id(1, 1), &data(2, 3 * BLOCK_SIZE_BYTES as usize)).await
         });
         // The crash left only the record's first block on disk: the rest reads as zeros.
         let zeros = vec![0u8; (torn.span - ALIGN as u64) as usize];
         overwrite(&torn.segment.path, torn.offset + ALIGN as u64, &zeros);
-        let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+        let store = SegmentStore::open(dir.path(), 64 << 20, Prefill::Zero).unwrap();
         assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 2000)));
         assert!(!store.contains(&id(1, 1)), "a torn record was indexed");
     }
@@ -909,7 +1054,7 @@ mod tests {
     fn a_corrupt_record_in_the_middle_is_skipped_and_the_scan_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let (middle, header_hit) = tokio_uring::start(async {
-            let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+            let store = SegmentStore::open(dir.path(), 64 << 20, Prefill::Zero).unwrap();
             put(&store, id(1, 0), &data(1, 100)).await;
             let middle = put(&store, id(1, 1), &data(2, 9000)).await;
             let header_hit = put(&store, id(1, 2), &data(3, 100)).await;
@@ -919,7 +1064,7 @@ mod tests {
         // One data byte of the second record, and the header of the third.
         overwrite(&middle.segment.path, middle.offset + RECORD_HEADER_BYTES as u64 + 5000, &[0xff]);
         overwrite(&header_hit.segment.path, header_hit.offset + 30, &[0xff]);
-        let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+        let store = SegmentStore::open(dir.path(), 64 << 20, Prefill::Zero).unwrap();
         assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 100)));
         assert!(!store.contains(&id(1, 1)), "a record with a flipped data byte was indexed");
         assert!(!store.contains(&id(1, 2)), "a record with a broken header was indexed");
@@ -930,7 +1075,7 @@ mod tests {
     fn space_reserved_but_never_written_is_passed_over() {
         let dir = tempfile::tempdir().unwrap();
         tokio_uring::start(async {
-            let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+            let store = SegmentStore::open(dir.path(), 64 << 20, Prefill::Zero).unwrap();
             put(&store, id(1, 0), &data(1, 100)).await;
             // A STORE that reserved 3 MiB and died before writing anything.
             let _lost = store.reserve(3 << 20).unwrap();
@@ -940,7 +1085,7 @@ mod tests {
             store.abandon(&refused).await;
             put(&store, id(1, 2), &data(3, 100)).await;
         });
-        let store = SegmentStore::open(dir.path(), 64 << 20).unwrap();
+        let store = SegmentStore::open(dir.path(), 64 << 20, Prefill::Zero).unwrap();
         for (n, seed) in [(0, 1), (1, 2), (2, 3)] {
             assert_eq!(read_back(&store, &id(1, n)), Some(data(seed, 100)), "chunk {n}");
         }
@@ -950,7 +1095,7 @@ mod tests {
     fn a_chunk_file_store_is_refused_with_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("chunks")).unwrap();
-        let e = SegmentStore::open(dir.path(), 64 << 20).err().expect("a files store must be refused");
+        let e = SegmentStore::open(dir.path(), 64 << 20, Prefill::Zero).err().expect("a files store must be refused");
         assert!(e.to_string().contains("--store files"), "{e}");
     }
 }

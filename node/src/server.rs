@@ -510,16 +510,45 @@ async fn segment_store(
     let created_unix_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let header = RecordHeader { kind: Kind::Chunk, chunk_id, length, crc32, created_unix_ms }.encode();
-    // One write's worth plus the part of a block left over from the previous write.
+    // One write's worth plus the part of a block left over from the previous write. Two of
+    // them: the next piece is received into one while the other is being written.
     let mut stage = AlignedBuf::zeroed(WRITE_BYTES + ALIGN);
+    let mut spare = Some(AlignedBuf::zeroed(WRITE_BYTES + ALIGN));
     stage.extend_from_slice(&header);
     let mut write_at = reservation.as_ref().map_or(0, |r| r.offset);
     let mut hasher = BlockHasher::new();
     let mut pos = 0u64;
+    type Write = std::pin::Pin<Box<dyn std::future::Future<Output = (io::Result<()>, AlignedBuf)>>>;
+    let mut writing: Option<Write> = None;
+    let note_written = |res: io::Result<()>, failed: &mut Option<RequestError>| {
+        if let Err(e) = res {
+            failed.get_or_insert(RequestError::io(format!("cannot write chunk {chunk_id}"))(e));
+        }
+    };
     while pos < length {
         let begin = if failed.is_some() { 0 } else { stage.len() };
         let n = (length - pos).min((stage.capacity() - begin) as u64) as usize;
-        stage = conn.read_exact(stage, begin, begin + n, false).await?;
+        let read = conn.read_exact(stage, begin, begin + n, false);
+        let received = match writing.take() {
+            Some(write) => {
+                let (received, (res, buf)) = futures_util::future::join(read, write).await;
+                spare = Some(buf);
+                note_written(res, &mut failed);
+                received
+            }
+            None => read.await,
+        };
+        stage = match received {
+            Ok(buf) => buf,
+            Err(e) => {
+                // The engine went away mid-chunk: mark the reserved space dead, so start-up
+                // passes it at once instead of searching it for records.
+                if let Some(r) = &reservation {
+                    segs.abandon(r).await;
+                }
+                return Err(e);
+            }
+        };
         pos += n as u64;
         if failed.is_some() {
             stage.set_len(0);
@@ -531,17 +560,19 @@ async fn segment_store(
             let r = reservation.as_ref().expect("no failure means space was reserved");
             let full = stage.len();
             let aligned = align_down(full as u64) as usize;
+            let mut next = spare.take().expect("the spare buffer is back once the last write ended");
+            next.set_len(0);
+            next.extend_from_slice(&stage[aligned..full]);
             stage.set_len(aligned);
-            let (res, back) = dfs_runtime::ops::write_all_at(&r.segment.fd, stage, write_at).await;
-            stage = back;
-            stage.set_len(full);
-            stage.drain_front(aligned);
+            let to_write = std::mem::replace(&mut stage, next);
+            let fd = r.segment.fd.clone();
+            writing = Some(Box::pin(async move { dfs_runtime::ops::write_all_at(&fd, to_write, write_at).await }));
             write_at += aligned as u64;
-            if let Err(e) = res {
-                failed = Some(RequestError::io(format!("cannot write chunk {chunk_id}"))(e));
-                stage.set_len(0);
-            }
         }
+    }
+    if let Some(write) = writing.take() {
+        let (res, _) = write.await;
+        note_written(res, &mut failed);
     }
     let Some(r) = reservation else {
         return Ok(Err(failed.expect("no reservation means a failure")));
