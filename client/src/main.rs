@@ -274,7 +274,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let file = MappedFile::open(&path)?;
             let mut client = Client::connect(&cli.server)?;
-            let file_id = client.put_bytes(&name, &file, args.chunking, &mut Bar::on_stderr())?;
+            let (file_id, _) = client.put_mapped(&name, &file, args.chunking, None, &mut Bar::on_stderr())?;
             writeln!(stdout, "{file_id}").context("cannot write to stdout")?;
         }
         Command::Get { id, recursive: true, output, jobs, force, json } => {

@@ -4,8 +4,12 @@
 //! against its announced crc32, so corruption between this process's memory and the nodes'
 //! disks is caught before the file becomes visible.
 //!
-//! The file is read through a read-only memory map: hashing and sending then read the same
-//! page-cache pages, with no copy into a user buffer and no second read from disk.
+//! Every upload of a file (`dfs-client put`, `put --bench`, `put -r`) takes the one path of
+//! [`Client::put_mapped`]: the chunk crc32s are computed on all cores from a read-only memory
+//! map, then the bytes are sent with sendfile(2). Both passes read the same page-cache pages,
+//! with no copy into a user buffer and no second read from disk. The hash pass cannot overlap
+//! the sending: the protocol puts every chunk's crc32 in the Put frame, before the body
+//! (perf.md, "The client's sending path", measures what the pass costs and the alternatives).
 
 use crate::error::{ClientError, Result};
 use crate::{connection_error, unexpected, Client, Progress, IO_TIMEOUT};
@@ -135,12 +139,13 @@ impl Client {
             None => default_name(path)?,
         };
         let file = MappedFile::open(path)?;
-        self.put_from(&name, &file, Some(&file.file), chunking, None, progress).map(|(id, _)| id)
+        self.put_mapped(&name, &file, chunking, None, progress).map(|(id, _)| id)
     }
 
     /// Uploads an opened file under `name`, sending its bytes with sendfile(2), and returns its
     /// ID and the crc32 of the whole file, derived from the chunk crc32s the engine checked.
-    /// `origin` is stored with the file and shown in STAT and LIST (see [`Origin`]).
+    /// `origin` is stored with the file and shown in STAT and LIST (see [`Origin`]). Every
+    /// upload of a file, by any command, goes through here.
     pub fn put_mapped(
         &mut self,
         name: &str,
@@ -152,7 +157,8 @@ impl Client {
         self.put_from(name, file, Some(&file.file), chunking, origin, progress)
     }
 
-    /// Uploads `data` as a file called `name` and returns its ID.
+    /// Uploads `data`, held in memory, as a file called `name` and returns its ID. The bytes
+    /// are copied into the socket: for a file, use [`Client::put_mapped`].
     pub fn put_bytes(
         &mut self,
         name: &str,

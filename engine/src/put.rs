@@ -17,6 +17,11 @@ use std::os::fd::AsRawFd;
 
 /// Bytes relayed per socket read and write.
 pub const RELAY_BYTES: usize = 1 << 20;
+/// Relay buffers per upload on the copy path: while the nodes are written from one, the next
+/// piece is read from the client into the other (ping-pong), so the two sockets never wait for
+/// each other within a chunk. Two is enough: a third would only help if client reads and node
+/// writes alternated in speed, and it would cost another [`RELAY_BYTES`] per upload.
+pub const RELAY_BUFFERS: usize = 2;
 /// Chunks whose durable-write acknowledgement may be outstanding at once: later chunks stream
 /// while earlier ones fsync, but no more than this many node connections stay open per upload.
 pub const MAX_INFLIGHT_CHUNKS: usize = 8;
@@ -89,14 +94,11 @@ pub async fn put(
     let mut copies: Vec<Vec<(SocketAddr, Vec<u32>)>> = vec![Vec::new(); spans.len()];
     let mut errors: Vec<Vec<NodeError>> = spans.iter().map(|_| Vec::new()).collect();
     let mut failure: Option<PutFailure> = None;
-    // The copy path's relay buffer, sized to the largest chunk so small uploads stay cheap; the
-    // splice path never touches it.
+    // The copy path's relay buffers, sized to the largest chunk so small uploads stay cheap, and
+    // allocated on first use: an upload of one piece never needs the second, the splice path
+    // neither (unless it falls back to copying).
     let max_chunk = spans.iter().map(|s| s.length).max().unwrap_or(0);
-    let mut buf =
-        vec![
-            0u8;
-            if state.config.data_path == DataPath::Copy { max_chunk.min(RELAY_BYTES as u64) as usize } else { 0 }
-        ];
+    let mut bufs = RelayBuffers::new(max_chunk.min(RELAY_BYTES as u64) as usize);
     let mut client_result: Result<(), FrameError> = Ok(());
     let mut splicer = match state.config.data_path {
         DataPath::Splice if max_chunk >= SPLICE_MIN_BYTES => Splicer::new(client, replicas)
@@ -115,8 +117,8 @@ pub async fn put(
                 Err(f) => failure = Some(f),
             }
         }
-        match relay(client, &mut targets, span.length, buf, &mut splicer).await {
-            Ok(b) => buf = b,
+        match relay(client, &mut targets, span.length, &mut bufs, &mut splicer).await {
+            Ok(()) => {}
             Err(e) => {
                 client_result = Err(e);
                 break;
@@ -387,18 +389,40 @@ impl Splicer {
     }
 }
 
+/// The copy path's buffers, [`RELAY_BUFFERS`] of `bytes` each at most, kept from chunk to chunk
+/// of one upload.
+struct RelayBuffers {
+    bytes: usize,
+    bufs: [Vec<u8>; RELAY_BUFFERS],
+}
+
+impl RelayBuffers {
+    fn new(bytes: usize) -> RelayBuffers {
+        RelayBuffers { bytes, bufs: Default::default() }
+    }
+
+    /// Buffer `k`, allocated if this is its first use (or a failed write kept it).
+    fn take(&mut self, k: usize) -> Vec<u8> {
+        match std::mem::take(&mut self.bufs[k]) {
+            b if b.is_empty() => vec![0u8; self.bytes],
+            b => b,
+        }
+    }
+}
+
 /// Moves `length` bytes from the client to every live target: spliced through pipes (one per
 /// target, filled by tee) when `splicer` is set and the chunk is large enough, else copied
-/// through `buf`. A target that fails is marked so and the others go on; the rest is still read
+/// through `bufs`, reading the next piece from the client while the previous one is written to
+/// the nodes. A target that fails is marked so and the others go on; the rest is still read
 /// from the client (and dropped) so the client can be answered on this connection. Error: the
 /// client connection broke.
 async fn relay(
     client: &Conn,
     targets: &mut [Target],
     length: u64,
-    mut buf: Vec<u8>,
+    bufs: &mut RelayBuffers,
     splicer: &mut Option<Splicer>,
-) -> Result<Vec<u8>, FrameError> {
+) -> Result<(), FrameError> {
     let mut left = length;
     let any_live = targets.iter().any(|t| t.node.is_some());
     if let Some(sp) = splicer.as_ref().filter(|_| any_live && length >= SPLICE_MIN_BYTES) {
@@ -427,7 +451,7 @@ async fn relay(
                         t.fail(NodeError::new(t.addr, NodeFailure::Unreachable(e.to_string())));
                     }
                 }
-                return Ok(buf);
+                return Ok(());
             }
             Err(FanOutError::Read(e)) => return Err(FrameError::Io(e)),
             Err(FanOutError::SourceEnded { .. }) => return Err(FrameError::ClosedMidFrame),
@@ -442,25 +466,48 @@ async fn relay(
             }
         }
     }
-    if left > 0 && buf.is_empty() {
-        buf = vec![0u8; left.min(RELAY_BYTES as u64) as usize];
+    if left == 0 {
+        return Ok(());
     }
+    // `left` counts the bytes not yet read from the client; `full` holds the `n` read last, not
+    // yet written.
+    let mut full = bufs.take(0);
+    let mut n = left.min(full.len() as u64) as usize;
+    full = client.read_exact(full, 0, n, false).await?;
+    left -= n as u64;
     while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        buf = client.read_exact(buf, 0, n, false).await?;
-        let live: Vec<usize> = (0..targets.len()).filter(|&k| targets[k].node.is_some()).collect();
-        if let [k] = live[..] {
+        let spare = bufs.take(1);
+        let next_n = left.min(spare.len() as u64) as usize;
+        let (written, read) =
+            futures_util::future::join(write_live(targets, full, n), client.read_exact(spare, 0, next_n, false)).await;
+        bufs.bufs[1] = written;
+        full = read?;
+        n = next_n;
+        left -= n as u64;
+    }
+    bufs.bufs[0] = write_live(targets, full, n).await;
+    Ok(())
+}
+
+/// Writes `buf[..n]` to every live target at once and returns the buffer, or an empty one when
+/// a failed or timed-out write kept it ([`RelayBuffers::take`] then allocates a new one). A
+/// target whose write fails is marked failed.
+async fn write_live(targets: &mut [Target], buf: Vec<u8>, n: usize) -> Vec<u8> {
+    let live: Vec<usize> = (0..targets.len()).filter(|&k| targets[k].node.is_some()).collect();
+    match live[..] {
+        [] => buf,
+        [k] => {
             let nc = targets[k].node.as_ref().expect("live target has a connection");
             match nc.conn.write_range(buf, 0, n).await {
-                Ok(b) => buf = b,
+                Ok(b) => b,
                 Err(e) => {
                     let e = NodeError::from_frame(nc.addr, e);
                     targets[k].fail(e);
-                    // The failed write kept the buffer: take a new one for the rest.
-                    buf = vec![0u8; left.min(RELAY_BYTES as u64) as usize];
+                    Vec::new()
                 }
             }
-        } else if live.len() > 1 {
+        }
+        _ => {
             // The same bytes go to every copy at once, from one shared buffer.
             let shared = bytes::Bytes::from(buf);
             let writes = live.iter().map(|&k| {
@@ -476,15 +523,10 @@ async fn relay(
                     targets[k].fail(e);
                 }
             }
-            // A write that timed out leaves its reference with the runtime: then use a new buffer.
-            buf = match shared.try_into_mut() {
-                Ok(b) => Vec::from(b),
-                Err(_) => vec![0u8; left.min(RELAY_BYTES as u64) as usize],
-            };
+            // A write that timed out leaves its reference with the runtime.
+            shared.try_into_mut().map(Vec::from).unwrap_or_default()
         }
-        left -= n as u64;
     }
-    Ok(buf)
 }
 
 /// Waits for a node's durable-write acknowledgement and checks its block crc32s add up to the

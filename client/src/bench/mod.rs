@@ -10,7 +10,7 @@
 //! the run: a benchmark that hides failures measures nothing.
 //!
 //! Uploads go through [`Client::put_file`], exactly as `dfs-client put` does, so whatever that
-//! path does (map, hash, send) is what is measured. Downloads go through
+//! path does (hash, then sendfile) is what is measured. Downloads go through
 //! [`Client::get_to_writer`] into a writer that only computes the crc32 of what it receives: the
 //! library verifies every chunk against the engine's chunk table, and the whole download is then
 //! compared with the crc32 of the uploaded file, but nothing is written to disk. For `--get`,
