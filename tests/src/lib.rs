@@ -862,9 +862,23 @@ impl Cluster {
         }
     }
 
-    /// Every committed chunk file on node `node_idx`, sorted by chunk ID.
+    /// Every committed chunk file on node `node_idx`, sorted by chunk ID. A node running the
+    /// segment store (`--store segments`, or `DFS_STORE=segments` in the environment) has no
+    /// chunk files: its chunks are asked of the node itself (ChunkList), and each comes with the
+    /// path `segments/<chunk id>`, which names no file, so a test that would delete or damage it
+    /// fails loudly instead of doing something else.
     pub fn chunk_files(&self, node_idx: usize) -> Vec<(ChunkId, PathBuf)> {
-        chunk_files_under(&self.nodes[node_idx].data_dir.join("chunks"))
+        let slot = &self.nodes[node_idx];
+        let segments = slot.data_dir.join("segments");
+        if !segments.is_dir() {
+            return chunk_files_under(&slot.data_dir.join("chunks"));
+        }
+        assert!(
+            slot.proc.is_some(),
+            "node {node_idx} runs the segment store and is not running: its chunks cannot be listed"
+        );
+        assert!(!self.opts.cluster_secret, "listing a segment node's chunks needs a node without a cluster secret");
+        node_chunk_ids(&slot.addr).into_iter().map(|id| (id, segments.join(id.to_string()))).collect()
     }
 
     /// Where the chunk `chunk_idx` of file `file_id` lies on disk: (node index, path), on every node.
@@ -931,6 +945,11 @@ impl Cluster {
                 }
                 let path = self.chunk_files(node_idx).into_iter().find(|(cid, _)| *cid == want).map(|(_, p)| p);
                 let path = path.unwrap_or_else(|| panic!("{cctx}: node {node_idx} ({addr}) has no chunk file {want}"));
+                if !path.exists() {
+                    // A segment node's record: it is there (listed by the node); its bytes are
+                    // checked by every download, block by block.
+                    continue;
+                }
                 let on_disk = fs::read(&path).expect("read chunk file");
                 assert!(
                     on_disk.len() as u64 > c.length,
@@ -1035,6 +1054,32 @@ pub fn walk_files(dir: &Path) -> Vec<(PathBuf, u64)> {
 /// Every file under a node's `chunks/` directory whose name is a chunk ID in its fan-out directory
 /// (temp files of chunks being received are skipped).
 /// Panics on any other file: chunk files are named from IDs only.
+/// Every chunk a node holds, in order, from its own ChunkList answers.
+pub fn node_chunk_ids(addr: &str) -> Vec<ChunkId> {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to node {addr}: {e}"));
+    s.set_read_timeout(Some(READY_TIMEOUT)).expect("set read timeout");
+    io_std::write_msg(&mut s, &Msg::Hello(dfs_proto::Hello::new(dfs_proto::Role::Engine))).expect("send Hello");
+    match io_std::read_frame(&mut s) {
+        Ok(Frame::Msg(Msg::HelloOk(_))) => {}
+        other => panic!("node {addr} answered Hello with {other:?}"),
+    }
+    let mut ids = Vec::new();
+    let mut after = None;
+    loop {
+        io_std::write_msg(&mut s, &Msg::ChunkList { after, limit: 1000, min_age_secs: 0 }).expect("send ChunkList");
+        match io_std::read_frame(&mut s) {
+            Ok(Frame::Msg(Msg::ChunkListOk { chunk_ids, more })) => {
+                after = chunk_ids.last().copied();
+                ids.extend(chunk_ids);
+                if !more {
+                    return ids;
+                }
+            }
+            other => panic!("node {addr} answered ChunkList with {other:?}"),
+        }
+    }
+}
+
 pub fn chunk_files_under(chunks_dir: &Path) -> Vec<(ChunkId, PathBuf)> {
     let mut out = Vec::new();
     for (path, _) in walk_files(chunks_dir) {
