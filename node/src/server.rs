@@ -131,6 +131,13 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
         metrics::INFLIGHT_REQUESTS.inc();
         let result: Result<(), FrameError> = async {
             let reply = match (frame, &state.stores) {
+                // A length no chunk can have: the body cannot be read through, so the
+                // connection ends after the answer.
+                (Frame::Msg(Msg::Store { length, .. }), _) if length > MAX_FILE_SIZE_BYTES => {
+                    let msg = format!("chunk length {length} is over the limit of {MAX_FILE_SIZE_BYTES} bytes");
+                    conn.write_msg(&Msg::error(Status::BadRequest, msg)).await?;
+                    return Err(FrameError::Io(io::Error::other("oversized STORE")));
+                }
                 (Frame::Msg(Msg::Store { chunk_id, length, crc32 }), Stores::Files(files)) => {
                     store(state, files, conn, chunk_id, length, crc32).await?
                 }
@@ -262,11 +269,6 @@ async fn store(
     length: u64,
     crc32: u32,
 ) -> Result<Result<Msg, RequestError>, FrameError> {
-    if length > MAX_FILE_SIZE_BYTES {
-        let msg = format!("chunk length {length} is over the limit of {MAX_FILE_SIZE_BYTES} bytes");
-        conn.write_msg(&Msg::error(Status::BadRequest, msg)).await?;
-        return Err(FrameError::Io(io::Error::other("oversized STORE")));
-    }
     let final_path = files.chunk_path(&chunk_id);
     let temp_path = files.temp_path(&chunk_id).map_err(FrameError::Io)?;
     let mut guard = TempGuard { path: &temp_path, armed: false };
@@ -492,11 +494,6 @@ async fn segment_store(
     length: u64,
     crc32: u32,
 ) -> Result<Result<Msg, RequestError>, FrameError> {
-    if length > MAX_FILE_SIZE_BYTES {
-        let msg = format!("chunk length {length} is over the limit of {MAX_FILE_SIZE_BYTES} bytes");
-        conn.write_msg(&Msg::error(Status::BadRequest, msg)).await?;
-        return Err(FrameError::Io(io::Error::other("oversized STORE")));
-    }
     let mut failed: Option<RequestError> = None;
     let mut reservation = None;
     if segs.contains(&chunk_id) {
