@@ -305,8 +305,12 @@ impl SegmentMaker {
     /// (a segment made for one record larger than a segment: writing it twice would halve
     /// what the disk gives a large upload).
     fn make(&self, seq: u64, size: u64, prefill: bool) -> io::Result<Arc<Segment>> {
+        // Made under a temporary name and renamed into place only once its header is durable,
+        // so a crash while it is made leaves nothing that start-up would take for a segment.
         let path = self.dir.join(segment_name(seq));
-        let file = open_segment_file(&path, true, self.direct).map_err(ctx("cannot create", &path))?;
+        let temp = self.dir.join(format!(".{}.tmp", segment_name(seq)));
+        let _ = std::fs::remove_file(&temp);
+        let file = open_segment_file(&temp, true, self.direct).map_err(ctx("cannot create", &temp))?;
         let fd: OwnedFd = file.into();
         let result = (|| {
             // SAFETY: fallocate on a descriptor we own.
@@ -332,14 +336,20 @@ impl SegmentMaker {
             if n != header.len() as isize {
                 return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::other("short header write") });
             }
-            // SAFETY: fdatasync and fsync on descriptors we own.
-            if unsafe { libc::fdatasync(fd.as_raw_fd()) } != 0 || unsafe { libc::fsync(self.dir_fd.as_raw_fd()) } != 0 {
+            // SAFETY: fdatasync on a descriptor we own.
+            if unsafe { libc::fdatasync(fd.as_raw_fd()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            std::fs::rename(&temp, &path)?;
+            // SAFETY: fsync on a descriptor we own.
+            if unsafe { libc::fsync(self.dir_fd.as_raw_fd()) } != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
         })();
         if let Err(e) = result {
             drop(fd);
+            let _ = std::fs::remove_file(&temp);
             let _ = std::fs::remove_file(&path);
             return Err(io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display())));
         }
@@ -460,6 +470,10 @@ impl SegmentStore {
             let Some(name) = name.to_str() else { continue };
             match name.strip_suffix(".seg").and_then(|h| u64::from_str_radix(h, 16).ok()) {
                 Some(seq) => seqs.push(seq),
+                // A segment a crash interrupted while it was made: it never held a record.
+                None if name.starts_with('.') && name.ends_with(".seg.tmp") => {
+                    std::fs::remove_file(entry.path()).map_err(ctx("cannot remove", &entry.path()))?;
+                }
                 None if name.starts_with('.') => {}
                 None => tracing::warn!("segments: ignoring unexpected file {}", entry.path().display()),
             }
@@ -1089,6 +1103,21 @@ mod tests {
         for (n, seed) in [(0, 1), (1, 2), (2, 3)] {
             assert_eq!(read_back(&store, &id(1, n)), Some(data(seed, 100)), "chunk {n}");
         }
+    }
+
+    #[test]
+    fn a_segment_interrupted_while_it_was_made_is_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 1 << 20, Prefill::Allocate).unwrap();
+            put(&store, id(1, 0), &data(1, 100)).await;
+        });
+        // What a kill during fallocate or the zero fill leaves: a file with no header yet.
+        let half_made = dir.path().join("segments").join(format!(".{}.tmp", segment_name(9)));
+        std::fs::write(&half_made, vec![0u8; 8192]).unwrap();
+        let store = SegmentStore::open(dir.path(), 1 << 20, Prefill::Allocate).unwrap();
+        assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 100)));
+        assert!(!half_made.exists(), "the half-made segment was left behind");
     }
 
     #[test]
