@@ -496,7 +496,7 @@ impl SegmentStore {
                 return Err(io::Error::other(format!("{}: header says segment {found_seq}", path.display())));
             }
             let segment = Arc::new(Segment { seq, fd: Arc::new(fd), size, path: path.clone() });
-            let (n, skipped) = scan_segment(&segment, false, &mut index)
+            let (n, skipped) = scan_segment(&segment, &mut index)
                 .map_err(|e| io::Error::new(e.kind(), format!("scanning {}: {e}", path.display())))?;
             n_records += n;
             n_skipped += skipped;
@@ -816,11 +816,7 @@ fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
 }
 
 /// Reads one segment's records into `index`. Returns (records read, records skipped).
-fn scan_segment(
-    segment: &Arc<Segment>,
-    verify_data: bool,
-    index: &mut BTreeMap<ChunkId, Location>,
-) -> io::Result<(u64, u64)> {
+fn scan_segment(segment: &Arc<Segment>, index: &mut BTreeMap<ChunkId, Location>) -> io::Result<(u64, u64)> {
     let fd = &segment.fd;
     let mut buf = AlignedBuf::zeroed(SCAN_WINDOW_BYTES);
     let mut pos = SEGMENT_HEADER_BYTES;
@@ -850,7 +846,7 @@ fn scan_segment(
                 n_read += 1;
                 index.remove(&header.chunk_id);
             }
-            Kind::Chunk => match read_record_trailer(fd, &header, pos, verify_data)? {
+            Kind::Chunk => match read_record_trailer(fd, &header, pos)? {
                 Some(block_crcs) => {
                     n_read += 1;
                     index.insert(
@@ -897,14 +893,9 @@ fn next_header_after(fd: &OwnedFd, buf: &mut AlignedBuf, from: u64, end: u64) ->
     Ok(None)
 }
 
-/// The block crc32s of the chunk record at `pos`, if its trailer's seal holds (and, with
-/// `verify_data`, every block matches its crc32).
-fn read_record_trailer(
-    fd: &OwnedFd,
-    header: &RecordHeader,
-    pos: u64,
-    verify_data: bool,
-) -> io::Result<Option<Vec<u32>>> {
+/// The block crc32s of the chunk record at `pos`, if its trailer's seal holds. (Its data is
+/// checked against them separately, by [`verify_location`], where start-up needs it.)
+fn read_record_trailer(fd: &OwnedFd, header: &RecordHeader, pos: u64) -> io::Result<Option<Vec<u32>>> {
     let data_at = pos + RECORD_HEADER_BYTES as u64;
     let trailer_at = data_at + header.length;
     let trailer_len = 4 * n_blocks(header.length) as usize + 4;
@@ -913,21 +904,7 @@ fn read_record_trailer(
     let mut buf = AlignedBuf::zeroed((end - start) as usize);
     pread_exact(fd, &mut buf, (end - start) as usize, start)?;
     let from = (trailer_at - start) as usize;
-    let Some(crcs) = decode_trailer(header, &buf[from..from + trailer_len]) else { return Ok(None) };
-    if verify_data {
-        let mut block = AlignedBuf::zeroed(BLOCK_SIZE_BYTES as usize + 2 * ALIGN);
-        for (block_idx, &expected) in crcs.iter().enumerate() {
-            let at = data_at + block_idx as u64 * BLOCK_SIZE_BYTES as u64;
-            let len = block_len(header.length, block_idx as u64);
-            let (s, e) = (align_down(at), align_up(at + len));
-            pread_exact(fd, &mut block, (e - s) as usize, s)?;
-            let from = (at - s) as usize;
-            if crc32fast::hash(&block[from..from + len as usize]) != expected {
-                return Ok(None);
-            }
-        }
-    }
-    Ok(Some(crcs))
+    Ok(decode_trailer(header, &buf[from..from + trailer_len]))
 }
 
 #[cfg(test)]

@@ -429,22 +429,11 @@ async fn fetch(
         let offset = block_idx * BLOCK_SIZE_BYTES as u64;
         let (res, slice) = file.read_exact_at(buf.slice(0..len), offset).await;
         buf = slice.into_inner();
-        if let Err(e) = res {
-            let e = RequestError::io(format!("cannot read chunk {chunk_id}"))(e);
-            tracing::warn!("{e}");
-            conn.write_msg(&Msg::error(e.status(), e.to_string())).await?;
-            return Ok(Ok(()));
-        }
-        let actual = dfs_proto::layout::crc32(&buf[..len]);
-        let expected = footer.block_crcs[block_idx as usize];
-        if actual != expected {
-            let e = RequestError::Corrupt(
-                chunk_id,
-                format!("block {block_idx} has crc32 {actual:08x}, {expected:08x} was stored"),
-            );
-            tracing::error!("{e}");
-            conn.write_msg(&Msg::error(e.status(), e.to_string())).await?;
-            return Ok(Ok(()));
+        let checked = res
+            .map_err(RequestError::io(format!("cannot read chunk {chunk_id}")))
+            .and_then(|()| check_block(chunk_id, block_idx, &buf[..len], footer.block_crcs[block_idx as usize]));
+        if let Err(e) = checked {
+            return end_fetch(conn, e).await;
         }
         match &splice {
             Some((pipe, sock, fd)) => {
@@ -460,6 +449,27 @@ async fn fetch(
     }
     let _ = file.close().await;
     conn.write_msg(&Msg::End).await?;
+    Ok(Ok(()))
+}
+
+/// A block read for FETCH against the crc32 stored for it.
+fn check_block(chunk_id: ChunkId, block_idx: u64, bytes: &[u8], expected: u32) -> Result<(), RequestError> {
+    let actual = dfs_proto::layout::crc32(bytes);
+    if actual != expected {
+        let why = format!("block {block_idx} has crc32 {actual:08x}, {expected:08x} was stored");
+        return Err(RequestError::Corrupt(chunk_id, why));
+    }
+    Ok(())
+}
+
+/// Ends a FETCH stream with an Error frame in place of a block that cannot be sent (unreadable,
+/// or not the bytes stored); the connection stays usable.
+async fn end_fetch(conn: &Conn, e: RequestError) -> Result<Result<(), RequestError>, FrameError> {
+    match e {
+        RequestError::Corrupt(..) => tracing::error!("{e}"),
+        _ => tracing::warn!("{e}"),
+    }
+    conn.write_msg(&Msg::error(e.status(), e.to_string())).await?;
     Ok(Ok(()))
 }
 
@@ -631,23 +641,12 @@ async fn segment_fetch(
         let (start, end) = (align_down(at), align_up(at + len));
         let (res, back) = dfs_runtime::ops::read_exact_at(&loc.segment.fd, buf, (end - start) as usize, start).await;
         buf = back;
-        if let Err(e) = res {
-            let e = RequestError::io(format!("cannot read chunk {chunk_id}"))(e);
-            tracing::warn!("{e}");
-            conn.write_msg(&Msg::error(e.status(), e.to_string())).await?;
-            return Ok(Ok(()));
-        }
         let from = (at - start) as usize;
-        let actual = dfs_proto::layout::crc32(&buf[from..from + len as usize]);
-        let expected = loc.block_crcs[block_idx as usize];
-        if actual != expected {
-            let e = RequestError::Corrupt(
-                chunk_id,
-                format!("block {block_idx} has crc32 {actual:08x}, {expected:08x} was stored"),
-            );
-            tracing::error!("{e}");
-            conn.write_msg(&Msg::error(e.status(), e.to_string())).await?;
-            return Ok(Ok(()));
+        let checked = res.map_err(RequestError::io(format!("cannot read chunk {chunk_id}"))).and_then(|()| {
+            check_block(chunk_id, block_idx, &buf[from..from + len as usize], loc.block_crcs[block_idx as usize])
+        });
+        if let Err(e) = checked {
+            return end_fetch(conn, e).await;
         }
         buf = conn.write_data(buf, from, from + len as usize).await?;
     }
