@@ -134,18 +134,27 @@ pub fn run(server: &str, command: AdminCommand, stdout: &mut dyn Write) -> Resul
             writeln!(stdout, "{} nodes, {} copies of each chunk", status.nodes.len(), status.replicas)?;
             writeln!(
                 stdout,
-                "{:<22} {:<5} {:<24} {:>10} {:>12} {:>12}",
-                "NODE", "STATE", "LAST SEEN", "CHUNKS", "USED", "FREE"
+                "{:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
+                "NODE", "STATE", "LAST SEEN", "CHUNKS", "LIVE", "RECLAIMABLE", "FREE"
             )?;
             for n in &status.nodes {
                 let seen =
                     if n.last_seen_unix_ms == 0 { "never".to_string() } else { format_unix_ms(n.last_seen_unix_ms) };
-                let (chunks, used, free) = match &n.report {
-                    Some(r) => (r.n_chunks.to_string(), human_bytes(r.bytes_used), human_bytes(r.bytes_free)),
-                    None => ("-".into(), "-".into(), "-".into()),
+                let (chunks, used, reclaimable, free) = match &n.report {
+                    Some(r) => (
+                        r.n_chunks.to_string(),
+                        human_bytes(r.bytes_used),
+                        human_bytes(r.bytes_reclaimable),
+                        human_bytes(r.bytes_free),
+                    ),
+                    None => ("-".into(), "-".into(), "-".into(), "-".into()),
                 };
                 let state = if n.up { "up" } else { "down" };
-                writeln!(stdout, "{:<22} {:<5} {:<24} {:>10} {:>12} {:>12}", n.addr, state, seen, chunks, used, free)?;
+                writeln!(
+                    stdout,
+                    "{:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
+                    n.addr, state, seen, chunks, used, reclaimable, free
+                )?;
                 if let (false, Some(e)) = (n.up, &n.last_error) {
                     writeln!(stdout, "  last error: {e}")?;
                 }

@@ -84,6 +84,17 @@ struct Args {
     /// conversion, no metadata to sync) or `allocate` (fallocate only).
     #[arg(long, value_enum, env = "DFS_SEGMENT_PREFILL", default_value = "zero")]
     segment_prefill: segments::Prefill,
+    /// With `--store segments`: a segment no longer written whose live records fill less than
+    /// this share of it is rewritten in the background and its file deleted (0: never).
+    #[arg(long, env = "DFS_COMPACT_BELOW", default_value_t = 0.5, value_parser = parse_share)]
+    compact_below: f64,
+    /// Seconds between compaction rounds.
+    #[arg(long, env = "DFS_COMPACT_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    compact_interval_secs: u64,
+    /// Copy rate of compaction, in MiB/s, reads and writes each, so it does not crowd out
+    /// requests.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    compact_rate_mib: u64,
     /// Seconds a connection may sit idle in the middle of a request, or between requests,
     /// before it is closed.
     #[arg(long, default_value_t = 60)]
@@ -94,6 +105,13 @@ struct Args {
 enum StoreKind {
     Files,
     Segments,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: a share from 0 to 1, such as 0.5")),
+    }
 }
 
 fn parse_segment_size(s: &str) -> Result<u64, String> {
@@ -141,10 +159,19 @@ fn run(args: Args) -> Result<(), String> {
             }
             server::Stores::Files(Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?))
         }
-        StoreKind::Segments => server::Stores::Segments(Arc::new(
-            segments::SegmentStore::open(&args.data, args.segment_size, args.segment_prefill)
-                .map_err(|e| e.to_string())?,
-        )),
+        StoreKind::Segments => {
+            let store = Arc::new(
+                segments::SegmentStore::open(&args.data, args.segment_size, args.segment_prefill)
+                    .map_err(|e| e.to_string())?,
+            );
+            let policy = segments::Policy {
+                below: args.compact_below,
+                bytes_per_sec: Some(args.compact_rate_mib.saturating_mul(1 << 20)),
+            };
+            segments::start_compactor(store.clone(), policy, Duration::from_secs(args.compact_interval_secs))
+                .map_err(|e| format!("cannot start the compaction thread: {e}"))?;
+            server::Stores::Segments(store)
+        }
     };
     let root = match &stores {
         server::Stores::Files(f) => f.root().to_path_buf(),

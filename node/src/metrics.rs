@@ -2,7 +2,7 @@
 //! `--metrics ADDR` (see `dfs_runtime::metrics`).
 
 use dfs_runtime::metrics::{RequestMetricNames, RequestMetrics};
-use prometheus::{register_int_gauge, IntGauge};
+use prometheus::{register_int_counter, register_int_gauge, IntCounter, IntGauge};
 use std::sync::LazyLock;
 
 pub static REQUESTS: LazyLock<RequestMetrics> = LazyLock::new(|| {
@@ -21,7 +21,7 @@ pub static INFLIGHT_REQUESTS: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static CHUNKS: LazyLock<IntGauge> =
     LazyLock::new(|| register_int_gauge!("dfs_node_chunks", "Chunk files held").expect("metric registers once"));
 pub static BYTES_USED: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("dfs_node_bytes_used", "Bytes of chunk files held").expect("metric registers once")
+    register_int_gauge!("dfs_node_bytes_used", "Bytes of live chunk copies held").expect("metric registers once")
 });
 pub static BYTES_FREE: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("dfs_node_bytes_free", "Free bytes on the data directory's file system")
@@ -29,6 +29,23 @@ pub static BYTES_FREE: LazyLock<IntGauge> = LazyLock::new(|| {
 });
 pub static QUARANTINED: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("dfs_node_quarantined_chunks", "Chunk files set aside by scrub").expect("metric registers once")
+});
+
+pub static BYTES_RECLAIMABLE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "dfs_node_bytes_reclaimable",
+        "Bytes on disk holding nothing live, which segment compaction gives back"
+    )
+    .expect("metric registers once")
+});
+
+pub static SEGMENTS_COMPACTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("dfs_node_segments_compacted_total", "Segments rewritten by compaction and deleted")
+        .expect("metric registers once")
+});
+pub static COMPACTION_BYTES_FREED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("dfs_node_compaction_freed_bytes_total", "Bytes of segment files deleted by compaction")
+        .expect("metric registers once")
 });
 
 pub fn init() {
@@ -43,6 +60,7 @@ pub fn record_store(report: &dfs_proto::StoreReport) {
     BYTES_USED.set(report.bytes_used as i64);
     BYTES_FREE.set(report.bytes_free as i64);
     QUARANTINED.set(report.n_quarantined as i64);
+    BYTES_RECLAIMABLE.set(report.bytes_reclaimable as i64);
 }
 
 /// Counts one finished request and logs it at debug level.

@@ -70,14 +70,20 @@ fn verify(store: &ChunkStore, id: &ChunkId, pace: &mut Pace) -> Result<(), Bad> 
 }
 
 /// Keeps a pass under a read rate by sleeping between blocks.
-struct Pace {
+/// Keeps a background pass at or under a rate of bytes per second (scrub, compaction).
+pub(crate) struct Pace {
     bytes_per_sec: Option<u64>,
     started: Instant,
     bytes: u64,
 }
 
 impl Pace {
-    fn account(&mut self, bytes: u64) {
+    pub(crate) fn new(bytes_per_sec: Option<u64>) -> Pace {
+        Pace { bytes_per_sec, started: Instant::now(), bytes: 0 }
+    }
+
+    /// Counts `bytes` moved, sleeping as long as the pass is ahead of its rate.
+    pub(crate) fn account(&mut self, bytes: u64) {
         self.bytes += bytes;
         if let Some(rate) = self.bytes_per_sec.filter(|r| *r > 0) {
             let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
@@ -91,7 +97,7 @@ impl Pace {
 /// One full pass over the store.
 pub fn pass(store: &ChunkStore, bytes_per_sec: Option<u64>) -> io::Result<Outcome> {
     let _one_at_a_time = PASS.lock().unwrap_or_else(|e| e.into_inner());
-    let mut pace = Pace { bytes_per_sec, started: Instant::now(), bytes: 0 };
+    let mut pace = Pace::new(bytes_per_sec);
     let mut out = Outcome::default();
     let mut after = None;
     loop {
@@ -133,7 +139,7 @@ pub fn pass(store: &ChunkStore, bytes_per_sec: Option<u64>) -> io::Result<Outcom
 /// quarantined.
 pub fn pass_segments(store: &SegmentStore, bytes_per_sec: Option<u64>) -> io::Result<Outcome> {
     let _one_at_a_time = PASS.lock().unwrap_or_else(|e| e.into_inner());
-    let mut pace = Pace { bytes_per_sec, started: Instant::now(), bytes: 0 };
+    let mut pace = Pace::new(bytes_per_sec);
     let mut out = Outcome::default();
     for (id, loc) in store.all() {
         out.n_checked += 1;

@@ -516,7 +516,8 @@ async fn segment_store(
     }
     let created_unix_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let header = RecordHeader { kind: Kind::Chunk, chunk_id, length, crc32, created_unix_ms }.encode();
+    let lsn = reservation.as_ref().map_or(0, |r| r.lsn);
+    let header = RecordHeader { kind: Kind::Chunk, chunk_id, length, crc32, created_unix_ms, lsn }.encode();
     // One write's worth plus the part of a block left over from the previous write. Two of
     // them: the next piece is received into one while the other is being written.
     let mut stage = AlignedBuf::zeroed(WRITE_BYTES + ALIGN);
@@ -610,6 +611,7 @@ async fn segment_store(
         length,
         crc32,
         created_unix_ms,
+        lsn,
         block_crcs: block_crcs.clone().into(),
     };
     if !segs.publish(chunk_id, location) {

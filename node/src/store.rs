@@ -110,6 +110,8 @@ impl ChunkStore {
             bytes_used: self.counts.bytes_used.load(Ordering::Relaxed),
             bytes_free: vfs.blocks_available() as u64 * vfs.fragment_size() as u64,
             n_quarantined: self.counts.n_quarantined.load(Ordering::Relaxed),
+            // A chunk file's space is freed when it is deleted.
+            bytes_reclaimable: 0,
         })
     }
 

@@ -257,10 +257,14 @@ pub struct FileSummary {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StoreReport {
     pub n_chunks: u64,
+    /// Bytes the live chunk copies take.
     pub bytes_used: u64,
     pub bytes_free: u64,
     /// Chunk files set aside by scrub because they failed verification.
     pub n_quarantined: u64,
+    /// Bytes on disk that hold nothing live (dead records in a segment store), which
+    /// compaction can give back; 0 for a chunk-file store, which frees space at once.
+    pub bytes_reclaimable: u64,
 }
 
 /// One node as the engine sees it.
@@ -524,6 +528,7 @@ fn put_store_report(w: &mut Writer, s: &StoreReport) {
     w.u64(s.bytes_used);
     w.u64(s.bytes_free);
     w.u64(s.n_quarantined);
+    w.u64(s.bytes_reclaimable);
 }
 fn store_report(r: &mut Reader) -> Result<StoreReport, DecodeError> {
     Ok(StoreReport {
@@ -531,6 +536,7 @@ fn store_report(r: &mut Reader) -> Result<StoreReport, DecodeError> {
         bytes_used: r.u64("bytes used")?,
         bytes_free: r.u64("bytes free")?,
         n_quarantined: r.u64("quarantined")?,
+        bytes_reclaimable: r.u64("bytes reclaimable")?,
     })
 }
 fn put_node_status(w: &mut Writer, n: &NodeStatus) {

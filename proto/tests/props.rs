@@ -238,12 +238,13 @@ fn msg() -> impl Strategy<Value = Msg> {
 }
 
 fn store_report() -> impl Strategy<Value = StoreReport> {
-    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-        |(n_chunks, bytes_used, bytes_free, n_quarantined)| StoreReport {
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(n_chunks, bytes_used, bytes_free, n_quarantined, bytes_reclaimable)| StoreReport {
             n_chunks,
             bytes_used,
             bytes_free,
             n_quarantined,
+            bytes_reclaimable,
         },
     )
 }

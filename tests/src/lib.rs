@@ -632,6 +632,11 @@ impl Cluster {
         assert_eq!(self.nodes[node_idx].addr, addr, "node {node_idx} came back on another address");
     }
 
+    /// Replaces the extra arguments every node is started with from now on (restarts included).
+    pub fn set_node_args(&mut self, args: &[&str]) {
+        self.opts.node_args = args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Starts node `node_idx` again on its old address with another data directory (a new,
     /// or a differently mounted, disk).
     pub fn restart_node_with_data(&mut self, node_idx: usize, data_dir: PathBuf) {
@@ -1051,11 +1056,8 @@ pub fn walk_files(dir: &Path) -> Vec<(PathBuf, u64)> {
     out
 }
 
-/// Every file under a node's `chunks/` directory whose name is a chunk ID in its fan-out directory
-/// (temp files of chunks being received are skipped).
-/// Panics on any other file: chunk files are named from IDs only.
-/// Every chunk a node holds, in order, from its own ChunkList answers.
-pub fn node_chunk_ids(addr: &str) -> Vec<ChunkId> {
+/// A connection to a node (on loopback, no cluster secret), past its handshake.
+fn node_conn(addr: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to node {addr}: {e}"));
     s.set_read_timeout(Some(READY_TIMEOUT)).expect("set read timeout");
     io_std::write_msg(&mut s, &Msg::Hello(dfs_proto::Hello::new(dfs_proto::Role::Engine))).expect("send Hello");
@@ -1063,6 +1065,22 @@ pub fn node_chunk_ids(addr: &str) -> Vec<ChunkId> {
         Ok(Frame::Msg(Msg::HelloOk(_))) => {}
         other => panic!("node {addr} answered Hello with {other:?}"),
     }
+    s
+}
+
+/// What the node at `addr` reports about its store now (NodeStat).
+pub fn node_report(addr: &str) -> dfs_proto::StoreReport {
+    let mut s = node_conn(addr);
+    io_std::write_msg(&mut s, &Msg::NodeStat).expect("send NodeStat");
+    match io_std::read_frame(&mut s) {
+        Ok(Frame::Msg(Msg::NodeStatOk(report))) => report,
+        other => panic!("node {addr} answered NodeStat with {other:?}"),
+    }
+}
+
+/// Every chunk the node at `addr` holds, asked of the node (ChunkList).
+pub fn node_chunk_ids(addr: &str) -> Vec<ChunkId> {
+    let mut s = node_conn(addr);
     let mut ids = Vec::new();
     let mut after = None;
     loop {
@@ -1080,6 +1098,9 @@ pub fn node_chunk_ids(addr: &str) -> Vec<ChunkId> {
     }
 }
 
+/// Every file under a node's `chunks/` directory whose name is a chunk ID in its fan-out directory
+/// (temp files of chunks being received are skipped).
+/// Panics on any other file: chunk files are named from IDs only.
 pub fn chunk_files_under(chunks_dir: &Path) -> Vec<(ChunkId, PathBuf)> {
     let mut out = Vec::new();
     for (path, _) in walk_files(chunks_dir) {

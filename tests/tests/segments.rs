@@ -62,3 +62,91 @@ fn acknowledged_records_survive_a_kill_9_in_the_middle_of_a_batch() {
         assert_bytes_eq(&got, data, id);
     }
 }
+
+/// Deleted files leave dead records; `status` counts them as reclaimable, and compaction
+/// rewrites the segments they sit in and deletes the files, while every file still stored reads
+/// back, also after a restart.
+#[test]
+fn compaction_gives_back_the_space_of_deleted_files_and_status_shows_it() {
+    const NO_COMPACTION: &[&str] = &["--store", "segments", "--segment-size", "4MiB", "--compact-below", "0"];
+    let mut cluster = Cluster::start(4, segments());
+    cluster.set_node_args(NO_COMPACTION);
+    for n in 0..cluster.n_nodes() {
+        cluster.kill_node(n);
+        cluster.restart_node(n);
+    }
+    let files: Vec<(String, Vec<u8>)> = (0..24u64)
+        .map(|i| {
+            let data = pseudo_random_bytes(i, 1 << 20);
+            (cluster.put_bytes(&data, &format!("f{i}"), Chunking::Equal), data)
+        })
+        .collect();
+    let reports = |cluster: &Cluster| -> (u64, u64) {
+        let r: Vec<_> = cluster.node_addrs().iter().map(|a| dfs_tests::node_report(a)).collect();
+        (r.iter().map(|r| r.bytes_used).sum(), r.iter().map(|r| r.bytes_reclaimable).sum())
+    };
+    let segment_bytes = |cluster: &Cluster| -> u64 {
+        (0..cluster.n_nodes())
+            .flat_map(|n| dfs_tests::walk_files(&cluster.node_data_dir(n).join("segments")))
+            .filter(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
+            .map(|(_, len)| len)
+            .sum()
+    };
+    let (live, reclaimable) = reports(&cluster);
+    assert!(live >= 24 << 20, "live bytes {live} with 24 MiB stored");
+    assert!(reclaimable < 4 << 20, "{reclaimable} bytes reclaimable before any delete");
+    for (id, _) in &files[..20] {
+        cluster.rm(id).unwrap_or_else(|e| panic!("rm {id}: {e}"));
+    }
+    // The engine deletes chunks on their nodes in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while cluster.node_addrs().iter().map(|a| dfs_tests::node_report(a).n_chunks).sum::<u64>() > 16 {
+        assert!(std::time::Instant::now() < deadline, "the deleted files' chunks are still on their nodes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (live, reclaimable) = reports(&cluster);
+    assert!((4 << 20..5 << 20).contains(&live), "live bytes {live} with 4 MiB left");
+    assert!(reclaimable >= 20 << 20, "{reclaimable} bytes reclaimable after deleting 20 MiB");
+    let status = cluster.client(["status"]);
+    assert!(status.expect_success("status").stdout_text().contains("RECLAIMABLE"), "{}", status.describe());
+    let bytes_before = segment_bytes(&cluster);
+    // With compaction on, every second, for segments less than 90% live: the dead segments
+    // are rewritten and deleted.
+    cluster.set_node_args(&[
+        "--store",
+        "segments",
+        "--segment-size",
+        "4MiB",
+        "--compact-interval-secs",
+        "1",
+        "--compact-below",
+        "0.9",
+    ]);
+    for n in 0..cluster.n_nodes() {
+        cluster.kill_node(n);
+        cluster.restart_node(n);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (live, reclaimable) = reports(&cluster);
+        if reclaimable < 1 << 20 {
+            assert!((4 << 20..5 << 20).contains(&live), "live bytes {live} after compaction");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "after 30 s, {reclaimable} bytes are still reclaimable");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let bytes_after = segment_bytes(&cluster);
+    assert!(bytes_after + (12 << 20) <= bytes_before, "segment files took {bytes_before} bytes, now {bytes_after}");
+    cluster.set_node_args(NO_COMPACTION);
+    for n in 0..cluster.n_nodes() {
+        cluster.kill_node(n);
+        cluster.restart_node(n);
+    }
+    for (id, data) in &files[20..] {
+        let got = cluster.get(id).unwrap_or_else(|e| panic!("get {id} after compaction and a restart: {e}"));
+        assert_bytes_eq(&got, data, id);
+    }
+    let held: usize = cluster.node_addrs().iter().map(|a| dfs_tests::node_chunk_ids(a).len()).sum();
+    assert_eq!(held, 4 * 4, "chunks held after the restart: deleted ones came back, or kept ones were lost");
+}

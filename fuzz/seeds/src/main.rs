@@ -40,7 +40,7 @@ fn file_info() -> FileInfo {
 }
 
 fn store_report() -> StoreReport {
-    StoreReport { n_chunks: 12, bytes_used: 40 * MIB, bytes_free: 1 << 40, n_quarantined: 1 }
+    StoreReport { n_chunks: 12, bytes_used: 40 * MIB, bytes_free: 1 << 40, n_quarantined: 1, bytes_reclaimable: 3 * MIB }
 }
 
 /// Named sample messages: every control kind at least once, with lists and options both

@@ -29,10 +29,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+mod compact;
+pub use compact::{start_compactor, Policy};
+
 /// Version of the on-disk format in `docs/STORE.md`, in every segment header.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const SEGMENT_MAGIC: [u8; 8] = *b"DFSSEG01";
-const RECORD_MAGIC: [u8; 8] = *b"DFSREC01";
+const RECORD_MAGIC: [u8; 8] = *b"DFSREC02";
 /// The segment header block; records start after it.
 pub const SEGMENT_HEADER_BYTES: u64 = ALIGN as u64;
 pub const RECORD_HEADER_BYTES: usize = 64;
@@ -63,6 +66,10 @@ pub struct RecordHeader {
     pub length: u64,
     pub crc32: u32,
     pub created_unix_ms: u64,
+    /// The record's place in the node's history: every record gets a higher one than all
+    /// before it, and a compacted copy keeps its original's. Of a chunk's records, the one with
+    /// the highest wins, wherever it lies.
+    pub lsn: u64,
 }
 
 impl RecordHeader {
@@ -75,15 +82,16 @@ impl RecordHeader {
         out[32..40].copy_from_slice(&self.length.to_be_bytes());
         out[40..44].copy_from_slice(&self.crc32.to_be_bytes());
         out[44..52].copy_from_slice(&self.created_unix_ms.to_be_bytes());
-        let seal = crc32fast::hash(&out[..52]);
-        out[52..56].copy_from_slice(&seal.to_be_bytes());
+        out[52..60].copy_from_slice(&self.lsn.to_be_bytes());
+        let seal = crc32fast::hash(&out[..60]);
+        out[60..64].copy_from_slice(&seal.to_be_bytes());
         out
     }
 
     /// The header at the start of `bytes`, if it is one whose own crc32 holds.
     pub fn decode(bytes: &[u8]) -> Option<RecordHeader> {
         let b = bytes.get(..RECORD_HEADER_BYTES)?;
-        if b[0..8] != RECORD_MAGIC || crc32fast::hash(&b[..52]) != u32::from_be_bytes(b[52..56].try_into().ok()?) {
+        if b[0..8] != RECORD_MAGIC || crc32fast::hash(&b[..60]) != u32::from_be_bytes(b[60..64].try_into().ok()?) {
             return None;
         }
         let kind = match b[8] {
@@ -101,6 +109,7 @@ impl RecordHeader {
             length: u64::from_be_bytes(b[32..40].try_into().ok()?),
             crc32: u32::from_be_bytes(b[40..44].try_into().ok()?),
             created_unix_ms: u64::from_be_bytes(b[44..52].try_into().ok()?),
+            lsn: u64::from_be_bytes(b[52..60].try_into().ok()?),
         };
         // A pad's length is its whole span; it must be a whole number of blocks.
         if kind == Kind::Pad && (header.length == 0 || !header.length.is_multiple_of(ALIGN as u64)) {
@@ -165,6 +174,8 @@ pub struct Location {
     pub length: u64,
     pub crc32: u32,
     pub created_unix_ms: u64,
+    /// The record's sequence number ([`RecordHeader::lsn`]): which record of a chunk is live.
+    pub lsn: u64,
     pub block_crcs: Arc<[u32]>,
 }
 
@@ -181,19 +192,63 @@ pub struct Segment {
     pub fd: Arc<OwnedFd>,
     pub size: u64,
     pub path: PathBuf,
+    /// Offset up to which space has been handed out to records.
+    end: AtomicU64,
+    /// Bytes of live chunk records in it.
+    live: AtomicU64,
+    /// Bytes of tombstones in it (kept by compaction while they may still matter).
+    tombs: AtomicU64,
+    /// Reservations in it whose record is not finished yet (a chunk still being received).
+    pending: AtomicU64,
 }
 
-/// The space one write was given: `span` bytes at `offset` of `segment`.
+impl Segment {
+    fn new(seq: u64, fd: OwnedFd, size: u64, path: PathBuf) -> Segment {
+        Segment {
+            seq,
+            fd: Arc::new(fd),
+            size,
+            path,
+            end: AtomicU64::new(SEGMENT_HEADER_BYTES),
+            live: AtomicU64::new(0),
+            tombs: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes compaction keeps if it rewrites this segment.
+    fn kept_bytes(&self) -> u64 {
+        self.live.load(Ordering::Relaxed) + self.tombs.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the file that no live record or tombstone uses: dead records, pads and, once
+    /// the segment is no longer written, its unused end.
+    fn dead_bytes(&self, sealed: bool) -> u64 {
+        let used = if sealed { self.size } else { self.end.load(Ordering::Relaxed) };
+        used.saturating_sub(SEGMENT_HEADER_BYTES + self.kept_bytes())
+    }
+}
+
+/// The space one write was given: `span` bytes at `offset` of `segment`, and the sequence
+/// number its record takes.
 pub struct Reservation {
     pub segment: Arc<Segment>,
     pub offset: u64,
     pub span: u64,
+    pub lsn: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.segment.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Writer {
     active: Option<Arc<Segment>>,
     next_offset: u64,
     next_seq: u64,
+    next_lsn: u64,
     /// A segment made ahead of need, and whether one is being made.
     spare: Option<Arc<Segment>>,
     preparing: bool,
@@ -210,6 +265,9 @@ pub struct SegmentStore {
     /// them; then the page cache is used, and said once in the log).
     pub direct: bool,
     index: Mutex<BTreeMap<ChunkId, Location>>,
+    /// Every segment that holds records or is being written, by seq (not the spare).
+    segments: Mutex<BTreeMap<u64, Arc<Segment>>>,
+    dir_fd: Arc<OwnedFd>,
     writer: Arc<Mutex<Writer>>,
     /// Signalled when a spare segment is ready (or failed to be made).
     spare_ready: Arc<std::sync::Condvar>,
@@ -294,7 +352,7 @@ pub enum Prefill {
 /// own ahead of need.
 struct SegmentMaker {
     dir: PathBuf,
-    dir_fd: OwnedFd,
+    dir_fd: Arc<OwnedFd>,
     direct: bool,
     prefill: Prefill,
     reported: AtomicBool,
@@ -362,7 +420,7 @@ impl SegmentMaker {
                 self.prefill
             );
         }
-        Ok(Arc::new(Segment { seq, fd: Arc::new(fd), size, path }))
+        Ok(Arc::new(Segment::new(seq, fd, size, path)))
     }
 }
 
@@ -407,7 +465,7 @@ impl SegmentStore {
         }
         let dir = root.join("segments");
         std::fs::create_dir_all(&dir).map_err(ctx("cannot create", &dir))?;
-        let dir_fd: OwnedFd = std::fs::File::open(&dir).map_err(ctx("cannot open", &dir))?.into();
+        let dir_fd: Arc<OwnedFd> = Arc::new(std::fs::File::open(&dir).map_err(ctx("cannot open", &dir))?.into());
         // Probe direct I/O once with a scratch file.
         let probe = dir.join(".direct-probe");
         let _ = std::fs::remove_file(&probe);
@@ -422,8 +480,13 @@ impl SegmentStore {
 
         let (sync_queue, waiting) = mpsc::channel::<SyncWaiter>();
         std::thread::Builder::new().name("segment-sync".into()).spawn(move || sync_thread(waiting))?;
-        let maker =
-            Arc::new(SegmentMaker { dir: dir.clone(), dir_fd, direct, prefill, reported: AtomicBool::new(false) });
+        let maker = Arc::new(SegmentMaker {
+            dir: dir.clone(),
+            dir_fd: dir_fd.clone(),
+            direct,
+            prefill,
+            reported: AtomicBool::new(false),
+        });
         let store = SegmentStore {
             root,
             dir,
@@ -431,10 +494,13 @@ impl SegmentStore {
             segment_bytes,
             direct,
             index: Mutex::new(BTreeMap::new()),
+            segments: Mutex::new(BTreeMap::new()),
+            dir_fd,
             writer: Arc::new(Mutex::new(Writer {
                 active: None,
                 next_offset: 0,
                 next_seq: 1,
+                next_lsn: 1,
                 spare: None,
                 preparing: false,
             })),
@@ -458,9 +524,10 @@ impl SegmentStore {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Scans every segment in order and rebuilds the index: later records win, tombstones
-    /// remove, records that fail their seals are skipped. The newest segments are read through
-    /// and every block checked, since a crash can only have torn a write there.
+    /// Scans every segment in order and rebuilds the index: of a chunk's records the one with
+    /// the highest sequence number wins, and a tombstone winning removes the chunk; records that
+    /// fail their seals are skipped. The newest segments are read through and every block
+    /// checked first, since a crash can only have torn a write there.
     fn recover(&self) -> io::Result<()> {
         let started = std::time::Instant::now();
         let mut seqs = Vec::new();
@@ -480,28 +547,33 @@ impl SegmentStore {
         }
         seqs.sort_unstable();
         let n_segments = seqs.len();
-        let mut index = BTreeMap::new();
-        let (mut n_records, mut n_skipped) = (0u64, 0u64);
-        let mut nonempty: Vec<Arc<Segment>> = Vec::new();
+        let (mut n_records, mut n_skipped, mut max_lsn) = (0u64, 0u64, 0u64);
+        let mut scanned: Vec<(Arc<Segment>, Vec<Scanned>)> = Vec::new();
         let mut empty_last: Option<Arc<Segment>> = None;
         for &seq in &seqs {
             let path = self.dir.join(segment_name(seq));
             let file = open_segment_file(&path, false, self.direct).map_err(ctx("cannot open", &path))?;
             let fd: OwnedFd = file.into();
-            let mut buf = AlignedBuf::zeroed(SCAN_WINDOW_BYTES);
+            let mut buf = AlignedBuf::zeroed(ALIGN);
             pread_exact(&fd, &mut buf, ALIGN, 0).map_err(ctx("cannot read", &path))?;
-            let (found_seq, size) =
-                decode_segment_header(&buf).map_err(|why| io::Error::other(format!("{}: {why}", path.display())))?;
+            let (found_seq, size) = decode_segment_header(&buf).map_err(|why| {
+                io::Error::other(format!(
+                    "{}: {why} (to move a node to this build, start it on an empty directory and run \
+                     `dfs-client repair`: it gets its copies back from the other nodes)",
+                    path.display()
+                ))
+            })?;
             if found_seq != seq {
                 return Err(io::Error::other(format!("{}: header says segment {found_seq}", path.display())));
             }
-            let segment = Arc::new(Segment { seq, fd: Arc::new(fd), size, path: path.clone() });
-            let (n, skipped) = scan_segment(&segment, &mut index)
+            let segment = Arc::new(Segment::new(seq, fd, size, path.clone()));
+            let scan = scan_segment(&segment)
                 .map_err(|e| io::Error::new(e.kind(), format!("scanning {}: {e}", path.display())))?;
-            n_records += n;
-            n_skipped += skipped;
-            if n + skipped > 0 {
-                nonempty.push(segment);
+            n_skipped += scan.n_skipped;
+            max_lsn = max_lsn.max(scan.max_lsn);
+            segment.end.store(scan.end, Ordering::Relaxed);
+            if scan.records.len() as u64 + scan.n_skipped + scan.n_pads > 0 {
+                scanned.push((segment, scan.records));
                 if let Some(unused) = empty_last.take() {
                     remove_unused(&unused);
                 }
@@ -510,40 +582,54 @@ impl SegmentStore {
             }
         }
         // Only the newest segments written to can hold a write torn by a crash: read their
-        // records through and drop any whose data does not match its block crc32s.
-        for segment in nonempty.iter().rev().take(VERIFIED_SEGMENTS_AT_START) {
-            let torn: Vec<ChunkId> = index
-                .iter()
-                .filter(|(_, l)| Arc::ptr_eq(&l.segment, segment))
-                .filter_map(|(id, l)| match verify_location(l, |_| {}) {
-                    Ok(Ok(())) => None,
-                    Ok(Err(why)) => {
-                        tracing::warn!(
-                            "segments: record of {id} in {} is torn ({why}): skipped",
-                            segment.path.display()
-                        );
-                        Some(*id)
+        // records through, and drop any whose data does not match its block crc32s before it
+        // can win over an older copy.
+        for (segment, records) in scanned.iter_mut().rev().take(VERIFIED_SEGMENTS_AT_START) {
+            records.retain(|r| {
+                let Some(loc) = &r.loc else { return true };
+                let why = match verify_location(loc, |_| {}) {
+                    Ok(Ok(())) => return true,
+                    Ok(Err(why)) => format!("is torn ({why})"),
+                    Err(e) => format!("cannot be read ({e})"),
+                };
+                tracing::warn!("segments: record of {} in {} {why}: skipped", r.id, segment.path.display());
+                n_skipped += 1;
+                false
+            });
+        }
+        let mut winners: std::collections::HashMap<ChunkId, (u64, Option<Location>)> = Default::default();
+        for (segment, records) in &scanned {
+            for r in records {
+                n_records += 1;
+                if r.loc.is_none() {
+                    segment.tombs.fetch_add(ALIGN as u64, Ordering::Relaxed);
+                }
+                match winners.entry(r.id) {
+                    // Equal numbers are a record and its compacted copy: the first is kept.
+                    std::collections::hash_map::Entry::Occupied(e) if e.get().0 >= r.lsn => {}
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        e.insert((r.lsn, r.loc.clone()));
                     }
-                    Err(e) => {
-                        tracing::warn!(
-                            "segments: record of {id} in {} cannot be read ({e}): skipped",
-                            segment.path.display()
-                        );
-                        Some(*id)
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert((r.lsn, r.loc.clone()));
                     }
-                })
-                .collect();
-            n_skipped += torn.len() as u64;
-            for id in torn {
-                index.remove(&id);
+                }
             }
         }
-        let live: u64 = index.values().map(|l: &Location| record_span(l.length)).sum();
+        let index: BTreeMap<ChunkId, Location> =
+            winners.into_iter().filter_map(|(id, (_, loc))| loc.map(|l| (id, l))).collect();
+        let mut live = 0;
+        for l in index.values() {
+            l.segment.live.fetch_add(record_span(l.length), Ordering::Relaxed);
+            live += record_span(l.length);
+        }
         self.live_bytes.store(live, Ordering::Relaxed);
         let n_chunks = index.len();
         *self.lock_index() = index;
+        *self.lock_segments() = scanned.iter().map(|(s, _)| (s.seq, s.clone())).collect();
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         w.next_seq = seqs.last().map_or(1, |s| s + 1);
+        w.next_lsn = max_lsn + 1;
         // New records go to a fresh segment: where a crash stopped writing the last one is not
         // known exactly, and appending after a torn region would interleave with it.
         w.active = None;
@@ -556,6 +642,10 @@ impl SegmentStore {
             if self.direct { "" } else { " (no O_DIRECT)" }
         );
         Ok(())
+    }
+
+    fn lock_segments(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Segment>>> {
+        self.segments.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Space for a record of `span` bytes: in the active segment, or in a new one.
@@ -579,6 +669,7 @@ impl SegmentStore {
                     self.maker.make(seq, size, size == self.segment_bytes)?
                 }
             };
+            self.lock_segments().insert(segment.seq, segment.clone());
             w.active = Some(segment);
             w.next_offset = SEGMENT_HEADER_BYTES;
             self.prepare_spare(&mut w);
@@ -586,7 +677,11 @@ impl SegmentStore {
         let segment = w.active.clone().expect("an active segment after the check above");
         let offset = w.next_offset;
         w.next_offset += span;
-        Ok(Reservation { segment, offset, span })
+        let lsn = w.next_lsn;
+        w.next_lsn += 1;
+        segment.end.store(w.next_offset, Ordering::Relaxed);
+        segment.pending.fetch_add(1, Ordering::AcqRel);
+        Ok(Reservation { segment, offset, span, lsn })
     }
 
     /// Starts making the next segment on a thread of its own, unless one is ready or under way.
@@ -639,6 +734,7 @@ impl SegmentStore {
             return false;
         }
         self.live_bytes.fetch_add(record_span(location.length), Ordering::Relaxed);
+        location.segment.live.fetch_add(record_span(location.length), Ordering::Relaxed);
         index.insert(id, location);
         true
     }
@@ -650,8 +746,9 @@ impl SegmentStore {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("chunk {id} not found")));
         };
         let r = self.reserve(record_span(0))?;
-        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, tombstone(id), r.offset).await;
+        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, tombstone(id, r.lsn), r.offset).await;
         res?;
+        r.segment.tombs.fetch_add(r.span, Ordering::Relaxed);
         self.sync(&r.segment).await?;
         self.forget(id, &old, quarantine);
         Ok(())
@@ -661,29 +758,21 @@ impl SegmentStore {
     /// tombstone with plain blocking calls.
     pub fn remove_blocking(&self, id: ChunkId, old: &Location, quarantine: bool) -> io::Result<()> {
         let r = self.reserve(record_span(0))?;
-        let buf = tombstone(id);
-        // SAFETY: pwrite from an aligned buffer we own, on a descriptor the segment keeps open.
-        let n =
-            unsafe { libc::pwrite(r.segment.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), r.offset as libc::off_t) };
-        if n != buf.len() as isize {
-            return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::other("short tombstone write") });
-        }
-        // SAFETY: fdatasync on a descriptor the segment keeps open.
-        if unsafe { libc::fdatasync(r.segment.fd.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        pwrite_all(&r.segment.fd, &tombstone(id, r.lsn), r.offset)?;
+        r.segment.tombs.fetch_add(r.span, Ordering::Relaxed);
+        fdatasync(&r.segment.fd)?;
         self.forget(id, old, quarantine);
         Ok(())
     }
 
-    /// Drops `id` from the index if it still points at `old`.
+    /// Drops `id` from the index if it is still the record `old` (or a compacted copy of it).
     fn forget(&self, id: ChunkId, old: &Location, quarantine: bool) {
         let mut index = self.lock_index();
-        if index.get(&id).is_some_and(|l| Arc::ptr_eq(&l.segment, &old.segment) && l.offset == old.offset) {
+        if let Some(current) = index.get(&id).filter(|l| l.lsn == old.lsn) {
+            let span = record_span(current.length);
+            sub(&current.segment.live, span);
+            sub(&self.live_bytes, span);
             index.remove(&id);
-            let _ = self.live_bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(record_span(old.length)))
-            });
             if quarantine {
                 self.n_quarantined.fetch_add(1, Ordering::Relaxed);
             }
@@ -695,6 +784,45 @@ impl SegmentStore {
     pub fn verify(&self, loc: &Location, pace: impl FnMut(u64)) -> io::Result<Result<(), String>> {
         verify_location(loc, pace)
     }
+}
+
+fn sub(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+}
+
+/// Blocking positioned write of all of `buf` (for threads outside the runtimes).
+pub(crate) fn pwrite_all(fd: &OwnedFd, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: pwrite from a buffer we borrow, on a descriptor the caller keeps open.
+        let n = unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                buf[done..].as_ptr().cast(),
+                buf.len() - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            0 => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write wrote nothing")),
+            n => done += n as usize,
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn fdatasync(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fdatasync on a descriptor the caller keeps open.
+    if unsafe { libc::fdatasync(fd.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Deletes a segment no record was ever written to (a spare made before a stop).
@@ -727,17 +855,7 @@ impl SegmentStore {
     /// Marks the record of an abandoned or refused write dead (best effort): a pad header over
     /// its span, so start-up skips it at once.
     pub async fn abandon(&self, r: &Reservation) {
-        let header = RecordHeader {
-            kind: Kind::Pad,
-            chunk_id: ChunkId { file_id: FileId([0; 16]), chunk_idx: 0 },
-            length: r.span,
-            crc32: 0,
-            created_unix_ms: now_unix_ms(),
-        };
-        let mut buf = AlignedBuf::zeroed(ALIGN);
-        buf.extend_from_slice(&header.encode());
-        buf.pad_to_alignment();
-        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, buf, r.offset).await;
+        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, pad(r), r.offset).await;
         if let Err(e) = res {
             tracing::warn!("segments: cannot mark an abandoned record dead in {}: {e}", r.segment.path.display());
         }
@@ -772,6 +890,7 @@ impl SegmentStore {
             bytes_used: self.live_bytes.load(Ordering::Relaxed),
             bytes_free: vfs.blocks_available() as u64 * vfs.fragment_size() as u64,
             n_quarantined: self.n_quarantined.load(Ordering::Relaxed),
+            bytes_reclaimable: self.reclaimable_bytes(),
         })
     }
 
@@ -781,10 +900,26 @@ impl SegmentStore {
     }
 }
 
+/// A pad header over the whole of `r`, ready to write.
+fn pad(r: &Reservation) -> AlignedBuf {
+    let header = RecordHeader {
+        kind: Kind::Pad,
+        chunk_id: ChunkId { file_id: FileId([0; 16]), chunk_idx: 0 },
+        length: r.span,
+        crc32: 0,
+        created_unix_ms: now_unix_ms(),
+        lsn: r.lsn,
+    };
+    let mut buf = AlignedBuf::zeroed(ALIGN);
+    buf.extend_from_slice(&header.encode());
+    buf.pad_to_alignment();
+    buf
+}
+
 /// A tombstone record for `id`, ready to write.
-fn tombstone(id: ChunkId) -> AlignedBuf {
+fn tombstone(id: ChunkId, lsn: u64) -> AlignedBuf {
     let header =
-        RecordHeader { kind: Kind::Tombstone, chunk_id: id, length: 0, crc32: 0, created_unix_ms: now_unix_ms() };
+        RecordHeader { kind: Kind::Tombstone, chunk_id: id, length: 0, crc32: 0, created_unix_ms: now_unix_ms(), lsn };
     let mut buf = AlignedBuf::zeroed(ALIGN);
     let bytes = header.encode();
     buf.extend_from_slice(&bytes);
@@ -815,12 +950,29 @@ fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
     }
 }
 
-/// Reads one segment's records into `index`. Returns (records read, records skipped).
-fn scan_segment(segment: &Arc<Segment>, index: &mut BTreeMap<ChunkId, Location>) -> io::Result<(u64, u64)> {
+/// A chunk record or tombstone found by [`scan_segment`].
+struct Scanned {
+    id: ChunkId,
+    lsn: u64,
+    /// The record, or None for a tombstone.
+    loc: Option<Location>,
+}
+
+struct Scan {
+    records: Vec<Scanned>,
+    n_skipped: u64,
+    n_pads: u64,
+    max_lsn: u64,
+    /// Where the last record found ends.
+    end: u64,
+}
+
+/// Reads one segment's record headers (and chunk records' trailers), in order.
+fn scan_segment(segment: &Arc<Segment>) -> io::Result<Scan> {
     let fd = &segment.fd;
     let mut buf = AlignedBuf::zeroed(SCAN_WINDOW_BYTES);
     let mut pos = SEGMENT_HEADER_BYTES;
-    let (mut n_read, mut n_skipped) = (0u64, 0u64);
+    let mut scan = Scan { records: Vec::new(), n_skipped: 0, n_pads: 0, max_lsn: 0, end: SEGMENT_HEADER_BYTES };
     while pos + ALIGN as u64 <= segment.size {
         pread_exact(fd, &mut buf, ALIGN, pos)?;
         let Some(header) = RecordHeader::decode(&buf) else {
@@ -836,33 +988,30 @@ fn scan_segment(segment: &Arc<Segment>, index: &mut BTreeMap<ChunkId, Location>)
         };
         let span = header.span();
         if pos + span > segment.size {
-            n_skipped += 1;
+            scan.n_skipped += 1;
             pos += ALIGN as u64;
             continue;
         }
+        scan.max_lsn = scan.max_lsn.max(header.lsn);
         match header.kind {
-            Kind::Pad => {}
-            Kind::Tombstone => {
-                n_read += 1;
-                index.remove(&header.chunk_id);
-            }
+            Kind::Pad => scan.n_pads += 1,
+            Kind::Tombstone => scan.records.push(Scanned { id: header.chunk_id, lsn: header.lsn, loc: None }),
             Kind::Chunk => match read_record_trailer(fd, &header, pos)? {
-                Some(block_crcs) => {
-                    n_read += 1;
-                    index.insert(
-                        header.chunk_id,
-                        Location {
-                            segment: segment.clone(),
-                            offset: pos,
-                            length: header.length,
-                            crc32: header.crc32,
-                            created_unix_ms: header.created_unix_ms,
-                            block_crcs: block_crcs.into(),
-                        },
-                    );
-                }
+                Some(block_crcs) => scan.records.push(Scanned {
+                    id: header.chunk_id,
+                    lsn: header.lsn,
+                    loc: Some(Location {
+                        segment: segment.clone(),
+                        offset: pos,
+                        length: header.length,
+                        crc32: header.crc32,
+                        created_unix_ms: header.created_unix_ms,
+                        lsn: header.lsn,
+                        block_crcs: block_crcs.into(),
+                    }),
+                }),
                 None => {
-                    n_skipped += 1;
+                    scan.n_skipped += 1;
                     tracing::warn!(
                         "segments: record of {} at {} in {} is torn or corrupt: skipped",
                         header.chunk_id,
@@ -873,8 +1022,9 @@ fn scan_segment(segment: &Arc<Segment>, index: &mut BTreeMap<ChunkId, Location>)
             },
         }
         pos += span;
+        scan.end = pos;
     }
-    Ok((n_read, n_skipped))
+    Ok(scan)
 }
 
 /// The offset of the first sound record header at or after `from`, reading a window at a time.
@@ -908,19 +1058,26 @@ fn read_record_trailer(fd: &OwnedFd, header: &RecordHeader, pos: u64) -> io::Res
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn id(n: u8, idx: u32) -> ChunkId {
+    pub(super) fn id(n: u8, idx: u32) -> ChunkId {
         ChunkId { file_id: FileId([n; 16]), chunk_idx: idx }
     }
 
     #[test]
     fn headers_round_trip_and_refuse_damage() {
-        let h = RecordHeader { kind: Kind::Chunk, chunk_id: id(7, 3), length: 5000, crc32: 9, created_unix_ms: 11 };
+        let h = RecordHeader {
+            kind: Kind::Chunk,
+            chunk_id: id(7, 3),
+            length: 5000,
+            crc32: 9,
+            created_unix_ms: 11,
+            lsn: 12,
+        };
         let b = h.encode();
         assert_eq!(RecordHeader::decode(&b), Some(h.clone()));
-        for i in 0..56 {
+        for i in 0..64 {
             let mut bad = b;
             bad[i] ^= 1;
             assert_eq!(RecordHeader::decode(&bad), None, "a flipped bit at byte {i} went unnoticed");
@@ -941,6 +1098,7 @@ mod tests {
             length: data.len() as u64,
             crc32: crc32fast::hash(&data),
             created_unix_ms: 1,
+            lsn: 1,
         };
         let t = encode_trailer(&h.encode(), &crcs);
         assert_eq!(decode_trailer(&h, &t), Some(crcs.clone()));
@@ -953,7 +1111,7 @@ mod tests {
 
     /// Writes one whole chunk record the way a STORE does (header, data, trailer, sync,
     /// publish) and returns where it went.
-    async fn put(store: &SegmentStore, chunk_id: ChunkId, data: &[u8]) -> Reservation {
+    pub(super) async fn put(store: &SegmentStore, chunk_id: ChunkId, data: &[u8]) -> Reservation {
         let r = store.reserve(record_span(data.len() as u64)).unwrap();
         let crcs: Vec<u32> = data.chunks(BLOCK_SIZE_BYTES as usize).map(crc32fast::hash).collect();
         let header = RecordHeader {
@@ -962,6 +1120,7 @@ mod tests {
             length: data.len() as u64,
             crc32: crc32fast::hash(data),
             created_unix_ms: 1,
+            lsn: r.lsn,
         };
         let bytes = header.encode();
         let mut buf = AlignedBuf::zeroed(r.span as usize);
@@ -978,18 +1137,19 @@ mod tests {
             length: data.len() as u64,
             crc32: header.crc32,
             created_unix_ms: 1,
+            lsn: r.lsn,
             block_crcs: crcs.into(),
         };
         assert!(store.publish(chunk_id, loc));
         r
     }
 
-    fn data(seed: u8, len: usize) -> Vec<u8> {
+    pub(super) fn data(seed: u8, len: usize) -> Vec<u8> {
         (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
     }
 
     /// Reads a chunk's data back through the index with plain reads.
-    fn read_back(store: &SegmentStore, id: &ChunkId) -> Option<Vec<u8>> {
+    pub(super) fn read_back(store: &SegmentStore, id: &ChunkId) -> Option<Vec<u8>> {
         let loc = store.get(id)?;
         store.verify(&loc, |_| {}).unwrap().ok()?;
         let bytes = std::fs::read(&loc.segment.path).unwrap();
@@ -997,7 +1157,7 @@ mod tests {
         Some(bytes[at..at + loc.length as usize].to_vec())
     }
 
-    fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
+    pub(super) fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
         use std::os::unix::fs::FileExt;
         std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, at).unwrap();
     }
