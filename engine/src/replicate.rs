@@ -5,11 +5,12 @@
 
 use crate::get::ChunkReader;
 use crate::meta::ChunkRecord;
-use crate::nodes::{NodeError, NodeTimeouts};
-use crate::put::{await_store, open_store};
+use crate::nodes::{NodeConn, NodeError, NodeTimeouts};
+use crate::put::await_store;
 use dfs_proto::layout::block_len;
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::ChunkId;
+use dfs_proto::Msg;
 use std::net::SocketAddr;
 
 /// Which side of a copy failed.
@@ -36,8 +37,21 @@ impl std::fmt::Display for CopyError {
     }
 }
 
+/// Where a copy's destination connection comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DestConn {
+    /// The pool, or a new connection if it has none.
+    Pooled,
+    /// Always a new connection: for a second attempt after a pooled one failed, which may only
+    /// mean the node closed it or was restarted meanwhile.
+    Fresh,
+}
+
 /// Copies chunk `chunk_id` from `source` to `dest`; returns once the new copy is durable and
-/// its block crc32s match the recorded ones.
+/// its block crc32s match the recorded ones. If the destination breaks the connection, the
+/// copy is tried once more on a new one before the failure counts: a pooled connection can
+/// break only because the node closed it or was restarted since, which says nothing about
+/// whether it is down.
 pub async fn copy_chunk(
     source: SocketAddr,
     dest: SocketAddr,
@@ -45,9 +59,33 @@ pub async fn copy_chunk(
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
 ) -> Result<(), CopyError> {
+    match copy_once(source, dest, timeouts, chunk_id, chunk, DestConn::Pooled).await {
+        Err(CopyError::Destination(e)) if e.is_unreachable() => {
+            tracing::debug!("{chunk_id}: copy to {dest} failed ({e}); trying once more on a new connection");
+            copy_once(source, dest, timeouts, chunk_id, chunk, DestConn::Fresh).await
+        }
+        other => other,
+    }
+}
+
+async fn copy_once(
+    source: SocketAddr,
+    dest: SocketAddr,
+    timeouts: NodeTimeouts,
+    chunk_id: ChunkId,
+    chunk: &ChunkRecord,
+    dest_conn: DestConn,
+) -> Result<(), CopyError> {
     let mut reader = ChunkReader::open(source, timeouts, chunk_id, chunk, 0).await.map_err(CopyError::Source)?;
-    let writer =
-        open_store(dest, timeouts, chunk_id, chunk.length, chunk.crc32).await.map_err(CopyError::Destination)?;
+    let writer = match dest_conn {
+        DestConn::Pooled => NodeConn::checkout(dest, timeouts).await,
+        DestConn::Fresh => NodeConn::connect(dest, timeouts).await,
+    }
+    .map_err(CopyError::Destination)?;
+    writer
+        .send(&Msg::Store { chunk_id, length: chunk.length, crc32: chunk.crc32 })
+        .await
+        .map_err(CopyError::Destination)?;
     let mut buf = vec![0u8; chunk.length.min(BLOCK_SIZE_BYTES as u64) as usize];
     while let Some(block_idx) = reader.next_block() {
         let len = block_len(chunk.length, block_idx as u64) as usize;
