@@ -91,6 +91,11 @@ struct Args {
     /// Seconds between compaction rounds.
     #[arg(long, env = "DFS_COMPACT_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     compact_interval_secs: u64,
+    /// With `--store segments`: seconds between checkpoints of the index (written only when
+    /// records were written since the last), so start-up scans only the segments written after
+    /// the last one.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_interval_secs: u64,
     /// Copy rate of compaction, in MiB/s, reads and writes each, so it does not crowd out
     /// requests.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -170,6 +175,8 @@ fn run(args: Args) -> Result<(), String> {
             };
             segments::start_compactor(store.clone(), policy, Duration::from_secs(args.compact_interval_secs))
                 .map_err(|e| format!("cannot start the compaction thread: {e}"))?;
+            segments::start_checkpointer(store.clone(), Duration::from_secs(args.checkpoint_interval_secs))
+                .map_err(|e| format!("cannot start the checkpoint thread: {e}"))?;
             server::Stores::Segments(store)
         }
     };

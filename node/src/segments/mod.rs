@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+mod checkpoint;
 mod compact;
+pub use checkpoint::start_checkpointer;
 pub use compact::{start_compactor, Policy};
 
 /// Version of the on-disk format in `docs/STORE.md`, in every segment header.
@@ -39,7 +41,7 @@ const RECORD_MAGIC: [u8; 8] = *b"DFSREC02";
 /// The segment header block; records start after it.
 pub const SEGMENT_HEADER_BYTES: u64 = ALIGN as u64;
 pub const RECORD_HEADER_BYTES: usize = 64;
-/// Bytes of segment read at once while looking for the next record after a gap.
+/// Bytes of segment read at once by the start-up scan.
 const SCAN_WINDOW_BYTES: usize = 1 << 20;
 /// Segments, newest first, whose every record's data is read and checked at start-up: the ones
 /// that can hold a write torn by a crash.
@@ -274,6 +276,8 @@ pub struct SegmentStore {
     sync_queue: mpsc::Sender<SyncWaiter>,
     live_bytes: AtomicU64,
     n_quarantined: AtomicU64,
+    /// Segments start-up took from the index checkpoint instead of scanning them.
+    n_covered_at_start: AtomicU64,
 }
 
 fn now_unix_ms() -> u64 {
@@ -508,6 +512,7 @@ impl SegmentStore {
             sync_queue,
             live_bytes: AtomicU64::new(0),
             n_quarantined: AtomicU64::new(0),
+            n_covered_at_start: AtomicU64::new(0),
         };
         store.recover()?;
         let mut w = store.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -541,13 +546,22 @@ impl SegmentStore {
                 None if name.starts_with('.') && name.ends_with(".seg.tmp") => {
                     std::fs::remove_file(entry.path()).map_err(ctx("cannot remove", &entry.path()))?;
                 }
-                None if name.starts_with('.') => {}
+                None if name.starts_with('.') || name == checkpoint::FILE_NAME => {}
                 None => tracing::warn!("segments: ignoring unexpected file {}", entry.path().display()),
             }
         }
         seqs.sort_unstable();
         let n_segments = seqs.len();
-        let (mut n_records, mut n_skipped, mut max_lsn) = (0u64, 0u64, 0u64);
+        let ckpt = checkpoint::load(&self.dir).unwrap_or_else(|e| {
+            tracing::warn!("segments: {e}; scanning every segment instead");
+            None
+        });
+        let covers = |seq: u64, size: u64| {
+            ckpt.as_ref().and_then(|c| c.segments.get(&seq).filter(|s| seq < c.first_scanned_seq && s.size == size))
+        };
+        let (mut n_records, mut n_skipped, mut n_scanned) = (0u64, 0u64, 0usize);
+        let mut max_lsn = ckpt.as_ref().map_or(0, |c| c.next_lsn.saturating_sub(1));
+        let mut by_seq: std::collections::HashMap<u64, Arc<Segment>> = Default::default();
         let mut scanned: Vec<(Arc<Segment>, Vec<Scanned>)> = Vec::new();
         let mut empty_last: Option<Arc<Segment>> = None;
         for &seq in &seqs {
@@ -567,6 +581,17 @@ impl SegmentStore {
                 return Err(io::Error::other(format!("{}: header says segment {found_seq}", path.display())));
             }
             let segment = Arc::new(Segment::new(seq, fd, size, path.clone()));
+            if let Some(c) = covers(seq, size) {
+                segment.end.store(c.end, Ordering::Relaxed);
+                segment.tombs.store(c.tombs, Ordering::Relaxed);
+                by_seq.insert(seq, segment.clone());
+                scanned.push((segment, Vec::new()));
+                if let Some(unused) = empty_last.take() {
+                    remove_unused(&unused);
+                }
+                continue;
+            }
+            n_scanned += 1;
             let scan = scan_segment(&segment)
                 .map_err(|e| io::Error::new(e.kind(), format!("scanning {}: {e}", path.display())))?;
             n_skipped += scan.n_skipped;
@@ -598,21 +623,37 @@ impl SegmentStore {
             });
         }
         let mut winners: std::collections::HashMap<ChunkId, (u64, Option<Location>)> = Default::default();
-        for (segment, records) in &scanned {
-            for r in records {
-                n_records += 1;
-                if r.loc.is_none() {
-                    segment.tombs.fetch_add(ALIGN as u64, Ordering::Relaxed);
+        // The checkpoint's entries first: they lie in the oldest segments. An entry whose
+        // segment compaction has deleted since was copied forward, where the scan finds it.
+        let from_checkpoint = ckpt.map(|c| c.entries).unwrap_or_default().into_iter().filter_map(|e| {
+            let segment = by_seq.get(&e.seq)?.clone();
+            let id = ChunkId { file_id: FileId(e.file_id), chunk_idx: e.chunk_idx };
+            let loc = Location {
+                segment,
+                offset: e.offset,
+                length: e.length,
+                crc32: e.crc32,
+                created_unix_ms: e.created_unix_ms,
+                lsn: e.lsn,
+                block_crcs: e.block_crcs.into(),
+            };
+            Some((None, Scanned { id, lsn: e.lsn, loc: Some(loc) }))
+        });
+        let from_scan =
+            scanned.iter().flat_map(|(segment, records)| records.iter().map(move |r| (Some(segment), r.clone())));
+        for (scanned_in, r) in from_checkpoint.chain(from_scan) {
+            n_records += 1;
+            if let (Some(segment), None) = (scanned_in, &r.loc) {
+                segment.tombs.fetch_add(ALIGN as u64, Ordering::Relaxed);
+            }
+            match winners.entry(r.id) {
+                // Equal numbers are a record and its compacted copy: the first is kept.
+                std::collections::hash_map::Entry::Occupied(e) if e.get().0 >= r.lsn => {}
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.insert((r.lsn, r.loc));
                 }
-                match winners.entry(r.id) {
-                    // Equal numbers are a record and its compacted copy: the first is kept.
-                    std::collections::hash_map::Entry::Occupied(e) if e.get().0 >= r.lsn => {}
-                    std::collections::hash_map::Entry::Occupied(mut e) => {
-                        e.insert((r.lsn, r.loc.clone()));
-                    }
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert((r.lsn, r.loc.clone()));
-                    }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((r.lsn, r.loc));
                 }
             }
         }
@@ -625,6 +666,7 @@ impl SegmentStore {
         }
         self.live_bytes.store(live, Ordering::Relaxed);
         let n_chunks = index.len();
+        self.n_covered_at_start.store((n_segments - n_scanned) as u64, Ordering::Relaxed);
         *self.lock_index() = index;
         *self.lock_segments() = scanned.iter().map(|(s, _)| (s.seq, s.clone())).collect();
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -636,8 +678,9 @@ impl SegmentStore {
         // An empty newest segment (a spare made before the stop) is the next spare.
         w.spare = empty_last.filter(|s| s.size >= self.segment_bytes);
         tracing::info!(
-            "segments: {n_segments} segment(s), {n_records} record(s) read, {n_skipped} skipped, {n_chunks} chunk(s) live, \
-             in {:.1?}{}",
+            "segments: {n_segments} segment(s), {} by the index checkpoint and {n_scanned} scanned, {n_records} record(s) read, \
+             {n_skipped} skipped, {n_chunks} chunk(s) live, in {:.1?}{}",
+            n_segments - n_scanned,
             started.elapsed(),
             if self.direct { "" } else { " (no O_DIRECT)" }
         );
@@ -951,6 +994,7 @@ fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
 }
 
 /// A chunk record or tombstone found by [`scan_segment`].
+#[derive(Clone)]
 struct Scanned {
     id: ChunkId,
     lsn: u64,
@@ -967,24 +1011,46 @@ struct Scan {
     end: u64,
 }
 
+/// A window of up to [`SCAN_WINDOW_BYTES`] over a segment, read front to back: a run of small
+/// records costs one read per window instead of one per record.
+struct Window<'a> {
+    segment: &'a Segment,
+    buf: AlignedBuf,
+    start: u64,
+    len: usize,
+}
+
+impl<'a> Window<'a> {
+    fn new(segment: &'a Segment) -> Window<'a> {
+        Window { segment, buf: AlignedBuf::zeroed(SCAN_WINDOW_BYTES + ALIGN), start: 0, len: 0 }
+    }
+
+    /// The `len` bytes at `pos` (at most a window's worth, inside the segment), read with the
+    /// window that follows them unless the current window holds them.
+    fn get(&mut self, pos: u64, len: usize) -> io::Result<&[u8]> {
+        assert!(len <= SCAN_WINDOW_BYTES && pos + len as u64 <= self.segment.size, "a window read inside the segment");
+        if pos < self.start || pos + len as u64 > self.start + self.len as u64 {
+            let start = align_down(pos);
+            let n = (self.segment.size - start).min(SCAN_WINDOW_BYTES as u64 + ALIGN as u64) as usize;
+            pread_exact(&self.segment.fd, &mut self.buf, n, start)?;
+            (self.start, self.len) = (start, n);
+        }
+        let from = (pos - self.start) as usize;
+        Ok(&self.buf[from..from + len])
+    }
+}
+
 /// Reads one segment's record headers (and chunk records' trailers), in order.
 fn scan_segment(segment: &Arc<Segment>) -> io::Result<Scan> {
-    let fd = &segment.fd;
-    let mut buf = AlignedBuf::zeroed(SCAN_WINDOW_BYTES);
+    let mut window = Window::new(segment);
     let mut pos = SEGMENT_HEADER_BYTES;
     let mut scan = Scan { records: Vec::new(), n_skipped: 0, n_pads: 0, max_lsn: 0, end: SEGMENT_HEADER_BYTES };
     while pos + ALIGN as u64 <= segment.size {
-        pread_exact(fd, &mut buf, ALIGN, pos)?;
-        let Some(header) = RecordHeader::decode(&buf) else {
+        let Some(header) = RecordHeader::decode(window.get(pos, ALIGN)?) else {
             // A gap: an abandoned write that never wrote its header, or the unwritten end.
-            // Look for the next record a window at a time.
-            match next_header_after(fd, &mut buf, pos + ALIGN as u64, segment.size)? {
-                Some(next) => {
-                    pos = next;
-                    continue;
-                }
-                None => break,
-            }
+            // Look for the next record a block at a time.
+            pos += ALIGN as u64;
+            continue;
         };
         let span = header.span();
         if pos + span > segment.size {
@@ -996,65 +1062,39 @@ fn scan_segment(segment: &Arc<Segment>) -> io::Result<Scan> {
         match header.kind {
             Kind::Pad => scan.n_pads += 1,
             Kind::Tombstone => scan.records.push(Scanned { id: header.chunk_id, lsn: header.lsn, loc: None }),
-            Kind::Chunk => match read_record_trailer(fd, &header, pos)? {
-                Some(block_crcs) => scan.records.push(Scanned {
-                    id: header.chunk_id,
-                    lsn: header.lsn,
-                    loc: Some(Location {
-                        segment: segment.clone(),
-                        offset: pos,
-                        length: header.length,
-                        crc32: header.crc32,
-                        created_unix_ms: header.created_unix_ms,
+            Kind::Chunk => {
+                let trailer_at = pos + RECORD_HEADER_BYTES as u64 + header.length;
+                let trailer = window.get(trailer_at, 4 * n_blocks(header.length) as usize + 4)?;
+                match decode_trailer(&header, trailer) {
+                    Some(block_crcs) => scan.records.push(Scanned {
+                        id: header.chunk_id,
                         lsn: header.lsn,
-                        block_crcs: block_crcs.into(),
+                        loc: Some(Location {
+                            segment: segment.clone(),
+                            offset: pos,
+                            length: header.length,
+                            crc32: header.crc32,
+                            created_unix_ms: header.created_unix_ms,
+                            lsn: header.lsn,
+                            block_crcs: block_crcs.into(),
+                        }),
                     }),
-                }),
-                None => {
-                    scan.n_skipped += 1;
-                    tracing::warn!(
-                        "segments: record of {} at {} in {} is torn or corrupt: skipped",
-                        header.chunk_id,
-                        pos,
-                        segment.path.display()
-                    );
+                    None => {
+                        scan.n_skipped += 1;
+                        tracing::warn!(
+                            "segments: record of {} at {} in {} is torn or corrupt: skipped",
+                            header.chunk_id,
+                            pos,
+                            segment.path.display()
+                        );
+                    }
                 }
-            },
+            }
         }
         pos += span;
         scan.end = pos;
     }
     Ok(scan)
-}
-
-/// The offset of the first sound record header at or after `from`, reading a window at a time.
-fn next_header_after(fd: &OwnedFd, buf: &mut AlignedBuf, from: u64, end: u64) -> io::Result<Option<u64>> {
-    let mut pos = from;
-    while pos < end {
-        let len = (end - pos).min(SCAN_WINDOW_BYTES as u64) as usize;
-        pread_exact(fd, buf, len, pos)?;
-        for at in (0..len).step_by(ALIGN) {
-            if RecordHeader::decode(&buf[at..]).is_some() {
-                return Ok(Some(pos + at as u64));
-            }
-        }
-        pos += len as u64;
-    }
-    Ok(None)
-}
-
-/// The block crc32s of the chunk record at `pos`, if its trailer's seal holds. (Its data is
-/// checked against them separately, by [`verify_location`], where start-up needs it.)
-fn read_record_trailer(fd: &OwnedFd, header: &RecordHeader, pos: u64) -> io::Result<Option<Vec<u32>>> {
-    let data_at = pos + RECORD_HEADER_BYTES as u64;
-    let trailer_at = data_at + header.length;
-    let trailer_len = 4 * n_blocks(header.length) as usize + 4;
-    let start = align_down(trailer_at);
-    let end = align_up(trailer_at + trailer_len as u64);
-    let mut buf = AlignedBuf::zeroed((end - start) as usize);
-    pread_exact(fd, &mut buf, (end - start) as usize, start)?;
-    let from = (trailer_at - start) as usize;
-    Ok(decode_trailer(header, &buf[from..from + trailer_len]))
 }
 
 #[cfg(test)]
