@@ -162,7 +162,18 @@ pub fn start_pinger(
         let mut conns: Vec<Option<std::net::TcpStream>> = health.nodes.iter().map(|_| None).collect();
         loop {
             for (node, conn) in health.nodes.iter().zip(conns.iter_mut()) {
-                match ping(conn, node.addr, timeouts) {
+                let reused = conn.is_some();
+                let answer = match ping(conn, node.addr, timeouts) {
+                    // The connection kept from the last round may only have died with a node
+                    // process that was restarted since: ask once more on a new one.
+                    Err(why) if reused => {
+                        *conn = None;
+                        ping(conn, node.addr, timeouts)
+                            .map_err(|again| format!("{again} (on a new connection, after {why})"))
+                    }
+                    answer => answer,
+                };
+                match answer {
                     Ok(report) => health.record_report(node.addr, report),
                     Err(why) => {
                         *conn = None;
