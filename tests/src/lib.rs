@@ -720,13 +720,40 @@ impl Cluster {
         cmd.spawn().expect("cannot start dfs-client")
     }
 
-    /// Temp files (uploads in progress) on node `node_idx`.
+    /// Temp files anywhere in node `node_idx`'s data directory, on either store: chunks being
+    /// received (`chunks/<xx>/.<chunk id>.<nonce>.tmp`) or segments being made
+    /// (`segments/.<seq>.seg.tmp`). A segment node receives chunks into records, not temp
+    /// files: see [`Cluster::partial_copies`] for those.
     pub fn temp_files(&self, node_idx: usize) -> Vec<PathBuf> {
-        walk_files(&self.nodes[node_idx].data_dir.join("chunks"))
+        walk_files(&self.nodes[node_idx].data_dir)
             .into_iter()
             .map(|(p, _)| p)
             .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
             .collect()
+    }
+
+    /// Copies node `node_idx` has begun to receive and not finished, as found on disk, on either
+    /// store: the temp files of chunks being received (files), or chunk records whose header is
+    /// on disk and whose seal is not (segments: the record is being written, or was abandoned
+    /// without the pad header a node writes over one, or torn by a crash).
+    pub fn partial_copies(&self, node_idx: usize) -> Vec<ChunkId> {
+        let data_dir = &self.nodes[node_idx].data_dir;
+        match self.node_store(node_idx) {
+            Store::Files => walk_files(&data_dir.join("chunks"))
+                .into_iter()
+                .filter_map(|(p, _)| {
+                    let name = p.file_name()?.to_str()?;
+                    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+                    let id = inner.get(..41).and_then(|s| s.parse::<ChunkId>().ok());
+                    Some(id.unwrap_or_else(|| panic!("temp file {} is not named .<chunk id>.<nonce>.tmp", p.display())))
+                })
+                .collect(),
+            Store::Segments => segment_oracle::scan_dir(&data_dir.join("segments"))
+                .into_iter()
+                .filter(|r| r.kind == segment_oracle::Kind::Chunk && !r.sealed)
+                .map(|r| r.chunk_id)
+                .collect(),
+        }
     }
 
     /// Writes `data` to a fresh input file and returns its path.
@@ -867,32 +894,210 @@ impl Cluster {
         }
     }
 
-    /// Every committed chunk file on node `node_idx`, sorted by chunk ID. A node running the
-    /// segment store (`--store segments`, or `DFS_STORE=segments` in the environment) has no
-    /// chunk files: its chunks are asked of the node itself (ChunkList), and each comes with the
-    /// path `segments/<chunk id>`, which names no file, so a test that would delete or damage it
-    /// fails loudly instead of doing something else.
-    pub fn chunk_files(&self, node_idx: usize) -> Vec<(ChunkId, PathBuf)> {
-        let slot = &self.nodes[node_idx];
-        let segments = slot.data_dir.join("segments");
-        if !segments.is_dir() {
-            return chunk_files_under(&slot.data_dir.join("chunks"));
-        }
-        assert!(
-            slot.proc.is_some(),
-            "node {node_idx} runs the segment store and is not running: its chunks cannot be listed"
-        );
-        assert!(!self.opts.cluster_secret, "listing a segment node's chunks needs a node without a cluster secret");
-        node_chunk_ids(&slot.addr).into_iter().map(|id| (id, segments.join(id.to_string()))).collect()
+    /// Which store node `node_idx` keeps its chunks in, from its data directory: `segments/`
+    /// (`--store segments`, or `DFS_STORE=segments` in the environment the node inherits) or
+    /// `chunks/` (`--store files`, the default). Panics if it holds neither.
+    pub fn node_store(&self, node_idx: usize) -> Store {
+        let data_dir = &self.nodes[node_idx].data_dir;
+        store_of(data_dir).unwrap_or_else(|| {
+            panic!("node {node_idx}'s data directory {} holds neither chunks/ nor segments/", data_dir.display())
+        })
     }
 
-    /// Where the chunk `chunk_idx` of file `file_id` lies on disk: (node index, path), on every node.
+    /// Every committed chunk file on node `node_idx`, sorted by chunk ID. A node running the
+    /// segment store has no chunk files: its chunks are those of [`Cluster::stored_chunk_ids`],
+    /// each with the path `segments/<chunk id>`, which names no file, so a test that would delete
+    /// or damage it fails loudly instead of doing something else (use [`Cluster::delete_copy`]
+    /// and [`Cluster::corrupt_copy`], which work on both stores).
+    pub fn chunk_files(&self, node_idx: usize) -> Vec<(ChunkId, PathBuf)> {
+        let slot = &self.nodes[node_idx];
+        match self.node_store(node_idx) {
+            Store::Files => chunk_files_under(&slot.data_dir.join("chunks")),
+            Store::Segments => {
+                let segments = slot.data_dir.join("segments");
+                self.stored_chunk_ids(node_idx).into_iter().map(|id| (id, segments.join(id.to_string()))).collect()
+            }
+        }
+    }
+
+    /// Every chunk node `node_idx` holds a committed copy of, sorted, on either store, running or
+    /// stopped: its chunk files (files); for a running segment node, what it answers to
+    /// ChunkList; for a stopped one, the live records its segments hold ([`segment_oracle`]).
+    pub fn stored_chunk_ids(&self, node_idx: usize) -> Vec<ChunkId> {
+        let slot = &self.nodes[node_idx];
+        match (self.node_store(node_idx), &slot.proc) {
+            (Store::Segments, Some(_)) => {
+                assert!(
+                    !self.opts.cluster_secret,
+                    "node {node_idx}: asking a segment node for its chunks needs a node without a cluster secret"
+                );
+                let mut ids = node_chunk_ids(&slot.addr);
+                ids.sort();
+                ids
+            }
+            _ => stored_chunk_ids_in(&slot.data_dir),
+        }
+    }
+
+    /// Where the chunk `chunk_idx` of file `file_id` lies on disk: (node index, path), on every
+    /// node. On a segment node the path names no file (see [`Cluster::chunk_files`]); use
+    /// [`Cluster::find_copies`] with the store-neutral helpers instead.
     pub fn find_chunk_file(&self, file_id: &str, chunk_idx: u32) -> Vec<(usize, PathBuf)> {
-        let file_id: FileId = file_id.parse().expect("well-formed file ID");
-        let want = ChunkId { file_id, chunk_idx };
+        let want = chunk_id(file_id, chunk_idx);
         (0..self.nodes.len())
             .flat_map(|n| self.chunk_files(n).into_iter().filter(|(c, _)| *c == want).map(move |(_, p)| (n, p)))
             .collect()
+    }
+
+    /// The nodes, by index, that hold a committed copy of chunk `chunk_idx` of `file_id`, on
+    /// either store.
+    pub fn find_copies(&self, file_id: &str, chunk_idx: u32) -> Vec<usize> {
+        let want = chunk_id(file_id, chunk_idx);
+        (0..self.nodes.len()).filter(|&n| self.stored_chunk_ids(n).contains(&want)).collect()
+    }
+
+    /// Deletes node `node_idx`'s copy of `chunk_id` behind the engine's back, on either store:
+    /// the chunk file is removed (files, running or stopped); a running segment node is sent
+    /// ChunkDelete directly, which writes a tombstone (a stopped segment node panics: start it
+    /// first).
+    pub fn delete_copy(&self, node_idx: usize, chunk_id: ChunkId) {
+        let slot = &self.nodes[node_idx];
+        match self.node_store(node_idx) {
+            Store::Files => {
+                let path = chunk_files_under(&slot.data_dir.join("chunks"))
+                    .into_iter()
+                    .find(|(c, _)| *c == chunk_id)
+                    .map(|(_, p)| p)
+                    .unwrap_or_else(|| {
+                        panic!("node {node_idx} has no chunk file of {chunk_id} under {}", slot.data_dir.display())
+                    });
+                fs::remove_file(&path).unwrap_or_else(|e| {
+                    panic!("node {node_idx}: cannot delete the chunk file of {chunk_id}, {}: {e}", path.display())
+                });
+                self.note(&format!("deleted node {node_idx}'s copy of {chunk_id}: {}", path.display()));
+            }
+            Store::Segments => {
+                assert!(
+                    slot.proc.is_some(),
+                    "node {node_idx} runs the segment store and is stopped: its copy of {chunk_id} can only be deleted by a running node"
+                );
+                assert!(
+                    !self.opts.cluster_secret,
+                    "node {node_idx}: deleting a segment node's copy of {chunk_id} needs a node without a cluster secret"
+                );
+                let mut s = node_conn(&slot.addr);
+                io_std::write_msg(&mut s, &Msg::ChunkDelete { chunk_id }).unwrap_or_else(|e| {
+                    panic!("node {node_idx} ({}): cannot send ChunkDelete of {chunk_id}: {e}", slot.addr)
+                });
+                match io_std::read_frame(&mut s) {
+                    Ok(Frame::Msg(Msg::Ok)) => {}
+                    other => {
+                        panic!("node {node_idx} ({}) answered ChunkDelete of {chunk_id} with {other:?}", slot.addr)
+                    }
+                }
+                self.note(&format!("deleted node {node_idx}'s copy of {chunk_id} with ChunkDelete"));
+            }
+        }
+    }
+
+    /// Damages node `node_idx`'s copy of `chunk_id` on disk by flipping one bit of one byte, on
+    /// either store and whether the node runs or not, and returns the copy's bytes as they are
+    /// now on disk: the whole chunk file (files), or the record's data (segments). On a segment
+    /// node every record with the live copy's lsn is damaged (a record and any compacted copy of
+    /// it, which are the same copy). A segment node checks [`Damage::Seal`] only when it starts.
+    pub fn corrupt_copy(&self, node_idx: usize, chunk_id: ChunkId, damage: Damage) -> Vec<u8> {
+        const MASK: u8 = 0x40;
+        let data_dir = &self.nodes[node_idx].data_dir;
+        match self.node_store(node_idx) {
+            Store::Files => {
+                let path = chunk_files_under(&data_dir.join("chunks"))
+                    .into_iter()
+                    .find(|(c, _)| *c == chunk_id)
+                    .map(|(_, p)| p)
+                    .unwrap_or_else(|| {
+                        panic!("node {node_idx} has no chunk file of {chunk_id} under {}", data_dir.display())
+                    });
+                let mut bytes = fs::read(&path).unwrap_or_else(|e| {
+                    panic!("node {node_idx}: cannot read the chunk file of {chunk_id}, {}: {e}", path.display())
+                });
+                let at = match damage {
+                    Damage::Data(offset) => offset as usize,
+                    Damage::Seal => bytes.len().saturating_sub(1),
+                };
+                assert!(
+                    at < bytes.len(),
+                    "node {node_idx}: byte {at} is outside the chunk file of {chunk_id}, {} ({} bytes)",
+                    path.display(),
+                    bytes.len()
+                );
+                bytes[at] ^= MASK;
+                fs::write(&path, &bytes).unwrap_or_else(|e| {
+                    panic!("node {node_idx}: cannot write the chunk file of {chunk_id}, {}: {e}", path.display())
+                });
+                self.note(&format!(
+                    "flipped byte {at} of {} (node {node_idx}, {chunk_id}, {damage:?})",
+                    path.display()
+                ));
+                bytes
+            }
+            Store::Segments => {
+                let segments = data_dir.join("segments");
+                let records = segment_oracle::live(&segment_oracle::scan_dir(&segments)).remove(&chunk_id);
+                let records = records.unwrap_or_else(|| {
+                    panic!("node {node_idx} has no live record of {chunk_id} in {}", segments.display())
+                });
+                for r in &records {
+                    let at = match damage {
+                        Damage::Data(offset) => {
+                            assert!(
+                                offset < r.length,
+                                "node {node_idx}: data byte {offset} is outside {chunk_id} ({} bytes) at {} of {}",
+                                r.length,
+                                r.offset,
+                                r.segment.display()
+                            );
+                            r.data_offset() + offset
+                        }
+                        Damage::Seal => r.seal_offset() + 3,
+                    };
+                    segment_oracle::flip_byte(&r.segment, at, MASK);
+                    self.note(&format!(
+                        "flipped byte {at} of {} (node {node_idx}, {chunk_id} recorded at {}, {damage:?})",
+                        r.segment.display(),
+                        r.offset
+                    ));
+                }
+                segment_oracle::read_data(&records[0])
+            }
+        }
+    }
+
+    /// The copies node `node_idx` has set aside as corrupt, with their bytes as on disk, sorted:
+    /// the files in `quarantine/` (files); the records a tombstone superseded (segments: scrub
+    /// writes one over a corrupt copy, but so does a delete, so a test that deletes must tell
+    /// them apart itself), with their data.
+    pub fn set_aside_copies(&self, node_idx: usize) -> Vec<(ChunkId, Vec<u8>)> {
+        let data_dir = &self.nodes[node_idx].data_dir;
+        let mut out: Vec<(ChunkId, Vec<u8>)> = match self.node_store(node_idx) {
+            Store::Files => walk_files(&data_dir.join("quarantine"))
+                .into_iter()
+                .map(|(p, _)| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    let id = name.get(..41).and_then(|s| s.parse::<ChunkId>().ok()).unwrap_or_else(|| {
+                        panic!("node {node_idx}: quarantined file {} is not named <chunk id>.<time>", p.display())
+                    });
+                    let bytes = fs::read(&p)
+                        .unwrap_or_else(|e| panic!("node {node_idx}: cannot read quarantined {}: {e}", p.display()));
+                    (id, bytes)
+                })
+                .collect(),
+            Store::Segments => segment_oracle::superseded(&segment_oracle::scan_dir(&data_dir.join("segments")))
+                .iter()
+                .map(|r| (r.chunk_id, segment_oracle::read_data(r)))
+                .collect(),
+        };
+        out.sort();
+        out
     }
 
     /// The engine's dynamic chunking cap, if this test set one.
@@ -950,9 +1155,17 @@ impl Cluster {
                 }
                 let path = self.chunk_files(node_idx).into_iter().find(|(cid, _)| *cid == want).map(|(_, p)| p);
                 let path = path.unwrap_or_else(|| panic!("{cctx}: node {node_idx} ({addr}) has no chunk file {want}"));
-                if !path.exists() {
-                    // A segment node's record: it is there (listed by the node); its bytes are
-                    // checked by every download, block by block.
+                if self.node_store(node_idx) == Store::Segments {
+                    // The node lists it; its live record on disk holds exactly those bytes.
+                    let segments = self.nodes[node_idx].data_dir.join("segments");
+                    let records = segment_oracle::live(&segment_oracle::scan_dir(&segments)).remove(&want);
+                    let records = records.unwrap_or_else(|| {
+                        panic!("{cctx}: node {node_idx} lists {want}, its segments have no record of it")
+                    });
+                    for r in &records {
+                        let what = format!("{cctx}: data of the record at {} of {}", r.offset, r.segment.display());
+                        assert_bytes_eq(&segment_oracle::read_data(r), bytes, &what);
+                    }
                     continue;
                 }
                 let on_disk = fs::read(&path).expect("read chunk file");
@@ -1054,6 +1267,55 @@ pub fn walk_files(dir: &Path) -> Vec<(PathBuf, u64)> {
     }
     out.sort();
     out
+}
+
+/// Which store a node keeps its chunks in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// One file per chunk copy under `chunks/` (`--store files`).
+    Files,
+    /// Records in segment files under `segments/` (`--store segments`, docs/STORE.md).
+    Segments,
+}
+
+/// Where [`Cluster::corrupt_copy`] flips a byte.
+#[derive(Clone, Copy, Debug)]
+pub enum Damage {
+    /// The byte at this offset of the chunk's data.
+    Data(u64),
+    /// The last byte of the copy's seal: the chunk file's last byte, its footer's seal (files),
+    /// or the record's seal after the block crc32s (segments).
+    Seal,
+}
+
+/// The store a node's data directory holds, if it holds one.
+pub fn store_of(data_dir: &Path) -> Option<Store> {
+    if data_dir.join("segments").is_dir() {
+        Some(Store::Segments)
+    } else if data_dir.join("chunks").is_dir() {
+        Some(Store::Files)
+    } else {
+        None
+    }
+}
+
+/// Every chunk a node's data directory holds a committed copy of, read from disk, sorted: its
+/// chunk files, or the live records of its segments ([`segment_oracle::live`], which checks
+/// seals but not data blocks, as a node starting up does for all but its newest segments).
+pub fn stored_chunk_ids_in(data_dir: &Path) -> Vec<ChunkId> {
+    match store_of(data_dir) {
+        Some(Store::Files) => chunk_files_under(&data_dir.join("chunks")).into_iter().map(|(c, _)| c).collect(),
+        Some(Store::Segments) => {
+            segment_oracle::live(&segment_oracle::scan_dir(&data_dir.join("segments"))).into_keys().collect()
+        }
+        None => panic!("{} holds neither chunks/ nor segments/", data_dir.display()),
+    }
+}
+
+/// Chunk `chunk_idx` of the file with ID `file_id` (32 hex digits).
+pub fn chunk_id(file_id: &str, chunk_idx: u32) -> ChunkId {
+    let file_id: FileId = file_id.parse().unwrap_or_else(|e| panic!("{file_id:?} is not a file ID: {e}"));
+    ChunkId { file_id, chunk_idx }
 }
 
 /// A connection to a node (on loopback, no cluster secret), past its handshake.
@@ -1484,5 +1746,258 @@ mod tests {
         let entries = json::ListEntry::from_json_list(&ls).expect("parse ls");
         assert_eq!(entries, [json::ListEntry { id: "ab".into(), name: "x y".into(), size: 7 }]);
         assert!(json::StatInfo::from_json(&serde_json::json!({"name": "f"})).is_err());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment store oracle
+// ---------------------------------------------------------------------------------------------
+
+/// A reader of a segment node's files (`DATA/segments/*.seg`), written from docs/STORE.md
+/// (format version 2) and nothing else, so the tests can find, damage and count what a segment
+/// node holds on disk without asking the node. It is a test oracle: it follows the spec, not the
+/// node's code, and panics on anything the spec does not allow, naming the file and offset.
+pub mod segment_oracle {
+    use dfs_proto::{ChunkId, FileId};
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+
+    /// Every offset and length on disk is a multiple of this.
+    pub const ALIGN: u64 = 4096;
+    /// Bytes of a record header; the data follows it.
+    pub const HEADER_BYTES: u64 = 64;
+    /// Blocks of a chunk's data, each with its crc32 in the record's trailer.
+    const BLOCK_BYTES: u64 = 1 << 20;
+    /// Bytes read at once while looking for the next header after a gap.
+    const WINDOW_BYTES: u64 = 1 << 20;
+    const SEGMENT_MAGIC: &[u8; 8] = b"DFSSEG01";
+    const RECORD_MAGIC: &[u8; 8] = b"DFSREC02";
+    const FORMAT_VERSION: u32 = 2;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        Chunk,
+        Tombstone,
+        Pad,
+    }
+
+    /// One record whose header is sound (magic, kind and the header's own crc32).
+    #[derive(Clone, Debug)]
+    pub struct Record {
+        pub segment: PathBuf,
+        /// Offset of the header in its segment.
+        pub offset: u64,
+        pub kind: Kind,
+        pub chunk_id: ChunkId,
+        /// Data bytes (chunk), 0 (tombstone), the whole span (pad).
+        pub length: u64,
+        pub lsn: u64,
+        /// Whether the seal after the block crc32s holds (chunks and tombstones; never for a
+        /// pad, which has none). A chunk record whose header is on disk but whose seal is not
+        /// is being written (or was torn by a crash).
+        pub sealed: bool,
+    }
+
+    impl Record {
+        /// Offset of the data's first byte in the segment.
+        pub fn data_offset(&self) -> u64 {
+            self.offset + HEADER_BYTES
+        }
+
+        /// Offset of the seal: after the data and one crc32 per block.
+        pub fn seal_offset(&self) -> u64 {
+            self.data_offset() + self.length + 4 * n_blocks(self.length)
+        }
+
+        /// Bytes the record takes in its segment, padding included.
+        pub fn span(&self) -> u64 {
+            match self.kind {
+                Kind::Pad => self.length,
+                _ => align_up(HEADER_BYTES + self.length + 4 * n_blocks(self.length) + 4),
+            }
+        }
+    }
+
+    fn n_blocks(length: u64) -> u64 {
+        length.div_ceil(BLOCK_BYTES)
+    }
+
+    fn align_up(n: u64) -> u64 {
+        n.div_ceil(ALIGN) * ALIGN
+    }
+
+    fn be32(b: &[u8]) -> u32 {
+        u32::from_be_bytes(b.try_into().expect("4 bytes"))
+    }
+
+    fn be64(b: &[u8]) -> u64 {
+        u64::from_be_bytes(b.try_into().expect("8 bytes"))
+    }
+
+    /// The segment files under `segments_dir`, in seq order (`<16 hex digits>.seg`; segments
+    /// being made, `.<seq>.seg.tmp`, are not segments yet).
+    pub fn segment_files(segments_dir: &Path) -> Vec<PathBuf> {
+        let entries = fs::read_dir(segments_dir)
+            .unwrap_or_else(|e| panic!("cannot list the segments in {}: {e}", segments_dir.display()));
+        let mut out: Vec<(u64, PathBuf)> = entries
+            .map(|e| e.unwrap_or_else(|e| panic!("cannot list {}: {e}", segments_dir.display())).path())
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                let hex = name.strip_suffix(".seg").filter(|h| h.len() == 16)?;
+                Some((u64::from_str_radix(hex, 16).ok()?, p))
+            })
+            .collect();
+        out.sort();
+        out.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// The header of the record at the start of `block`, if it is a sound one.
+    fn parse_header(block: &[u8]) -> Option<(Kind, ChunkId, u64, u64)> {
+        let h = block.get(..HEADER_BYTES as usize)?;
+        if &h[0..8] != RECORD_MAGIC || dfs_proto::layout::crc32(&h[..60]) != be32(&h[60..64]) {
+            return None;
+        }
+        let kind = match h[8] {
+            1 => Kind::Chunk,
+            2 => Kind::Tombstone,
+            3 => Kind::Pad,
+            _ => return None,
+        };
+        let chunk_id = ChunkId { file_id: FileId(h[12..28].try_into().ok()?), chunk_idx: be32(&h[28..32]) };
+        Some((kind, chunk_id, be64(&h[32..40]), be64(&h[52..60])))
+    }
+
+    /// Every record with a sound header in one segment, in order; nothing if the segment is
+    /// gone (a running node's compaction deletes segments it has rewritten).
+    pub fn scan_segment(path: &Path) -> Vec<Record> {
+        let file = match fs::File::open(path) {
+            Ok(f) => f,
+            // Deleted by compaction since it was listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => panic!("cannot open segment {}: {e}", path.display()),
+        };
+        let size = file.metadata().unwrap_or_else(|e| panic!("cannot stat segment {}: {e}", path.display())).len();
+        let read = |offset: u64, len: u64| -> Vec<u8> {
+            let len = len.min(size.saturating_sub(offset)) as usize;
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)
+                .unwrap_or_else(|e| panic!("cannot read {len} bytes at {offset} of segment {}: {e}", path.display()));
+            buf
+        };
+        let head = read(0, ALIGN);
+        assert!(
+            head.len() == ALIGN as usize
+                && &head[0..8] == SEGMENT_MAGIC
+                && dfs_proto::layout::crc32(&head[..32]) == be32(&head[32..36]),
+            "{} is not a sound dfs segment (magic or header crc32)",
+            path.display()
+        );
+        assert_eq!(be32(&head[8..12]), FORMAT_VERSION, "{}: segment format version", path.display());
+        assert_eq!(u64::from(be32(&head[12..16])), ALIGN, "{}: segment alignment", path.display());
+        let mut out = Vec::new();
+        let mut offset = ALIGN;
+        while offset < size {
+            let window = read(offset, WINDOW_BYTES);
+            let found = (0..window.len() as u64)
+                .step_by(ALIGN as usize)
+                .find_map(|at| parse_header(&window[at as usize..]).map(|h| (offset + at, h)));
+            let Some((at, (kind, chunk_id, length, lsn))) = found else {
+                // A gap: space reserved and never written, or the unused end.
+                offset += window.len().max(1) as u64;
+                continue;
+            };
+            let mut record =
+                Record { segment: path.to_path_buf(), offset: at, kind, chunk_id, length, lsn, sealed: false };
+            if kind != Kind::Pad {
+                let crcs_at = record.data_offset() + length;
+                let trailer = read(crcs_at, 4 * n_blocks(length) + 4);
+                if trailer.len() as u64 == 4 * n_blocks(length) + 4 {
+                    let (crcs, seal) = trailer.split_at(trailer.len() - 4);
+                    let mut sealed_bytes = read(at, HEADER_BYTES);
+                    sealed_bytes.extend_from_slice(crcs);
+                    record.sealed = dfs_proto::layout::crc32(&sealed_bytes) == be32(seal);
+                }
+            }
+            assert!(
+                kind != Kind::Pad || (length > 0 && length % ALIGN == 0),
+                "{}: pad at {at} spans {length} bytes, not a positive multiple of {ALIGN}",
+                path.display()
+            );
+            offset = at + record.span();
+            out.push(record);
+        }
+        out
+    }
+
+    /// Every record of every segment under `segments_dir`, in seq and offset order.
+    pub fn scan_dir(segments_dir: &Path) -> Vec<Record> {
+        segment_files(segments_dir).iter().flat_map(|p| scan_segment(p)).collect()
+    }
+
+    /// Each chunk's live copy: of its sealed chunk records and tombstones, those with the
+    /// highest lsn, unless that is a tombstone's (then the chunk is deleted). More than one
+    /// record of a chunk with that lsn are one record and its compacted copies.
+    pub fn live(records: &[Record]) -> BTreeMap<ChunkId, Vec<Record>> {
+        let mut newest: BTreeMap<ChunkId, (u64, Vec<&Record>)> = BTreeMap::new();
+        for r in records.iter().filter(|r| r.sealed && r.kind != Kind::Pad) {
+            let entry = newest.entry(r.chunk_id).or_insert((r.lsn, Vec::new()));
+            if r.lsn > entry.0 {
+                *entry = (r.lsn, Vec::new());
+            }
+            if r.lsn == entry.0 {
+                entry.1.push(r);
+            }
+        }
+        newest
+            .into_iter()
+            .filter(|(_, (_, rs))| rs.iter().all(|r| r.kind == Kind::Chunk))
+            .map(|(id, (_, rs))| (id, rs.into_iter().cloned().collect()))
+            .collect()
+    }
+
+    /// Sealed chunk records that a later tombstone of their chunk superseded: copies deleted,
+    /// or set aside by scrub (the two look the same on disk), whose bytes compaction has not
+    /// reclaimed yet.
+    pub fn superseded(records: &[Record]) -> Vec<Record> {
+        records
+            .iter()
+            .filter(|r| r.sealed && r.kind == Kind::Chunk)
+            .filter(|r| {
+                records
+                    .iter()
+                    .any(|t| t.sealed && t.kind == Kind::Tombstone && t.chunk_id == r.chunk_id && t.lsn > r.lsn)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The data bytes of a chunk record.
+    pub fn read_data(record: &Record) -> Vec<u8> {
+        let file = fs::File::open(&record.segment)
+            .unwrap_or_else(|e| panic!("cannot open segment {}: {e}", record.segment.display()));
+        let mut buf = vec![0u8; record.length as usize];
+        file.read_exact_at(&mut buf, record.data_offset()).unwrap_or_else(|e| {
+            panic!("cannot read chunk {} at {} of {}: {e}", record.chunk_id, record.offset, record.segment.display())
+        });
+        buf
+    }
+
+    /// Flips `mask` into the byte at `offset` of a segment with a plain positioned write (a node
+    /// reading with O_DIRECT sees it: the kernel writes dirty page-cache pages back before a
+    /// direct read of their range).
+    pub fn flip_byte(segment: &Path, offset: u64, mask: u8) {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(segment)
+            .unwrap_or_else(|e| panic!("cannot open segment {} for writing: {e}", segment.display()));
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, offset)
+            .unwrap_or_else(|e| panic!("cannot read byte {offset} of {}: {e}", segment.display()));
+        byte[0] ^= mask;
+        file.write_all_at(&byte, offset)
+            .unwrap_or_else(|e| panic!("cannot write byte {offset} of {}: {e}", segment.display()));
     }
 }

@@ -5,7 +5,7 @@
 //! must stay inside the download budget. Each test names what it catches.
 
 use dfs_proto::Chunking;
-use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, Cluster, ClusterOpts, Value};
+use dfs_tests::{assert_bytes_eq, chunk_id, pseudo_random_bytes, Cluster, ClusterOpts, Value};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -166,6 +166,11 @@ fn a_slow_client_does_not_make_a_healthy_node_time_out() {
 /// Regression: repair took any failed check (here EMFILE on a node out of descriptors) for a
 /// bad copy, deleted it and then failed to copy it back: the count of sound copies went down.
 /// A copy that cannot be checked must be left alone.
+///
+/// The nodes run `--store files` whatever `DFS_STORE` says: the failed check this needs is a
+/// chunk-file node's EXISTS, which opens the chunk's file and so fails with EMFILE. A segment
+/// node answers EXISTS from its in-memory index on a connection it already has, so its checks
+/// do not fail for want of descriptors and the regression cannot be provoked this way.
 #[test]
 fn repair_leaves_alone_copies_it_cannot_check_on_a_node_out_of_descriptors() {
     let cluster = Cluster::start(
@@ -174,6 +179,7 @@ fn repair_leaves_alone_copies_it_cannot_check_on_a_node_out_of_descriptors() {
             replicas: Some(2),
             // One runtime, so repair runs where the pooled connections of the uploads are.
             engine_args: args(&["--threads", "1", "--ping-interval-secs", "3600"]),
+            node_args: args(&["--store", "files"]),
             ..ClusterOpts::default()
         },
     );
@@ -311,10 +317,10 @@ fn repair_tells_unavailable_chunks_from_lost_ones() {
     assert!(ok, "repair with node {a} back: {report}");
     let (id, _) = &files[1];
     // Every file of the chunk, including any copy a repair moved away from (gc's to collect).
-    let copies = cluster.find_chunk_file(id, 2);
+    let copies = cluster.find_copies(id, 2);
     assert!(copies.len() >= 2, "chunk 2 of {id}: {copies:?}");
-    for (_, path) in &copies {
-        std::fs::remove_file(path).expect("delete a chunk file");
+    for &node_idx in &copies {
+        cluster.delete_copy(node_idx, chunk_id(id, 2));
     }
     let out = cluster.client(["repair", "--json"]);
     assert!(!out.success(), "repair with a lost chunk must fail: {}", out.describe());
@@ -511,13 +517,12 @@ fn a_chunk_read_again_stays_inside_the_buffer_budget() {
     for chunk in &stat.chunks {
         // The copy read first is the first one placed: take it away.
         let first = cluster.node_idx_of(&chunk.nodes[0]).expect("a cluster node");
-        let path = cluster
-            .find_chunk_file(&id, chunk.index)
-            .into_iter()
-            .find(|(n, _)| *n == first)
-            .map(|(_, p)| p)
-            .unwrap_or_else(|| panic!("chunk {} has no file on node {first}", chunk.index));
-        std::fs::remove_file(&path).expect("delete a chunk file");
+        assert!(
+            cluster.find_copies(&id, chunk.index).contains(&first),
+            "chunk {} has no copy on node {first}",
+            chunk.index
+        );
+        cluster.delete_copy(first, chunk_id(&id, chunk.index));
     }
     let got = cluster.get(&id).unwrap_or_else(|e| panic!("get {id} with every first copy gone: {e}"));
     assert_bytes_eq(&got, &data, "a buffered download read from second copies");

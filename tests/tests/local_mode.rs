@@ -1,8 +1,8 @@
 //! `dfs-engine --local 4` starts a whole cluster from one command: the engine and four node
 //! processes of its own, with their data under `--data`.
 
-use dfs_proto::{ChunkId, Chunking, FileId};
-use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, walk_files, Cluster};
+use dfs_proto::{Chunking, FileId};
+use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, store_of, stored_chunk_ids_in, Cluster, Store};
 use std::fs;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -86,18 +86,42 @@ fn local_mode_starts_four_nodes_and_round_trips() {
     assert_bytes_eq(&got, &data, "a file round-tripped through --local 4");
 
     let file_id: FileId = id.parse().expect("well-formed ID");
-    // Two copies of each chunk (the default with 4 nodes), in two different node directories.
-    let mut copies: Vec<(u32, PathBuf)> = walk_files(&data_dir)
+    // Two copies of each chunk (the default with 4 nodes), in two different node directories,
+    // read from disk: chunk files, or segment records (the nodes inherit DFS_STORE).
+    let node_dirs: Vec<PathBuf> = fs::read_dir(&data_dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", data_dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    let stores: Vec<(PathBuf, Option<Store>)> = node_dirs.iter().map(|d| (d.clone(), store_of(d))).collect();
+    assert_eq!(
+        stores.iter().filter(|(_, s)| s.is_some()).count(),
+        4,
+        "--local 4 must keep four node data directories under {}: {stores:?}",
+        data_dir.display()
+    );
+    // The engine's nodes inherit its environment, DFS_STORE included.
+    let wanted = match std::env::var("DFS_STORE").as_deref() {
+        Ok("segments") => Store::Segments,
+        _ => Store::Files,
+    };
+    for (dir, store) in &stores {
+        assert!(store.is_none() || *store == Some(wanted), "{} holds a {store:?} store, not {wanted:?}", dir.display());
+    }
+    let mut copies: Vec<(u32, PathBuf)> = stores
         .iter()
-        .filter_map(|(p, _)| {
-            let c = p.file_name()?.to_str()?.parse::<ChunkId>().ok()?;
-            let node_dir = p.strip_prefix(&data_dir).ok()?.components().next()?.as_os_str().into();
-            (c.file_id == file_id).then_some((c.chunk_idx, node_dir))
+        .filter(|(_, s)| s.is_some())
+        .flat_map(|(dir, _)| {
+            let node_dir = dir.strip_prefix(&data_dir).expect("under the data directory").to_path_buf();
+            stored_chunk_ids_in(dir)
+                .into_iter()
+                .filter(|c| c.file_id == file_id)
+                .map(move |c| (c.chunk_idx, node_dir.clone()))
         })
         .collect();
     copies.sort();
     let chunk_idxs: Vec<u32> = copies.iter().map(|(i, _)| *i).collect();
-    assert_eq!(chunk_idxs, [0, 0, 1, 1, 2, 2, 3, 3], "chunk files of {id} under {}", data_dir.display());
+    assert_eq!(chunk_idxs, [0, 0, 1, 1, 2, 2, 3, 3], "copies of {id}'s chunks under {}", data_dir.display());
     for pair in copies.chunks(2) {
         assert_ne!(pair[0].1, pair[1].1, "both copies of chunk {} of {id} are on one node", pair[0].0);
     }

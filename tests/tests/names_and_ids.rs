@@ -2,7 +2,7 @@
 //! the file ID reaches the disk. IDs themselves are checked before they are used.
 
 use dfs_proto::Chunking;
-use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, random_file_id, walk_files, Cluster, ClusterOpts};
+use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, random_file_id, walk_files, Cluster, ClusterOpts, Store};
 use std::fs;
 use std::path::Path;
 
@@ -40,12 +40,16 @@ fn names_with_spaces_unicode_and_dot_dot_are_stored_as_given_and_never_become_pa
     }
 
     // Inside the test directory every file must be one the harness or a server owns by design:
-    // chunk files named by ID (checked by `chunk_files`), engine metadata, logs and inputs.
+    // engine metadata, logs, inputs, and in a node's data directory only what its store names
+    // from IDs and sequence numbers: chunk files `chunks/<xx>/<chunk id>` (each checked by
+    // `chunk_files`), or segments `segments/<seq>.seg` (and `.<seq>.seg.tmp`, a spare segment
+    // being made, which holds no record yet).
     let root = cluster.root();
     for node_idx in 0..cluster.n_nodes() {
-        let n_chunk_files = cluster.chunk_files(node_idx).len();
-        assert!(n_chunk_files > 0, "node {node_idx} holds no chunk files");
+        let n_chunks = cluster.chunk_files(node_idx).len();
+        assert!(n_chunks > 0, "node {node_idx} holds no chunks");
     }
+    let is_seq = |s: &str| s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     for (path, _) in walk_files(root) {
         let rel = path.strip_prefix(root).expect("under the root");
         let text = rel.to_string_lossy();
@@ -56,9 +60,23 @@ fn names_with_spaces_unicode_and_dot_dot_are_stored_as_given_and_never_become_pa
             "nodes" => {
                 let parts: Vec<String> =
                     rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                let node_idx: usize = parts[1]
+                    .strip_prefix('n')
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("{} is in no node's data directory", path.display()));
+                let allowed = match cluster.node_store(node_idx) {
+                    Store::Files => parts.len() == 5 && parts[2] == "chunks",
+                    Store::Segments => {
+                        let name = parts.last().map(String::as_str).unwrap_or("");
+                        let made = name.strip_prefix('.').and_then(|n| n.strip_suffix(".seg.tmp"));
+                        parts.len() == 4
+                            && parts[2] == "segments"
+                            && (name.strip_suffix(".seg").is_some_and(is_seq) || made.is_some_and(is_seq))
+                    }
+                };
                 assert!(
-                    parts.len() == 5 && parts[2] == "chunks",
-                    "unexpected file in a node data directory: {} (only chunks/<xx>/<chunk id> may hold files once puts are done)",
+                    allowed,
+                    "unexpected file in a node data directory: {} (only chunks/<xx>/<chunk id>, or segments/<seq>.seg, may hold files once puts are done)",
                     path.display()
                 );
             }

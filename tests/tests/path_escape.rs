@@ -6,10 +6,21 @@ use dfs_proto::Chunking;
 use dfs_tests::{assert_bytes_eq, mentions_chunk, pseudo_random_bytes, Cluster, ClusterOpts};
 use std::fs;
 
+/// The nodes run `--store files` whatever `DFS_STORE` says: the path this swaps for a symlink
+/// is a chunk file's, which a node opens by name on every read. A segment node has no path per
+/// chunk: it opens its few segment files once, at start-up (with O_NOFOLLOW), and reads every
+/// chunk through those descriptors.
 #[test]
 fn a_chunk_file_swapped_for_a_symlink_is_not_followed() {
     for replicas in [1usize, 2] {
-        let cluster = Cluster::start(4, ClusterOpts { replicas: Some(replicas), ..ClusterOpts::default() });
+        let cluster = Cluster::start(
+            4,
+            ClusterOpts {
+                replicas: Some(replicas),
+                node_args: vec!["--store".into(), "files".into()],
+                ..ClusterOpts::default()
+            },
+        );
         let data = pseudo_random_bytes(42, 400_000);
         let id = cluster.put_bytes(&data, "target", Chunking::Equal);
         // Outside every data directory: a file the same size as the chunk file, which would

@@ -3,7 +3,7 @@
 //! while its node was down, and a node whose disk fills up.
 
 use dfs_proto::{ChunkId, Chunking, FileId};
-use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, Cluster, ClusterOpts};
+use dfs_tests::{assert_bytes_eq, chunk_id, pseudo_random_bytes, Cluster, ClusterOpts, Damage};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs;
@@ -185,28 +185,28 @@ fn scrub_quarantines_a_corrupt_copy_and_repair_replaces_it() {
     let mut cluster = Cluster::start(4, two_copies());
     let data = pseudo_random_bytes(5, 3 * MIB as usize);
     let id = cluster.put_bytes(&data, "scrubbed", Chunking::Equal);
-    let copies = cluster.find_chunk_file(&id, 1);
+    let copies = cluster.find_copies(&id, 1);
     assert_eq!(copies.len(), 2, "chunk 1 must have two copies: {copies:?}");
-    let (bad_node, path) = copies[0].clone();
-    let mut bytes = fs::read(&path).expect("read chunk file");
-    bytes[1234] ^= 0x10;
-    fs::write(&path, &bytes).expect("write chunk file");
-    cluster.note(&format!("flipped byte 1234 of {}", path.display()));
+    let bad_node = copies[0];
+    let chunk = chunk_id(&id, 1);
+    let bytes = cluster.corrupt_copy(bad_node, chunk, Damage::Data(1234));
 
     let (ok, report) = json_of(&cluster, &["scrub"]);
     assert!(ok, "scrub failed: {report}");
     assert_eq!(u(&report, "/scrub/n_corrupt"), 1, "{report}");
     assert_eq!(u(&report, "/scrub/n_checked"), 8, "4 chunks × 2 copies: {report}");
     assert_eq!(u(&report, "/repair/n_copies_made"), 1, "{report}");
-    let quarantined: Vec<PathBuf> = fs::read_dir(cluster.node_data_dir(bad_node).join("quarantine"))
-        .expect("quarantine directory")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    assert_eq!(quarantined.len(), 1, "the corrupt copy is kept aside: {quarantined:?}");
-    assert_eq!(fs::read(&quarantined[0]).expect("read quarantined"), bytes, "the quarantined file is the corrupt one");
+    // Set aside, not destroyed: a file in quarantine/ (files), or the record left in its
+    // segment under a tombstone (segments), holding exactly the corrupt bytes.
+    let set_aside = cluster.set_aside_copies(bad_node);
+    let chunks: Vec<_> = set_aside.iter().map(|(c, _)| c.to_string()).collect();
+    assert_eq!(chunks, [chunk.to_string()], "the corrupt copy, and only it, is kept aside on node {bad_node}");
+    assert_eq!(set_aside[0].1, bytes, "the copy kept aside is the corrupt one");
+    let n_quarantined = dfs_tests::node_report(cluster.node_addr(bad_node)).n_quarantined;
+    assert_eq!(n_quarantined, 1, "node {bad_node} must count the copy it set aside");
 
     // The repaired copy is sound: read the file with the other copy's node gone.
-    let other = copies[1].0;
+    let other = copies[1];
     cluster.kill_node(other);
     let got = cluster.get(&id).unwrap_or_else(|e| panic!("get {id} from the repaired copy: {e}"));
     assert_bytes_eq(&got, &data, "the file read from its repaired copy");
@@ -320,10 +320,11 @@ fn a_node_with_a_full_disk_fails_its_copies_cleanly_and_the_upload_goes_elsewher
     }
     let got = cluster.get(&id).unwrap_or_else(|e| panic!("get {id}: {e}"));
     assert_bytes_eq(&got, &data, "a file whose upload hit a full disk");
-    let leftovers: Vec<_> = dfs_tests::walk_files(&dir.join("chunks"))
-        .into_iter()
-        .filter(|(p, _)| p.extension().is_some_and(|e| e == "tmp"))
-        .collect();
-    assert!(leftovers.is_empty(), "partial chunks left on the full disk: {leftovers:?}");
+    let leftovers = cluster.temp_files(0);
+    let partial = cluster.partial_copies(0);
+    assert!(
+        leftovers.is_empty() && partial.is_empty(),
+        "partial chunks left on the full disk: temp files {leftovers:?}, partial copies {partial:?}"
+    );
     assert_all_readable(&cluster, &before, "after the full-disk upload");
 }

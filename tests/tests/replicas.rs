@@ -1,12 +1,11 @@
 //! Replicas: with two copies of every chunk, a node killed in the middle of an upload or a
-//! download, a deleted chunk file or a flipped byte in one copy cost nothing; when every copy of
+//! download, a deleted copy or a flipped byte in one copy cost nothing (on either node store); when every copy of
 //! a chunk is gone, the error names the chunk and its nodes, and files with a surviving copy of
 //! every chunk still read.
 
 use dfs_proto::Chunking;
-use dfs_tests::{assert_bytes_eq, mentions_chunk, pseudo_random_bytes, Cluster, ClusterOpts};
+use dfs_tests::{assert_bytes_eq, chunk_id, mentions_chunk, pseudo_random_bytes, Cluster, ClusterOpts, Damage};
 use std::collections::BTreeSet;
-use std::fs;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -16,11 +15,12 @@ fn two_copies() -> ClusterOpts {
     ClusterOpts { replicas: Some(2), ..ClusterOpts::default() }
 }
 
-/// Waits until some node has a chunk being written (a temp file) and returns that node.
+/// Waits until some node has a chunk being written (a temp file, or a segment record whose
+/// header is on disk and whose seal is not yet) and returns that node.
 fn node_mid_write(cluster: &Cluster, client: &mut std::process::Child) -> usize {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(node_idx) = (0..cluster.n_nodes()).find(|&n| !cluster.temp_files(n).is_empty()) {
+        if let Some(node_idx) = (0..cluster.n_nodes()).find(|&n| !cluster.partial_copies(n).is_empty()) {
             return node_idx;
         }
         if let Ok(Some(status)) = client.try_wait() {
@@ -100,17 +100,12 @@ fn one_bad_copy_is_read_around_deleted_or_corrupt() {
     for (what, size) in [("buffered", 300_000usize), ("streamed", 6 * MIB as usize)] {
         let data = pseudo_random_bytes(size as u64, size);
         let id = cluster.put_bytes(&data, what, Chunking::Equal);
-        let deleted = cluster.find_chunk_file(&id, 1);
+        let deleted = cluster.find_copies(&id, 1);
         assert_eq!(deleted.len(), 2, "{what}: chunk 1 of {id} must have 2 copies: {deleted:?}");
-        fs::remove_file(&deleted[0].1).expect("delete a chunk file");
-        cluster.note(&format!("deleted {}", deleted[0].1.display()));
-        let flipped = cluster.find_chunk_file(&id, 2);
+        cluster.delete_copy(deleted[0], chunk_id(&id, 1));
+        let flipped = cluster.find_copies(&id, 2);
         assert_eq!(flipped.len(), 2, "{what}: chunk 2 of {id} must have 2 copies: {flipped:?}");
-        let path = &flipped[1].1;
-        let mut bytes = fs::read(path).expect("read chunk file");
-        bytes[size / 8 + 3] ^= 0x01;
-        fs::write(path, &bytes).expect("write corrupted chunk file");
-        cluster.note(&format!("flipped a byte of {}", path.display()));
+        cluster.corrupt_copy(flipped[1], chunk_id(&id, 2), Damage::Data(size as u64 / 8 + 3));
 
         let got =
             cluster.get(&id).unwrap_or_else(|e| panic!("{what}: get {id} with one bad copy each of two chunks: {e}"));

@@ -26,26 +26,25 @@ fn put_msg(name: &str, data: &[u8], cap: u64) -> Msg {
     Msg::Put { name: name.into(), size: data.len() as u64, chunking: Chunking::Equal, chunk_crcs, origin: None }
 }
 
-/// Waits (bounded) until the nodes hold exactly the chunk files of `ids`.
+/// Waits (bounded) until the nodes hold exactly the chunks of `ids`, with nothing half
+/// received: no temp file (files: a chunk being received; segments: a segment being made) and
+/// no chunk record left without its seal (segments).
 fn wait_for_chunks_of_only(cluster: &Cluster, ids: &[&str], why: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stray: Vec<String> = (0..cluster.n_nodes())
-            .flat_map(|n| cluster.chunk_files(n))
-            .map(|(id, _)| id.to_string())
+            .flat_map(|n| cluster.stored_chunk_ids(n))
+            .map(|id| id.to_string())
             .filter(|c| !ids.iter().any(|id| c.starts_with(id)))
             .collect();
-        let tmp_left: Vec<_> = (0..cluster.n_nodes())
-            .flat_map(|n| dfs_tests::walk_files(&cluster.node_data_dir(n).join("chunks")))
-            .map(|(path, _)| path)
-            .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
-            .collect();
-        if stray.is_empty() && tmp_left.is_empty() {
+        let tmp_left: Vec<_> = (0..cluster.n_nodes()).flat_map(|n| cluster.temp_files(n)).collect();
+        let partial: Vec<_> = (0..cluster.n_nodes()).flat_map(|n| cluster.partial_copies(n)).collect();
+        if stray.is_empty() && tmp_left.is_empty() && partial.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "10 s after {why}, nodes still hold chunks {stray:?} and temp files {tmp_left:?}"
+            "10 s after {why}, nodes still hold chunks {stray:?}, temp files {tmp_left:?} and partial copies {partial:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
