@@ -69,11 +69,12 @@ struct Args {
     /// Read rate of a background scrub pass, in MiB/s, so it does not crowd out requests.
     #[arg(long, default_value_t = 32)]
     scrub_rate_mib: u64,
-    /// Where chunks live: `files` (one file per chunk copy under `chunks/`, written through the
-    /// page cache) or `segments` (records appended with O_DIRECT to preallocated segment files
-    /// under `segments/`, one fdatasync per segment shared by every record written before it;
-    /// docs/STORE.md). A data directory holds one kind: a node refuses the other's directory.
-    #[arg(long, value_enum, env = "DFS_STORE", default_value = "files")]
+    /// Where chunks live: `segments` (records appended with O_DIRECT to preallocated segment
+    /// files under `segments/`, one fdatasync per segment shared by every record written before
+    /// it; docs/STORE.md) or `files` (one file per chunk copy under `chunks/`, written through
+    /// the page cache: the layout before segments). A data directory holds one kind: a node
+    /// refuses the other's directory and says how to move over.
+    #[arg(long, value_enum, env = "DFS_STORE", default_value = "segments")]
     store: StoreKind,
     /// Size of each segment file with `--store segments` (a chunk larger than this gets a
     /// segment of its own size).

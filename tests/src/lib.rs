@@ -895,8 +895,8 @@ impl Cluster {
     }
 
     /// Which store node `node_idx` keeps its chunks in, from its data directory: `segments/`
-    /// (`--store segments`, or `DFS_STORE=segments` in the environment the node inherits) or
-    /// `chunks/` (`--store files`, the default). Panics if it holds neither.
+    /// (`--store segments`, the default) or `chunks/` (`--store files`, or `DFS_STORE=files` in
+    /// the environment the node inherits). Panics if it holds neither.
     pub fn node_store(&self, node_idx: usize) -> Store {
         let data_dir = &self.nodes[node_idx].data_dir;
         store_of(data_dir).unwrap_or_else(|| {

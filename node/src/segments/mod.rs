@@ -461,9 +461,10 @@ impl SegmentStore {
         let root = root.canonicalize().map_err(ctx("cannot resolve data directory", root))?;
         if root.join("chunks").exists() {
             return Err(io::Error::other(format!(
-                "{} holds a chunk-file store (chunks/): this node was started with --store files; \
-                 start it with --store files, or move the chunks to a node of their own and let \
-                 repair copy them back",
+                "{} holds a chunk-file store (chunks/), the layout before segments: start this node \
+                 with --store files to keep it, or move to segments by starting the node with \
+                 --store segments on an empty directory and running `dfs-client repair`, which \
+                 copies its chunks back from the other nodes (needs --replicas 2 or more)",
                 root.display()
             )));
         }
