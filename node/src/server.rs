@@ -12,7 +12,7 @@ use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{block_len, n_blocks, BlockHasher};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_FILE_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, FrameError, FrameHeader, Hello, HelloOk, Msg, Role, Status, VERSION};
-use dfs_runtime::aligned::{align_down, align_up, AlignedBuf, ALIGN};
+use dfs_runtime::aligned::{self, align_down, align_up, AlignedBuf, ALIGN};
 use dfs_runtime::backend::fs::{File, OpenOptions};
 use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
@@ -518,10 +518,13 @@ async fn segment_store(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let lsn = reservation.as_ref().map_or(0, |r| r.lsn);
     let header = RecordHeader { kind: Kind::Chunk, chunk_id, length, crc32, created_unix_ms, lsn }.encode();
-    // One write's worth plus the part of a block left over from the previous write. Two of
-    // them: the next piece is received into one while the other is being written.
-    let mut stage = AlignedBuf::zeroed(WRITE_BYTES + ALIGN);
-    let mut spare = Some(AlignedBuf::zeroed(WRITE_BYTES + ALIGN));
+    // Two staging buffers: the next piece is received into one while the other is written.
+    // Each is sized to the record when it is small (one write at the end), else holds a
+    // write's worth plus the part of a block left over from the previous write (from the
+    // thread's pool).
+    let stage_bytes = (record_span(length) as usize).min(WRITE_BYTES + ALIGN);
+    let mut stage = aligned::for_io(stage_bytes);
+    let mut spare = Some(aligned::for_io(stage_bytes));
     stage.extend_from_slice(&header);
     let mut write_at = reservation.as_ref().map_or(0, |r| r.offset);
     let mut hasher = BlockHasher::new();
@@ -535,7 +538,7 @@ async fn segment_store(
     };
     while pos < length {
         let begin = if failed.is_some() { 0 } else { stage.len() };
-        let n = (length - pos).min((stage.capacity() - begin) as u64) as usize;
+        let n = (length - pos).min((stage_bytes.min(stage.capacity()) - begin) as u64) as usize;
         let read = conn.read_exact(stage, begin, begin + n, false);
         let received = match writing.take() {
             Some(write) => {
@@ -597,7 +600,11 @@ async fn segment_store(
     stage.extend_from_slice(&crate::segments::encode_trailer(&header, &block_crcs));
     stage.pad_to_alignment();
     assert_eq!(write_at + stage.len() as u64, r.offset + r.span, "a record fills its reservation exactly");
-    let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, stage, write_at).await;
+    let (res, stage) = dfs_runtime::ops::write_all_at(&r.segment.fd, stage, write_at).await;
+    aligned::give_back(stage);
+    if let Some(spare) = spare {
+        aligned::give_back(spare);
+    }
     if let Err(e) = res {
         segs.abandon(&r).await;
         return Ok(Err(RequestError::io(format!("cannot write chunk {chunk_id}"))(e)));
@@ -636,7 +643,7 @@ async fn segment_fetch(
         return Ok(Err(RequestError::BadRequest(chunk_id, why)));
     }
     conn.write_msg(&Msg::FetchOk { length: loc.length, crc32: loc.crc32, block_size_bytes: BLOCK_SIZE_BYTES }).await?;
-    let mut buf = AlignedBuf::zeroed(BLOCK_SIZE_BYTES as usize + 2 * ALIGN);
+    let mut buf = aligned::for_io(align_up(loc.length.min(BLOCK_SIZE_BYTES as u64)) as usize + 2 * ALIGN);
     for block_idx in u64::from(first_block)..n {
         let len = block_len(loc.length, block_idx);
         let at = loc.data_offset() + block_idx * BLOCK_SIZE_BYTES as u64;
@@ -652,6 +659,7 @@ async fn segment_fetch(
         }
         buf = conn.write_data(buf, from, from + len as usize).await?;
     }
+    aligned::give_back(buf);
     conn.write_msg(&Msg::End).await?;
     Ok(Ok(()))
 }

@@ -93,6 +93,48 @@ impl AlignedBuf {
     }
 }
 
+/// Capacity of the buffers [`for_io`] keeps for reuse: 1 MiB of data plus an aligned block on
+/// either side, what one direct read or write of a 1 MiB block at any offset needs.
+pub const POOLED_BYTES: usize = (1 << 20) + 2 * ALIGN;
+/// Needs below this get a buffer of their own size instead of a pooled one.
+const SMALL_BYTES: usize = 64 << 10;
+/// Pooled buffers kept per thread.
+const POOL_KEEP: usize = 8;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<AlignedBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer for direct I/O of up to `need` bytes (at most [`POOLED_BYTES`]): a small one
+/// of its own for a small need, else one from this thread's pool when one is free. Memory
+/// touched for the first time costs page faults and zeroing, which a request for a large buffer
+/// would otherwise pay every time; give buffers back with [`give_back`].
+pub fn for_io(need: usize) -> AlignedBuf {
+    assert!(need <= POOLED_BYTES, "{need} bytes is more than a pooled buffer holds");
+    if need < SMALL_BYTES {
+        return AlignedBuf::zeroed(need);
+    }
+    match POOL.with(|p| p.borrow_mut().pop()) {
+        Some(mut b) => {
+            b.set_len(0);
+            b
+        }
+        None => AlignedBuf::zeroed(POOLED_BYTES),
+    }
+}
+
+/// Returns a buffer from [`for_io`] to this thread's pool (one of another size is dropped).
+pub fn give_back(buf: AlignedBuf) {
+    if buf.capacity() == POOLED_BYTES {
+        POOL.with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < POOL_KEEP {
+                pool.push(buf);
+            }
+        });
+    }
+}
+
 impl std::ops::Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -152,5 +194,22 @@ mod tests {
         b.drain_front(2);
         assert_eq!(b.len(), 4094);
         assert_eq!(b[0], b'c');
+    }
+
+    #[test]
+    fn large_buffers_are_reused_and_small_ones_are_their_own_size() {
+        let small = for_io(5000);
+        assert_eq!(small.capacity(), 8192);
+        give_back(small);
+        let mut big = for_io(1 << 20);
+        assert_eq!(big.capacity(), POOLED_BYTES);
+        big.extend_from_slice(b"data");
+        let at = big.stable_ptr() as usize;
+        give_back(big);
+        let again = for_io(300 << 10);
+        assert_eq!(again.stable_ptr() as usize, at, "the pooled buffer was not reused");
+        assert!(again.is_empty(), "a reused buffer comes back empty");
+        let other = for_io(1 << 20);
+        assert_ne!(other.stable_ptr() as usize, at);
     }
 }
