@@ -100,10 +100,10 @@ fn local_mode_starts_four_nodes_and_round_trips() {
         "--local 4 must keep four node data directories under {}: {stores:?}",
         data_dir.display()
     );
-    // The engine's nodes inherit its environment, DFS_STORE included.
+    // The engine's nodes inherit its environment, DFS_STORE included; segments by default.
     let wanted = match std::env::var("DFS_STORE").as_deref() {
-        Ok("segments") => Store::Segments,
-        _ => Store::Files,
+        Ok("files") => Store::Files,
+        _ => Store::Segments,
     };
     for (dir, store) in &stores {
         assert!(store.is_none() || *store == Some(wanted), "{} holds a {store:?} store, not {wanted:?}", dir.display());
