@@ -41,8 +41,12 @@ const RECORD_MAGIC: [u8; 8] = *b"DFSREC02";
 /// The segment header block; records start after it.
 pub const SEGMENT_HEADER_BYTES: u64 = ALIGN as u64;
 pub const RECORD_HEADER_BYTES: usize = 64;
-/// Bytes of segment read at once by the start-up scan.
-const SCAN_WINDOW_BYTES: usize = 1 << 20;
+/// Bytes of segment read at once by the start-up scan while it moves through a run of records
+/// (direct reads of 1 MiB measured 57 MB/s on the project's machine, of 8 MiB 313 MB/s).
+const SCAN_WINDOW_BYTES: usize = 8 << 20;
+/// Bytes read where the scan jumps past a record larger than the window (to its trailer, and
+/// the header after it).
+const SCAN_JUMP_BYTES: usize = 64 << 10;
 /// Segments, newest first, whose every record's data is read and checked at start-up: the ones
 /// that can hold a write torn by a crash.
 const VERIFIED_SEGMENTS_AT_START: usize = 2;
@@ -1023,16 +1027,20 @@ struct Window<'a> {
 
 impl<'a> Window<'a> {
     fn new(segment: &'a Segment) -> Window<'a> {
-        Window { segment, buf: AlignedBuf::zeroed(SCAN_WINDOW_BYTES + ALIGN), start: 0, len: 0 }
+        Window { segment, buf: AlignedBuf::zeroed(SCAN_WINDOW_BYTES + 2 * ALIGN), start: 0, len: 0 }
     }
 
     /// The `len` bytes at `pos` (at most a window's worth, inside the segment), read with the
-    /// window that follows them unless the current window holds them.
+    /// window that follows them unless the current window holds them: a whole window where
+    /// the scan goes on from the current one, a small one where it jumped past a large record.
     fn get(&mut self, pos: u64, len: usize) -> io::Result<&[u8]> {
         assert!(len <= SCAN_WINDOW_BYTES && pos + len as u64 <= self.segment.size, "a window read inside the segment");
-        if pos < self.start || pos + len as u64 > self.start + self.len as u64 {
+        let end = self.start + self.len as u64;
+        if pos < self.start || pos + len as u64 > end {
             let start = align_down(pos);
-            let n = (self.segment.size - start).min(SCAN_WINDOW_BYTES as u64 + ALIGN as u64) as usize;
+            let want = if pos <= end { SCAN_WINDOW_BYTES } else { SCAN_JUMP_BYTES } as u64;
+            let need = align_up(pos + len as u64) - start;
+            let n = want.max(need).min(self.segment.size - start) as usize;
             pread_exact(&self.segment.fd, &mut self.buf, n, start)?;
             (self.start, self.len) = (start, n);
         }
