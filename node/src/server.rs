@@ -26,6 +26,8 @@ use tokio_uring::buf::BoundedBuf;
 
 /// Bytes moved per socket read or file write while receiving a chunk.
 pub const STORE_IO_BYTES: usize = BLOCK_SIZE_BYTES as usize;
+/// Blocks of a segment record being read while earlier ones are sent, in one FETCH.
+const FETCH_READS_AHEAD: usize = 4;
 
 /// Where a node keeps its chunks (`--store`).
 pub enum Stores {
@@ -643,23 +645,53 @@ async fn segment_fetch(
         return Ok(Err(RequestError::BadRequest(chunk_id, why)));
     }
     conn.write_msg(&Msg::FetchOk { length: loc.length, crc32: loc.crc32, block_size_bytes: BLOCK_SIZE_BYTES }).await?;
-    let mut buf = aligned::for_io(align_up(loc.length.min(BLOCK_SIZE_BYTES as u64)) as usize + 2 * ALIGN);
-    for block_idx in u64::from(first_block)..n {
+    let buf_bytes = align_up(loc.length.min(BLOCK_SIZE_BYTES as u64)) as usize + 2 * ALIGN;
+    // Where block `block_idx` lies: the aligned span read, and its data's place in that span.
+    let span = |block_idx: u64| {
         let len = block_len(loc.length, block_idx);
         let at = loc.data_offset() + block_idx * BLOCK_SIZE_BYTES as u64;
-        let (start, end) = (align_down(at), align_up(at + len));
-        let (res, back) = dfs_runtime::ops::read_exact_at(&loc.segment.fd, buf, (end - start) as usize, start).await;
-        buf = back;
-        let from = (at - start) as usize;
+        (align_down(at), align_up(at + len), (at - align_down(at)) as usize, len as usize)
+    };
+    // Direct reads have a long latency on some disks, so up to FETCH_READS_AHEAD blocks are
+    // being read while earlier ones are sent; each runs as a task of its own on this thread.
+    let read = |block_idx: u64, buf: AlignedBuf| {
+        let (start, end, _, _) = span(block_idx);
+        let fd = loc.segment.fd.clone();
+        dfs_runtime::backend::spawn(async move {
+            dfs_runtime::ops::read_exact_at(&fd, buf, (end - start) as usize, start).await
+        })
+    };
+    let mut reads = std::collections::VecDeque::new();
+    let mut next_read = u64::from(first_block);
+    let mut last = None;
+    for block_idx in u64::from(first_block)..n {
+        while next_read < n && reads.len() < FETCH_READS_AHEAD {
+            let buf = last.take().unwrap_or_else(|| aligned::for_io(buf_bytes));
+            reads.push_back(read(next_read, buf));
+            next_read += 1;
+        }
+        if let Some(unused) = last.take() {
+            aligned::give_back(unused);
+        }
+        let (res, buf) = match reads.pop_front().expect("a read is under way for every block not sent").await {
+            Ok(done) => done,
+            Err(e) => {
+                return end_fetch(conn, RequestError::io(format!("cannot read chunk {chunk_id}"))(io::Error::other(e)))
+                    .await
+            }
+        };
+        let (_, _, from, len) = span(block_idx);
         let checked = res.map_err(RequestError::io(format!("cannot read chunk {chunk_id}"))).and_then(|()| {
-            check_block(chunk_id, block_idx, &buf[from..from + len as usize], loc.block_crcs[block_idx as usize])
+            check_block(chunk_id, block_idx, &buf[from..from + len], loc.block_crcs[block_idx as usize])
         });
         if let Err(e) = checked {
             return end_fetch(conn, e).await;
         }
-        buf = conn.write_data(buf, from, from + len as usize).await?;
+        last = Some(conn.write_data(buf, from, from + len).await?);
     }
-    aligned::give_back(buf);
+    if let Some(buf) = last {
+        aligned::give_back(buf);
+    }
     conn.write_msg(&Msg::End).await?;
     Ok(Ok(()))
 }
