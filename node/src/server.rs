@@ -28,6 +28,8 @@ use tokio_uring::buf::BoundedBuf;
 pub const STORE_IO_BYTES: usize = BLOCK_SIZE_BYTES as usize;
 /// Blocks of a segment record being read while earlier ones are sent, in one FETCH.
 const FETCH_READS_AHEAD: usize = 4;
+/// Pieces of a segment record being written while the next is received, in one STORE.
+const STORE_WRITES_IN_FLIGHT: usize = 4;
 
 /// Where a node keeps its chunks (`--store`).
 pub enum Stores {
@@ -520,20 +522,30 @@ async fn segment_store(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let lsn = reservation.as_ref().map_or(0, |r| r.lsn);
     let header = RecordHeader { kind: Kind::Chunk, chunk_id, length, crc32, created_unix_ms, lsn }.encode();
-    // Two staging buffers: the next piece is received into one while the other is written.
-    // Each is sized to the record when it is small (one write at the end), else holds a
-    // write's worth plus the part of a block left over from the previous write (from the
-    // thread's pool).
+    // Staging buffers: each sized to the record when it is small (one write at the end), else
+    // holding a write's worth plus the part of a block left over from the previous write (from
+    // the thread's pool).
     let stage_bytes = (record_span(length) as usize).min(WRITE_BYTES + ALIGN);
     let mut stage = aligned::for_io(stage_bytes);
-    let mut spare = Some(aligned::for_io(stage_bytes));
     stage.extend_from_slice(&header);
     let mut write_at = reservation.as_ref().map_or(0, |r| r.offset);
     let mut hasher = BlockHasher::new();
     let mut pos = 0u64;
-    type Write = std::pin::Pin<Box<dyn std::future::Future<Output = (io::Result<()>, AlignedBuf)>>>;
-    let mut writing: Option<Write> = None;
-    let note_written = |res: io::Result<()>, failed: &mut Option<RequestError>| {
+    // Writes under way, oldest first, each a task of its own on this thread, so the next piece
+    // is received while up to STORE_WRITES_IN_FLIGHT earlier ones are written; and their
+    // buffers, once done.
+    let mut writes = std::collections::VecDeque::new();
+    let mut free: Vec<AlignedBuf> = Vec::new();
+    let note_written = |done: Result<(io::Result<()>, AlignedBuf), tokio::task::JoinError>,
+                        failed: &mut Option<RequestError>,
+                        free: &mut Vec<AlignedBuf>| {
+        let res = match done {
+            Ok((res, buf)) => {
+                free.push(buf);
+                res
+            }
+            Err(e) => Err(io::Error::other(e)),
+        };
         if let Err(e) = res {
             failed.get_or_insert(RequestError::io(format!("cannot write chunk {chunk_id}"))(e));
         }
@@ -541,21 +553,15 @@ async fn segment_store(
     while pos < length {
         let begin = if failed.is_some() { 0 } else { stage.len() };
         let n = (length - pos).min((stage_bytes.min(stage.capacity()) - begin) as u64) as usize;
-        let read = conn.read_exact(stage, begin, begin + n, false);
-        let received = match writing.take() {
-            Some(write) => {
-                let (received, (res, buf)) = futures_util::future::join(read, write).await;
-                spare = Some(buf);
-                note_written(res, &mut failed);
-                received
-            }
-            None => read.await,
-        };
-        stage = match received {
+        stage = match conn.read_exact(stage, begin, begin + n, false).await {
             Ok(buf) => buf,
             Err(e) => {
-                // The engine went away mid-chunk: mark the reserved space dead, so start-up
-                // passes it at once instead of searching it for records.
+                // The engine went away mid-chunk: once the writes under way are done, mark the
+                // reserved space dead, so start-up passes it at once instead of searching it
+                // for records.
+                for w in writes.drain(..) {
+                    let _ = w.await;
+                }
                 if let Some(r) = &reservation {
                     segs.abandon(r).await;
                 }
@@ -571,21 +577,30 @@ async fn segment_store(
         stage.set_len(begin + n);
         if stage.len() >= WRITE_BYTES {
             let r = reservation.as_ref().expect("no failure means space was reserved");
+            if writes.len() >= STORE_WRITES_IN_FLIGHT {
+                let done = writes.pop_front().expect("writes are under way").await;
+                note_written(done, &mut failed, &mut free);
+            }
             let full = stage.len();
             let aligned = align_down(full as u64) as usize;
-            let mut next = spare.take().expect("the spare buffer is back once the last write ended");
+            let mut next = free.pop().unwrap_or_else(|| aligned::for_io(stage_bytes));
             next.set_len(0);
             next.extend_from_slice(&stage[aligned..full]);
             stage.set_len(aligned);
             let to_write = std::mem::replace(&mut stage, next);
             let fd = r.segment.fd.clone();
-            writing = Some(Box::pin(async move { dfs_runtime::ops::write_all_at(&fd, to_write, write_at).await }));
+            let at = write_at;
+            writes.push_back(dfs_runtime::backend::spawn(async move {
+                dfs_runtime::ops::write_all_at(&fd, to_write, at).await
+            }));
             write_at += aligned as u64;
         }
     }
-    if let Some(write) = writing.take() {
-        let (res, _) = write.await;
-        note_written(res, &mut failed);
+    for w in writes.drain(..) {
+        note_written(w.await, &mut failed, &mut free);
+    }
+    for buf in free {
+        aligned::give_back(buf);
     }
     let Some(r) = reservation else {
         return Ok(Err(failed.expect("no reservation means a failure")));
@@ -602,11 +617,8 @@ async fn segment_store(
     stage.extend_from_slice(&crate::segments::encode_trailer(&header, &block_crcs));
     stage.pad_to_alignment();
     assert_eq!(write_at + stage.len() as u64, r.offset + r.span, "a record fills its reservation exactly");
-    let (res, stage) = dfs_runtime::ops::write_all_at(&r.segment.fd, stage, write_at).await;
+    let (res, stage) = dfs_runtime::ops::write_all_at(r.segment.fd_for(length), stage, write_at).await;
     aligned::give_back(stage);
-    if let Some(spare) = spare {
-        aligned::give_back(spare);
-    }
     if let Err(e) = res {
         segs.abandon(&r).await;
         return Ok(Err(RequestError::io(format!("cannot write chunk {chunk_id}"))(e)));
@@ -656,7 +668,7 @@ async fn segment_fetch(
     // being read while earlier ones are sent; each runs as a task of its own on this thread.
     let read = |block_idx: u64, buf: AlignedBuf| {
         let (start, end, _, _) = span(block_idx);
-        let fd = loc.segment.fd.clone();
+        let fd = loc.segment.fd_for(loc.length).clone();
         dfs_runtime::backend::spawn(async move {
             dfs_runtime::ops::read_exact_at(&fd, buf, (end - start) as usize, start).await
         })

@@ -50,6 +50,11 @@ const SCAN_JUMP_BYTES: usize = 64 << 10;
 /// Segments, newest first, whose every record's data is read and checked at start-up: the ones
 /// that can hold a write torn by a crash.
 const VERIFIED_SEGMENTS_AT_START: usize = 2;
+/// Records up to this span (header, data and trailer) are written and read through the page
+/// cache, like a small file in a file system: a 4 KiB file's quarter is read back from memory
+/// while it is there, where a direct read waits on the disk every time. Larger ones go past it
+/// with O_DIRECT.
+pub const SMALL_RECORD_BYTES: u64 = 64 << 10;
 /// Bytes moved per direct write while receiving a chunk.
 pub const WRITE_BYTES: usize = BLOCK_SIZE_BYTES as usize;
 
@@ -195,7 +200,12 @@ impl Location {
 #[derive(Debug)]
 pub struct Segment {
     pub seq: u64,
+    /// Opened with O_DIRECT where the file system allows it: large records and everything else.
     pub fd: Arc<OwnedFd>,
+    /// Opened without O_DIRECT: small records are written and read through the page cache
+    /// (see [`SMALL_RECORD_BYTES`]). Both descriptors are of one file, so one fdatasync covers
+    /// both, and the kernel keeps the two views coherent.
+    pub buffered: Arc<OwnedFd>,
     pub size: u64,
     pub path: PathBuf,
     /// Offset up to which space has been handed out to records.
@@ -209,16 +219,26 @@ pub struct Segment {
 }
 
 impl Segment {
-    fn new(seq: u64, fd: OwnedFd, size: u64, path: PathBuf) -> Segment {
+    fn new(seq: u64, fd: OwnedFd, buffered: OwnedFd, size: u64, path: PathBuf) -> Segment {
         Segment {
             seq,
             fd: Arc::new(fd),
+            buffered: Arc::new(buffered),
             size,
             path,
             end: AtomicU64::new(SEGMENT_HEADER_BYTES),
             live: AtomicU64::new(0),
             tombs: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+        }
+    }
+
+    /// The descriptor a record of `length` data bytes is written and read through.
+    pub fn fd_for(&self, length: u64) -> &Arc<OwnedFd> {
+        if record_span(length) <= SMALL_RECORD_BYTES {
+            &self.buffered
+        } else {
+            &self.fd
         }
     }
 
@@ -428,7 +448,8 @@ impl SegmentMaker {
                 self.prefill
             );
         }
-        Ok(Arc::new(Segment::new(seq, fd, size, path)))
+        let buffered = open_segment_file(&path, false, false).map_err(ctx("cannot open", &path))?;
+        Ok(Arc::new(Segment::new(seq, fd, buffered.into(), size, path)))
     }
 }
 
@@ -585,7 +606,8 @@ impl SegmentStore {
             if found_seq != seq {
                 return Err(io::Error::other(format!("{}: header says segment {found_seq}", path.display())));
             }
-            let segment = Arc::new(Segment::new(seq, fd, size, path.clone()));
+            let buffered = open_segment_file(&path, false, false).map_err(ctx("cannot open", &path))?;
+            let segment = Arc::new(Segment::new(seq, fd, buffered.into(), size, path.clone()));
             if let Some(c) = covers(seq, size) {
                 segment.end.store(c.end, Ordering::Relaxed);
                 segment.tombs.store(c.tombs, Ordering::Relaxed);
