@@ -204,6 +204,28 @@ async fn get_buffered(
         tracing::warn!("GET {file_id}: {}", f.describe(file_id).1);
         return client.write_msg(&f.to_msg(file_id)).await;
     }
+    if record.size as usize <= dfs_proto::io_uring::COALESCE_BYTES {
+        // A small file: the whole answer in one write, one Data frame per chunk.
+        let mut out = Msg::GetOk(record.info(file_id)).encode();
+        for (chunk, replacement) in record.chunks.iter().zip(&replacements) {
+            let len = chunk.length as usize;
+            if len == 0 {
+                continue;
+            }
+            let window;
+            let bytes: &[u8] = match replacement {
+                Some(ChunkBuf { bytes, .. }) => &bytes[..len],
+                None => {
+                    window = buf.window(chunk.offset as usize, len);
+                    window.as_ref()
+                }
+            };
+            out.extend_from_slice(&dfs_proto::FrameHeader::data(len).encode());
+            out.extend_from_slice(bytes);
+        }
+        out.extend_from_slice(&Msg::End.encode());
+        return client.write_all(out).await.map(drop);
+    }
     client.write_msg(&Msg::GetOk(record.info(file_id))).await?;
     for (chunk, replacement) in record.chunks.iter().zip(replacements) {
         let len = chunk.length as usize;

@@ -656,8 +656,26 @@ async fn segment_fetch(
         let why = format!("first block {first_block} is past the end of a chunk of {n} blocks");
         return Ok(Err(RequestError::BadRequest(chunk_id, why)));
     }
-    conn.write_msg(&Msg::FetchOk { length: loc.length, crc32: loc.crc32, block_size_bytes: BLOCK_SIZE_BYTES }).await?;
+    let fetch_ok = Msg::FetchOk { length: loc.length, crc32: loc.crc32, block_size_bytes: BLOCK_SIZE_BYTES };
     let buf_bytes = align_up(loc.length.min(BLOCK_SIZE_BYTES as u64)) as usize + 2 * ALIGN;
+    if first_block == 0 && n == 1 && loc.length as usize <= dfs_proto::io_uring::COALESCE_BYTES {
+        // A small chunk: read and checked first, then the whole answer in one write.
+        let at = loc.data_offset();
+        let (start, end) = (align_down(at), align_up(at + loc.length));
+        let buf = aligned::for_io(buf_bytes);
+        let fd = loc.segment.fd_for(loc.length);
+        let (res, buf) = dfs_runtime::ops::read_exact_at(fd, buf, (end - start) as usize, start).await;
+        let (from, len) = ((at - start) as usize, loc.length as usize);
+        let checked = res
+            .map_err(RequestError::io(format!("cannot read chunk {chunk_id}")))
+            .and_then(|()| check_block(chunk_id, 0, &buf[from..from + len], loc.block_crcs[0]));
+        if let Err(e) = checked {
+            return end_fetch(conn, e).await;
+        }
+        conn.write_small(&[&fetch_ok], &buf[from..from + len], &[&Msg::End]).await?;
+        return Ok(Ok(()));
+    }
+    conn.write_msg(&fetch_ok).await?;
     // Where block `block_idx` lies: the aligned span read, and its data's place in that span.
     let span = |block_idx: u64| {
         let len = block_len(loc.length, block_idx);
