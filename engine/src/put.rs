@@ -111,17 +111,42 @@ pub async fn put(
         let chunk_id = ChunkId { file_id, chunk_idx: span.chunk_idx };
         let crc32 = chunk_crcs[span.chunk_idx as usize];
         let mut targets = Vec::new();
-        if failure.is_none() {
-            match open_targets(state, &candidates(span.chunk_idx), chunk_id, span.length, crc32, replicas).await {
-                Ok(t) => targets = t,
-                Err(f) => failure = Some(f),
+        if span.length as usize <= dfs_proto::io_uring::COALESCE_BYTES {
+            // A small chunk is read from the client first, then goes to each node with its
+            // STORE request in one write: one wake-up of the node instead of two.
+            let n = span.length as usize;
+            let buf = match client.read_exact(bufs.take(0), 0, n, false).await {
+                Ok(b) => b,
+                Err(e) => {
+                    client_result = Err(e);
+                    break;
+                }
+            };
+            if failure.is_none() {
+                let data = Some(&buf[..n]);
+                match open_targets(state, &candidates(span.chunk_idx), chunk_id, span.length, crc32, replicas, data)
+                    .await
+                {
+                    Ok(t) => targets = t,
+                    Err(f) => failure = Some(f),
+                }
             }
-        }
-        match relay(client, &mut targets, span.length, &mut bufs, &mut splicer).await {
-            Ok(()) => {}
-            Err(e) => {
-                client_result = Err(e);
-                break;
+            bufs.bufs[0] = buf;
+        } else {
+            if failure.is_none() {
+                match open_targets(state, &candidates(span.chunk_idx), chunk_id, span.length, crc32, replicas, None)
+                    .await
+                {
+                    Ok(t) => targets = t,
+                    Err(f) => failure = Some(f),
+                }
+            }
+            match relay(client, &mut targets, span.length, &mut bufs, &mut splicer).await {
+                Ok(()) => {}
+                Err(e) => {
+                    client_result = Err(e);
+                    break;
+                }
             }
         }
         for target in targets {
@@ -252,6 +277,7 @@ async fn open_targets(
     length: u64,
     crc32: u32,
     replicas: usize,
+    data: Option<&[u8]>,
 ) -> Result<Vec<Target>, PutFailure> {
     let mut targets = Vec::with_capacity(replicas);
     let mut refused = Vec::new();
@@ -259,7 +285,7 @@ async fn open_targets(
         if targets.len() == replicas {
             break;
         }
-        match open_store(addr, state.config.node_timeouts, chunk_id, length, crc32).await {
+        match open_store(addr, state.config.node_timeouts, chunk_id, length, crc32, data).await {
             Ok(node) => {
                 state.health.mark_up(addr);
                 targets.push(Target { addr, node: Some(node), error: None });
@@ -359,15 +385,27 @@ async fn complete_copies(
     None
 }
 
-pub async fn open_store(
+/// Opens a STORE of `chunk_id` on `addr`: the request alone, the chunk's bytes to follow, or
+/// with `data` the whole chunk in the same write.
+async fn open_store(
     addr: SocketAddr,
     timeouts: crate::nodes::NodeTimeouts,
     chunk_id: ChunkId,
     length: u64,
     crc32: u32,
+    data: Option<&[u8]>,
 ) -> Result<NodeConn, NodeError> {
     let node = NodeConn::checkout(addr, timeouts).await?;
-    node.send(&Msg::Store { chunk_id, length, crc32 }).await?;
+    let store = Msg::Store { chunk_id, length, crc32 };
+    match data {
+        Some(data) => {
+            assert_eq!(data.len() as u64, length, "a STORE sent whole carries its chunk");
+            let mut frame = store.encode();
+            frame.extend_from_slice(data);
+            node.conn.write_all(frame).await.map_err(|e| NodeError::from_frame(addr, e))?;
+        }
+        None => node.send(&store).await?,
+    }
     Ok(node)
 }
 
