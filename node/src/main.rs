@@ -155,6 +155,10 @@ fn run(args: Args) -> Result<(), String> {
     };
     // io_uring where the kernel allows it, else epoll (logged once).
     dfs_runtime::backend::select()?;
+    match dfs_runtime::raise_fd_limit() {
+        Ok(n) => tracing::debug!("open descriptor limit: {n}"),
+        Err(e) => tracing::warn!("cannot raise the open descriptor limit: {e}"),
+    }
     let stores = match args.store {
         StoreKind::Files => {
             if args.data.join("segments").exists() {

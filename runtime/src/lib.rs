@@ -152,6 +152,26 @@ where
     Ok(())
 }
 
+/// Raises this process's soft limit on open descriptors to its hard limit, and returns the
+/// limit now in force. A node keeps two descriptors open per segment and one per connection;
+/// the usual soft limit of 1,024 would stop a node holding a few hundred segments.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Prints the bound address on stdout as `listening <addr>` so scripts and tests that asked for
 /// port 0 learn the port.
 pub fn announce(addr: SocketAddr) {
@@ -218,5 +238,24 @@ pub fn choose_data_path(requested: DataPath) -> DataPath {
             tracing::warn!("data path: copy, because splice is unavailable: {why}");
             DataPath::Copy
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_descriptor_limit_is_raised_to_the_hard_limit() {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit on structs we own.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+            let lowered = libc::rlimit { rlim_cur: lim.rlim_max.min(512), rlim_max: lim.rlim_max };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lowered), 0);
+        }
+        assert_eq!(super::raise_fd_limit().unwrap(), lim.rlim_max);
+        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        assert_eq!(now.rlim_cur, lim.rlim_max);
     }
 }
