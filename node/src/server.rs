@@ -27,7 +27,7 @@ use tokio_uring::buf::BoundedBuf;
 /// Bytes moved per socket read or file write while receiving a chunk.
 pub const STORE_IO_BYTES: usize = BLOCK_SIZE_BYTES as usize;
 /// Blocks of a segment record being read while earlier ones are sent, in one FETCH.
-const FETCH_READS_AHEAD: usize = 4;
+const FETCH_READS_AHEAD: usize = 8;
 /// Pieces of a segment record being written while the next is received, in one STORE.
 const STORE_WRITES_IN_FLIGHT: usize = 4;
 
