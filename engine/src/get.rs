@@ -206,25 +206,24 @@ async fn get_buffered(
     }
     if record.size as usize <= dfs_proto::io_uring::COALESCE_BYTES {
         // A small file: the whole answer in one write, one Data frame per chunk.
-        let mut out = Msg::GetOk(record.info(file_id)).encode();
-        for (chunk, replacement) in record.chunks.iter().zip(&replacements) {
-            let len = chunk.length as usize;
-            if len == 0 {
-                continue;
-            }
-            let window;
-            let bytes: &[u8] = match replacement {
-                Some(ChunkBuf { bytes, .. }) => &bytes[..len],
-                None => {
-                    window = buf.window(chunk.offset as usize, len);
-                    window.as_ref()
-                }
-            };
-            out.extend_from_slice(&dfs_proto::FrameHeader::data(len).encode());
-            out.extend_from_slice(bytes);
-        }
-        out.extend_from_slice(&Msg::End.encode());
-        return client.write_all(out).await.map(drop);
+        let windows: Vec<Option<crate::buffer::Window>> = record
+            .chunks
+            .iter()
+            .zip(&replacements)
+            .map(|(chunk, r)| r.is_none().then(|| buf.window(chunk.offset as usize, chunk.length as usize)))
+            .collect();
+        let data: Vec<&[u8]> = record
+            .chunks
+            .iter()
+            .zip(replacements.iter().zip(&windows))
+            .filter(|(chunk, _)| chunk.length > 0)
+            .map(|(chunk, (r, w))| match r {
+                Some(ChunkBuf { bytes, .. }) => &bytes[..chunk.length as usize],
+                None => w.as_ref().expect("a window for every chunk without a replacement").as_ref(),
+            })
+            .collect();
+        let answer = dfs_proto::io_uring::frames(&[&Msg::GetOk(record.info(file_id))], &data, &[&Msg::End]);
+        return client.write_all(answer).await.map(drop);
     }
     client.write_msg(&Msg::GetOk(record.info(file_id))).await?;
     for (chunk, replacement) in record.chunks.iter().zip(replacements) {

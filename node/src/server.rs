@@ -552,7 +552,7 @@ async fn segment_store(
     };
     while pos < length {
         let begin = if failed.is_some() { 0 } else { stage.len() };
-        let n = (length - pos).min((stage_bytes.min(stage.capacity()) - begin) as u64) as usize;
+        let n = (length - pos).min((stage_bytes - begin) as u64) as usize;
         stage = match conn.read_exact(stage, begin, begin + n, false).await {
             Ok(buf) => buf,
             Err(e) => {
@@ -658,35 +658,36 @@ async fn segment_fetch(
     }
     let fetch_ok = Msg::FetchOk { length: loc.length, crc32: loc.crc32, block_size_bytes: BLOCK_SIZE_BYTES };
     let buf_bytes = align_up(loc.length.min(BLOCK_SIZE_BYTES as u64)) as usize + 2 * ALIGN;
-    if first_block == 0 && n == 1 && loc.length as usize <= dfs_proto::io_uring::COALESCE_BYTES {
-        // A small chunk: read and checked first, then the whole answer in one write.
-        let at = loc.data_offset();
-        let (start, end) = (align_down(at), align_up(at + loc.length));
-        let buf = aligned::for_io(buf_bytes);
-        let fd = loc.segment.fd_for(loc.length);
-        let (res, buf) = dfs_runtime::ops::read_exact_at(fd, buf, (end - start) as usize, start).await;
-        let (from, len) = ((at - start) as usize, loc.length as usize);
-        let checked = res
-            .map_err(RequestError::io(format!("cannot read chunk {chunk_id}")))
-            .and_then(|()| check_block(chunk_id, 0, &buf[from..from + len], loc.block_crcs[0]));
-        if let Err(e) = checked {
-            return end_fetch(conn, e).await;
-        }
-        conn.write_small(&[&fetch_ok], &buf[from..from + len], &[&Msg::End]).await?;
-        return Ok(Ok(()));
-    }
-    conn.write_msg(&fetch_ok).await?;
+    let fd = loc.segment.fd_for(loc.length);
     // Where block `block_idx` lies: the aligned span read, and its data's place in that span.
     let span = |block_idx: u64| {
         let len = block_len(loc.length, block_idx);
         let at = loc.data_offset() + block_idx * BLOCK_SIZE_BYTES as u64;
         (align_down(at), align_up(at + len), (at - align_down(at)) as usize, len as usize)
     };
+    // A block as read: sound, or why not.
+    let check = |block_idx: u64, res: io::Result<()>, buf: &AlignedBuf| {
+        let (_, _, from, len) = span(block_idx);
+        res.map_err(RequestError::io(format!("cannot read chunk {chunk_id}")))
+            .and_then(|()| check_block(chunk_id, block_idx, &buf[from..from + len], loc.block_crcs[block_idx as usize]))
+    };
+    if first_block == 0 && n == 1 && loc.length as usize <= dfs_proto::io_uring::COALESCE_BYTES {
+        // A small chunk: read and checked first, then the whole answer in one write.
+        let (start, end, from, len) = span(0);
+        let (res, buf) =
+            dfs_runtime::ops::read_exact_at(fd, aligned::for_io(buf_bytes), (end - start) as usize, start).await;
+        if let Err(e) = check(0, res, &buf) {
+            return end_fetch(conn, e).await;
+        }
+        conn.write_small(&[&fetch_ok], &buf[from..from + len], &[&Msg::End]).await?;
+        return Ok(Ok(()));
+    }
+    conn.write_msg(&fetch_ok).await?;
     // Direct reads have a long latency on some disks, so up to FETCH_READS_AHEAD blocks are
     // being read while earlier ones are sent; each runs as a task of its own on this thread.
     let read = |block_idx: u64, buf: AlignedBuf| {
         let (start, end, _, _) = span(block_idx);
-        let fd = loc.segment.fd_for(loc.length).clone();
+        let fd = fd.clone();
         dfs_runtime::backend::spawn(async move {
             dfs_runtime::ops::read_exact_at(&fd, buf, (end - start) as usize, start).await
         })
@@ -710,13 +711,10 @@ async fn segment_fetch(
                     .await
             }
         };
-        let (_, _, from, len) = span(block_idx);
-        let checked = res.map_err(RequestError::io(format!("cannot read chunk {chunk_id}"))).and_then(|()| {
-            check_block(chunk_id, block_idx, &buf[from..from + len], loc.block_crcs[block_idx as usize])
-        });
-        if let Err(e) = checked {
+        if let Err(e) = check(block_idx, res, &buf) {
             return end_fetch(conn, e).await;
         }
+        let (_, _, from, len) = span(block_idx);
         last = Some(conn.write_data(buf, from, from + len).await?);
     }
     if let Some(buf) = last {

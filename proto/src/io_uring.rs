@@ -181,7 +181,7 @@ impl Conn {
                 assert!(begin <= end && end <= buf.bytes_init(), "a data range inside the buffer");
                 std::slice::from_raw_parts(buf.stable_ptr().add(begin), end - begin)
             };
-            self.write_all(coalesce(&[], Some(body), &[])).await?;
+            self.write_all(frames(&[], &[body], &[])).await?;
             return Ok(buf);
         }
         self.write_all(FrameHeader::data(end - begin).encode().to_vec()).await?;
@@ -197,20 +197,21 @@ impl Conn {
                 self.errors_sent.set(self.errors_sent.get() + 1);
             }
         }
-        self.write_all(coalesce(before, Some(data), after)).await.map(drop)
+        self.write_all(frames(before, &[data], after)).await.map(drop)
     }
 }
 
 /// Bodies of Data frames up to this size are copied next to their header and written at once.
 pub const COALESCE_BYTES: usize = 64 << 10;
 
-/// The frames of `before`, a Data frame of `data` if any, and the frames of `after`, as one buffer.
-fn coalesce(before: &[&Msg], data: Option<&[u8]>, after: &[&Msg]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.map_or(0, <[u8]>::len) + 64);
+/// The frames of `before`, one Data frame per slice of `data`, and the frames of `after`, as one
+/// buffer to write at once.
+pub fn frames(before: &[&Msg], data: &[&[u8]], after: &[&Msg]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.iter().map(|d| d.len() + FRAME_HEADER_BYTES).sum::<usize>() + 64);
     for m in before {
         out.extend_from_slice(&m.encode());
     }
-    if let Some(d) = data {
+    for d in data {
         out.extend_from_slice(&FrameHeader::data(d.len()).encode());
         out.extend_from_slice(d);
     }

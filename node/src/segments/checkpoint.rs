@@ -155,10 +155,7 @@ impl SegmentStore {
         file.sync_data().map_err(ctx("cannot sync", &temp))?;
         drop(file);
         std::fs::rename(&temp, &path).map_err(ctx("cannot rename", &temp))?;
-        // SAFETY: fsync on the directory descriptor the store keeps open.
-        if unsafe { libc::fsync(self.dir_fd.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        fsync_dir(&self.dir_fd)?;
         Ok(n_entries)
     }
 }

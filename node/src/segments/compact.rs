@@ -165,10 +165,7 @@ impl SegmentStore {
         }
         self.lock_segments().remove(&seg.seq);
         std::fs::remove_file(&seg.path).map_err(ctx("cannot remove compacted segment", &seg.path))?;
-        // SAFETY: fsync on the directory descriptor the store keeps open.
-        if unsafe { libc::fsync(self.dir_fd.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        fsync_dir(&self.dir_fd)?;
         out.bytes_freed = seg.size;
         crate::metrics::SEGMENTS_COMPACTED.inc();
         crate::metrics::COMPACTION_BYTES_FREED.inc_by(seg.size);
@@ -227,49 +224,39 @@ impl SegmentStore {
 
     /// Makes a batch of copies durable, reads each back, and points the index at it.
     fn take_over(&self, batch: &mut Batch, out: &mut Compacted, pace: &mut Pace) -> io::Result<()> {
-        let mut synced: Vec<u64> = Vec::new();
-        for s in batch.moves.iter().map(|(_, _, r)| &r.segment).chain(batch.tombstones.iter().map(|r| &r.segment)) {
-            if !synced.contains(&s.seq) {
-                fdatasync(&s.fd)?;
-                synced.push(s.seq);
-            }
-        }
+        sync_each(batch.moves.iter().map(|(_, _, r)| &r.segment).chain(batch.tombstones.iter().map(|r| &r.segment)))?;
         batch.tombstones.clear();
         let mut padded = Vec::new();
         while let Some((id, old, r)) = batch.moves.pop() {
             let new = Location { segment: r.segment.clone(), offset: r.offset, ..old.clone() };
-            let checked = verify_location(&new, |n| pace.account(n));
-            match checked {
-                Ok(Ok(())) => {
-                    if self.relocate(id, &old, new) {
-                        out.n_moved += 1;
-                        continue;
-                    }
+            let why_copy = match verify_location(&new, |n| pace.account(n)) {
+                Ok(Ok(())) if self.relocate(id, &old, new) => {
+                    out.n_moved += 1;
+                    continue;
                 }
-                Ok(Err(_)) | Err(_) => {
-                    // The copy reads back wrong: set the original aside if it is the one at
-                    // fault; if not, this disk cannot be trusted to take copies now.
-                    let why_copy = match checked {
-                        Ok(Err(why)) => why,
-                        Err(e) => e.to_string(),
-                        Ok(Ok(())) => unreachable!("matched above"),
-                    };
-                    match verify_location(&old, |_| {}) {
-                        Ok(Err(why)) => {
-                            tracing::warn!(
-                                "segments: record of {id} in {} is corrupt ({why}): set aside by compaction",
-                                old.segment.path.display()
-                            );
-                            self.remove_blocking(id, &old, true)?;
-                            out.n_corrupt += 1;
-                        }
-                        _ => {
-                            let path = r.segment.path.display().to_string();
-                            batch.moves.push((id, old, r));
-                            return Err(io::Error::other(format!(
-                                "the copy of {id} in {path} reads back wrong ({why_copy})"
-                            )));
-                        }
+                // Deleted meanwhile: the copy is dead.
+                Ok(Ok(())) => None,
+                Ok(Err(why)) => Some(why),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why_copy) = why_copy {
+                // The copy reads back wrong: set the original aside if it is the one at fault;
+                // if not, this disk cannot be trusted to take copies now.
+                match verify_location(&old, |_| {}) {
+                    Ok(Err(why)) => {
+                        tracing::warn!(
+                            "segments: record of {id} in {} is corrupt ({why}): set aside by compaction",
+                            old.segment.path.display()
+                        );
+                        self.remove_blocking(id, &old, true)?;
+                        out.n_corrupt += 1;
+                    }
+                    _ => {
+                        let path = r.segment.path.display().to_string();
+                        batch.moves.push((id, old, r));
+                        return Err(io::Error::other(format!(
+                            "the copy of {id} in {path} reads back wrong ({why_copy})"
+                        )));
                     }
                 }
             }
@@ -277,16 +264,22 @@ impl SegmentStore {
             pwrite_all(&r.segment.fd, &pad(&r), r.offset)?;
             padded.push(r);
         }
-        let mut synced = Vec::new();
-        for r in &padded {
-            if !synced.contains(&r.segment.seq) {
-                fdatasync(&r.segment.fd)?;
-                synced.push(r.segment.seq);
-            }
-        }
+        sync_each(padded.iter().map(|r| &r.segment))?;
         batch.bytes = 0;
         Ok(())
     }
+}
+
+/// One fdatasync per distinct segment among `segments`.
+fn sync_each<'a>(segments: impl Iterator<Item = &'a Arc<Segment>>) -> io::Result<()> {
+    let mut synced: Vec<u64> = Vec::new();
+    for s in segments {
+        if !synced.contains(&s.seq) {
+            fdatasync(&s.fd)?;
+            synced.push(s.seq);
+        }
+    }
+    Ok(())
 }
 
 /// Runs compaction on a thread of its own: every `interval`, segments are rewritten one at a
@@ -344,6 +337,14 @@ mod tests {
         }
         put(store, id(9, 0), &data(99, 2 << 20)).await;
         assert_eq!(store.get(&id(9, 0)).unwrap().segment.seq, 2, "the large record opened a second segment");
+    }
+
+    /// [`fill_first_segment`], then deletes all but its last three records.
+    async fn leave_a_quarter_of_the_first_segment_live(store: &SegmentStore) {
+        fill_first_segment(store).await;
+        for i in 0..9 {
+            store.remove(id(1, i), false).await.unwrap();
+        }
     }
 
     #[test]
@@ -449,10 +450,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         tokio_uring::start(async {
             let store = SegmentStore::open(dir.path(), SEGMENT, Prefill::Allocate).unwrap();
-            fill_first_segment(&store).await;
-            for i in 0..9 {
-                store.remove(id(1, i), false).await.unwrap();
-            }
+            leave_a_quarter_of_the_first_segment_live(&store).await;
             // Copies made and taken over, then a crash before the segment file is removed.
             let seg = store.lock_segments()[&1].clone();
             let (mut batch, mut out) = (Batch::default(), Compacted::default());
@@ -479,10 +477,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         tokio_uring::start(async {
             let store = SegmentStore::open(dir.path(), SEGMENT, Prefill::Allocate).unwrap();
-            fill_first_segment(&store).await;
-            for i in 0..9 {
-                store.remove(id(1, i), false).await.unwrap();
-            }
+            leave_a_quarter_of_the_first_segment_live(&store).await;
             let bad = store.get(&id(1, 10)).unwrap();
             super::super::tests::overwrite(&bad.segment.path, bad.data_offset() + 7, &[0xee]);
             let done = store.compact_once(ALL).unwrap().expect("a quarter live");
@@ -519,10 +514,7 @@ mod tests {
         let data_dir = dir.path().join("node");
         tokio_uring::start(async {
             let store = SegmentStore::open(&data_dir, SEGMENT, Prefill::Allocate).unwrap();
-            fill_first_segment(&store).await;
-            for i in 0..9 {
-                store.remove(id(1, i), false).await.unwrap();
-            }
+            leave_a_quarter_of_the_first_segment_live(&store).await;
             // Segment 2 is nearly full, and no third segment fits on the disk.
             put(&store, id(9, 1), &data(98, 1900 << 10)).await;
             let e = store.compact_once(ALL).expect_err("compaction needs a segment the disk cannot hold");

@@ -404,34 +404,19 @@ impl SegmentMaker {
                 return Err(io::Error::last_os_error());
             }
             if prefill && self.prefill == Prefill::Zero {
-                let zeros = AlignedBuf::zeroed(4 << 20);
+                let mut zeros = AlignedBuf::zeroed(4 << 20);
+                zeros.set_len(zeros.capacity());
                 let mut at = SEGMENT_HEADER_BYTES;
                 while at < size {
-                    let len = (size - at).min(zeros.capacity() as u64) as usize;
-                    // SAFETY: pwrite from an aligned buffer we own, on a descriptor we own.
-                    let n = unsafe { libc::pwrite(fd.as_raw_fd(), zeros.as_ptr().cast(), len, at as libc::off_t) };
-                    if n != len as isize {
-                        return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::other("short write") });
-                    }
+                    let len = (size - at).min(zeros.len() as u64) as usize;
+                    pwrite_all(&fd, &zeros[..len], at)?;
                     at += len as u64;
                 }
             }
-            let header = encode_segment_header(seq, size);
-            // SAFETY: pwrite from an aligned buffer we own, on a descriptor we own.
-            let n = unsafe { libc::pwrite(fd.as_raw_fd(), header.as_ptr().cast(), header.len(), 0) };
-            if n != header.len() as isize {
-                return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::other("short header write") });
-            }
-            // SAFETY: fdatasync on a descriptor we own.
-            if unsafe { libc::fdatasync(fd.as_raw_fd()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            pwrite_all(&fd, &encode_segment_header(seq, size), 0)?;
+            fdatasync(&fd)?;
             std::fs::rename(&temp, &path)?;
-            // SAFETY: fsync on a descriptor we own.
-            if unsafe { libc::fsync(self.dir_fd.as_raw_fd()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+            fsync_dir(&self.dir_fd)
         })();
         if let Err(e) = result {
             drop(fd);
@@ -666,8 +651,10 @@ impl SegmentStore {
             };
             Some((None, Scanned { id, lsn: e.lsn, loc: Some(loc) }))
         });
-        let from_scan =
-            scanned.iter().flat_map(|(segment, records)| records.iter().map(move |r| (Some(segment), r.clone())));
+        let registry: BTreeMap<u64, Arc<Segment>> = scanned.iter().map(|(s, _)| (s.seq, s.clone())).collect();
+        let from_scan = scanned
+            .into_iter()
+            .flat_map(|(segment, records)| records.into_iter().map(move |r| (Some(segment.clone()), r)));
         for (scanned_in, r) in from_checkpoint.chain(from_scan) {
             n_records += 1;
             if let (Some(segment), None) = (scanned_in, &r.loc) {
@@ -695,7 +682,7 @@ impl SegmentStore {
         let n_chunks = index.len();
         self.n_covered_at_start.store((n_segments - n_scanned) as u64, Ordering::Relaxed);
         *self.lock_index() = index;
-        *self.lock_segments() = scanned.iter().map(|(s, _)| (s.seq, s.clone())).collect();
+        *self.lock_segments() = registry;
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         w.next_seq = seqs.last().map_or(1, |s| s + 1);
         w.next_lsn = max_lsn + 1;
@@ -887,6 +874,15 @@ pub(crate) fn pwrite_all(fd: &OwnedFd, buf: &[u8], offset: u64) -> io::Result<()
     Ok(())
 }
 
+/// Makes a directory's entries durable (after a file in it was renamed or removed).
+pub(crate) fn fsync_dir(dir_fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fsync on a descriptor the caller keeps open.
+    if unsafe { libc::fsync(dir_fd.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub(crate) fn fdatasync(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: fdatasync on a descriptor the caller keeps open.
     if unsafe { libc::fdatasync(fd.as_raw_fd()) } != 0 {
@@ -1008,10 +1004,7 @@ fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
             if results.iter().any(|(seq, _)| *seq == segment.seq) {
                 continue;
             }
-            // SAFETY: fdatasync on a descriptor the segment's Arc keeps open.
-            let rc = unsafe { libc::fdatasync(segment.fd.as_raw_fd()) };
-            let result = if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error().to_string()) };
-            results.push((segment.seq, result));
+            results.push((segment.seq, fdatasync(&segment.fd).map_err(|e| e.to_string())));
         }
         for (segment, waiter) in batch {
             let result = results.iter().find(|(seq, _)| *seq == segment.seq).map(|(_, r)| r.clone());
@@ -1021,7 +1014,6 @@ fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
 }
 
 /// A chunk record or tombstone found by [`scan_segment`].
-#[derive(Clone)]
 struct Scanned {
     id: ChunkId,
     lsn: u64,
