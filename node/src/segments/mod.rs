@@ -278,6 +278,8 @@ struct Writer {
     /// A segment made ahead of need, and whether one is being made.
     spare: Option<Arc<Segment>>,
     preparing: bool,
+    /// Writers blocked until the spare is ready: the maker then writes flat out.
+    waiting: usize,
 }
 
 type SyncWaiter = (Arc<Segment>, tokio::sync::oneshot::Sender<Result<(), String>>);
@@ -376,6 +378,28 @@ pub enum Prefill {
     Zero,
 }
 
+/// Zeros are written into a new segment this much at a time.
+const PREFILL_PIECE_BYTES: usize = 1 << 20;
+/// The pause before each piece of a prefill that is well ahead of need: 1 MiB per 32 ms, about
+/// 32 MiB/s, so the device serves foreground writes and syncs between the pieces.
+const PREFILL_PACED_PAUSE: Duration = Duration::from_millis(32);
+/// A paced prefill must be done this long before the active segment is expected to fill up.
+const PREFILL_MARGIN: Duration = Duration::from_secs(1);
+
+/// Whether the maker may pause before the next piece of zeros: no writer waits for the spare,
+/// and at the rate the active segment fills (bytes per second since the spare was begun), its
+/// `free` bytes last more than twice as long as the `remaining` zeros take at the paced rate,
+/// plus a margin. Otherwise it writes flat out.
+fn prefill_can_pace(writer_waiting: bool, free: u64, fill_rate: f64, remaining: u64) -> bool {
+    if writer_waiting {
+        return false;
+    }
+    let paced_rate = PREFILL_PIECE_BYTES as f64 / PREFILL_PACED_PAUSE.as_secs_f64();
+    let paced_secs = remaining as f64 / paced_rate;
+    let secs_until_full = if fill_rate > 0.0 { free as f64 / fill_rate } else { f64::INFINITY };
+    secs_until_full > 2.0 * paced_secs + PREFILL_MARGIN.as_secs_f64()
+}
+
 /// Makes segment files: on the writer's path when no spare is ready, else on a thread of its
 /// own ahead of need.
 struct SegmentMaker {
@@ -390,7 +414,11 @@ impl SegmentMaker {
     /// Makes segment `seq` of `size` bytes, prefilled as configured unless `prefill` is false
     /// (a segment made for one record larger than a segment: writing it twice would halve
     /// what the disk gives a large upload).
-    fn make(&self, seq: u64, size: u64, prefill: bool) -> io::Result<Arc<Segment>> {
+    ///
+    /// Zeros go out one piece at a time. Before each piece `pace(bytes still to write)` says
+    /// whether the segment is far enough ahead of need to wait before it: a prefill written flat
+    /// out fills the device's queue, and every foreground fdatasync on this disk waits behind it.
+    fn make(&self, seq: u64, size: u64, prefill: bool, pace: &dyn Fn(u64) -> bool) -> io::Result<Arc<Segment>> {
         // Made under a temporary name and renamed into place only once its header is durable,
         // so a crash while it is made leaves nothing that start-up would take for a segment.
         let path = self.dir.join(segment_name(seq));
@@ -404,10 +432,13 @@ impl SegmentMaker {
                 return Err(io::Error::last_os_error());
             }
             if prefill && self.prefill == Prefill::Zero {
-                let mut zeros = AlignedBuf::zeroed(4 << 20);
+                let mut zeros = AlignedBuf::zeroed(PREFILL_PIECE_BYTES);
                 zeros.set_len(zeros.capacity());
                 let mut at = SEGMENT_HEADER_BYTES;
                 while at < size {
+                    if pace(size - at) {
+                        std::thread::sleep(PREFILL_PACED_PAUSE);
+                    }
                     let len = (size - at).min(zeros.len() as u64) as usize;
                     pwrite_all(&fd, &zeros[..len], at)?;
                     at += len as u64;
@@ -518,6 +549,7 @@ impl SegmentStore {
                 next_lsn: 1,
                 spare: None,
                 preparing: false,
+                waiting: 0,
             })),
             spare_ready: Arc::new(std::sync::Condvar::new()),
             sync_queue,
@@ -526,8 +558,21 @@ impl SegmentStore {
             n_covered_at_start: AtomicU64::new(0),
         };
         store.recover()?;
+        // The first segment is made before the node serves anything: made on demand, its
+        // prefill would hold up the first STOREs, and every sync beside them, for as long as
+        // it takes to write a segment's worth of zeros. A node whose disk is full still starts
+        // and serves what it holds; a STORE then tries again and answers the error.
         let mut w = store.writer.lock().unwrap_or_else(|e| e.into_inner());
-        store.prepare_spare(&mut w);
+        if w.spare.is_none() {
+            let seq = w.next_seq;
+            match store.maker.make(seq, segment_bytes, true, &|_| false) {
+                Ok(segment) => {
+                    w.next_seq += 1;
+                    w.spare = Some(segment);
+                }
+                Err(e) => tracing::warn!("segments: no segment to write into yet: {e}"),
+            }
+        }
         drop(w);
         Ok(store)
     }
@@ -714,7 +759,9 @@ impl SegmentStore {
             // A spare on its way is worth waiting for: making another here would write a second
             // segment's worth of zeros while the first is still being written.
             while w.spare.is_none() && w.preparing {
+                w.waiting += 1;
                 w = self.spare_ready.wait(w).unwrap_or_else(|e| e.into_inner());
+                w.waiting -= 1;
             }
             let segment = match w.spare.take() {
                 Some(spare) if SEGMENT_HEADER_BYTES + span <= spare.size => spare,
@@ -723,7 +770,8 @@ impl SegmentStore {
                     let size = self.segment_bytes.max(SEGMENT_HEADER_BYTES + span);
                     let seq = w.next_seq;
                     w.next_seq += 1;
-                    self.maker.make(seq, size, size == self.segment_bytes)?
+                    // Needed now, and made under the writer's lock: no pacing.
+                    self.maker.make(seq, size, size == self.segment_bytes, &|_| false)?
                 }
             };
             self.lock_segments().insert(segment.seq, segment.clone());
@@ -752,7 +800,19 @@ impl SegmentStore {
         let (maker, writer, size) = (self.maker.clone(), self.writer.clone(), self.segment_bytes);
         let ready = self.spare_ready.clone();
         let made = std::thread::Builder::new().name("segment-maker".into()).spawn(move || {
-            let made = maker.make(seq, size, true);
+            let started = std::time::Instant::now();
+            let (first_active, first_offset) = {
+                let w = writer.lock().unwrap_or_else(|e| e.into_inner());
+                (w.active.as_ref().map(|s| s.seq), w.next_offset)
+            };
+            let pace = |remaining: u64| {
+                let w = writer.lock().unwrap_or_else(|e| e.into_inner());
+                let still_active = w.active.as_ref().filter(|s| Some(s.seq) == first_active);
+                let Some(active) = still_active else { return false };
+                let fill_rate = (w.next_offset - first_offset) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                prefill_can_pace(w.waiting > 0, active.size.saturating_sub(w.next_offset), fill_rate, remaining)
+            };
+            let made = maker.make(seq, size, true, &pace);
             let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
             w.preparing = false;
             match made {
@@ -1126,6 +1186,22 @@ pub(super) mod tests {
 
     pub(super) fn id(n: u8, idx: u32) -> ChunkId {
         ChunkId { file_id: FileId([n; 16]), chunk_idx: idx }
+    }
+
+    #[test]
+    fn a_prefill_paces_only_while_well_ahead_of_need() {
+        const MIB: u64 = 1 << 20;
+        // Nothing is being written: plenty of time.
+        assert!(prefill_can_pace(false, 60 * MIB, 0.0, 63 * MIB));
+        // Small records at 8 MiB/s: 7.5 s of room, the paced rest takes about 2 s.
+        assert!(prefill_can_pace(false, 60 * MIB, 8.0 * MIB as f64, 63 * MIB));
+        // A writer is already waiting for the spare.
+        assert!(!prefill_can_pace(true, 60 * MIB, 0.0, 63 * MIB));
+        // Large records at 100 MiB/s fill the active segment in 0.6 s.
+        assert!(!prefill_can_pace(false, 60 * MIB, 100.0 * MIB as f64, 63 * MIB));
+        // The active segment is nearly full.
+        assert!(!prefill_can_pace(false, 4 * MIB, 8.0 * MIB as f64, 10 * MIB));
+        assert!(!prefill_can_pace(false, 0, 1.0, MIB));
     }
 
     #[test]
