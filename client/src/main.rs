@@ -68,7 +68,7 @@ enum Command {
         #[arg(short = 'r', long)]
         recursive: bool,
         /// With -r: files downloaded at once, each over its own connection (1 to 256)
-        #[arg(long, default_value_t = 4, requires = "recursive", value_parser = parse_jobs)]
+        #[arg(long, default_value_t = DEFAULT_JOBS, requires = "recursive", value_parser = parse_jobs)]
         jobs: usize,
         /// With -r: replace existing files and symlinks that differ from the manifest
         #[arg(long, requires = "recursive")]
@@ -168,8 +168,9 @@ struct TreeArgs {
     /// while the upload runs, and never uploaded itself
     #[arg(long, value_name = "FILE", requires = "recursive")]
     manifest: Option<PathBuf>,
-    /// With -r: files uploaded at once, each over its own connection (1 to 256)
-    #[arg(long, default_value_t = 4, requires = "recursive", value_parser = parse_jobs)]
+    /// With -r: files uploaded at once, each over its own connection (1 to 256). Each small
+    /// file waits for its copies' syncs, so a tree of small files goes faster with more jobs
+    #[arg(long, default_value_t = DEFAULT_JOBS, requires = "recursive", value_parser = parse_jobs)]
     jobs: usize,
     /// With -r: upload the regular file a symlink points to instead of skipping the symlink
     /// (symlinks to directories and other files are still skipped)
@@ -471,6 +472,12 @@ fn note(line: &str) {
         let _ = writeln!(io::stderr(), "{line}");
     }
 }
+
+/// Files moved at once by `put -r` and `get -r`. Ingesting 4,060 small files (two copies, a
+/// local cluster) went at about 530 files/s with 4 jobs, 810 with 16 and 950 with 32 (perf.md);
+/// 16 takes most of that gain while a tree of large files still holds only a few tens of MiB of
+/// node buffers.
+const DEFAULT_JOBS: usize = 16;
 
 fn parse_jobs(s: &str) -> Result<usize, String> {
     let max = dfs_client::ingest::MAX_JOBS;
