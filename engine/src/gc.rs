@@ -4,12 +4,12 @@
 //! touched: their chunks are younger than any sensible grace period, and the engine also skips
 //! every file ID it is uploading right now.
 
+use crate::cluster::{self, NodeConn};
 use crate::meta::FileRecord;
-use crate::nodes::NodeConn;
-use crate::server::EngineState;
+use crate::state::EngineState;
 use dfs_proto::limits::MAX_LIST_ENTRIES;
 use dfs_proto::msg::push_report_line;
-use dfs_proto::{ChunkId, FileId, Msg};
+use dfs_proto::{ChunkId, FileId};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -56,13 +56,8 @@ async fn collect_node(
     // Chunks come in file ID order: one record lookup per file.
     let mut cached: Option<(FileId, Option<FileRecord>)> = None;
     loop {
-        node.send(&Msg::ChunkList { after, limit: MAX_LIST_ENTRIES, min_age_secs: grace.as_secs() })
-            .await
-            .map_err(|e| e.to_string())?;
-        let (chunk_ids, more) = match node.recv().await.map_err(|e| e.to_string())? {
-            Msg::ChunkListOk { chunk_ids, more } => (chunk_ids, more),
-            other => return Err(node.unexpected("ChunkListOk", &other).to_string()),
-        };
+        let (chunk_ids, more) =
+            cluster::chunk_list_page(&node, after, MAX_LIST_ENTRIES, grace).await.map_err(|e| e.to_string())?;
         for &chunk_id in &chunk_ids {
             out.n_scanned += 1;
             // Writers first, then the record: a copy written before its record is committed is
@@ -98,8 +93,8 @@ async fn collect_node(
                 out.n_orphans -= 1;
                 continue;
             }
-            match NodeConn::request(addr, state.config.node_timeouts, &Msg::ChunkDelete { chunk_id }).await {
-                Ok(_) => {
+            match cluster::delete(addr, state.config.node_timeouts, chunk_id).await {
+                Ok(()) => {
                     out.n_deleted += 1;
                     push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: deleted"));
                 }

@@ -8,18 +8,15 @@
 //! received.
 
 use crate::buffer::{ChunkBuf, Reassembly};
-use crate::health::Health;
+use crate::cluster::{read_chunk, ChunkReader, Health, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord};
-use crate::nodes::{NodeConn, NodeError, NodeFailure};
-use crate::server::{internal, not_found, EngineState};
-use dfs_proto::io_std::Frame;
+use crate::state::{internal, not_found, EngineState};
 use dfs_proto::io_uring::Conn;
-use dfs_proto::layout::{block_len, n_blocks};
+use dfs_proto::layout::block_len;
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::{ChunkId, FileId, FrameError, Msg, Status};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use tokio_uring::buf::IoBufMut;
 
 /// Chunk fetches run at once for one buffered download.
 pub const MAX_PARALLEL_FETCHES: usize = 8;
@@ -76,7 +73,7 @@ pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<
     };
     let mut copies = Vec::with_capacity(record.chunks.len());
     for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
-        match chunk_addrs(&record, chunk) {
+        match record.copy_addrs(chunk) {
             Ok(addrs) => copies.push(state.health.up_first(&addrs)),
             Err(e) => return client.write_msg(&internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
         }
@@ -85,44 +82,6 @@ pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<
         Some(_reservation) => get_buffered(state, client, file_id, &record, copies).await,
         None => get_streamed(state, client, file_id, &record, copies).await,
     }
-}
-
-/// Where chunk `chunk`'s copies live, in placement order.
-pub fn chunk_addrs(record: &FileRecord, chunk: &ChunkRecord) -> Result<Vec<SocketAddr>, String> {
-    if chunk.placement.is_empty() {
-        return Err("chunk has no placement".into());
-    }
-    chunk
-        .placement
-        .iter()
-        .map(|&node_idx| {
-            let addr = record.nodes.get(node_idx as usize).ok_or("placement names an unknown node")?;
-            addr.parse().map_err(|e| format!("stored node address {addr:?} is invalid: {e}"))
-        })
-        .collect()
-}
-
-/// Marks a node down when a read failure says it did not answer.
-fn note_failure(health: &Health, e: &NodeError) {
-    if let (NodeFailure::Unreachable(why), Ok(addr)) = (&e.failure, e.addr.parse::<SocketAddr>()) {
-        health.mark_down(addr, why);
-    }
-}
-
-/// Reads a whole chunk from one node into `buf[0..length]`, every block verified.
-async fn read_chunk<B: IoBufMut + AsRef<[u8]>>(
-    addr: SocketAddr,
-    timeouts: crate::nodes::NodeTimeouts,
-    chunk_id: ChunkId,
-    chunk: &ChunkRecord,
-    mut buf: B,
-) -> Result<B, NodeError> {
-    let mut reader = ChunkReader::open(addr, timeouts, chunk_id, chunk, 0).await?;
-    while let Some(block_idx) = reader.next_block() {
-        buf = reader.read_block(buf, block_idx * BLOCK_SIZE_BYTES as usize).await?;
-    }
-    reader.finish().await?;
-    Ok(buf)
 }
 
 async fn get_buffered(
@@ -179,7 +138,7 @@ async fn get_buffered(
                     }
                     Err(e) => {
                         tracing::debug!("{chunk_id}: {e}");
-                        note_failure(&health, &e);
+                        health.note_failure(&e);
                         errors.push(e);
                     }
                 }
@@ -337,7 +296,7 @@ enum Streamed {
 /// connection wait, so a slow client never makes a healthy node time out. When a copy fails
 /// part-way, the next copy is opened at the block that failed.
 async fn read_in_order(
-    timeouts: crate::nodes::NodeTimeouts,
+    timeouts: crate::cluster::NodeTimeouts,
     health: std::sync::Arc<Health>,
     file_id: FileId,
     chunks: Vec<ChunkRecord>,
@@ -369,7 +328,7 @@ async fn read_in_order(
                 Streamed::Paused => tracing::debug!("{chunk_id}: client behind, let {addr} go at block {n_sent}"),
                 Streamed::Failed(e) => {
                     tracing::debug!("{chunk_id}: {e}");
-                    note_failure(&health, &e);
+                    health.note_failure(&e);
                     errors.push(e);
                     copy_idx += 1;
                 }
@@ -385,7 +344,7 @@ async fn read_in_order(
 #[allow(clippy::too_many_arguments)]
 async fn stream_copy(
     addr: SocketAddr,
-    timeouts: crate::nodes::NodeTimeouts,
+    timeouts: crate::cluster::NodeTimeouts,
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
     n_sent: &mut usize,
@@ -414,7 +373,7 @@ async fn stream_copy(
                 return Streamed::Failed(e);
             }
         };
-        let len = block_len(reader.length, block_idx as u64) as usize;
+        let len = block_len(reader.length(), block_idx as u64) as usize;
         if blocks.send(Ok((buf, len))).await.is_err() {
             return Streamed::Stopped;
         }
@@ -423,117 +382,5 @@ async fn stream_copy(
     match reader.finish().await {
         Ok(()) => Streamed::Done,
         Err(e) => Streamed::Failed(e),
-    }
-}
-
-/// Reads one chunk from a node, block by block, checking each block against the crc32 that was
-/// recorded at upload (not the one the node holds).
-pub struct ChunkReader {
-    node: NodeConn,
-    length: u64,
-    block_crcs: Vec<u32>,
-    next_block_idx: usize,
-}
-
-impl ChunkReader {
-    /// Asks `addr` for the chunk from block `first_block` on. A pooled connection that breaks
-    /// before the answer is retried once on a fresh one.
-    pub async fn open(
-        addr: SocketAddr,
-        timeouts: crate::nodes::NodeTimeouts,
-        chunk_id: ChunkId,
-        chunk: &ChunkRecord,
-        first_block: usize,
-    ) -> Result<ChunkReader, NodeError> {
-        let node = NodeConn::checkout(addr, timeouts).await?;
-        let reused = node.reused;
-        match ChunkReader::open_on(node, chunk_id, chunk, first_block).await {
-            Err(e) if reused && e.is_unreachable() => {
-                tracing::debug!("{e} on a pooled connection; retrying on a fresh one");
-                ChunkReader::open_on(NodeConn::connect(addr, timeouts).await?, chunk_id, chunk, first_block).await
-            }
-            opened => opened,
-        }
-    }
-
-    async fn open_on(
-        node: NodeConn,
-        chunk_id: ChunkId,
-        chunk: &ChunkRecord,
-        first_block: usize,
-    ) -> Result<ChunkReader, NodeError> {
-        assert_eq!(chunk.block_crcs.len() as u64, n_blocks(chunk.length), "metadata block count");
-        assert!(first_block <= chunk.block_crcs.len(), "fetch from block {first_block} of {}", chunk.block_crcs.len());
-        node.send(&Msg::Fetch { chunk_id, first_block: first_block as u32 }).await?;
-        match node.recv().await? {
-            Msg::FetchOk { length, crc32, block_size_bytes }
-                if length == chunk.length && crc32 == chunk.crc32 && block_size_bytes == BLOCK_SIZE_BYTES => {}
-            Msg::FetchOk { length, crc32, .. } => {
-                let detail = format!(
-                    "node holds {length} bytes with crc32 {crc32:08x}, {} bytes with crc32 {:08x} were stored",
-                    chunk.length, chunk.crc32
-                );
-                return Err(NodeError::new(node.addr, NodeFailure::Remote(Status::Corrupt, detail)));
-            }
-            other => return Err(node.unexpected("FetchOk", &other)),
-        }
-        Ok(ChunkReader {
-            node,
-            length: chunk.length,
-            block_crcs: chunk.block_crcs.clone(),
-            next_block_idx: first_block,
-        })
-    }
-
-    /// The longest this reader may leave the node's stream unread: half of what the node
-    /// allows, so the node never closes the connection for the engine's own delay.
-    pub fn max_unread(&self) -> std::time::Duration {
-        (self.node.node_idle_timeout / 2).max(std::time::Duration::from_millis(100))
-    }
-
-    pub fn next_block(&self) -> Option<usize> {
-        (self.next_block_idx < self.block_crcs.len()).then_some(self.next_block_idx)
-    }
-
-    /// Reads the next block's data frame into `buf[begin..]` and verifies it.
-    pub async fn read_block<B: IoBufMut + AsRef<[u8]>>(&mut self, buf: B, begin: usize) -> Result<B, NodeError> {
-        let block_idx = self.next_block_idx;
-        let expected_len = block_len(self.length, block_idx as u64) as usize;
-        let len = match self.node.conn.read_frame().await {
-            Ok(Frame::Data(len)) => len as usize,
-            Ok(Frame::Msg(Msg::Error { status, message })) => {
-                return Err(NodeError::new(self.node.addr, NodeFailure::Remote(status, message)))
-            }
-            Ok(Frame::Msg(other)) => return Err(self.node.unexpected("Data", &other)),
-            Err(e) => return Err(NodeError::from_frame(self.node.addr, e)),
-        };
-        if len != expected_len {
-            return Err(self.node.protocol(format!("block {block_idx} is {len} bytes, expected {expected_len}")));
-        }
-        let buf = self
-            .node
-            .conn
-            .read_exact(buf, begin, begin + len, false)
-            .await
-            .map_err(|e| NodeError::from_frame(self.node.addr, e))?;
-        let actual = dfs_proto::layout::crc32(&buf.as_ref()[begin..begin + len]);
-        let expected = self.block_crcs[block_idx];
-        if actual != expected {
-            let detail = format!("block {block_idx} arrived with crc32 {actual:08x}, {expected:08x} was recorded");
-            return Err(NodeError::new(self.node.addr, NodeFailure::Remote(Status::Corrupt, detail)));
-        }
-        self.next_block_idx += 1;
-        Ok(buf)
-    }
-
-    pub async fn finish(self) -> Result<(), NodeError> {
-        assert_eq!(self.next_block_idx, self.block_crcs.len(), "finish before the last block");
-        match self.node.recv().await? {
-            Msg::End => {
-                self.node.checkin();
-                Ok(())
-            }
-            other => Err(self.node.unexpected("End", &other)),
-        }
     }
 }

@@ -2,21 +2,20 @@
 //! storage nodes, keeps the metadata, and reassembles and verifies downloads.
 
 mod buffer;
+mod cluster;
 mod gc;
 mod get;
-mod health;
 mod local;
 mod meta;
 mod metrics;
-mod nodes;
 mod put;
 mod repair;
-mod replicate;
 mod server;
+mod state;
 
 use clap::Parser;
-use nodes::NodeTimeouts;
-use server::{EngineConfig, EngineState};
+use cluster::NodeTimeouts;
+use state::{EngineConfig, EngineState};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -170,7 +169,7 @@ fn run(args: Args) -> Result<(), String> {
         }
         tracing::warn!("{what}");
     }
-    nodes::CLUSTER_SECRET.set(cluster_secret).map_err(|_| "the cluster secret was set twice")?;
+    cluster::CLUSTER_SECRET.set(cluster_secret).map_err(|_| "the cluster secret was set twice")?;
     let (meta_dir, nodes, _children) = match (args.local, &args.data) {
         (Some(n_nodes), Some(data)) => {
             if n_nodes < MIN_NODES {
@@ -204,7 +203,7 @@ fn run(args: Args) -> Result<(), String> {
         if replicas == 1 { "y" } else { "ies" },
         args.threads
     );
-    let health = Arc::new(health::Health::new(&nodes));
+    let health = Arc::new(cluster::Health::new(&nodes));
     let state = Arc::new(EngineState {
         access_keys,
         config: EngineConfig {
@@ -219,13 +218,13 @@ fn run(args: Args) -> Result<(), String> {
             },
             gc_grace: Duration::from_secs(args.gc_grace_secs),
         },
-        uploads_in_progress: server::Uploads::default(),
+        uploads_in_progress: state::Uploads::default(),
         meta,
         health,
         budget: buffer::Budget::new(args.buffer_budget),
     });
     if args.ping_interval_secs > 0 {
-        health::start_pinger(
+        cluster::start_pinger(
             state.health.clone(),
             state.config.node_timeouts,
             Duration::from_secs(args.ping_interval_secs),

@@ -88,6 +88,21 @@ impl From<FileRecordV1> for FileRecord {
 }
 
 impl FileRecord {
+    /// Where `chunk`'s copies live, in placement order.
+    pub fn copy_addrs(&self, chunk: &ChunkRecord) -> Result<Vec<std::net::SocketAddr>, String> {
+        if chunk.placement.is_empty() {
+            return Err("chunk has no placement".into());
+        }
+        chunk
+            .placement
+            .iter()
+            .map(|&node_idx| {
+                let addr = self.nodes.get(node_idx as usize).ok_or("placement names an unknown node")?;
+                addr.parse().map_err(|e| format!("stored node address {addr:?} is invalid: {e}"))
+            })
+            .collect()
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut out = vec![RECORD_VERSION];
         out.extend(postcard::to_stdvec(self).expect("a record always serializes"));

@@ -3,11 +3,11 @@
 //! node verifies the client's crc32, makes the chunk durable and answers with its block crc32s;
 //! the metadata is committed only when every chunk has been acknowledged.
 
+use crate::cluster::{self, await_store, open_store, NodeConn, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord};
-use crate::nodes::{NodeConn, NodeError, NodeFailure};
-use crate::server::{delete_chunks_later, internal, EngineState};
+use crate::state::{internal, EngineState};
 use dfs_proto::io_uring::Conn;
-use dfs_proto::layout::{chunk_spans, combine_block_crcs, n_blocks};
+use dfs_proto::layout::chunk_spans;
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, Origin, Status};
 use dfs_runtime::splice::{dup_fd, FanOut, FanOutError, SharedFd, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
@@ -151,7 +151,7 @@ pub async fn put(
         }
         for target in targets {
             if let Some(e) = target.error {
-                note_failure(state, &e);
+                state.health.note_failure(&e);
                 errors[span.chunk_idx as usize].push(e);
             }
             let Some(node) = target.node else { continue };
@@ -184,7 +184,7 @@ pub async fn put(
             .enumerate()
             .flat_map(|(i, c)| c.iter().map(move |(addr, _)| (ChunkId { file_id, chunk_idx: i as u32 }, *addr)))
             .collect();
-        delete_chunks_later(timeouts, written);
+        cluster::delete_later(timeouts, written);
     };
     if let Err(e) = client_result {
         tracing::info!("upload of {name:?} abandoned by the client: {e}");
@@ -261,13 +261,6 @@ pub async fn put(
     }
 }
 
-/// Marks a node down when a failure says it did not answer.
-fn note_failure(state: &EngineState, e: &NodeError) {
-    if let (NodeFailure::Unreachable(why), Ok(addr)) = (&e.failure, e.addr.parse::<SocketAddr>()) {
-        state.health.mark_down(addr, why);
-    }
-}
-
 /// Opens `replicas` STOREs for one chunk on the first candidates that accept, skipping nodes
 /// that cannot be reached.
 async fn open_targets(
@@ -291,7 +284,7 @@ async fn open_targets(
                 targets.push(Target { addr, node: Some(node), error: None });
             }
             Err(e) => {
-                note_failure(state, &e);
+                state.health.note_failure(&e);
                 refused.push(e.to_string());
             }
         }
@@ -358,14 +351,14 @@ async fn complete_copies(
             if copies[chunk_idx].iter().any(|(a, _)| *a == dest) || failed.contains(&dest.to_string()) {
                 continue;
             }
-            match crate::replicate::copy_chunk(source, dest, state.config.node_timeouts, chunk_id, &chunk).await {
+            match cluster::copy_chunk(source, dest, state.config.node_timeouts, chunk_id, &chunk).await {
                 Ok(()) => {
                     tracing::info!("{chunk_id}: copied from {source} to {dest} after a node failed mid-upload");
                     copies[chunk_idx].push((dest, chunk.block_crcs.clone()));
                 }
                 Err(e) => {
                     let e = e.into_node_error();
-                    note_failure(state, &e);
+                    state.health.note_failure(&e);
                     errors[chunk_idx].push(e);
                 }
             }
@@ -383,30 +376,6 @@ async fn complete_copies(
         }
     }
     None
-}
-
-/// Opens a STORE of `chunk_id` on `addr`: the request alone, the chunk's bytes to follow, or
-/// with `data` the whole chunk in the same write.
-async fn open_store(
-    addr: SocketAddr,
-    timeouts: crate::nodes::NodeTimeouts,
-    chunk_id: ChunkId,
-    length: u64,
-    crc32: u32,
-    data: Option<&[u8]>,
-) -> Result<NodeConn, NodeError> {
-    let node = NodeConn::checkout(addr, timeouts).await?;
-    let store = Msg::Store { chunk_id, length, crc32 };
-    match data {
-        Some(data) => {
-            assert_eq!(data.len() as u64, length, "a STORE sent whole carries its chunk");
-            let mut frame = store.encode();
-            frame.extend_from_slice(data);
-            node.conn.write_all(frame).await.map_err(|e| NodeError::from_frame(addr, e))?;
-        }
-        None => node.send(&store).await?,
-    }
-    Ok(node)
 }
 
 /// What splicing an upload needs: the client socket as a descriptor of its own, and a fan-out
@@ -567,23 +536,6 @@ async fn write_live(targets: &mut [Target], buf: Vec<u8>, n: usize) -> Vec<u8> {
     }
 }
 
-/// Waits for a node's durable-write acknowledgement and checks its block crc32s add up to the
-/// chunk crc32 the client announced.
-pub async fn await_store(node: &NodeConn, length: u64, crc32: u32) -> Result<Vec<u32>, NodeError> {
-    match node.recv().await? {
-        Msg::StoreOk { block_crcs } => {
-            if block_crcs.len() as u64 != n_blocks(length) {
-                return Err(node.protocol(format!("{} block crcs for a chunk of {length} bytes", block_crcs.len())));
-            }
-            if combine_block_crcs(&block_crcs, length) != crc32 {
-                return Err(node.protocol("acknowledged block crc32s do not add up to the chunk crc32"));
-            }
-            Ok(block_crcs)
-        }
-        other => Err(node.unexpected("StoreOk", &other)),
-    }
-}
-
 async fn settle(
     state: &EngineState,
     handle: Option<tokio::task::JoinHandle<Acked>>,
@@ -596,7 +548,7 @@ async fn settle(
         Ok(block_crcs) => copies[a.chunk_idx as usize].push((a.addr, block_crcs)),
         Err(e) => {
             tracing::debug!("chunk {} on {}: {e}", a.chunk_idx, a.addr);
-            note_failure(state, &e);
+            state.health.note_failure(&e);
             errors[a.chunk_idx as usize].push(e);
         }
     }

@@ -4,13 +4,11 @@
 //! node are copied back to that node, copies on a down node are made again on another live
 //! node, and only then does the metadata point at the new copy. Copies are made only from
 //! copies that verify block by block against the crc32s recorded at upload (see
-//! [`crate::replicate`]), so repair never spreads bad bytes.
+//! [`crate::cluster::copy_chunk`]), so repair never spreads bad bytes.
 
-use crate::get::chunk_addrs;
+use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord};
-use crate::nodes::{NodeConn, NodeError, NodeFailure};
-use crate::replicate::{copy_chunk, CopyError};
-use crate::server::EngineState;
+use crate::state::EngineState;
 use dfs_proto::io_uring::Conn;
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId, Msg, RepairSummary, Status};
@@ -106,13 +104,12 @@ enum Copy {
 }
 
 async fn check_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId, chunk: &ChunkRecord) -> Copy {
-    match NodeConn::request(addr, state.config.node_timeouts, &Msg::Exists { chunk_id }).await {
-        Ok(Msg::ExistsOk { length, crc32 }) if length == chunk.length && crc32 == chunk.crc32 => Copy::Sound,
-        Ok(Msg::ExistsOk { length, crc32 }) => Copy::Corrupt(format!(
+    match cluster::exists(addr, state.config.node_timeouts, chunk_id).await {
+        Ok((length, crc32)) if length == chunk.length && crc32 == chunk.crc32 => Copy::Sound,
+        Ok((length, crc32)) => Copy::Corrupt(format!(
             "holds {length} bytes with crc32 {crc32:08x}, {} bytes with crc32 {:08x} were stored",
             chunk.length, chunk.crc32
         )),
-        Ok(other) => Copy::Unknown(format!("answered {} to EXISTS", other.kind().name())),
         Err(NodeError { failure: NodeFailure::Unreachable(why), .. }) => Copy::Down(why),
         Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Copy::Missing,
         Err(NodeError { failure: NodeFailure::Remote(Status::Corrupt, why), .. }) => Copy::Corrupt(why),
@@ -127,23 +124,14 @@ async fn probe_down_nodes(state: &EngineState) {
         if state.health.is_up(addr) {
             continue;
         }
-        match NodeConn::request(addr, state.config.node_timeouts, &Msg::NodeStat).await {
-            Ok(Msg::NodeStatOk(report)) => state.health.record_report(addr, report),
-            Ok(other) => tracing::debug!("repair: node {addr} answered {} to NODESTAT", other.kind().name()),
-            Err(e) if e.is_unreachable() => tracing::debug!("repair: node {addr} is still down: {e}"),
-            // It answered, if only with an error: it is up.
-            Err(_) => state.health.mark_up(addr),
-        }
+        state.health.ping(addr, state.config.node_timeouts).await;
     }
 }
 
 /// Deletes a copy proven corrupt (best effort): only ever called once the chunk has as many
 /// sound copies elsewhere as it can get, or to make room for a sound copy in its place.
 async fn remove_corrupt_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId) -> Result<(), String> {
-    match NodeConn::request(addr, state.config.node_timeouts, &Msg::ChunkDelete { chunk_id }).await {
-        Ok(_) | Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    }
+    cluster::delete(addr, state.config.node_timeouts, chunk_id).await.map_err(|e| e.to_string())
 }
 
 /// Copies `chunk_id` to `dest` from the first of `sources` that can supply it. Every block of
@@ -161,9 +149,7 @@ async fn copy_from_any(
             Ok(()) => return Ok(()),
             Err(CopyError::Source(e)) => why.push(format!("source {source}: {e}")),
             Err(CopyError::Destination(e)) => {
-                if e.is_unreachable() {
-                    state.health.mark_down(dest, &e.to_string());
-                }
+                state.health.note_failure(&e);
                 return Err(e.to_string());
             }
         }
@@ -184,7 +170,7 @@ async fn repair_chunk(
 ) {
     summary.n_chunks_checked += 1;
     let replicas = state.config.replicas;
-    let recorded = match chunk_addrs(record, chunk) {
+    let recorded = match record.copy_addrs(chunk) {
         Ok(a) => a,
         Err(e) => {
             summary.n_chunks_unrecoverable += 1;

@@ -3,6 +3,7 @@
 
 mod footer;
 mod metrics;
+mod pace;
 mod scrub;
 mod segments;
 mod server;
@@ -167,7 +168,7 @@ fn run(args: Args) -> Result<(), String> {
                     args.data.display()
                 ));
             }
-            server::Stores::Files(Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?))
+            store::Stores::Files(Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?))
         }
         StoreKind::Segments => {
             let store = Arc::new(
@@ -182,20 +183,16 @@ fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| format!("cannot start the compaction thread: {e}"))?;
             segments::start_checkpointer(store.clone(), Duration::from_secs(args.checkpoint_interval_secs))
                 .map_err(|e| format!("cannot start the checkpoint thread: {e}"))?;
-            server::Stores::Segments(store)
+            store::Stores::Segments(store)
         }
     };
     let root = match &stores {
-        server::Stores::Files(f) => f.root().to_path_buf(),
-        server::Stores::Segments(s) => s.root().to_path_buf(),
+        store::Stores::Files(f) => f.root().to_path_buf(),
+        store::Stores::Segments(s) => s.root().to_path_buf(),
     };
     if args.scrub_interval_secs > 0 {
         let interval = Duration::from_secs(args.scrub_interval_secs);
-        let copy = match &stores {
-            server::Stores::Files(f) => server::Stores::Files(f.clone()),
-            server::Stores::Segments(s) => server::Stores::Segments(s.clone()),
-        };
-        scrub::start_background(copy, interval, args.scrub_rate_mib.saturating_mul(1 << 20))
+        scrub::start_background(stores.clone(), interval, args.scrub_rate_mib.saturating_mul(1 << 20))
             .map_err(|e| format!("cannot start the background scrubber: {e}"))?;
     }
     let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)

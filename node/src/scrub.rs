@@ -5,16 +5,16 @@
 //! in the background on an interval at a bounded read rate.
 
 use crate::footer::{Footer, FOOTER_FIXED_BYTES};
+use crate::pace::Pace;
 use crate::segments::SegmentStore;
-use crate::server::Stores;
-use crate::store::ChunkStore;
+use crate::store::{ChunkStore, Stores};
 use dfs_proto::layout::{block_len, crc32};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, Msg};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One pass at a time, whoever asked for it.
 static PASS: Mutex<()> = Mutex::new(());
@@ -67,31 +67,6 @@ fn verify(store: &ChunkStore, id: &ChunkId, pace: &mut Pace) -> Result<(), Bad> 
         pace.account(len as u64);
     }
     Ok(())
-}
-
-/// Keeps a pass under a read rate by sleeping between blocks.
-/// Keeps a background pass at or under a rate of bytes per second (scrub, compaction).
-pub(crate) struct Pace {
-    bytes_per_sec: Option<u64>,
-    started: Instant,
-    bytes: u64,
-}
-
-impl Pace {
-    pub(crate) fn new(bytes_per_sec: Option<u64>) -> Pace {
-        Pace { bytes_per_sec, started: Instant::now(), bytes: 0 }
-    }
-
-    /// Counts `bytes` moved, sleeping as long as the pass is ahead of its rate.
-    pub(crate) fn account(&mut self, bytes: u64) {
-        self.bytes += bytes;
-        if let Some(rate) = self.bytes_per_sec.filter(|r| *r > 0) {
-            let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-    }
 }
 
 /// One full pass over the store.
@@ -174,10 +149,7 @@ fn pass_any(stores: &Stores, bytes_per_sec: Option<u64>) -> io::Result<Outcome> 
 /// A full-speed pass on a thread of its own, answered as a ScrubOk.
 pub async fn scrub_now(stores: &Stores) -> io::Result<Msg> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let stores = match stores {
-        Stores::Files(f) => Stores::Files(f.clone()),
-        Stores::Segments(s) => Stores::Segments(s.clone()),
-    };
+    let stores = stores.clone();
     std::thread::Builder::new().name("scrub".into()).spawn(move || {
         let _ = tx.send(pass_any(&stores, None));
     })?;

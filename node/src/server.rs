@@ -5,7 +5,7 @@
 use crate::footer::{Footer, FooterError, FOOTER_FIXED_BYTES};
 use crate::metrics;
 use crate::segments::{record_span, Kind, Location, RecordHeader, SegmentStore, WRITE_BYTES};
-use crate::store::ChunkStore;
+use crate::store::{ChunkStore, Stores};
 use dfs_proto::auth::{self, ClusterSecret, Nonce, AUTH_CLUSTER, AUTH_NONE};
 use dfs_proto::io_std::Frame;
 use dfs_proto::io_uring::Conn;
@@ -30,14 +30,6 @@ pub const STORE_IO_BYTES: usize = BLOCK_SIZE_BYTES as usize;
 const FETCH_READS_AHEAD: usize = 8;
 /// Pieces of a segment record being written while the next is received, in one STORE.
 const STORE_WRITES_IN_FLIGHT: usize = 4;
-
-/// Where a node keeps its chunks (`--store`).
-pub enum Stores {
-    /// One file per chunk copy under `chunks/`.
-    Files(Arc<ChunkStore>),
-    /// Records appended to segment files under `segments/`.
-    Segments(Arc<SegmentStore>),
-}
 
 pub struct NodeState {
     pub stores: Stores,

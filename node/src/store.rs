@@ -227,3 +227,12 @@ fn spread_subdirectories(dir: &Path) {
         tracing::debug!("cannot set the top-directory flag on {}: {e}", dir.display());
     }
 }
+
+/// Where a node keeps its chunks (`--store`): chunk files (this module) or segments.
+#[derive(Clone)]
+pub enum Stores {
+    /// One file per chunk copy under `chunks/`.
+    Files(std::sync::Arc<ChunkStore>),
+    /// Records appended to segment files under `segments/`.
+    Segments(std::sync::Arc<crate::segments::SegmentStore>),
+}

@@ -18,7 +18,7 @@
 //! one (records only move forward, and only live ones), so none is left.
 
 use super::*;
-use crate::scrub::Pace;
+use crate::pace::Pace;
 
 /// When compaction rewrites a segment, and how fast.
 #[derive(Clone, Copy, Debug)]

@@ -3,10 +3,10 @@
 //! recorded at upload before it is forwarded, and the destination's acknowledgement must match
 //! them too, so a copy is never made from, or into, bad bytes.
 
-use crate::get::ChunkReader;
+use super::conn::{with_connection, NodeConn, NodeError, NodeTimeouts, Retryable};
+use super::fetch::ChunkReader;
+use super::store::await_store;
 use crate::meta::ChunkRecord;
-use crate::nodes::{NodeConn, NodeError, NodeTimeouts};
-use crate::put::await_store;
 use dfs_proto::layout::block_len;
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::ChunkId;
@@ -28,6 +28,20 @@ impl CopyError {
     }
 }
 
+/// Failing to reach the destination at all is the destination's failure.
+impl From<NodeError> for CopyError {
+    fn from(e: NodeError) -> CopyError {
+        CopyError::Destination(e)
+    }
+}
+
+/// Only a broken destination connection is worth a new one: the source is read afresh anyway.
+impl Retryable for CopyError {
+    fn connection_broke(&self) -> bool {
+        matches!(self, CopyError::Destination(e) if e.is_unreachable())
+    }
+}
+
 impl std::fmt::Display for CopyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -37,21 +51,9 @@ impl std::fmt::Display for CopyError {
     }
 }
 
-/// Where a copy's destination connection comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DestConn {
-    /// The pool, or a new connection if it has none.
-    Pooled,
-    /// Always a new connection: for a second attempt after a pooled one failed, which may only
-    /// mean the node closed it or was restarted meanwhile.
-    Fresh,
-}
-
 /// Copies chunk `chunk_id` from `source` to `dest`; returns once the new copy is durable and
-/// its block crc32s match the recorded ones. If the destination breaks the connection, the
-/// copy is tried once more on a new one before the failure counts: a pooled connection can
-/// break only because the node closed it or was restarted since, which says nothing about
-/// whether it is down.
+/// its block crc32s match the recorded ones. A pooled destination connection that breaks is
+/// retried once on a new one, as every request is.
 pub async fn copy_chunk(
     source: SocketAddr,
     dest: SocketAddr,
@@ -59,29 +61,18 @@ pub async fn copy_chunk(
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
 ) -> Result<(), CopyError> {
-    match copy_once(source, dest, timeouts, chunk_id, chunk, DestConn::Pooled).await {
-        Err(CopyError::Destination(e)) if e.is_unreachable() => {
-            tracing::debug!("{chunk_id}: copy to {dest} failed ({e}); trying once more on a new connection");
-            copy_once(source, dest, timeouts, chunk_id, chunk, DestConn::Fresh).await
-        }
-        other => other,
-    }
+    with_connection(dest, timeouts, move |writer| copy_once(source, writer, timeouts, chunk_id, chunk)).await
 }
 
 async fn copy_once(
     source: SocketAddr,
-    dest: SocketAddr,
+    writer: NodeConn,
     timeouts: NodeTimeouts,
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
-    dest_conn: DestConn,
 ) -> Result<(), CopyError> {
+    let dest = writer.addr;
     let mut reader = ChunkReader::open(source, timeouts, chunk_id, chunk, 0).await.map_err(CopyError::Source)?;
-    let writer = match dest_conn {
-        DestConn::Pooled => NodeConn::checkout(dest, timeouts).await,
-        DestConn::Fresh => NodeConn::connect(dest, timeouts).await,
-    }
-    .map_err(CopyError::Destination)?;
     writer
         .send(&Msg::Store { chunk_id, length: chunk.length, crc32: chunk.crc32 })
         .await

@@ -3,9 +3,10 @@
 //! answers; a pinger thread keeps the picture fresh for nodes no request touches, so uploads
 //! skip down nodes without waiting for a timeout and reads try live copies first.
 
+use super::conn::{NodeError, NodeFailure, NodeTimeouts};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dfs_proto::StoreReport;
@@ -75,6 +76,24 @@ impl Health {
         }
     }
 
+    /// Marks a node down when a failure says it did not answer. Every request that fails on a
+    /// node reports it here.
+    pub fn note_failure(&self, e: &NodeError) {
+        if let (NodeFailure::Unreachable(why), Ok(addr)) = (&e.failure, e.addr.parse::<SocketAddr>()) {
+            self.mark_down(addr, why);
+        }
+    }
+
+    /// Asks `addr` for its store report and records what it says: up with its report, or down
+    /// with the reason, even an error answer (a node that cannot report its store is not one to
+    /// send copies to).
+    pub async fn ping(&self, addr: SocketAddr, timeouts: NodeTimeouts) {
+        match super::node_stat(addr, timeouts).await {
+            Ok(report) => self.record_report(addr, report),
+            Err(e) => self.mark_down(addr, &e.to_string()),
+        }
+    }
+
     pub fn record_report(&self, addr: SocketAddr, report: StoreReport) {
         let node = addr.to_string();
         crate::metrics::NODE_CHUNKS.with_label_values(&[&node]).set(report.n_chunks as i64);
@@ -111,78 +130,20 @@ impl Health {
     }
 }
 
-/// Asks one node for its store report over `conn`, connecting first if needed.
-fn ping(
-    conn: &mut Option<std::net::TcpStream>,
-    addr: SocketAddr,
-    timeouts: crate::nodes::NodeTimeouts,
-) -> Result<StoreReport, String> {
-    use dfs_proto::io_std::{read_frame, write_msg, Frame};
-    use dfs_proto::Msg;
-    if conn.is_none() {
-        let s = std::net::TcpStream::connect_timeout(&addr, timeouts.connect).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(timeouts.connect)).map_err(|e| e.to_string())?;
-        s.set_write_timeout(Some(timeouts.connect)).map_err(|e| e.to_string())?;
-        let _ = s.set_nodelay(true);
-        let mut s = s;
-        let (hello, engine_nonce) = crate::nodes::engine_hello().map_err(|e| e.to_string())?;
-        write_msg(&mut s, &Msg::Hello(hello)).map_err(|e| e.to_string())?;
-        let mut answer = read_frame(&mut s).map_err(|e| e.to_string())?;
-        if let Frame::Msg(Msg::AuthChallenge { nonce, proof }) = &answer {
-            let reply = crate::nodes::answer_challenge(engine_nonce, nonce, proof)?;
-            write_msg(&mut s, &reply).map_err(|e| e.to_string())?;
-            answer = read_frame(&mut s).map_err(|e| e.to_string())?;
-        } else if engine_nonce.is_some() {
-            return Err("the node did not prove the cluster secret: it runs without --cluster-secret-file".into());
-        }
-        match answer {
-            Frame::Msg(Msg::HelloOk(_)) => {}
-            Frame::Msg(Msg::Error { status, message }) => return Err(format!("{status}: {message}")),
-            other => return Err(format!("expected HelloOk, got {other:?}")),
-        }
-        *conn = Some(s);
-    }
-    let s = conn.as_mut().expect("connected above");
-    write_msg(s, &Msg::NodeStat).map_err(|e| e.to_string())?;
-    match read_frame(s).map_err(|e| e.to_string())? {
-        Frame::Msg(Msg::NodeStatOk(report)) => Ok(report),
-        Frame::Msg(Msg::Error { status, message }) => Err(format!("{status}: {message}")),
-        other => Err(format!("expected NodeStatOk, got {other:?}")),
-    }
-}
-
-/// Starts the pinger thread: every `interval`, each node is asked for its store report and
-/// marked up or down by the outcome.
-pub fn start_pinger(
-    health: std::sync::Arc<Health>,
-    timeouts: crate::nodes::NodeTimeouts,
-    interval: Duration,
-) -> std::io::Result<()> {
+/// Starts the pinger thread: every `interval`, all nodes at once are asked for their store
+/// reports (on a runtime of its own, through the same connections and handshake as every other
+/// request) and marked up or down by the outcome.
+pub fn start_pinger(health: Arc<Health>, timeouts: NodeTimeouts, interval: Duration) -> std::io::Result<()> {
+    // A ping waits no longer for an answer than for a connection.
+    let ping_timeouts = NodeTimeouts { connect: timeouts.connect, idle: timeouts.connect };
     std::thread::Builder::new().name("pinger".into()).spawn(move || {
-        let mut conns: Vec<Option<std::net::TcpStream>> = health.nodes.iter().map(|_| None).collect();
-        loop {
-            for (node, conn) in health.nodes.iter().zip(conns.iter_mut()) {
-                let reused = conn.is_some();
-                let answer = match ping(conn, node.addr, timeouts) {
-                    // The connection kept from the last round may only have died with a node
-                    // process that was restarted since: ask once more on a new one.
-                    Err(why) if reused => {
-                        *conn = None;
-                        ping(conn, node.addr, timeouts)
-                            .map_err(|again| format!("{again} (on a new connection, after {why})"))
-                    }
-                    answer => answer,
-                };
-                match answer {
-                    Ok(report) => health.record_report(node.addr, report),
-                    Err(why) => {
-                        *conn = None;
-                        health.mark_down(node.addr, &why);
-                    }
-                }
+        dfs_runtime::backend::start(async move {
+            loop {
+                let addrs: Vec<SocketAddr> = health.nodes.iter().map(|n| n.addr).collect();
+                futures_util::future::join_all(addrs.into_iter().map(|addr| health.ping(addr, ping_timeouts))).await;
+                tokio::time::sleep(interval).await;
             }
-            std::thread::sleep(interval);
-        }
+        })
     })?;
     Ok(())
 }

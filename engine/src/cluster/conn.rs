@@ -69,6 +69,39 @@ impl fmt::Display for NodeError {
     }
 }
 
+/// A failure after which a request is worth one more try on a new connection.
+pub trait Retryable: fmt::Display {
+    /// The node seemed not to answer: on a pooled connection this may only mean that the node
+    /// closed it while it sat idle, or that the process behind it was restarted since.
+    fn connection_broke(&self) -> bool;
+}
+
+impl Retryable for NodeError {
+    fn connection_broke(&self) -> bool {
+        self.is_unreachable()
+    }
+}
+
+/// Runs `attempt` on a connection to `addr` from the pool (or a new one), and, if that was a
+/// pooled connection and it broke, once more on a new connection before the failure counts.
+/// Every request to a node goes through here: it is the one home of that rule.
+pub async fn with_connection<T, E, F, Fut>(addr: SocketAddr, t: NodeTimeouts, mut attempt: F) -> Result<T, E>
+where
+    F: FnMut(NodeConn) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Retryable + From<NodeError>,
+{
+    let node = NodeConn::checkout(addr, t).await?;
+    let reused = node.reused;
+    match attempt(node).await {
+        Err(e) if reused && e.connection_broke() => {
+            tracing::debug!("{e} on a pooled connection to {addr}; trying once more on a new one");
+            attempt(NodeConn::connect(addr, t).await?).await
+        }
+        done => done,
+    }
+}
+
 /// The cluster secret the engine proves to nodes, set once at start-up (None: nodes are open).
 pub static CLUSTER_SECRET: std::sync::OnceLock<Option<dfs_proto::auth::ClusterSecret>> = std::sync::OnceLock::new();
 
@@ -77,7 +110,7 @@ fn cluster_secret() -> Option<&'static dfs_proto::auth::ClusterSecret> {
 }
 
 /// The engine's Hello to a node: with the cluster secret, it carries a fresh challenge nonce.
-pub fn engine_hello() -> std::io::Result<(Hello, Option<dfs_proto::auth::Nonce>)> {
+fn engine_hello() -> std::io::Result<(Hello, Option<dfs_proto::auth::Nonce>)> {
     match cluster_secret() {
         None => Ok((Hello::new(Role::Engine), None)),
         Some(_) => {
@@ -91,7 +124,7 @@ pub fn engine_hello() -> std::io::Result<(Hello, Option<dfs_proto::auth::Nonce>)
 
 /// The engine's answer to a node's AuthChallenge: checks the node's proof and returns the
 /// engine's, or why the node is not trusted.
-pub fn answer_challenge(
+fn answer_challenge(
     engine_nonce: Option<dfs_proto::auth::Nonce>,
     node_nonce: &dfs_proto::auth::Nonce,
     node_proof: &dfs_proto::auth::Proof,
@@ -192,19 +225,9 @@ impl NodeConn {
     }
 
     /// One request and its one-frame answer on a pooled connection to `addr`; the connection
-    /// goes back to the pool only after a clean answer. A pooled connection that breaks is
-    /// retried once on a fresh one before the node counts as unreachable: the node may simply
-    /// have closed it while it sat idle.
+    /// goes back to the pool only after a clean answer.
     pub async fn request(addr: SocketAddr, t: NodeTimeouts, msg: &Msg) -> Result<Msg, NodeError> {
-        let node = NodeConn::checkout(addr, t).await?;
-        let reused = node.reused;
-        match node.request_once(msg).await {
-            Err(e) if reused && e.is_unreachable() => {
-                tracing::debug!("{e} on a pooled connection; retrying on a fresh one");
-                NodeConn::connect(addr, t).await?.request_once(msg).await
-            }
-            answer => answer,
-        }
+        with_connection(addr, t, move |node| node.request_once(msg)).await
     }
 
     async fn request_once(self, msg: &Msg) -> Result<Msg, NodeError> {

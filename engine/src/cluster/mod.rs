@@ -1,0 +1,116 @@
+//! The cluster layer: everything the engine knows about its nodes and every way it talks to
+//! them. Request handlers (`put`, `get`, `repair`, `gc`, the server's SCRUB) call the functions
+//! here and never frame a node request themselves.
+//!
+//! - `conn`: connections (connect, handshake, the per-thread pool), [`NodeError`], and the
+//!   one rule for retrying a request whose pooled connection broke.
+//! - `health`: up or down per node, the pinger, and the store reports nodes send.
+//! - `store` (STORE), `fetch` (FETCH, block by block, verified), `replicate` (one chunk
+//!   copied node to node), and the one-frame requests below.
+
+mod conn;
+mod fetch;
+mod health;
+mod replicate;
+mod store;
+
+pub use conn::{NodeConn, NodeError, NodeFailure, NodeTimeouts, CLUSTER_SECRET};
+pub use fetch::{read_chunk, ChunkReader};
+pub use health::{start_pinger, Health};
+pub use replicate::{copy_chunk, CopyError};
+pub use store::{await_store, open_store};
+
+use dfs_proto::{ChunkId, Msg, Status, StoreReport};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How long one node may take to scrub its whole store.
+pub const SCRUB_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The length and crc32 of the copy of `chunk_id` that `addr` holds (EXISTS).
+pub async fn exists(addr: SocketAddr, t: NodeTimeouts, chunk_id: ChunkId) -> Result<(u64, u32), NodeError> {
+    match NodeConn::request(addr, t, &Msg::Exists { chunk_id }).await? {
+        Msg::ExistsOk { length, crc32 } => Ok((length, crc32)),
+        other => {
+            Err(NodeError::new(addr, NodeFailure::Protocol(format!("answered {} to EXISTS", other.kind().name()))))
+        }
+    }
+}
+
+/// Deletes `addr`'s copy of `chunk_id`; a copy that is already gone counts as deleted.
+pub async fn delete(addr: SocketAddr, t: NodeTimeouts, chunk_id: ChunkId) -> Result<(), NodeError> {
+    match NodeConn::request(addr, t, &Msg::ChunkDelete { chunk_id }).await {
+        Ok(_) | Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What `addr` holds and has room for (NODESTAT).
+pub async fn node_stat(addr: SocketAddr, t: NodeTimeouts) -> Result<StoreReport, NodeError> {
+    match NodeConn::request(addr, t, &Msg::NodeStat).await? {
+        Msg::NodeStatOk(report) => Ok(report),
+        other => {
+            Err(NodeError::new(addr, NodeFailure::Protocol(format!("answered {} to NODESTAT", other.kind().name()))))
+        }
+    }
+}
+
+/// One page of the chunks `node` holds that are at least `min_age` old, after `after` in chunk
+/// ID order (CHUNKLIST), and whether more follow.
+pub async fn chunk_list_page(
+    node: &NodeConn,
+    after: Option<ChunkId>,
+    limit: u32,
+    min_age: Duration,
+) -> Result<(Vec<ChunkId>, bool), NodeError> {
+    node.send(&Msg::ChunkList { after, limit, min_age_secs: min_age.as_secs() }).await?;
+    match node.recv().await? {
+        Msg::ChunkListOk { chunk_ids, more } => Ok((chunk_ids, more)),
+        other => Err(node.unexpected("ChunkListOk", &other)),
+    }
+}
+
+/// Deletes copies in the background, best effort: a copy left behind on a node that is down
+/// is an orphan for garbage collection, never a dangling reference.
+pub fn delete_later(t: NodeTimeouts, copies: Vec<(ChunkId, SocketAddr)>) {
+    if copies.is_empty() {
+        return;
+    }
+    dfs_runtime::backend::spawn(async move {
+        for (chunk_id, addr) in copies {
+            match delete(addr, t, chunk_id).await {
+                Ok(()) => tracing::debug!("deleted chunk {chunk_id} on {addr}"),
+                Err(e) => tracing::warn!("chunk {chunk_id} left on {addr}: {e}"),
+            }
+        }
+    });
+}
+
+/// Has every node re-verify its chunks, all at once, and sums up what they found. A node that
+/// cannot scrub is reported as a line, not as a failure of the whole request.
+pub async fn scrub_all(nodes: &[SocketAddr], connect_timeout: Duration) -> Msg {
+    let t = NodeTimeouts { connect: connect_timeout, idle: SCRUB_TIMEOUT };
+    let scrubs = nodes.iter().map(|&addr| async move {
+        let node = NodeConn::connect(addr, t).await?;
+        node.send(&Msg::Scrub).await?;
+        node.recv().await.map(|m| (addr, m))
+    });
+    let (mut n_checked, mut n_corrupt, mut lines) = (0, 0, Vec::new());
+    for result in futures_util::future::join_all(scrubs).await {
+        match result {
+            Ok((addr, Msg::ScrubOk { n_checked: c, n_corrupt: k, corrupt })) => {
+                n_checked += c;
+                n_corrupt += k;
+                for line in corrupt {
+                    dfs_proto::msg::push_report_line(&mut lines, format!("node {addr}: {line}"));
+                }
+            }
+            Ok((addr, other)) => dfs_proto::msg::push_report_line(
+                &mut lines,
+                format!("node {addr}: answered {} to SCRUB", other.kind().name()),
+            ),
+            Err(e) => dfs_proto::msg::push_report_line(&mut lines, format!("not scrubbed: {e}")),
+        }
+    }
+    Msg::ScrubOk { n_checked, n_corrupt, corrupt: lines }
+}

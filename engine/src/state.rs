@@ -1,0 +1,74 @@
+//! What every request handler shares: the engine's configuration, its metadata, what it knows
+//! of the nodes, the download budget, and the uploads in progress; and the answers any handler
+//! may give.
+
+use crate::buffer::Budget;
+use crate::cluster::{Health, NodeTimeouts};
+use crate::meta::MetaStore;
+use dfs_proto::{FileId, Msg, Status};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct EngineConfig {
+    pub nodes: Vec<SocketAddr>,
+    /// Copies of each chunk, on distinct nodes.
+    pub replicas: usize,
+    pub data_path: dfs_runtime::DataPath,
+    pub dynamic_chunk_cap_bytes: u64,
+    pub client_idle_timeout: Duration,
+    pub node_timeouts: NodeTimeouts,
+    /// Age below which a chunk no file references is not yet an orphan.
+    pub gc_grace: Duration,
+}
+
+/// File IDs whose chunks are being written right now (an upload, or repair making a copy),
+/// which garbage collection must not touch: a copy may exist before the metadata points at it.
+/// Counted, so that two writers of one file each keep it protected.
+#[derive(Default)]
+pub struct Uploads(std::sync::Mutex<std::collections::HashMap<FileId, usize>>);
+
+/// Releases its file ID in [`Uploads`] when the writing ends, however it ends.
+pub struct UploadGuard<'a>(&'a Uploads, FileId);
+
+impl Uploads {
+    pub fn begin(&self, file_id: FileId) -> UploadGuard<'_> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(file_id).or_default() += 1;
+        UploadGuard(self, file_id)
+    }
+
+    pub fn contains(&self, file_id: FileId) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&file_id)
+    }
+}
+
+impl Drop for UploadGuard<'_> {
+    fn drop(&mut self) {
+        let mut writers = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut n) = writers.entry(self.1) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+    }
+}
+
+pub struct EngineState {
+    /// With keys, only clients presenting one are served.
+    pub access_keys: Option<dfs_proto::auth::AccessKeys>,
+    pub uploads_in_progress: Uploads,
+    pub config: EngineConfig,
+    pub meta: MetaStore,
+    pub health: Arc<Health>,
+    pub budget: Arc<Budget>,
+}
+
+pub fn not_found(file_id: FileId) -> Msg {
+    Msg::error(Status::NotFound, format!("file {file_id} not found"))
+}
+
+pub fn internal(e: impl std::fmt::Display) -> Msg {
+    tracing::error!("{e}");
+    Msg::error(Status::Internal, e.to_string())
+}
