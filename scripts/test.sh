@@ -20,8 +20,10 @@ run() {
 # engine and nodes forced onto the copy path, so both data paths pass every test.
 echo "== all tests, data path: splice"
 DFS_DATA_PATH=splice run --workspace "$@"
-echo "== integration tests, data path: copy"
-DFS_DATA_PATH=copy run -p dfs-tests "$@"
+# The copy pass also writes segments with O_DIRECT (`--segment-io direct`), so both ways a node
+# can write its records pass every test.
+echo "== integration tests, data path: copy, segments written with O_DIRECT"
+DFS_DATA_PATH=copy DFS_SEGMENT_IO=direct run -p dfs-tests "$@"
 # And once more with io_uring switched off, as where a kernel or container refuses it.
 echo "== integration tests, I/O backend: epoll (io_uring off)"
 DFS_IO=epoll DFS_DATA_PATH=copy run -p dfs-tests "$@"

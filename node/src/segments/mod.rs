@@ -367,6 +367,18 @@ fn open_segment_file(path: &Path, create: bool, direct: bool) -> io::Result<std:
     o.custom_flags(flags).open(path)
 }
 
+/// How records reach the disk and come back (`--segment-io`). Either way a record is
+/// acknowledged only once an fdatasync of its segment that began after its last write has
+/// finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SegmentIo {
+    /// Through the page cache: the kernel's writeback queues deep and reads of recent records
+    /// come from memory.
+    Buffered,
+    /// O_DIRECT, from aligned buffers, past the page cache.
+    Direct,
+}
+
 /// How a new segment's space is prepared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Prefill {
@@ -495,8 +507,15 @@ fn pread_exact(fd: &OwnedFd, buf: &mut AlignedBuf, len: usize, offset: u64) -> i
 }
 
 impl SegmentStore {
-    /// Opens (creating if needed) the segments under `root/segments`, rebuilding the index.
+    /// [`SegmentStore::open_with`] O_DIRECT, as the unit tests open it.
+    #[cfg(test)]
     pub fn open(root: &Path, segment_bytes: u64, prefill: Prefill) -> io::Result<SegmentStore> {
+        SegmentStore::open_with(root, segment_bytes, prefill, SegmentIo::Direct)
+    }
+
+    /// Opens (creating if needed) the segments under `root/segments`, rebuilding the index;
+    /// records are written and read as `io` says.
+    pub fn open_with(root: &Path, segment_bytes: u64, prefill: Prefill, io: SegmentIo) -> io::Result<SegmentStore> {
         assert!(segment_bytes.is_multiple_of(ALIGN as u64) && segment_bytes > SEGMENT_HEADER_BYTES, "segment size");
         std::fs::create_dir_all(root).map_err(ctx("cannot create data directory", root))?;
         let root = root.canonicalize().map_err(ctx("cannot resolve data directory", root))?;
@@ -515,13 +534,17 @@ impl SegmentStore {
         // Probe direct I/O once with a scratch file.
         let probe = dir.join(".direct-probe");
         let _ = std::fs::remove_file(&probe);
-        let direct = match open_segment_file(&probe, true, true) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!("segments: O_DIRECT refused on {} ({e}): writing through the page cache", dir.display());
-                false
-            }
-        };
+        let direct = io == SegmentIo::Direct
+            && match open_segment_file(&probe, true, true) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        "segments: O_DIRECT refused on {} ({e}): writing through the page cache",
+                        dir.display()
+                    );
+                    false
+                }
+            };
         let _ = std::fs::remove_file(&probe);
 
         let (sync_queue, waiting) = mpsc::channel::<SyncWaiter>();
@@ -1303,25 +1326,30 @@ pub(super) mod tests {
 
     #[test]
     fn records_survive_a_restart_and_tombstones_stay_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let big = data(3, 3 * BLOCK_SIZE_BYTES as usize + 17);
-        tokio_uring::start(async {
-            let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
-            put(&store, id(1, 0), &data(1, 1000)).await;
-            put(&store, id(1, 1), &[]).await;
-            // Larger than what is left of the first segment: goes to the next one.
-            put(&store, id(1, 2), &big).await;
-            put(&store, id(2, 0), &data(2, 5000)).await;
-            store.remove(id(2, 0), false).await.unwrap();
-            assert!(!store.contains(&id(2, 0)));
-        });
-        let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
-        assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 1000)));
-        assert_eq!(read_back(&store, &id(1, 1)), Some(vec![]));
-        assert_eq!(read_back(&store, &id(1, 2)), Some(big));
-        assert!(!store.contains(&id(2, 0)), "a deleted chunk came back after a restart");
-        assert_eq!(store.list(None, 10, None).0, vec![id(1, 0), id(1, 1), id(1, 2)]);
-        assert_eq!(store.report().unwrap().n_chunks, 3);
+        for io in [SegmentIo::Direct, SegmentIo::Buffered] {
+            let dir = tempfile::tempdir().unwrap();
+            let big = data(3, 3 * BLOCK_SIZE_BYTES as usize + 17);
+            tokio_uring::start(async {
+                let store = SegmentStore::open_with(dir.path(), 4 << 20, Prefill::Allocate, io).unwrap();
+                if io == SegmentIo::Buffered {
+                    assert!(!store.direct, "--segment-io buffered opened the segments with O_DIRECT");
+                }
+                put(&store, id(1, 0), &data(1, 1000)).await;
+                put(&store, id(1, 1), &[]).await;
+                // Larger than what is left of the first segment: goes to the next one.
+                put(&store, id(1, 2), &big).await;
+                put(&store, id(2, 0), &data(2, 5000)).await;
+                store.remove(id(2, 0), false).await.unwrap();
+                assert!(!store.contains(&id(2, 0)));
+            });
+            let store = SegmentStore::open_with(dir.path(), 4 << 20, Prefill::Allocate, io).unwrap();
+            assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 1000)), "{io:?}");
+            assert_eq!(read_back(&store, &id(1, 1)), Some(vec![]), "{io:?}");
+            assert_eq!(read_back(&store, &id(1, 2)), Some(big), "{io:?}");
+            assert!(!store.contains(&id(2, 0)), "{io:?}: a deleted chunk came back after a restart");
+            assert_eq!(store.list(None, 10, None).0, vec![id(1, 0), id(1, 1), id(1, 2)]);
+            assert_eq!(store.report().unwrap().n_chunks, 3);
+        }
     }
 
     #[test]
