@@ -24,6 +24,8 @@ use std::time::Duration;
 
 /// Nodes an engine needs: one per quarter.
 pub const MIN_NODES: usize = 4;
+/// Copies of each chunk unless `--replicas` says otherwise.
+const DEFAULT_REPLICAS: usize = 2;
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
     parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("{s:?}: {e}"))
@@ -70,9 +72,8 @@ struct Args {
     /// splice. With --local, a value given here is passed on to the nodes too.
     #[arg(long, env = "DFS_DATA_PATH")]
     data_path: Option<dfs_runtime::DataPath>,
-    /// Copies of each chunk, on distinct nodes [default: 2, or 1 with fewer than 4 nodes]. An
-    /// upload is acknowledged only when every copy is durable; a download reads any copy that
-    /// verifies.
+    /// Copies of each chunk, on distinct nodes [default: 2]. An upload is acknowledged only
+    /// when every copy is durable; a download reads any copy that verifies.
     #[arg(long, env = "DFS_REPLICAS", value_name = "R")]
     replicas: Option<usize>,
     /// File of access keys (one per line, mode 600): only clients presenting one are served.
@@ -105,7 +106,8 @@ struct Args {
     /// closed as they arrive.
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
-    /// Number of io_uring runtimes (threads), each with its own listener on the same port.
+    /// Number of runtime threads (io_uring, or epoll where io_uring is refused), each with its
+    /// own listener on the same port.
     #[arg(long, default_value_t = dfs_runtime::default_threads())]
     threads: usize,
     /// Seconds a client connection may stay idle, mid-request or between requests.
@@ -134,7 +136,13 @@ fn run(args: Args) -> Result<(), String> {
     dfs_runtime::backend::select()?;
     // Checked before any local node is started.
     let n_planned = args.local.unwrap_or(args.nodes.len());
-    let replicas = args.replicas.unwrap_or(if n_planned >= MIN_NODES { 2 } else { 1 });
+    if n_planned < MIN_NODES {
+        return Err(match args.local {
+            Some(n) => format!("--local needs at least {MIN_NODES} nodes, got {n}"),
+            None => format!("at least {MIN_NODES} nodes are needed (--node ADDR, repeated), got {n_planned}"),
+        });
+    }
+    let replicas = args.replicas.unwrap_or(DEFAULT_REPLICAS);
     let max_replicas = n_planned.min(dfs_proto::limits::MAX_REPLICAS as usize);
     if replicas == 0 || replicas > max_replicas {
         return Err(format!(
@@ -172,9 +180,6 @@ fn run(args: Args) -> Result<(), String> {
     cluster::CLUSTER_SECRET.set(cluster_secret).map_err(|_| "the cluster secret was set twice")?;
     let (meta_dir, nodes, _children) = match (args.local, &args.data) {
         (Some(n_nodes), Some(data)) => {
-            if n_nodes < MIN_NODES {
-                return Err(format!("--local needs at least {MIN_NODES} nodes, got {n_nodes}"));
-            }
             let children = local::start_nodes(args.listen, n_nodes, data, args.data_path, secret_file.as_deref())?;
             let addrs = children.iter().map(|c| c.addr).collect();
             (data.join("meta"), addrs, children)
@@ -184,9 +189,7 @@ fn run(args: Args) -> Result<(), String> {
             (meta, args.nodes.clone(), Vec::new())
         }
     };
-    if nodes.len() < MIN_NODES {
-        return Err(format!("at least {MIN_NODES} nodes are needed (--node ADDR, repeated), got {}", nodes.len()));
-    }
+    assert!(nodes.len() >= MIN_NODES, "the node count was checked before the nodes were started");
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = nodes.iter().find(|a| !seen.insert(**a)) {
         return Err(format!("node {dup} is given twice"));

@@ -101,7 +101,7 @@ where
     let per_thread = max_connections.div_ceil(listeners.len().max(1)).max(1);
     for (core_idx, listener) in listeners.into_iter().enumerate() {
         let state = state.clone();
-        let t = std::thread::Builder::new().name(format!("uring-{core_idx}")).spawn(move || {
+        let t = std::thread::Builder::new().name(format!("runtime-{core_idx}")).spawn(move || {
             backend::start(async move {
                 let listener = match backend::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
