@@ -11,10 +11,10 @@ use crate::buffer::{ChunkBuf, Reassembly};
 use crate::cluster::{read_chunk, ChunkReader, Health, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord};
 use crate::state::{internal, not_found, EngineState};
-use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::block_len;
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::{ChunkId, FileId, FrameError, Msg, Status};
+use dfs_runtime::conn::Conn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -163,7 +163,7 @@ async fn get_buffered(
         tracing::warn!("GET {file_id}: {}", f.describe(file_id).1);
         return client.write_msg(&f.to_msg(file_id)).await;
     }
-    if record.size as usize <= dfs_proto::io_uring::COALESCE_BYTES {
+    if record.size as usize <= dfs_runtime::conn::COALESCE_BYTES {
         // A small file: the whole answer in one write, one Data frame per chunk.
         let windows: Vec<Option<crate::buffer::Window>> = record
             .chunks
@@ -181,7 +181,7 @@ async fn get_buffered(
                 None => w.as_ref().expect("a window for every chunk without a replacement").as_ref(),
             })
             .collect();
-        let answer = dfs_proto::io_uring::frames(&[&Msg::GetOk(record.info(file_id))], &data, &[&Msg::End]);
+        let answer = dfs_runtime::conn::frames(&[&Msg::GetOk(record.info(file_id))], &data, &[&Msg::End]);
         return client.write_all(answer).await.map(drop);
     }
     client.write_msg(&Msg::GetOk(record.info(file_id))).await?;

@@ -6,9 +6,9 @@
 use crate::cluster::{self, await_store, open_store, NodeConn, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord};
 use crate::state::{internal, EngineState};
-use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::chunk_spans;
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, Origin, Status};
+use dfs_runtime::conn::Conn;
 use dfs_runtime::splice::{dup_fd, FanOut, FanOutError, SharedFd, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
 use std::collections::VecDeque;
@@ -111,7 +111,7 @@ pub async fn put(
         let chunk_id = ChunkId { file_id, chunk_idx: span.chunk_idx };
         let crc32 = chunk_crcs[span.chunk_idx as usize];
         let mut targets = Vec::new();
-        if span.length as usize <= dfs_proto::io_uring::COALESCE_BYTES {
+        if span.length as usize <= dfs_runtime::conn::COALESCE_BYTES {
             // A small chunk is read from the client first, then goes to each node with its
             // STORE request in one write: one wake-up of the node instead of two.
             let n = span.length as usize;

@@ -9,9 +9,9 @@
 use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord};
 use crate::state::EngineState;
-use dfs_proto::io_uring::Conn;
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId, Msg, RepairSummary, Status};
+use dfs_runtime::conn::Conn;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

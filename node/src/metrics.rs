@@ -64,6 +64,6 @@ pub fn record_store(report: &dfs_proto::StoreReport) {
 }
 
 /// Counts one finished request and logs it at debug level.
-pub fn record(op: &str, tally: &dfs_proto::io_uring::Tally, elapsed: std::time::Duration) {
+pub fn record(op: &str, tally: &dfs_runtime::conn::Tally, elapsed: std::time::Duration) {
     REQUESTS.record(op, tally.outcome, tally.bytes_in, tally.bytes_out, elapsed);
 }

@@ -8,12 +8,12 @@ use crate::segments::{record_span, Kind, Location, RecordHeader, SegmentStore, W
 use crate::store::{ChunkStore, Stores};
 use dfs_proto::auth::{self, ClusterSecret, Nonce, AUTH_CLUSTER, AUTH_NONE};
 use dfs_proto::io_std::Frame;
-use dfs_proto::io_uring::Conn;
 use dfs_proto::layout::{block_len, n_blocks, BlockHasher};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_FILE_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, FrameError, FrameHeader, Hello, HelloOk, Msg, Role, Status, VERSION};
 use dfs_runtime::aligned::{self, align_down, align_up, AlignedBuf, ALIGN};
 use dfs_runtime::backend::fs::{File, OpenOptions};
+use dfs_runtime::conn::Conn;
 use dfs_runtime::splice::{dup_fd, splice_exact, End, Pipe, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
 use std::io;
@@ -663,7 +663,7 @@ async fn segment_fetch(
         res.map_err(RequestError::io(format!("cannot read chunk {chunk_id}")))
             .and_then(|()| check_block(chunk_id, block_idx, &buf[from..from + len], loc.block_crcs[block_idx as usize]))
     };
-    if first_block == 0 && n == 1 && loc.length as usize <= dfs_proto::io_uring::COALESCE_BYTES {
+    if first_block == 0 && n == 1 && loc.length as usize <= dfs_runtime::conn::COALESCE_BYTES {
         // A small chunk: read and checked first, then the whole answer in one write.
         let (start, end, from, len) = span(0);
         let (res, buf) =

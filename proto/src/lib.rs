@@ -2,17 +2,14 @@
 //! the limits that bound them, the typed status codes, file and chunk identities, and the chunk
 //! and block layout both ends must agree on. See `docs/PROTOCOL.md` for the byte-level format.
 //!
-//! This crate does no networking of its own beyond framing helpers: `io_std` for blocking
-//! sockets (the client) and, behind the `uring` feature, `io_uring` for tokio-uring sockets
-//! (engine and node).
+//! This crate does no I/O of its own beyond `io_std`, framing over blocking sockets (the
+//! client); the servers' connections, over their I/O runtime, are `dfs_runtime::conn`.
 
 pub mod auth;
 pub mod codec;
 pub mod error;
 pub mod ids;
 pub mod io_std;
-#[cfg(feature = "uring")]
-pub mod io_uring;
 pub mod layout;
 pub mod limits;
 pub mod msg;

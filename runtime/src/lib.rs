@@ -5,6 +5,7 @@
 pub mod aligned;
 pub mod backend;
 pub mod config;
+pub mod conn;
 pub mod failpoint;
 pub mod metrics;
 pub mod ops;

@@ -2,8 +2,8 @@
 //! every failure into a [`NodeError`] that names the node.
 
 use dfs_proto::io_std::Frame;
-use dfs_proto::io_uring::Conn;
 use dfs_proto::{FrameError, Hello, Msg, Role, Status, VERSION};
+use dfs_runtime::conn::Conn;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,13 +1,14 @@
-//! Framing over tokio-uring TCP streams (engine and node). Buffers are owned: each read or write
+//! Framed connections of the servers (engine and node), over the chosen I/O backend's TCP
+//! streams (io_uring, or epoll on the fallback). Buffers are owned: each read or write
 //! takes a buffer and gives it back on success. On any error the connection is finished, so the
 //! buffer is dropped with it (tokio-uring keeps memory of a cancelled operation alive until the
 //! kernel is done with it).
 
-use crate::error::FrameError;
-use crate::io_std::Frame;
-use crate::limits::FRAME_HEADER_BYTES;
-use crate::msg::{FrameHeader, Kind, Msg};
-use dfs_runtime::backend::net::TcpStream;
+use crate::backend::net::TcpStream;
+use dfs_proto::io_std::Frame;
+use dfs_proto::limits::FRAME_HEADER_BYTES;
+use dfs_proto::msg::{FrameHeader, Kind, Msg};
+use dfs_proto::FrameError;
 use std::time::Duration;
 use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut};
 
