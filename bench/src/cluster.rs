@@ -123,13 +123,14 @@ impl Cluster {
         cmd.stderr(std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?);
         let (engine, lines) = Guard::spawn(&mut cmd, "dfs-engine")?;
         let mut cluster = Cluster { engine, addr, log, token_file: data.join("access.key") };
-        match lines.recv_timeout(START_TIMEOUT) {
-            Ok(line) if line.starts_with("listening ") => {
-                cluster.addr = line["listening ".len()..].trim().to_string();
+        let first = lines.recv_timeout(START_TIMEOUT);
+        match first.as_deref().ok().and_then(dfs_proto::listening::parse) {
+            Some(announced) => {
+                cluster.addr = announced.to_string();
                 Ok(cluster)
             }
-            other => bail!(
-                "the engine did not start (first stdout line: {other:?}); end of {}:\n{}",
+            None => bail!(
+                "the engine did not start (first stdout line: {first:?}); end of {}:\n{}",
                 cluster.log.display(),
                 cluster.log_tail()
             ),

@@ -74,11 +74,9 @@ pub fn start_nodes(
         });
         let mut node = LocalNode { addr, child };
         match rx.recv_timeout(NODE_START_TIMEOUT) {
-            Ok(Some(Ok(line))) if line.starts_with("listening ") => {
-                let announced = line["listening ".len()..].trim();
-                node.addr = announced
-                    .parse()
-                    .map_err(|e| format!("node {node_idx} announced an unreadable address {announced:?}: {e}"))?;
+            Ok(Some(Ok(line))) if !line.is_empty() => {
+                node.addr = dfs_proto::listening::parse(&line)
+                    .ok_or_else(|| format!("node {node_idx} printed {line:?}, not `listening ADDR`"))?;
             }
             _ => {
                 let status = node.child.try_wait().ok().flatten();

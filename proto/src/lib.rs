@@ -12,6 +12,7 @@ pub mod ids;
 pub mod io_std;
 pub mod layout;
 pub mod limits;
+pub mod listening;
 pub mod msg;
 pub mod status;
 

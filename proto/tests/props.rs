@@ -734,3 +734,17 @@ fn invalid_names_are_refused() {
     body.extend_from_slice(&[0; 4]);
     assert_eq!(Msg::decode(Kind::Put, &body), Err(DecodeError::Invalid { field: "name" }));
 }
+
+proptest! {
+    /// Every address a server can announce reads back, and no line makes the reader panic.
+    #[test]
+    fn listening_lines_read_back(ip in any::<[u8; 16]>(), v4 in any::<bool>(), port in any::<u16>(), junk in ".{0,40}") {
+        let addr: std::net::SocketAddr = if v4 {
+            (std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]), port).into()
+        } else {
+            (std::net::Ipv6Addr::from(ip), port).into()
+        };
+        prop_assert_eq!(dfs_proto::listening::parse(&dfs_proto::listening::line(addr)), Some(addr));
+        let _ = dfs_proto::listening::parse(&junk);
+    }
+}

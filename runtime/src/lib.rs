@@ -173,12 +173,12 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// Prints the bound address on stdout as `listening <addr>` so scripts and tests that asked for
-/// port 0 learn the port.
+/// Prints the bound address on stdout as `listening <addr>` ([`dfs_proto::listening`]) so
+/// scripts and tests that asked for port 0 learn the port.
 pub fn announce(addr: SocketAddr) {
     use std::io::Write;
     let mut out = io::stdout().lock();
-    let _ = writeln!(out, "listening {addr}");
+    let _ = writeln!(out, "{}", dfs_proto::listening::line(addr));
     let _ = out.flush();
 }
 

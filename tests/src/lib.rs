@@ -163,9 +163,9 @@ impl Proc {
                 ))
             }
         };
-        match line.trim_end().strip_prefix("listening ") {
+        match dfs_proto::listening::parse(&line) {
             Some(addr) => {
-                proc.addr = addr.trim().to_string();
+                proc.addr = addr.to_string();
                 Ok(proc)
             }
             None => {

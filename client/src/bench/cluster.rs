@@ -185,9 +185,9 @@ fn wait_until_listening(child: &mut Child) -> Result<String, String> {
         })
         .map_err(|e| format!("cannot start a thread to read its output: {e}"))?;
     match rx.recv_timeout(START_TIMEOUT) {
-        Ok(Some(Ok(line))) => match line.strip_prefix("listening ") {
-            Some(addr) if !addr.trim().is_empty() => Ok(addr.trim().to_owned()),
-            _ => Err(format!("its first line of output was {line:?}, not `listening ADDR`")),
+        Ok(Some(Ok(line))) => match dfs_proto::listening::parse(&line) {
+            Some(addr) => Ok(addr.to_string()),
+            None => Err(format!("its first line of output was {line:?}, not `listening ADDR`")),
         },
         Ok(Some(Err(e))) => Err(format!("cannot read its output: {e}")),
         Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Err("it exited without listening".to_owned()),
