@@ -84,7 +84,9 @@ impl Retryable for NodeError {
 
 /// Runs `attempt` on a connection to `addr` from the pool (or a new one), and, if that was a
 /// pooled connection and it broke, once more on a new connection before the failure counts.
-/// Every request to a node goes through here: it is the one home of that rule.
+/// The one home of that rule: every request that can simply be sent again goes through here
+/// (one-frame requests, FETCH, copies). A STORE of an upload cannot, since its bytes come from
+/// the client once: `put` deals with a failed STORE itself.
 pub async fn with_connection<T, E, F, Fut>(addr: SocketAddr, t: NodeTimeouts, mut attempt: F) -> Result<T, E>
 where
     F: FnMut(NodeConn) -> Fut,

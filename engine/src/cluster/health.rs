@@ -90,6 +90,7 @@ impl Health {
     pub async fn ping(&self, addr: SocketAddr, timeouts: NodeTimeouts) {
         match super::node_stat(addr, timeouts).await {
             Ok(report) => self.record_report(addr, report),
+            Err(NodeError { failure: NodeFailure::Unreachable(why), .. }) => self.mark_down(addr, &why),
             Err(e) => self.mark_down(addr, &e.to_string()),
         }
     }
