@@ -78,15 +78,9 @@ pub async fn put(
     let _in_progress = state.uploads_in_progress.begin(file_id);
     let replicas = state.config.replicas;
     let timeouts = state.config.node_timeouts;
-    let nodes = &state.config.nodes;
-    // Chunk i's copies go to the nodes after its primary in ring order; the ring starts at a
-    // node picked by the ID, so load spreads when there are more nodes than chunks. Nodes
-    // believed down are tried last.
-    let first_node = file_id.0[0] as usize % nodes.len();
+    // Each chunk tries the nodes in its placement order, those believed down last.
     let candidates = |chunk_idx: u32| -> Vec<SocketAddr> {
-        let ring: Vec<SocketAddr> =
-            (0..nodes.len()).map(|k| nodes[(first_node + chunk_idx as usize + k) % nodes.len()]).collect();
-        state.health.up_first(&ring)
+        state.health.up_first(&cluster::placement::ring(&state.config.nodes, file_id, chunk_idx))
     };
 
     let mut inflight: VecDeque<tokio::task::JoinHandle<Acked>> = VecDeque::new();

@@ -5,12 +5,14 @@
 //! - `conn`: connections (connect, handshake, the per-thread pool), [`NodeError`], and the
 //!   one rule for retrying a request whose pooled connection broke.
 //! - `health`: up or down per node, the pinger, and the store reports nodes send.
+//! - `placement`: the order in which a chunk's copies try the nodes.
 //! - `store` (STORE), `fetch` (FETCH, block by block, verified), `replicate` (one chunk
 //!   copied node to node), and the one-frame requests below.
 
 mod conn;
 mod fetch;
 mod health;
+pub mod placement;
 mod replicate;
 mod store;
 
