@@ -8,7 +8,7 @@ use crate::footer::{Footer, FOOTER_FIXED_BYTES};
 use crate::pace::Pace;
 use crate::segments::SegmentStore;
 use crate::store::{ChunkStore, Stores};
-use dfs_proto::layout::{block_len, crc32};
+use dfs_proto::layout::{block_len, check_block};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, Msg};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -58,12 +58,7 @@ fn verify(store: &ChunkStore, id: &ChunkId, pace: &mut Pace) -> Result<(), Bad> 
     for (block_idx, &expected) in footer.block_crcs.iter().enumerate() {
         let len = block_len(length, block_idx as u64) as usize;
         file.read_exact(&mut buf[..len])?;
-        let actual = crc32(&buf[..len]);
-        if actual != expected {
-            return Err(Bad::Corrupt(format!(
-                "block {block_idx} has crc32 {actual:08x}, its footer says {expected:08x}"
-            )));
-        }
+        check_block(block_idx as u64, &buf[..len], expected).map_err(|e| Bad::Corrupt(e.to_string()))?;
         pace.account(len as u64);
     }
     Ok(())

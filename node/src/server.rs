@@ -450,12 +450,8 @@ async fn fetch(
 
 /// A block read for FETCH against the crc32 stored for it.
 fn check_block(chunk_id: ChunkId, block_idx: u64, bytes: &[u8], expected: u32) -> Result<(), RequestError> {
-    let actual = dfs_proto::layout::crc32(bytes);
-    if actual != expected {
-        let why = format!("block {block_idx} has crc32 {actual:08x}, {expected:08x} was stored");
-        return Err(RequestError::Corrupt(chunk_id, why));
-    }
-    Ok(())
+    dfs_proto::layout::check_block(block_idx, bytes, expected)
+        .map_err(|mismatch| RequestError::Corrupt(chunk_id, mismatch.to_string()))
 }
 
 /// Ends a FETCH stream with an Error frame in place of a block that cannot be sent (unreadable,

@@ -123,6 +123,26 @@ pub fn crc32(data: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// A block whose bytes do not match the crc32 recorded for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("block {block_idx} has crc32 {actual:08x}, {expected:08x} was recorded")]
+pub struct BlockMismatch {
+    pub block_idx: u64,
+    pub actual: u32,
+    pub expected: u32,
+}
+
+/// Checks block `block_idx`'s bytes against the crc32 recorded for it. The one block check:
+/// a node's FETCH, scrub and compaction, and the engine's reads all go through it.
+pub fn check_block(block_idx: u64, bytes: &[u8], expected: u32) -> Result<(), BlockMismatch> {
+    let actual = crc32(bytes);
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(BlockMismatch { block_idx, actual, expected })
+    }
+}
+
 /// The chunk crc32 implied by its block crcs, without touching the data.
 pub fn combine_block_crcs(block_crcs: &[u32], length: u64) -> u32 {
     assert_eq!(block_crcs.len() as u64, n_blocks(length), "block count does not fit the length");
@@ -181,6 +201,15 @@ impl BlockHasher {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_block_check_passes_the_recorded_crc_and_names_a_mismatch() {
+        let bytes = b"four quarters";
+        assert_eq!(check_block(3, bytes, crc32(bytes)), Ok(()));
+        let e = check_block(3, bytes, crc32(bytes) ^ 1).unwrap_err();
+        assert_eq!((e.block_idx, e.actual, e.expected), (3, crc32(bytes), crc32(bytes) ^ 1));
+        assert!(e.to_string().starts_with("block 3 has crc32 "), "{e}");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -4,7 +4,7 @@
 use super::conn::{with_connection, NodeConn, NodeError, NodeFailure, NodeTimeouts};
 use crate::meta::ChunkRecord;
 use dfs_proto::io_std::Frame;
-use dfs_proto::layout::{block_len, n_blocks};
+use dfs_proto::layout::{block_len, check_block, n_blocks};
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::{ChunkId, Msg, Status};
 use std::net::SocketAddr;
@@ -112,10 +112,9 @@ impl ChunkReader {
             .read_exact(buf, begin, begin + len, false)
             .await
             .map_err(|e| NodeError::from_frame(self.node.addr, e))?;
-        let actual = dfs_proto::layout::crc32(&buf.as_ref()[begin..begin + len]);
         let expected = self.block_crcs[block_idx];
-        if actual != expected {
-            let detail = format!("block {block_idx} arrived with crc32 {actual:08x}, {expected:08x} was recorded");
+        if let Err(mismatch) = check_block(block_idx as u64, &buf.as_ref()[begin..begin + len], expected) {
+            let detail = format!("{mismatch} (as it arrived)");
             return Err(NodeError::new(self.node.addr, NodeFailure::Remote(Status::Corrupt, detail)));
         }
         self.next_block_idx += 1;

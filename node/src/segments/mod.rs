@@ -16,7 +16,7 @@
 //! whose seal or data is not (a torn write) is skipped, never served: every block is checked
 //! against its crc32 when it is read, and at start-up the newest segments are read through.
 
-use dfs_proto::layout::{block_len, combine_block_crcs, n_blocks};
+use dfs_proto::layout::{block_len, check_block, combine_block_crcs, n_blocks};
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::{ChunkId, FileId};
 use dfs_runtime::aligned::{align_down, align_up, AlignedBuf, ALIGN};
@@ -991,9 +991,8 @@ fn verify_location(loc: &Location, mut pace: impl FnMut(u64)) -> io::Result<Resu
         let (s, e) = (align_down(at), align_up(at + len));
         pread_exact(&loc.segment.fd, &mut buf, (e - s) as usize, s)?;
         let from = (at - s) as usize;
-        let actual = crc32fast::hash(&buf[from..from + len as usize]);
-        if actual != expected {
-            return Ok(Err(format!("block {block_idx} has crc32 {actual:08x}, {expected:08x} was stored")));
+        if let Err(mismatch) = check_block(block_idx as u64, &buf[from..from + len as usize], expected) {
+            return Ok(Err(mismatch.to_string()));
         }
         pace(len);
     }
