@@ -50,6 +50,11 @@ impl NodeError {
         }
     }
 
+    /// The node answered a request with a frame that is not its answer.
+    pub fn unexpected(addr: impl fmt::Display, wanted: &str, got: &Msg) -> NodeError {
+        NodeError::new(addr, NodeFailure::Protocol(format!("expected {wanted}, got {}", got.kind().name())))
+    }
+
     pub fn from_frame(addr: impl fmt::Display, e: FrameError) -> NodeError {
         let failure = match e {
             FrameError::Decode(d) => NodeFailure::Protocol(format!("malformed frame: {d}")),
@@ -262,6 +267,6 @@ impl NodeConn {
     }
 
     pub fn unexpected(&self, wanted: &str, got: &Msg) -> NodeError {
-        self.protocol(format!("expected {wanted}, got {}", got.kind().name()))
+        NodeError::unexpected(self.addr, wanted, got)
     }
 }

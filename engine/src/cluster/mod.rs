@@ -33,9 +33,7 @@ pub const SCRUB_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub async fn exists(addr: SocketAddr, t: NodeTimeouts, chunk_id: ChunkId) -> Result<(u64, u32), NodeError> {
     match NodeConn::request(addr, t, &Msg::Exists { chunk_id }).await? {
         Msg::ExistsOk { length, crc32 } => Ok((length, crc32)),
-        other => {
-            Err(NodeError::new(addr, NodeFailure::Protocol(format!("answered {} to EXISTS", other.kind().name()))))
-        }
+        other => Err(NodeError::unexpected(addr, "ExistsOk", &other)),
     }
 }
 
@@ -51,9 +49,7 @@ pub async fn delete(addr: SocketAddr, t: NodeTimeouts, chunk_id: ChunkId) -> Res
 pub async fn node_stat(addr: SocketAddr, t: NodeTimeouts) -> Result<StoreReport, NodeError> {
     match NodeConn::request(addr, t, &Msg::NodeStat).await? {
         Msg::NodeStatOk(report) => Ok(report),
-        other => {
-            Err(NodeError::new(addr, NodeFailure::Protocol(format!("answered {} to NODESTAT", other.kind().name()))))
-        }
+        other => Err(NodeError::unexpected(addr, "NodeStatOk", &other)),
     }
 }
 
