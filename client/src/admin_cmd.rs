@@ -134,8 +134,8 @@ pub fn run(server: &str, command: AdminCommand, stdout: &mut dyn Write) -> Resul
             writeln!(stdout, "{} nodes, {} copies of each chunk", status.nodes.len(), status.replicas)?;
             writeln!(
                 stdout,
-                "{:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
-                "NODE", "STATE", "LAST SEEN", "CHUNKS", "LIVE", "RECLAIMABLE", "FREE"
+                "{:<32} {:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
+                "ID", "ADDRESS", "STATE", "LAST SEEN", "CHUNKS", "LIVE", "RECLAIMABLE", "FREE"
             )?;
             for n in &status.nodes {
                 let seen =
@@ -150,10 +150,11 @@ pub fn run(server: &str, command: AdminCommand, stdout: &mut dyn Write) -> Resul
                     None => ("-".into(), "-".into(), "-".into(), "-".into()),
                 };
                 let state = if n.up { "up" } else { "down" };
+                let id = n.id.map(|id| id.to_string()).unwrap_or_else(|| "-".into());
                 writeln!(
                     stdout,
-                    "{:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
-                    n.addr, state, seen, chunks, used, reclaimable, free
+                    "{:<32} {:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
+                    id, n.addr, state, seen, chunks, used, reclaimable, free
                 )?;
                 if let (false, Some(e)) = (n.up, &n.last_error) {
                     writeln!(stdout, "  last error: {e}")?;

@@ -340,7 +340,7 @@ mod tests {
             created_unix_ms: 0,
             chunking,
             origin: None,
-            nodes: vec!["127.0.0.1:7701".into()],
+            nodes: vec![dfs_proto::FileNode { id: None, addr: "127.0.0.1:7701".into() }],
             chunks,
         }
     }

@@ -13,6 +13,9 @@
 //!   manifest's identity), or null.
 //! - `chunks` (STAT only): one object per chunk, in file order, with `chunk_idx`, `offset`,
 //!   `length`, `crc32` (8 lowercase hex digits) and `nodes` (addresses holding a copy).
+//! - `nodes` (STAT only): the nodes the chunks are on, each with `id` (the node's ID, 32
+//!   lowercase hex digits, or null for a placement recorded before node IDs) and `addr` (where
+//!   the engine reaches it).
 
 use dfs_proto::{FileInfo, FileSummary};
 use serde::Serialize;
@@ -30,6 +33,14 @@ pub struct FileView {
     pub n_chunks: usize,
     pub origin: Option<String>,
     pub chunks: Vec<ChunkView>,
+    pub nodes: Vec<NodeView>,
+}
+
+/// One node of [`FileView`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeView {
+    pub id: Option<String>,
+    pub addr: String,
 }
 
 /// One chunk of [`FileView`].
@@ -76,6 +87,11 @@ impl From<&FileInfo> for FileView {
             n_chunks: info.chunks.len(),
             origin: info.origin.map(|o| o.to_string()),
             chunks,
+            nodes: info
+                .nodes
+                .iter()
+                .map(|n| NodeView { id: n.id.map(|id| id.to_string()), addr: n.addr.clone() })
+                .collect(),
         }
     }
 }
@@ -97,7 +113,7 @@ impl From<&FileSummary> for SummaryView {
 /// The address a placement index refers to. The decoder already refuses indices outside the
 /// node list; the fallback only keeps a hand-built `FileInfo` from causing a panic.
 fn node_address(info: &FileInfo, placement: u16) -> String {
-    info.nodes.get(placement as usize).cloned().unwrap_or_else(|| format!("<unknown node {placement}>"))
+    info.nodes.get(placement as usize).map(|n| n.addr.clone()).unwrap_or_else(|| format!("<unknown node {placement}>"))
 }
 
 /// STAT as text: the file's fields, then its chunk table.
@@ -115,6 +131,10 @@ pub fn write_stat_text(w: &mut dyn Write, info: &FileInfo) -> io::Result<()> {
     for c in &info.chunks {
         let nodes: Vec<String> = c.placement.iter().map(|&p| node_address(info, p)).collect();
         writeln!(w, "{:>6}  {:>14}  {:>14}  {:08x}  {}", c.chunk_idx, c.offset, c.length, c.crc32, nodes.join(","))?;
+    }
+    for n in &info.nodes {
+        let id = n.id.map(|id| id.to_string()).unwrap_or_else(|| "(no ID recorded yet)".into());
+        writeln!(w, "node {}  {id}", n.addr)?;
     }
     Ok(())
 }
@@ -230,7 +250,10 @@ mod tests {
             created_unix_ms: 5,
             chunking: Chunking::Dynamic,
             origin: Some(dfs_proto::Origin([0xcd; 16])),
-            nodes: vec!["n0:1".into(), "n1:2".into()],
+            nodes: vec![
+                dfs_proto::FileNode { id: Some(dfs_proto::NodeId([0x11; 16])), addr: "n0:1".into() },
+                dfs_proto::FileNode { id: None, addr: "n1:2".into() },
+            ],
             chunks: vec![ChunkInfo { chunk_idx: 0, offset: 0, length: 3, crc32: 0xbeef, placement: vec![1, 0] }],
         };
         let json = serde_json::to_value(FileView::from(&info)).expect("serialize");
@@ -245,5 +268,8 @@ mod tests {
         let text = String::from_utf8(text).expect("utf-8");
         assert!(text.contains("0000beef  n1:2,n0:1"), "{text}");
         assert!(text.contains("origin:   cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"), "{text}");
+        assert_eq!(json["nodes"][0], serde_json::json!({"id": "11111111111111111111111111111111", "addr": "n0:1"}));
+        assert_eq!(json["nodes"][1]["id"], serde_json::Value::Null);
+        assert!(text.contains("node n0:1  11111111111111111111111111111111"), "{text}");
     }
 }

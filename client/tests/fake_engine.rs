@@ -7,7 +7,7 @@
 use dfs_client::{Chunking, Client, ClientError, FileId, FileInfo, IntegrityError, Status};
 use dfs_proto::io_std::{self, Frame};
 use dfs_proto::layout::{chunk_spans, crc32};
-use dfs_proto::{ChunkInfo, FileSummary, HelloOk, Msg, VERSION};
+use dfs_proto::{ChunkInfo, FileNode, FileSummary, HelloOk, Msg, NodeId, VERSION};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -57,6 +57,7 @@ fn serve(mut s: TcpStream, fault: Fault, files: &mut BTreeMap<FileId, (FileInfo,
         block_size_bytes: 1 << 20,
         dynamic_chunk_cap_bytes: CAP_BYTES,
         idle_timeout_ms: 60_000,
+        node_id: None,
     };
     io_std::write_msg(&mut s, &Msg::HelloOk(hello))?;
     while let Some(msg) = next(&mut s) {
@@ -83,7 +84,9 @@ fn serve(mut s: TcpStream, fault: Fault, files: &mut BTreeMap<FileId, (FileInfo,
                     Msg::error(Status::ChecksumMismatch, "announced crcs do not match the data")
                 } else {
                     let file_id = FileId::random()?;
-                    let nodes = vec!["127.0.0.1:7701".into(), "127.0.0.1:7702".into()];
+                    let nodes = ["127.0.0.1:7701", "127.0.0.1:7702"]
+                        .map(|addr| FileNode { id: Some(NodeId([addr.len() as u8; 16])), addr: addr.into() })
+                        .to_vec();
                     let info = FileInfo { file_id, name, size, created_unix_ms: 1, chunking, origin, nodes, chunks };
                     files.insert(file_id, (info, data));
                     Msg::PutOk { file_id }

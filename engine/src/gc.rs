@@ -5,7 +5,7 @@
 //! every file ID it is uploading right now.
 
 use crate::cluster::{self, NodeConn};
-use crate::meta::FileRecord;
+use crate::meta::{FileRecord, NodeDirectory};
 use crate::state::EngineState;
 use dfs_proto::limits::MAX_LIST_ENTRIES;
 use dfs_proto::msg::push_report_line;
@@ -21,10 +21,16 @@ pub struct GcOutcome {
     pub lines: Vec<String>,
 }
 
-/// Whether `record` places chunk `chunk_idx` on `addr`.
-fn places(record: &FileRecord, chunk_idx: u32, addr: SocketAddr) -> bool {
+/// Whether `record` places chunk `chunk_idx` on the node at `addr`: by that node's ID, or by
+/// an address that leads there.
+fn places(record: &FileRecord, chunk_idx: u32, addr: SocketAddr, nodes: &dyn NodeDirectory) -> bool {
     let Some(chunk) = record.chunks.get(chunk_idx as usize) else { return false };
-    chunk.placement.iter().any(|&i| record.nodes.get(i as usize).is_some_and(|n| n.parse() == Ok(addr)))
+    let here = nodes.id_of(addr).map(|id| id.0);
+    chunk
+        .placement
+        .iter()
+        .filter_map(|&i| record.nodes.get(i as usize))
+        .any(|slot| (here.is_some() && slot.id == here) || slot.resolve(nodes) == Ok(addr))
 }
 
 pub async fn run(state: &EngineState, dry_run: bool, grace: Duration) -> GcOutcome {
@@ -51,7 +57,7 @@ async fn collect_node(
     grace: Duration,
     out: &mut GcOutcome,
 ) -> Result<(), String> {
-    let node = NodeConn::checkout(addr, state.config.node_timeouts).await.map_err(|e| e.to_string())?;
+    let node = NodeConn::checkout(addr, &state.links).await.map_err(|e| e.to_string())?;
     let mut after: Option<ChunkId> = None;
     // Chunks come in file ID order: one record lookup per file.
     let mut cached: Option<(FileId, Option<FileRecord>)> = None;
@@ -71,7 +77,7 @@ async fn collect_node(
                 dfs_runtime::failpoint::pause("gc-after-record-read").await;
             }
             let referenced = match &cached {
-                Some((_, Some(record))) => places(record, chunk_id.chunk_idx, addr),
+                Some((_, Some(record))) => places(record, chunk_id.chunk_idx, addr, &*state.links.health),
                 _ => false,
             };
             if referenced {
@@ -86,14 +92,14 @@ async fn collect_node(
             // decision to delete rests on a fresh look at both.
             let still_orphan = !state.uploads_in_progress.contains(chunk_id.file_id)
                 && match state.meta.get(chunk_id.file_id).map_err(|e| e.to_string())? {
-                    Some(record) => !places(&record, chunk_id.chunk_idx, addr),
+                    Some(record) => !places(&record, chunk_id.chunk_idx, addr, &*state.links.health),
                     None => true,
                 };
             if !still_orphan {
                 out.n_orphans -= 1;
                 continue;
             }
-            match cluster::delete(addr, state.config.node_timeouts, chunk_id).await {
+            match cluster::delete(addr, &state.links, chunk_id).await {
                 Ok(()) => {
                     out.n_deleted += 1;
                     push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: deleted"));

@@ -8,7 +8,7 @@
 //! received.
 
 use crate::buffer::{ChunkBuf, Reassembly};
-use crate::cluster::{read_chunk, ChunkReader, Health, NodeError, NodeFailure};
+use crate::cluster::{read_chunk, ChunkReader, Links, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord};
 use crate::state::{internal, not_found, EngineState};
 use dfs_proto::layout::block_len;
@@ -73,8 +73,8 @@ pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<
     };
     let mut copies = Vec::with_capacity(record.chunks.len());
     for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
-        match record.copy_addrs(chunk) {
-            Ok(addrs) => copies.push(state.health.up_first(&addrs)),
+        match record.copy_addrs(chunk, &*state.links.health) {
+            Ok(addrs) => copies.push(state.links.health.up_first(&addrs)),
             Err(e) => return client.write_msg(&internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
         }
     }
@@ -98,8 +98,7 @@ async fn get_buffered(
         let slot = buf.slot(chunk.offset as usize, chunk.length as usize);
         let chunk = chunk.clone();
         let permits = permits.clone();
-        let timeouts = state.config.node_timeouts;
-        let health = state.health.clone();
+        let links = state.links.clone();
         let budget = state.budget.clone();
         let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
         tasks.push(dfs_runtime::backend::spawn(async move {
@@ -111,11 +110,11 @@ async fn get_buffered(
                 // and the kernel may still write into it: then the next copy is read into a
                 // buffer of its own, reserved against the budget like the file's buffer.
                 let result = match slot.take() {
-                    Some(w) => read_chunk(addr, timeouts, chunk_id, &chunk, w).await.map(|_| None),
-                    None => match budget.reserve_within(chunk.length, timeouts.idle).await {
+                    Some(w) => read_chunk(addr, &links, chunk_id, &chunk, w).await.map(|_| None),
+                    None => match budget.reserve_within(chunk.length, links.timeouts.idle).await {
                         Some(reservation) => {
                             let ChunkBuf { bytes, hold } = ChunkBuf::zeroed(chunk.length as usize, reservation);
-                            read_chunk(addr, timeouts, chunk_id, &chunk, bytes)
+                            read_chunk(addr, &links, chunk_id, &chunk, bytes)
                                 .await
                                 .map(|bytes| Some(ChunkBuf { bytes, hold }))
                         }
@@ -130,7 +129,7 @@ async fn get_buffered(
                 };
                 match result {
                     Ok(replacement) => {
-                        health.mark_up(addr);
+                        links.health.mark_up(addr);
                         if !errors.is_empty() {
                             tracing::info!("{chunk_id}: read from {addr} after {} failed cop(ies)", errors.len());
                         }
@@ -138,7 +137,7 @@ async fn get_buffered(
                     }
                     Err(e) => {
                         tracing::debug!("{chunk_id}: {e}");
-                        health.note_failure(&e);
+                        links.health.note_failure(&e);
                         errors.push(e);
                     }
                 }
@@ -181,10 +180,11 @@ async fn get_buffered(
                 None => w.as_ref().expect("a window for every chunk without a replacement").as_ref(),
             })
             .collect();
-        let answer = dfs_runtime::conn::frames(&[&Msg::GetOk(record.info(file_id))], &data, &[&Msg::End]);
+        let answer =
+            dfs_runtime::conn::frames(&[&Msg::GetOk(record.info(file_id, &*state.links.health))], &data, &[&Msg::End]);
         return client.write_all(answer).await.map(drop);
     }
-    client.write_msg(&Msg::GetOk(record.info(file_id))).await?;
+    client.write_msg(&Msg::GetOk(record.info(file_id, &*state.links.health))).await?;
     for (chunk, replacement) in record.chunks.iter().zip(replacements) {
         let len = chunk.length as usize;
         match replacement {
@@ -217,7 +217,7 @@ async fn get_streamed(
     record: &FileRecord,
     copies: Vec<Vec<SocketAddr>>,
 ) -> Result<(), FrameError> {
-    client.write_msg(&Msg::GetOk(record.info(file_id))).await?;
+    client.write_msg(&Msg::GetOk(record.info(file_id, &*state.links.health))).await?;
     // A reader task fetches and verifies blocks in file order while this task sends earlier ones
     // to the client; the two channels bound the read-ahead to READ_AHEAD_BLOCKS buffers.
     let (blocks_tx, mut blocks_rx) = tokio::sync::mpsc::channel(READ_AHEAD_BLOCKS);
@@ -226,8 +226,7 @@ async fn get_streamed(
         free_tx.try_send(vec![0u8; BLOCK_SIZE_BYTES as usize]).expect("the pool channel has room for every buffer");
     }
     let reader = dfs_runtime::backend::spawn(read_in_order(
-        state.config.node_timeouts,
-        state.health.clone(),
+        state.links.clone(),
         file_id,
         record.chunks.clone(),
         copies,
@@ -296,8 +295,7 @@ enum Streamed {
 /// connection wait, so a slow client never makes a healthy node time out. When a copy fails
 /// part-way, the next copy is opened at the block that failed.
 async fn read_in_order(
-    timeouts: crate::cluster::NodeTimeouts,
-    health: std::sync::Arc<Health>,
+    links: Links,
     file_id: FileId,
     chunks: Vec<ChunkRecord>,
     copies: Vec<Vec<SocketAddr>>,
@@ -322,13 +320,13 @@ async fn read_in_order(
                     None => return,
                 }
             }
-            match stream_copy(addr, timeouts, chunk_id, chunk, &mut n_sent, &mut held, &blocks, &mut free).await {
+            match stream_copy(addr, &links, chunk_id, chunk, &mut n_sent, &mut held, &blocks, &mut free).await {
                 Streamed::Done => break,
                 Streamed::Stopped => return,
                 Streamed::Paused => tracing::debug!("{chunk_id}: client behind, let {addr} go at block {n_sent}"),
                 Streamed::Failed(e) => {
                     tracing::debug!("{chunk_id}: {e}");
-                    health.note_failure(&e);
+                    links.health.note_failure(&e);
                     errors.push(e);
                     copy_idx += 1;
                 }
@@ -344,7 +342,7 @@ async fn read_in_order(
 #[allow(clippy::too_many_arguments)]
 async fn stream_copy(
     addr: SocketAddr,
-    timeouts: crate::cluster::NodeTimeouts,
+    links: &Links,
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
     n_sent: &mut usize,
@@ -352,7 +350,7 @@ async fn stream_copy(
     blocks: &tokio::sync::mpsc::Sender<Block>,
     free: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Streamed {
-    let mut reader = match ChunkReader::open(addr, timeouts, chunk_id, chunk, *n_sent).await {
+    let mut reader = match ChunkReader::open(addr, links, chunk_id, chunk, *n_sent).await {
         Ok(r) => r,
         Err(e) => return Streamed::Failed(e),
     };

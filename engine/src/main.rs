@@ -178,7 +178,6 @@ fn run(args: Args) -> Result<(), String> {
         }
         tracing::warn!("{what}");
     }
-    cluster::CLUSTER_SECRET.set(cluster_secret).map_err(|_| "the cluster secret was set twice")?;
     let (meta_dir, nodes, _children) = match (args.local, &args.data) {
         (Some(n_nodes), Some(data)) => {
             let children = local::start_nodes(args.listen, n_nodes, data, args.data_path, secret_file.as_deref())?;
@@ -207,7 +206,14 @@ fn run(args: Args) -> Result<(), String> {
         if replicas == 1 { "y" } else { "ies" },
         args.threads
     );
-    let health = Arc::new(cluster::Health::new(&nodes));
+    let links = cluster::Links::new(
+        NodeTimeouts {
+            connect: Duration::from_secs(args.node_connect_timeout_secs),
+            idle: Duration::from_secs(args.node_idle_timeout_secs),
+        },
+        cluster_secret,
+        Arc::new(cluster::Health::new(&nodes)),
+    );
     let state = Arc::new(EngineState {
         access_keys,
         config: EngineConfig {
@@ -216,24 +222,17 @@ fn run(args: Args) -> Result<(), String> {
             data_path,
             dynamic_chunk_cap_bytes: args.chunk_size_max,
             client_idle_timeout: Duration::from_secs(args.idle_timeout_secs),
-            node_timeouts: NodeTimeouts {
-                connect: Duration::from_secs(args.node_connect_timeout_secs),
-                idle: Duration::from_secs(args.node_idle_timeout_secs),
-            },
             gc_grace: Duration::from_secs(args.gc_grace_secs),
         },
         uploads_in_progress: state::Uploads::default(),
         meta,
-        health,
+        links,
         budget: buffer::Budget::new(args.buffer_budget),
     });
+    name_nodes(&state)?;
     if args.ping_interval_secs > 0 {
-        cluster::start_pinger(
-            state.health.clone(),
-            state.config.node_timeouts,
-            Duration::from_secs(args.ping_interval_secs),
-        )
-        .map_err(|e| format!("cannot start the node pinger: {e}"))?;
+        cluster::start_pinger(&state.links, Duration::from_secs(args.ping_interval_secs))
+            .map_err(|e| format!("cannot start the node pinger: {e}"))?;
     }
     if args.repair_interval_secs > 0 {
         start_background_repair(state.clone(), Duration::from_secs(args.repair_interval_secs))?;
@@ -244,6 +243,30 @@ fn run(args: Args) -> Result<(), String> {
     }
     dfs_runtime::announce(addr);
     dfs_runtime::serve_per_core(listeners, args.max_connections, state, server::handle).map_err(|e| e.to_string())
+}
+
+/// Learns every node's ID (one round of pings, on a thread of its own so that no connection
+/// outlives its runtime) and upgrades metadata that still names nodes by address.
+fn name_nodes(state: &EngineState) -> Result<(), String> {
+    let links = state.links.with_idle(state.links.timeouts.connect);
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("first-ping".into())
+            .spawn_scoped(s, || dfs_runtime::backend::start(cluster::ping_all(&links)))
+            .map_err(|e| format!("cannot start the first ping: {e}"))?
+            .join()
+            .map_err(|_| "the first ping panicked".to_string())
+    })?;
+    match state.meta.name_nodes(&*state.links.health).map_err(|e| e.to_string())? {
+        (0, 0) => {}
+        (named, 0) => tracing::info!("metadata upgraded: {named} file record(s) now name their nodes by ID"),
+        (named, left) => tracing::warn!(
+            "metadata upgrade: {named} file record(s) now name their nodes by ID; {left} still name a node that \
+             has not answered by address only, and are upgraded at a later start once it answers (until then, \
+             such a node must not move to another address)"
+        ),
+    }
+    Ok(())
 }
 
 /// A repair pass every `interval`, on a thread and io_uring runtime of its own.

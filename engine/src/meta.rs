@@ -1,32 +1,45 @@
 //! File metadata in an embedded, crash-safe database (redb) under `--meta`.
 //!
-//! One table maps a file ID to its record: name, size, creation time, chunking, the node
-//! addresses it uses, per chunk its offset, length, crc32, block crc32s and placement (a list of
-//! node indices, one per copy), and the origin tag the uploader sent, if any. A record is
-//! written once, when every chunk is durable on its nodes, so a file is either wholly visible or
-//! not at all.
+//! One table maps a file ID to its record: name, size, creation time, chunking, the nodes it
+//! uses (each by node ID, with the address it was last known at), per chunk its offset, length,
+//! crc32, block crc32s and placement (a list of node indices, one per copy), and the origin tag
+//! the uploader sent, if any. A record is written once, when every chunk is durable on its
+//! nodes, so a file is either wholly visible or not at all.
 //!
-//! A record is its format version byte, then postcard. Version 1 lacks the origin; it is still
-//! read (as a record without one), and rewritten as version 2 only when the record changes for
-//! another reason (a new placement).
+//! A record is its format version byte, then postcard. Versions 1 (no origin) and 2 name nodes
+//! by address only; they are still read, as records whose nodes have no ID yet, and rewritten in
+//! the current version when they change for another reason (a new placement) or when the
+//! engine learns the IDs of their nodes ([`MetaStore::name_nodes`], run at start-up).
+//!
+//! A second table holds the schema version of the database as a whole: 1 while some record
+//! names a node by address alone, 2 once every record names its nodes by ID.
 //!
 //! Reads run on the calling thread (redb read transactions are cheap and concurrent). Writes
 //! go to one writer thread that commits whatever has queued up in a single fsynced
 //! transaction (group commit), so the io_uring threads never block on an fsync.
 
-use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileSummary, Origin};
-use redb::{Database, ReadableTable, TableDefinition};
+use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, NodeId, Origin};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 
 const FILES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("files");
+const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new("schema");
+const SCHEMA_VERSION_KEY: &str = "version";
+/// Schema: some records name nodes by address alone.
+const SCHEMA_NODES_BY_ADDRESS: u64 = 1;
+/// Schema: every record names its nodes by ID. The newest this engine knows.
+const SCHEMA_NODES_BY_ID: u64 = 2;
 /// Record format version, the first byte of every stored record: the one every record is
 /// written in.
-const RECORD_VERSION: u8 = 2;
+const RECORD_VERSION: u8 = 3;
 /// The first format, without an origin: [`FileRecordV1`]. Still read, never written.
 const RECORD_VERSION_1: u8 = 1;
+/// Nodes by address only: [`FileRecordV2`]. Still read, never written.
+const RECORD_VERSION_2: u8 = 2;
 /// Writes that may queue for the writer thread before callers wait.
 pub const MAX_QUEUED_WRITES: usize = 1024;
 
@@ -38,6 +51,11 @@ pub enum MetaError {
     BadRecord(FileId, String),
     #[error("metadata writer thread is gone")]
     WriterGone,
+    #[error(
+        "the metadata database has schema version {0}, newer than this engine's {SCHEMA_NODES_BY_ID}: run the \
+         engine that wrote it"
+    )]
+    NewerSchema(u64),
 }
 
 fn db_err(e: impl std::fmt::Display) -> MetaError {
@@ -54,7 +72,41 @@ pub struct ChunkRecord {
     pub placement: Vec<u16>,
 }
 
-/// A record as written today (version 2). postcard lays fields out in declaration order with no
+/// A node a record's placements point at: its ID, and the address it was at when the record
+/// was last written. The ID is what names the node; the address is only where to look for it
+/// when no node of the engine's has proved that ID since start-up (and all there is for a
+/// record written before node IDs, until [`MetaStore::name_nodes`] finds its ID).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSlot {
+    pub id: Option<[u8; 16]>,
+    pub addr: String,
+}
+
+/// Who answers at which address, as far as the engine knows: the node table (`cluster::Health`)
+/// implements it; the metadata only asks.
+pub trait NodeDirectory {
+    /// Where the node with this ID answers now, if the engine knows.
+    fn addr_of(&self, id: NodeId) -> Option<SocketAddr>;
+    /// Which node answers at this address, if the engine knows.
+    fn id_of(&self, addr: SocketAddr) -> Option<NodeId>;
+}
+
+impl NodeSlot {
+    /// The slot for the node at `addr`, named by the ID it proved.
+    pub fn at(addr: SocketAddr, nodes: &dyn NodeDirectory) -> NodeSlot {
+        NodeSlot { id: nodes.id_of(addr).map(|id| id.0), addr: addr.to_string() }
+    }
+
+    /// Where to reach this node: where its ID answers now, else where it last was.
+    pub fn resolve(&self, nodes: &dyn NodeDirectory) -> Result<SocketAddr, String> {
+        if let Some(addr) = self.id.and_then(|id| nodes.addr_of(NodeId(id))) {
+            return Ok(addr);
+        }
+        self.addr.parse().map_err(|e| format!("stored node address {:?} is invalid: {e}", self.addr))
+    }
+}
+
+/// A record as written today (version 3). postcard lays fields out in declaration order with no
 /// names, so fields are only ever added in a new version, never changed in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
@@ -62,10 +114,30 @@ pub struct FileRecord {
     pub size: u64,
     pub created_unix_ms: u64,
     pub chunking: Chunking,
-    pub nodes: Vec<String>,
+    pub nodes: Vec<NodeSlot>,
     pub chunks: Vec<ChunkRecord>,
     /// The uploader's [`Origin`] tag, as raw bytes; None for plain uploads and version 1 records.
     pub origin: Option<[u8; 16]>,
+}
+
+/// A version 2 record: nodes by address. Its layout must never change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileRecordV2 {
+    name: String,
+    size: u64,
+    created_unix_ms: u64,
+    chunking: Chunking,
+    nodes: Vec<String>,
+    chunks: Vec<ChunkRecord>,
+    origin: Option<[u8; 16]>,
+}
+
+impl From<FileRecordV2> for FileRecord {
+    fn from(v2: FileRecordV2) -> FileRecord {
+        let FileRecordV2 { name, size, created_unix_ms, chunking, nodes, chunks, origin } = v2;
+        let nodes = nodes.into_iter().map(|addr| NodeSlot { id: None, addr }).collect();
+        FileRecord { name, size, created_unix_ms, chunking, nodes, chunks, origin }
+    }
 }
 
 /// A version 1 record, exactly as the engine wrote it before origins existed. Its layout must
@@ -83,24 +155,43 @@ struct FileRecordV1 {
 impl From<FileRecordV1> for FileRecord {
     fn from(v1: FileRecordV1) -> FileRecord {
         let FileRecordV1 { name, size, created_unix_ms, chunking, nodes, chunks } = v1;
-        FileRecord { name, size, created_unix_ms, chunking, nodes, chunks, origin: None }
+        FileRecordV2 { name, size, created_unix_ms, chunking, nodes, chunks, origin: None }.into()
     }
 }
 
 impl FileRecord {
     /// Where `chunk`'s copies live, in placement order.
-    pub fn copy_addrs(&self, chunk: &ChunkRecord) -> Result<Vec<std::net::SocketAddr>, String> {
+    pub fn copy_addrs(&self, chunk: &ChunkRecord, nodes: &dyn NodeDirectory) -> Result<Vec<SocketAddr>, String> {
+        self.copy_slots(chunk)?.iter().map(|slot| slot.resolve(nodes)).collect()
+    }
+
+    /// The nodes `chunk`'s copies are recorded on, in placement order.
+    pub fn copy_slots(&self, chunk: &ChunkRecord) -> Result<Vec<&NodeSlot>, String> {
         if chunk.placement.is_empty() {
             return Err("chunk has no placement".into());
         }
         chunk
             .placement
             .iter()
-            .map(|&node_idx| {
-                let addr = self.nodes.get(node_idx as usize).ok_or("placement names an unknown node")?;
-                addr.parse().map_err(|e| format!("stored node address {addr:?} is invalid: {e}"))
-            })
+            .map(|&node_idx| self.nodes.get(node_idx as usize).ok_or_else(|| "placement names an unknown node".into()))
             .collect()
+    }
+
+    /// Names every node of this record whose ID `nodes` knows by its address; true if any
+    /// changed.
+    fn name_nodes(&mut self, nodes: &dyn NodeDirectory) -> bool {
+        let mut changed = false;
+        for slot in self.nodes.iter_mut().filter(|s| s.id.is_none()) {
+            if let Some(id) = slot.addr.parse().ok().and_then(|a| nodes.id_of(a)) {
+                slot.id = Some(id.0);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn all_nodes_named(&self) -> bool {
+        self.nodes.iter().all(|s| s.id.is_some())
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -113,13 +204,14 @@ impl FileRecord {
         let bad = |e: postcard::Error| MetaError::BadRecord(file_id, e.to_string());
         match bytes.split_first() {
             Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(bad),
+            Some((&RECORD_VERSION_2, rest)) => postcard::from_bytes::<FileRecordV2>(rest).map(Into::into).map_err(bad),
             Some((&RECORD_VERSION_1, rest)) => postcard::from_bytes::<FileRecordV1>(rest).map(Into::into).map_err(bad),
             Some((v, _)) => Err(MetaError::BadRecord(file_id, format!("unknown record version {v}"))),
             None => Err(MetaError::BadRecord(file_id, "empty record".into())),
         }
     }
 
-    pub fn info(&self, file_id: FileId) -> FileInfo {
+    pub fn info(&self, file_id: FileId, nodes: &dyn NodeDirectory) -> FileInfo {
         FileInfo {
             file_id,
             name: self.name.clone(),
@@ -127,7 +219,14 @@ impl FileRecord {
             created_unix_ms: self.created_unix_ms,
             chunking: self.chunking,
             origin: self.origin.map(Origin),
-            nodes: self.nodes.clone(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|slot| FileNode {
+                    id: slot.id.map(NodeId),
+                    addr: slot.resolve(nodes).map(|a| a.to_string()).unwrap_or_else(|_| slot.addr.clone()),
+                })
+                .collect(),
             chunks: self
                 .chunks
                 .iter()
@@ -160,7 +259,7 @@ enum WriteOp {
     Insert(FileId, Box<FileRecord>, tokio::sync::oneshot::Sender<Result<(), MetaError>>),
     Delete(FileId, tokio::sync::oneshot::Sender<Result<Option<FileRecord>, MetaError>>),
     /// Replaces where one chunk's copies live, if the file still exists.
-    SetPlacement(FileId, u32, Vec<String>, tokio::sync::oneshot::Sender<Result<bool, MetaError>>),
+    SetPlacement(FileId, u32, Vec<NodeSlot>, tokio::sync::oneshot::Sender<Result<bool, MetaError>>),
 }
 
 pub struct MetaStore {
@@ -185,7 +284,19 @@ impl MetaStore {
         let path = dir.join("meta.redb");
         let db = Database::create(&path).map_err(|e| MetaError::Db(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(db_err)?;
-        txn.open_table(FILES).map_err(db_err)?;
+        let empty = txn.open_table(FILES).map_err(db_err)?.is_empty().map_err(db_err)?;
+        {
+            let mut schema = txn.open_table(SCHEMA).map_err(db_err)?;
+            let version = schema.get(SCHEMA_VERSION_KEY).map_err(db_err)?.map(|v| v.value());
+            match version {
+                Some(v) if v > SCHEMA_NODES_BY_ID => return Err(MetaError::NewerSchema(v)),
+                Some(_) => {}
+                None => {
+                    let v = if empty { SCHEMA_NODES_BY_ID } else { SCHEMA_NODES_BY_ADDRESS };
+                    schema.insert(SCHEMA_VERSION_KEY, v).map_err(db_err)?;
+                }
+            }
+        }
         txn.commit().map_err(db_err)?;
         let db = Arc::new(db);
         let (writes, queue) = mpsc::sync_channel(MAX_QUEUED_WRITES);
@@ -240,12 +351,82 @@ impl MetaStore {
         rx.await.map_err(|_| MetaError::WriterGone)?
     }
 
-    /// Durably records that chunk `chunk_idx` of `file_id` now has its copies on `addrs`, in
+    /// Durably records that chunk `chunk_idx` of `file_id` now has its copies on `nodes`, in
     /// that order. Returns false, changing nothing, if the file has been deleted meanwhile.
-    pub async fn set_placement(&self, file_id: FileId, chunk_idx: u32, addrs: Vec<String>) -> Result<bool, MetaError> {
+    pub async fn set_placement(
+        &self,
+        file_id: FileId,
+        chunk_idx: u32,
+        nodes: Vec<NodeSlot>,
+    ) -> Result<bool, MetaError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(WriteOp::SetPlacement(file_id, chunk_idx, addrs, tx)).await?;
+        self.send(WriteOp::SetPlacement(file_id, chunk_idx, nodes, tx)).await?;
         rx.await.map_err(|_| MetaError::WriterGone)?
+    }
+
+    /// The database's schema version (see the module documentation).
+    pub fn schema_version(&self) -> Result<u64, MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let schema = txn.open_table(SCHEMA).map_err(db_err)?;
+        Ok(schema.get(SCHEMA_VERSION_KEY).map_err(db_err)?.map(|v| v.value()).unwrap_or(SCHEMA_NODES_BY_ADDRESS))
+    }
+
+    /// The upgrade to node IDs: gives every record's nodes known only by address the ID that
+    /// `nodes` knows for that address, rewriting those records, and moves the schema to
+    /// "nodes by ID" once no record is left with an unnamed node. Returns how many records it
+    /// rewrote and how many still name a node by address alone (nodes that have not answered
+    /// since start-up; the next start names them). Runs before the engine serves, in batches.
+    pub fn name_nodes(&self, nodes: &dyn NodeDirectory) -> Result<(u64, u64), MetaError> {
+        if self.schema_version()? == SCHEMA_NODES_BY_ID {
+            return Ok((0, 0));
+        }
+        const BATCH: usize = 1024;
+        let (mut n_named, mut n_left) = (0u64, 0u64);
+        let mut after: Option<[u8; 16]> = None;
+        loop {
+            let txn = self.db.begin_write().map_err(db_err)?;
+            let mut last = None;
+            {
+                let mut table = txn.open_table(FILES).map_err(db_err)?;
+                let mut batch = Vec::with_capacity(BATCH);
+                let range = match &after {
+                    Some(a) => table.range::<&[u8; 16]>(a..).map_err(db_err)?,
+                    None => table.range::<&[u8; 16]>(..).map_err(db_err)?,
+                };
+                for entry in range {
+                    let (k, v) = entry.map_err(db_err)?;
+                    let key = *k.value();
+                    if Some(key) == after {
+                        continue;
+                    }
+                    if batch.len() == BATCH {
+                        break;
+                    }
+                    batch.push((key, FileRecord::decode(FileId(key), v.value())?));
+                }
+                for (key, mut record) in batch {
+                    last = Some(key);
+                    if record.name_nodes(nodes) {
+                        table.insert(&key, record.encode().as_slice()).map_err(db_err)?;
+                        n_named += 1;
+                    }
+                    if !record.all_nodes_named() {
+                        n_left += 1;
+                    }
+                }
+                if last.is_none() && n_left == 0 {
+                    txn.open_table(SCHEMA)
+                        .map_err(db_err)?
+                        .insert(SCHEMA_VERSION_KEY, SCHEMA_NODES_BY_ID)
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            match last {
+                Some(key) => after = Some(key),
+                None => return Ok((n_named, n_left)),
+            }
+        }
     }
 
     async fn send(&self, mut op: WriteOp) -> Result<(), MetaError> {
@@ -289,7 +470,7 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                             deleted.push(None);
                             placed.push(false);
                         }
-                        WriteOp::SetPlacement(id, chunk_idx, addrs, _) => {
+                        WriteOp::SetPlacement(id, chunk_idx, slots, _) => {
                             deleted.push(None);
                             let old = table.get(&id.0).map_err(db_err)?.map(|v| FileRecord::decode(*id, v.value()));
                             let Some(mut record) = old.transpose()? else {
@@ -302,12 +483,22 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                                 "placement for chunk {chunk_idx} of {id}, which has {}",
                                 record.chunks.len()
                             );
-                            let mut placement = Vec::with_capacity(addrs.len());
-                            for addr in addrs {
-                                let node_idx = match record.nodes.iter().position(|n| n == addr) {
-                                    Some(i) => i,
+                            let mut placement = Vec::with_capacity(slots.len());
+                            for slot in slots {
+                                // The same node: the same ID, or the same address where there is
+                                // no ID on either side. Its address is kept current.
+                                let same = |n: &NodeSlot| match (n.id, slot.id) {
+                                    (Some(a), Some(b)) => a == b,
+                                    (None, None) => n.addr == slot.addr,
+                                    _ => false,
+                                };
+                                let node_idx = match record.nodes.iter().position(same) {
+                                    Some(i) => {
+                                        record.nodes[i].addr.clone_from(&slot.addr);
+                                        i
+                                    }
                                     None => {
-                                        record.nodes.push(addr.clone());
+                                        record.nodes.push(slot.clone());
                                         record.nodes.len() - 1
                                     }
                                 };
@@ -363,13 +554,35 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
 mod tests {
     use super::*;
 
+    fn slot(id: Option<u8>, addr: &str) -> NodeSlot {
+        NodeSlot { id: id.map(|b| [b; 16]), addr: addr.into() }
+    }
+
+    /// A node table for tests: (ID byte, address) pairs.
+    struct Nodes(Vec<(u8, &'static str)>);
+
+    impl NodeDirectory for Nodes {
+        fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+            self.0.iter().find(|(b, _)| [*b; 16] == id.0).map(|(_, a)| a.parse().unwrap())
+        }
+        fn id_of(&self, addr: SocketAddr) -> Option<NodeId> {
+            self.0.iter().find(|(_, a)| a.parse::<SocketAddr>().unwrap() == addr).map(|(b, _)| NodeId([*b; 16]))
+        }
+    }
+
+    /// `record` as read from a version 1 or 2 record: its node by address only.
+    fn unnamed(mut r: FileRecord) -> FileRecord {
+        r.nodes.iter_mut().for_each(|s| s.id = None);
+        r
+    }
+
     fn record(name: &str) -> FileRecord {
         FileRecord {
             name: name.into(),
             size: 5,
             created_unix_ms: 1,
             chunking: Chunking::Equal,
-            nodes: vec!["127.0.0.1:1".into()],
+            nodes: vec![slot(Some(1), "127.0.0.1:1")],
             chunks: vec![ChunkRecord { offset: 0, length: 5, crc32: 9, block_crcs: vec![9], placement: vec![0] }],
             origin: None,
         }
@@ -406,13 +619,14 @@ mod tests {
         let meta = MetaStore::open(dir.path()).unwrap();
         let a = FileId([3; 16]);
         block_on(meta.insert(a, record("a"))).unwrap();
-        let moved = vec!["127.0.0.1:2".to_string(), "127.0.0.1:1".to_string()];
+        // Node 1 is now at another address; node 2 is new.
+        let moved = vec![slot(Some(2), "127.0.0.1:2"), slot(Some(1), "127.0.0.1:5")];
         assert!(block_on(meta.set_placement(a, 0, moved)).unwrap());
         let got = meta.get(a).unwrap().unwrap();
-        assert_eq!(got.nodes, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(got.nodes, [slot(Some(1), "127.0.0.1:5"), slot(Some(2), "127.0.0.1:2")]);
         assert_eq!(got.chunks[0].placement, [1, 0]);
         block_on(meta.delete(a)).unwrap();
-        assert!(!block_on(meta.set_placement(a, 0, vec!["127.0.0.1:3".into()])).unwrap());
+        assert!(!block_on(meta.set_placement(a, 0, vec![slot(Some(3), "127.0.0.1:3")])).unwrap());
         assert_eq!(meta.get(a).unwrap(), None);
     }
 
@@ -436,7 +650,7 @@ mod tests {
     }
 
     #[test]
-    fn version_1_records_still_read_and_are_rewritten_as_version_2_with_no_origin() {
+    fn version_1_records_still_read_and_are_rewritten_in_the_current_version_with_no_origin() {
         let v1 = FileRecordV1 {
             name: "a".into(),
             size: 5,
@@ -451,15 +665,77 @@ mod tests {
         let id = FileId([4; 16]);
         insert_raw(dir.path(), id, V1_RECORD_A);
         let meta = MetaStore::open(dir.path()).unwrap();
-        assert_eq!(meta.get(id).unwrap(), Some(record("a")));
+        assert_eq!(meta.get(id).unwrap(), Some(unnamed(record("a"))));
         assert_eq!(meta.list(None, 10).unwrap().0[0].origin, None);
         // A placement change rewrites the record in the current version; nothing is lost.
-        assert!(block_on(meta.set_placement(id, 0, vec!["127.0.0.1:2".into()])).unwrap());
+        assert!(block_on(meta.set_placement(id, 0, vec![slot(Some(2), "127.0.0.1:2")])).unwrap());
         let txn = meta.db.begin_read().unwrap();
         let stored = txn.open_table(FILES).unwrap().get(&id.0).unwrap().unwrap().value().to_vec();
         assert_eq!(stored[0], RECORD_VERSION);
         let got = meta.get(id).unwrap().unwrap();
         assert_eq!((got.name.as_str(), got.origin, got.chunks[0].placement.as_slice()), ("a", None, &[1u16][..]));
+    }
+
+    fn insert_v2(dir: &Path, id: FileId, addrs: &[&str]) {
+        let v2 = FileRecordV2 {
+            name: "old".into(),
+            size: 5,
+            created_unix_ms: 1,
+            chunking: Chunking::Equal,
+            nodes: addrs.iter().map(|a| a.to_string()).collect(),
+            chunks: vec![ChunkRecord {
+                offset: 0,
+                length: 5,
+                crc32: 9,
+                block_crcs: vec![9],
+                placement: (0..addrs.len() as u16).collect(),
+            }],
+            origin: None,
+        };
+        insert_raw(dir, id, &[&[RECORD_VERSION_2][..], &postcard::to_stdvec(&v2).unwrap()].concat());
+    }
+
+    #[test]
+    fn records_by_address_are_named_once_their_nodes_answer_and_then_follow_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (FileId([10; 16]), FileId([11; 16]));
+        insert_v2(dir.path(), a, &["127.0.0.1:1", "127.0.0.1:2"]);
+        insert_v2(dir.path(), b, &["127.0.0.1:2"]);
+        let meta = MetaStore::open(dir.path()).unwrap();
+        assert_eq!(meta.schema_version().unwrap(), SCHEMA_NODES_BY_ADDRESS);
+        // Only the node at :2 has answered: b is named whole, a in part.
+        assert_eq!(meta.name_nodes(&Nodes(vec![(2, "127.0.0.1:2")])).unwrap(), (2, 1));
+        assert_eq!(meta.schema_version().unwrap(), SCHEMA_NODES_BY_ADDRESS);
+        assert_eq!(meta.get(b).unwrap().unwrap().nodes, [slot(Some(2), "127.0.0.1:2")]);
+        // Now both answer: a is named, the schema moves on, and the next run has nothing to do.
+        let both = Nodes(vec![(1, "127.0.0.1:1"), (2, "127.0.0.1:2")]);
+        assert_eq!(meta.name_nodes(&both).unwrap(), (1, 0));
+        assert_eq!(meta.schema_version().unwrap(), SCHEMA_NODES_BY_ID);
+        assert_eq!(meta.name_nodes(&both).unwrap(), (0, 0));
+        let got = meta.get(a).unwrap().unwrap();
+        assert_eq!(got.nodes, [slot(Some(1), "127.0.0.1:1"), slot(Some(2), "127.0.0.1:2")]);
+        // Node 1 moves: its copies are found at its new address, by its ID.
+        let moved = Nodes(vec![(1, "127.0.0.1:7"), (2, "127.0.0.1:2")]);
+        let addrs = got.copy_addrs(&got.chunks[0], &moved).unwrap();
+        assert_eq!(addrs, ["127.0.0.1:7".parse().unwrap(), "127.0.0.1:2".parse().unwrap()]);
+        assert_eq!(got.info(a, &moved).nodes[0], FileNode { id: Some(NodeId([1; 16])), addr: "127.0.0.1:7".into() });
+        // A node no one has seen since start-up is looked for where it last was.
+        let addrs = got.copy_addrs(&got.chunks[0], &Nodes(vec![])).unwrap();
+        assert_eq!(addrs, ["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()]);
+    }
+
+    #[test]
+    fn a_new_database_names_nodes_by_id_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(MetaStore::open(dir.path()).unwrap().schema_version().unwrap(), SCHEMA_NODES_BY_ID);
+        {
+            let db = Database::create(dir.path().join("meta.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(SCHEMA).unwrap().insert(SCHEMA_VERSION_KEY, SCHEMA_NODES_BY_ID + 1).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = MetaStore::open(dir.path()).err().expect("refused").to_string();
+        assert!(err.contains("schema version 3, newer than this engine's 2"), "{err}");
     }
 
     #[test]
@@ -474,14 +750,14 @@ mod tests {
         let meta = MetaStore::open(dir.path()).unwrap();
         let got = meta.get(id).unwrap().unwrap();
         assert_eq!(got, tagged);
-        assert_eq!(got.info(id).origin, Some(Origin([0xab; 16])));
+        assert_eq!(got.info(id, &Nodes(vec![])).origin, Some(Origin([0xab; 16])));
         assert_eq!(meta.list(None, 10).unwrap().0[0].origin, Some(Origin([0xab; 16])));
     }
 
     #[test]
     fn unknown_and_empty_records_are_errors_not_panics() {
         let id = FileId([8; 16]);
-        for (bytes, why) in [(&[][..], "empty"), (&[3, 0][..], "version 3"), (&V1_RECORD_A[..5], "")] {
+        for (bytes, why) in [(&[][..], "empty"), (&[4, 0][..], "version 4"), (&V1_RECORD_A[..5], "")] {
             let err = FileRecord::decode(id, bytes).expect_err("must be refused").to_string();
             assert!(err.contains(why), "{err}");
         }

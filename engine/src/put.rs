@@ -4,7 +4,7 @@
 //! the metadata is committed only when every chunk has been acknowledged.
 
 use crate::cluster::{self, await_store, open_store, NodeConn, NodeError, NodeFailure};
-use crate::meta::{ChunkRecord, FileRecord};
+use crate::meta::{ChunkRecord, FileRecord, NodeSlot};
 use crate::state::{internal, EngineState};
 use dfs_proto::layout::chunk_spans;
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, Origin, Status};
@@ -77,10 +77,10 @@ pub async fn put(
     };
     let _in_progress = state.uploads_in_progress.begin(file_id);
     let replicas = state.config.replicas;
-    let timeouts = state.config.node_timeouts;
+    let timeouts = &state.links;
     // Each chunk tries the nodes in its placement order, those believed down last.
     let candidates = |chunk_idx: u32| -> Vec<SocketAddr> {
-        state.health.up_first(&cluster::placement::ring(&state.config.nodes, file_id, chunk_idx))
+        state.links.health.up_first(&cluster::placement::ring(&state.config.nodes, file_id, chunk_idx))
     };
 
     let mut inflight: VecDeque<tokio::task::JoinHandle<Acked>> = VecDeque::new();
@@ -145,7 +145,7 @@ pub async fn put(
         }
         for target in targets {
             if let Some(e) = target.error {
-                state.health.note_failure(&e);
+                state.links.health.note_failure(&e);
                 errors[span.chunk_idx as usize].push(e);
             }
             let Some(node) = target.node else { continue };
@@ -222,7 +222,7 @@ pub async fn put(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         chunking,
-        nodes: used.iter().map(|a| a.to_string()).collect(),
+        nodes: used.iter().map(|&a| NodeSlot::at(a, &*state.links.health)).collect(),
         chunks,
         origin: origin.map(|o| o.0),
     };
@@ -272,13 +272,13 @@ async fn open_targets(
         if targets.len() == replicas {
             break;
         }
-        match open_store(addr, state.config.node_timeouts, chunk_id, length, crc32, data).await {
+        match open_store(addr, &state.links, chunk_id, length, crc32, data).await {
             Ok(node) => {
-                state.health.mark_up(addr);
+                state.links.health.mark_up(addr);
                 targets.push(Target { addr, node: Some(node), error: None });
             }
             Err(e) => {
-                state.health.note_failure(&e);
+                state.links.health.note_failure(&e);
                 refused.push(e.to_string());
             }
         }
@@ -337,7 +337,7 @@ async fn complete_copies(
         };
         let chunk_id = ChunkId { file_id, chunk_idx: span.chunk_idx };
         let failed: Vec<String> = errors[chunk_idx].iter().map(|e| e.addr.clone()).collect();
-        let ring = state.health.up_first(&state.config.nodes);
+        let ring = state.links.health.up_first(&state.config.nodes);
         for dest in ring {
             if copies[chunk_idx].len() >= replicas {
                 break;
@@ -345,14 +345,14 @@ async fn complete_copies(
             if copies[chunk_idx].iter().any(|(a, _)| *a == dest) || failed.contains(&dest.to_string()) {
                 continue;
             }
-            match cluster::copy_chunk(source, dest, state.config.node_timeouts, chunk_id, &chunk).await {
+            match cluster::copy_chunk(source, dest, &state.links, chunk_id, &chunk).await {
                 Ok(()) => {
                     tracing::info!("{chunk_id}: copied from {source} to {dest} after a node failed mid-upload");
                     copies[chunk_idx].push((dest, chunk.block_crcs.clone()));
                 }
                 Err(e) => {
                     let e = e.into_node_error();
-                    state.health.note_failure(&e);
+                    state.links.health.note_failure(&e);
                     errors[chunk_idx].push(e);
                 }
             }
@@ -542,7 +542,7 @@ async fn settle(
         Ok(block_crcs) => copies[a.chunk_idx as usize].push((a.addr, block_crcs)),
         Err(e) => {
             tracing::debug!("chunk {} on {}: {e}", a.chunk_idx, a.addr);
-            state.health.note_failure(&e);
+            state.links.health.note_failure(&e);
             errors[a.chunk_idx as usize].push(e);
         }
     }

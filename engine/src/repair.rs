@@ -7,7 +7,7 @@
 //! [`crate::cluster::copy_chunk`]), so repair never spreads bad bytes.
 
 use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
-use crate::meta::{ChunkRecord, FileRecord};
+use crate::meta::{ChunkRecord, FileRecord, NodeDirectory, NodeSlot};
 use crate::state::EngineState;
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId, Msg, RepairSummary, Status};
@@ -104,7 +104,7 @@ enum Copy {
 }
 
 async fn check_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId, chunk: &ChunkRecord) -> Copy {
-    match cluster::exists(addr, state.config.node_timeouts, chunk_id).await {
+    match cluster::exists(addr, &state.links, chunk_id).await {
         Ok((length, crc32)) if length == chunk.length && crc32 == chunk.crc32 => Copy::Sound,
         Ok((length, crc32)) => Copy::Corrupt(format!(
             "holds {length} bytes with crc32 {crc32:08x}, {} bytes with crc32 {:08x} were stored",
@@ -121,17 +121,17 @@ async fn check_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId, ch
 /// not taken for lost before the pinger's next round.
 async fn probe_down_nodes(state: &EngineState) {
     for &addr in &state.config.nodes {
-        if state.health.is_up(addr) {
+        if state.links.health.is_up(addr) {
             continue;
         }
-        state.health.ping(addr, state.config.node_timeouts).await;
+        state.links.health.ping(addr, &state.links).await;
     }
 }
 
 /// Deletes a copy proven corrupt (best effort): only ever called once the chunk has as many
 /// sound copies elsewhere as it can get, or to make room for a sound copy in its place.
 async fn remove_corrupt_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId) -> Result<(), String> {
-    cluster::delete(addr, state.config.node_timeouts, chunk_id).await.map_err(|e| e.to_string())
+    cluster::delete(addr, &state.links, chunk_id).await.map_err(|e| e.to_string())
 }
 
 /// Copies `chunk_id` to `dest` from the first of `sources` that can supply it. Every block of
@@ -145,11 +145,11 @@ async fn copy_from_any(
 ) -> Result<(), String> {
     let mut why = Vec::new();
     for &source in sources {
-        match copy_chunk(source, dest, state.config.node_timeouts, chunk_id, chunk).await {
+        match copy_chunk(source, dest, &state.links, chunk_id, chunk).await {
             Ok(()) => return Ok(()),
             Err(CopyError::Source(e)) => why.push(format!("source {source}: {e}")),
             Err(CopyError::Destination(e)) => {
-                state.health.note_failure(&e);
+                state.links.health.note_failure(&e);
                 return Err(e.to_string());
             }
         }
@@ -170,19 +170,20 @@ async fn repair_chunk(
 ) {
     summary.n_chunks_checked += 1;
     let replicas = state.config.replicas;
-    let recorded = match record.copy_addrs(chunk) {
-        Ok(a) => a,
-        Err(e) => {
-            summary.n_chunks_unrecoverable += 1;
-            push_report_line(&mut summary.problems, format!("{chunk_id}: unreadable metadata: {e}"));
-            return;
-        }
-    };
+    let (recorded, recorded_slots) =
+        match record.copy_addrs(chunk, &*state.links.health).and_then(|a| Ok((a, record.copy_slots(chunk)?))) {
+            Ok(a) => a,
+            Err(e) => {
+                summary.n_chunks_unrecoverable += 1;
+                push_report_line(&mut summary.problems, format!("{chunk_id}: unreadable metadata: {e}"));
+                return;
+            }
+        };
     let (mut sound, mut missing, mut corrupt, mut unknown, mut down) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut findings = Vec::new();
     for &addr in &recorded {
-        let found = if state.health.is_up(addr) {
+        let found = if state.links.health.is_up(addr) {
             check_copy(state, addr, chunk_id, chunk).await
         } else {
             Copy::Down("node is down".into())
@@ -202,14 +203,14 @@ async fn repair_chunk(
                 unknown.push(addr);
             }
             Copy::Down(why) => {
-                state.health.mark_down(addr, &why);
+                state.links.health.mark_down(addr, &why);
                 findings.push(format!("node {addr} is down: {why}"));
                 down.push(addr);
             }
         }
     }
     let checked = Checked { sound, missing, corrupt, unknown, down };
-    let others = state.health.up_first(&state.config.nodes);
+    let others = state.links.health.up_first(&state.config.nodes);
     let (mut placement, dests) = match plan(&recorded, &checked, &others, replicas) {
         Plan::Repair { keep, dests } => (keep, dests),
         lost_or_unavailable => {
@@ -238,7 +239,7 @@ async fn repair_chunk(
         if placement.len() >= replicas {
             break;
         }
-        if !state.health.is_up(dest) {
+        if !state.links.health.is_up(dest) {
             continue;
         }
         if holds_corrupt_copy {
@@ -270,8 +271,8 @@ async fn repair_chunk(
         keep_copies_on_down_nodes(&mut placement, &down, replicas);
     }
     if placement != recorded {
-        let addrs = placement.iter().map(|a| a.to_string()).collect();
-        match state.meta.set_placement(chunk_id.file_id, chunk_id.chunk_idx, addrs).await {
+        let slots = slots_for(&placement, &recorded, &recorded_slots, &*state.links.health);
+        match state.meta.set_placement(chunk_id.file_id, chunk_id.chunk_idx, slots).await {
             Ok(true) => tracing::info!("repair: {chunk_id} now on {placement:?} (was {recorded:?})"),
             // Deleted meanwhile: the new copies are orphans for gc.
             Ok(false) => return,
@@ -287,6 +288,25 @@ async fn repair_chunk(
             tracing::warn!("repair: corrupt copy of {chunk_id} on {addr} not removed (gc will): {e}");
         }
     }
+}
+
+/// The nodes of a new placement as the metadata names them: by the ID each proved, or, for a
+/// copy kept on a node that has not answered since start-up, as it was recorded.
+fn slots_for(
+    placement: &[SocketAddr],
+    recorded: &[SocketAddr],
+    recorded_slots: &[&NodeSlot],
+    nodes: &dyn NodeDirectory,
+) -> Vec<NodeSlot> {
+    assert_eq!(recorded.len(), recorded_slots.len(), "one slot per recorded copy");
+    placement
+        .iter()
+        .map(|&addr| match (nodes.id_of(addr), recorded.iter().position(|&r| r == addr)) {
+            (Some(id), _) => NodeSlot { id: Some(id.0), addr: addr.to_string() },
+            (None, Some(k)) => recorded_slots[k].clone(),
+            (None, None) => NodeSlot { id: None, addr: addr.to_string() },
+        })
+        .collect()
 }
 
 /// What checking one chunk's recorded copies found, node by node.

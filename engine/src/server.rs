@@ -49,6 +49,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
         block_size_bytes: BLOCK_SIZE_BYTES,
         dynamic_chunk_cap_bytes: state.config.dynamic_chunk_cap_bytes,
         idle_timeout_ms: conn.idle_timeout.as_millis().min(u32::MAX as u128) as u32,
+        node_id: None,
     }))
     .await?;
     loop {
@@ -78,7 +79,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                 Msg::Get { file_id } => crate::get::get(state, conn, file_id).await?,
                 Msg::Stat { file_id } => {
                     let reply = match state.meta.get(file_id) {
-                        Ok(Some(record)) => Msg::StatOk(record.info(file_id)),
+                        Ok(Some(record)) => Msg::StatOk(record.info(file_id, &*state.links.health)),
                         Ok(None) => not_found(file_id),
                         Err(e) => internal(e),
                     };
@@ -102,9 +103,11 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                                     let id = ChunkId { file_id, chunk_idx: i as u32 };
                                     c.placement.iter().map(move |&p| (id, p))
                                 })
-                                .filter_map(|(id, p)| Some((id, record.nodes[p as usize].parse().ok()?)))
+                                .filter_map(|(id, p)| {
+                                    Some((id, record.nodes.get(p as usize)?.resolve(&*state.links.health).ok()?))
+                                })
                                 .collect();
-                            cluster::delete_later(state.config.node_timeouts, chunks);
+                            cluster::delete_later(&state.links, chunks);
                             Msg::Ok
                         }
                         Ok(None) => not_found(file_id),
@@ -113,8 +116,10 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     conn.write_msg(&reply).await?
                 }
                 Msg::ClusterStatus => {
-                    let reply =
-                        Msg::ClusterStatusOk { replicas: state.config.replicas as u32, nodes: state.health.view() };
+                    let reply = Msg::ClusterStatusOk {
+                        replicas: state.config.replicas as u32,
+                        nodes: state.links.health.view(),
+                    };
                     conn.write_msg(&reply).await?
                 }
                 Msg::Repair => {
@@ -124,10 +129,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     };
                     conn.write_msg(&reply).await?
                 }
-                Msg::Scrub => {
-                    conn.write_msg(&cluster::scrub_all(&state.config.nodes, state.config.node_timeouts.connect).await)
-                        .await?
-                }
+                Msg::Scrub => conn.write_msg(&cluster::scrub_all(&state.config.nodes, &state.links).await).await?,
                 Msg::Gc { dry_run, grace_secs } => {
                     let grace = grace_secs.map(Duration::from_secs).unwrap_or(state.config.gc_grace);
                     let out = crate::gc::run(state, dry_run, grace).await;

@@ -3,7 +3,7 @@
 //! may give.
 
 use crate::buffer::Budget;
-use crate::cluster::{Health, NodeTimeouts};
+use crate::cluster::Links;
 use crate::meta::MetaStore;
 use dfs_proto::{FileId, Msg, Status};
 use std::net::SocketAddr;
@@ -17,7 +17,6 @@ pub struct EngineConfig {
     pub data_path: dfs_runtime::DataPath,
     pub dynamic_chunk_cap_bytes: u64,
     pub client_idle_timeout: Duration,
-    pub node_timeouts: NodeTimeouts,
     /// Age below which a chunk no file references is not yet an orphan.
     pub gc_grace: Duration,
 }
@@ -60,7 +59,8 @@ pub struct EngineState {
     pub uploads_in_progress: Uploads,
     pub config: EngineConfig,
     pub meta: MetaStore,
-    pub health: Arc<Health>,
+    /// How to reach the nodes, and what the engine knows of them (`links.health`).
+    pub links: Links,
     pub budget: Arc<Budget>,
 }
 

@@ -2,6 +2,7 @@
 //! verified, to the engine.
 
 mod footer;
+mod identity;
 mod metrics;
 mod pace;
 mod scrub;
@@ -197,6 +198,10 @@ fn run(args: Args) -> Result<(), String> {
         store::Stores::Files(f) => f.root().to_path_buf(),
         store::Stores::Segments(s) => s.root().to_path_buf(),
     };
+    let (node_id, new_id) = identity::load_or_create(&root).map_err(|e| e.to_string())?;
+    if new_id {
+        tracing::info!("this data directory is new: it is node {node_id}");
+    }
     if args.scrub_interval_secs > 0 {
         let interval = Duration::from_secs(args.scrub_interval_secs);
         scrub::start_background(stores.clone(), interval, args.scrub_rate_mib.saturating_mul(1 << 20))
@@ -205,7 +210,7 @@ fn run(args: Args) -> Result<(), String> {
     let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
-    tracing::info!("node listening on {addr}, data in {}, {} runtime(s)", root.display(), args.threads);
+    tracing::info!("node {node_id} listening on {addr}, data in {}, {} runtime(s)", root.display(), args.threads);
     metrics::init();
     if let Some(metrics_addr) = args.metrics {
         dfs_runtime::metrics::serve(metrics_addr)?;
@@ -219,6 +224,7 @@ fn run(args: Args) -> Result<(), String> {
         sync::CommitSync::PerChunk => None,
     };
     let state = Arc::new(NodeState {
+        node_id,
         group_sync,
         stores,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),

@@ -32,6 +32,8 @@ const FETCH_READS_AHEAD: usize = 8;
 const STORE_WRITES_IN_FLIGHT: usize = 4;
 
 pub struct NodeState {
+    /// Who this node is, whatever address it listens on (see `identity`).
+    pub node_id: dfs_proto::NodeId,
     pub stores: Stores,
     pub idle_timeout: Duration,
     pub data_path: DataPath,
@@ -110,6 +112,7 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
         block_size_bytes: BLOCK_SIZE_BYTES,
         dynamic_chunk_cap_bytes: 0,
         idle_timeout_ms: state.idle_timeout.as_millis().min(u32::MAX as u128) as u32,
+        node_id: Some(state.node_id),
     }))
     .await?;
     loop {
@@ -220,8 +223,8 @@ async fn authenticate(state: &NodeState, conn: &Conn, hello: &Hello) -> Result<R
         }
     };
     let node_nonce = auth::nonce().map_err(FrameError::Io)?;
-    let proof = secret.node_proof(&engine_nonce, &node_nonce);
-    conn.write_msg(&Msg::AuthChallenge { nonce: node_nonce, proof }).await?;
+    let proof = secret.node_proof(&engine_nonce, &node_nonce, &state.node_id);
+    conn.write_msg(&Msg::AuthChallenge { nonce: node_nonce, node_id: state.node_id, proof }).await?;
     Ok(match conn.read_frame().await? {
         Frame::Msg(Msg::AuthProof { proof }) if secret.check_engine(&engine_nonce, &node_nonce, &proof) => Ok(()),
         Frame::Msg(Msg::AuthProof { .. }) => Err("the engine's proof of the cluster secret is wrong".into()),

@@ -5,10 +5,12 @@
 //! - Engine and nodes prove to each other that they know the **cluster secret** (method 2) by
 //!   challenge-response, so the secret never crosses the wire and a recorded handshake cannot be
 //!   replayed: the engine's Hello carries a fresh nonce; the node answers with its own fresh
-//!   nonce and HMAC-SHA256(secret, "dfs node" | engine nonce | node nonce); the engine checks
+//!   nonce, its node ID and HMAC-SHA256(secret, "dfs node" | engine nonce | node nonce | node
+//!   ID), so that only a holder of the secret can claim a node's identity; the engine checks
 //!   it and answers with HMAC-SHA256(secret, "dfs engine" | engine nonce | node nonce); only
 //!   then does the node send HelloOk.
 
+use crate::ids::NodeId;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::path::Path;
@@ -81,9 +83,15 @@ impl ClusterSecret {
         mac
     }
 
-    /// The node's answer to the engine's challenge.
-    pub fn node_proof(&self, engine_nonce: &Nonce, node_nonce: &Nonce) -> Proof {
-        self.mac(NODE_LABEL, engine_nonce, node_nonce).finalize().into_bytes().into()
+    fn node_mac(&self, engine_nonce: &Nonce, node_nonce: &Nonce, node_id: &NodeId) -> Hmac<Sha256> {
+        let mut mac = self.mac(NODE_LABEL, engine_nonce, node_nonce);
+        mac.update(&node_id.0);
+        mac
+    }
+
+    /// The node's answer to the engine's challenge, binding its ID.
+    pub fn node_proof(&self, engine_nonce: &Nonce, node_nonce: &Nonce, node_id: &NodeId) -> Proof {
+        self.node_mac(engine_nonce, node_nonce, node_id).finalize().into_bytes().into()
     }
 
     /// The engine's answer to the node's challenge.
@@ -91,9 +99,9 @@ impl ClusterSecret {
         self.mac(ENGINE_LABEL, engine_nonce, node_nonce).finalize().into_bytes().into()
     }
 
-    /// Checks, in constant time, a node's proof.
-    pub fn check_node(&self, engine_nonce: &Nonce, node_nonce: &Nonce, proof: &[u8]) -> bool {
-        self.mac(NODE_LABEL, engine_nonce, node_nonce).verify_slice(proof).is_ok()
+    /// Checks, in constant time, a node's proof of the secret and of its ID.
+    pub fn check_node(&self, engine_nonce: &Nonce, node_nonce: &Nonce, node_id: &NodeId, proof: &[u8]) -> bool {
+        self.node_mac(engine_nonce, node_nonce, node_id).verify_slice(proof).is_ok()
     }
 
     /// Checks, in constant time, the engine's proof.
@@ -174,17 +182,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proofs_bind_both_nonces_and_the_role() {
+    fn proofs_bind_both_nonces_the_node_id_and_the_role() {
         let s = ClusterSecret(b"0123456789abcdef0123456789abcdef".to_vec());
         let other = ClusterSecret(b"0123456789abcdef0123456789abcdeF".to_vec());
-        let (e, n) = ([1u8; 32], [2u8; 32]);
-        let p = s.node_proof(&e, &n);
-        assert!(s.check_node(&e, &n, &p));
+        let (e, n, id) = ([1u8; 32], [2u8; 32], NodeId([7; 16]));
+        let p = s.node_proof(&e, &n, &id);
+        assert!(s.check_node(&e, &n, &id, &p));
         assert!(!s.check_engine(&e, &n, &p), "a node proof is not an engine proof");
-        assert!(!s.check_node(&e, &[3u8; 32], &p), "a proof for another node nonce (a replay) fails");
-        assert!(!s.check_node(&[3u8; 32], &n, &p), "a proof for another engine nonce fails");
-        assert!(!other.check_node(&e, &n, &p), "another secret fails");
-        assert!(!s.check_node(&e, &n, &p[..31]), "a short proof fails");
+        assert!(!s.check_node(&e, &[3u8; 32], &id, &p), "a proof for another node nonce (a replay) fails");
+        assert!(!s.check_node(&[3u8; 32], &n, &id, &p), "a proof for another engine nonce fails");
+        assert!(!s.check_node(&e, &n, &NodeId([8; 16]), &p), "a proof for another node ID fails");
+        assert!(!other.check_node(&e, &n, &id, &p), "another secret fails");
+        assert!(!s.check_node(&e, &n, &id, &p[..31]), "a short proof fails");
     }
 
     #[test]

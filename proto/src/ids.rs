@@ -1,7 +1,8 @@
 //! File and chunk identities. A file ID is 128 bits from the OS random source and is the only
 //! handle a client has on a file; a chunk ID is derived from it and the chunk index, and is the
 //! only thing a storage node builds a path from. An origin is an opaque 128-bit tag a client may
-//! attach to an upload (a tree upload's manifest identity) and find again in listings.
+//! attach to an upload (a tree upload's manifest identity) and find again in listings. A node ID
+//! names a storage node independently of its address.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +19,8 @@ pub enum ParseIdError {
     Chunk(String),
     #[error("malformed origin {0:?}: expected 32 hex digits")]
     Origin(String),
+    #[error("malformed node ID {0:?}: expected 32 hex digits")]
+    Node(String),
 }
 
 /// 16 bytes from 32 lowercase hex digits. Uppercase is refused so that each value has exactly
@@ -31,33 +34,48 @@ fn hex16(s: &str) -> Option<[u8; 16]> {
     Some(bytes)
 }
 
-impl FileId {
-    /// A fresh ID from the operating system's random source.
-    pub fn random() -> std::io::Result<FileId> {
-        let mut bytes = [0u8; 16];
-        getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
-        Ok(FileId(bytes))
-    }
+/// The random constructor, the 32-hex-digit spelling (Display, FromStr, Serialize) and Debug that every
+/// 16-byte identity shares.
+macro_rules! id16 {
+    ($name:ident, $err:ident) => {
+        impl $name {
+            /// A fresh value from the operating system's random source.
+            pub fn random() -> std::io::Result<$name> {
+                let mut bytes = [0u8; 16];
+                getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
+                Ok($name(bytes))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self)
+            }
+        }
+
+        /// As its 32 hex digits, as everywhere else it is shown.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseIdError;
+            fn from_str(s: &str) -> Result<$name, ParseIdError> {
+                hex16(s).map($name).ok_or_else(|| ParseIdError::$err(s.chars().take(80).collect()))
+            }
+        }
+    };
 }
 
-impl fmt::Display for FileId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for FileId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FileId({self})")
-    }
-}
-
-impl FromStr for FileId {
-    type Err = ParseIdError;
-    fn from_str(s: &str) -> Result<FileId, ParseIdError> {
-        hex16(s).map(FileId).ok_or_else(|| ParseIdError::File(s.chars().take(80).collect()))
-    }
-}
+id16!(FileId, File);
 
 /// Who stored a file, as the uploading client chose to say: 16 opaque bytes, shown as 32
 /// lowercase hex digits. The engine stores it with the file and returns it in STAT and LIST; it
@@ -66,33 +84,15 @@ impl FromStr for FileId {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Origin(pub [u8; 16]);
 
-impl Origin {
-    /// A fresh origin from the operating system's random source.
-    pub fn random() -> std::io::Result<Origin> {
-        let mut bytes = [0u8; 16];
-        getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
-        Ok(Origin(bytes))
-    }
-}
+id16!(Origin, Origin);
 
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
+/// A storage node's identity: 16 random bytes the node draws when its data directory is first
+/// used, kept there, and proves in every handshake. The metadata names where a chunk's copies
+/// live by node ID, so a node that comes back on another address keeps its files.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub [u8; 16]);
 
-impl fmt::Debug for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Origin({self})")
-    }
-}
-
-impl FromStr for Origin {
-    type Err = ParseIdError;
-    fn from_str(s: &str) -> Result<Origin, ParseIdError> {
-        hex16(s).map(Origin).ok_or_else(|| ParseIdError::Origin(s.chars().take(80).collect()))
-    }
-}
+id16!(NodeId, Node);
 
 /// One chunk of one file.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -160,6 +160,15 @@ mod tests {
     fn random_ids_differ() {
         assert_ne!(FileId::random().unwrap(), FileId::random().unwrap());
         assert_ne!(Origin::random().unwrap(), Origin::random().unwrap());
+        assert_ne!(NodeId::random().unwrap(), NodeId::random().unwrap());
+    }
+
+    #[test]
+    fn node_id_round_trips_and_names_itself_in_errors() {
+        let n = NodeId([0x5a; 16]);
+        assert_eq!(n.to_string().parse::<NodeId>().unwrap(), n);
+        assert_eq!(format!("{n:?}"), format!("NodeId({n})"));
+        assert!("5a".parse::<NodeId>().unwrap_err().to_string().contains("node ID"));
     }
 
     #[test]

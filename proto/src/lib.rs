@@ -18,15 +18,15 @@ pub mod status;
 
 pub use codec::DecodeError;
 pub use error::FrameError;
-pub use ids::{ChunkId, FileId, Origin, ParseIdError};
+pub use ids::{ChunkId, FileId, NodeId, Origin, ParseIdError};
 pub use layout::{BlockCrcs, ChunkSpan, Chunking};
 pub use msg::{
-    ChunkInfo, FileInfo, FileSummary, FrameHeader, Hello, HelloOk, Kind, Msg, NodeStatus, RepairSummary, Role,
-    StoreReport,
+    ChunkInfo, FileInfo, FileNode, FileSummary, FrameHeader, Hello, HelloOk, Kind, Msg, NodeStatus, RepairSummary,
+    Role, StoreReport,
 };
 pub use status::Status;
 
 /// Protocol magic that opens every connection's Hello frame.
 pub const MAGIC: [u8; 4] = *b"DFS1";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;

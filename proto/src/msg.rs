@@ -3,7 +3,7 @@
 //! receiver reads straight into its own buffer, so bulk data is never decoded or copied twice.
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::ids::{ChunkId, FileId, Origin};
+use crate::ids::{ChunkId, FileId, NodeId, Origin};
 use crate::layout::Chunking;
 use crate::limits::*;
 use crate::status::Status;
@@ -212,6 +212,9 @@ pub struct HelloOk {
     /// How long the accepting side lets the connection sit idle, mid-request or between
     /// requests, before it closes it: a peer must not leave a request unread for longer.
     pub idle_timeout_ms: u32,
+    /// A node's identity (see [`NodeId`]); None from an engine. With the cluster secret it is
+    /// the ID the node's proof covered.
+    pub node_id: Option<NodeId>,
 }
 
 /// One chunk in a file's chunk table.
@@ -225,6 +228,14 @@ pub struct ChunkInfo {
     pub placement: Vec<u16>,
 }
 
+/// A node that holds copies of a file's chunks: its ID (None for a placement recorded before
+/// node IDs, not yet upgraded) and the address the engine reaches it at now, or last did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FileNode {
+    pub id: Option<NodeId>,
+    pub addr: String,
+}
+
 /// A file's full description, as STAT and GET return it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FileInfo {
@@ -235,8 +246,8 @@ pub struct FileInfo {
     pub chunking: Chunking,
     /// The tag the uploader sent with the file, if any (see [`Origin`]).
     pub origin: Option<Origin>,
-    /// Node addresses the chunk placements refer to.
-    pub nodes: Vec<String>,
+    /// The nodes the chunk placements refer to.
+    pub nodes: Vec<FileNode>,
     pub chunks: Vec<ChunkInfo>,
 }
 
@@ -270,6 +281,8 @@ pub struct StoreReport {
 /// One node as the engine sees it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct NodeStatus {
+    /// The node's ID, once it has answered a handshake.
+    pub id: Option<NodeId>,
     pub addr: String,
     pub up: bool,
     /// When the node last answered; 0 if it never has.
@@ -316,18 +329,6 @@ pub fn push_report_line(lines: &mut Vec<String>, line: impl Into<String>) {
     lines.push(line);
 }
 
-impl serde::Serialize for FileId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl serde::Serialize for Origin {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 /// Every control frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
@@ -339,10 +340,11 @@ pub enum Msg {
     },
     /// Generic success with nothing to say (DELETE).
     Ok,
-    /// Node → engine, in answer to a Hello with the cluster method: the node's nonce and its
-    /// proof of the cluster secret (see [`crate::auth`]).
+    /// Node → engine, in answer to a Hello with the cluster method: the node's nonce, its ID,
+    /// and its proof of the cluster secret over both nonces and the ID (see [`crate::auth`]).
     AuthChallenge {
         nonce: crate::auth::Nonce,
+        node_id: NodeId,
         proof: crate::auth::Proof,
     },
     /// Engine → node: the engine's proof of the cluster secret.
@@ -539,7 +541,14 @@ fn store_report(r: &mut Reader) -> Result<StoreReport, DecodeError> {
         bytes_reclaimable: r.u64("bytes reclaimable")?,
     })
 }
+fn put_node_id(w: &mut Writer, id: &NodeId) {
+    w.raw(&id.0);
+}
+fn node_id(r: &mut Reader) -> Result<NodeId, DecodeError> {
+    Ok(NodeId(r.array("node_id")?))
+}
 fn put_node_status(w: &mut Writer, n: &NodeStatus) {
+    put_opt(w, &n.id, put_node_id);
     w.str(&n.addr);
     w.u8(n.up as u8);
     w.u64(n.last_seen_unix_ms);
@@ -548,6 +557,7 @@ fn put_node_status(w: &mut Writer, n: &NodeStatus) {
 }
 fn node_status(r: &mut Reader) -> Result<NodeStatus, DecodeError> {
     Ok(NodeStatus {
+        id: opt(r, node_id)?,
         addr: r.string("node address", MAX_ADDR_BYTES)?,
         up: r.bool("up")?,
         last_seen_unix_ms: r.u64("last seen")?,
@@ -564,7 +574,10 @@ fn put_file_info(w: &mut Writer, f: &FileInfo) {
     w.u8(f.chunking.code());
     put_opt(w, &f.origin, put_origin);
     w.count(f.nodes.len());
-    f.nodes.iter().for_each(|n| w.str(n));
+    for n in &f.nodes {
+        put_opt(w, &n.id, put_node_id);
+        w.str(&n.addr);
+    }
     w.count(f.chunks.len());
     for c in &f.chunks {
         w.u32(c.chunk_idx);
@@ -583,8 +596,10 @@ fn file_info(r: &mut Reader) -> Result<FileInfo, DecodeError> {
     let created_unix_ms = r.u64("created")?;
     let chunking = chunking(r)?;
     let origin = opt(r, origin)?;
-    let n_nodes = r.count("node count", MAX_NODES_PER_FILE, 4)?;
-    let nodes = (0..n_nodes).map(|_| r.string("node address", MAX_ADDR_BYTES)).collect::<Result<Vec<_>, _>>()?;
+    let n_nodes = r.count("node count", MAX_NODES_PER_FILE, 5)?;
+    let nodes = (0..n_nodes)
+        .map(|_| Ok(FileNode { id: opt(r, node_id)?, addr: r.string("node address", MAX_ADDR_BYTES)? }))
+        .collect::<Result<Vec<_>, _>>()?;
     let n_chunks = r.count("chunk count", MAX_CHUNKS_PER_FILE, 28)?;
     let mut chunks = Vec::with_capacity(n_chunks);
     for _ in 0..n_chunks {
@@ -701,6 +716,7 @@ impl Msg {
                 w.u32(h.block_size_bytes);
                 w.u64(h.dynamic_chunk_cap_bytes);
                 w.u32(h.idle_timeout_ms);
+                put_opt(&mut w, &h.node_id, put_node_id);
             }
             Msg::Error { status, message } => {
                 w.u16(status.code());
@@ -753,8 +769,9 @@ impl Msg {
                 w.u64(*min_age_secs);
             }
             Msg::ClusterStatus | Msg::Repair | Msg::NodeStat | Msg::Scrub => {}
-            Msg::AuthChallenge { nonce, proof } => {
+            Msg::AuthChallenge { nonce, node_id, proof } => {
                 w.raw(nonce);
+                put_node_id(&mut w, node_id);
                 w.raw(proof);
             }
             Msg::AuthProof { proof } => w.raw(proof),
@@ -841,6 +858,7 @@ impl Msg {
                 block_size_bytes: r.u32("block size")?,
                 dynamic_chunk_cap_bytes: r.u64("dynamic chunk cap")?,
                 idle_timeout_ms: r.u32("idle timeout")?,
+                node_id: opt(r, node_id)?,
             }),
             Kind::Error => {
                 let code = r.u16("status")?;
@@ -848,7 +866,9 @@ impl Msg {
                 Msg::Error { status, message: r.string("message", MAX_MESSAGE_BYTES)? }
             }
             Kind::Ok => Msg::Ok,
-            Kind::AuthChallenge => Msg::AuthChallenge { nonce: r.array("nonce")?, proof: r.array("proof")? },
+            Kind::AuthChallenge => {
+                Msg::AuthChallenge { nonce: r.array("nonce")?, node_id: node_id(r)?, proof: r.array("proof")? }
+            }
             Kind::AuthProof => Msg::AuthProof { proof: r.array("proof")? },
             Kind::End => Msg::End,
             Kind::Put => {

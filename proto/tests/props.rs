@@ -6,8 +6,8 @@ use dfs_proto::codec::DecodeError;
 use dfs_proto::io_std::{read_data, read_frame, write_data, write_msg, Frame};
 use dfs_proto::limits::*;
 use dfs_proto::{
-    ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileSummary, FrameError, FrameHeader, Hello, HelloOk, Kind, Msg,
-    NodeStatus, Origin, RepairSummary, Role, Status, StoreReport, MAGIC, VERSION,
+    ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, FrameError, FrameHeader, Hello, HelloOk,
+    Kind, Msg, NodeId, NodeStatus, Origin, RepairSummary, Role, Status, StoreReport, MAGIC, VERSION,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -120,6 +120,10 @@ fn file_size() -> impl Strategy<Value = u64> {
     prop_oneof![Just(0), Just(MAX_FILE_SIZE_BYTES), 0..=MAX_FILE_SIZE_BYTES]
 }
 
+fn node_id() -> impl Strategy<Value = Option<NodeId>> {
+    proptest::option::of(any::<[u8; 16]>().prop_map(NodeId))
+}
+
 fn crcs() -> impl Strategy<Value = Vec<u32>> {
     vec(any::<u32>(), 0..50)
 }
@@ -134,7 +138,7 @@ fn chunk_info(n_nodes: usize) -> impl Strategy<Value = ChunkInfo> {
 
 fn file_info() -> impl Strategy<Value = FileInfo> {
     // At most 64 characters keeps an address within MAX_ADDR_BYTES even if every one is 4 bytes.
-    let nodes = vec(text(64), 0..20);
+    let nodes = vec((node_id(), text(64)).prop_map(|(id, addr)| FileNode { id, addr }), 0..20);
     (file_id(), text(100), any::<u64>(), any::<u64>(), chunking(), origin(), nodes).prop_flat_map(
         |(file_id, name, size, created_unix_ms, chunking, origin, nodes)| {
             vec(chunk_info(nodes.len()), 0..50).prop_map(move |chunks| FileInfo {
@@ -170,14 +174,18 @@ fn msg() -> impl Strategy<Value = Msg> {
     prop_oneof![
         (any::<u16>(), role(), any::<u8>(), vec(any::<u8>(), 0..200))
             .prop_map(|(version, role, auth_method, auth)| { Msg::Hello(Hello { version, role, auth_method, auth }) }),
-        (any::<u16>(), any::<u32>(), any::<u64>(), any::<u32>()).prop_map(
-            |(version, block_size_bytes, dynamic_chunk_cap_bytes, idle_timeout_ms)| {
-                Msg::HelloOk(HelloOk { version, block_size_bytes, dynamic_chunk_cap_bytes, idle_timeout_ms })
+        (any::<u16>(), any::<u32>(), any::<u64>(), any::<u32>(), node_id()).prop_map(
+            |(version, block_size_bytes, dynamic_chunk_cap_bytes, idle_timeout_ms, node_id)| {
+                Msg::HelloOk(HelloOk { version, block_size_bytes, dynamic_chunk_cap_bytes, idle_timeout_ms, node_id })
             }
         ),
         (status(), text(100)).prop_map(|(status, message)| Msg::Error { status, message }),
         Just(Msg::Ok),
-        (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(nonce, proof)| Msg::AuthChallenge { nonce, proof }),
+        (any::<[u8; 32]>(), any::<[u8; 16]>(), any::<[u8; 32]>()).prop_map(|(nonce, id, proof)| Msg::AuthChallenge {
+            nonce,
+            node_id: NodeId(id),
+            proof
+        }),
         any::<[u8; 32]>().prop_map(|proof| Msg::AuthProof { proof }),
         (text(100), file_size(), chunking(), crcs(), origin()).prop_map(
             |(name, size, chunking, chunk_crcs, origin)| Msg::Put { name, size, chunking, chunk_crcs, origin }
@@ -250,8 +258,16 @@ fn store_report() -> impl Strategy<Value = StoreReport> {
 }
 
 fn node_status() -> impl Strategy<Value = NodeStatus> {
-    (text(64), any::<bool>(), any::<u64>(), proptest::option::of(store_report()), proptest::option::of(text(100)))
-        .prop_map(|(addr, up, last_seen_unix_ms, report, last_error)| NodeStatus {
+    (
+        node_id(),
+        text(64),
+        any::<bool>(),
+        any::<u64>(),
+        proptest::option::of(store_report()),
+        proptest::option::of(text(100)),
+    )
+        .prop_map(|(id, addr, up, last_seen_unix_ms, report, last_error)| NodeStatus {
+            id,
             addr,
             up,
             last_seen_unix_ms,
@@ -670,7 +686,10 @@ fn placement_past_the_node_list_is_refused() {
         created_unix_ms: 0,
         chunking: Chunking::Equal,
         origin: Some(Origin([7; 16])),
-        nodes: vec!["a:1".into(), "b:2".into()],
+        nodes: vec![
+            FileNode { id: Some(NodeId([1; 16])), addr: "a:1".into() },
+            FileNode { id: None, addr: "b:2".into() },
+        ],
         chunks: vec![ChunkInfo { chunk_idx: 0, offset: 0, length: 1, crc32: 0, placement: vec![1] }],
     };
     let mut body = body_of(&Msg::StatOk(info));

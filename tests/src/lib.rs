@@ -632,6 +632,17 @@ impl Cluster {
         assert_eq!(self.nodes[node_idx].addr, addr, "node {node_idx} came back on another address");
     }
 
+    /// Starts node `node_idx` again with its data directory but on a new address, as an
+    /// operator moving a node to another port or host would. The engine learns the new address
+    /// only when it is restarted (its `--node` list).
+    pub fn move_node(&mut self, node_idx: usize) {
+        assert!(self.nodes[node_idx].proc.is_none(), "node {node_idx} is still running");
+        let old = self.nodes[node_idx].addr.clone();
+        self.spawn_node(node_idx, "127.0.0.1:0".to_string());
+        assert_ne!(self.nodes[node_idx].addr, old, "node {node_idx} came back on its old address");
+        self.record(format!("# node {node_idx} moved from {old} to {}", self.nodes[node_idx].addr));
+    }
+
     /// Replaces the extra arguments every node is started with from now on (restarts included).
     pub fn set_node_args(&mut self, args: &[&str]) {
         self.opts.node_args = args.iter().map(|s| s.to_string()).collect();
@@ -859,6 +870,18 @@ impl Cluster {
         } else {
             Err(out.expect_error(&format!("get {id} -o -")))
         }
+    }
+
+    /// Runs `dfs-client ARGS... --json` and returns whether it succeeded and the JSON it printed
+    /// (panicking if it printed none).
+    #[track_caller]
+    pub fn client_json(&self, args: &[&str]) -> (bool, Value) {
+        let mut full: Vec<&str> = args.to_vec();
+        full.push("--json");
+        let out = self.client(&full);
+        let value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("`{}` printed no JSON ({e}): {}", args.join(" "), out.describe()));
+        (out.success(), value)
     }
 
     /// `stat ID --json`, parsed; the error line on failure.

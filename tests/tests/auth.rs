@@ -87,14 +87,20 @@ fn nodes_serve_only_an_engine_that_proves_the_cluster_secret_and_refuse_a_replay
     // The right handshake works.
     let engine_nonce = [7u8; 32];
     let mut s = hello_to_node(&node, AUTH_CLUSTER, engine_nonce.to_vec());
-    let (node_nonce, node_proof) = match read_frame(&mut s) {
-        Ok(Frame::Msg(Msg::AuthChallenge { nonce, proof })) => (nonce, proof),
+    let (node_nonce, node_id, node_proof) = match read_frame(&mut s) {
+        Ok(Frame::Msg(Msg::AuthChallenge { nonce, node_id, proof })) => (nonce, node_id, proof),
         other => panic!("expected AuthChallenge, got {other:?}"),
     };
-    assert!(secret.check_node(&engine_nonce, &node_nonce, &node_proof), "the node's proof must verify");
+    assert!(secret.check_node(&engine_nonce, &node_nonce, &node_id, &node_proof), "the node's proof must verify");
+    let mut other_id = node_id;
+    other_id.0[0] ^= 1;
+    assert!(!secret.check_node(&engine_nonce, &node_nonce, &other_id, &node_proof), "the proof binds the node ID");
     let engine_proof = secret.engine_proof(&engine_nonce, &node_nonce);
     write_msg(&mut s, &Msg::AuthProof { proof: engine_proof }).expect("send proof");
-    assert!(matches!(read_frame(&mut s), Ok(Frame::Msg(Msg::HelloOk(_)))), "the right proof must be accepted");
+    match read_frame(&mut s) {
+        Ok(Frame::Msg(Msg::HelloOk(h))) => assert_eq!(h.node_id, Some(node_id), "HelloOk names the proven ID"),
+        other => panic!("the right proof must be accepted, got {other:?}"),
+    }
     write_msg(&mut s, &Msg::NodeStat).expect("send NodeStat");
     assert!(matches!(read_frame(&mut s), Ok(Frame::Msg(Msg::NodeStatOk(_)))), "an authenticated engine is served");
 

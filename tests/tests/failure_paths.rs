@@ -22,22 +22,13 @@ fn args(list: &[&str]) -> Vec<String> {
 }
 
 /// Runs an admin command with `--json`; returns whether it succeeded and its JSON.
-fn json_of(cluster: &Cluster, cmd: &[&str]) -> (bool, Value) {
-    let mut full: Vec<&str> = cmd.to_vec();
-    full.push("--json");
-    let out = cluster.client(&full);
-    let value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("`{}` printed no JSON ({e}): {}", cmd.join(" "), out.describe()));
-    (out.success(), value)
-}
-
 fn u(v: &Value, path: &str) -> u64 {
     v.pointer(path).and_then(Value::as_u64).unwrap_or_else(|| panic!("no number at {path} in {v}"))
 }
 
 /// The addresses `status` shows down.
 fn nodes_down(cluster: &Cluster) -> Vec<String> {
-    let (ok, status) = json_of(cluster, &["status"]);
+    let (ok, status) = cluster.client_json(&["status"]);
     assert!(ok, "status failed: {status}");
     status["nodes"]
         .as_array()
@@ -211,7 +202,7 @@ fn repair_leaves_alone_copies_it_cannot_check_on_a_node_out_of_descriptors() {
     }
     cluster.note(&format!("node 0 (pid {pid}) is at its descriptor limit of {limit}"));
 
-    let (_, report) = json_of(&cluster, &["repair"]);
+    let (_, report) = cluster.client_json(&["repair"]);
     drop(hogs);
     assert_eq!(u(&report, "/n_copies_made"), 0, "every copy was sound, yet repair replaced some: {report}");
     std::thread::sleep(Duration::from_millis(200));
@@ -274,7 +265,7 @@ fn repair_right_after_a_restart_probes_the_node_instead_of_writing_its_copies_of
     cluster.restart_node_with_data(b, wiped);
     cluster.restart_node(a);
 
-    let (ok, report) = json_of(&cluster, &["repair"]);
+    let (ok, report) = cluster.client_json(&["repair"]);
     assert!(ok, "repair right after the restart failed: {report}");
     assert_eq!(u(&report, "/n_chunks_unrecoverable"), 0, "{report}");
     assert_eq!(u(&report, "/n_chunks_unavailable"), 0, "{report}");
@@ -313,7 +304,7 @@ fn repair_tells_unavailable_chunks_from_lost_ones() {
 
     // Now a chunk loses both copies on live nodes: that one is lost.
     cluster.restart_node(a);
-    let (ok, report) = json_of(&cluster, &["repair"]);
+    let (ok, report) = cluster.client_json(&["repair"]);
     assert!(ok, "repair with node {a} back: {report}");
     let (id, _) = &files[1];
     // Every file of the chunk, including any copy a repair moved away from (gc's to collect).
@@ -411,7 +402,7 @@ fn a_stale_pooled_connection_is_retried_on_a_fresh_one() {
     assert_eq!(nodes_down(&cluster), Vec::<String>::new(), "a stale pooled connection marked its node down");
 
     proxies.iter().for_each(StaleProxy::make_open_connections_stale);
-    let (ok, report) = json_of(&cluster, &["repair"]);
+    let (ok, report) = cluster.client_json(&["repair"]);
     assert!(ok, "repair over stale pooled connections: {report}");
     assert_eq!(u(&report, "/n_copies_made"), 0, "repair took stale connections for missing copies: {report}");
     assert_eq!(nodes_down(&cluster), Vec::<String>::new(), "a stale pooled connection marked its node down");

@@ -64,19 +64,20 @@ fn names_with_spaces_unicode_and_dot_dot_are_stored_as_given_and_never_become_pa
                     .strip_prefix('n')
                     .and_then(|n| n.parse().ok())
                     .unwrap_or_else(|| panic!("{} is in no node's data directory", path.display()));
-                let allowed = match cluster.node_store(node_idx) {
-                    Store::Files => parts.len() == 5 && parts[2] == "chunks",
-                    Store::Segments => {
-                        let name = parts.last().map(String::as_str).unwrap_or("");
-                        let made = name.strip_prefix('.').and_then(|n| n.strip_suffix(".seg.tmp"));
-                        parts.len() == 4
-                            && parts[2] == "segments"
-                            && (name.strip_suffix(".seg").is_some_and(is_seq) || made.is_some_and(is_seq))
-                    }
-                };
+                let allowed = parts.len() == 3 && parts[2] == "node-id"
+                    || match cluster.node_store(node_idx) {
+                        Store::Files => parts.len() == 5 && parts[2] == "chunks",
+                        Store::Segments => {
+                            let name = parts.last().map(String::as_str).unwrap_or("");
+                            let made = name.strip_prefix('.').and_then(|n| n.strip_suffix(".seg.tmp"));
+                            parts.len() == 4
+                                && parts[2] == "segments"
+                                && (name.strip_suffix(".seg").is_some_and(is_seq) || made.is_some_and(is_seq))
+                        }
+                    };
                 assert!(
                     allowed,
-                    "unexpected file in a node data directory: {} (only chunks/<xx>/<chunk id>, or segments/<seq>.seg, may hold files once puts are done)",
+                    "unexpected file in a node data directory: {} (only node-id, chunks/<xx>/<chunk id>, or segments/<seq>.seg, may hold files once puts are done)",
                     path.display()
                 );
             }

@@ -16,16 +16,6 @@ fn two_copies() -> ClusterOpts {
     ClusterOpts { replicas: Some(2), ..ClusterOpts::default() }
 }
 
-/// Runs an admin command with `--json` and returns its output, whatever the exit status.
-fn json_of(cluster: &Cluster, args: &[&str]) -> (bool, Value) {
-    let mut full: Vec<&str> = args.to_vec();
-    full.push("--json");
-    let out = cluster.client(&full);
-    let value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("`{}` printed no JSON ({e}): {}", args.join(" "), out.describe()));
-    (out.success(), value)
-}
-
 fn u(v: &Value, path: &str) -> u64 {
     v.pointer(path).and_then(Value::as_u64).unwrap_or_else(|| panic!("no number at {path} in {v}"))
 }
@@ -81,7 +71,7 @@ fn assert_two_sound_copies(cluster: &Cluster, files: &[(String, Vec<u8>)], dead:
 fn status_shows_a_dead_node_down_and_a_restarted_one_up() {
     let mut cluster = Cluster::start(4, two_copies());
     let files = put_files(&cluster, 3);
-    let (ok, status) = json_of(&cluster, &["status"]);
+    let (ok, status) = cluster.client_json(&["status"]);
     assert!(ok, "status failed: {status}");
     assert_eq!(u(&status, "/replicas"), 2);
     assert_eq!(status["nodes"].as_array().map(Vec::len), Some(4), "status lists every node: {status}");
@@ -93,7 +83,7 @@ fn status_shows_a_dead_node_down_and_a_restarted_one_up() {
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (_, status) = json_of(&cluster, &["status"]);
+        let (_, status) = cluster.client_json(&["status"]);
         let node = node_state(&status).unwrap_or_else(|| panic!("status does not list {addr}: {status}"));
         if node["up"] == false {
             assert!(node["last_error"].is_string(), "a down node shows why: {node}");
@@ -105,7 +95,7 @@ fn status_shows_a_dead_node_down_and_a_restarted_one_up() {
     cluster.restart_node(1);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (_, status) = json_of(&cluster, &["status"]);
+        let (_, status) = cluster.client_json(&["status"]);
         let node = node_state(&status).unwrap_or_else(|| panic!("status does not list {addr}: {status}"));
         if node["up"] == true {
             let held = u(&node, "/report/n_chunks");
@@ -134,7 +124,7 @@ fn repair_moves_copies_off_a_dead_node_so_a_second_loss_costs_nothing() {
         .sum();
     assert!(held > 0, "node 0 held no chunk copies; the test needs some");
 
-    let (ok, summary) = json_of(&cluster, &["repair"]);
+    let (ok, summary) = cluster.client_json(&["repair"]);
     assert!(ok, "repair with one node of four down failed: {summary}");
     assert_eq!(u(&summary, "/n_copies_made"), held as u64, "one new copy per copy lost with node 0: {summary}");
     assert_eq!(u(&summary, "/n_chunks_unrecoverable"), 0, "{summary}");
@@ -142,7 +132,7 @@ fn repair_moves_copies_off_a_dead_node_so_a_second_loss_costs_nothing() {
     assert_two_sound_copies(&cluster, &files, &dead, "after repair");
 
     // A second pass finds nothing to do.
-    let (ok, again) = json_of(&cluster, &["repair"]);
+    let (ok, again) = cluster.client_json(&["repair"]);
     assert!(ok && u(&again, "/n_copies_made") == 0, "a second repair pass copied again: {again}");
 
     // Every chunk now has two copies on the three live nodes: losing one more costs nothing.
@@ -162,7 +152,7 @@ fn a_node_replaced_by_an_empty_one_gets_its_copies_back() {
     cluster.note(&format!("wiped {}", dir.display()));
     cluster.restart_node(2);
 
-    let (ok, summary) = json_of(&cluster, &["repair"]);
+    let (ok, summary) = cluster.client_json(&["repair"]);
     assert!(ok, "repair after a node was replaced failed: {summary}");
     assert_eq!(u(&summary, "/n_copies_made"), before.len() as u64, "{summary}");
     let after: BTreeSet<ChunkId> = cluster.chunk_files(2).into_iter().map(|(c, _)| c).collect();
@@ -191,7 +181,7 @@ fn scrub_quarantines_a_corrupt_copy_and_repair_replaces_it() {
     let chunk = chunk_id(&id, 1);
     let bytes = cluster.corrupt_copy(bad_node, chunk, Damage::Data(1234));
 
-    let (ok, report) = json_of(&cluster, &["scrub"]);
+    let (ok, report) = cluster.client_json(&["scrub"]);
     assert!(ok, "scrub failed: {report}");
     assert_eq!(u(&report, "/scrub/n_corrupt"), 1, "{report}");
     assert_eq!(u(&report, "/scrub/n_checked"), 8, "4 chunks × 2 copies: {report}");
@@ -259,15 +249,15 @@ fn gc_collects_what_a_killed_engine_and_a_delete_during_an_outage_leave_behind()
     assert!(!orphans.is_empty(), "the test should leave orphans behind");
 
     // Young chunks are not collected under the default grace period of an hour.
-    let (ok, dry) = json_of(&cluster, &["gc", "--dry-run"]);
+    let (ok, dry) = cluster.client_json(&["gc", "--dry-run"]);
     assert!(ok && u(&dry, "/n_orphans") == 0, "gc with the default grace counted young chunks as orphans: {dry}");
-    let (ok, dry) = json_of(&cluster, &["gc", "--dry-run", "--grace-secs", "0"]);
+    let (ok, dry) = cluster.client_json(&["gc", "--dry-run", "--grace-secs", "0"]);
     assert!(ok, "{dry}");
     assert_eq!(u(&dry, "/n_orphans"), orphans.len() as u64, "dry run must find every orphan {orphans:?}: {dry}");
     assert_eq!(u(&dry, "/n_deleted"), 0, "a dry run deletes nothing: {dry}");
     assert_eq!(stray(&cluster).len(), orphans.len(), "a dry run deleted chunk files");
 
-    let (ok, done) = json_of(&cluster, &["gc", "--grace-secs", "0"]);
+    let (ok, done) = cluster.client_json(&["gc", "--grace-secs", "0"]);
     assert!(ok, "{done}");
     assert_eq!(u(&done, "/n_deleted"), orphans.len() as u64, "{done}");
     assert_eq!(stray(&cluster), Vec::<ChunkId>::new(), "orphans left after gc");

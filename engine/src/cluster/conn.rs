@@ -1,17 +1,41 @@
 //! The engine's side of engine↔node connections: connect with a timeout, handshake, and turn
 //! every failure into a [`NodeError`] that names the node.
 
+use super::Health;
+use dfs_proto::auth::ClusterSecret;
 use dfs_proto::io_std::Frame;
-use dfs_proto::{FrameError, Hello, Msg, Role, Status, VERSION};
+use dfs_proto::{FrameError, Hello, Msg, NodeId, Role, Status, VERSION};
 use dfs_runtime::conn::Conn;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy)]
 pub struct NodeTimeouts {
     pub connect: Duration,
     pub idle: Duration,
+}
+
+/// What every connection to a node needs: the timeouts, the cluster secret to prove (None:
+/// nodes are open), and the node table, which learns each node's ID from its handshake.
+/// Cheap to clone; one per engine, made at start-up.
+#[derive(Clone)]
+pub struct Links {
+    pub timeouts: NodeTimeouts,
+    secret: Option<Arc<ClusterSecret>>,
+    pub health: Arc<Health>,
+}
+
+impl Links {
+    pub fn new(timeouts: NodeTimeouts, secret: Option<ClusterSecret>, health: Arc<Health>) -> Links {
+        Links { timeouts, secret: secret.map(Arc::new), health }
+    }
+
+    /// The same links, waiting at most `idle` for each answer.
+    pub fn with_idle(&self, idle: Duration) -> Links {
+        Links { timeouts: NodeTimeouts { idle, ..self.timeouts }, ..self.clone() }
+    }
 }
 
 /// What went wrong talking to one node.
@@ -92,33 +116,26 @@ impl Retryable for NodeError {
 /// The one home of that rule: every request that can simply be sent again goes through here
 /// (one-frame requests, FETCH, copies). A STORE of an upload cannot, since its bytes come from
 /// the client once: `put` deals with a failed STORE itself.
-pub async fn with_connection<T, E, F, Fut>(addr: SocketAddr, t: NodeTimeouts, mut attempt: F) -> Result<T, E>
+pub async fn with_connection<T, E, F, Fut>(addr: SocketAddr, links: &Links, mut attempt: F) -> Result<T, E>
 where
     F: FnMut(NodeConn) -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
     E: Retryable + From<NodeError>,
 {
-    let node = NodeConn::checkout(addr, t).await?;
+    let node = NodeConn::checkout(addr, links).await?;
     let reused = node.reused;
     match attempt(node).await {
         Err(e) if reused && e.connection_broke() => {
             tracing::debug!("{e} on a pooled connection to {addr}; trying once more on a new one");
-            attempt(NodeConn::connect(addr, t).await?).await
+            attempt(NodeConn::connect(addr, links).await?).await
         }
         done => done,
     }
 }
 
-/// The cluster secret the engine proves to nodes, set once at start-up (None: nodes are open).
-pub static CLUSTER_SECRET: std::sync::OnceLock<Option<dfs_proto::auth::ClusterSecret>> = std::sync::OnceLock::new();
-
-fn cluster_secret() -> Option<&'static dfs_proto::auth::ClusterSecret> {
-    CLUSTER_SECRET.get().and_then(Option::as_ref)
-}
-
 /// The engine's Hello to a node: with the cluster secret, it carries a fresh challenge nonce.
-fn engine_hello() -> std::io::Result<(Hello, Option<dfs_proto::auth::Nonce>)> {
-    match cluster_secret() {
+fn engine_hello(secret: Option<&ClusterSecret>) -> std::io::Result<(Hello, Option<dfs_proto::auth::Nonce>)> {
+    match secret {
         None => Ok((Hello::new(Role::Engine), None)),
         Some(_) => {
             let nonce = dfs_proto::auth::nonce()?;
@@ -132,14 +149,16 @@ fn engine_hello() -> std::io::Result<(Hello, Option<dfs_proto::auth::Nonce>)> {
 /// The engine's answer to a node's AuthChallenge: checks the node's proof and returns the
 /// engine's, or why the node is not trusted.
 fn answer_challenge(
+    secret: Option<&ClusterSecret>,
     engine_nonce: Option<dfs_proto::auth::Nonce>,
     node_nonce: &dfs_proto::auth::Nonce,
+    node_id: &NodeId,
     node_proof: &dfs_proto::auth::Proof,
 ) -> Result<Msg, String> {
-    let (Some(secret), Some(engine_nonce)) = (cluster_secret(), engine_nonce) else {
+    let (Some(secret), Some(engine_nonce)) = (secret, engine_nonce) else {
         return Err("the node asked for a cluster secret this engine does not have (--cluster-secret-file)".into());
     };
-    if !secret.check_node(&engine_nonce, node_nonce, node_proof) {
+    if !secret.check_node(&engine_nonce, node_nonce, node_id, node_proof) {
         return Err("the node's proof of the cluster secret is wrong: it does not share this engine's secret".into());
     }
     Ok(Msg::AuthProof { proof: secret.engine_proof(&engine_nonce, node_nonce) })
@@ -182,13 +201,13 @@ fn is_dead(conn: &NodeConn) -> bool {
 
 impl NodeConn {
     /// An idle pooled connection to `addr`, or a new one.
-    pub async fn checkout(addr: SocketAddr, t: NodeTimeouts) -> Result<NodeConn, NodeError> {
+    pub async fn checkout(addr: SocketAddr, links: &Links) -> Result<NodeConn, NodeError> {
         while let Some(conn) = POOL.with(|p| p.borrow_mut().get_mut(&addr).and_then(|v| v.pop())) {
             if !is_dead(&conn) {
                 return Ok(NodeConn { reused: true, ..conn });
             }
         }
-        NodeConn::connect(addr, t).await
+        NodeConn::connect(addr, links).await
     }
 
     /// Returns a connection whose last request completed cleanly to the pool.
@@ -202,7 +221,10 @@ impl NodeConn {
         });
     }
 
-    pub async fn connect(addr: SocketAddr, t: NodeTimeouts) -> Result<NodeConn, NodeError> {
+    /// Connects, proves the cluster secret if the engine has one, and learns the node's ID
+    /// (recorded in the node table, which refuses an ID another live node holds).
+    pub async fn connect(addr: SocketAddr, links: &Links) -> Result<NodeConn, NodeError> {
+        let t = links.timeouts;
         let unreachable = |e: String| NodeError::new(addr, NodeFailure::Unreachable(e));
         let stream = match tokio::time::timeout(t.connect, dfs_runtime::backend::net::TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -210,31 +232,58 @@ impl NodeConn {
             Err(_) => return Err(unreachable(format!("connect timed out after {:?}", t.connect))),
         };
         let _ = stream.set_nodelay(true);
-        let node = NodeConn { addr, conn: Conn::new(stream, t.idle), node_idle_timeout: t.idle, reused: false };
-        let (hello, engine_nonce) = engine_hello().map_err(|e| unreachable(format!("cannot draw a nonce: {e}")))?;
-        node.send(&Msg::Hello(hello)).await?;
-        let mut answer = node.recv().await?;
-        if let Msg::AuthChallenge { nonce, proof } = &answer {
-            let reply = answer_challenge(engine_nonce, nonce, proof)
+        let conn = Conn::new(stream, t.idle);
+        let send = |msg: Msg| {
+            let conn = &conn;
+            async move { conn.write_msg(&msg).await.map_err(|e| NodeError::from_frame(addr, e)) }
+        };
+        let secret = links.secret.as_deref();
+        let (hello, engine_nonce) =
+            engine_hello(secret).map_err(|e| unreachable(format!("cannot draw a nonce: {e}")))?;
+        send(Msg::Hello(hello)).await?;
+        let mut answer = recv_msg(addr, &conn).await?;
+        let mut proven_id = None;
+        if let Msg::AuthChallenge { nonce, node_id, proof } = &answer {
+            let reply = answer_challenge(secret, engine_nonce, nonce, node_id, proof)
                 .map_err(|why| NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why)))?;
-            node.send(&reply).await?;
-            answer = node.recv().await?;
+            proven_id = Some(*node_id);
+            send(reply).await?;
+            answer = recv_msg(addr, &conn).await?;
         } else if engine_nonce.is_some() {
             let why = "the node did not prove the cluster secret: it runs without --cluster-secret-file";
             return Err(NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why.into())));
         }
-        match answer {
-            Msg::HelloOk(h) if h.version == VERSION => {
-                Ok(NodeConn { node_idle_timeout: Duration::from_millis(u64::from(h.idle_timeout_ms)), ..node })
+        let hello_ok = match answer {
+            Msg::HelloOk(h) if h.version == VERSION => h,
+            other => return Err(NodeError::unexpected(addr, "HelloOk", &other)),
+        };
+        let node_id = match (hello_ok.node_id, proven_id) {
+            (Some(id), None) => id,
+            (Some(id), Some(proven)) if id == proven => id,
+            (Some(_), Some(_)) => {
+                return Err(NodeError::new(
+                    addr,
+                    NodeFailure::Protocol("HelloOk names another ID than it proved".into()),
+                ))
             }
-            other => Err(node.unexpected("HelloOk", &other)),
-        }
+            (None, _) => return Err(NodeError::new(addr, NodeFailure::Protocol("HelloOk carries no node ID".into()))),
+        };
+        links
+            .health
+            .learn(addr, node_id)
+            .map_err(|why| NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why)))?;
+        Ok(NodeConn {
+            addr,
+            conn,
+            node_idle_timeout: Duration::from_millis(u64::from(hello_ok.idle_timeout_ms)),
+            reused: false,
+        })
     }
 
     /// One request and its one-frame answer on a pooled connection to `addr`; the connection
     /// goes back to the pool only after a clean answer.
-    pub async fn request(addr: SocketAddr, t: NodeTimeouts, msg: &Msg) -> Result<Msg, NodeError> {
-        with_connection(addr, t, move |node| node.request_once(msg)).await
+    pub async fn request(addr: SocketAddr, links: &Links, msg: &Msg) -> Result<Msg, NodeError> {
+        with_connection(addr, links, move |node| node.request_once(msg)).await
     }
 
     async fn request_once(self, msg: &Msg) -> Result<Msg, NodeError> {
@@ -252,14 +301,7 @@ impl NodeConn {
 
     /// Reads one control frame; an Error frame becomes a `Remote` failure.
     pub async fn recv(&self) -> Result<Msg, NodeError> {
-        match self.conn.read_frame().await {
-            Ok(Frame::Msg(Msg::Error { status, message })) => {
-                Err(NodeError::new(self.addr, NodeFailure::Remote(status, message)))
-            }
-            Ok(Frame::Msg(m)) => Ok(m),
-            Ok(Frame::Data(_)) => Err(self.protocol("a data frame where a control frame was expected")),
-            Err(e) => Err(NodeError::from_frame(self.addr, e)),
-        }
+        recv_msg(self.addr, &self.conn).await
     }
 
     pub fn protocol(&self, what: impl Into<String>) -> NodeError {
@@ -268,5 +310,19 @@ impl NodeConn {
 
     pub fn unexpected(&self, wanted: &str, got: &Msg) -> NodeError {
         NodeError::unexpected(self.addr, wanted, got)
+    }
+}
+
+/// Reads one control frame from `addr`; an Error frame becomes a `Remote` failure.
+async fn recv_msg(addr: SocketAddr, conn: &Conn) -> Result<Msg, NodeError> {
+    match conn.read_frame().await {
+        Ok(Frame::Msg(Msg::Error { status, message })) => {
+            Err(NodeError::new(addr, NodeFailure::Remote(status, message)))
+        }
+        Ok(Frame::Msg(m)) => Ok(m),
+        Ok(Frame::Data(_)) => {
+            Err(NodeError::new(addr, NodeFailure::Protocol("a data frame where a control frame was expected".into())))
+        }
+        Err(e) => Err(NodeError::from_frame(addr, e)),
     }
 }

@@ -1,7 +1,7 @@
 //! FETCH: the engine's side of reading one copy of a chunk from a node, every block checked
 //! against the crc32s recorded at upload (not the ones the node holds).
 
-use super::conn::{with_connection, NodeConn, NodeError, NodeFailure, NodeTimeouts};
+use super::conn::{with_connection, Links, NodeConn, NodeError, NodeFailure};
 use crate::meta::ChunkRecord;
 use dfs_proto::io_std::Frame;
 use dfs_proto::layout::{block_len, check_block, n_blocks};
@@ -13,12 +13,12 @@ use tokio_uring::buf::IoBufMut;
 /// Reads a whole chunk from one node into `buf[0..length]`, every block verified.
 pub async fn read_chunk<B: IoBufMut + AsRef<[u8]>>(
     addr: SocketAddr,
-    timeouts: NodeTimeouts,
+    links: &Links,
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
     mut buf: B,
 ) -> Result<B, NodeError> {
-    let mut reader = ChunkReader::open(addr, timeouts, chunk_id, chunk, 0).await?;
+    let mut reader = ChunkReader::open(addr, links, chunk_id, chunk, 0).await?;
     while let Some(block_idx) = reader.next_block() {
         buf = reader.read_block(buf, block_idx * BLOCK_SIZE_BYTES as usize).await?;
     }
@@ -39,12 +39,12 @@ impl ChunkReader {
     /// Asks `addr` for the chunk from block `first_block` on.
     pub async fn open(
         addr: SocketAddr,
-        timeouts: NodeTimeouts,
+        links: &Links,
         chunk_id: ChunkId,
         chunk: &ChunkRecord,
         first_block: usize,
     ) -> Result<ChunkReader, NodeError> {
-        with_connection(addr, timeouts, move |node| ChunkReader::open_on(node, chunk_id, chunk, first_block)).await
+        with_connection(addr, links, move |node| ChunkReader::open_on(node, chunk_id, chunk, first_block)).await
     }
 
     async fn open_on(

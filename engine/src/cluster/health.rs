@@ -1,12 +1,14 @@
-//! What the engine believes about each node: up or down, when it last answered, and what it
-//! reported holding. Requests mark a node down the moment it fails to answer and up when it
+//! What the engine believes about each node: its ID (learned from its handshake), up or down,
+//! when it last answered, and what it reported holding. The node table is also where a node ID
+//! found in the metadata is turned into the address the node answers at now. Requests mark a node down the moment it fails to answer and up when it
 //! answers; a pinger thread keeps the picture fresh for nodes no request touches, so uploads
 //! skip down nodes without waiting for a timeout and reads try live copies first.
 
-use super::conn::{NodeError, NodeFailure, NodeTimeouts};
+use super::conn::{Links, NodeError, NodeFailure};
+use dfs_proto::NodeId;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dfs_proto::StoreReport;
@@ -22,6 +24,9 @@ struct NodeHealth {
 
 pub struct Health {
     nodes: Vec<NodeHealth>,
+    /// The ID each node (same index) last proved; None until it answers. One lock over all,
+    /// so that no two addresses can take one ID at once.
+    ids: Mutex<Vec<Option<NodeId>>>,
 }
 
 fn now_unix_ms() -> u64 {
@@ -41,16 +46,60 @@ impl Health {
                 last_error: Mutex::new(None),
             })
             .collect();
-        Health { nodes }
+        Health { nodes, ids: Mutex::new(vec![None; addrs.len()]) }
     }
 
     fn find(&self, addr: SocketAddr) -> Option<&NodeHealth> {
         self.nodes.iter().find(|n| n.addr == addr)
     }
 
-    /// False only for a configured node currently believed down.
+    /// False for a node currently believed down, and for an address that is not one of the
+    /// engine's nodes (a placement recorded at an address the node has since left).
     pub fn is_up(&self, addr: SocketAddr) -> bool {
-        self.find(addr).is_none_or(|n| n.up.load(Ordering::Acquire))
+        self.find(addr).is_some_and(|n| n.up.load(Ordering::Acquire))
+    }
+
+    /// The ID the node at `addr` proved, once it has answered.
+    pub fn id_of(&self, addr: SocketAddr) -> Option<NodeId> {
+        let i = self.nodes.iter().position(|n| n.addr == addr)?;
+        lock(&self.ids)[i]
+    }
+
+    /// Where node `id` answers now, if one of the engine's nodes has proved that ID.
+    pub fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+        let i = lock(&self.ids).iter().position(|held| *held == Some(id))?;
+        Some(self.nodes[i].addr)
+    }
+
+    /// Records that the node at `addr` proved `id`. Refused (with why) if another of the
+    /// engine's addresses holds that ID and is up: two nodes running on copies of one data
+    /// directory must not both be taken for the node. If that other address is down, the node
+    /// has moved, and the ID goes with it.
+    pub fn learn(&self, addr: SocketAddr, id: NodeId) -> Result<(), String> {
+        let Some(i) = self.nodes.iter().position(|n| n.addr == addr) else {
+            // Not one of the engine's nodes (a recorded address being tried): nothing to keep.
+            return Ok(());
+        };
+        let mut ids = lock(&self.ids);
+        if let Some(j) = ids.iter().position(|held| *held == Some(id)).filter(|&j| j != i) {
+            let other = &self.nodes[j];
+            if other.up.load(Ordering::Acquire) {
+                return Err(format!(
+                    "the node at {addr} presents ID {id}, which the node at {} holds: two nodes must not share \
+                     a data directory's identity",
+                    other.addr
+                ));
+            }
+            tracing::warn!("node {id} moved from {} to {addr}", other.addr);
+            ids[j] = None;
+        }
+        if let Some(previous) = ids[i].replace(id).filter(|p| *p != id) {
+            tracing::warn!(
+                "the node at {addr} is now node {id}, not {previous}: its data directory was replaced; repair re-makes \
+                 the copies {previous} held"
+            );
+        }
+        Ok(())
     }
 
     /// The node answered.
@@ -87,8 +136,8 @@ impl Health {
     /// Asks `addr` for its store report and records what it says: up with its report, or down
     /// with the reason, even an error answer (a node that cannot report its store is not one to
     /// send copies to).
-    pub async fn ping(&self, addr: SocketAddr, timeouts: NodeTimeouts) {
-        match super::node_stat(addr, timeouts).await {
+    pub async fn ping(&self, addr: SocketAddr, links: &Links) {
+        match super::node_stat(addr, links).await {
             Ok(report) => self.record_report(addr, report),
             Err(NodeError { failure: NodeFailure::Unreachable(why), .. }) => self.mark_down(addr, &why),
             Err(e) => self.mark_down(addr, &e.to_string()),
@@ -114,9 +163,12 @@ impl Health {
     }
 
     pub fn view(&self) -> Vec<dfs_proto::NodeStatus> {
+        let ids = lock(&self.ids).clone();
         self.nodes
             .iter()
-            .map(|n| dfs_proto::NodeStatus {
+            .zip(ids)
+            .map(|(n, id)| dfs_proto::NodeStatus {
+                id,
                 addr: n.addr.to_string(),
                 up: n.up.load(Ordering::Acquire),
                 last_seen_unix_ms: n.last_seen_unix_ms.load(Ordering::Acquire),
@@ -131,22 +183,41 @@ impl Health {
     }
 }
 
+impl crate::meta::NodeDirectory for Health {
+    fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+        Health::addr_of(self, id)
+    }
+    fn id_of(&self, addr: SocketAddr) -> Option<NodeId> {
+        Health::id_of(self, addr)
+    }
+}
+
 /// Starts the pinger thread: every `interval`, all nodes at once are asked for their store
 /// reports (on a runtime of its own, through the same connections and handshake as every other
 /// request) and marked up or down by the outcome.
-pub fn start_pinger(health: Arc<Health>, timeouts: NodeTimeouts, interval: Duration) -> std::io::Result<()> {
+pub fn start_pinger(links: &Links, interval: Duration) -> std::io::Result<()> {
     // A ping waits no longer for an answer than for a connection.
-    let ping_timeouts = NodeTimeouts { connect: timeouts.connect, idle: timeouts.connect };
+    let links = links.with_idle(links.timeouts.connect);
     std::thread::Builder::new().name("pinger".into()).spawn(move || {
         dfs_runtime::backend::start(async move {
             loop {
-                let addrs: Vec<SocketAddr> = health.nodes.iter().map(|n| n.addr).collect();
-                futures_util::future::join_all(addrs.into_iter().map(|addr| health.ping(addr, ping_timeouts))).await;
+                ping_all(&links).await;
                 tokio::time::sleep(interval).await;
             }
         })
     })?;
     Ok(())
+}
+
+/// Pings every node at once and returns when each has answered or failed.
+pub async fn ping_all(links: &Links) {
+    let health = &links.health;
+    let addrs: Vec<SocketAddr> = health.nodes.iter().map(|n| n.addr).collect();
+    futures_util::future::join_all(addrs.into_iter().map(|addr| health.ping(addr, links))).await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -163,5 +234,33 @@ mod tests {
         h.mark_up(addrs[0]);
         assert_eq!(h.up_first(&addrs), addrs);
         assert!(h.view()[0].last_seen_unix_ms > 0);
+    }
+
+    #[test]
+    fn an_id_follows_its_node_to_a_new_address_but_is_never_shared_by_two_live_nodes() {
+        let addrs: Vec<SocketAddr> = (0..3).map(|i| SocketAddr::from(([127, 0, 0, 1], 9100 + i))).collect();
+        let h = Health::new(&addrs);
+        let (x, y) = (NodeId([1; 16]), NodeId([2; 16]));
+        assert_eq!(h.addr_of(x), None);
+        h.learn(addrs[0], x).unwrap();
+        assert_eq!((h.addr_of(x), h.id_of(addrs[0])), (Some(addrs[0]), Some(x)));
+        // A second live node presenting the same ID is refused, and nothing changes.
+        let err = h.learn(addrs[1], x).unwrap_err();
+        assert!(err.contains("two nodes must not share"), "{err}");
+        assert_eq!((h.addr_of(x), h.id_of(addrs[1])), (Some(addrs[0]), None));
+        // Once the first is down, the ID has moved.
+        h.mark_down(addrs[0], "refused");
+        h.learn(addrs[1], x).unwrap();
+        assert_eq!((h.addr_of(x), h.id_of(addrs[0])), (Some(addrs[1]), None));
+        // A replaced data directory: the address now names another node.
+        h.learn(addrs[2], y).unwrap();
+        h.learn(addrs[2], NodeId([3; 16])).unwrap();
+        assert_eq!(h.addr_of(y), None);
+        // Addresses outside the node list are tried but never up, and learn nothing.
+        let stranger = SocketAddr::from(([127, 0, 0, 1], 9999));
+        assert!(!h.is_up(stranger));
+        h.learn(stranger, y).unwrap();
+        assert_eq!(h.addr_of(y), None);
+        assert_eq!(h.view()[1].id, Some(x));
     }
 }

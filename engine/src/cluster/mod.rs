@@ -16,9 +16,9 @@ pub mod placement;
 mod replicate;
 mod store;
 
-pub use conn::{NodeConn, NodeError, NodeFailure, NodeTimeouts, CLUSTER_SECRET};
+pub use conn::{Links, NodeConn, NodeError, NodeFailure, NodeTimeouts};
 pub use fetch::{read_chunk, ChunkReader};
-pub use health::{start_pinger, Health};
+pub use health::{ping_all, start_pinger, Health};
 pub use replicate::{copy_chunk, CopyError};
 pub use store::{await_store, open_store};
 
@@ -30,24 +30,24 @@ use std::time::Duration;
 pub const SCRUB_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The length and crc32 of the copy of `chunk_id` that `addr` holds (EXISTS).
-pub async fn exists(addr: SocketAddr, t: NodeTimeouts, chunk_id: ChunkId) -> Result<(u64, u32), NodeError> {
-    match NodeConn::request(addr, t, &Msg::Exists { chunk_id }).await? {
+pub async fn exists(addr: SocketAddr, links: &Links, chunk_id: ChunkId) -> Result<(u64, u32), NodeError> {
+    match NodeConn::request(addr, links, &Msg::Exists { chunk_id }).await? {
         Msg::ExistsOk { length, crc32 } => Ok((length, crc32)),
         other => Err(NodeError::unexpected(addr, "ExistsOk", &other)),
     }
 }
 
 /// Deletes `addr`'s copy of `chunk_id`; a copy that is already gone counts as deleted.
-pub async fn delete(addr: SocketAddr, t: NodeTimeouts, chunk_id: ChunkId) -> Result<(), NodeError> {
-    match NodeConn::request(addr, t, &Msg::ChunkDelete { chunk_id }).await {
+pub async fn delete(addr: SocketAddr, links: &Links, chunk_id: ChunkId) -> Result<(), NodeError> {
+    match NodeConn::request(addr, links, &Msg::ChunkDelete { chunk_id }).await {
         Ok(_) | Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
 /// What `addr` holds and has room for (NODESTAT).
-pub async fn node_stat(addr: SocketAddr, t: NodeTimeouts) -> Result<StoreReport, NodeError> {
-    match NodeConn::request(addr, t, &Msg::NodeStat).await? {
+pub async fn node_stat(addr: SocketAddr, links: &Links) -> Result<StoreReport, NodeError> {
+    match NodeConn::request(addr, links, &Msg::NodeStat).await? {
         Msg::NodeStatOk(report) => Ok(report),
         other => Err(NodeError::unexpected(addr, "NodeStatOk", &other)),
     }
@@ -70,13 +70,14 @@ pub async fn chunk_list_page(
 
 /// Deletes copies in the background, best effort: a copy left behind on a node that is down
 /// is an orphan for garbage collection, never a dangling reference.
-pub fn delete_later(t: NodeTimeouts, copies: Vec<(ChunkId, SocketAddr)>) {
+pub fn delete_later(links: &Links, copies: Vec<(ChunkId, SocketAddr)>) {
     if copies.is_empty() {
         return;
     }
+    let links = links.clone();
     dfs_runtime::backend::spawn(async move {
         for (chunk_id, addr) in copies {
-            match delete(addr, t, chunk_id).await {
+            match delete(addr, &links, chunk_id).await {
                 Ok(()) => tracing::debug!("deleted chunk {chunk_id} on {addr}"),
                 Err(e) => tracing::warn!("chunk {chunk_id} left on {addr}: {e}"),
             }
@@ -86,10 +87,10 @@ pub fn delete_later(t: NodeTimeouts, copies: Vec<(ChunkId, SocketAddr)>) {
 
 /// Has every node re-verify its chunks, all at once, and sums up what they found. A node that
 /// cannot scrub is reported as a line, not as a failure of the whole request.
-pub async fn scrub_all(nodes: &[SocketAddr], connect_timeout: Duration) -> Msg {
-    let t = NodeTimeouts { connect: connect_timeout, idle: SCRUB_TIMEOUT };
+pub async fn scrub_all(nodes: &[SocketAddr], links: &Links) -> Msg {
+    let links = &links.with_idle(SCRUB_TIMEOUT);
     let scrubs = nodes.iter().map(|&addr| async move {
-        let node = NodeConn::connect(addr, t).await?;
+        let node = NodeConn::connect(addr, links).await?;
         node.send(&Msg::Scrub).await?;
         node.recv().await.map(|m| (addr, m))
     });

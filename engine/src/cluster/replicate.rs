@@ -3,7 +3,7 @@
 //! recorded at upload before it is forwarded, and the destination's acknowledgement must match
 //! them too, so a copy is never made from, or into, bad bytes.
 
-use super::conn::{with_connection, NodeConn, NodeError, NodeTimeouts, Retryable};
+use super::conn::{with_connection, Links, NodeConn, NodeError, Retryable};
 use super::fetch::ChunkReader;
 use super::store::await_store;
 use crate::meta::ChunkRecord;
@@ -57,22 +57,22 @@ impl std::fmt::Display for CopyError {
 pub async fn copy_chunk(
     source: SocketAddr,
     dest: SocketAddr,
-    timeouts: NodeTimeouts,
+    links: &Links,
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
 ) -> Result<(), CopyError> {
-    with_connection(dest, timeouts, move |writer| copy_once(source, writer, timeouts, chunk_id, chunk)).await
+    with_connection(dest, links, move |writer| copy_once(source, writer, links, chunk_id, chunk)).await
 }
 
 async fn copy_once(
     source: SocketAddr,
     writer: NodeConn,
-    timeouts: NodeTimeouts,
+    links: &Links,
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
 ) -> Result<(), CopyError> {
     let dest = writer.addr;
-    let mut reader = ChunkReader::open(source, timeouts, chunk_id, chunk, 0).await.map_err(CopyError::Source)?;
+    let mut reader = ChunkReader::open(source, links, chunk_id, chunk, 0).await.map_err(CopyError::Source)?;
     writer
         .send(&Msg::Store { chunk_id, length: chunk.length, crc32: chunk.crc32 })
         .await

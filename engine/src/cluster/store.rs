@@ -1,6 +1,6 @@
 //! STORE: the engine's side of writing one copy of a chunk to a node.
 
-use super::conn::{NodeConn, NodeError, NodeTimeouts};
+use super::conn::{Links, NodeConn, NodeError};
 use dfs_proto::layout::{combine_block_crcs, n_blocks};
 use dfs_proto::{ChunkId, Msg};
 use std::net::SocketAddr;
@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 /// with `data` the whole chunk in the same write.
 pub async fn open_store(
     addr: SocketAddr,
-    timeouts: NodeTimeouts,
+    links: &Links,
     chunk_id: ChunkId,
     length: u64,
     crc32: u32,
     data: Option<&[u8]>,
 ) -> Result<NodeConn, NodeError> {
-    let node = NodeConn::checkout(addr, timeouts).await?;
+    let node = NodeConn::checkout(addr, links).await?;
     let store = Msg::Store { chunk_id, length, crc32 };
     match data {
         Some(data) => {

@@ -9,8 +9,8 @@ mod kinds;
 use dfs_proto::auth::{AUTH_ACCESS_KEY, AUTH_CLUSTER};
 use dfs_proto::limits::{FRAME_HEADER_BYTES, MAX_DATA_FRAME_BYTES, MAX_FILE_SIZE_BYTES};
 use dfs_proto::{
-    ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileSummary, FrameHeader, Hello, HelloOk, Msg, NodeStatus,
-    Origin, RepairSummary, Role, Status, StoreReport, VERSION,
+    ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, FrameHeader, Hello, HelloOk, Msg, NodeId,
+    NodeStatus, Origin, RepairSummary, Role, Status, StoreReport, VERSION,
 };
 use std::path::{Path, PathBuf};
 
@@ -26,7 +26,10 @@ fn file_info() -> FileInfo {
         created_unix_ms: 1_700_000_000_000,
         chunking: Chunking::Equal,
         origin: Some(Origin([0x0a; 16])),
-        nodes: vec!["10.0.0.1:7701".into(), "10.0.0.2:7701".into()],
+        nodes: vec![
+            FileNode { id: Some(NodeId([0x1d; 16])), addr: "10.0.0.1:7701".into() },
+            FileNode { id: None, addr: "10.0.0.2:7701".into() },
+        ],
         chunks: (0..4)
             .map(|i| ChunkInfo {
                 chunk_idx: i,
@@ -59,11 +62,22 @@ fn samples() -> Vec<(&'static str, Msg)> {
                 block_size_bytes: MAX_DATA_FRAME_BYTES,
                 dynamic_chunk_cap_bytes: 64 * MIB,
                 idle_timeout_ms: 60_000,
+                node_id: None,
+            }),
+        ),
+        (
+            "hello-ok-node",
+            Msg::HelloOk(HelloOk {
+                version: VERSION,
+                block_size_bytes: MAX_DATA_FRAME_BYTES,
+                dynamic_chunk_cap_bytes: 0,
+                idle_timeout_ms: 60_000,
+                node_id: Some(NodeId([0x1d; 16])),
             }),
         ),
         ("error", Msg::error(Status::NotFound, "no file 5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e")),
         ("ok", Msg::Ok),
-        ("auth-challenge", Msg::AuthChallenge { nonce: [1; 32], proof: [2; 32] }),
+        ("auth-challenge", Msg::AuthChallenge { nonce: [1; 32], node_id: NodeId([0x1d; 16]), proof: [2; 32] }),
         ("auth-proof", Msg::AuthProof { proof: [3; 32] }),
         (
             "put",
@@ -126,6 +140,7 @@ fn samples() -> Vec<(&'static str, Msg)> {
                 replicas: 2,
                 nodes: vec![
                     NodeStatus {
+                        id: Some(NodeId([0x1d; 16])),
                         addr: "10.0.0.1:7701".into(),
                         up: true,
                         last_seen_unix_ms: 1_700_000_000_000,
@@ -133,6 +148,7 @@ fn samples() -> Vec<(&'static str, Msg)> {
                         last_error: None,
                     },
                     NodeStatus {
+                        id: None,
                         addr: "10.0.0.2:7701".into(),
                         up: false,
                         last_seen_unix_ms: 0,
