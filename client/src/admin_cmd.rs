@@ -123,7 +123,7 @@ fn check_repair(s: &RepairSummary) -> Result<()> {
     Ok(())
 }
 
-pub fn run(server: &str, command: AdminCommand, stdout: &mut dyn Write) -> Result<()> {
+pub fn run(server: &dfs_client::Server, command: AdminCommand, stdout: &mut dyn Write) -> Result<()> {
     let mut client = Client::connect(server)?;
     match command {
         AdminCommand::Status { json } => {

@@ -23,38 +23,43 @@ use std::time::{Duration, Instant, SystemTime};
 pub const MAX_JOBS: usize = 256;
 
 /// Temporary files of restores in progress, so that an interrupted `get -r` can remove them
-/// (see [`remove_partial_files`]). A file is created and registered under this lock.
-static PARTIAL_FILES: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+/// (see [`PartialFiles::remove_all`]). A file is created and registered under this lock.
+#[derive(Default)]
+pub struct PartialFiles(Mutex<BTreeSet<PathBuf>>);
 
-/// Removes the temporary files of every restore in progress, and keeps new ones from being
-/// created: for a process about to exit on an interrupt, so that an output directory holds
-/// only whole, verified files. Never returns the lock, so call it only on the way out.
-pub fn remove_partial_files() {
-    let partial = PARTIAL_FILES.lock().unwrap_or_else(|e| e.into_inner());
-    for path in partial.iter() {
-        // Best effort on the way out; a file already renamed into place is whole.
-        let _ = fs::remove_file(path);
+impl PartialFiles {
+    /// Removes the temporary files of every restore in progress, and keeps new ones from being
+    /// created: for a process about to exit on an interrupt, so that an output directory holds
+    /// only whole, verified files. Never returns the lock, so call it only on the way out.
+    pub fn remove_all(&self) {
+        let partial = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for path in partial.iter() {
+            // Best effort on the way out; a file already renamed into place is whole.
+            let _ = fs::remove_file(path);
+        }
+        std::mem::forget(partial);
     }
-    std::mem::forget(partial);
 }
 
 /// A registered temporary file, unregistered when dropped (after it was renamed or removed).
-struct Partial {
+struct Partial<'a> {
     /// None once renamed into place.
     temp: Option<tempfile::NamedTempFile>,
     path: PathBuf,
+    registry: &'a PartialFiles,
 }
 
-impl Partial {
-    fn create_in(dir: &Path) -> io::Result<Partial> {
-        let mut registry = PARTIAL_FILES.lock().unwrap_or_else(|e| e.into_inner());
+impl<'a> Partial<'a> {
+    fn create_in(dir: &Path, registry: &'a PartialFiles) -> io::Result<Partial<'a>> {
+        let mut registered = registry.0.lock().unwrap_or_else(|e| e.into_inner());
         let file = tempfile::Builder::new()
             .prefix(".dfs-restore-")
             .permissions(fs::Permissions::from_mode(0o666))
             .tempfile_in(dir)?;
         let path = file.path().to_path_buf();
-        registry.insert(path.clone());
-        Ok(Partial { temp: Some(file), path })
+        registered.insert(path.clone());
+        drop(registered);
+        Ok(Partial { temp: Some(file), path, registry })
     }
 
     fn file(&self) -> io::Result<&File> {
@@ -69,9 +74,9 @@ impl Partial {
     }
 }
 
-impl Drop for Partial {
+impl Drop for Partial<'_> {
     fn drop(&mut self) {
-        PARTIAL_FILES.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.path);
+        self.registry.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.path);
     }
 }
 
@@ -147,7 +152,7 @@ pub enum TreeError {
 
 /// Options of `put -r`.
 pub struct PutTree<'a> {
-    pub server: &'a str,
+    pub server: &'a crate::Server,
     pub root: &'a Path,
     pub manifest: &'a Path,
     /// Connections, hence files in flight, at once (1 to [`MAX_JOBS`]).
@@ -159,13 +164,16 @@ pub struct PutTree<'a> {
 
 /// Options of `get -r`.
 pub struct GetTree<'a> {
-    pub server: &'a str,
+    pub server: &'a crate::Server,
     pub manifest: &'a Path,
     pub out_dir: &'a Path,
     /// Connections, hence files in flight, at once (1 to [`MAX_JOBS`]).
     pub jobs: usize,
     /// Replace existing files (and symlinks) that differ from the manifest instead of failing them.
     pub force: bool,
+    /// Where the temporary files of restores in progress are registered, for an interrupt
+    /// handler to remove.
+    pub partial_files: &'a PartialFiles,
 }
 
 /// A file to upload, as the walk found it.
@@ -236,7 +244,7 @@ fn run_parallel<T: Send, R: Send>(
     results.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
-fn connected<'a>(client: &'a mut Option<Client>, server: &str) -> crate::Result<&'a mut Client> {
+fn connected<'a>(client: &'a mut Option<Client>, server: &crate::Server) -> crate::Result<&'a mut Client> {
     match client {
         Some(c) => Ok(c),
         None => Ok(client.insert(Client::connect(server)?)),
@@ -535,7 +543,8 @@ fn get_one(
         }
     };
     let conn = connected(client, opts.server).map_err(|e| error_chain(&e))?;
-    let partial = Partial::create_in(&dir).map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
+    let partial = Partial::create_in(&dir, opts.partial_files)
+        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
     let file = partial.file().map_err(|e| e.to_string())?;
     let mut out = CrcWriter { file, hasher: crc32fast::Hasher::new(), n_bytes: 0 };
     conn.get_to_writer(id, &mut out, &mut FileBytes(progress)).map_err(|e| error_chain(&e))?;

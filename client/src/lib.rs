@@ -75,28 +75,46 @@ pub struct ListPage {
     pub more: bool,
 }
 
-/// The access key every new connection presents, if any (see [`set_access_key`]).
-static ACCESS_KEY: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
-
-/// Sets the access key that [`Client::connect`] presents to the engine from now on (None: no
-/// key). The CLI sets it from `--token`/`--token-file`; a local benchmark cluster from its own
-/// key file.
-pub fn set_access_key(key: Option<String>) {
-    *ACCESS_KEY.write().unwrap_or_else(|e| e.into_inner()) = key;
+/// An engine to connect to: its address (`host:port`) and the access key to present, if any.
+/// Shown as its address; the key is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Server {
+    pub addr: String,
+    pub access_key: Option<String>,
 }
 
-/// Whether an access key is set.
-pub fn has_access_key() -> bool {
-    ACCESS_KEY.read().unwrap_or_else(|e| e.into_inner()).is_some()
-}
-
-fn client_hello() -> Hello {
-    let mut hello = Hello::new(Role::Client);
-    if let Some(key) = ACCESS_KEY.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        hello.auth_method = dfs_proto::auth::AUTH_ACCESS_KEY;
-        hello.auth = key.as_bytes().to_vec();
+impl Server {
+    /// The engine at `addr`, without an access key.
+    pub fn new(addr: impl Into<String>) -> Server {
+        Server { addr: addr.into(), access_key: None }
     }
-    hello
+
+    /// The same engine, presenting `key`.
+    pub fn with_key(self, key: Option<String>) -> Server {
+        Server { access_key: key, ..self }
+    }
+
+    fn hello(&self) -> Hello {
+        let mut hello = Hello::new(Role::Client);
+        if let Some(key) = &self.access_key {
+            hello.auth_method = dfs_proto::auth::AUTH_ACCESS_KEY;
+            hello.auth = key.as_bytes().to_vec();
+        }
+        hello
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if self.access_key.is_some() { "(set)" } else { "(none)" };
+        write!(f, "Server {{ addr: {:?}, access_key: {key} }}", self.addr)
+    }
 }
 
 /// A connection to the engine, handshake done. Requests run one after the other on it.
@@ -111,13 +129,14 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the engine at `addr` (`host:port`) and performs the handshake.
-    pub fn connect(addr: &str) -> Result<Client> {
+    /// Connects to `server` and performs the handshake, presenting its access key if it has one.
+    pub fn connect(server: &Server) -> Result<Client> {
+        let addr = server.addr.as_str();
         let connect_error = |source| ClientError::Connect { addr: addr.to_owned(), source };
         let stream = open_stream(addr).map_err(connect_error)?;
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
         let mut writer = reader.get_ref();
-        io_std::write_msg(&mut writer, &Msg::Hello(client_hello()))
+        io_std::write_msg(&mut writer, &Msg::Hello(server.hello()))
             .map_err(|e| connection_error("sending the handshake", e.into(), IO_TIMEOUT))?;
         let frame = io_std::read_frame(&mut reader)
             .map_err(|e| connection_error("waiting for the handshake answer", e, IO_TIMEOUT))?;

@@ -242,22 +242,22 @@ fn run(cli: Cli) -> Result<()> {
         (None, Some(path)) => Some(dfs_proto::auth::read_client_key(path).map_err(|e| anyhow!(e))?),
         (None, None) => None,
     };
-    dfs_client::set_access_key(key);
+    let server = &dfs_client::Server::new(cli.server.clone()).with_key(key);
     let stdout = &mut io::stdout().lock();
     match cli.command {
-        Command::Put(args) if args.bench.bench => run_bench(&cli.server, args.chunking, args.json, args.bench, stdout)?,
+        Command::Put(args) if args.bench.bench => run_bench(server, args.chunking, args.json, args.bench, stdout)?,
         Command::Put(args) if args.tree.recursive => {
             let root = args.path.context("put -r needs a directory")?;
             let manifest = args.tree.manifest.context("put -r needs --manifest FILE to record what went where")?;
             let opts = dfs_client::ingest::PutTree {
-                server: &cli.server,
+                server,
                 root: &root,
                 manifest: &manifest,
                 jobs: args.tree.jobs,
                 follow_symlinks: args.tree.follow_symlinks,
                 chunking: args.chunking,
             };
-            tree_cmd::exit_cleanly_on_interrupt("every finished file is in the manifest: rerun to resume")?;
+            tree_cmd::exit_cleanly_on_interrupt("every finished file is in the manifest: rerun to resume", None)?;
             let bar = tree_cmd::TreeBar::on_stderr("uploaded");
             let summary = dfs_client::ingest::put_tree(&opts, &bar)?;
             tree_cmd::report(&summary, "uploaded", args.json, stdout)?;
@@ -274,7 +274,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => dfs_client::default_name(&path)?,
             };
             let file = MappedFile::open(&path)?;
-            let mut client = Client::connect(&cli.server)?;
+            let mut client = Client::connect(server)?;
             let (file_id, _) = client.put_mapped(&name, &file, args.chunking, None, &mut Bar::on_stderr())?;
             writeln!(stdout, "{file_id}").context("cannot write to stdout")?;
         }
@@ -282,21 +282,24 @@ fn run(cli: Cli) -> Result<()> {
             if output.as_os_str() == "-" {
                 bail!("get -r restores into a directory: give one with -o, not `-`");
             }
+            let partial_files = std::sync::Arc::new(dfs_client::ingest::PartialFiles::default());
             let opts = dfs_client::ingest::GetTree {
-                server: &cli.server,
+                server,
                 manifest: std::path::Path::new(&id),
                 out_dir: &output,
                 jobs,
                 force,
+                partial_files: &partial_files,
             };
-            tree_cmd::exit_cleanly_on_interrupt("unfinished files were removed: rerun to resume")?;
+            let on_interrupt = Some(partial_files.clone());
+            tree_cmd::exit_cleanly_on_interrupt("unfinished files were removed: rerun to resume", on_interrupt)?;
             let bar = tree_cmd::TreeBar::on_stderr("restored");
             let summary = dfs_client::ingest::get_tree(&opts, &bar)?;
             tree_cmd::report(&summary, "restored", json, stdout)?;
         }
         Command::Get { id, output, .. } => {
             let file_id = parse_id(&id)?;
-            let mut client = Client::connect(&cli.server)?;
+            let mut client = Client::connect(server)?;
             let mut bar = Bar::on_stderr();
             if output.as_os_str() == "-" {
                 client.get_to_writer(file_id, stdout, &mut bar)?;
@@ -306,7 +309,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Stat { id, json } => {
             let file_id = parse_id(&id)?;
-            let info = Client::connect(&cli.server)?.stat(file_id)?;
+            let info = Client::connect(server)?.stat(file_id)?;
             if json {
                 serde_json::to_writer_pretty(&mut *stdout, &FileView::from(&info)).context("cannot write to stdout")?;
                 writeln!(stdout).context("cannot write to stdout")?;
@@ -315,7 +318,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Ls { json, sort, reverse, prefix } => {
-            let mut files = Client::connect(&cli.server)?.list()?;
+            let mut files = Client::connect(server)?.list()?;
             if let Some(prefix) = &prefix {
                 files.retain(|f| f.name.starts_with(prefix.as_str()));
             }
@@ -341,9 +344,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Rm { id } => {
             let file_id = parse_id(&id)?;
-            Client::connect(&cli.server)?.delete(file_id)?;
+            Client::connect(server)?.delete(file_id)?;
         }
-        Command::Admin(command) => admin_cmd::run(&cli.server, command, stdout)?,
+        Command::Admin(command) => admin_cmd::run(server, command, stdout)?,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "dfs-client", stdout);
         }
@@ -371,7 +374,13 @@ fn run(cli: Cli) -> Result<()> {
 
 /// `put --bench`: prepares the input (and the local cluster), runs the benchmark, prints the
 /// report and writes the histogram and plot files.
-fn run_bench(server: &str, chunking: Chunking, json: bool, args: BenchArgs, stdout: &mut dyn Write) -> Result<()> {
+fn run_bench(
+    server: &dfs_client::Server,
+    chunking: Chunking,
+    json: bool,
+    args: BenchArgs,
+    stdout: &mut dyn Write,
+) -> Result<()> {
     let config = BenchConfig {
         op: if args.get { BenchOp::Get } else { BenchOp::Put },
         count: args.count.unwrap_or(bench::DEFAULT_COUNT),
@@ -398,7 +407,8 @@ fn run_bench(server: &str, chunking: Chunking, json: bool, args: BenchArgs, stdo
         }
     };
     let cluster = if args.local { Some(LocalCluster::start()?) } else { None };
-    let addr = cluster.as_ref().map_or(server, |c| c.addr());
+    let server = cluster.as_ref().map_or(server, LocalCluster::server);
+    let addr = &server.addr;
     if let Some(cluster) = &cluster {
         note(&format!("local cluster on {addr}, data in {}", cluster.dir().display()));
     }
@@ -409,7 +419,7 @@ fn run_bench(server: &str, chunking: Chunking, json: bool, args: BenchArgs, stdo
         config.op,
         config.concurrency
     ));
-    let report = match bench::run(addr, &config, &input) {
+    let report = match bench::run(server, &config, &input) {
         Ok(report) => report,
         // The engine's log is removed with the cluster, so its last lines go with the error.
         Err(e) => match &cluster {

@@ -134,7 +134,10 @@ impl TreeProgress for TreeBar {
 /// temporary files of restores in progress, with one `error:` line ending in `hint` and the
 /// usual 128 + signal number status. Must run before any other thread starts, so that every
 /// thread inherits the blocked signals and only the waiting thread receives them.
-pub fn exit_cleanly_on_interrupt(hint: &'static str) -> Result<()> {
+pub fn exit_cleanly_on_interrupt(
+    hint: &'static str,
+    partial_files: Option<std::sync::Arc<dfs_client::ingest::PartialFiles>>,
+) -> Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
@@ -144,7 +147,9 @@ pub fn exit_cleanly_on_interrupt(hint: &'static str) -> Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Ok(signal) = signals.wait() {
-                dfs_client::ingest::remove_partial_files();
+                if let Some(partial_files) = &partial_files {
+                    partial_files.remove_all();
+                }
                 let mut err = std::io::stderr().lock();
                 let newline = if std::io::stderr().is_terminal() { "\n" } else { "" };
                 // Nothing sensible is left to do if stderr itself is gone.

@@ -4,7 +4,7 @@
 //! crate; these tests pin the client's own behaviour on the failure paths, which a healthy
 //! engine rarely exercises.
 
-use dfs_client::{Chunking, Client, ClientError, FileId, FileInfo, IntegrityError, Status};
+use dfs_client::{Chunking, Client, ClientError, FileId, FileInfo, IntegrityError, Server, Status};
 use dfs_proto::io_std::{self, Frame};
 use dfs_proto::layout::{chunk_spans, crc32};
 use dfs_proto::{ChunkInfo, FileNode, FileSummary, HelloOk, Msg, NodeId, VERSION};
@@ -164,7 +164,7 @@ fn dir_entries(dir: &Path) -> Vec<String> {
 
 #[test]
 fn put_get_stat_list_delete_round_trip() {
-    let mut client = Client::connect(&start(Fault::None, 1)).expect("connect");
+    let mut client = Client::connect(&Server::new(start(Fault::None, 1))).expect("connect");
     let data = sample(4 * CAP_BYTES as usize + 12_345);
     let big = client.put_bytes("big.bin", &data, Chunking::Dynamic, &mut ()).expect("put big");
     let empty = client.put_bytes("empty", &[], Chunking::Equal, &mut ()).expect("put empty");
@@ -201,7 +201,7 @@ fn put_get_stat_list_delete_round_trip() {
 #[test]
 fn corrupt_chunk_is_named_and_leaves_no_file() {
     let addr = start(Fault::CorruptChunk(2), 1);
-    let mut client = Client::connect(&addr).expect("connect");
+    let mut client = Client::connect(&Server::new(addr.as_str())).expect("connect");
     let id = client.put_bytes("f", &sample(100_000), Chunking::Equal, &mut ()).expect("put");
     let dir = tempfile::tempdir().expect("temp dir");
     let err = client.get_to_path(id, &dir.path().join("out"), &mut ()).expect_err("corruption");
@@ -213,7 +213,7 @@ fn corrupt_chunk_is_named_and_leaves_no_file() {
 #[test]
 fn error_mid_download_is_reported_and_leaves_no_file() {
     let addr = start(Fault::FailAfter(500_000), 1);
-    let mut client = Client::connect(&addr).expect("connect");
+    let mut client = Client::connect(&Server::new(addr.as_str())).expect("connect");
     let id = client.put_bytes("f", &sample(2_000_000), Chunking::Equal, &mut ()).expect("put");
     let dir = tempfile::tempdir().expect("temp dir");
     let err = client.get_to_path(id, &dir.path().join("out"), &mut ()).expect_err("failure");
@@ -223,7 +223,7 @@ fn error_mid_download_is_reported_and_leaves_no_file() {
 
 #[test]
 fn refused_upload_reports_the_engines_reason() {
-    let mut client = Client::connect(&start(Fault::RefusePut, 1)).expect("connect");
+    let mut client = Client::connect(&Server::new(start(Fault::RefusePut, 1))).expect("connect");
     // Far more than the socket buffers hold, so the writes fail once the engine hangs up.
     let err = client.put_bytes("f", &vec![0; 64 << 20], Chunking::Equal, &mut ()).expect_err("refused");
     assert!(matches!(err, ClientError::Remote { status: Status::NoSpace, .. }), "{err}");
@@ -280,7 +280,7 @@ fn cli_errors_are_one_line_with_status_1() {
 
 /// Every file the engine at `addr` holds, over a new connection.
 fn stored_files(addr: &str) -> Vec<FileSummary> {
-    Client::connect(addr).expect("connect").list().expect("list")
+    Client::connect(&Server::new(addr)).expect("connect").list().expect("list")
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! received.
 
 use crate::buffer::{ChunkBuf, Reassembly};
-use crate::cluster::{read_chunk, ChunkReader, Links, NodeError, NodeFailure};
+use crate::cluster::{read_chunk, ChunkReader, Health, Links, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord};
 use crate::state::{internal, not_found, EngineState};
 use dfs_proto::layout::block_len;
@@ -64,6 +64,13 @@ impl ChunkFailure {
     }
 }
 
+/// The order in which a read tries the copies of `chunk`: each recorded node at the address its
+/// ID answers at now (or where it last was), those believed up first, each group in placement
+/// order. A read moves to the next copy only when one fails.
+pub fn read_order(record: &FileRecord, chunk: &ChunkRecord, health: &Health) -> Result<Vec<SocketAddr>, String> {
+    Ok(health.up_first(&record.copy_addrs(chunk, health)?))
+}
+
 /// Handles one GET. Returns Err only when the client connection is broken.
 pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<(), FrameError> {
     let record = match state.meta.get(file_id) {
@@ -73,8 +80,8 @@ pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<
     };
     let mut copies = Vec::with_capacity(record.chunks.len());
     for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
-        match record.copy_addrs(chunk, &*state.links.health) {
-            Ok(addrs) => copies.push(state.links.health.up_first(&addrs)),
+        match read_order(&record, chunk, &state.links.health) {
+            Ok(addrs) => copies.push(addrs),
             Err(e) => return client.write_msg(&internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
         }
     }
@@ -380,5 +387,46 @@ async fn stream_copy(
     match reader.finish().await {
         Ok(()) => Streamed::Done,
         Err(e) => Streamed::Failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::NodeSlot;
+    use dfs_proto::{Chunking, NodeId};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn reads_try_live_copies_first_in_placement_order_and_find_moved_nodes_by_id() {
+        // Nodes 1, 2, 3 were at :7001, :7002, :7003 when the file was stored; node 2 has since
+        // moved to :7012, and node 1 is down.
+        let health = Health::new(&[addr(7001), addr(7012), addr(7003)]);
+        health.learn(addr(7001), NodeId([1; 16])).unwrap();
+        health.learn(addr(7012), NodeId([2; 16])).unwrap();
+        health.learn(addr(7003), NodeId([3; 16])).unwrap();
+        health.mark_down(addr(7001), "refused");
+        let slot = |id: u8, port: u16| NodeSlot { id: Some([id; 16]), addr: addr(port).to_string() };
+        let chunk =
+            |placement: Vec<u16>| ChunkRecord { offset: 0, length: 1, crc32: 0, block_crcs: vec![0], placement };
+        let record = FileRecord {
+            name: "f".into(),
+            size: 2,
+            created_unix_ms: 0,
+            chunking: Chunking::Equal,
+            nodes: vec![slot(1, 7001), slot(2, 7002), slot(3, 7003)],
+            chunks: vec![chunk(vec![0, 1, 2]), chunk(vec![2, 1])],
+            origin: None,
+        };
+        assert_eq!(read_order(&record, &record.chunks[0], &health).unwrap(), [addr(7012), addr(7003), addr(7001)]);
+        assert_eq!(read_order(&record, &record.chunks[1], &health).unwrap(), [addr(7003), addr(7012)]);
+        // Node 1 back up: placement order again.
+        health.mark_up(addr(7001));
+        assert_eq!(read_order(&record, &record.chunks[0], &health).unwrap(), [addr(7001), addr(7012), addr(7003)]);
+        // A chunk without placement is an error, not an empty list to try.
+        assert!(read_order(&record, &chunk(vec![]), &health).is_err());
     }
 }

@@ -1,21 +1,10 @@
 //! `dfs-engine`: the coordinator. Clients talk only to it; it cuts uploads into chunks on the
 //! storage nodes, keeps the metadata, and reassembles and verifies downloads.
 
-mod buffer;
-mod cluster;
-mod gc;
-mod get;
-mod local;
-mod meta;
-mod metrics;
-mod put;
-mod repair;
-mod server;
-mod state;
-
 use clap::Parser;
-use cluster::NodeTimeouts;
-use state::{EngineConfig, EngineState};
+use dfs_engine::cluster::{self, NodeTimeouts};
+use dfs_engine::state::{self, EngineConfig, EngineState};
+use dfs_engine::{buffer, local, meta, metrics, repair, server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -228,6 +217,7 @@ fn run(args: Args) -> Result<(), String> {
         meta,
         links,
         budget: buffer::Budget::new(args.buffer_budget),
+        repair_running: Default::default(),
     });
     name_nodes(&state)?;
     if args.ping_interval_secs > 0 {

@@ -16,14 +16,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// One pass at a time, whether asked for or on the background interval.
-static RUNNING: AtomicBool = AtomicBool::new(false);
+/// Marks a repair pass as running in [`EngineState::repair_running`] while it lives.
+struct Running<'a>(&'a AtomicBool);
 
-struct Running;
-
-impl Drop for Running {
+impl Drop for Running<'_> {
     fn drop(&mut self) {
-        RUNNING.store(false, Ordering::Release);
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -33,10 +31,10 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Runs one repair pass over every file. With `client`, sends it RepairProgress frames on the
 /// way (best effort). Err: the pass could not run at all.
 pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSummary, String> {
-    if RUNNING.swap(true, Ordering::AcqRel) {
+    if state.repair_running.swap(true, Ordering::AcqRel) {
         return Err("a repair pass is already running; try again when it has finished".into());
     }
-    let _running = Running;
+    let _running = Running(&state.repair_running);
     let started = Instant::now();
     probe_down_nodes(state).await;
     // The file list first, so progress has a total.

@@ -62,6 +62,8 @@ pub struct EngineState {
     /// How to reach the nodes, and what the engine knows of them (`links.health`).
     pub links: Links,
     pub budget: Arc<Budget>,
+    /// Set while a repair pass runs: one at a time, whether asked for or on the interval.
+    pub repair_running: std::sync::atomic::AtomicBool,
 }
 
 pub fn not_found(file_id: FileId) -> Msg {

@@ -5,4 +5,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|bytes: &[u8]| dfs_fuzz::fuzz_msg(dfs_fuzz::kinds::CLIENT_ENGINE, bytes));
+fuzz_target!(|bytes: &[u8]| dfs_fuzz::fuzz_msg(&dfs_fuzz::kinds::client_engine(), bytes));

@@ -6,4 +6,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|bytes: &[u8]| dfs_fuzz::fuzz_msg(dfs_fuzz::kinds::ENGINE_NODE, bytes));
+fuzz_target!(|bytes: &[u8]| dfs_fuzz::fuzz_msg(&dfs_fuzz::kinds::engine_node(), bytes));

@@ -66,7 +66,6 @@ pub fn assert_canonical(kind: Kind, body: &[u8], msg: &Msg) {
 /// The shared body of the per-connection message targets: the first input byte is the frame
 /// kind's wire value, the rest its body. Kinds that do not cross this connection are skipped.
 pub fn fuzz_msg(allowed: &[Kind], bytes: &[u8]) {
-    kinds::assert_every_kind_is_fuzzed();
     let Some((&kind_byte, body)) = bytes.split_first() else { return };
     let Some(kind) = Kind::from_u8(kind_byte) else { return };
     // A receiver never hands the decoder more than the frame header allowed.

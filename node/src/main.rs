@@ -1,18 +1,9 @@
 //! `dfs-node`: a storage node. It stores chunks durably under `--data` and serves them back,
 //! verified, to the engine.
 
-mod footer;
-mod identity;
-mod metrics;
-mod pace;
-mod scrub;
-mod segments;
-mod server;
-mod store;
-mod sync;
-
 use clap::Parser;
-use server::NodeState;
+use dfs_node::server::{self, NodeState};
+use dfs_node::{identity, metrics, scrub, segments, store, sync};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

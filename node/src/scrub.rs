@@ -13,11 +13,7 @@ use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, Msg};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::Mutex;
 use std::time::Duration;
-
-/// One pass at a time, whoever asked for it.
-static PASS: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -66,7 +62,7 @@ fn verify(store: &ChunkStore, id: &ChunkId, pace: &mut Pace) -> Result<(), Bad> 
 
 /// One full pass over the store.
 pub fn pass(store: &ChunkStore, bytes_per_sec: Option<u64>) -> io::Result<Outcome> {
-    let _one_at_a_time = PASS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = store.scrubbing.lock().unwrap_or_else(|e| e.into_inner());
     let mut pace = Pace::new(bytes_per_sec);
     let mut out = Outcome::default();
     let mut after = None;
@@ -108,7 +104,7 @@ pub fn pass(store: &ChunkStore, bytes_per_sec: Option<u64>) -> io::Result<Outcom
 /// corrupt record is set aside with a tombstone (its bytes stay until compaction) and counted as
 /// quarantined.
 pub fn pass_segments(store: &SegmentStore, bytes_per_sec: Option<u64>) -> io::Result<Outcome> {
-    let _one_at_a_time = PASS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = store.scrubbing.lock().unwrap_or_else(|e| e.into_inner());
     let mut pace = Pace::new(bytes_per_sec);
     let mut out = Outcome::default();
     for (id, loc) in store.all() {

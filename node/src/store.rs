@@ -34,6 +34,8 @@ pub struct ChunkStore {
     /// The 256 fan-out directories, open for the life of the process, so a commit renames and
     /// fsyncs relative to them without opening anything.
     dir_fds: Vec<Arc<OwnedFd>>,
+    /// Held by a scrub pass: one at a time, whoever asked for it.
+    pub(crate) scrubbing: std::sync::Mutex<()>,
 }
 
 impl ChunkStore {
@@ -43,7 +45,12 @@ impl ChunkStore {
         let ctx = |what: &str, p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()));
         std::fs::create_dir_all(root).map_err(|e| ctx("cannot create data directory", root, e))?;
         let root = root.canonicalize().map_err(|e| ctx("cannot resolve data directory", root, e))?;
-        let mut store = ChunkStore { root, counts: StoreCounts::default(), dir_fds: Vec::with_capacity(256) };
+        let mut store = ChunkStore {
+            root,
+            counts: StoreCounts::default(),
+            dir_fds: Vec::with_capacity(256),
+            scrubbing: std::sync::Mutex::new(()),
+        };
         let quarantine = store.quarantine_dir();
         std::fs::create_dir_all(&quarantine).map_err(|e| ctx("cannot create", &quarantine, e))?;
         let n_quarantined = std::fs::read_dir(&quarantine).map_err(|e| ctx("cannot read", &quarantine, e))?.count();

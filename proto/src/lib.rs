@@ -21,8 +21,8 @@ pub use error::FrameError;
 pub use ids::{ChunkId, FileId, NodeId, Origin, ParseIdError};
 pub use layout::{BlockCrcs, ChunkSpan, Chunking};
 pub use msg::{
-    ChunkInfo, FileInfo, FileNode, FileSummary, FrameHeader, Hello, HelloOk, Kind, Msg, NodeStatus, RepairSummary,
-    Role, StoreReport,
+    ChunkInfo, FileInfo, FileNode, FileSummary, FrameHeader, Hello, HelloOk, Kind, Link, Msg, NodeStatus,
+    RepairSummary, Role, StoreReport,
 };
 pub use status::Status;
 

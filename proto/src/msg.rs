@@ -9,133 +9,101 @@ use crate::limits::*;
 use crate::status::Status;
 use crate::{MAGIC, VERSION};
 
-/// Frame kinds. The numeric values are part of the wire format.
+/// Which connections a frame kind may cross.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Hello = 0x01,
-    HelloOk = 0x02,
-    Error = 0x03,
-    Ok = 0x04,
-    AuthChallenge = 0x05,
-    AuthProof = 0x06,
-    Put = 0x10,
-    PutOk = 0x11,
-    Get = 0x12,
-    GetOk = 0x13,
-    Stat = 0x14,
-    StatOk = 0x15,
-    List = 0x16,
-    ListOk = 0x17,
-    Delete = 0x18,
-    ClusterStatus = 0x19,
-    ClusterStatusOk = 0x1A,
-    Repair = 0x1B,
-    RepairProgress = 0x1C,
-    RepairOk = 0x1D,
-    Gc = 0x1E,
-    GcOk = 0x1F,
-    Store = 0x20,
-    StoreOk = 0x21,
-    Fetch = 0x22,
-    FetchOk = 0x23,
-    Exists = 0x24,
-    ExistsOk = 0x25,
-    ChunkDelete = 0x26,
-    ChunkList = 0x27,
-    ChunkListOk = 0x28,
-    NodeStat = 0x29,
-    NodeStatOk = 0x2A,
-    Scrub = 0x2B,
-    ScrubOk = 0x2C,
-    Data = 0x30,
-    End = 0x31,
+pub enum Link {
+    /// Client ↔ engine only.
+    Client,
+    /// Engine ↔ node only.
+    Node,
+    /// Either connection.
+    Both,
+}
+
+/// Defines [`Kind`] from one table: each frame kind's name, its numeric value (part of the wire
+/// format) and the connections it crosses. Everything that lists kinds (decoding a header,
+/// names in errors and metrics, the fuzz targets' per-connection lists) derives from it.
+macro_rules! frame_kinds {
+    ($($name:ident = $code:literal, $link:ident;)*) => {
+        /// Frame kinds. The numeric values are part of the wire format.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Kind {
+            $($name = $code,)*
+        }
+
+        impl Kind {
+            /// Every kind, in the table's order.
+            pub const ALL: &'static [Kind] = &[$(Kind::$name,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kind::$name => stringify!($name),)*
+                }
+            }
+
+            /// The connections a frame of this kind may cross.
+            pub fn link(self) -> Link {
+                match self {
+                    $(Kind::$name => Link::$link,)*
+                }
+            }
+        }
+    };
+}
+
+frame_kinds! {
+    Hello = 0x01, Both;
+    HelloOk = 0x02, Both;
+    Error = 0x03, Both;
+    Ok = 0x04, Both;
+    AuthChallenge = 0x05, Node;
+    AuthProof = 0x06, Node;
+    Put = 0x10, Client;
+    PutOk = 0x11, Client;
+    Get = 0x12, Client;
+    GetOk = 0x13, Client;
+    Stat = 0x14, Client;
+    StatOk = 0x15, Client;
+    List = 0x16, Client;
+    ListOk = 0x17, Client;
+    Delete = 0x18, Client;
+    ClusterStatus = 0x19, Client;
+    ClusterStatusOk = 0x1A, Client;
+    Repair = 0x1B, Client;
+    RepairProgress = 0x1C, Client;
+    RepairOk = 0x1D, Client;
+    Gc = 0x1E, Client;
+    GcOk = 0x1F, Client;
+    Store = 0x20, Node;
+    StoreOk = 0x21, Node;
+    Fetch = 0x22, Node;
+    FetchOk = 0x23, Node;
+    Exists = 0x24, Node;
+    ExistsOk = 0x25, Node;
+    ChunkDelete = 0x26, Node;
+    ChunkList = 0x27, Node;
+    ChunkListOk = 0x28, Node;
+    NodeStat = 0x29, Node;
+    NodeStatOk = 0x2A, Node;
+    Scrub = 0x2B, Both;
+    ScrubOk = 0x2C, Both;
+    Data = 0x30, Both;
+    End = 0x31, Both;
 }
 
 impl Kind {
-    const ALL: [Kind; 37] = [
-        Kind::Hello,
-        Kind::HelloOk,
-        Kind::Error,
-        Kind::Ok,
-        Kind::AuthChallenge,
-        Kind::AuthProof,
-        Kind::Put,
-        Kind::PutOk,
-        Kind::Get,
-        Kind::GetOk,
-        Kind::Stat,
-        Kind::StatOk,
-        Kind::List,
-        Kind::ListOk,
-        Kind::Delete,
-        Kind::ClusterStatus,
-        Kind::ClusterStatusOk,
-        Kind::Repair,
-        Kind::RepairProgress,
-        Kind::RepairOk,
-        Kind::Gc,
-        Kind::GcOk,
-        Kind::Store,
-        Kind::StoreOk,
-        Kind::Fetch,
-        Kind::FetchOk,
-        Kind::Exists,
-        Kind::ExistsOk,
-        Kind::ChunkDelete,
-        Kind::ChunkList,
-        Kind::ChunkListOk,
-        Kind::NodeStat,
-        Kind::NodeStatOk,
-        Kind::Scrub,
-        Kind::ScrubOk,
-        Kind::Data,
-        Kind::End,
-    ];
-
     pub fn from_u8(v: u8) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| *k as u8 == v)
+        Kind::ALL.iter().copied().find(|k| *k as u8 == v)
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Hello => "Hello",
-            Kind::HelloOk => "HelloOk",
-            Kind::Error => "Error",
-            Kind::Ok => "Ok",
-            Kind::AuthChallenge => "AuthChallenge",
-            Kind::AuthProof => "AuthProof",
-            Kind::Put => "Put",
-            Kind::PutOk => "PutOk",
-            Kind::Get => "Get",
-            Kind::GetOk => "GetOk",
-            Kind::Stat => "Stat",
-            Kind::StatOk => "StatOk",
-            Kind::List => "List",
-            Kind::ListOk => "ListOk",
-            Kind::Delete => "Delete",
-            Kind::Store => "Store",
-            Kind::StoreOk => "StoreOk",
-            Kind::Fetch => "Fetch",
-            Kind::FetchOk => "FetchOk",
-            Kind::Exists => "Exists",
-            Kind::ExistsOk => "ExistsOk",
-            Kind::ChunkDelete => "ChunkDelete",
-            Kind::ChunkList => "ChunkList",
-            Kind::ChunkListOk => "ChunkListOk",
-            Kind::ClusterStatus => "ClusterStatus",
-            Kind::ClusterStatusOk => "ClusterStatusOk",
-            Kind::Repair => "Repair",
-            Kind::RepairProgress => "RepairProgress",
-            Kind::RepairOk => "RepairOk",
-            Kind::Gc => "Gc",
-            Kind::GcOk => "GcOk",
-            Kind::NodeStat => "NodeStat",
-            Kind::NodeStatOk => "NodeStatOk",
-            Kind::Scrub => "Scrub",
-            Kind::ScrubOk => "ScrubOk",
-            Kind::Data => "Data",
-            Kind::End => "End",
-        }
+    /// Whether a frame of this kind may cross `link`.
+    pub fn crosses(self, link: Link) -> bool {
+        self.link() == Link::Both || link == Link::Both || self.link() == link
+    }
+
+    /// The control frame kinds (all but Data) that may cross `link`.
+    pub fn control_kinds_on(link: Link) -> Vec<Kind> {
+        Kind::ALL.iter().copied().filter(|k| *k != Kind::Data && k.crosses(link)).collect()
     }
 
     /// The largest body a frame of this kind may have.

@@ -7,7 +7,7 @@ use dfs_proto::io_std::{read_data, read_frame, write_data, write_msg, Frame};
 use dfs_proto::limits::*;
 use dfs_proto::{
     ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, FrameError, FrameHeader, Hello, HelloOk,
-    Kind, Msg, NodeId, NodeStatus, Origin, RepairSummary, Role, Status, StoreReport, MAGIC, VERSION,
+    Kind, Link, Msg, NodeId, NodeStatus, Origin, RepairSummary, Role, Status, StoreReport, MAGIC, VERSION,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -766,4 +766,23 @@ proptest! {
         prop_assert_eq!(dfs_proto::listening::parse(&dfs_proto::listening::line(addr)), Some(addr));
         let _ = dfs_proto::listening::parse(&junk);
     }
+}
+
+#[test]
+fn frame_kinds_have_one_value_and_name_each_and_cross_the_connections_they_serve() {
+    let mut seen = std::collections::BTreeSet::new();
+    for &kind in Kind::ALL {
+        assert!(seen.insert(kind as u8), "two kinds share the value 0x{:02x}", kind as u8);
+        assert_eq!(Kind::from_u8(kind as u8), Some(kind));
+        assert!(!kind.name().is_empty());
+    }
+    let client = Kind::control_kinds_on(Link::Client);
+    let node = Kind::control_kinds_on(Link::Node);
+    assert!(client.contains(&Kind::Put) && !client.contains(&Kind::Store), "{client:?}");
+    assert!(node.contains(&Kind::Store) && !node.contains(&Kind::Put), "{node:?}");
+    assert!(client.contains(&Kind::Hello) && node.contains(&Kind::Hello));
+    assert!(!client.contains(&Kind::Data) && !node.contains(&Kind::Data), "Data frames are raw bytes");
+    assert!(Kind::AuthChallenge.crosses(Link::Node) && !Kind::AuthChallenge.crosses(Link::Client));
+    // Every control kind crosses some connection.
+    assert_eq!(client.len() + node.len() - client.iter().filter(|k| node.contains(k)).count(), Kind::ALL.len() - 1);
 }

@@ -35,7 +35,7 @@ const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// data directory.
 pub struct LocalCluster {
     child: Child,
-    addr: String,
+    server: crate::Server,
     dir: PathBuf,
     log_path: PathBuf,
     /// Set when the engine failed to start, so its log outlives the cluster.
@@ -73,14 +73,13 @@ impl LocalCluster {
                 return Err(e);
             }
         };
-        let mut cluster = LocalCluster { child, addr: listen, dir, log_path, keep_dir: false };
+        let mut cluster = LocalCluster { child, server: crate::Server::new(listen), dir, log_path, keep_dir: false };
         match wait_until_listening(&mut cluster.child) {
             Ok(addr) => {
-                cluster.addr = addr;
                 // The engine made a random access key for this cluster; present it.
                 let key_file = cluster.dir.join("data").join("access.key");
                 let key = dfs_proto::auth::read_client_key(&key_file).map_err(BenchError::Cluster)?;
-                crate::set_access_key(Some(key));
+                cluster.server = crate::Server::new(addr).with_key(Some(key));
                 Ok(cluster)
             }
             Err(why) => {
@@ -100,7 +99,12 @@ impl LocalCluster {
 
     /// The engine's client address.
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.server.addr
+    }
+
+    /// The cluster's engine, with the access key it made.
+    pub fn server(&self) -> &crate::Server {
+        &self.server
     }
 
     /// The directory holding the cluster's data and the engine's log.

@@ -181,15 +181,15 @@ pub enum OpError {
     Mismatch { expected_bytes: u64, actual_bytes: u64, expected_crc32: u32, actual_crc32: u32 },
 }
 
-/// Runs the benchmark against the engine at `addr`, uploading `input` (and, for get,
+/// Runs the benchmark against `server`, uploading `input` (and, for get,
 /// downloading it back), and returns what it measured.
-pub fn run(addr: &str, config: &BenchConfig, input: &BenchInput) -> Result<BenchReport, BenchError> {
+pub fn run(server: &crate::Server, config: &BenchConfig, input: &BenchInput) -> Result<BenchReport, BenchError> {
     config.validate(input.size_bytes())?;
     // A local problem with the name would otherwise fail every request alike.
     let name = default_name(input.path())?;
     let mut clients = Vec::with_capacity(config.concurrency as usize);
     for _ in 0..config.concurrency {
-        clients.push(Client::connect(addr)?);
+        clients.push(Client::connect(server)?);
     }
     let work = Work { config, input, name: &name };
 
@@ -200,7 +200,7 @@ pub fn run(addr: &str, config: &BenchConfig, input: &BenchInput) -> Result<Bench
                 preload(&mut clients, &work, config.n_get_objects(input.size_bytes()))?;
             if let Some((object_idx, source)) = failure {
                 // Best effort: the failed upload is the error worth reporting.
-                let _ = cleanup(clients, addr, &objects, config.keep);
+                let _ = cleanup(clients, server, &objects, config.keep);
                 return Err(BenchError::Preload { object_idx, source });
             }
             objects
@@ -225,7 +225,7 @@ pub fn run(addr: &str, config: &BenchConfig, input: &BenchInput) -> Result<Bench
         last_end = last_end.into_iter().chain(run.last_end).max();
     }
     let n_objects = created.len() as u64;
-    let cleanup_result = cleanup(clients, addr, &created, config.keep);
+    let cleanup_result = cleanup(clients, server, &created, config.keep);
     // The failure that happened first is the cause; the others are likely its echoes.
     let n_errors = failures.len() as u64;
     if let Some(first) = failures.into_iter().min_by_key(|f| f.at) {
@@ -388,9 +388,14 @@ fn preload(clients: &mut [Client], work: &Work<'_>, n_objects: u64) -> Result<Pr
 }
 
 /// Deletes `objects` over all connections in parallel, unless `keep`. A connection left
-/// unusable by a failed request is closed and replaced by a new one to `addr`; if that fails
+/// unusable by a failed request is closed and replaced by a new one to `server`; if that fails
 /// too, the objects it was to delete count as not deleted.
-fn cleanup(clients: Vec<Client>, addr: &str, objects: &[FileId], keep: bool) -> Result<Cleanup, BenchError> {
+fn cleanup(
+    clients: Vec<Client>,
+    server: &crate::Server,
+    objects: &[FileId],
+    keep: bool,
+) -> Result<Cleanup, BenchError> {
     if keep {
         return Ok(Cleanup::Kept);
     }
@@ -405,7 +410,7 @@ fn cleanup(clients: Vec<Client>, addr: &str, objects: &[FileId], keep: bool) -> 
         for (pos, &file_id) in share.iter().enumerate() {
             if !slot.as_ref().is_some_and(Client::is_usable) {
                 *slot = None;
-                match Client::connect(addr) {
+                match Client::connect(server) {
                     Ok(fresh) => *slot = Some(fresh),
                     Err(e) => {
                         n_failed += (share.len() - pos) as u64;

@@ -279,8 +279,8 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus"));
     let samples = samples();
-    for (target, allowed) in [("client_engine_msgs", kinds::CLIENT_ENGINE), ("engine_node_msgs", kinds::ENGINE_NODE)] {
-        for kind in allowed {
+    for (target, allowed) in [("client_engine_msgs", kinds::client_engine()), ("engine_node_msgs", kinds::engine_node())] {
+        for kind in &allowed {
             assert!(samples.iter().any(|(_, m)| m.kind() == *kind), "no sample of {}", kind.name());
         }
         for (name, msg) in samples.iter().filter(|(_, m)| allowed.contains(&m.kind())) {
@@ -290,7 +290,6 @@ fn main() {
             write(&dir, target, name, &input);
         }
     }
-    kinds::assert_every_kind_is_fuzzed();
 
     for (name, stream) in streams(&samples) {
         write(&dir, "frame_stream", name, &stream);

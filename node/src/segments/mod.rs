@@ -304,6 +304,8 @@ pub struct SegmentStore {
     n_quarantined: AtomicU64,
     /// Segments start-up took from the index checkpoint instead of scanning them.
     n_covered_at_start: AtomicU64,
+    /// Held by a scrub pass: one at a time, whoever asked for it.
+    pub(crate) scrubbing: Mutex<()>,
 }
 
 fn now_unix_ms() -> u64 {
@@ -578,6 +580,7 @@ impl SegmentStore {
             sync_queue,
             live_bytes: AtomicU64::new(0),
             n_quarantined: AtomicU64::new(0),
+            scrubbing: Mutex::new(()),
             n_covered_at_start: AtomicU64::new(0),
         };
         store.recover()?;
