@@ -112,27 +112,22 @@ impl Cluster {
     fn start_once(bins: &Binaries, data: &Path, data_path: Option<&str>, extra: &[String]) -> Result<Cluster> {
         let _ = std::fs::remove_dir_all(data);
         // Port 0: the engine and its nodes each take a free port; the engine prints its own.
-        let addr = "127.0.0.1:0".to_string();
+        let addr = "127.0.0.1:0";
         let log = data.with_extension("log");
         let mut cmd = Command::new(bins.engine());
-        cmd.args(["--local", "4", "--data"]).arg(data).args(["--listen", &addr]);
+        cmd.args(["--local", "4", "--data"]).arg(data).args(["--listen", addr]);
         if let Some(p) = data_path {
             cmd.args(["--data-path", p]);
         }
         cmd.args(extra);
         cmd.stderr(std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?);
-        let (engine, lines) = Guard::spawn(&mut cmd, "dfs-engine")?;
-        let mut cluster = Cluster { engine, addr, log, token_file: data.join("access.key") };
-        let first = lines.recv_timeout(START_TIMEOUT);
-        match first.as_deref().ok().and_then(dfs_proto::listening::parse) {
-            Some(announced) => {
-                cluster.addr = announced.to_string();
-                Ok(cluster)
-            }
-            None => bail!(
-                "the engine did not start (first stdout line: {first:?}); end of {}:\n{}",
-                cluster.log.display(),
-                cluster.log_tail()
+        let token_file = data.join("access.key");
+        match Guard::start_server(&mut cmd, "dfs-engine", START_TIMEOUT) {
+            Ok((engine, announced)) => Ok(Cluster { engine, addr: announced.to_string(), log, token_file }),
+            Err(e) => bail!(
+                "the engine did not start ({e:#}); end of {}:\n{}",
+                log.display(),
+                proc::tail(&std::fs::read_to_string(&log).unwrap_or_default(), 20)
             ),
         }
     }

@@ -6,12 +6,11 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -237,28 +236,15 @@ impl Guard {
         self.child = Some(child);
     }
 
-    /// Starts a long-running process. Its stdout is read line by line on a thread (so it never
-    /// blocks on a full pipe); the returned receiver yields each line.
-    pub fn spawn(cmd: &mut Command, what: &str) -> Result<(Guard, mpsc::Receiver<String>)> {
+    /// Starts a dfs server and waits, at most `timeout`, for its `listening ADDR` line (the
+    /// one launcher, `dfs_launch`); its stdout after that line is dropped.
+    pub fn start_server(cmd: &mut Command, what: &str, timeout: Duration) -> Result<(Guard, std::net::SocketAddr)> {
         ensure!(!STOPPING.load(Ordering::SeqCst), "interrupted");
         record(describe(cmd));
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {what}: {}", describe(cmd)))?;
-        let stdout = child.stdout.take().context("stdout is piped")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // The receiver may be gone; keep draining regardless.
-                let _ = tx.send(line);
-            }
-        });
+        let started = dfs_launch::start(cmd, what, timeout, dfs_launch::Rest::Discard)?;
         let mut g = Guard::new_raw(what);
-        g.attach(child);
-        Ok((g, rx))
+        g.attach(started.child);
+        Ok((g, started.addr))
     }
 
     pub fn pid(&self) -> u32 {

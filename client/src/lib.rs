@@ -22,7 +22,7 @@ pub use put::{default_name, MappedFile};
 
 use dfs_proto::io_std::{self, Frame};
 use dfs_proto::limits::MAX_LIST_ENTRIES;
-use dfs_proto::{FrameError, Hello, Msg, Role, VERSION};
+use dfs_proto::{FrameError, Hello, Link, Msg, Role, VERSION};
 use std::collections::HashSet;
 use std::io::{self, BufReader};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -138,7 +138,7 @@ impl Client {
         let mut writer = reader.get_ref();
         io_std::write_msg(&mut writer, &Msg::Hello(server.hello()))
             .map_err(|e| connection_error("sending the handshake", e.into(), IO_TIMEOUT))?;
-        let frame = io_std::read_frame(&mut reader)
+        let frame = io_std::read_frame_on(&mut reader, Link::Client)
             .map_err(|e| connection_error("waiting for the handshake answer", e, IO_TIMEOUT))?;
         let hello = match frame {
             Frame::Msg(Msg::HelloOk(hello)) => hello,
@@ -241,7 +241,7 @@ impl Client {
     }
 
     fn recv(&mut self, doing: &'static str) -> Result<Frame> {
-        io_std::read_frame(&mut self.reader).map_err(|e| connection_error(doing, e, IO_TIMEOUT))
+        io_std::read_frame_on(&mut self.reader, Link::Client).map_err(|e| connection_error(doing, e, IO_TIMEOUT))
     }
 
     /// Reads one control frame; an Error frame becomes [`ClientError::Remote`].

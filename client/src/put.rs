@@ -16,7 +16,7 @@ use crate::{connection_error, unexpected, Client, Progress, IO_TIMEOUT};
 use dfs_proto::io_std::{self, Frame};
 use dfs_proto::layout::{self, chunk_spans, ChunkSpan, LayoutError};
 use dfs_proto::limits::{MAX_FILE_SIZE_BYTES, MAX_NAME_BYTES};
-use dfs_proto::{Chunking, FileId, Msg, Origin};
+use dfs_proto::{Chunking, FileId, Link, Msg, Origin};
 use memmap2::Mmap;
 use std::fs::File;
 use std::io::Write;
@@ -242,7 +242,7 @@ impl Client {
     /// After a failed write: the Error frame the engine sent before closing, if one arrives.
     fn refusal_reason(&mut self) -> Option<ClientError> {
         self.reader.get_ref().set_read_timeout(Some(REFUSAL_READ_TIMEOUT)).ok()?;
-        match io_std::read_frame(&mut self.reader) {
+        match io_std::read_frame_on(&mut self.reader, Link::Client) {
             Ok(Frame::Msg(Msg::Error { status, message })) => Some(ClientError::Remote { status, message }),
             _ => None,
         }

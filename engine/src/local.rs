@@ -2,10 +2,9 @@
 //! processes on the N loopback ports after its own, each with its data under the --data
 //! directory, and stops them when it exits (they also receive SIGTERM if the engine dies).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// How long a node may take to start listening.
@@ -49,43 +48,18 @@ pub fn start_nodes(
         };
         let dir = data.join(format!("node-{node_idx}"));
         let mut cmd = Command::new(&node_exe);
-        cmd.arg("--listen").arg(addr.to_string()).arg("--data").arg(&dir).stdout(Stdio::piped());
+        cmd.arg("--listen").arg(addr.to_string()).arg("--data").arg(&dir);
         if let Some(path) = data_path {
             cmd.arg("--data-path").arg(path.to_string());
         }
         if let Some(secret) = cluster_secret_file {
             cmd.arg("--cluster-secret-file").arg(secret);
         }
-        // SAFETY: set_pdeathsig is a single prctl system call, safe between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", node_exe.display()))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            // Keep draining so the node never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let mut node = LocalNode { addr, child };
-        match rx.recv_timeout(NODE_START_TIMEOUT) {
-            Ok(Some(Ok(line))) if !line.is_empty() => {
-                node.addr = dfs_proto::listening::parse(&line)
-                    .ok_or_else(|| format!("node {node_idx} printed {line:?}, not `listening ADDR`"))?;
-            }
-            _ => {
-                let status = node.child.try_wait().ok().flatten();
-                return Err(format!(
-                    "node {node_idx} did not start on {addr} (exit status: {}); see its log above",
-                    status.map(|s| s.to_string()).unwrap_or_else(|| "still running".into())
-                ));
-            }
-        }
+        dfs_launch::die_with_parent(&mut cmd);
+        let what = format!("node {node_idx} (on {addr})");
+        let started = dfs_launch::start(&mut cmd, &what, NODE_START_TIMEOUT, dfs_launch::Rest::Discard)
+            .map_err(|e| format!("{e}; see its log above"))?;
+        let node = LocalNode { addr: started.addr, child: started.child };
         tracing::info!("local node {node_idx} on {}, data in {}", node.addr, dir.display());
         nodes.push(node);
     }

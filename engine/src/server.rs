@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub async fn handle(state: Arc<EngineState>, stream: dfs_runtime::backend::net::TcpStream, peer: SocketAddr) {
-    let conn = Conn::new(stream, state.config.client_idle_timeout);
+    let conn = Conn::new(stream, state.config.client_idle_timeout, dfs_proto::Link::Client);
     metrics::CONNECTIONS.inc();
     let served = serve(&state, &conn).await;
     metrics::CONNECTIONS.dec();

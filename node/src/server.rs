@@ -80,7 +80,7 @@ impl RequestError {
 }
 
 pub async fn handle(state: Arc<NodeState>, stream: dfs_runtime::backend::net::TcpStream, peer: SocketAddr) {
-    let conn = Conn::new(stream, state.idle_timeout);
+    let conn = Conn::new(stream, state.idle_timeout, dfs_proto::Link::Node);
     match serve(&state, &conn).await {
         Ok(()) | Err(FrameError::Closed) => tracing::debug!(%peer, "connection closed"),
         Err(e) => tracing::warn!(%peer, "connection dropped: {e}"),

@@ -16,6 +16,8 @@ pub enum DecodeError {
     UnknownKind(u8),
     #[error("frame of kind {kind} is {len} bytes, over the limit of {max}")]
     FrameTooLarge { kind: &'static str, len: u32, max: u32 },
+    #[error("a {kind} frame does not belong on this connection")]
+    WrongLink { kind: &'static str },
 }
 
 #[derive(Default)]

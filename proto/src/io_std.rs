@@ -2,7 +2,7 @@
 
 use crate::error::FrameError;
 use crate::limits::FRAME_HEADER_BYTES;
-use crate::msg::{FrameHeader, Kind, Msg};
+use crate::msg::{FrameHeader, Kind, Link, Msg};
 use std::io::{self, Read, Write};
 
 /// A frame as read: a decoded control message, or the header of a Data frame whose body the
@@ -29,13 +29,24 @@ fn read_full(r: &mut impl Read, buf: &mut [u8], at_boundary: bool) -> Result<(),
 }
 
 pub fn read_header(r: &mut impl Read) -> Result<FrameHeader, FrameError> {
-    let mut h = [0u8; FRAME_HEADER_BYTES];
-    read_full(r, &mut h, true)?;
-    Ok(FrameHeader::parse(h)?)
+    read_header_on(r, Link::Both)
 }
 
+/// Reads a frame header whose kind must cross `link` (see [`FrameHeader::parse_on`]).
+pub fn read_header_on(r: &mut impl Read, link: Link) -> Result<FrameHeader, FrameError> {
+    let mut h = [0u8; FRAME_HEADER_BYTES];
+    read_full(r, &mut h, true)?;
+    Ok(FrameHeader::parse_on(h, link)?)
+}
+
+/// Reads one frame of any kind; for a Data frame only the header is read.
 pub fn read_frame(r: &mut impl Read) -> Result<Frame, FrameError> {
-    let h = read_header(r)?;
+    read_frame_on(r, Link::Both)
+}
+
+/// Reads one frame whose kind must cross `link`; for a Data frame only the header is read.
+pub fn read_frame_on(r: &mut impl Read, link: Link) -> Result<Frame, FrameError> {
+    let h = read_header_on(r, link)?;
     if h.kind == Kind::Data {
         return Ok(Frame::Data(h.body_len));
     }

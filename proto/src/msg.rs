@@ -134,6 +134,16 @@ impl FrameHeader {
         Ok(FrameHeader { kind, body_len })
     }
 
+    /// [`FrameHeader::parse`], and a kind that crosses `link`: a client connection never
+    /// carries a node frame, nor the other way round.
+    pub fn parse_on(bytes: [u8; FRAME_HEADER_BYTES], link: Link) -> Result<FrameHeader, DecodeError> {
+        let header = FrameHeader::parse(bytes)?;
+        if !header.kind.crosses(link) {
+            return Err(DecodeError::WrongLink { kind: header.kind.name() });
+        }
+        Ok(header)
+    }
+
     pub fn encode(self) -> [u8; FRAME_HEADER_BYTES] {
         let l = self.body_len.to_be_bytes();
         [l[0], l[1], l[2], l[3], self.kind as u8]

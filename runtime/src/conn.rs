@@ -7,7 +7,7 @@
 use crate::backend::net::TcpStream;
 use dfs_proto::io_std::Frame;
 use dfs_proto::limits::FRAME_HEADER_BYTES;
-use dfs_proto::msg::{FrameHeader, Kind, Msg};
+use dfs_proto::msg::{FrameHeader, Kind, Link, Msg};
 use dfs_proto::FrameError;
 use std::time::Duration;
 use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut};
@@ -33,6 +33,8 @@ pub struct Tally {
 pub struct Conn {
     pub stream: TcpStream,
     pub idle_timeout: Duration,
+    /// The only frame kinds this connection carries.
+    link: Link,
     bytes_read: std::cell::Cell<u64>,
     bytes_written: std::cell::Cell<u64>,
     errors_sent: std::cell::Cell<u64>,
@@ -49,10 +51,13 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, idle_timeout: Duration) -> Conn {
+    /// A connection over `stream` that carries only frames crossing `link`: any other kind is
+    /// a decode error at its header, before its body is read.
+    pub fn new(stream: TcpStream, idle_timeout: Duration, link: Link) -> Conn {
         Conn {
             stream,
             idle_timeout,
+            link,
             bytes_read: Default::default(),
             bytes_written: Default::default(),
             errors_sent: Default::default(),
@@ -128,7 +133,7 @@ impl Conn {
     pub async fn read_header(&self) -> Result<FrameHeader, FrameError> {
         let h = self.read_exact(vec![0u8; FRAME_HEADER_BYTES], 0, FRAME_HEADER_BYTES, true).await?;
         let bytes: [u8; FRAME_HEADER_BYTES] = h[..].try_into().expect("header length");
-        Ok(FrameHeader::parse(bytes)?)
+        Ok(FrameHeader::parse_on(bytes, self.link)?)
     }
 
     /// Reads one frame; for a Data frame only the header is read.

@@ -14,7 +14,7 @@ use dfs_proto::{ChunkId, Chunking, FileId, Msg};
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -118,7 +118,6 @@ fn shell_quote(s: &OsStr) -> String {
 
 /// A server process that announced its address. Dropping it kills it (SIGKILL) and reaps it.
 struct Proc {
-    label: String,
     child: Child,
     addr: String,
 }
@@ -131,52 +130,15 @@ impl Proc {
         Proc::try_spawn(label, cmd, stdout_log, stderr_log).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// [`Proc::spawn`], with a process that exits or never announces itself as an error.
+    /// [`Proc::spawn`], with a process that cannot start, exits or never announces itself as
+    /// an error. Started through the launcher every dfs process uses (`dfs_launch`).
     fn try_spawn(label: String, mut cmd: Command, stdout_log: &Path, stderr_log: &Path) -> Result<Proc, String> {
         let stderr_file = fs::File::create(stderr_log).expect("cannot create stderr log");
-        let mut stdout_file = fs::File::create(stdout_log).expect("cannot create stdout log");
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr_file);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {label} ({}): {e}", command_line(&cmd)));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (first_line_tx, first_line_rx) = mpsc::channel::<io::Result<String>>();
-        thread::Builder::new()
-            .name(format!("{label} stdout"))
-            .spawn(move || {
-                let mut reader = BufReader::new(stdout);
-                let mut line = String::new();
-                let res = reader.read_line(&mut line).map(|_| line.clone());
-                let _ = stdout_file.write_all(line.as_bytes());
-                let _ = first_line_tx.send(res);
-                // Keep draining so the process never blocks on a full pipe.
-                let _ = io::copy(&mut reader, &mut stdout_file);
-            })
-            .expect("cannot spawn a stdout reader thread");
-        let mut proc = Proc { label, child, addr: String::new() };
-        let line = match first_line_rx.recv_timeout(READY_TIMEOUT) {
-            Ok(Ok(line)) => line,
-            Ok(Err(e)) => return Err(format!("{}: cannot read its stdout: {e}", proc.label)),
-            Err(_) => {
-                return Err(format!(
-                    "{} did not print `listening ADDR` within {READY_TIMEOUT:?}; stderr:\n{}",
-                    proc.label,
-                    log_tail(stderr_log, LOG_TAIL_LINES)
-                ))
-            }
-        };
-        match dfs_proto::listening::parse(&line) {
-            Some(addr) => {
-                proc.addr = addr.to_string();
-                Ok(proc)
-            }
-            None => {
-                // An empty line means stdout closed: the process most likely exited.
-                let status = proc.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                Err(format!(
-                    "{} printed {line:?} instead of `listening ADDR` ({status}); stderr:\n{}",
-                    proc.label,
-                    log_tail(stderr_log, LOG_TAIL_LINES)
-                ))
-            }
+        let stdout_file = fs::File::create(stdout_log).expect("cannot create stdout log");
+        cmd.stderr(stderr_file);
+        match dfs_launch::start(&mut cmd, &label, READY_TIMEOUT, dfs_launch::Rest::File(stdout_file)) {
+            Ok(started) => Ok(Proc { child: started.child, addr: started.addr.to_string() }),
+            Err(e) => Err(format!("{e} (`{}`); stderr:\n{}", command_line(&cmd), log_tail(stderr_log, LOG_TAIL_LINES))),
         }
     }
 

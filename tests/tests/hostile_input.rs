@@ -233,3 +233,44 @@ fn stalled_connections_do_not_block_other_clients() {
     assert!(cluster.engine_alive(), "the engine died");
     drop(held);
 }
+
+/// Sends `hello`, then `frame`, and returns the Error frame's message the server answers with;
+/// the server must close the connection after it.
+fn refused_after_hello(addr: &str, hello: Msg, frame: &Msg) -> String {
+    let mut s = raw_connect(addr);
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("set read timeout");
+    io_std::write_msg(&mut s, &hello).expect("send Hello");
+    match io_std::read_frame(&mut s).expect("read HelloOk") {
+        Frame::Msg(Msg::HelloOk(_)) => {}
+        other => panic!("{addr} answered Hello with {other:?}"),
+    }
+    io_std::write_msg(&mut s, frame).expect("send the frame");
+    let message = match io_std::read_frame(&mut s) {
+        Ok(Frame::Msg(Msg::Error { status, message })) => {
+            assert_eq!(status, dfs_proto::Status::BadRequest, "{message}");
+            message
+        }
+        other => panic!("{addr} answered a {} frame with {other:?}", frame.kind().name()),
+    };
+    assert!(
+        matches!(io_std::read_frame(&mut s), Err(dfs_proto::FrameError::Closed | dfs_proto::FrameError::Io(_))),
+        "{addr} kept the connection open after refusing a {} frame",
+        frame.kind().name()
+    );
+    message
+}
+
+#[test]
+fn a_frame_of_the_other_connection_is_refused_at_its_header() {
+    let cluster = Cluster::start(4, ClusterOpts::default());
+    let store = Msg::Store { chunk_id: ChunkId { file_id: FileId([0xcd; 16]), chunk_idx: 0 }, length: 1, crc32: 0 };
+    let message = refused_after_hello(cluster.engine_addr(), Msg::Hello(Hello::new(Role::Client)), &store);
+    assert!(message.contains("a Store frame does not belong on this connection"), "{message}");
+    let put = Msg::Put { name: "x".into(), size: 0, chunking: Chunking::Equal, chunk_crcs: vec![0; 4], origin: None };
+    let message = refused_after_hello(cluster.node_addr(0), Msg::Hello(Hello::new(Role::Engine)), &put);
+    assert!(message.contains("a Put frame does not belong on this connection"), "{message}");
+    // Both still serve their own kind of connection.
+    let data = pseudo_random_bytes(8, 5000);
+    let id = cluster.put_bytes(&data, "after the wrong frames", Chunking::Equal);
+    assert_bytes_eq(&cluster.get(&id).expect("get"), &data, "a file after wrong-connection frames");
+}

@@ -135,7 +135,7 @@ fn every_source_file_is_in_the_code_map() {
     let root = workspace();
     let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
     let mut missing = Vec::new();
-    for krate in ["proto", "runtime", "node", "engine", "client", "bench", "tests"] {
+    for krate in ["proto", "runtime", "launch", "node", "engine", "client", "bench", "tests"] {
         let entry = code_map_entry(&map, krate);
         let src = root.join(krate).join("src");
         for file in rust_files(&src) {

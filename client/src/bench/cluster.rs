@@ -8,10 +8,9 @@
 
 use super::BenchError;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::Duration;
 use std::{io, thread};
 
@@ -65,35 +64,32 @@ impl LocalCluster {
             })?
             .keep();
         let log_path = dir.join("engine.log");
-        let (child, listen) = match spawn_engine(&engine_exe, &dir, &log_path) {
-            Ok(spawned) => spawned,
-            Err(e) => {
-                // Best effort: nothing ran, so the directory holds nothing worth keeping.
-                let _ = fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
-        let mut cluster = LocalCluster { child, server: crate::Server::new(listen), dir, log_path, keep_dir: false };
-        match wait_until_listening(&mut cluster.child) {
-            Ok(addr) => {
+        match start_engine(&engine_exe, &dir, &log_path) {
+            Ok(started) => {
+                let mut cluster = LocalCluster {
+                    child: started.child,
+                    server: crate::Server::new(started.addr.to_string()),
+                    dir,
+                    log_path,
+                    keep_dir: false,
+                };
                 // The engine made a random access key for this cluster; present it.
                 let key_file = cluster.dir.join("data").join("access.key");
                 let key = dfs_proto::auth::read_client_key(&key_file).map_err(BenchError::Cluster)?;
-                cluster.server = crate::Server::new(addr).with_key(Some(key));
+                cluster.server = cluster.server.clone().with_key(Some(key));
                 Ok(cluster)
             }
-            Err(why) => {
-                let _ = cluster.child.kill();
-                let status = cluster.child.wait().map_or_else(|e| format!("unknown: {e}"), |s| s.to_string());
-                // Keep the directory: the log in it is the only explanation.
-                cluster.keep_dir = true;
-                Err(BenchError::Cluster(format!(
-                    "the local cluster did not start: {why} (engine ended: {status}); its log is {}, \
-                     ending: {}",
-                    cluster.log_path.display(),
-                    cluster.log_tail(START_FAILURE_LOG_LINES)
-                )))
+            Err(StartError::Log(e)) => {
+                // Best effort: nothing ran, so the directory holds nothing worth keeping.
+                let _ = fs::remove_dir_all(&dir);
+                Err(e)
             }
+            // Keep the directory: the log in it is the only explanation.
+            Err(StartError::Launch(why)) => Err(BenchError::Cluster(format!(
+                "the local cluster did not start: {why}; its log is {}, ending: {}",
+                log_path.display(),
+                tail_of(&log_path, START_FAILURE_LOG_LINES)
+            ))),
         }
     }
 
@@ -115,11 +111,16 @@ impl LocalCluster {
     /// The last `n_lines` lines of the engine's log (its nodes log there too), joined by ` | `
     /// so that they fit on the one line of an error message.
     pub fn log_tail(&self, n_lines: usize) -> String {
-        match read_tail(&self.log_path, n_lines) {
-            Ok(lines) if lines.is_empty() => "(empty)".to_owned(),
-            Ok(lines) => lines.join(" | "),
-            Err(e) => format!("(cannot read it: {e})"),
-        }
+        tail_of(&self.log_path, n_lines)
+    }
+}
+
+/// The last `n_lines` lines of the log at `path`, joined by ` | `.
+fn tail_of(path: &Path, n_lines: usize) -> String {
+    match read_tail(path, n_lines) {
+        Ok(lines) if lines.is_empty() => "(empty)".to_owned(),
+        Ok(lines) => lines.join(" | "),
+        Err(e) => format!("(cannot read it: {e})"),
     }
 }
 
@@ -140,15 +141,17 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Starts `dfs-engine --local 4` on free ports, its stdout piped (for the `listening` line)
-/// and its stderr, with its nodes', appended to `log_path`.
-fn spawn_engine(engine_exe: &Path, dir: &Path, log_path: &Path) -> Result<(Child, String), BenchError> {
-    // Port 0: the engine and its nodes each take a free port; the engine prints its own.
-    let listen = "127.0.0.1:0".to_string();
-    let log = File::create(log_path).map_err(|source| BenchError::File {
-        action: "create the engine log",
-        path: log_path.to_owned(),
-        source,
+enum StartError {
+    Log(BenchError),
+    Launch(dfs_launch::LaunchError),
+}
+
+/// Starts `dfs-engine --local 4` on free ports (port 0: the engine and its nodes each take a
+/// free port; the engine announces its own) and waits for it to listen. Its stderr, with its
+/// nodes', goes to `log_path`.
+fn start_engine(engine_exe: &Path, dir: &Path, log_path: &Path) -> Result<dfs_launch::Started, StartError> {
+    let log = File::create(log_path).map_err(|source| {
+        StartError::Log(BenchError::File { action: "create the engine log", path: log_path.to_owned(), source })
     })?;
     let mut cmd = Command::new(engine_exe);
     cmd.arg("--local")
@@ -156,47 +159,12 @@ fn spawn_engine(engine_exe: &Path, dir: &Path, log_path: &Path) -> Result<(Child
         .arg("--data")
         .arg(dir.join("data"))
         .arg("--listen")
-        .arg(&listen)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .arg("127.0.0.1:0")
         .stderr(log);
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: set_pdeathsig is a single prctl system call, safe between fork and exec.
-        // It stops the engine (and so its nodes) if this process dies without dropping the
-        // cluster, for example on Ctrl-C.
-        unsafe {
-            cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(io::Error::from));
-        }
-    }
-    let child = cmd.spawn().map_err(|e| BenchError::Cluster(format!("cannot start {}: {e}", engine_exe.display())))?;
-    Ok((child, listen))
-}
-
-/// Waits (at most [`START_TIMEOUT`]) for the engine's first stdout line, `listening ADDR`, and
-/// returns ADDR. A thread reads the pipe, so the wait is bounded even if the engine prints
-/// nothing, and keeps draining it afterwards so the engine never blocks on a full pipe.
-fn wait_until_listening(child: &mut Child) -> Result<String, String> {
-    let stdout = child.stdout.take().ok_or("the engine's stdout is not piped")?;
-    let (tx, rx) = mpsc::channel();
-    thread::Builder::new()
-        .name("engine-stdout".into())
-        .spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
-        })
-        .map_err(|e| format!("cannot start a thread to read its output: {e}"))?;
-    match rx.recv_timeout(START_TIMEOUT) {
-        Ok(Some(Ok(line))) => match dfs_proto::listening::parse(&line) {
-            Some(addr) => Ok(addr.to_string()),
-            None => Err(format!("its first line of output was {line:?}, not `listening ADDR`")),
-        },
-        Ok(Some(Err(e))) => Err(format!("cannot read its output: {e}")),
-        Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Err("it exited without listening".to_owned()),
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(format!("it printed nothing within {START_TIMEOUT:?}")),
-    }
+    // The engine (and so its nodes) stops if this process dies without dropping the cluster,
+    // for example on Ctrl-C.
+    dfs_launch::die_with_parent(&mut cmd);
+    dfs_launch::start(&mut cmd, "the engine", START_TIMEOUT, dfs_launch::Rest::Discard).map_err(StartError::Launch)
 }
 
 /// The last `n_lines` non-empty lines of a file, read from at most its last

@@ -232,7 +232,7 @@ impl NodeConn {
             Err(_) => return Err(unreachable(format!("connect timed out after {:?}", t.connect))),
         };
         let _ = stream.set_nodelay(true);
-        let conn = Conn::new(stream, t.idle);
+        let conn = Conn::new(stream, t.idle, dfs_proto::Link::Node);
         let send = |msg: Msg| {
             let conn = &conn;
             async move { conn.write_msg(&msg).await.map_err(|e| NodeError::from_frame(addr, e)) }
