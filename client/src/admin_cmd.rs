@@ -2,9 +2,9 @@
 //! stdout (text, or one JSON object with `--json`); a repair that leaves any chunk lost,
 //! unavailable or short of copies ends with an `error:` line and exit status 1.
 
+use crate::view::{format_unix_ms, human_bytes};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use dfs_client::view::{format_unix_ms, human_bytes};
 use dfs_client::Client;
 use dfs_proto::RepairSummary;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};

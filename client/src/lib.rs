@@ -8,13 +8,11 @@
 //! and [`bench`] the benchmark behind `dfs-client put --bench`.
 
 pub mod admin;
-pub mod bench;
 mod error;
 mod get;
 pub mod ingest;
 pub mod manifest;
 mod put;
-pub mod view;
 
 pub use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileSummary, HelloOk, Origin, Status};
 pub use error::{ClientError, IntegrityError, Result};

@@ -4,7 +4,7 @@
 //! stderr is a terminal, and on failure exactly one line starting with `error: `, with exit
 //! status 1. Usage mistakes are reported by clap (exit status 2).
 //!
-//! `put --bench` runs the benchmark of [`dfs_client::bench`] instead of one upload, over
+//! `put --bench` runs the benchmark of [`bench`] instead of one upload, over
 //! `--concurrency` connections: its report (text, or one JSON object with `--json`) is what goes
 //! to stdout, and a failed request is an `error: op N failed: ...` line like any other failure.
 //!
@@ -12,19 +12,21 @@
 //! file does not stop the others; the summary lists it and the exit status is 1.
 
 mod admin_cmd;
+mod bench;
 mod tree_cmd;
+mod view;
 
 use anyhow::{anyhow, bail, Context, Result};
+use bench::{BenchConfig, BenchInput, BenchOp, Cleanup, LocalCluster, LOG_TAIL_LINES};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use dfs_client::bench::{self, BenchConfig, BenchInput, BenchOp, Cleanup, LocalCluster, LOG_TAIL_LINES};
-use dfs_client::view::{self, FileView, SummaryView};
 use dfs_client::{Chunking, Client, FileId, MappedFile, Progress, DEFAULT_SERVER};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fs;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use view::{FileView, SummaryView};
 
 #[derive(Parser)]
 #[command(name = "dfs-client", version, about = "Store, fetch and inspect files in a dfs cluster")]
@@ -239,7 +241,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let key = match (&cli.token, &cli.token_file) {
         (Some(key), _) => Some(key.clone()),
-        (None, Some(path)) => Some(dfs_proto::auth::read_client_key(path).map_err(|e| anyhow!(e))?),
+        (None, Some(path)) => Some(dfs_proto::auth::read_client_key(path)?),
         (None, None) => None,
     };
     let server = &dfs_client::Server::new(cli.server.clone()).with_key(key);

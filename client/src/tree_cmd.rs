@@ -83,9 +83,9 @@ impl TreeBar {
             std::io::stderr(),
             "{}, {} of {}, {}/s, eta {eta}",
             self.files_msg(),
-            dfs_client::view::human_bytes(done),
-            dfs_client::view::human_bytes(total),
-            dfs_client::view::human_bytes(rate as u64),
+            crate::view::human_bytes(done),
+            crate::view::human_bytes(total),
+            crate::view::human_bytes(rate as u64),
         );
     }
 }
@@ -174,7 +174,7 @@ pub fn report(summary: &TreeSummary, verb: &str, json: bool, stdout: &mut dyn Wr
             err,
             "{verb} {} files, {} in {:.1} s ({:.1} MiB/s); {} unchanged, {} found stored and recorded, {} not regular files skipped, {} failed",
             summary.files_done,
-            dfs_client::view::human_bytes(summary.bytes_done),
+            crate::view::human_bytes(summary.bytes_done),
             summary.elapsed_s,
             summary.throughput_mib_s,
             summary.skipped_unchanged,

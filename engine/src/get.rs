@@ -9,7 +9,7 @@
 
 use crate::buffer::{ChunkBuf, Reassembly};
 use crate::cluster::{read_chunk, ChunkReader, Health, Links, NodeError, NodeFailure};
-use crate::meta::{ChunkRecord, FileRecord};
+use crate::meta::{ChunkRecord, FileRecord, PlacementError};
 use crate::state::{internal, not_found, EngineState};
 use dfs_proto::layout::block_len;
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
@@ -67,7 +67,11 @@ impl ChunkFailure {
 /// The order in which a read tries the copies of `chunk`: each recorded node at the address its
 /// ID answers at now (or where it last was), those believed up first, each group in placement
 /// order. A read moves to the next copy only when one fails.
-pub fn read_order(record: &FileRecord, chunk: &ChunkRecord, health: &Health) -> Result<Vec<SocketAddr>, String> {
+pub fn read_order(
+    record: &FileRecord,
+    chunk: &ChunkRecord,
+    health: &Health,
+) -> Result<Vec<SocketAddr>, PlacementError> {
     Ok(health.up_first(&record.copy_addrs(chunk, health)?))
 }
 

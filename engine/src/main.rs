@@ -148,13 +148,15 @@ fn run(args: Args) -> Result<(), String> {
         for (file, name) in [(&mut token_file, "access.key"), (&mut secret_file, "cluster.secret")] {
             if file.is_none() {
                 let path = data.join(name);
-                dfs_proto::auth::ensure_secret_file(&path)?;
+                dfs_proto::auth::ensure_secret_file(&path).map_err(|e| e.to_string())?;
                 *file = Some(path);
             }
         }
     }
-    let access_keys = token_file.as_deref().map(dfs_proto::auth::AccessKeys::from_file).transpose()?;
-    let cluster_secret = secret_file.as_deref().map(dfs_proto::auth::ClusterSecret::from_file).transpose()?;
+    let access_keys =
+        token_file.as_deref().map(dfs_proto::auth::AccessKeys::from_file).transpose().map_err(|e| e.to_string())?;
+    let cluster_secret =
+        secret_file.as_deref().map(dfs_proto::auth::ClusterSecret::from_file).transpose().map_err(|e| e.to_string())?;
     let open = match (&access_keys, &cluster_secret) {
         (None, None) => Some("no --token-file and no --cluster-secret-file: any client can use this engine, and nodes are not authenticated"),
         (None, Some(_)) => Some("no --token-file: any client that reaches the engine can read, write and delete files"),

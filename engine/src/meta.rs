@@ -82,6 +82,17 @@ pub struct NodeSlot {
     pub addr: String,
 }
 
+/// Why a chunk's recorded placement cannot be followed: a record that breaks its own format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("chunk has no placement")]
+    Empty,
+    #[error("placement names an unknown node")]
+    UnknownNode,
+    #[error("stored node address {addr:?} is invalid: {why}")]
+    BadAddress { addr: String, why: String },
+}
+
 /// Who answers at which address, as far as the engine knows: the node table (`cluster::Health`)
 /// implements it; the metadata only asks.
 pub trait NodeDirectory {
@@ -98,11 +109,14 @@ impl NodeSlot {
     }
 
     /// Where to reach this node: where its ID answers now, else where it last was.
-    pub fn resolve(&self, nodes: &dyn NodeDirectory) -> Result<SocketAddr, String> {
+    pub fn resolve(&self, nodes: &dyn NodeDirectory) -> Result<SocketAddr, PlacementError> {
         if let Some(addr) = self.id.and_then(|id| nodes.addr_of(NodeId(id))) {
             return Ok(addr);
         }
-        self.addr.parse().map_err(|e| format!("stored node address {:?} is invalid: {e}", self.addr))
+        self.addr.parse().map_err(|e: std::net::AddrParseError| PlacementError::BadAddress {
+            addr: self.addr.clone(),
+            why: e.to_string(),
+        })
     }
 }
 
@@ -161,19 +175,23 @@ impl From<FileRecordV1> for FileRecord {
 
 impl FileRecord {
     /// Where `chunk`'s copies live, in placement order.
-    pub fn copy_addrs(&self, chunk: &ChunkRecord, nodes: &dyn NodeDirectory) -> Result<Vec<SocketAddr>, String> {
+    pub fn copy_addrs(
+        &self,
+        chunk: &ChunkRecord,
+        nodes: &dyn NodeDirectory,
+    ) -> Result<Vec<SocketAddr>, PlacementError> {
         self.copy_slots(chunk)?.iter().map(|slot| slot.resolve(nodes)).collect()
     }
 
     /// The nodes `chunk`'s copies are recorded on, in placement order.
-    pub fn copy_slots(&self, chunk: &ChunkRecord) -> Result<Vec<&NodeSlot>, String> {
+    pub fn copy_slots(&self, chunk: &ChunkRecord) -> Result<Vec<&NodeSlot>, PlacementError> {
         if chunk.placement.is_empty() {
-            return Err("chunk has no placement".into());
+            return Err(PlacementError::Empty);
         }
         chunk
             .placement
             .iter()
-            .map(|&node_idx| self.nodes.get(node_idx as usize).ok_or_else(|| "placement names an unknown node".into()))
+            .map(|&node_idx| self.nodes.get(node_idx as usize).ok_or(PlacementError::UnknownNode))
             .collect()
     }
 

@@ -137,7 +137,7 @@ fn run(args: Args) -> Result<(), String> {
         return Err("--threads must be at least 1".into());
     }
     let cluster_secret = match &args.cluster_secret_file {
-        Some(path) => Some(dfs_proto::auth::ClusterSecret::from_file(path)?),
+        Some(path) => Some(dfs_proto::auth::ClusterSecret::from_file(path).map_err(|e| e.to_string())?),
         None if args.listen.ip().is_loopback() => {
             tracing::warn!("no --cluster-secret-file: any local process can use this node");
             None

@@ -13,7 +13,7 @@
 use crate::ids::NodeId;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
 
 pub const AUTH_NONE: u8 = 0;
@@ -44,33 +44,44 @@ pub fn new_secret_text() -> std::io::Result<String> {
     Ok(hex::encode(nonce()?))
 }
 
+/// Why a key or secret file was refused. Each message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read {what} file {}: {source}", path.display())]
+    Unreadable { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{what} file {} is readable by other users (mode {mode:o}): chmod 600 it", path.display())]
+    TooOpen { what: &'static str, path: PathBuf, mode: u32 },
+    #[error("{what} {where_} is {len} bytes; at least {MIN_SECRET_BYTES} are needed")]
+    TooShort { what: &'static str, where_: String, len: usize },
+    #[error("{} holds no access key", path.display())]
+    NoKey { path: PathBuf },
+    #[error("cannot draw a secret: {0}")]
+    Random(std::io::Error),
+    #[error("cannot {action} {}: {source}", path.display())]
+    Write { action: &'static str, path: PathBuf, source: std::io::Error },
+}
+
 /// Reads a file that must exist, be owned by us and not be readable by others.
-fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
+fn read_secret_file(path: &Path, what: &'static str) -> Result<String, SecretError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))?;
+    let unreadable = |source| SecretError::Unreadable { what, path: path.to_owned(), source };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "{what} file {} is readable by other users (mode {:o}): chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        ));
+        return Err(SecretError::TooOpen { what, path: path.to_owned(), mode: meta.permissions().mode() & 0o777 });
     }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))
+    std::fs::read_to_string(path).map_err(unreadable)
 }
 
 /// The shared secret of a cluster's engine and nodes.
 pub struct ClusterSecret(Vec<u8>);
 
 impl ClusterSecret {
-    pub fn from_file(path: &Path) -> Result<ClusterSecret, String> {
+    pub fn from_file(path: &Path) -> Result<ClusterSecret, SecretError> {
         let text = read_secret_file(path, "cluster secret")?;
         let secret = text.trim();
         if secret.len() < MIN_SECRET_BYTES {
-            return Err(format!(
-                "cluster secret in {} is {} bytes; at least {MIN_SECRET_BYTES} are needed",
-                path.display(),
-                secret.len()
-            ));
+            let where_ = format!("in {}", path.display());
+            return Err(SecretError::TooShort { what: "cluster secret", where_, len: secret.len() });
         }
         Ok(ClusterSecret(secret.as_bytes().to_vec()))
     }
@@ -115,7 +126,7 @@ pub struct AccessKeys(Vec<Vec<u8>>);
 
 impl AccessKeys {
     /// One key per line; blank lines and lines starting with `#` are ignored.
-    pub fn from_file(path: &Path) -> Result<AccessKeys, String> {
+    pub fn from_file(path: &Path) -> Result<AccessKeys, SecretError> {
         let text = read_secret_file(path, "access key")?;
         let mut keys = Vec::new();
         for (line_idx, line) in text.lines().enumerate() {
@@ -124,17 +135,13 @@ impl AccessKeys {
                 continue;
             }
             if key.len() < MIN_SECRET_BYTES {
-                return Err(format!(
-                    "access key on line {} of {} is {} bytes; at least {MIN_SECRET_BYTES} are needed",
-                    line_idx + 1,
-                    path.display(),
-                    key.len()
-                ));
+                let where_ = format!("on line {} of {}", line_idx + 1, path.display());
+                return Err(SecretError::TooShort { what: "access key", where_, len: key.len() });
             }
             keys.push(key.as_bytes().to_vec());
         }
         if keys.is_empty() {
-            return Err(format!("{} holds no access key", path.display()));
+            return Err(SecretError::NoKey { path: path.to_owned() });
         }
         Ok(AccessKeys(keys))
     }
@@ -151,29 +158,31 @@ impl AccessKeys {
 }
 
 /// Reads the access key a client presents from a file (its first non-comment line).
-pub fn read_client_key(path: &Path) -> Result<String, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read access key file {}: {e}", path.display()))?;
+pub fn read_client_key(path: &Path) -> Result<String, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
+        what: "access key",
+        path: path.to_owned(),
+        source,
+    })?;
     text.lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string)
-        .ok_or_else(|| format!("{} holds no access key", path.display()))
+        .ok_or_else(|| SecretError::NoKey { path: path.to_owned() })
 }
 
 /// Writes a new random secret to `path` (mode 600) unless the file exists; returns the path.
-pub fn ensure_secret_file(path: &Path) -> Result<(), String> {
+pub fn ensure_secret_file(path: &Path) -> Result<(), SecretError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let failed = |action| move |source| SecretError::Write { action, path: path.to_owned(), source };
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(mut f) => {
-            let text = new_secret_text().map_err(|e| format!("cannot draw a secret: {e}"))?;
-            writeln!(f, "{text}")
-                .and_then(|_| f.sync_all())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            let text = new_secret_text().map_err(SecretError::Random)?;
+            writeln!(f, "{text}").and_then(|_| f.sync_all()).map_err(failed("write"))
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+        Err(e) => Err(failed("create")(e)),
     }
 }
 

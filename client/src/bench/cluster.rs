@@ -34,7 +34,7 @@ const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// data directory.
 pub struct LocalCluster {
     child: Child,
-    server: crate::Server,
+    server: dfs_client::Server,
     dir: PathBuf,
     log_path: PathBuf,
     /// Set when the engine failed to start, so its log outlives the cluster.
@@ -68,14 +68,15 @@ impl LocalCluster {
             Ok(started) => {
                 let mut cluster = LocalCluster {
                     child: started.child,
-                    server: crate::Server::new(started.addr.to_string()),
+                    server: dfs_client::Server::new(started.addr.to_string()),
                     dir,
                     log_path,
                     keep_dir: false,
                 };
                 // The engine made a random access key for this cluster; present it.
                 let key_file = cluster.dir.join("data").join("access.key");
-                let key = dfs_proto::auth::read_client_key(&key_file).map_err(BenchError::Cluster)?;
+                let key =
+                    dfs_proto::auth::read_client_key(&key_file).map_err(|e| BenchError::Cluster(e.to_string()))?;
                 cluster.server = cluster.server.clone().with_key(Some(key));
                 Ok(cluster)
             }
@@ -93,13 +94,8 @@ impl LocalCluster {
         }
     }
 
-    /// The engine's client address.
-    pub fn addr(&self) -> &str {
-        &self.server.addr
-    }
-
     /// The cluster's engine, with the access key it made.
-    pub fn server(&self) -> &crate::Server {
+    pub fn server(&self) -> &dfs_client::Server {
         &self.server
     }
 

@@ -8,7 +8,7 @@
 //! data would be.
 
 use super::BenchError;
-use crate::MappedFile;
+use dfs_client::MappedFile;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};

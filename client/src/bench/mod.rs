@@ -29,11 +29,11 @@ mod report;
 
 pub use cluster::{LocalCluster, LOG_TAIL_LINES};
 pub use input::BenchInput;
-pub use latency::{write_hgrm, LatencySummary};
+pub use latency::write_hgrm;
 pub use plot::render_svg;
-pub use report::{format_bytes, BenchJson, BenchReport, Cleanup};
+pub use report::{format_bytes, BenchReport, Cleanup};
 
-use crate::{default_name, Chunking, Client, ClientError, FileId};
+use dfs_client::{default_name, Chunking, Client, ClientError, FileId};
 use dfs_proto::limits::MAX_FILE_SIZE_BYTES;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -183,7 +183,7 @@ pub enum OpError {
 
 /// Runs the benchmark against `server`, uploading `input` (and, for get,
 /// downloading it back), and returns what it measured.
-pub fn run(server: &crate::Server, config: &BenchConfig, input: &BenchInput) -> Result<BenchReport, BenchError> {
+pub fn run(server: &dfs_client::Server, config: &BenchConfig, input: &BenchInput) -> Result<BenchReport, BenchError> {
     config.validate(input.size_bytes())?;
     // A local problem with the name would otherwise fail every request alike.
     let name = default_name(input.path())?;
@@ -392,7 +392,7 @@ fn preload(clients: &mut [Client], work: &Work<'_>, n_objects: u64) -> Result<Pr
 /// too, the objects it was to delete count as not deleted.
 fn cleanup(
     clients: Vec<Client>,
-    server: &crate::Server,
+    server: &dfs_client::Server,
     objects: &[FileId],
     keep: bool,
 ) -> Result<Cleanup, BenchError> {

@@ -154,14 +154,23 @@ fn answer_challenge(
     node_nonce: &dfs_proto::auth::Nonce,
     node_id: &NodeId,
     node_proof: &dfs_proto::auth::Proof,
-) -> Result<Msg, String> {
+) -> Result<Msg, Untrusted> {
     let (Some(secret), Some(engine_nonce)) = (secret, engine_nonce) else {
-        return Err("the node asked for a cluster secret this engine does not have (--cluster-secret-file)".into());
+        return Err(Untrusted::NoSecretHere);
     };
     if !secret.check_node(&engine_nonce, node_nonce, node_id, node_proof) {
-        return Err("the node's proof of the cluster secret is wrong: it does not share this engine's secret".into());
+        return Err(Untrusted::WrongProof);
     }
     Ok(Msg::AuthProof { proof: secret.engine_proof(&engine_nonce, node_nonce) })
+}
+
+/// Why the engine does not trust a node's answer to its challenge.
+#[derive(Debug, thiserror::Error)]
+enum Untrusted {
+    #[error("the node asked for a cluster secret this engine does not have (--cluster-secret-file)")]
+    NoSecretHere,
+    #[error("the node's proof of the cluster secret is wrong: it does not share this engine's secret")]
+    WrongProof,
 }
 
 /// A handshaken connection to one node.
@@ -245,7 +254,7 @@ impl NodeConn {
         let mut proven_id = None;
         if let Msg::AuthChallenge { nonce, node_id, proof } = &answer {
             let reply = answer_challenge(secret, engine_nonce, nonce, node_id, proof)
-                .map_err(|why| NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why)))?;
+                .map_err(|why| NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why.to_string())))?;
             proven_id = Some(*node_id);
             send(reply).await?;
             answer = recv_msg(addr, &conn).await?;
@@ -271,7 +280,7 @@ impl NodeConn {
         links
             .health
             .learn(addr, node_id)
-            .map_err(|why| NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why)))?;
+            .map_err(|why| NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why.to_string())))?;
         Ok(NodeConn {
             addr,
             conn,

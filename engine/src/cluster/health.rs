@@ -75,7 +75,7 @@ impl Health {
     /// engine's addresses holds that ID and is up: two nodes running on copies of one data
     /// directory must not both be taken for the node. If that other address is down, the node
     /// has moved, and the ID goes with it.
-    pub fn learn(&self, addr: SocketAddr, id: NodeId) -> Result<(), String> {
+    pub fn learn(&self, addr: SocketAddr, id: NodeId) -> Result<(), SharedIdentity> {
         let Some(i) = self.nodes.iter().position(|n| n.addr == addr) else {
             // Not one of the engine's nodes (a recorded address being tried): nothing to keep.
             return Ok(());
@@ -84,11 +84,7 @@ impl Health {
         if let Some(j) = ids.iter().position(|held| *held == Some(id)).filter(|&j| j != i) {
             let other = &self.nodes[j];
             if other.up.load(Ordering::Acquire) {
-                return Err(format!(
-                    "the node at {addr} presents ID {id}, which the node at {} holds: two nodes must not share \
-                     a data directory's identity",
-                    other.addr
-                ));
+                return Err(SharedIdentity { addr, id, holder: other.addr });
             }
             tracing::warn!("node {id} moved from {} to {addr}", other.addr);
             ids[j] = None;
@@ -183,6 +179,18 @@ impl Health {
     }
 }
 
+/// A node presented an ID that another of the engine's nodes, still up, holds.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the node at {addr} presents ID {id}, which the node at {holder} holds: two nodes must not share a data \
+     directory's identity"
+)]
+pub struct SharedIdentity {
+    pub addr: SocketAddr,
+    pub id: NodeId,
+    pub holder: SocketAddr,
+}
+
 impl crate::meta::NodeDirectory for Health {
     fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
         Health::addr_of(self, id)
@@ -245,7 +253,7 @@ mod tests {
         h.learn(addrs[0], x).unwrap();
         assert_eq!((h.addr_of(x), h.id_of(addrs[0])), (Some(addrs[0]), Some(x)));
         // A second live node presenting the same ID is refused, and nothing changes.
-        let err = h.learn(addrs[1], x).unwrap_err();
+        let err = h.learn(addrs[1], x).unwrap_err().to_string();
         assert!(err.contains("two nodes must not share"), "{err}");
         assert_eq!((h.addr_of(x), h.id_of(addrs[1])), (Some(addrs[0]), None));
         // Once the first is down, the ID has moved.
