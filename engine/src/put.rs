@@ -77,7 +77,6 @@ pub async fn put(
     };
     let _in_progress = state.uploads_in_progress.begin(file_id);
     let replicas = state.config.replicas;
-    let timeouts = &state.links;
     // Each chunk tries the nodes in its placement order, those believed down last.
     let candidates = |chunk_idx: u32| -> Vec<SocketAddr> {
         state.links.health.up_first(&cluster::placement::ring(&state.config.nodes, file_id, chunk_idx))
@@ -178,7 +177,7 @@ pub async fn put(
             .enumerate()
             .flat_map(|(i, c)| c.iter().map(move |(addr, _)| (ChunkId { file_id, chunk_idx: i as u32 }, *addr)))
             .collect();
-        cluster::delete_later(timeouts, written);
+        cluster::delete_later(&state.links, written);
     };
     if let Err(e) = client_result {
         tracing::info!("upload of {name:?} abandoned by the client: {e}");
