@@ -21,16 +21,17 @@ pub struct GcOutcome {
     pub lines: Vec<String>,
 }
 
-/// Whether `record` places chunk `chunk_idx` on the node at `addr`: by that node's ID, or by
-/// an address that leads there.
+/// Whether `record` may place chunk `chunk_idx` on the node at `addr`: by that node's ID, by
+/// an address that leads there, or by a node named by address alone (a placement not yet
+/// upgraded to node IDs), which is taken to be anywhere: an address says where a node was, not
+/// which node holds the copy now, and gc must never delete a copy a file may need.
 fn places(record: &FileRecord, chunk_idx: u32, addr: SocketAddr, nodes: &dyn NodeDirectory) -> bool {
     let Some(chunk) = record.chunks.get(chunk_idx as usize) else { return false };
     let here = nodes.id_of(addr).map(|id| id.0);
-    chunk
-        .placement
-        .iter()
-        .filter_map(|&i| record.nodes.get(i as usize))
-        .any(|slot| (here.is_some() && slot.id == here) || slot.resolve(nodes) == Ok(addr))
+    chunk.placement.iter().filter_map(|&i| record.nodes.get(i as usize)).any(|slot| match slot.id {
+        None => true,
+        Some(id) => Some(id) == here || slot.resolve(nodes) == Ok(addr),
+    })
 }
 
 pub async fn run(state: &EngineState, dry_run: bool, grace: Duration) -> GcOutcome {
@@ -114,4 +115,63 @@ async fn collect_node(
     }
     node.checkin();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{ChunkRecord, NodeSlot};
+    use dfs_proto::{Chunking, NodeId};
+
+    /// Node 1 answers at :7001 (recorded at :7101, where it was), node 2 at :7002.
+    struct Nodes;
+
+    impl NodeDirectory for Nodes {
+        fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+            match id.0[0] {
+                1 => Some(addr(7001)),
+                2 => Some(addr(7002)),
+                _ => None,
+            }
+        }
+        fn id_of(&self, a: SocketAddr) -> Option<NodeId> {
+            match a.port() {
+                7001 => Some(NodeId([1; 16])),
+                7002 => Some(NodeId([2; 16])),
+                _ => None,
+            }
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn record(nodes: Vec<NodeSlot>) -> FileRecord {
+        let placement = (0..nodes.len() as u16).collect();
+        FileRecord {
+            name: "f".into(),
+            size: 1,
+            created_unix_ms: 0,
+            chunking: Chunking::Equal,
+            nodes,
+            chunks: vec![ChunkRecord { offset: 0, length: 1, crc32: 0, block_crcs: vec![0], placement }],
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn a_copy_is_referenced_by_node_id_wherever_the_node_now_answers() {
+        let moved = record(vec![NodeSlot { id: Some([1; 16]), addr: addr(7101).to_string() }]);
+        assert!(places(&moved, 0, addr(7001), &Nodes), "node 1's copy, at its new address");
+        assert!(!places(&moved, 0, addr(7002), &Nodes), "node 2 holds no copy of it: an orphan there");
+        assert!(!places(&moved, 1, addr(7001), &Nodes), "no such chunk");
+    }
+
+    #[test]
+    fn a_placement_by_address_alone_keeps_every_copy_of_its_chunk() {
+        let legacy = record(vec![NodeSlot { id: None, addr: addr(7101).to_string() }]);
+        assert!(places(&legacy, 0, addr(7001), &Nodes));
+        assert!(places(&legacy, 0, addr(7002), &Nodes));
+    }
 }

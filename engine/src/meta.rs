@@ -103,11 +103,6 @@ pub trait NodeDirectory {
 }
 
 impl NodeSlot {
-    /// The slot for the node at `addr`, named by the ID it proved.
-    pub fn at(addr: SocketAddr, nodes: &dyn NodeDirectory) -> NodeSlot {
-        NodeSlot { id: nodes.id_of(addr).map(|id| id.0), addr: addr.to_string() }
-    }
-
     /// Where to reach this node: where its ID answers now, else where it last was.
     pub fn resolve(&self, nodes: &dyn NodeDirectory) -> Result<SocketAddr, PlacementError> {
         if let Some(addr) = self.id.and_then(|id| nodes.addr_of(NodeId(id))) {

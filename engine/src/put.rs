@@ -7,7 +7,7 @@ use crate::cluster::{self, await_store, open_store, NodeConn, NodeError, NodeFai
 use crate::meta::{ChunkRecord, FileRecord, NodeSlot};
 use crate::state::{internal, EngineState};
 use dfs_proto::layout::chunk_spans;
-use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, Origin, Status};
+use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, NodeId, Origin, Status};
 use dfs_runtime::conn::Conn;
 use dfs_runtime::splice::{dup_fd, FanOut, FanOutError, SharedFd, SPLICE_MIN_BYTES};
 use dfs_runtime::DataPath;
@@ -29,8 +29,14 @@ pub const MAX_INFLIGHT_CHUNKS: usize = 8;
 struct Acked {
     chunk_idx: u32,
     addr: SocketAddr,
+    /// The ID the node proved on the connection that wrote the copy.
+    node_id: NodeId,
     result: Result<Vec<u32>, NodeError>,
 }
+
+/// One durable copy of a chunk: where, on which node (the ID its connection proved), and the
+/// block crc32s the node acknowledged.
+type Copy = (SocketAddr, NodeId, Vec<u32>);
 
 /// One copy of a chunk being written: the node, and its connection while the copy is alive.
 struct Target {
@@ -84,7 +90,7 @@ pub async fn put(
 
     let mut inflight: VecDeque<tokio::task::JoinHandle<Acked>> = VecDeque::new();
     // Per chunk: the copies acknowledged durable (node, block crc32s), and what went wrong.
-    let mut copies: Vec<Vec<(SocketAddr, Vec<u32>)>> = vec![Vec::new(); spans.len()];
+    let mut copies: Vec<Vec<Copy>> = vec![Vec::new(); spans.len()];
     let mut errors: Vec<Vec<NodeError>> = spans.iter().map(|_| Vec::new()).collect();
     let mut failure: Option<PutFailure> = None;
     // The copy path's relay buffers, sized to the largest chunk so small uploads stay cheap, and
@@ -148,13 +154,13 @@ pub async fn put(
                 errors[span.chunk_idx as usize].push(e);
             }
             let Some(node) = target.node else { continue };
-            let (chunk_idx, length, addr) = (span.chunk_idx, span.length, target.addr);
+            let (chunk_idx, length, addr, node_id) = (span.chunk_idx, span.length, target.addr, node.node_id);
             inflight.push_back(dfs_runtime::backend::spawn(async move {
                 let result = await_store(&node, length, crc32).await;
                 if result.is_ok() {
                     node.checkin();
                 }
-                Acked { chunk_idx, addr, result }
+                Acked { chunk_idx, addr, node_id, result }
             }));
         }
         while inflight.len() >= MAX_INFLIGHT_CHUNKS * replicas {
@@ -171,11 +177,11 @@ pub async fn put(
         failure = complete_copies(state, file_id, &spans, &chunk_crcs, &mut copies, &mut errors).await;
     }
 
-    let cleanup = |copies: &Vec<Vec<(SocketAddr, Vec<u32>)>>| {
+    let cleanup = |copies: &Vec<Vec<Copy>>| {
         let written = copies
             .iter()
             .enumerate()
-            .flat_map(|(i, c)| c.iter().map(move |(addr, _)| (ChunkId { file_id, chunk_idx: i as u32 }, *addr)))
+            .flat_map(|(i, c)| c.iter().map(move |(addr, _, _)| (ChunkId { file_id, chunk_idx: i as u32 }, *addr)))
             .collect();
         cluster::delete_later(&state.links, written);
     };
@@ -190,10 +196,11 @@ pub async fn put(
         return client.write_msg(&Msg::error(f.status, format!("cannot store {name:?}: {}", f.message))).await;
     }
 
-    let mut used: Vec<SocketAddr> = Vec::new();
-    let mut index_of = |addr: SocketAddr| -> u16 {
-        let node_idx = used.iter().position(|a| *a == addr).unwrap_or_else(|| {
-            used.push(addr);
+    // The nodes the record names, each by the ID it proved on the connection that wrote there.
+    let mut used: Vec<(SocketAddr, NodeId)> = Vec::new();
+    let mut index_of = |addr: SocketAddr, node_id: NodeId| -> u16 {
+        let node_idx = used.iter().position(|u| *u == (addr, node_id)).unwrap_or_else(|| {
+            used.push((addr, node_id));
             used.len() - 1
         });
         node_idx as u16
@@ -208,8 +215,8 @@ pub async fn put(
                 offset: span.offset,
                 length: span.length,
                 crc32,
-                block_crcs: chunk_copies[0].1.clone(),
-                placement: chunk_copies.iter().map(|(addr, _)| index_of(*addr)).collect(),
+                block_crcs: chunk_copies[0].2.clone(),
+                placement: chunk_copies.iter().map(|(addr, node_id, _)| index_of(*addr, *node_id)).collect(),
             }
         })
         .collect();
@@ -221,7 +228,7 @@ pub async fn put(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         chunking,
-        nodes: used.iter().map(|&a| NodeSlot::at(a, &*state.links.health)).collect(),
+        nodes: used.iter().map(|(addr, id)| NodeSlot { id: Some(id.0), addr: addr.to_string() }).collect(),
         chunks,
         origin: origin.map(|o| o.0),
     };
@@ -306,7 +313,7 @@ async fn complete_copies(
     file_id: FileId,
     spans: &[dfs_proto::layout::ChunkSpan],
     chunk_crcs: &[u32],
-    copies: &mut [Vec<(SocketAddr, Vec<u32>)>],
+    copies: &mut [Vec<Copy>],
     errors: &mut [Vec<NodeError>],
 ) -> Option<PutFailure> {
     let replicas = state.config.replicas;
@@ -316,7 +323,7 @@ async fn complete_copies(
             continue;
         }
         let describe = |errors: &[NodeError]| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
-        let Some((source, block_crcs)) = copies[chunk_idx].first().cloned() else {
+        let Some((source, _, block_crcs)) = copies[chunk_idx].first().cloned() else {
             let first = errors[chunk_idx].first();
             return Some(PutFailure {
                 chunk_idx: span.chunk_idx,
@@ -341,13 +348,13 @@ async fn complete_copies(
             if copies[chunk_idx].len() >= replicas {
                 break;
             }
-            if copies[chunk_idx].iter().any(|(a, _)| *a == dest) || failed.contains(&dest.to_string()) {
+            if copies[chunk_idx].iter().any(|(a, _, _)| *a == dest) || failed.contains(&dest.to_string()) {
                 continue;
             }
             match cluster::copy_chunk(source, dest, &state.links, chunk_id, &chunk).await {
-                Ok(()) => {
+                Ok(node_id) => {
                     tracing::info!("{chunk_id}: copied from {source} to {dest} after a node failed mid-upload");
-                    copies[chunk_idx].push((dest, chunk.block_crcs.clone()));
+                    copies[chunk_idx].push((dest, node_id, chunk.block_crcs.clone()));
                 }
                 Err(e) => {
                     let e = e.into_node_error();
@@ -532,13 +539,13 @@ async fn write_live(targets: &mut [Target], buf: Vec<u8>, n: usize) -> Vec<u8> {
 async fn settle(
     state: &EngineState,
     handle: Option<tokio::task::JoinHandle<Acked>>,
-    copies: &mut [Vec<(SocketAddr, Vec<u32>)>],
+    copies: &mut [Vec<Copy>],
     errors: &mut [Vec<NodeError>],
 ) {
     let Some(handle) = handle else { return };
     let a = handle.await.expect("store acknowledgement task panicked");
     match a.result {
-        Ok(block_crcs) => copies[a.chunk_idx as usize].push((a.addr, block_crcs)),
+        Ok(block_crcs) => copies[a.chunk_idx as usize].push((a.addr, a.node_id, block_crcs)),
         Err(e) => {
             tracing::debug!("chunk {} on {}: {e}", a.chunk_idx, a.addr);
             state.links.health.note_failure(&e);

@@ -10,7 +10,7 @@ use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord, NodeDirectory, NodeSlot};
 use crate::state::EngineState;
 use dfs_proto::msg::push_report_line;
-use dfs_proto::{ChunkId, FileId, Msg, RepairSummary, Status};
+use dfs_proto::{ChunkId, FileId, Msg, NodeId, RepairSummary, Status};
 use dfs_runtime::conn::Conn;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,19 +132,20 @@ async fn remove_corrupt_copy(state: &EngineState, addr: SocketAddr, chunk_id: Ch
     cluster::delete(addr, &state.links, chunk_id).await.map_err(|e| e.to_string())
 }
 
-/// Copies `chunk_id` to `dest` from the first of `sources` that can supply it. Every block of
-/// the source is verified against the recorded crc32s on the way ([`copy_chunk`]).
+/// Copies `chunk_id` to `dest` from the first of `sources` that can supply it, and returns the
+/// ID `dest` proved. Every block of the source is verified against the recorded crc32s on the
+/// way ([`copy_chunk`]).
 async fn copy_from_any(
     state: &EngineState,
     sources: &[SocketAddr],
     dest: SocketAddr,
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
-) -> Result<(), String> {
+) -> Result<NodeId, String> {
     let mut why = Vec::new();
     for &source in sources {
         match copy_chunk(source, dest, &state.links, chunk_id, chunk).await {
-            Ok(()) => return Ok(()),
+            Ok(node_id) => return Ok(node_id),
             Err(CopyError::Source(e)) => why.push(format!("source {source}: {e}")),
             Err(CopyError::Destination(e)) => {
                 state.links.health.note_failure(&e);
@@ -233,6 +234,8 @@ async fn repair_chunk(
     }
     // A new copy is an orphan to gc until the metadata points at it.
     let _writing = state.uploads_in_progress.begin(chunk_id.file_id);
+    // The new copies, each with the ID its node proved on the connection that wrote it.
+    let mut made: Vec<(SocketAddr, NodeId)> = Vec::new();
     for (dest, holds_corrupt_copy) in dests {
         if placement.len() >= replicas {
             break;
@@ -248,8 +251,9 @@ async fn repair_chunk(
             corrupt.retain(|&a| a != dest);
         }
         match copy_from_any(state, &sound, dest, chunk_id, chunk).await {
-            Ok(()) => {
+            Ok(node_id) => {
                 placement.push(dest);
+                made.push((dest, node_id));
                 summary.n_copies_made += 1;
                 crate::metrics::REPAIR_COPIES.inc();
                 summary.bytes_copied += chunk.length;
@@ -269,7 +273,7 @@ async fn repair_chunk(
         keep_copies_on_down_nodes(&mut placement, &down, replicas);
     }
     if placement != recorded {
-        let slots = slots_for(&placement, &recorded, &recorded_slots, &*state.links.health);
+        let slots = slots_for(&placement, &made, &recorded, &recorded_slots, &*state.links.health);
         match state.meta.set_placement(chunk_id.file_id, chunk_id.chunk_idx, slots).await {
             Ok(true) => tracing::info!("repair: {chunk_id} now on {placement:?} (was {recorded:?})"),
             // Deleted meanwhile: the new copies are orphans for gc.
@@ -288,10 +292,12 @@ async fn repair_chunk(
     }
 }
 
-/// The nodes of a new placement as the metadata names them: by the ID each proved, or, for a
-/// copy kept on a node that has not answered since start-up, as it was recorded.
+/// The nodes of a new placement as the metadata names them: a new copy by the ID its node
+/// proved on the connection that wrote it (`made`), a kept copy by the ID its node answers
+/// with now, or, on a node that has not answered since start-up, as it was recorded.
 fn slots_for(
     placement: &[SocketAddr],
+    made: &[(SocketAddr, NodeId)],
     recorded: &[SocketAddr],
     recorded_slots: &[&NodeSlot],
     nodes: &dyn NodeDirectory,
@@ -299,10 +305,13 @@ fn slots_for(
     assert_eq!(recorded.len(), recorded_slots.len(), "one slot per recorded copy");
     placement
         .iter()
-        .map(|&addr| match (nodes.id_of(addr), recorded.iter().position(|&r| r == addr)) {
-            (Some(id), _) => NodeSlot { id: Some(id.0), addr: addr.to_string() },
-            (None, Some(k)) => recorded_slots[k].clone(),
-            (None, None) => NodeSlot { id: None, addr: addr.to_string() },
+        .map(|&addr| {
+            let proven = made.iter().find(|(a, _)| *a == addr).map(|(_, id)| *id).or_else(|| nodes.id_of(addr));
+            match (proven, recorded.iter().position(|&r| r == addr)) {
+                (Some(id), _) => NodeSlot { id: Some(id.0), addr: addr.to_string() },
+                (None, Some(k)) => recorded_slots[k].clone(),
+                (None, None) => NodeSlot { id: None, addr: addr.to_string() },
+            }
         })
         .collect()
 }
@@ -418,5 +427,42 @@ mod tests {
         let mut full = vec![n(1), n(4)];
         keep_copies_on_down_nodes(&mut full, &[n(2)], 2);
         assert_eq!(full, vec![n(1), n(4)]);
+    }
+
+    /// Node IDs by address, as the node table would give them.
+    struct Table(Vec<(SocketAddr, NodeId)>);
+
+    impl NodeDirectory for Table {
+        fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+            self.0.iter().find(|(_, i)| *i == id).map(|(a, _)| *a)
+        }
+        fn id_of(&self, addr: SocketAddr) -> Option<NodeId> {
+            self.0.iter().find(|(a, _)| *a == addr).map(|(_, i)| *i)
+        }
+    }
+
+    #[test]
+    fn new_placements_name_new_copies_by_their_proven_id_and_keep_unanswered_ones_as_recorded() {
+        let (x, y, z) = (NodeId([1; 16]), NodeId([2; 16]), NodeId([3; 16]));
+        // n(1) answers as x; n(2) has not answered (recorded as z); a new copy went to n(3),
+        // whose connection proved y, though the table now says n(3) is someone else.
+        let table = Table(vec![(n(1), x), (n(3), NodeId([9; 16]))]);
+        let recorded_slots =
+            [NodeSlot { id: Some(x.0), addr: n(1).to_string() }, NodeSlot { id: Some(z.0), addr: n(2).to_string() }];
+        let slots = slots_for(
+            &[n(1), n(2), n(3)],
+            &[(n(3), y)],
+            &[n(1), n(2)],
+            &recorded_slots.iter().collect::<Vec<_>>(),
+            &table,
+        );
+        assert_eq!(
+            slots,
+            [
+                NodeSlot { id: Some(x.0), addr: n(1).to_string() },
+                NodeSlot { id: Some(z.0), addr: n(2).to_string() },
+                NodeSlot { id: Some(y.0), addr: n(3).to_string() },
+            ]
+        );
     }
 }

@@ -176,6 +176,9 @@ enum Untrusted {
 /// A handshaken connection to one node.
 pub struct NodeConn {
     pub addr: SocketAddr,
+    /// The ID the node proved in this connection's handshake: a copy written over it is on
+    /// that node, whatever the node table says by the time it is recorded.
+    pub node_id: NodeId,
     pub conn: Conn,
     /// How long the node lets this connection sit unread or idle before it closes it (from its
     /// HelloOk): the engine must never leave a request's answer unread for that long.
@@ -283,6 +286,7 @@ impl NodeConn {
             .map_err(|why| NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why.to_string())))?;
         Ok(NodeConn {
             addr,
+            node_id,
             conn,
             node_idle_timeout: Duration::from_millis(u64::from(hello_ok.idle_timeout_ms)),
             reused: false,

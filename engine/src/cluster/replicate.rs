@@ -9,8 +9,8 @@ use super::store::await_store;
 use crate::meta::ChunkRecord;
 use dfs_proto::layout::block_len;
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
-use dfs_proto::ChunkId;
 use dfs_proto::Msg;
+use dfs_proto::{ChunkId, NodeId};
 use std::net::SocketAddr;
 
 /// Which side of a copy failed.
@@ -51,8 +51,8 @@ impl std::fmt::Display for CopyError {
     }
 }
 
-/// Copies chunk `chunk_id` from `source` to `dest`; returns once the new copy is durable and
-/// its block crc32s match the recorded ones. A pooled destination connection that breaks is
+/// Copies chunk `chunk_id` from `source` to `dest`; returns, with the ID `dest` proved, once the
+/// new copy is durable and its block crc32s match the recorded ones. A pooled destination connection that breaks is
 /// retried once on a new one, as every request is.
 pub async fn copy_chunk(
     source: SocketAddr,
@@ -60,7 +60,7 @@ pub async fn copy_chunk(
     links: &Links,
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
-) -> Result<(), CopyError> {
+) -> Result<NodeId, CopyError> {
     with_connection(dest, links, move |writer| copy_once(source, writer, links, chunk_id, chunk)).await
 }
 
@@ -70,7 +70,7 @@ async fn copy_once(
     links: &Links,
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
-) -> Result<(), CopyError> {
+) -> Result<NodeId, CopyError> {
     let dest = writer.addr;
     let mut reader = ChunkReader::open(source, links, chunk_id, chunk, 0).await.map_err(CopyError::Source)?;
     writer
@@ -94,6 +94,7 @@ async fn copy_once(
             writer.protocol("the new copy's block crc32s differ from the recorded ones"),
         ));
     }
+    let node_id = writer.node_id;
     writer.checkin();
-    Ok(())
+    Ok(node_id)
 }
