@@ -120,27 +120,17 @@ async fn collect_node(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Health;
     use crate::meta::{ChunkRecord, NodeSlot};
     use dfs_proto::{Chunking, NodeId};
 
-    /// Node 1 answers at :7001 (recorded at :7101, where it was), node 2 at :7002.
-    struct Nodes;
-
-    impl NodeDirectory for Nodes {
-        fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
-            match id.0[0] {
-                1 => Some(addr(7001)),
-                2 => Some(addr(7002)),
-                _ => None,
-            }
-        }
-        fn id_of(&self, a: SocketAddr) -> Option<NodeId> {
-            match a.port() {
-                7001 => Some(NodeId([1; 16])),
-                7002 => Some(NodeId([2; 16])),
-                _ => None,
-            }
-        }
+    /// The node table: node 1 answers at :7001 (recorded at :7101, where it was), node 2 at
+    /// :7002.
+    fn nodes() -> Health {
+        let health = Health::new(&[addr(7001), addr(7002)]);
+        health.learn(addr(7001), NodeId([1; 16])).expect("a fresh table");
+        health.learn(addr(7002), NodeId([2; 16])).expect("a fresh table");
+        health
     }
 
     fn addr(port: u16) -> SocketAddr {
@@ -163,15 +153,17 @@ mod tests {
     #[test]
     fn a_copy_is_referenced_by_node_id_wherever_the_node_now_answers() {
         let moved = record(vec![NodeSlot { id: Some([1; 16]), addr: addr(7101).to_string() }]);
-        assert!(places(&moved, 0, addr(7001), &Nodes), "node 1's copy, at its new address");
-        assert!(!places(&moved, 0, addr(7002), &Nodes), "node 2 holds no copy of it: an orphan there");
-        assert!(!places(&moved, 1, addr(7001), &Nodes), "no such chunk");
+        let nodes = nodes();
+        assert!(places(&moved, 0, addr(7001), &nodes), "node 1's copy, at its new address");
+        assert!(!places(&moved, 0, addr(7002), &nodes), "node 2 holds no copy of it: an orphan there");
+        assert!(!places(&moved, 1, addr(7001), &nodes), "no such chunk");
     }
 
     #[test]
     fn a_placement_by_address_alone_keeps_every_copy_of_its_chunk() {
         let legacy = record(vec![NodeSlot { id: None, addr: addr(7101).to_string() }]);
-        assert!(places(&legacy, 0, addr(7001), &Nodes));
-        assert!(places(&legacy, 0, addr(7002), &Nodes));
+        let nodes = nodes();
+        assert!(places(&legacy, 0, addr(7001), &nodes));
+        assert!(places(&legacy, 0, addr(7002), &nodes));
     }
 }

@@ -122,7 +122,7 @@ async fn probe_down_nodes(state: &EngineState) {
         if state.links.health.is_up(addr) {
             continue;
         }
-        state.links.health.ping(addr, &state.links).await;
+        cluster::ping(&state.links, addr).await;
     }
 }
 
@@ -429,24 +429,14 @@ mod tests {
         assert_eq!(full, vec![n(1), n(4)]);
     }
 
-    /// Node IDs by address, as the node table would give them.
-    struct Table(Vec<(SocketAddr, NodeId)>);
-
-    impl NodeDirectory for Table {
-        fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
-            self.0.iter().find(|(_, i)| *i == id).map(|(a, _)| *a)
-        }
-        fn id_of(&self, addr: SocketAddr) -> Option<NodeId> {
-            self.0.iter().find(|(a, _)| *a == addr).map(|(_, i)| *i)
-        }
-    }
-
     #[test]
     fn new_placements_name_new_copies_by_their_proven_id_and_keep_unanswered_ones_as_recorded() {
         let (x, y, z) = (NodeId([1; 16]), NodeId([2; 16]), NodeId([3; 16]));
         // n(1) answers as x; n(2) has not answered (recorded as z); a new copy went to n(3),
         // whose connection proved y, though the table now says n(3) is someone else.
-        let table = Table(vec![(n(1), x), (n(3), NodeId([9; 16]))]);
+        let table = crate::cluster::Health::new(&[n(1), n(2), n(3)]);
+        table.learn(n(1), x).expect("a fresh table");
+        table.learn(n(3), NodeId([9; 16])).expect("a fresh table");
         let recorded_slots =
             [NodeSlot { id: Some(x.0), addr: n(1).to_string() }, NodeSlot { id: Some(z.0), addr: n(2).to_string() }];
         let slots = slots_for(

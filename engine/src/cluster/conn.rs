@@ -245,21 +245,17 @@ impl NodeConn {
         };
         let _ = stream.set_nodelay(true);
         let conn = Conn::new(stream, t.idle, dfs_proto::Link::Node);
-        let send = |msg: Msg| {
-            let conn = &conn;
-            async move { conn.write_msg(&msg).await.map_err(|e| NodeError::from_frame(addr, e)) }
-        };
         let secret = links.secret.as_deref();
         let (hello, engine_nonce) =
             engine_hello(secret).map_err(|e| unreachable(format!("cannot draw a nonce: {e}")))?;
-        send(Msg::Hello(hello)).await?;
+        send_msg(addr, &conn, &Msg::Hello(hello)).await?;
         let mut answer = recv_msg(addr, &conn).await?;
         let mut proven_id = None;
         if let Msg::AuthChallenge { nonce, node_id, proof } = &answer {
             let reply = answer_challenge(secret, engine_nonce, nonce, node_id, proof)
                 .map_err(|why| NodeError::new(addr, NodeFailure::Remote(Status::Unauthorized, why.to_string())))?;
             proven_id = Some(*node_id);
-            send(reply).await?;
+            send_msg(addr, &conn, &reply).await?;
             answer = recv_msg(addr, &conn).await?;
         } else if engine_nonce.is_some() {
             let why = "the node did not prove the cluster secret: it runs without --cluster-secret-file";
@@ -309,7 +305,7 @@ impl NodeConn {
     }
 
     pub async fn send(&self, msg: &Msg) -> Result<(), NodeError> {
-        self.conn.write_msg(msg).await.map_err(|e| NodeError::from_frame(self.addr, e))
+        send_msg(self.addr, &self.conn, msg).await
     }
 
     /// Reads one control frame; an Error frame becomes a `Remote` failure.
@@ -324,6 +320,11 @@ impl NodeConn {
     pub fn unexpected(&self, wanted: &str, got: &Msg) -> NodeError {
         NodeError::unexpected(self.addr, wanted, got)
     }
+}
+
+/// Sends one control frame to `addr`.
+async fn send_msg(addr: SocketAddr, conn: &Conn, msg: &Msg) -> Result<(), NodeError> {
+    conn.write_msg(msg).await.map_err(|e| NodeError::from_frame(addr, e))
 }
 
 /// Reads one control frame from `addr`; an Error frame becomes a `Remote` failure.

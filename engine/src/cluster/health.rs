@@ -129,17 +129,6 @@ impl Health {
         }
     }
 
-    /// Asks `addr` for its store report and records what it says: up with its report, or down
-    /// with the reason, even an error answer (a node that cannot report its store is not one to
-    /// send copies to).
-    pub async fn ping(&self, addr: SocketAddr, links: &Links) {
-        match super::node_stat(addr, links).await {
-            Ok(report) => self.record_report(addr, report),
-            Err(NodeError { failure: NodeFailure::Unreachable(why), .. }) => self.mark_down(addr, &why),
-            Err(e) => self.mark_down(addr, &e.to_string()),
-        }
-    }
-
     pub fn record_report(&self, addr: SocketAddr, report: StoreReport) {
         let node = addr.to_string();
         crate::metrics::NODE_CHUNKS.with_label_values(&[&node]).set(report.n_chunks as i64);
@@ -217,11 +206,23 @@ pub fn start_pinger(links: &Links, interval: Duration) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Asks `addr` for its store report and records what it says: up with its report, or down
+/// with the reason, even an error answer (a node that cannot report its store is not one to
+/// send copies to).
+pub async fn ping(links: &Links, addr: SocketAddr) {
+    let health = &links.health;
+    match super::node_stat(addr, links).await {
+        Ok(report) => health.record_report(addr, report),
+        Err(NodeError { failure: NodeFailure::Unreachable(why), .. }) => health.mark_down(addr, &why),
+        Err(e) => health.mark_down(addr, &e.to_string()),
+    }
+}
+
 /// Pings every node at once and returns when each has answered or failed.
 pub async fn ping_all(links: &Links) {
     let health = &links.health;
     let addrs: Vec<SocketAddr> = health.nodes.iter().map(|n| n.addr).collect();
-    futures_util::future::join_all(addrs.into_iter().map(|addr| health.ping(addr, links))).await;
+    futures_util::future::join_all(addrs.into_iter().map(|addr| ping(links, addr))).await;
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
