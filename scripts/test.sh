@@ -33,3 +33,8 @@ DFS_IO=epoll DFS_DATA_PATH=copy run -p dfs-tests "$@"
 # chunk files do pin `--store files` and say why.
 echo "== integration tests, node store: files"
 DFS_STORE=files run -p dfs-tests "$@"
+# The deterministic simulation of the engine's failure handling: a bounded number of seeds on
+# every run, plus every seed that ever failed. A longer run: `cargo run --release -p dfs-sim --
+# --seeds 100000`; one seed replayed with what it did: `-- --seed S --trace`.
+echo "== simulation: ${DFS_SIM_SEEDS:-2000} seeds and the regression seeds"
+cargo run --release -p dfs-sim -- --seeds "${DFS_SIM_SEEDS:-2000}" --regressions sim/regressions.txt

@@ -2,11 +2,13 @@
 //! upload, an engine killed mid-upload, a file deleted while the node was down, a copy repair
 //! replaced) is deleted once it is older than the grace period. Uploads in progress are never
 //! touched: their chunks are younger than any sensible grace period, and the engine also skips
-//! every file ID it is uploading right now.
+//! every file ID it is uploading right now. The rule for one copy, and the order in which it
+//! asks, is `dfs_core::gc::OrphanCheck`; this module answers its questions and deletes.
 
 use crate::cluster::{self, NodeConn};
 use crate::meta::{FileRecord, NodeDirectory};
 use crate::state::EngineState;
+use dfs_core::gc::{Answer, Ask, Next, OrphanCheck, Verdict};
 use dfs_proto::limits::MAX_LIST_ENTRIES;
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId};
@@ -60,53 +62,74 @@ async fn collect_node(
 ) -> Result<(), String> {
     let node = NodeConn::checkout(addr, &state.links).await.map_err(|e| e.to_string())?;
     let mut after: Option<ChunkId> = None;
-    // Chunks come in file ID order: one record lookup per file.
+    // The last file's record, shared by its chunks.
     let mut cached: Option<(FileId, Option<FileRecord>)> = None;
     loop {
-        let (chunk_ids, more) =
+        let cluster::ChunkListPage { chunk_ids, more, listed_at_unix_ms } =
             cluster::chunk_list_page(&node, after, MAX_LIST_ENTRIES, grace).await.map_err(|e| e.to_string())?;
         for &chunk_id in &chunk_ids {
             out.n_scanned += 1;
-            // Writers first, then the record: a copy written before its record is committed is
-            // protected by the first check until the second can see it.
-            if state.uploads_in_progress.contains(chunk_id.file_id) {
-                continue;
-            }
-            if cached.as_ref().is_none_or(|(id, _)| *id != chunk_id.file_id) {
-                let record = state.meta.get(chunk_id.file_id).map_err(|e| e.to_string())?;
-                cached = Some((chunk_id.file_id, record));
-                dfs_runtime::failpoint::pause("gc-after-record-read").await;
-            }
-            let referenced = match &cached {
-                Some((_, Some(record))) => places(record, chunk_id.chunk_idx, addr, &*state.links.health),
-                _ => false,
-            };
-            if referenced {
-                continue;
-            }
-            out.n_orphans += 1;
-            if dry_run {
-                push_report_line(&mut out.lines, format!("{chunk_id} on {addr}"));
-                continue;
-            }
-            // The cached record may be stale by now (a repair re-pointed the chunk here): the
-            // decision to delete rests on a fresh look at both.
-            let still_orphan = !state.uploads_in_progress.contains(chunk_id.file_id)
-                && match state.meta.get(chunk_id.file_id).map_err(|e| e.to_string())? {
-                    Some(record) => !places(&record, chunk_id.chunk_idx, addr, &*state.links.health),
-                    None => true,
+            // The rule and the order of its questions are dfs_core::gc's; this answers them.
+            let (mut check, mut next) = OrphanCheck::new(chunk_id, dry_run);
+            // Held from the claim until the DELETE has returned.
+            let mut claim = None;
+            let verdict = loop {
+                let answer = match next {
+                    Next::Done(verdict) => break verdict,
+                    Next::Ask(Ask::Writers) => Answer::Writers(state.uploads_in_progress.contains(chunk_id.file_id)),
+                    Next::Ask(Ask::Record) => {
+                        // Chunks come in file ID order: one record lookup per file.
+                        if cached.as_ref().is_none_or(|(id, _)| *id != chunk_id.file_id) {
+                            let record = state.meta.get(chunk_id.file_id).map_err(|e| e.to_string())?;
+                            cached = Some((chunk_id.file_id, record));
+                            dfs_runtime::failpoint::pause("gc-after-record-read").await;
+                        }
+                        let record = cached.as_ref().and_then(|(_, r)| r.as_ref());
+                        Answer::Placed(
+                            record.is_some_and(|r| places(r, chunk_id.chunk_idx, addr, &*state.links.health)),
+                        )
+                    }
+                    Next::Ask(Ask::Claim) => {
+                        claim = state.gc_claims.claim(chunk_id, addr);
+                        Answer::Claimed(claim.is_some())
+                    }
+                    Next::Ask(Ask::FreshRecord) => {
+                        let record = state.meta.get(chunk_id.file_id).map_err(|e| e.to_string())?;
+                        Answer::Placed(
+                            record.is_some_and(|r| places(&r, chunk_id.chunk_idx, addr, &*state.links.health)),
+                        )
+                    }
                 };
-            if !still_orphan {
-                out.n_orphans -= 1;
-                continue;
-            }
-            match cluster::delete(addr, &state.links, chunk_id).await {
-                Ok(()) => {
-                    out.n_deleted += 1;
-                    push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: deleted"));
+                next = check.answer(answer);
+            };
+            match verdict {
+                Verdict::Writing | Verdict::Referenced | Verdict::KeptOnSecondLook => {}
+                Verdict::Orphan => {
+                    out.n_orphans += 1;
+                    push_report_line(&mut out.lines, format!("{chunk_id} on {addr}"));
                 }
-                Err(e) => push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: not deleted: {e}")),
+                Verdict::Delete => {
+                    out.n_orphans += 1;
+                    // Only the copy listed: if this DELETE times out (releasing the claim) and
+                    // lands later, say on a node that hung, a copy a repair wrote there meanwhile
+                    // is newer than the listing and the node keeps it.
+                    match cluster::delete_listed(addr, &state.links, chunk_id, listed_at_unix_ms).await {
+                        Ok(true) => {
+                            out.n_deleted += 1;
+                            push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: deleted"));
+                        }
+                        Ok(false) => {
+                            out.n_orphans -= 1;
+                            push_report_line(
+                                &mut out.lines,
+                                format!("{chunk_id} on {addr}: kept, written again since the listing"),
+                            );
+                        }
+                        Err(e) => push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: not deleted: {e}")),
+                    }
+                }
             }
+            drop(claim);
         }
         match (more, chunk_ids.last()) {
             (true, Some(last)) => after = Some(*last),

@@ -216,6 +216,7 @@ fn run(args: Args) -> Result<(), String> {
             gc_grace: Duration::from_secs(args.gc_grace_secs),
         },
         uploads_in_progress: state::Uploads::default(),
+        gc_claims: state::GcClaims::default(),
         meta,
         links,
         budget: buffer::Budget::new(args.buffer_budget),

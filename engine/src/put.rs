@@ -85,7 +85,7 @@ pub async fn put(
     let replicas = state.config.replicas;
     // Each chunk tries the nodes in its placement order, those believed down last.
     let candidates = |chunk_idx: u32| -> Vec<SocketAddr> {
-        state.links.health.up_first(&cluster::placement::ring(&state.config.nodes, file_id, chunk_idx))
+        state.links.health.up_first(&dfs_core::placement::ring(&state.config.nodes, file_id, chunk_idx))
     };
 
     let mut inflight: VecDeque<tokio::task::JoinHandle<Acked>> = VecDeque::new();

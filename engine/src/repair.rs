@@ -9,6 +9,7 @@
 use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord, NodeDirectory, NodeSlot};
 use crate::state::EngineState;
+use dfs_core::repair::{keep_copies_on_down_nodes, plan, Checked, Plan};
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId, Msg, NodeId, RepairSummary, Status};
 use dfs_runtime::conn::Conn;
@@ -243,6 +244,12 @@ async fn repair_chunk(
         if !state.links.health.is_up(dest) {
             continue;
         }
+        // This repair is registered as a writer above, before this look: a gc pass that claims
+        // the chunk here later sees the writer and keeps off.
+        if state.gc_claims.is_claimed(chunk_id, dest) {
+            findings.push(format!("not copied to {dest}: gc is deleting an old copy there"));
+            continue;
+        }
         if holds_corrupt_copy {
             if let Err(e) = remove_corrupt_copy(state, dest, chunk_id).await {
                 findings.push(format!("corrupt copy on {dest} not removed: {e}"));
@@ -316,117 +323,12 @@ fn slots_for(
         .collect()
 }
 
-/// What checking one chunk's recorded copies found, node by node.
-struct Checked {
-    sound: Vec<SocketAddr>,
-    missing: Vec<SocketAddr>,
-    corrupt: Vec<SocketAddr>,
-    unknown: Vec<SocketAddr>,
-    down: Vec<SocketAddr>,
-}
-
-/// What repair does with one chunk, decided from what its checks found.
-#[derive(Debug, PartialEq)]
-enum Plan {
-    /// Every copy was proven missing or corrupt.
-    Lost,
-    /// No copy is known sound, but some could not be checked (unknown, or on a down node).
-    Unavailable,
-    /// Keep these copies (sound, or not proven bad), in their recorded order, and, while the
-    /// chunk is short of R, try these destinations in order: a node that answered but lost its
-    /// copy gets it back first, then other nodes (up first), and only then a node holding a
-    /// corrupt copy (true: delete that copy before writing).
-    Repair { keep: Vec<SocketAddr>, dests: Vec<(SocketAddr, bool)> },
-}
-
-/// Decides what repair does with a chunk recorded on `recorded`, given what the checks found,
-/// the cluster's nodes with those believed up first, and the copies it should have. It never
-/// plans to lower the number of copies that may be sound.
-fn plan(recorded: &[SocketAddr], c: &Checked, nodes_up_first: &[SocketAddr], replicas: usize) -> Plan {
-    if c.sound.is_empty() {
-        return if c.unknown.is_empty() && c.down.is_empty() { Plan::Lost } else { Plan::Unavailable };
-    }
-    let keep: Vec<SocketAddr> =
-        recorded.iter().filter(|a| c.sound.contains(a) || c.unknown.contains(a)).copied().collect();
-    let dests = if keep.len() < replicas {
-        let others = nodes_up_first.iter().filter(|d| !recorded.contains(d));
-        c.missing
-            .iter()
-            .map(|&d| (d, false))
-            .chain(others.map(|&d| (d, false)))
-            .chain(c.corrupt.iter().map(|&d| (d, true)))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Plan::Repair { keep, dests }
-}
-
-/// A chunk left short of R keeps pointing at its copies on down nodes, up to R: they may come
-/// back.
-fn keep_copies_on_down_nodes(placement: &mut Vec<SocketAddr>, down: &[SocketAddr], replicas: usize) {
-    let short = replicas.saturating_sub(placement.len());
-    placement.extend(down.iter().copied().take(short));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn n(i: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 7700 + i))
-    }
-
-    fn checked(sound: &[u16], missing: &[u16], corrupt: &[u16], unknown: &[u16], down: &[u16]) -> Checked {
-        let v = |s: &[u16]| s.iter().map(|&i| n(i)).collect();
-        Checked { sound: v(sound), missing: v(missing), corrupt: v(corrupt), unknown: v(unknown), down: v(down) }
-    }
-
-    fn all(k: u16) -> Vec<SocketAddr> {
-        (1..=k).map(n).collect()
-    }
-
-    #[test]
-    fn a_chunk_with_no_sound_copy_is_lost_only_when_every_copy_is_proven_bad() {
-        let recorded = [n(1), n(2)];
-        assert_eq!(plan(&recorded, &checked(&[], &[1], &[2], &[], &[]), &all(5), 2), Plan::Lost);
-        assert_eq!(plan(&recorded, &checked(&[], &[1], &[], &[], &[2]), &all(5), 2), Plan::Unavailable);
-        assert_eq!(plan(&recorded, &checked(&[], &[], &[1], &[2], &[]), &all(5), 2), Plan::Unavailable);
-    }
-
-    #[test]
-    fn a_node_that_lost_its_copy_gets_it_back_first_and_corrupt_holders_come_last() {
-        // Copy on 2 missing (a replaced disk), copy on 3 corrupt, R = 3; nodes 4 and 5 are free.
-        let recorded = [n(1), n(2), n(3)];
-        let p = plan(&recorded, &checked(&[1], &[2], &[3], &[], &[]), &all(5), 3);
-        let dests = vec![(n(2), false), (n(4), false), (n(5), false), (n(3), true)];
-        assert_eq!(p, Plan::Repair { keep: vec![n(1)], dests });
-    }
-
-    #[test]
-    fn copies_that_could_not_be_checked_are_kept_and_count() {
-        // One sound copy and one that could not be checked: with R = 2 nothing is copied.
-        let recorded = [n(1), n(2)];
-        let p = plan(&recorded, &checked(&[2], &[], &[], &[1], &[]), &all(4), 2);
-        assert_eq!(p, Plan::Repair { keep: vec![n(1), n(2)], dests: vec![] });
-    }
-
-    #[test]
-    fn new_copies_go_to_nodes_believed_up_first() {
-        let recorded = [n(1), n(2)];
-        let up_first = [n(4), n(1), n(2), n(3)];
-        let p = plan(&recorded, &checked(&[1], &[], &[], &[], &[2]), &up_first, 2);
-        assert_eq!(p, Plan::Repair { keep: vec![n(1)], dests: vec![(n(4), false), (n(3), false)] });
-    }
-
-    #[test]
-    fn a_chunk_left_short_keeps_pointing_at_copies_on_down_nodes() {
-        let mut placement = vec![n(1)];
-        keep_copies_on_down_nodes(&mut placement, &[n(2), n(3)], 2);
-        assert_eq!(placement, vec![n(1), n(2)]);
-        let mut full = vec![n(1), n(4)];
-        keep_copies_on_down_nodes(&mut full, &[n(2)], 2);
-        assert_eq!(full, vec![n(1), n(4)]);
     }
 
     #[test]

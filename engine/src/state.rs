@@ -5,7 +5,7 @@
 use crate::buffer::Budget;
 use crate::cluster::Links;
 use crate::meta::MetaStore;
-use dfs_proto::{FileId, Msg, Status};
+use dfs_proto::{ChunkId, FileId, Msg, Status};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,10 +53,39 @@ impl Drop for UploadGuard<'_> {
     }
 }
 
+/// Copies gc has claimed for deletion, by chunk and node: repair writes no copy of a claimed
+/// chunk to the claimed node, so gc's DELETE cannot land on a copy that repair has just made
+/// and recorded there (`dfs_core::gc` says why the claim comes before gc's second look).
+#[derive(Default)]
+pub struct GcClaims(std::sync::Mutex<std::collections::HashSet<(ChunkId, SocketAddr)>>);
+
+/// Releases its claim in [`GcClaims`] when dropped.
+pub struct GcClaim<'a>(&'a GcClaims, ChunkId, SocketAddr);
+
+impl GcClaims {
+    /// Claims `chunk` on `node`; None if another gc pass holds that claim.
+    pub fn claim(&self, chunk: ChunkId, node: SocketAddr) -> Option<GcClaim<'_>> {
+        let fresh = self.0.lock().unwrap_or_else(|e| e.into_inner()).insert((chunk, node));
+        fresh.then_some(GcClaim(self, chunk, node))
+    }
+
+    pub fn is_claimed(&self, chunk: ChunkId, node: SocketAddr) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(&(chunk, node))
+    }
+}
+
+impl Drop for GcClaim<'_> {
+    fn drop(&mut self) {
+        let removed = self.0 .0.lock().unwrap_or_else(|e| e.into_inner()).remove(&(self.1, self.2));
+        assert!(removed, "a held claim is in the set until it is released");
+    }
+}
+
 pub struct EngineState {
     /// With keys, only clients presenting one are served.
     pub access_keys: Option<dfs_proto::auth::AccessKeys>,
     pub uploads_in_progress: Uploads,
+    pub gc_claims: GcClaims,
     pub config: EngineConfig,
     pub meta: MetaStore,
     /// How to reach the nodes, and what the engine knows of them (`links.health`).

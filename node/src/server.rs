@@ -52,6 +52,8 @@ enum RequestError {
     Corrupt(ChunkId, String),
     #[error("chunk {0} already exists")]
     AlreadyExists(ChunkId),
+    #[error("chunk {0} was stored again after the time given; kept")]
+    Newer(ChunkId),
     #[error("chunk {chunk}: received data has crc32 {actual:08x}, {announced:08x} was announced")]
     ChecksumMismatch { chunk: ChunkId, announced: u32, actual: u32 },
     #[error("chunk {0}: {1}")]
@@ -65,7 +67,7 @@ impl RequestError {
         match self {
             RequestError::NotFound(_) => Status::NotFound,
             RequestError::Corrupt(..) => Status::Corrupt,
-            RequestError::AlreadyExists(_) => Status::AlreadyExists,
+            RequestError::AlreadyExists(_) | RequestError::Newer(_) => Status::AlreadyExists,
             RequestError::ChecksumMismatch { .. } => Status::ChecksumMismatch,
             RequestError::BadRequest(..) => Status::BadRequest,
             RequestError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => Status::NoSpace,
@@ -158,22 +160,27 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
                     Some(l) => Ok(Msg::ExistsOk { length: l.length, crc32: l.crc32 }),
                     None => Err(RequestError::NotFound(chunk_id)),
                 },
-                (Frame::Msg(Msg::ChunkDelete { chunk_id }), Stores::Files(files)) => delete(files, chunk_id).await,
-                (Frame::Msg(Msg::ChunkDelete { chunk_id }), Stores::Segments(segs)) => {
-                    match segs.remove(chunk_id, false).await {
-                        Ok(()) => Ok(Msg::Ok),
+                (Frame::Msg(Msg::ChunkDelete { chunk_id, written_before_unix_ms }), Stores::Files(files)) => {
+                    delete(files, chunk_id, written_before_unix_ms).await
+                }
+                (Frame::Msg(Msg::ChunkDelete { chunk_id, written_before_unix_ms }), Stores::Segments(segs)) => {
+                    match segs.remove_if_written_before(chunk_id, written_before_unix_ms).await {
+                        Ok(true) => Ok(Msg::Ok),
+                        Ok(false) => Err(RequestError::Newer(chunk_id)),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RequestError::NotFound(chunk_id)),
                         Err(e) => Err(RequestError::io(format!("cannot delete chunk {chunk_id}"))(e)),
                     }
                 }
                 (Frame::Msg(Msg::ChunkList { after, limit, min_age_secs }), stores) => {
                     let limit = limit.min(MAX_LIST_ENTRIES) as usize;
+                    // Taken before the listing: every copy listed was stored before it.
+                    let listed_at_unix_ms = crate::segments::now_unix_ms();
                     let min_age = (min_age_secs > 0).then(|| Duration::from_secs(min_age_secs));
                     match stores {
                         Stores::Files(files) => files.list(after, limit, min_age),
                         Stores::Segments(segs) => Ok(segs.list(after, limit, min_age)),
                     }
-                    .map(|(chunk_ids, more)| Msg::ChunkListOk { chunk_ids, more })
+                    .map(|(chunk_ids, more)| Msg::ChunkListOk { chunk_ids, more, listed_at_unix_ms })
                     .map_err(RequestError::io("cannot list chunks"))
                 }
                 (Frame::Msg(Msg::NodeStat), stores) => match stores {
@@ -474,9 +481,25 @@ async fn exists(files: &ChunkStore, chunk_id: ChunkId) -> Result<Msg, RequestErr
     Ok(Msg::ExistsOk { length: footer.length, crc32: footer.crc32 })
 }
 
-async fn delete(files: &ChunkStore, chunk_id: ChunkId) -> Result<Msg, RequestError> {
+/// Deletes a chunk file; with `written_before_unix_ms`, only one last modified before then.
+async fn delete(
+    files: &ChunkStore,
+    chunk_id: ChunkId,
+    written_before_unix_ms: Option<u64>,
+) -> Result<Msg, RequestError> {
     let path = files.chunk_path(&chunk_id);
-    let file_bytes = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let meta = std::fs::symlink_metadata(&path);
+    if let (Some(before), Ok(m)) = (written_before_unix_ms, &meta) {
+        let modified_ms = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(u64::MAX, |d| d.as_millis() as u64);
+        if modified_ms >= before {
+            return Err(RequestError::Newer(chunk_id));
+        }
+    }
+    let file_bytes = meta.map(|m| m.len()).unwrap_or(0);
     match dfs_runtime::backend::fs::remove_file(&path).await {
         Ok(()) => files.note_removed(file_bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RequestError::NotFound(chunk_id)),

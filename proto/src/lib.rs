@@ -29,4 +29,4 @@ pub use status::Status;
 /// Protocol magic that opens every connection's Hello frame.
 pub const MAGIC: [u8; 4] = *b"DFS1";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;

@@ -389,8 +389,12 @@ pub enum Msg {
         length: u64,
         crc32: u32,
     },
+    /// Deletes a chunk's copy; with `written_before_unix_ms`, only a copy the node stored
+    /// before that time by its own clock (gc passes the time its listing was taken, so a copy
+    /// written since, by a repair, is kept and the node answers AlreadyExists).
     ChunkDelete {
         chunk_id: ChunkId,
+        written_before_unix_ms: Option<u64>,
     },
     /// Chunks in ID order after `after`, only those whose file is at least `min_age_secs` old.
     ChunkList {
@@ -401,6 +405,8 @@ pub enum Msg {
     ChunkListOk {
         chunk_ids: Vec<ChunkId>,
         more: bool,
+        /// The node's clock when it took the listing.
+        listed_at_unix_ms: u64,
     },
     /// Client → engine: every node's state.
     ClusterStatus,
@@ -731,7 +737,11 @@ impl Msg {
                 put_chunk_id(&mut w, chunk_id);
                 w.u32(*first_block);
             }
-            Msg::Exists { chunk_id } | Msg::ChunkDelete { chunk_id } => put_chunk_id(&mut w, chunk_id),
+            Msg::Exists { chunk_id } => put_chunk_id(&mut w, chunk_id),
+            Msg::ChunkDelete { chunk_id, written_before_unix_ms } => {
+                put_chunk_id(&mut w, chunk_id);
+                put_opt(&mut w, written_before_unix_ms, |w, v| w.u64(*v));
+            }
             Msg::FetchOk { length, crc32, block_size_bytes } => {
                 w.u64(*length);
                 w.u32(*crc32);
@@ -792,10 +802,11 @@ impl Msg {
                 w.u64(*n_corrupt);
                 put_lines(&mut w, corrupt);
             }
-            Msg::ChunkListOk { chunk_ids, more } => {
+            Msg::ChunkListOk { chunk_ids, more, listed_at_unix_ms } => {
                 w.count(chunk_ids.len());
                 chunk_ids.iter().for_each(|c| put_chunk_id(&mut w, c));
                 w.u8(*more as u8);
+                w.u64(*listed_at_unix_ms);
             }
         }
         let body_len = w.buf.len() - FRAME_HEADER_BYTES;
@@ -878,7 +889,10 @@ impl Msg {
             Kind::StoreOk => Msg::StoreOk { block_crcs: u32s(r, "block crc count", MAX_BLOCKS_PER_CHUNK)? },
             Kind::Fetch => Msg::Fetch { chunk_id: chunk_id(r)?, first_block: r.u32("first block")? },
             Kind::Exists => Msg::Exists { chunk_id: chunk_id(r)? },
-            Kind::ChunkDelete => Msg::ChunkDelete { chunk_id: chunk_id(r)? },
+            Kind::ChunkDelete => Msg::ChunkDelete {
+                chunk_id: chunk_id(r)?,
+                written_before_unix_ms: opt(r, |r| r.u64("written before"))?,
+            },
             Kind::FetchOk => Msg::FetchOk {
                 length: r.u64("length")?,
                 crc32: r.u32("crc32")?,
@@ -926,7 +940,7 @@ impl Msg {
             Kind::ChunkListOk => {
                 let n = r.count("chunk count", MAX_LIST_ENTRIES, 20)?;
                 let chunk_ids = (0..n).map(|_| chunk_id(r)).collect::<Result<Vec<_>, _>>()?;
-                Msg::ChunkListOk { chunk_ids, more: r.bool("more")? }
+                Msg::ChunkListOk { chunk_ids, more: r.bool("more")?, listed_at_unix_ms: r.u64("listed at")? }
             }
         };
         r.finish(kind.name())?;

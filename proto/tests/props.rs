@@ -209,10 +209,12 @@ fn msg() -> impl Strategy<Value = Msg> {
             .prop_map(|(length, crc32, block_size_bytes)| { Msg::FetchOk { length, crc32, block_size_bytes } }),
         chunk_id().prop_map(|chunk_id| Msg::Exists { chunk_id }),
         (any::<u64>(), any::<u32>()).prop_map(|(length, crc32)| Msg::ExistsOk { length, crc32 }),
-        chunk_id().prop_map(|chunk_id| Msg::ChunkDelete { chunk_id }),
+        (chunk_id(), proptest::option::of(any::<u64>()))
+            .prop_map(|(chunk_id, written_before_unix_ms)| Msg::ChunkDelete { chunk_id, written_before_unix_ms }),
         (proptest::option::of(chunk_id()), list_limit(), any::<u64>())
             .prop_map(|(after, limit, min_age_secs)| Msg::ChunkList { after, limit, min_age_secs }),
-        (vec(chunk_id(), 0..50), any::<bool>()).prop_map(|(chunk_ids, more)| Msg::ChunkListOk { chunk_ids, more }),
+        (vec(chunk_id(), 0..50), any::<bool>(), any::<u64>())
+            .prop_map(|(chunk_ids, more, listed_at_unix_ms)| Msg::ChunkListOk { chunk_ids, more, listed_at_unix_ms }),
         Just(Msg::End),
         Just(Msg::ClusterStatus),
         (any::<u32>(), vec(node_status(), 0..20))

@@ -971,9 +971,9 @@ impl Cluster {
                     "node {node_idx}: deleting a segment node's copy of {chunk_id} needs a node without a cluster secret"
                 );
                 let mut s = node_conn(&slot.addr);
-                io_std::write_msg(&mut s, &Msg::ChunkDelete { chunk_id }).unwrap_or_else(|e| {
-                    panic!("node {node_idx} ({}): cannot send ChunkDelete of {chunk_id}: {e}", slot.addr)
-                });
+                io_std::write_msg(&mut s, &Msg::ChunkDelete { chunk_id, written_before_unix_ms: None }).unwrap_or_else(
+                    |e| panic!("node {node_idx} ({}): cannot send ChunkDelete of {chunk_id}: {e}", slot.addr),
+                );
                 match io_std::read_frame(&mut s) {
                     Ok(Frame::Msg(Msg::Ok)) => {}
                     other => {
@@ -1333,7 +1333,7 @@ pub fn node_chunk_ids(addr: &str) -> Vec<ChunkId> {
     loop {
         io_std::write_msg(&mut s, &Msg::ChunkList { after, limit: 1000, min_age_secs: 0 }).expect("send ChunkList");
         match io_std::read_frame(&mut s) {
-            Ok(Frame::Msg(Msg::ChunkListOk { chunk_ids, more })) => {
+            Ok(Frame::Msg(Msg::ChunkListOk { chunk_ids, more, .. })) => {
                 after = chunk_ids.last().copied();
                 ids.extend(chunk_ids);
                 if !more {

@@ -142,9 +142,7 @@ impl Health {
 
     /// `addrs` reordered so that nodes believed up come first, each group keeping its order.
     pub fn up_first(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
-        let (mut up, down): (Vec<_>, Vec<_>) = addrs.iter().partition(|a| self.is_up(**a));
-        up.extend(down);
-        up
+        dfs_core::placement::up_first(addrs, |a| self.is_up(a))
     }
 
     pub fn view(&self) -> Vec<dfs_proto::NodeStatus> {

@@ -5,14 +5,12 @@
 //! - `conn`: connections (connect, handshake, the per-thread pool), [`NodeError`], and the
 //!   one rule for retrying a request whose pooled connection broke.
 //! - `health`: up or down per node, the pinger, and the store reports nodes send.
-//! - `placement`: the order in which a chunk's copies try the nodes.
 //! - `store` (STORE), `fetch` (FETCH, block by block, verified), `replicate` (one chunk
 //!   copied node to node), and the one-frame requests below.
 
 mod conn;
 mod fetch;
 mod health;
-pub mod placement;
 mod replicate;
 mod store;
 
@@ -39,8 +37,25 @@ pub async fn exists(addr: SocketAddr, links: &Links, chunk_id: ChunkId) -> Resul
 
 /// Deletes `addr`'s copy of `chunk_id`; a copy that is already gone counts as deleted.
 pub async fn delete(addr: SocketAddr, links: &Links, chunk_id: ChunkId) -> Result<(), NodeError> {
-    match NodeConn::request(addr, links, &Msg::ChunkDelete { chunk_id }).await {
+    match NodeConn::request(addr, links, &Msg::ChunkDelete { chunk_id, written_before_unix_ms: None }).await {
         Ok(_) | Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes the copy of `chunk_id` on `addr` only if the node stored it before
+/// `listed_at_unix_ms` (the node's clock, from the listing gc found it in). Ok(false): the
+/// node holds a copy written since (a repair's), which it kept.
+pub async fn delete_listed(
+    addr: SocketAddr,
+    links: &Links,
+    chunk_id: ChunkId,
+    listed_at_unix_ms: u64,
+) -> Result<bool, NodeError> {
+    let request = Msg::ChunkDelete { chunk_id, written_before_unix_ms: Some(listed_at_unix_ms) };
+    match NodeConn::request(addr, links, &request).await {
+        Ok(_) | Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Ok(true),
+        Err(NodeError { failure: NodeFailure::Remote(Status::AlreadyExists, _), .. }) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -55,15 +70,24 @@ pub async fn node_stat(addr: SocketAddr, links: &Links) -> Result<StoreReport, N
 
 /// One page of the chunks `node` holds that are at least `min_age` old, after `after` in chunk
 /// ID order (CHUNKLIST), and whether more follow.
+/// One page of a node's chunk list, with the node's clock when it was taken.
+pub struct ChunkListPage {
+    pub chunk_ids: Vec<ChunkId>,
+    pub more: bool,
+    pub listed_at_unix_ms: u64,
+}
+
 pub async fn chunk_list_page(
     node: &NodeConn,
     after: Option<ChunkId>,
     limit: u32,
     min_age: Duration,
-) -> Result<(Vec<ChunkId>, bool), NodeError> {
+) -> Result<ChunkListPage, NodeError> {
     node.send(&Msg::ChunkList { after, limit, min_age_secs: min_age.as_secs() }).await?;
     match node.recv().await? {
-        Msg::ChunkListOk { chunk_ids, more } => Ok((chunk_ids, more)),
+        Msg::ChunkListOk { chunk_ids, more, listed_at_unix_ms } => {
+            Ok(ChunkListPage { chunk_ids, more, listed_at_unix_ms })
+        }
         other => Err(node.unexpected("ChunkListOk", &other)),
     }
 }

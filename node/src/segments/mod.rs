@@ -308,7 +308,7 @@ pub struct SegmentStore {
     pub(crate) scrubbing: Mutex<()>,
 }
 
-fn now_unix_ms() -> u64 {
+pub fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -888,12 +888,28 @@ impl SegmentStore {
         let Some(old) = self.get(&id) else {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("chunk {id} not found")));
         };
+        self.remove_record(id, &old, quarantine).await
+    }
+
+    /// [`SegmentStore::remove`], only if the chunk's record was stored before
+    /// `written_before_unix_ms` (when given). Ok(false): a newer record, kept.
+    pub async fn remove_if_written_before(&self, id: ChunkId, written_before_unix_ms: Option<u64>) -> io::Result<bool> {
+        let Some(old) = self.get(&id) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("chunk {id} not found")));
+        };
+        if written_before_unix_ms.is_some_and(|before| old.created_unix_ms >= before) {
+            return Ok(false);
+        }
+        self.remove_record(id, &old, false).await.map(|()| true)
+    }
+
+    async fn remove_record(&self, id: ChunkId, old: &Location, quarantine: bool) -> io::Result<()> {
         let r = self.reserve(record_span(0))?;
         let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, tombstone(id, r.lsn), r.offset).await;
         res?;
         r.segment.tombs.fetch_add(r.span, Ordering::Relaxed);
         self.sync(&r.segment).await?;
-        self.forget(id, &old, quarantine);
+        self.forget(id, old, quarantine);
         Ok(())
     }
 
@@ -1352,6 +1368,24 @@ pub(super) mod tests {
             assert_eq!(store.list(None, 10, None).0, vec![id(1, 0), id(1, 1), id(1, 2)]);
             assert_eq!(store.report().unwrap().n_chunks, 3);
         }
+    }
+
+    #[test]
+    fn a_delete_with_a_time_keeps_a_record_stored_at_or_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+            // The helper stores records at unix ms 1.
+            put(&store, id(1, 0), &data(1, 100)).await;
+            put(&store, id(1, 1), &data(2, 100)).await;
+            assert!(!store.remove_if_written_before(id(1, 0), Some(1)).await.unwrap(), "stored at 1, not before 1");
+            assert!(store.contains(&id(1, 0)));
+            assert!(store.remove_if_written_before(id(1, 0), Some(2)).await.unwrap());
+            assert!(!store.contains(&id(1, 0)));
+            assert!(store.remove_if_written_before(id(1, 1), None).await.unwrap());
+            let e = store.remove_if_written_before(id(1, 1), None).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        });
     }
 
     #[test]

@@ -3,23 +3,32 @@
 //! nodes that follow. So a file's chunks start on distinct nodes (its four quarters on four
 //! nodes), the copies of one chunk are on distinct nodes, and files spread over the ring when
 //! there are more nodes than chunks. Which of these nodes are up is health's business
-//! ([`super::Health::up_first`]), not placement's.
+//! ([`up_first`] with what the caller knows), not placement's.
 
 use dfs_proto::FileId;
-use std::net::SocketAddr;
 
 /// The order in which chunk `chunk_idx` of `file_id` tries the nodes: every node once, the
 /// chunk's primary first.
-pub fn ring(nodes: &[SocketAddr], file_id: FileId, chunk_idx: u32) -> Vec<SocketAddr> {
+pub fn ring<N: Copy>(nodes: &[N], file_id: FileId, chunk_idx: u32) -> Vec<N> {
     assert!(!nodes.is_empty(), "placement needs nodes");
     let first = file_id.0[0] as usize % nodes.len();
     (0..nodes.len()).map(|k| nodes[(first + chunk_idx as usize + k) % nodes.len()]).collect()
+}
+
+/// `nodes` with those believed up first, each group in the order given: the order in which a
+/// write tries nodes and a read tries copies, moving on only when one fails.
+pub fn up_first<N: Copy>(nodes: &[N], is_up: impl Fn(N) -> bool) -> Vec<N> {
+    let (mut up, down): (Vec<N>, Vec<N>) = nodes.iter().partition(|&&n| is_up(n));
+    up.extend(down);
+    assert_eq!(up.len(), nodes.len(), "a reordering, not a selection");
+    up
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::{BTreeMap, BTreeSet};
+    use std::net::SocketAddr;
 
     fn nodes(n: u16) -> Vec<SocketAddr> {
         (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 7701 + i))).collect()
@@ -72,5 +81,13 @@ mod tests {
         let nodes = nodes(6);
         assert_eq!(ring(&nodes, file(9), 3), ring(&nodes, file(9), 3));
         assert_ne!(ring(&nodes, file(9), 3), ring(&nodes, file(9), 4));
+    }
+
+    #[test]
+    fn nodes_believed_up_come_first_each_group_in_its_order() {
+        let nodes = [1u8, 2, 3, 4, 5];
+        assert_eq!(up_first(&nodes, |n| n % 2 == 0), [2, 4, 1, 3, 5]);
+        assert_eq!(up_first(&nodes, |_| true), nodes);
+        assert_eq!(up_first(&nodes, |_| false), nodes);
     }
 }

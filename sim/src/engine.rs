@@ -1,0 +1,305 @@
+//! The engine's requests over the simulated cluster: the same decisions as the real engine
+//! (`dfs_core`), driven by simulated I/O. Between two steps that the real engine takes on
+//! different threads or across an await, this yields, so other requests can run in between.
+
+use crate::exec::{self, yield_now};
+use crate::world::{ChunkRec, Deleter, Node, NodeErr, Record, Unrecorded, World};
+use dfs_core::gc::{Answer, Ask, Next, OrphanCheck, Verdict};
+use dfs_core::placement::{ring, up_first};
+use dfs_core::repair::{keep_copies_on_down_nodes, plan, Checked, Plan};
+use dfs_proto::layout::{chunk_spans, crc32, Chunking};
+use dfs_proto::{ChunkId, FileId};
+use std::rc::Rc;
+use std::time::Duration;
+
+fn all_nodes(w: &World) -> Vec<Node> {
+    (0..w.config.n_nodes).collect()
+}
+
+/// PUT: each chunk to R nodes in ring order, nodes believed up first; the record is committed
+/// only when every chunk has R durable copies, and the file ID stays registered as being
+/// written until after the commit.
+pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
+    let mut id = [0u8; 16];
+    exec::fill(&mut id);
+    let file_id = FileId(id);
+    let writing = w.begin_writing(file_id);
+    let mut unrecorded = Unrecorded::new(&w);
+    let spans = chunk_spans(data.len() as u64, Chunking::Equal, 0).map_err(|e| e.to_string())?;
+    let mut chunks = Vec::new();
+    let mut written: Vec<(ChunkId, Node)> = Vec::new();
+    let mut failure = None;
+    for (idx, span) in spans.iter().enumerate() {
+        let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
+        let bytes = &data[span.offset as usize..(span.offset + span.length) as usize];
+        let crc = crc32(bytes);
+        let order = up_first(&ring(&all_nodes(&w), file_id, idx as u32), |n| w.is_up(n));
+        let mut placement = Vec::new();
+        let mut next = 0;
+        while placement.len() < w.config.replicas && next < order.len() {
+            let want = w.config.replicas - placement.len();
+            let targets: Vec<Node> = order[next..].iter().take(want).copied().collect();
+            next += targets.len();
+            for &n in &targets {
+                unrecorded.add(chunk, n);
+            }
+            let handles: Vec<_> = targets
+                .iter()
+                .map(|&n| {
+                    let (w, bytes) = (w.clone(), bytes.to_vec());
+                    exec::spawn(
+                        format!("store {chunk} on {n}"),
+                        async move { (n, w.store(n, chunk, &bytes, crc).await) },
+                    )
+                })
+                .collect();
+            for (n, r) in exec::join_all(handles).await {
+                match r {
+                    Ok(()) => {
+                        placement.push(n);
+                        written.push((chunk, n));
+                    }
+                    Err(e) => {
+                        // A copy may exist even though its reply was lost: clean it up too.
+                        written.push((chunk, n));
+                        w.note_failure(n, e);
+                    }
+                }
+            }
+        }
+        if placement.len() < w.config.replicas {
+            failure = Some(format!("chunk {idx}: {} of {} copies", placement.len(), w.config.replicas));
+            break;
+        }
+        chunks.push(ChunkRec { offset: span.offset, length: span.length, crc32: crc, placement });
+    }
+    if let Some(why) = failure {
+        drop(unrecorded);
+        drop(writing);
+        let w2 = w.clone();
+        exec::spawn("clean up a failed upload", async move {
+            for (chunk, n) in written {
+                let _ = w2.delete(n, chunk, None, Deleter::Owner).await;
+            }
+        });
+        return Err(why);
+    }
+    // The commit goes through the metadata writer (another thread in the engine).
+    yield_now().await;
+    exec::trace(|| format!("put {file_id}: committed {:?}", chunks.iter().map(|c| &c.placement).collect::<Vec<_>>()));
+    w.meta.borrow_mut().insert(file_id, Record { size: data.len() as u64, chunks });
+    drop(unrecorded);
+    yield_now().await;
+    drop(writing);
+    Ok(file_id)
+}
+
+/// How a GET failed.
+#[derive(Debug)]
+pub enum GetErr {
+    NotFound,
+    Chunk(u32, Vec<(Node, NodeErr)>),
+}
+
+impl std::fmt::Display for GetErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GetErr::NotFound => write!(f, "not found"),
+            GetErr::Chunk(idx, errors) => write!(f, "chunk {idx} could not be read: {errors:?}"),
+        }
+    }
+}
+
+/// GET: each chunk from its copies, nodes believed up first, every byte checked against the
+/// recorded crc32 before it counts.
+pub async fn get(w: Rc<World>, file_id: FileId) -> Result<Vec<u8>, GetErr> {
+    let record = w.meta.borrow().get(&file_id).cloned().ok_or(GetErr::NotFound)?;
+    let mut out = vec![0u8; record.size as usize];
+    for (idx, c) in record.chunks.iter().enumerate() {
+        let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
+        let mut errors = Vec::new();
+        let mut done = false;
+        for n in up_first(&c.placement, |n| w.is_up(n)) {
+            match w.fetch(n, chunk).await {
+                Ok(bytes) if bytes.len() as u64 == c.length && crc32(&bytes) == c.crc32 => {
+                    w.mark(n, true);
+                    out[c.offset as usize..(c.offset + c.length) as usize].copy_from_slice(&bytes);
+                    done = true;
+                    break;
+                }
+                Ok(_) => errors.push((n, NodeErr::Corrupt)),
+                Err(e) => {
+                    w.note_failure(n, e);
+                    errors.push((n, e));
+                }
+            }
+        }
+        if !done {
+            return Err(GetErr::Chunk(idx as u32, errors));
+        }
+    }
+    Ok(out)
+}
+
+/// DELETE: the record goes first, then its copies (best effort; gc gets the rest).
+pub async fn delete(w: Rc<World>, file_id: FileId) -> bool {
+    let Some(record) = w.meta.borrow_mut().remove(&file_id) else { return false };
+    for (idx, c) in record.chunks.iter().enumerate() {
+        for &n in &c.placement {
+            let _ = w.delete(n, ChunkId { file_id, chunk_idx: idx as u32 }, None, Deleter::Owner).await;
+        }
+    }
+    true
+}
+
+/// One gc pass over every node, with `dfs_core::gc::OrphanCheck` deciding each copy.
+pub async fn gc(w: Rc<World>, grace: Duration) -> u64 {
+    let mut deleted = 0;
+    for node in all_nodes(&w) {
+        let Ok((list, listed_at)) = w.chunk_list(node, grace).await else { continue };
+        for chunk in list {
+            let (mut check, mut next) = OrphanCheck::new(chunk, false);
+            let mut claimed = false;
+            let verdict = loop {
+                let answer = match next {
+                    Next::Done(v) => break v,
+                    Next::Ask(Ask::Writers) => Answer::Writers(w.is_writing(chunk.file_id)),
+                    Next::Ask(Ask::Record | Ask::FreshRecord) => Answer::Placed(w.places(chunk, node)),
+                    Next::Ask(Ask::Claim) => {
+                        claimed = w.gc_claims.borrow_mut().insert((chunk, node));
+                        Answer::Claimed(claimed)
+                    }
+                };
+                // The engine's threads go on between two questions.
+                yield_now().await;
+                next = check.answer(answer);
+            };
+            exec::trace(|| format!("gc: {chunk} on node {node}: {verdict:?}"));
+            if verdict == Verdict::Delete && w.delete(node, chunk, Some(listed_at), Deleter::Gc).await == Ok(true) {
+                deleted += 1;
+            }
+            if claimed {
+                w.gc_claims.borrow_mut().remove(&(chunk, node));
+            }
+        }
+    }
+    w.counts.borrow_mut().gc_deleted += deleted;
+    deleted
+}
+
+/// One repair pass over every file, with `dfs_core::repair::plan` deciding each chunk. One pass
+/// at a time, as in the engine (a pass asked for while one runs is refused): two passes
+/// working from records read at different times would each write their own placement.
+pub async fn repair(w: Rc<World>) -> bool {
+    if w.repair_running.replace(true) {
+        return false;
+    }
+    repair_pass(&w).await;
+    w.repair_running.set(false);
+    true
+}
+
+async fn repair_pass(w: &Rc<World>) {
+    for node in all_nodes(w) {
+        if !w.is_up(node) {
+            let up = w.ping(node).await;
+            w.mark(node, up);
+        }
+    }
+    let files: Vec<FileId> = w.meta.borrow().keys().copied().collect();
+    for file_id in files {
+        let Some(record) = w.meta.borrow().get(&file_id).cloned() else { continue };
+        for (idx, c) in record.chunks.iter().enumerate() {
+            repair_chunk(w, ChunkId { file_id, chunk_idx: idx as u32 }, c).await;
+        }
+    }
+}
+
+async fn repair_chunk(w: &Rc<World>, chunk: ChunkId, c: &ChunkRec) {
+    let mut checked = Checked::new();
+    for &n in &c.placement {
+        if !w.is_up(n) {
+            checked.down.push(n);
+            continue;
+        }
+        match w.exists(n, chunk).await {
+            Ok((len, crc)) if len == c.length && crc == c.crc32 => checked.sound.push(n),
+            Ok(_) | Err(NodeErr::Corrupt) => checked.corrupt.push(n),
+            Err(NodeErr::NotFound) => checked.missing.push(n),
+            Err(e @ (NodeErr::Unreachable | NodeErr::TimedOut)) => {
+                w.note_failure(n, e);
+                checked.down.push(n);
+            }
+            Err(NodeErr::Io | NodeErr::Full) => checked.unknown.push(n),
+        }
+    }
+    let others = up_first(&all_nodes(w), |n| w.is_up(n));
+    let Plan::Repair { keep: mut placement, dests } = plan(&c.placement, &checked, &others, w.config.replicas) else {
+        return;
+    };
+    let _writing = w.begin_writing(chunk.file_id);
+    let mut unrecorded = Unrecorded::new(w);
+    let mut corrupt = checked.corrupt.clone();
+    for (dest, holds_corrupt_copy) in dests {
+        if placement.len() >= w.config.replicas {
+            break;
+        }
+        if !w.is_up(dest) || w.gc_claims.borrow().contains(&(chunk, dest)) {
+            continue;
+        }
+        if holds_corrupt_copy {
+            if w.delete(dest, chunk, None, Deleter::Repair).await.is_err() {
+                continue;
+            }
+            corrupt.retain(|&n| n != dest);
+        }
+        unrecorded.add(chunk, dest);
+        // From the first sound copy that verifies, block by block, to dest.
+        let mut copied = false;
+        for &source in &checked.sound {
+            match w.fetch(source, chunk).await {
+                Ok(bytes) if bytes.len() as u64 == c.length && crc32(&bytes) == c.crc32 => {
+                    match w.store(dest, chunk, &bytes, c.crc32).await {
+                        Ok(()) => copied = true,
+                        Err(e) => w.note_failure(dest, e),
+                    }
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => w.note_failure(source, e),
+            }
+        }
+        if copied {
+            placement.push(dest);
+            w.counts.borrow_mut().copies_made += 1;
+        }
+    }
+    if placement.len() < w.config.replicas {
+        keep_copies_on_down_nodes(&mut placement, &checked.down, w.config.replicas);
+    }
+    if placement != c.placement {
+        yield_now().await;
+        let mut meta = w.meta.borrow_mut();
+        match meta.get_mut(&chunk.file_id) {
+            Some(r) => {
+                exec::trace(|| format!("repair: {chunk} placed on {placement:?} (was {:?})", c.placement));
+                r.chunks[chunk.chunk_idx as usize].placement = placement.clone()
+            }
+            None => return,
+        }
+    }
+    for n in corrupt.into_iter().filter(|n| !placement.contains(n)) {
+        let _ = w.delete(n, chunk, None, Deleter::Repair).await;
+    }
+}
+
+/// The pinger: every node, every half second.
+pub async fn pinger(w: Rc<World>) {
+    loop {
+        exec::sleep(Duration::from_millis(500)).await;
+        for n in all_nodes(&w) {
+            let up = w.ping(n).await;
+            w.mark(n, up);
+        }
+    }
+}
