@@ -29,6 +29,7 @@ pub struct ScrubReport {
 pub struct ClusterStatus {
     pub replicas: u32,
     pub nodes: Vec<NodeStatus>,
+    pub repair_queue: dfs_proto::msg::RepairQueueStatus,
 }
 
 /// How long scrub or gc may keep the engine busy before the client gives up.
@@ -50,7 +51,9 @@ impl Client {
 
     pub fn status(&mut self) -> Result<ClusterStatus> {
         self.run(true, |c| match c.request(&Msg::ClusterStatus, "ClusterStatusOk")? {
-            Msg::ClusterStatusOk { replicas, nodes } => Ok(ClusterStatus { replicas, nodes }),
+            Msg::ClusterStatusOk { replicas, nodes, repair_queue } => {
+                Ok(ClusterStatus { replicas, nodes, repair_queue })
+            }
             other => Err(unexpected(&other, "ClusterStatusOk")),
         })
     }

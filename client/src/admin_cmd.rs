@@ -160,6 +160,12 @@ pub fn run(server: &dfs_client::Server, command: AdminCommand, stdout: &mut dyn 
                     writeln!(stdout, "  last error: {e}")?;
                 }
             }
+            let q = &status.repair_queue;
+            writeln!(
+                stdout,
+                "repair queue: {} chunk(s) waiting; {} settled and {} cop(ies) made since the engine started",
+                q.n_queued, q.n_settled, q.n_copies_made
+            )?;
         }
         AdminCommand::Repair { json } => {
             let summary = repair(&mut client)?;

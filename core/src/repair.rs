@@ -99,6 +99,81 @@ pub fn keep_copies_on_down_nodes<N: Copy + PartialEq>(placement: &mut Vec<N>, do
     placement.extend(down.iter().copied().filter(|d| !placement.contains(d)).take(short).collect::<Vec<_>>());
 }
 
+/// Why a chunk was put on the repair queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// A read found a copy missing, corrupt or unreachable.
+    ReadFailed,
+    /// A node holding a copy has been down for longer than the engine waits.
+    NodeDown,
+    /// A node answered with another ID at the address of one that held a copy: its data
+    /// directory was replaced.
+    NodeReplaced,
+    /// A scrub quarantined a copy.
+    Quarantined,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 4] = [Reason::ReadFailed, Reason::NodeDown, Reason::NodeReplaced, Reason::Quarantined];
+
+    pub fn code(self) -> u8 {
+        match self {
+            Reason::ReadFailed => 1,
+            Reason::NodeDown => 2,
+            Reason::NodeReplaced => 3,
+            Reason::Quarantined => 4,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::ReadFailed => "read failed",
+            Reason::NodeDown => "node down",
+            Reason::NodeReplaced => "node replaced",
+            Reason::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// How repairing one chunk ended, for the repair queue: whether the chunk is settled or
+/// must be looked at again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// R copies, all found sound: nothing was done.
+    Sound,
+    /// Copies were made (or placements moved) and the chunk is back to R.
+    Repaired,
+    /// Fewer than R copies, and no other node could take one now.
+    Short,
+    /// Left as it was because a copy could not be checked.
+    Unchecked,
+    /// No copy is known sound, but some could not be checked.
+    Unavailable,
+    /// Every copy is proven missing or corrupt: nothing left to copy from.
+    Lost,
+    /// The file was deleted meanwhile.
+    Gone,
+}
+
+impl Outcome {
+    /// Whether the queue can forget the chunk. A chunk short of copies, unchecked or
+    /// unavailable is tried again later; a lost one stays reported by the audit pass.
+    pub fn settled(self) -> bool {
+        matches!(self, Outcome::Sound | Outcome::Repaired | Outcome::Lost | Outcome::Gone)
+    }
+}
+
+/// How long the queue waits before trying a chunk again after `attempts` unsettled tries:
+/// 5 s, doubling, at most an hour.
+pub fn retry_after(attempts: u32) -> std::time::Duration {
+    let secs = 5u64.saturating_mul(1u64 << attempts.min(20));
+    std::time::Duration::from_secs(secs.min(3600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +234,19 @@ mod tests {
         let mut full = vec![1, 4];
         keep_copies_on_down_nodes(&mut full, &[2], 2);
         assert_eq!(full, vec![1, 4]);
+    }
+
+    #[test]
+    fn the_queue_backs_off_from_five_seconds_to_an_hour() {
+        let secs: Vec<u64> = (0..12).map(|a| retry_after(a).as_secs()).collect();
+        assert_eq!(secs[..4], [5, 10, 20, 40]);
+        assert_eq!(retry_after(u32::MAX).as_secs(), 3600);
+        assert!(secs.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn only_chunks_that_can_still_change_stay_queued() {
+        assert!(Outcome::Repaired.settled() && Outcome::Sound.settled() && Outcome::Lost.settled());
+        assert!(!Outcome::Short.settled() && !Outcome::Unchecked.settled() && !Outcome::Unavailable.settled());
     }
 }

@@ -10,7 +10,9 @@
 use crate::buffer::{ChunkBuf, Reassembly};
 use crate::cluster::{read_chunk, ChunkReader, Health, Links, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord, PlacementError};
+use crate::repair_queue::RepairQueue;
 use crate::state::{internal, not_found, EngineState};
+use dfs_core::repair::Reason;
 use dfs_proto::layout::block_len;
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::{ChunkId, FileId, FrameError, Msg, Status};
@@ -111,6 +113,7 @@ async fn get_buffered(
         let permits = permits.clone();
         let links = state.links.clone();
         let budget = state.budget.clone();
+        let queue = state.repair_queue.clone();
         let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
         tasks.push(dfs_runtime::backend::spawn(async move {
             let _permit = permits.acquire().await.expect("semaphore is never closed");
@@ -149,6 +152,7 @@ async fn get_buffered(
                     Err(e) => {
                         tracing::debug!("{chunk_id}: {e}");
                         links.health.note_failure(&e);
+                        queue.note(chunk_id, Reason::ReadFailed);
                         errors.push(e);
                     }
                 }
@@ -238,6 +242,7 @@ async fn get_streamed(
     }
     let reader = dfs_runtime::backend::spawn(read_in_order(
         state.links.clone(),
+        state.repair_queue.clone(),
         file_id,
         record.chunks.clone(),
         copies,
@@ -307,6 +312,7 @@ enum Streamed {
 /// part-way, the next copy is opened at the block that failed.
 async fn read_in_order(
     links: Links,
+    queue: std::sync::Arc<RepairQueue>,
     file_id: FileId,
     chunks: Vec<ChunkRecord>,
     copies: Vec<Vec<SocketAddr>>,
@@ -338,6 +344,7 @@ async fn read_in_order(
                 Streamed::Failed(e) => {
                     tracing::debug!("{chunk_id}: {e}");
                     links.health.note_failure(&e);
+                    queue.note(chunk_id, Reason::ReadFailed);
                     errors.push(e);
                     copy_idx += 1;
                 }

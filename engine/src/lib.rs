@@ -15,5 +15,6 @@ pub mod meta;
 pub mod metrics;
 pub mod put;
 pub mod repair;
+pub mod repair_queue;
 pub mod server;
 pub mod state;

@@ -81,10 +81,21 @@ struct Args {
     /// Seconds between health checks of every node.
     #[arg(long, default_value_t = 2)]
     ping_interval_secs: u64,
-    /// Seconds between background repair passes, which bring every chunk back to --replicas
-    /// verified copies (0: never; `dfs-client repair` runs one on demand).
-    #[arg(long, default_value_t = 600)]
+    /// Seconds between full repair passes, the slow audit that asks every node about every copy
+    /// and brings every chunk back to --replicas verified copies (0: never; `dfs-client repair`
+    /// runs one on demand). Day to day, the repair queue does the work.
+    #[arg(long, default_value_t = 86400)]
     repair_interval_secs: u64,
+    /// Seconds between turns of the repair queue, which repairs the chunks that failed reads,
+    /// down or replaced nodes and scrubs have shown may be short of copies (0: no queue).
+    #[arg(long, default_value_t = 2)]
+    repair_queue_secs: u64,
+    /// Seconds a node must stay down before the repair queue re-makes its copies elsewhere.
+    #[arg(long, default_value_t = 60)]
+    repair_after_down_secs: u64,
+    /// Bytes per second repair may copy, e.g. 50MiB (0: no limit).
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    repair_bandwidth: u64,
     /// Seconds a chunk that no file references must have existed before `dfs-client gc`
     /// deletes it as an orphan.
     #[arg(long, default_value_t = 3600)]
@@ -221,15 +232,21 @@ fn run(args: Args) -> Result<(), String> {
         links,
         budget: buffer::Budget::new(args.buffer_budget),
         repair_running: Default::default(),
+        repair_lock: Default::default(),
+        repair_queue: Default::default(),
+        repair_pace: dfs_engine::repair_queue::RepairPace::new(args.repair_bandwidth),
     });
     name_nodes(&state)?;
     if args.ping_interval_secs > 0 {
         cluster::start_pinger(&state.links, Duration::from_secs(args.ping_interval_secs))
             .map_err(|e| format!("cannot start the node pinger: {e}"))?;
     }
-    if args.repair_interval_secs > 0 {
-        start_background_repair(state.clone(), Duration::from_secs(args.repair_interval_secs))?;
-    }
+    start_background_repair(
+        state.clone(),
+        Duration::from_secs(args.repair_interval_secs),
+        Duration::from_secs(args.repair_queue_secs),
+        Duration::from_secs(args.repair_after_down_secs),
+    )?;
     metrics::init();
     if let Some(metrics_addr) = args.metrics {
         dfs_runtime::metrics::serve(metrics_addr)?;
@@ -262,16 +279,40 @@ fn name_nodes(state: &EngineState) -> Result<(), String> {
     Ok(())
 }
 
-/// A repair pass every `interval`, on a thread and io_uring runtime of its own.
-fn start_background_repair(state: Arc<EngineState>, interval: Duration) -> Result<(), String> {
+/// On a thread and io_uring runtime of their own: a full repair pass every `audit` and a turn
+/// of the repair queue every `queue` (either off at zero).
+fn start_background_repair(
+    state: Arc<EngineState>,
+    audit: Duration,
+    queue: Duration,
+    after_down: Duration,
+) -> Result<(), String> {
+    if audit.is_zero() && queue.is_zero() {
+        return Ok(());
+    }
     std::thread::Builder::new()
         .name("repair".into())
         .spawn(move || {
             dfs_runtime::backend::start(async move {
+                if !audit.is_zero() {
+                    let state = state.clone();
+                    dfs_runtime::backend::spawn(async move {
+                        loop {
+                            tokio::time::sleep(audit).await;
+                            if let Err(e) = repair::run(&state, None).await {
+                                tracing::info!("background repair skipped: {e}");
+                            }
+                        }
+                    });
+                }
+                if queue.is_zero() {
+                    return std::future::pending().await;
+                }
+                let mut down_queued = std::collections::BTreeSet::new();
                 loop {
-                    tokio::time::sleep(interval).await;
-                    if let Err(e) = repair::run(&state, None).await {
-                        tracing::info!("background repair skipped: {e}");
+                    tokio::time::sleep(queue).await;
+                    if let Err(e) = repair::run_queue(&state, after_down, &mut down_queued).await {
+                        tracing::warn!("repair queue: turn failed: {e}");
                     }
                 }
             })

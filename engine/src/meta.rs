@@ -58,7 +58,7 @@ pub enum MetaError {
     NewerSchema(u64),
 }
 
-fn db_err(e: impl std::fmt::Display) -> MetaError {
+pub(crate) fn db_err(e: impl std::fmt::Display) -> MetaError {
     MetaError::Db(e.to_string())
 }
 
@@ -276,7 +276,7 @@ enum WriteOp {
 }
 
 pub struct MetaStore {
-    db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
     /// Always Some until drop, which closes the queue and waits for the writer to finish.
     writes: Option<mpsc::SyncSender<WriteOp>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -346,6 +346,26 @@ impl MetaStore {
                 return Ok((out, true));
             }
             out.push(FileRecord::decode(file_id, v.value())?.summary(file_id));
+        }
+        Ok((out, false))
+    }
+
+    /// Whole records in ID order after `after`, at most `limit`, and whether more follow.
+    pub fn records(&self, after: Option<FileId>, limit: usize) -> Result<(Vec<(FileId, FileRecord)>, bool), MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(FILES).map_err(db_err)?;
+        let start = after.map(|a| a.0).unwrap_or([0; 16]);
+        let mut out = Vec::new();
+        for entry in table.range::<&[u8; 16]>(&start..).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let file_id = FileId(*k.value());
+            if Some(file_id) == after {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push((file_id, FileRecord::decode(file_id, v.value())?));
         }
         Ok((out, false))
     }

@@ -9,7 +9,7 @@
 use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord, NodeDirectory, NodeSlot};
 use crate::state::EngineState;
-use dfs_core::repair::{keep_copies_on_down_nodes, plan, Checked, Plan};
+use dfs_core::repair::{keep_copies_on_down_nodes, plan, retry_after, Checked, Outcome, Plan, Reason};
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId, Msg, NodeId, RepairSummary, Status};
 use dfs_runtime::conn::Conn;
@@ -36,6 +36,9 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
         return Err("a repair pass is already running; try again when it has finished".into());
     }
     let _running = Running(&state.repair_running);
+    // A turn of the queue may be running: wait for it, so that two repairs never write
+    // placements from records read at different times.
+    let _exclusive = state.repair_lock.lock().await;
     let started = Instant::now();
     probe_down_nodes(state).await;
     // The file list first, so progress has a total.
@@ -86,6 +89,103 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
         started.elapsed()
     );
     Ok(summary)
+}
+
+/// What one turn of the repair queue did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct QueueTurn {
+    /// Chunks newly queued this turn.
+    pub n_queued: u64,
+    pub n_tried: u64,
+    pub n_settled: u64,
+}
+
+/// Chunks one turn of the queue tries at most.
+pub const QUEUE_BATCH: usize = 256;
+
+/// One turn of the repair queue: queues what the request paths noted, the copies of nodes
+/// found replaced and of nodes down for longer than `after_down`, then tries the chunks that
+/// are due, settling or rescheduling each. Skipped (Ok, nothing done) while a full pass runs.
+/// `down_queued` holds the nodes whose copies were queued for the down spell they are in.
+pub async fn run_queue(
+    state: &EngineState,
+    after_down: Duration,
+    down_queued: &mut std::collections::BTreeSet<SocketAddr>,
+) -> Result<QueueTurn, String> {
+    let Ok(_exclusive) = state.repair_lock.try_lock() else { return Ok(QueueTurn::default()) };
+    let now = unix_ms();
+    let health = &*state.links.health;
+    let mut entries: Vec<(ChunkId, Reason, u64)> =
+        state.repair_queue.take_notes().into_iter().map(|(c, r)| (c, r, now)).collect();
+    for (addr, previous) in health.take_replaced() {
+        let chunks = state.meta.chunks_placed(|slot| slot.id == Some(previous.0)).map_err(|e| e.to_string())?;
+        tracing::info!("repair queue: {} chunk(s) had a copy on node {previous}, replaced at {addr}", chunks.len());
+        entries.extend(chunks.into_iter().map(|c| (c, Reason::NodeReplaced, now)));
+    }
+    let down = health.down_for();
+    down_queued.retain(|a| down.iter().any(|(d, _)| d == a));
+    for (addr, for_how_long) in down {
+        if for_how_long < after_down || down_queued.contains(&addr) {
+            continue;
+        }
+        let id = health.id_of(addr).map(|id| id.0);
+        let here = addr.to_string();
+        let chunks = state
+            .meta
+            .chunks_placed(|slot| match (slot.id, id) {
+                (Some(recorded), Some(id)) => recorded == id,
+                _ => slot.addr == here,
+            })
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            "repair queue: node {addr} down for {for_how_long:?}: {} chunk(s) with a copy there",
+            chunks.len()
+        );
+        entries.extend(chunks.into_iter().map(|c| (c, Reason::NodeDown, now)));
+        down_queued.insert(addr);
+    }
+    let mut turn =
+        QueueTurn { n_queued: state.meta.queue_add(&entries, now).map_err(|e| e.to_string())?, ..QueueTurn::default() };
+    let due = state.meta.queue_due(now, QUEUE_BATCH).map_err(|e| e.to_string())?;
+    if due.is_empty() {
+        return Ok(turn);
+    }
+    probe_down_nodes(state).await;
+    let (mut settled, mut retry) = (Vec::new(), Vec::new());
+    let mut summary = RepairSummary::default();
+    for (chunk_id, queued) in due {
+        turn.n_tried += 1;
+        let outcome = match state.meta.get(chunk_id.file_id) {
+            Ok(Some(record)) => match record.chunks.get(chunk_id.chunk_idx as usize) {
+                Some(chunk) => repair_chunk(state, &record, chunk_id, chunk, &mut summary).await,
+                None => Outcome::Gone,
+            },
+            Ok(None) => Outcome::Gone,
+            Err(e) => return Err(e.to_string()),
+        };
+        if outcome.settled() {
+            settled.push(chunk_id);
+        } else {
+            let attempts = queued.attempts.saturating_add(1);
+            retry.push((chunk_id, attempts, unix_ms() + retry_after(attempts).as_millis() as u64));
+        }
+    }
+    turn.n_settled = settled.len() as u64;
+    state.meta.queue_settle(&settled, &retry).map_err(|e| e.to_string())?;
+    state.repair_queue.n_settled.fetch_add(turn.n_settled, Ordering::Relaxed);
+    state.repair_queue.n_copies_made.fetch_add(summary.n_copies_made, Ordering::Relaxed);
+    tracing::info!(
+        "repair queue: {} tried, {} settled, {} to try again, {} cop(ies) made",
+        turn.n_tried,
+        turn.n_settled,
+        retry.len(),
+        summary.n_copies_made
+    );
+    Ok(turn)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// What a node holds of one chunk, as far as one check can tell.
@@ -167,7 +267,7 @@ async fn repair_chunk(
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
     summary: &mut RepairSummary,
-) {
+) -> Outcome {
     summary.n_chunks_checked += 1;
     let replicas = state.config.replicas;
     let (recorded, recorded_slots) =
@@ -176,7 +276,7 @@ async fn repair_chunk(
             Err(e) => {
                 summary.n_chunks_unrecoverable += 1;
                 push_report_line(&mut summary.problems, format!("{chunk_id}: unreadable metadata: {e}"));
-                return;
+                return Outcome::Lost;
             }
         };
     let (mut sound, mut missing, mut corrupt, mut unknown, mut down) =
@@ -214,7 +314,8 @@ async fn repair_chunk(
     let (mut placement, dests) = match plan(&recorded, &checked, &others, replicas) {
         Plan::Repair { keep, dests } => (keep, dests),
         lost_or_unavailable => {
-            let line = if lost_or_unavailable == Plan::Lost {
+            let lost = lost_or_unavailable == Plan::Lost;
+            let line = if lost {
                 summary.n_chunks_unrecoverable += 1;
                 format!("{chunk_id}: lost, every copy is missing or corrupt ({})", findings.join("; "))
             } else {
@@ -223,7 +324,7 @@ async fn repair_chunk(
             };
             tracing::error!("repair: {line}");
             push_report_line(&mut summary.problems, line);
-            return;
+            return if lost { Outcome::Lost } else { Outcome::Unavailable };
         }
     };
     let Checked { sound, mut corrupt, unknown, down, .. } = checked;
@@ -259,6 +360,7 @@ async fn repair_chunk(
         }
         match copy_from_any(state, &sound, dest, chunk_id, chunk).await {
             Ok(node_id) => {
+                state.repair_pace.after(chunk.length).await;
                 placement.push(dest);
                 made.push((dest, node_id));
                 summary.n_copies_made += 1;
@@ -268,7 +370,8 @@ async fn repair_chunk(
             Err(e) => findings.push(format!("copy to {dest} failed: {e}")),
         }
     }
-    if placement.len() < replicas {
+    let short = placement.len() < replicas;
+    if short {
         summary.n_chunks_degraded += 1;
         let line = format!(
             "{chunk_id}: {} of {replicas} copies, no other node could take one ({})",
@@ -284,10 +387,10 @@ async fn repair_chunk(
         match state.meta.set_placement(chunk_id.file_id, chunk_id.chunk_idx, slots).await {
             Ok(true) => tracing::info!("repair: {chunk_id} now on {placement:?} (was {recorded:?})"),
             // Deleted meanwhile: the new copies are orphans for gc.
-            Ok(false) => return,
+            Ok(false) => return Outcome::Gone,
             Err(e) => {
                 push_report_line(&mut summary.problems, format!("{chunk_id}: cannot record new copies: {e}"));
-                return;
+                return Outcome::Short;
             }
         }
     }
@@ -296,6 +399,15 @@ async fn repair_chunk(
         if let Err(e) = remove_corrupt_copy(state, addr, chunk_id).await {
             tracing::warn!("repair: corrupt copy of {chunk_id} on {addr} not removed (gc will): {e}");
         }
+    }
+    if short {
+        Outcome::Short
+    } else if !unknown.is_empty() {
+        Outcome::Unchecked
+    } else if placement != recorded {
+        Outcome::Repaired
+    } else {
+        Outcome::Sound
     }
 }
 

@@ -116,9 +116,15 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     conn.write_msg(&reply).await?
                 }
                 Msg::ClusterStatus => {
+                    let queue = &state.repair_queue;
                     let reply = Msg::ClusterStatusOk {
                         replicas: state.config.replicas as u32,
                         nodes: state.links.health.view(),
+                        repair_queue: dfs_proto::msg::RepairQueueStatus {
+                            n_queued: state.meta.queue_len().unwrap_or(0) + queue.n_notes(),
+                            n_settled: queue.settled(),
+                            n_copies_made: queue.n_copies_made.load(std::sync::atomic::Ordering::Relaxed),
+                        },
                     };
                     conn.write_msg(&reply).await?
                 }
@@ -129,7 +135,13 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     };
                     conn.write_msg(&reply).await?
                 }
-                Msg::Scrub => conn.write_msg(&cluster::scrub_all(&state.config.nodes, &state.links).await).await?,
+                Msg::Scrub => {
+                    let (reply, quarantined) = cluster::scrub_all(&state.config.nodes, &state.links).await;
+                    for chunk in quarantined {
+                        state.repair_queue.note(chunk, dfs_core::repair::Reason::Quarantined);
+                    }
+                    conn.write_msg(&reply).await?
+                }
                 Msg::Gc { dry_run, grace_secs } => {
                     let grace = grace_secs.map(Duration::from_secs).unwrap_or(state.config.gc_grace);
                     let out = crate::gc::run(state, dry_run, grace).await;

@@ -91,8 +91,13 @@ pub struct EngineState {
     /// How to reach the nodes, and what the engine knows of them (`links.health`).
     pub links: Links,
     pub budget: Arc<Budget>,
-    /// Set while a repair pass runs: one at a time, whether asked for or on the interval.
+    /// Set while a full repair pass runs: one at a time, whether asked for or on the interval.
     pub repair_running: std::sync::atomic::AtomicBool,
+    /// Held by a full repair pass and by each turn of the repair queue: never two at once.
+    pub repair_lock: tokio::sync::Mutex<()>,
+    /// Chunks noted for repair by the request paths, and what the queue has done.
+    pub repair_queue: Arc<crate::repair_queue::RepairQueue>,
+    pub repair_pace: crate::repair_queue::RepairPace,
 }
 
 pub fn not_found(file_id: FileId) -> Msg {

@@ -439,6 +439,17 @@ async fn fetch(
             .map_err(RequestError::io(format!("cannot read chunk {chunk_id}")))
             .and_then(|()| check_block(chunk_id, block_idx, &buf[..len], footer.block_crcs[block_idx as usize]));
         if let Err(e) = checked {
+            if matches!(e, RequestError::Corrupt(..)) {
+                // Set aside as scrub would: repair then finds it missing and makes it again.
+                match files.quarantine(&chunk_id) {
+                    Ok(to) => {
+                        tracing::warn!("chunk {chunk_id} failed a block check on FETCH; moved to {}", to.display())
+                    }
+                    Err(q) => {
+                        tracing::warn!("chunk {chunk_id} failed a block check on FETCH; cannot set it aside: {q}")
+                    }
+                }
+            }
             return end_fetch(conn, e).await;
         }
         match &splice {
@@ -456,6 +467,18 @@ async fn fetch(
     let _ = file.close().await;
     conn.write_msg(&Msg::End).await?;
     Ok(Ok(()))
+}
+
+/// A record FETCH found not to hold the bytes stored is set aside as scrub would (a tombstone,
+/// counted as quarantined), so that repair finds the copy missing and makes it again.
+async fn set_aside_if_corrupt(segs: &SegmentStore, chunk_id: ChunkId, loc: &Location, e: &RequestError) {
+    if !matches!(e, RequestError::Corrupt(..)) {
+        return;
+    }
+    match segs.quarantine_record(chunk_id, loc).await {
+        Ok(()) => tracing::warn!("chunk {chunk_id} failed a block check on FETCH; set aside"),
+        Err(q) => tracing::warn!("chunk {chunk_id} failed a block check on FETCH; cannot set it aside: {q}"),
+    }
 }
 
 /// A block read for FETCH against the crc32 stored for it.
@@ -691,6 +714,7 @@ async fn segment_fetch(
         let (res, buf) =
             dfs_runtime::ops::read_exact_at(fd, aligned::for_io(buf_bytes), (end - start) as usize, start).await;
         if let Err(e) = check(0, res, &buf) {
+            set_aside_if_corrupt(segs, chunk_id, &loc, &e).await;
             return end_fetch(conn, e).await;
         }
         conn.write_small(&[&fetch_ok], &buf[from..from + len], &[&Msg::End]).await?;
@@ -726,6 +750,7 @@ async fn segment_fetch(
             }
         };
         if let Err(e) = check(block_idx, res, &buf) {
+            set_aside_if_corrupt(segs, chunk_id, &loc, &e).await;
             return end_fetch(conn, e).await;
         }
         let (_, _, from, len) = span(block_idx);

@@ -22,7 +22,7 @@ pub use ids::{ChunkId, FileId, NodeId, Origin, ParseIdError};
 pub use layout::{BlockCrcs, ChunkSpan, Chunking};
 pub use msg::{
     ChunkInfo, FileInfo, FileNode, FileSummary, FrameHeader, Hello, HelloOk, Kind, Link, Msg, NodeStatus,
-    RepairSummary, Role, StoreReport,
+    RepairQueueStatus, RepairSummary, Role, StoreReport,
 };
 pub use status::Status;
 

@@ -270,6 +270,17 @@ pub struct NodeStatus {
     pub last_error: Option<String>,
 }
 
+/// The repair queue, as the engine reports it in its status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RepairQueueStatus {
+    /// Chunks waiting to be tried, or to be tried again.
+    pub n_queued: u64,
+    /// Chunks the queue has settled since the engine started.
+    pub n_settled: u64,
+    /// Copies the queue has made since the engine started.
+    pub n_copies_made: u64,
+}
+
 /// The outcome of a repair pass.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RepairSummary {
@@ -413,6 +424,7 @@ pub enum Msg {
     ClusterStatusOk {
         replicas: u32,
         nodes: Vec<NodeStatus>,
+        repair_queue: RepairQueueStatus,
     },
     /// Client → engine: bring every chunk back to its copy count. Answered by any number of
     /// RepairProgress, then RepairOk.
@@ -763,10 +775,13 @@ impl Msg {
                 w.raw(proof);
             }
             Msg::AuthProof { proof } => w.raw(proof),
-            Msg::ClusterStatusOk { replicas, nodes } => {
+            Msg::ClusterStatusOk { replicas, nodes, repair_queue } => {
                 w.u32(*replicas);
                 w.count(nodes.len());
                 nodes.iter().for_each(|n| put_node_status(&mut w, n));
+                w.u64(repair_queue.n_queued);
+                w.u64(repair_queue.n_settled);
+                w.u64(repair_queue.n_copies_made);
             }
             Msg::RepairProgress { n_done, n_total } => {
                 w.u64(*n_done);
@@ -911,7 +926,12 @@ impl Msg {
                 // Smallest node: address length 4, up 1, last seen 8, two option tags.
                 let n = r.count("node count", MAX_NODES_PER_FILE, 15)?;
                 let nodes = (0..n).map(|_| node_status(r)).collect::<Result<Vec<_>, _>>()?;
-                Msg::ClusterStatusOk { replicas, nodes }
+                let repair_queue = RepairQueueStatus {
+                    n_queued: r.u64("queued")?,
+                    n_settled: r.u64("settled")?,
+                    n_copies_made: r.u64("copies made")?,
+                };
+                Msg::ClusterStatusOk { replicas, nodes, repair_queue }
             }
             Kind::RepairProgress => Msg::RepairProgress { n_done: r.u64("done")?, n_total: r.u64("total")? },
             Kind::RepairOk => Msg::RepairOk(RepairSummary {

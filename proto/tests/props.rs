@@ -7,7 +7,8 @@ use dfs_proto::io_std::{read_data, read_frame, write_data, write_msg, Frame};
 use dfs_proto::limits::*;
 use dfs_proto::{
     ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, FrameError, FrameHeader, Hello, HelloOk,
-    Kind, Link, Msg, NodeId, NodeStatus, Origin, RepairSummary, Role, Status, StoreReport, MAGIC, VERSION,
+    Kind, Link, Msg, NodeId, NodeStatus, Origin, RepairQueueStatus, RepairSummary, Role, Status, StoreReport, MAGIC,
+    VERSION,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -217,8 +218,13 @@ fn msg() -> impl Strategy<Value = Msg> {
             .prop_map(|(chunk_ids, more, listed_at_unix_ms)| Msg::ChunkListOk { chunk_ids, more, listed_at_unix_ms }),
         Just(Msg::End),
         Just(Msg::ClusterStatus),
-        (any::<u32>(), vec(node_status(), 0..20))
-            .prop_map(|(replicas, nodes)| Msg::ClusterStatusOk { replicas, nodes }),
+        (any::<u32>(), vec(node_status(), 0..20), any::<(u64, u64, u64)>()).prop_map(
+            |(replicas, nodes, (n_queued, n_settled, n_copies_made))| Msg::ClusterStatusOk {
+                replicas,
+                nodes,
+                repair_queue: RepairQueueStatus { n_queued, n_settled, n_copies_made }
+            }
+        ),
         Just(Msg::Repair),
         (any::<u64>(), any::<u64>()).prop_map(|(n_done, n_total)| Msg::RepairProgress { n_done, n_total }),
         (vec(any::<u64>(), 7), report_lines()).prop_map(|(v, problems)| Msg::RepairOk(RepairSummary {

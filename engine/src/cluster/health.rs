@@ -18,6 +18,8 @@ struct NodeHealth {
     up: AtomicBool,
     /// Unix milliseconds of the last answer; 0 = never.
     last_seen_unix_ms: AtomicU64,
+    /// Unix milliseconds of the moment it was last marked down, while it is down; 0 while up.
+    down_since_unix_ms: AtomicU64,
     report: Mutex<Option<StoreReport>>,
     last_error: Mutex<Option<String>>,
 }
@@ -27,6 +29,8 @@ pub struct Health {
     /// The ID each node (same index) last proved; None until it answers. One lock over all,
     /// so that no two addresses can take one ID at once.
     ids: Mutex<Vec<Option<NodeId>>>,
+    /// Nodes that answered with a new ID at an address where another had answered.
+    replaced: Mutex<Vec<(SocketAddr, NodeId)>>,
 }
 
 fn now_unix_ms() -> u64 {
@@ -42,11 +46,28 @@ impl Health {
                 addr,
                 up: AtomicBool::new(true),
                 last_seen_unix_ms: AtomicU64::new(0),
+                down_since_unix_ms: AtomicU64::new(0),
                 report: Mutex::new(None),
                 last_error: Mutex::new(None),
             })
             .collect();
-        Health { nodes, ids: Mutex::new(vec![None; addrs.len()]) }
+        Health { nodes, ids: Mutex::new(vec![None; addrs.len()]), replaced: Mutex::new(Vec::new()) }
+    }
+
+    /// The nodes found replaced since the last call: the address, and the ID whose copies the
+    /// node there no longer holds. For the repair queue.
+    pub fn take_replaced(&self) -> Vec<(SocketAddr, NodeId)> {
+        std::mem::take(&mut *lock(&self.replaced))
+    }
+
+    /// Each node believed down, with how long it has been down.
+    pub fn down_for(&self) -> Vec<(SocketAddr, Duration)> {
+        let now = now_unix_ms();
+        self.nodes
+            .iter()
+            .filter(|n| !n.up.load(Ordering::Acquire))
+            .map(|n| (n.addr, Duration::from_millis(now.saturating_sub(n.down_since_unix_ms.load(Ordering::Acquire)))))
+            .collect()
     }
 
     fn find(&self, addr: SocketAddr) -> Option<&NodeHealth> {
@@ -94,6 +115,7 @@ impl Health {
                 "the node at {addr} is now node {id}, not {previous}: its data directory was replaced; repair re-makes \
                  the copies {previous} held"
             );
+            lock(&self.replaced).push((addr, previous));
         }
         Ok(())
     }
@@ -116,6 +138,7 @@ impl Health {
             *n.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
             crate::metrics::NODE_UP.with_label_values(&[&addr.to_string()]).set(0);
             if n.up.swap(false, Ordering::AcqRel) {
+                n.down_since_unix_ms.store(now_unix_ms(), Ordering::Release);
                 tracing::warn!("node {addr} is down: {why}");
             }
         }

@@ -109,21 +109,23 @@ pub fn delete_later(links: &Links, copies: Vec<(ChunkId, SocketAddr)>) {
     });
 }
 
-/// Has every node re-verify its chunks, all at once, and sums up what they found. A node that
-/// cannot scrub is reported as a line, not as a failure of the whole request.
-pub async fn scrub_all(nodes: &[SocketAddr], links: &Links) -> Msg {
+/// Has every node re-verify its chunks, all at once, and sums up what they found (the reply for
+/// the client), with the chunks the nodes' report lines name as set aside. A node that cannot
+/// scrub is reported as a line, not as a failure of the whole request.
+pub async fn scrub_all(nodes: &[SocketAddr], links: &Links) -> (Msg, Vec<ChunkId>) {
     let links = &links.with_idle(SCRUB_TIMEOUT);
     let scrubs = nodes.iter().map(|&addr| async move {
         let node = NodeConn::connect(addr, links).await?;
         node.send(&Msg::Scrub).await?;
         node.recv().await.map(|m| (addr, m))
     });
-    let (mut n_checked, mut n_corrupt, mut lines) = (0, 0, Vec::new());
+    let (mut n_checked, mut n_corrupt, mut lines, mut quarantined) = (0, 0, Vec::new(), Vec::new());
     for result in futures_util::future::join_all(scrubs).await {
         match result {
             Ok((addr, Msg::ScrubOk { n_checked: c, n_corrupt: k, corrupt })) => {
                 n_checked += c;
                 n_corrupt += k;
+                quarantined.extend(corrupt.iter().filter_map(|l| quarantined_chunk(l)));
                 for line in corrupt {
                     dfs_proto::msg::push_report_line(&mut lines, format!("node {addr}: {line}"));
                 }
@@ -135,5 +137,10 @@ pub async fn scrub_all(nodes: &[SocketAddr], links: &Links) -> Msg {
             Err(e) => dfs_proto::msg::push_report_line(&mut lines, format!("not scrubbed: {e}")),
         }
     }
-    Msg::ScrubOk { n_checked, n_corrupt, corrupt: lines }
+    (Msg::ScrubOk { n_checked, n_corrupt, corrupt: lines }, quarantined)
+}
+
+/// The chunk a node's scrub report line names (`chunk <id> is corrupt ...`), if any.
+pub fn quarantined_chunk(line: &str) -> Option<ChunkId> {
+    line.strip_prefix("chunk ")?.split_whitespace().next()?.parse().ok()
 }

@@ -156,6 +156,7 @@ fn samples() -> Vec<(&'static str, Msg)> {
                         last_error: Some("connection refused".into()),
                     },
                 ],
+                repair_queue: dfs_proto::msg::RepairQueueStatus { n_queued: 3, n_settled: 5, n_copies_made: 4 },
             },
         ),
         ("repair", Msg::Repair),

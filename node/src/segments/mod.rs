@@ -903,6 +903,15 @@ impl SegmentStore {
         self.remove_record(id, &old, false).await.map(|()| true)
     }
 
+    /// Sets record `old` of `id` aside as corrupt (a tombstone; counted as quarantined), unless
+    /// a newer record has taken its place.
+    pub async fn quarantine_record(&self, id: ChunkId, old: &Location) -> io::Result<()> {
+        match self.get(&id) {
+            Some(current) if current.lsn == old.lsn => self.remove_record(id, old, true).await,
+            _ => Ok(()),
+        }
+    }
+
     async fn remove_record(&self, id: ChunkId, old: &Location, quarantine: bool) -> io::Result<()> {
         let r = self.reserve(record_span(0))?;
         let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, tombstone(id, r.lsn), r.offset).await;
