@@ -111,10 +111,13 @@ pub enum Reason {
     NodeReplaced,
     /// A scrub quarantined a copy.
     Quarantined,
+    /// A full repair pass left it unsettled.
+    Audit,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [Reason::ReadFailed, Reason::NodeDown, Reason::NodeReplaced, Reason::Quarantined];
+    pub const ALL: [Reason; 5] =
+        [Reason::ReadFailed, Reason::NodeDown, Reason::NodeReplaced, Reason::Quarantined, Reason::Audit];
 
     pub fn code(self) -> u8 {
         match self {
@@ -122,6 +125,7 @@ impl Reason {
             Reason::NodeDown => 2,
             Reason::NodeReplaced => 3,
             Reason::Quarantined => 4,
+            Reason::Audit => 5,
         }
     }
 
@@ -135,6 +139,7 @@ impl Reason {
             Reason::NodeDown => "node down",
             Reason::NodeReplaced => "node replaced",
             Reason::Quarantined => "quarantined",
+            Reason::Audit => "left unsettled by a full pass",
         }
     }
 }
@@ -164,6 +169,35 @@ impl Outcome {
     /// unavailable is tried again later; a lost one stays reported by the audit pass.
     pub fn settled(self) -> bool {
         matches!(self, Outcome::Sound | Outcome::Repaired | Outcome::Lost | Outcome::Gone)
+    }
+}
+
+/// What repairing one chunk did, for [`outcome`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Done {
+    /// Fewer than R copies in the new placement.
+    pub short: bool,
+    /// A copy repair read from, taken for sound by its check, turned out missing or corrupt
+    /// (the node set it aside): the placement may still name it.
+    pub source_proven_bad: bool,
+    /// Some copy could not be checked.
+    pub unchecked: bool,
+    /// Copies were made or the placement changed.
+    pub changed: bool,
+}
+
+/// How repairing one chunk ended, from what it did. A chunk whose copy turned out bad while
+/// repair read from it is not settled: the next try finds that copy missing and replaces it
+/// (found by `dfs-sim`: settling it left the chunk a copy short, recorded where none was).
+pub fn outcome(done: Done) -> Outcome {
+    if done.short || done.source_proven_bad {
+        Outcome::Short
+    } else if done.unchecked {
+        Outcome::Unchecked
+    } else if done.changed {
+        Outcome::Repaired
+    } else {
+        Outcome::Sound
     }
 }
 
@@ -242,6 +276,16 @@ mod tests {
         assert_eq!(secs[..4], [5, 10, 20, 40]);
         assert_eq!(retry_after(u32::MAX).as_secs(), 3600);
         assert!(secs.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn a_chunk_whose_source_copy_turned_out_bad_is_tried_again() {
+        let done = Done { changed: true, source_proven_bad: true, ..Done::default() };
+        assert_eq!(outcome(done), Outcome::Short);
+        assert!(!outcome(done).settled());
+        assert_eq!(outcome(Done { changed: true, ..Done::default() }), Outcome::Repaired);
+        assert_eq!(outcome(Done::default()), Outcome::Sound);
+        assert_eq!(outcome(Done { unchecked: true, changed: true, ..Done::default() }), Outcome::Unchecked);
     }
 
     #[test]

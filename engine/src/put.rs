@@ -233,7 +233,10 @@ pub async fn put(
         origin: origin.map(|o| o.0),
     };
     match state.meta.insert(file_id, record.clone()).await {
-        Ok(()) => client.write_msg(&Msg::PutOk { file_id }).await,
+        Ok(()) => {
+            note_replaced_since_written(state, file_id, &copies);
+            client.write_msg(&Msg::PutOk { file_id }).await
+        }
         // An error from a commit does not prove that nothing was committed (an fsync can fail
         // after the data reached the disk): look before deleting chunks a record may point at.
         Err(e) => match state.meta.get(file_id) {
@@ -258,6 +261,22 @@ pub async fn put(
                 client.write_msg(&internal(format!("cannot tell whether the file was recorded: {e}; {e2}"))).await
             }
         },
+    }
+}
+
+/// After the commit: a copy whose node has since answered with another ID (its data directory
+/// was replaced while the upload went on) is gone, though acknowledged. The repair queue learns
+/// of replaced nodes from the node table, but finds only chunks already committed; this covers
+/// the ones committed after, so that either way the chunk is queued. (Found by `dfs-sim`.)
+fn note_replaced_since_written(state: &EngineState, file_id: FileId, copies: &[Vec<Copy>]) {
+    for (chunk_idx, chunk_copies) in copies.iter().enumerate() {
+        for (addr, proven, _) in chunk_copies {
+            if state.links.health.id_of(*addr).is_some_and(|now| now != *proven) {
+                let chunk = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
+                tracing::warn!("{chunk}: node {addr} was replaced after it acknowledged its copy; queued for repair");
+                state.repair_queue.note(chunk, dfs_core::repair::Reason::NodeReplaced);
+            }
+        }
     }
 }
 

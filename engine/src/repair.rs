@@ -9,7 +9,7 @@
 use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord, NodeDirectory, NodeSlot};
 use crate::state::EngineState;
-use dfs_core::repair::{keep_copies_on_down_nodes, plan, retry_after, Checked, Outcome, Plan, Reason};
+use dfs_core::repair::{keep_copies_on_down_nodes, outcome, plan, retry_after, Checked, Done, Outcome, Plan, Reason};
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId, Msg, NodeId, RepairSummary, Status};
 use dfs_runtime::conn::Conn;
@@ -69,7 +69,10 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
         summary.n_files += 1;
         for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
             let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
-            repair_chunk(state, &record, chunk_id, chunk, &mut summary).await;
+            // What the pass could not settle, the queue tries again.
+            if !repair_chunk(state, &record, chunk_id, chunk, &mut summary).await.settled() {
+                state.repair_queue.note(chunk_id, Reason::Audit);
+            }
             n_done += 1;
             if let Some(conn) = client.filter(|_| last_report.elapsed() >= PROGRESS_EVERY) {
                 let _ = conn.write_msg(&Msg::RepairProgress { n_done, n_total }).await;
@@ -117,10 +120,38 @@ pub async fn run_queue(
     let health = &*state.links.health;
     let mut entries: Vec<(ChunkId, Reason, u64)> =
         state.repair_queue.take_notes().into_iter().map(|(c, r)| (c, r, now)).collect();
-    for (addr, previous) in health.take_replaced() {
-        let chunks = state.meta.chunks_placed(|slot| slot.id == Some(previous.0)).map_err(|e| e.to_string())?;
-        tracing::info!("repair queue: {} chunk(s) had a copy on node {previous}, replaced at {addr}", chunks.len());
+    // A replaced node no longer holds what its previous ID held; a node answering for the
+    // first time since start-up may have been replaced while the engine was not looking: its
+    // address's copies recorded under another ID are queued (one scan for all of them).
+    let learned = health.take_learned();
+    if !learned.is_empty() {
+        let addrs: Vec<(String, &cluster::Learned)> = learned.iter().map(|l| (l.addr.to_string(), l)).collect();
+        let chunks = state
+            .meta
+            .chunks_placed(|slot| {
+                addrs.iter().any(|(addr, l)| match l.previous {
+                    Some(previous) => slot.id == Some(previous.0),
+                    None => slot.addr == *addr && slot.id.is_some_and(|id| id != l.id.0),
+                })
+            })
+            .map_err(|e| e.to_string())?;
+        if !chunks.is_empty() {
+            tracing::info!(
+                "repair queue: {} chunk(s) recorded under an ID their node no longer answers with",
+                chunks.len()
+            );
+        }
         entries.extend(chunks.into_iter().map(|c| (c, Reason::NodeReplaced, now)));
+    }
+    // A node that set copies aside (a background scrub, a FETCH that found rot) does not say
+    // which: every chunk with a copy there is checked, one EXISTS per copy.
+    let mut grew = health.take_quarantine_grew();
+    grew.sort();
+    grew.dedup();
+    for addr in grew {
+        let chunks = state.meta.chunks_placed(placed_on(health, addr)).map_err(|e| e.to_string())?;
+        tracing::info!("repair queue: node {addr} set copies aside: {} chunk(s) with a copy there", chunks.len());
+        entries.extend(chunks.into_iter().map(|c| (c, Reason::Quarantined, now)));
     }
     let down = health.down_for();
     down_queued.retain(|a| down.iter().any(|(d, _)| d == a));
@@ -128,15 +159,7 @@ pub async fn run_queue(
         if for_how_long < after_down || down_queued.contains(&addr) {
             continue;
         }
-        let id = health.id_of(addr).map(|id| id.0);
-        let here = addr.to_string();
-        let chunks = state
-            .meta
-            .chunks_placed(|slot| match (slot.id, id) {
-                (Some(recorded), Some(id)) => recorded == id,
-                _ => slot.addr == here,
-            })
-            .map_err(|e| e.to_string())?;
+        let chunks = state.meta.chunks_placed(placed_on(health, addr)).map_err(|e| e.to_string())?;
         tracing::info!(
             "repair queue: node {addr} down for {for_how_long:?}: {} chunk(s) with a copy there",
             chunks.len()
@@ -182,6 +205,16 @@ pub async fn run_queue(
         summary.n_copies_made
     );
     Ok(turn)
+}
+
+/// Whether a recorded slot names the node at `addr`: by the ID it answers with, or by address
+/// where either ID is unknown.
+fn placed_on(health: &cluster::Health, addr: SocketAddr) -> impl Fn(&NodeSlot) -> bool {
+    let (id, here) = (health.id_of(addr).map(|id| id.0), addr.to_string());
+    move |slot| match (slot.id, id) {
+        (Some(recorded), Some(id)) => recorded == id,
+        _ => slot.addr == here,
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -235,19 +268,26 @@ async fn remove_corrupt_copy(state: &EngineState, addr: SocketAddr, chunk_id: Ch
 
 /// Copies `chunk_id` to `dest` from the first of `sources` that can supply it, and returns the
 /// ID `dest` proved. Every block of the source is verified against the recorded crc32s on the
-/// way ([`copy_chunk`]).
+/// way ([`copy_chunk`]). Sets `source_proven_bad` when a source turns out not to hold the
+/// chunk or to hold other bytes (its node then sets it aside).
 async fn copy_from_any(
     state: &EngineState,
     sources: &[SocketAddr],
     dest: SocketAddr,
     chunk_id: ChunkId,
     chunk: &ChunkRecord,
+    source_proven_bad: &mut bool,
 ) -> Result<NodeId, String> {
     let mut why = Vec::new();
     for &source in sources {
         match copy_chunk(source, dest, &state.links, chunk_id, chunk).await {
             Ok(node_id) => return Ok(node_id),
-            Err(CopyError::Source(e)) => why.push(format!("source {source}: {e}")),
+            Err(CopyError::Source(e)) => {
+                if matches!(e.failure, NodeFailure::Remote(Status::NotFound | Status::Corrupt, _)) {
+                    *source_proven_bad = true;
+                }
+                why.push(format!("source {source}: {e}"))
+            }
             Err(CopyError::Destination(e)) => {
                 state.links.health.note_failure(&e);
                 return Err(e.to_string());
@@ -338,6 +378,7 @@ async fn repair_chunk(
     let _writing = state.uploads_in_progress.begin(chunk_id.file_id);
     // The new copies, each with the ID its node proved on the connection that wrote it.
     let mut made: Vec<(SocketAddr, NodeId)> = Vec::new();
+    let mut source_proven_bad = false;
     for (dest, holds_corrupt_copy) in dests {
         if placement.len() >= replicas {
             break;
@@ -358,7 +399,7 @@ async fn repair_chunk(
             }
             corrupt.retain(|&a| a != dest);
         }
-        match copy_from_any(state, &sound, dest, chunk_id, chunk).await {
+        match copy_from_any(state, &sound, dest, chunk_id, chunk, &mut source_proven_bad).await {
             Ok(node_id) => {
                 state.repair_pace.after(chunk.length).await;
                 placement.push(dest);
@@ -400,15 +441,12 @@ async fn repair_chunk(
             tracing::warn!("repair: corrupt copy of {chunk_id} on {addr} not removed (gc will): {e}");
         }
     }
-    if short {
-        Outcome::Short
-    } else if !unknown.is_empty() {
-        Outcome::Unchecked
-    } else if placement != recorded {
-        Outcome::Repaired
-    } else {
-        Outcome::Sound
-    }
+    outcome(Done {
+        short,
+        source_proven_bad,
+        unchecked: !unknown.is_empty(),
+        changed: !made.is_empty() || placement != recorded,
+    })
 }
 
 /// The nodes of a new placement as the metadata names them: a new copy by the ID its node

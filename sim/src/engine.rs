@@ -6,7 +6,7 @@ use crate::exec::{self, yield_now};
 use crate::world::{ChunkRec, Deleter, Node, NodeErr, Record, Unrecorded, World};
 use dfs_core::gc::{Answer, Ask, Next, OrphanCheck, Verdict};
 use dfs_core::placement::{ring, up_first};
-use dfs_core::repair::{keep_copies_on_down_nodes, plan, Checked, Plan};
+use dfs_core::repair::{keep_copies_on_down_nodes, outcome, plan, retry_after, Checked, Done, Outcome, Plan};
 use dfs_proto::layout::{chunk_spans, crc32, Chunking};
 use dfs_proto::{ChunkId, FileId};
 use std::rc::Rc;
@@ -28,6 +28,8 @@ pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
     let spans = chunk_spans(data.len() as u64, Chunking::Equal, 0).map_err(|e| e.to_string())?;
     let mut chunks = Vec::new();
     let mut written: Vec<(ChunkId, Node)> = Vec::new();
+    // Each acknowledged copy with the ID its node proved when writing it.
+    let mut proven: Vec<(ChunkId, Node, u64)> = Vec::new();
     let mut failure = None;
     for (idx, span) in spans.iter().enumerate() {
         let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
@@ -55,9 +57,10 @@ pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
                 .collect();
             for (n, r) in exec::join_all(handles).await {
                 match r {
-                    Ok(()) => {
+                    Ok(identity) => {
                         placement.push(n);
                         written.push((chunk, n));
+                        proven.push((chunk, n, identity));
                     }
                     Err(e) => {
                         // A copy may exist even though its reply was lost: clean it up too.
@@ -88,6 +91,12 @@ pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
     yield_now().await;
     exec::trace(|| format!("put {file_id}: committed {:?}", chunks.iter().map(|c| &c.placement).collect::<Vec<_>>()));
     w.meta.borrow_mut().insert(file_id, Record { size: data.len() as u64, chunks });
+    // A node replaced after it acknowledged a copy no longer holds it: queued, as put.rs does.
+    for (chunk, n, identity) in proven {
+        if w.known_identity.borrow()[n].is_some_and(|now| now != identity) {
+            w.queue_notes.borrow_mut().insert(chunk);
+        }
+    }
     drop(unrecorded);
     yield_now().await;
     drop(writing);
@@ -127,9 +136,13 @@ pub async fn get(w: Rc<World>, file_id: FileId) -> Result<Vec<u8>, GetErr> {
                     done = true;
                     break;
                 }
-                Ok(_) => errors.push((n, NodeErr::Corrupt)),
+                Ok(_) => {
+                    w.queue_notes.borrow_mut().insert(chunk);
+                    errors.push((n, NodeErr::Corrupt));
+                }
                 Err(e) => {
                     w.note_failure(n, e);
+                    w.queue_notes.borrow_mut().insert(chunk);
                     errors.push((n, e));
                 }
             }
@@ -194,28 +207,119 @@ pub async fn repair(w: Rc<World>) -> bool {
     if w.repair_running.replace(true) {
         return false;
     }
+    // A turn of the queue may be running: wait for it.
+    while w.repair_lock.replace(true) {
+        exec::sleep(Duration::from_millis(10)).await;
+    }
     repair_pass(&w).await;
+    w.repair_lock.set(false);
     w.repair_running.set(false);
     true
 }
 
-async fn repair_pass(w: &Rc<World>) {
+/// Asks every node believed down whether it is back.
+async fn probe_down_nodes(w: &Rc<World>) {
     for node in all_nodes(w) {
         if !w.is_up(node) {
-            let up = w.ping(node).await;
-            w.mark(node, up);
-        }
-    }
-    let files: Vec<FileId> = w.meta.borrow().keys().copied().collect();
-    for file_id in files {
-        let Some(record) = w.meta.borrow().get(&file_id).cloned() else { continue };
-        for (idx, c) in record.chunks.iter().enumerate() {
-            repair_chunk(w, ChunkId { file_id, chunk_idx: idx as u32 }, c).await;
+            ping(w, node).await;
         }
     }
 }
 
-async fn repair_chunk(w: &Rc<World>, chunk: ChunkId, c: &ChunkRec) {
+async fn repair_pass(w: &Rc<World>) {
+    probe_down_nodes(w).await;
+    let files: Vec<FileId> = w.meta.borrow().keys().copied().collect();
+    for file_id in files {
+        let Some(record) = w.meta.borrow().get(&file_id).cloned() else { continue };
+        for (idx, c) in record.chunks.iter().enumerate() {
+            let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
+            if !repair_chunk(w, chunk, c).await.settled() {
+                w.queue_notes.borrow_mut().insert(chunk);
+            }
+        }
+    }
+}
+
+/// How long a node must stay down before the queue re-makes its copies elsewhere.
+pub const AFTER_DOWN: Duration = Duration::from_secs(5);
+
+/// One turn of the repair queue, as `repair::run_queue` takes it: queue what reads and scrubs
+/// noted and the copies of nodes replaced or down for long, then try what is due.
+pub async fn queue_turn(w: &Rc<World>) {
+    if w.repair_lock.replace(true) {
+        return;
+    }
+    let now = exec::now();
+    let mut new: Vec<ChunkId> = std::mem::take(&mut *w.queue_notes.borrow_mut()).into_iter().collect();
+    let long_down: Vec<Node> =
+        all_nodes(w).into_iter().filter(|&n| w.down_since.borrow()[n].is_some_and(|t| now >= t + AFTER_DOWN)).collect();
+    for n in long_down {
+        new.extend(w.chunks_on(n));
+        // Queued for this down spell: not again until it has been up.
+        w.down_since.borrow_mut()[n] = Some(Duration::MAX / 4);
+    }
+    {
+        let mut queue = w.queue.borrow_mut();
+        for c in new {
+            let entry = queue.entry(c).or_insert((0, now));
+            entry.1 = entry.1.min(now);
+        }
+    }
+    let due: Vec<ChunkId> =
+        w.queue.borrow().iter().filter(|(_, (_, at))| *at <= now).map(|(c, _)| *c).take(256).collect();
+    if !due.is_empty() {
+        probe_down_nodes(w).await;
+    }
+    for chunk in due {
+        let record = w.meta.borrow().get(&chunk.file_id).cloned();
+        let outcome = match record.as_ref().and_then(|r| r.chunks.get(chunk.chunk_idx as usize)) {
+            Some(c) => repair_chunk(w, chunk, c).await,
+            None => Outcome::Gone,
+        };
+        exec::trace(|| format!("repair queue: {chunk}: {outcome:?}"));
+        let mut queue = w.queue.borrow_mut();
+        if outcome.settled() {
+            queue.remove(&chunk);
+        } else if let Some(entry) = queue.get_mut(&chunk) {
+            entry.0 += 1;
+            entry.1 = exec::now() + retry_after(entry.0);
+        }
+    }
+    w.repair_lock.set(false);
+}
+
+/// The queue's turns, every second.
+pub async fn repair_queue(w: Rc<World>) {
+    loop {
+        exec::sleep(Duration::from_secs(1)).await;
+        queue_turn(&w).await;
+    }
+}
+
+/// A ping as the pinger sends it: up or down. A node found replaced (another ID at its
+/// address), or answering for the first time, has its chunks queued (the engine queues only
+/// those recorded under another ID; the simulation's placements do not record IDs, so it
+/// queues them all, which costs checks, not copies).
+async fn ping(w: &Rc<World>, node: Node) {
+    match w.ping(node).await {
+        Some((identity, n_quarantined)) => {
+            w.mark(node, true);
+            let before = w.known_quarantined.borrow_mut()[node].replace(n_quarantined);
+            let grew = before.is_some_and(|b| n_quarantined > b);
+            if w.learn(node, identity) || grew {
+                let chunks = w.chunks_on(node);
+                let now = exec::now();
+                let mut queue = w.queue.borrow_mut();
+                for c in chunks {
+                    queue.entry(c).or_insert((0, now));
+                }
+            }
+        }
+        None => w.mark(node, false),
+    }
+}
+
+async fn repair_chunk(w: &Rc<World>, chunk: ChunkId, c: &ChunkRec) -> Outcome {
     let mut checked = Checked::new();
     for &n in &c.placement {
         if !w.is_up(n) {
@@ -234,12 +338,15 @@ async fn repair_chunk(w: &Rc<World>, chunk: ChunkId, c: &ChunkRec) {
         }
     }
     let others = up_first(&all_nodes(w), |n| w.is_up(n));
-    let Plan::Repair { keep: mut placement, dests } = plan(&c.placement, &checked, &others, w.config.replicas) else {
-        return;
+    let (mut placement, dests) = match plan(&c.placement, &checked, &others, w.config.replicas) {
+        Plan::Repair { keep, dests } => (keep, dests),
+        Plan::Lost => return Outcome::Lost,
+        Plan::Unavailable => return Outcome::Unavailable,
     };
     let _writing = w.begin_writing(chunk.file_id);
     let mut unrecorded = Unrecorded::new(w);
     let mut corrupt = checked.corrupt.clone();
+    let (mut source_proven_bad, mut n_made) = (false, 0);
     for (dest, holds_corrupt_copy) in dests {
         if placement.len() >= w.config.replicas {
             break;
@@ -260,21 +367,27 @@ async fn repair_chunk(w: &Rc<World>, chunk: ChunkId, c: &ChunkRec) {
             match w.fetch(source, chunk).await {
                 Ok(bytes) if bytes.len() as u64 == c.length && crc32(&bytes) == c.crc32 => {
                     match w.store(dest, chunk, &bytes, c.crc32).await {
-                        Ok(()) => copied = true,
+                        Ok(_) => copied = true,
                         Err(e) => w.note_failure(dest, e),
                     }
                     break;
                 }
-                Ok(_) => {}
+                Ok(_) => source_proven_bad = true,
+                Err(e @ (NodeErr::Corrupt | NodeErr::NotFound)) => {
+                    source_proven_bad = true;
+                    w.note_failure(source, e);
+                }
                 Err(e) => w.note_failure(source, e),
             }
         }
         if copied {
+            n_made += 1;
             placement.push(dest);
             w.counts.borrow_mut().copies_made += 1;
         }
     }
-    if placement.len() < w.config.replicas {
+    let short = placement.len() < w.config.replicas;
+    if short {
         keep_copies_on_down_nodes(&mut placement, &checked.down, w.config.replicas);
     }
     if placement != c.placement {
@@ -285,12 +398,18 @@ async fn repair_chunk(w: &Rc<World>, chunk: ChunkId, c: &ChunkRec) {
                 exec::trace(|| format!("repair: {chunk} placed on {placement:?} (was {:?})", c.placement));
                 r.chunks[chunk.chunk_idx as usize].placement = placement.clone()
             }
-            None => return,
+            None => return Outcome::Gone,
         }
     }
     for n in corrupt.into_iter().filter(|n| !placement.contains(n)) {
         let _ = w.delete(n, chunk, None, Deleter::Repair).await;
     }
+    outcome(Done {
+        short,
+        source_proven_bad,
+        unchecked: !checked.unknown.is_empty(),
+        changed: n_made > 0 || placement != c.placement,
+    })
 }
 
 /// The pinger: every node, every half second.
@@ -298,8 +417,7 @@ pub async fn pinger(w: Rc<World>) {
     loop {
         exec::sleep(Duration::from_millis(500)).await;
         for n in all_nodes(&w) {
-            let up = w.ping(n).await;
-            w.mark(n, up);
+            ping(&w, n).await;
         }
     }
 }

@@ -44,13 +44,14 @@ struct Outcome {
 /// The run a seed stands for: the cluster's shape and the workload are drawn from it too.
 fn run_seed(seed: u64) -> Result<Outcome, String> {
     std::panic::catch_unwind(|| {
-        exec::run(seed, Duration::from_secs(3600), async move {
+        exec::run(seed, Duration::from_secs(3 * 3600), async move {
             let n_nodes = exec::random_range(4..7) as usize;
             let replicas = exec::random_range(1..4) as usize;
             let n_clients = exec::random_range(2..5);
             let n_ops = exec::random_range(20..80);
             let w = Rc::new(World::new(Config { n_nodes, replicas, request_timeout: Duration::from_secs(2) }));
             exec::spawn("pinger", engine::pinger(w.clone()));
+            exec::spawn("repair queue", engine::repair_queue(w.clone()));
             exec::spawn("chaos", workload::chaos(w.clone()));
             let clients: Vec<_> =
                 (0..n_clients).map(|i| exec::spawn(format!("client {i}"), workload::client(w.clone(), n_ops))).collect();

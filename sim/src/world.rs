@@ -32,6 +32,10 @@ pub struct SimNode {
     pub up: bool,
     /// Bumped by each crash: a request begun before it is cut off.
     pub generation: u64,
+    /// The node's ID: a new one when its disk is replaced.
+    pub identity: u64,
+    /// Copies set aside since the node started (scrub, FETCH), as NODESTAT reports it.
+    pub n_quarantined: u64,
     pub disk: BTreeMap<ChunkId, Copy>,
     pub capacity: u64,
     /// The node answers nothing (a hung process, a full accept queue) until this time.
@@ -130,8 +134,19 @@ pub struct World {
     pub truth: RefCell<BTreeMap<FileId, Vec<u8>>>,
     /// Files whose delete has begun: a get may fail or succeed, never return other bytes.
     pub deleting: RefCell<BTreeSet<FileId>>,
-    /// Set while a repair pass runs: one at a time, as in the engine.
+    /// Set while a full repair pass runs: one at a time, as in the engine.
     pub repair_running: std::cell::Cell<bool>,
+    /// Held by a full pass or a turn of the repair queue: never two at once.
+    pub repair_lock: std::cell::Cell<bool>,
+    /// The repair queue: per chunk, tries so far and when to try next.
+    pub queue: RefCell<BTreeMap<ChunkId, (u32, Duration)>>,
+    /// Chunks noted for the queue by reads and scrubs, not yet queued.
+    pub queue_notes: RefCell<BTreeSet<ChunkId>>,
+    /// The ID the engine last saw at each node, and since when each node is believed down.
+    pub known_identity: RefCell<Vec<Option<u64>>>,
+    /// Each node's count of copies set aside, as the pinger last read it.
+    pub known_quarantined: RefCell<Vec<Option<u64>>>,
+    pub down_since: RefCell<Vec<Option<Duration>>>,
     /// Whether faults may strike now (off for the final check).
     pub chaos: std::cell::Cell<bool>,
     pub counts: RefCell<Counts>,
@@ -160,6 +175,12 @@ impl World {
             truth: RefCell::new(BTreeMap::new()),
             deleting: RefCell::new(BTreeSet::new()),
             repair_running: std::cell::Cell::new(false),
+            repair_lock: std::cell::Cell::new(false),
+            queue: RefCell::new(BTreeMap::new()),
+            queue_notes: RefCell::new(BTreeSet::new()),
+            known_identity: RefCell::new(vec![None; n]),
+            known_quarantined: RefCell::new(vec![None; n]),
+            down_since: RefCell::new(vec![None; n]),
             chaos: std::cell::Cell::new(true),
             counts: RefCell::new(Counts::default()),
         }
@@ -174,7 +195,18 @@ impl World {
     }
 
     pub fn mark(&self, node: Node, up: bool) {
-        self.up.borrow_mut()[node] = up;
+        let was = std::mem::replace(&mut self.up.borrow_mut()[node], up);
+        if was && !up {
+            self.down_since.borrow_mut()[node] = Some(exec::now());
+        } else if up {
+            self.down_since.borrow_mut()[node] = None;
+        }
+    }
+
+    /// What a node's handshake tells the engine: its ID. True when the engine learns it: the
+    /// node's first answer, or another ID than before (its disk was replaced).
+    pub fn learn(&self, node: Node, identity: u64) -> bool {
+        self.known_identity.borrow_mut()[node].replace(identity) != Some(identity)
     }
 
     /// What the engine does with a failed request: a node that did not answer is marked down.
@@ -286,7 +318,8 @@ impl World {
 
     // The node's requests, as the engine's cluster layer makes them.
 
-    pub async fn store(self: &Rc<Self>, node: Node, chunk: ChunkId, data: &[u8], crc: u32) -> Result<(), NodeErr> {
+    /// STORE; answers with the node's ID, as the connection that wrote the copy proved it.
+    pub async fn store(self: &Rc<Self>, node: Node, chunk: ChunkId, data: &[u8], crc: u32) -> Result<u64, NodeErr> {
         let data = data.to_vec();
         self.call(node, Self::disk_time(data.len()), move |n, _| {
             if crc32(&data) != crc {
@@ -298,17 +331,23 @@ impl World {
             }
             exec::trace(|| format!("node {node}: stored {chunk}"));
             n.disk.insert(chunk, Copy { data, sealed_crc: crc, written_at: exec::now() });
-            Ok(())
+            Ok(n.identity)
         })
         .await
     }
 
-    /// FETCH: the node checks the bytes against its seal before sending them.
+    /// FETCH: the node checks the bytes against its seal before sending them, and sets aside
+    /// a copy that fails, as scrub would.
     pub async fn fetch(self: &Rc<Self>, node: Node, chunk: ChunkId) -> Result<Vec<u8>, NodeErr> {
         let size = self.nodes.borrow()[node].disk.get(&chunk).map_or(0, |c| c.data.len());
         self.call(node, Self::disk_time(size), move |n, _| match n.disk.get(&chunk) {
             None => Err(NodeErr::NotFound),
-            Some(c) if !c.verifies() => Err(NodeErr::Corrupt),
+            Some(c) if !c.verifies() => {
+                exec::trace(|| format!("node {node}: FETCH sets aside {chunk}"));
+                n.disk.remove(&chunk);
+                n.n_quarantined += 1;
+                Err(NodeErr::Corrupt)
+            }
             Some(c) => Ok(c.data.clone()),
         })
         .await
@@ -356,21 +395,27 @@ impl World {
         .await
     }
 
-    pub async fn ping(self: &Rc<Self>, node: Node) -> bool {
-        self.call(node, Duration::ZERO, |_, _| Ok(())).await.is_ok()
+    /// NODESTAT as the pinger sends it: the node's ID and its count of copies set aside, if
+    /// it answers.
+    pub async fn ping(self: &Rc<Self>, node: Node) -> Option<(u64, u64)> {
+        self.call(node, Duration::ZERO, |n, _| Ok((n.identity, n.n_quarantined))).await.ok()
     }
 
-    /// SCRUB: the node re-reads every copy and quarantines those that fail their seal.
-    pub async fn scrub(self: &Rc<Self>, node: Node) -> Result<u64, NodeErr> {
+    /// SCRUB: the node re-reads every copy and quarantines those that fail their seal; the
+    /// engine notes each for the repair queue.
+    pub async fn scrub(self: &Rc<Self>, node: Node) -> Result<Vec<ChunkId>, NodeErr> {
         let bytes: usize = self.nodes.borrow()[node].disk.values().map(|c| c.data.len()).sum();
-        self.call(node, Self::disk_time(bytes), |n, _| {
+        self.call(node, Self::disk_time(bytes), move |n, _| {
             let bad: Vec<ChunkId> = n.disk.iter().filter(|(_, c)| !c.verifies()).map(|(id, _)| *id).collect();
             for id in &bad {
+                exec::trace(|| format!("node {node}: scrub sets aside {id}"));
                 n.disk.remove(id);
+                n.n_quarantined += 1;
             }
-            Ok(bad.len() as u64)
+            Ok(bad)
         })
         .await
+        .inspect(|bad| self.queue_notes.borrow_mut().extend(bad.iter().copied()))
     }
 
     // Invariants checked where the action lands.
@@ -406,6 +451,20 @@ impl World {
             }
             Deleter::Owner => {}
         }
+    }
+
+    /// Every chunk with a copy recorded on `node`: a scan of the metadata.
+    pub fn chunks_on(&self, node: Node) -> Vec<ChunkId> {
+        let meta = self.meta.borrow();
+        let mut out = Vec::new();
+        for (file_id, r) in meta.iter() {
+            for (idx, c) in r.chunks.iter().enumerate() {
+                if c.placement.contains(&node) {
+                    out.push(ChunkId { file_id: *file_id, chunk_idx: idx as u32 });
+                }
+            }
+        }
+        out
     }
 
     pub fn places(&self, chunk: ChunkId, node: Node) -> bool {

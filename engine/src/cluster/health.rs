@@ -29,8 +29,21 @@ pub struct Health {
     /// The ID each node (same index) last proved; None until it answers. One lock over all,
     /// so that no two addresses can take one ID at once.
     ids: Mutex<Vec<Option<NodeId>>>,
-    /// Nodes that answered with a new ID at an address where another had answered.
-    replaced: Mutex<Vec<(SocketAddr, NodeId)>>,
+    /// IDs learned since the last [`Health::take_learned`]: each node's first answer, and a
+    /// new ID at an address where another had answered.
+    learned: Mutex<Vec<Learned>>,
+    /// Nodes whose count of copies set aside has grown since the last look (the pinger reads
+    /// it from NODESTAT): a background scrub or a FETCH found a corrupt copy there.
+    quarantine_grew: Mutex<Vec<SocketAddr>>,
+}
+
+/// A node ID the table learned: `previous` is the ID that answered at `addr` before (its data
+/// directory was replaced), None at a node's first answer since the engine started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Learned {
+    pub addr: SocketAddr,
+    pub id: NodeId,
+    pub previous: Option<NodeId>,
 }
 
 fn now_unix_ms() -> u64 {
@@ -51,13 +64,24 @@ impl Health {
                 last_error: Mutex::new(None),
             })
             .collect();
-        Health { nodes, ids: Mutex::new(vec![None; addrs.len()]), replaced: Mutex::new(Vec::new()) }
+        Health {
+            nodes,
+            ids: Mutex::new(vec![None; addrs.len()]),
+            learned: Mutex::new(Vec::new()),
+            quarantine_grew: Mutex::new(Vec::new()),
+        }
     }
 
-    /// The nodes found replaced since the last call: the address, and the ID whose copies the
-    /// node there no longer holds. For the repair queue.
-    pub fn take_replaced(&self) -> Vec<(SocketAddr, NodeId)> {
-        std::mem::take(&mut *lock(&self.replaced))
+    /// The IDs learned since the last call (first answers and replaced nodes), for the repair
+    /// queue: a replaced node no longer holds the copies its previous ID held, and a node's
+    /// first answer may come after it was replaced while the engine was not looking.
+    pub fn take_learned(&self) -> Vec<Learned> {
+        std::mem::take(&mut *lock(&self.learned))
+    }
+
+    /// The nodes whose count of copies set aside grew since the last call.
+    pub fn take_quarantine_grew(&self) -> Vec<SocketAddr> {
+        std::mem::take(&mut *lock(&self.quarantine_grew))
     }
 
     /// Each node believed down, with how long it has been down.
@@ -110,12 +134,15 @@ impl Health {
             tracing::warn!("node {id} moved from {} to {addr}", other.addr);
             ids[j] = None;
         }
-        if let Some(previous) = ids[i].replace(id).filter(|p| *p != id) {
+        let previous = ids[i].replace(id);
+        if previous != Some(id) {
+            lock(&self.learned).push(Learned { addr, id, previous });
+        }
+        if let Some(previous) = previous.filter(|p| *p != id) {
             tracing::warn!(
                 "the node at {addr} is now node {id}, not {previous}: its data directory was replaced; repair re-makes \
                  the copies {previous} held"
             );
-            lock(&self.replaced).push((addr, previous));
         }
         Ok(())
     }
@@ -158,7 +185,11 @@ impl Health {
         crate::metrics::NODE_BYTES_USED.with_label_values(&[&node]).set(report.bytes_used as i64);
         crate::metrics::NODE_BYTES_FREE.with_label_values(&[&node]).set(report.bytes_free as i64);
         if let Some(n) = self.find(addr) {
-            *n.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+            let before = n.report.lock().unwrap_or_else(|e| e.into_inner()).replace(report);
+            // A node restarted counts from zero again: only growth over the last count counts.
+            if before.is_some_and(|b| report.n_quarantined > b.n_quarantined) {
+                lock(&self.quarantine_grew).push(addr);
+            }
         }
         self.mark_up(addr);
     }
@@ -253,6 +284,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_repair_queue_hears_of_first_answers_replaced_nodes_and_copies_set_aside() {
+        let addrs: Vec<SocketAddr> = (0..2).map(|i| SocketAddr::from(([127, 0, 0, 1], 9200 + i))).collect();
+        let h = Health::new(&addrs);
+        let (x, y) = (NodeId([1; 16]), NodeId([2; 16]));
+        h.learn(addrs[0], x).unwrap();
+        h.learn(addrs[0], x).unwrap();
+        assert_eq!(h.take_learned(), [Learned { addr: addrs[0], id: x, previous: None }], "a first answer, once");
+        h.learn(addrs[0], y).unwrap();
+        assert_eq!(h.take_learned(), [Learned { addr: addrs[0], id: y, previous: Some(x) }], "a replaced node");
+        assert!(h.take_learned().is_empty());
+        let report = |n_quarantined| StoreReport { n_quarantined, ..StoreReport::default() };
+        h.record_report(addrs[1], report(3));
+        assert!(h.take_quarantine_grew().is_empty(), "the first count is where counting starts");
+        h.record_report(addrs[1], report(3));
+        h.record_report(addrs[1], report(0));
+        assert!(h.take_quarantine_grew().is_empty(), "a restarted node counts from zero");
+        h.record_report(addrs[1], report(1));
+        assert_eq!(h.take_quarantine_grew(), [addrs[1]]);
+    }
 
     #[test]
     fn down_nodes_go_last_and_come_back_when_they_answer() {

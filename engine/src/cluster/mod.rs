@@ -16,7 +16,7 @@ mod store;
 
 pub use conn::{Links, NodeConn, NodeError, NodeFailure, NodeTimeouts};
 pub use fetch::{read_chunk, ChunkReader};
-pub use health::{ping, ping_all, start_pinger, Health};
+pub use health::{ping, ping_all, start_pinger, Health, Learned};
 pub use replicate::{copy_chunk, CopyError};
 pub use store::{await_store, open_store};
 
