@@ -309,11 +309,19 @@ fn start_background_repair(
                     return std::future::pending().await;
                 }
                 let mut down_queued = std::collections::BTreeSet::new();
+                let mut busy = false;
                 loop {
-                    tokio::time::sleep(queue).await;
-                    if let Err(e) = repair::run_queue(&state, after_down, &mut down_queued).await {
-                        tracing::warn!("repair queue: turn failed: {e}");
+                    // After a full batch, the next turn follows at once.
+                    if !busy {
+                        tokio::time::sleep(queue).await;
                     }
+                    busy = match repair::run_queue(&state, after_down, &mut down_queued).await {
+                        Ok(turn) => turn.n_tried as usize == repair::QUEUE_BATCH,
+                        Err(e) => {
+                            tracing::warn!("repair queue: turn failed: {e}");
+                            false
+                        }
+                    };
                 }
             })
         })
