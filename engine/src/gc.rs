@@ -110,6 +110,7 @@ async fn collect_node(
                 }
                 Verdict::Delete => {
                     out.n_orphans += 1;
+                    dfs_runtime::failpoint::pause("gc-before-delete").await;
                     // Only the copy listed: if this DELETE times out (releasing the claim) and
                     // lands later, say on a node that hung, a copy a repair wrote there meanwhile
                     // is newer than the listing and the node keeps it.

@@ -950,6 +950,23 @@ impl Cluster {
     /// the chunk file is removed (files, running or stopped); a running segment node is sent
     /// ChunkDelete directly, which writes a tombstone (a stopped segment node panics: start it
     /// first).
+    /// Stores `data` as `chunk_id` straight into running node `node_idx` (a STORE as the engine
+    /// sends it), behind the engine's back: a copy no file records there.
+    pub fn store_copy(&self, node_idx: usize, chunk_id: ChunkId, data: &[u8]) {
+        let slot = &self.nodes[node_idx];
+        assert!(!self.opts.cluster_secret, "store_copy needs nodes without a cluster secret");
+        let mut s = node_conn(&slot.addr);
+        let store = Msg::Store { chunk_id, length: data.len() as u64, crc32: dfs_proto::layout::crc32(data) };
+        io_std::write_msg(&mut s, &store)
+            .and_then(|()| std::io::Write::write_all(&mut s, data))
+            .unwrap_or_else(|e| panic!("node {node_idx} ({}): cannot send STORE of {chunk_id}: {e}", slot.addr));
+        match io_std::read_frame(&mut s) {
+            Ok(Frame::Msg(Msg::StoreOk { .. })) => {}
+            other => panic!("node {node_idx} ({}) answered STORE of {chunk_id} with {other:?}", slot.addr),
+        }
+        self.note(&format!("stored a copy of {chunk_id} on node {node_idx} behind the engine's back"));
+    }
+
     pub fn delete_copy(&self, node_idx: usize, chunk_id: ChunkId) {
         let slot = &self.nodes[node_idx];
         match self.node_store(node_idx) {

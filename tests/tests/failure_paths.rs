@@ -468,6 +468,45 @@ fn gc_does_not_collect_a_chunk_whose_upload_commits_meanwhile() {
     assert_bytes_eq(&got, &data, "a file uploaded while gc ran");
 }
 
+/// Regression (found by dfs-sim): gc's DELETE of an orphan copy could land after a repair had
+/// written the chunk to that node again (a DELETE delayed on a node that hung, or that timed
+/// out and was carried out later), deleting the new copy. gc now deletes only a copy stored
+/// before its listing. Here gc pauses between its decision and its DELETE (a test failpoint)
+/// while a new copy of the chunk replaces the orphan.
+#[test]
+fn gc_keeps_a_copy_written_after_its_listing() {
+    let cluster = Cluster::start(
+        4,
+        ClusterOpts {
+            replicas: Some(1),
+            engine_env: vec![("DFS_FAILPOINTS".into(), "gc-before-delete=3000".into())],
+            ..ClusterOpts::default()
+        },
+    );
+    let data = pseudo_random_bytes(9, 64 * 1024);
+    let id = cluster.put_bytes(&data, "kept", Chunking::Equal);
+    let chunk = chunk_id(&id, 0);
+    let holder = cluster.find_copies(&id, 0);
+    let other = (0..4).find(|n| !holder.contains(n)).expect("a node without the chunk");
+    let quarter = &data[..16 * 1024];
+    // An orphan: a copy on a node the file does not place it on.
+    cluster.store_copy(other, chunk, quarter);
+    let gc = cluster.spawn_client(["gc", "--grace-secs", "0", "--json"]);
+    // gc has listed the node and is pausing before its DELETE: the orphan is replaced by a new
+    // copy, as a repair writing there would.
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.delete_copy(other, chunk);
+    cluster.store_copy(other, chunk, quarter);
+    let out = gc.wait_with_output().expect("wait for gc");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "gc failed: {report}");
+    assert!(
+        cluster.stored_chunk_ids(other).contains(&chunk),
+        "gc deleted the copy written on node {other} after it listed the node: {report}"
+    );
+    assert!(report.contains("kept, written again since the listing"), "gc must say why it kept the copy: {report}");
+}
+
 /// The `dfs_engine_get_buffer_bytes_peak` value an engine's metrics show.
 fn buffer_peak(log: &Path) -> u64 {
     let text = std::fs::read_to_string(log).unwrap_or_default();
