@@ -1,8 +1,8 @@
 //! The engine's decisions, without sockets, files or clocks: which nodes a chunk's copies go
 //! to and in what order reads try them (`placement`), what repair does with one chunk from what
-//! its checks found (`repair`), and gc's rule for one chunk found on a node (`gc`), a state
+//! its checks found (`repair`), gc's rule for one chunk found on a node (`gc`), a state
 //! machine that asks its questions in the order that makes it safe against commits happening
-//! meanwhile.
+//! meanwhile, and the streamed download (`stream`), generic over its I/O.
 //!
 //! The engine drives these with real I/O; `dfs-sim` drives the same code with simulated nodes,
 //! network and clock, so that every interleaving the simulator finds is one the engine can
@@ -11,3 +11,4 @@
 pub mod gc;
 pub mod placement;
 pub mod repair;
+pub mod stream;

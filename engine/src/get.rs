@@ -3,9 +3,9 @@
 //! A file that fits the buffer budget is fetched with all chunks in parallel into one
 //! preallocated buffer and sent only once all of it has verified, so a missing or corrupt chunk
 //! is reported before the first byte. A larger file is streamed in chunk order, one block at a
-//! time, with bounded read-ahead, reading from a node only as fast as the client drains; a
-//! failure part-way ends the stream with an error frame, and the client discards what it
-//! received.
+//! time, with bounded read-ahead, reading from a node only as fast as the client drains
+//! (`dfs_core::stream`, over the node connections and the client's here); a failure part-way
+//! ends the stream with an error frame, and the client discards what it received.
 
 use crate::buffer::{ChunkBuf, Reassembly};
 use crate::cluster::{read_chunk, ChunkReader, Health, Links, NodeError, NodeFailure};
@@ -13,6 +13,7 @@ use crate::meta::{ChunkRecord, FileRecord, PlacementError};
 use crate::repair_queue::RepairQueue;
 use crate::state::{internal, not_found, EngineState};
 use dfs_core::repair::Reason;
+use dfs_core::stream::{self, Ended};
 use dfs_proto::layout::block_len;
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::{ChunkId, FileId, FrameError, Msg, Status};
@@ -233,55 +234,19 @@ async fn get_streamed(
     copies: Vec<Vec<SocketAddr>>,
 ) -> Result<(), FrameError> {
     client.write_msg(&Msg::GetOk(record.info(file_id, &*state.links.health))).await?;
-    // A reader task fetches and verifies blocks in file order while this task sends earlier ones
-    // to the client; the two channels bound the read-ahead to READ_AHEAD_BLOCKS buffers.
-    let (blocks_tx, mut blocks_rx) = tokio::sync::mpsc::channel(READ_AHEAD_BLOCKS);
-    let (free_tx, free_rx) = tokio::sync::mpsc::channel(READ_AHEAD_BLOCKS + 1);
-    for _ in 0..READ_AHEAD_BLOCKS {
-        free_tx.try_send(vec![0u8; BLOCK_SIZE_BYTES as usize]).expect("the pool channel has room for every buffer");
-    }
-    let reader = dfs_runtime::backend::spawn(read_in_order(
-        state.links.clone(),
-        state.repair_queue.clone(),
+    let blocks = Rc::new(NodeBlocks {
+        links: state.links.clone(),
+        queue: state.repair_queue.clone(),
         file_id,
-        record.chunks.clone(),
+        chunks: record.chunks.clone(),
         copies,
-        blocks_tx,
-        free_rx,
-    ));
-    let mut failure = None;
-    let mut client_result = Ok(());
-    while let Some(block) = blocks_rx.recv().await {
-        match block {
-            Ok((buf, len)) => match client.write_data(buf, 0, len).await {
-                // The reader may have finished and dropped its end of the pool; that is fine.
-                Ok(buf) => drop(free_tx.try_send(buf)),
-                Err(e) => {
-                    client_result = Err(e);
-                    break;
-                }
-            },
-            Err(f) => {
-                failure = Some(f);
-                break;
-            }
-        }
-    }
-    // However the download ended, the reader ends with it and lets go of its node connections:
-    // it may be waiting for a pool buffer that will never come back (the client went away with
-    // one), or on a node. Aborting a reader that has already finished does nothing.
-    drop(blocks_rx);
-    drop(free_tx);
-    reader.abort();
-    if let Err(e) = reader.await {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
-        }
-    }
-    client_result?;
-    match failure {
-        None => client.write_msg(&Msg::End).await,
-        Some(f) => {
+    });
+    let sink = ClientSink(client);
+    match stream::stream::<_, _, EngineRuntime>(blocks, &sink, BLOCK_SIZE_BYTES as usize, READ_AHEAD_BLOCKS).await {
+        Ended::Done => client.write_msg(&Msg::End).await,
+        Ended::SinkFailed(e) => Err(e),
+        Ended::Failed { chunk, errors } => {
+            let f = ChunkFailure { chunk_idx: chunk as u32, errors };
             tracing::warn!("GET {file_id}: {}", f.describe(file_id).1);
             client.write_msg(&f.to_msg(file_id)).await
         }
@@ -291,113 +256,117 @@ async fn get_streamed(
 /// Blocks of a streamed download read ahead of the client.
 pub const READ_AHEAD_BLOCKS: usize = 4;
 
-type Block = Result<(Vec<u8>, usize), ChunkFailure>;
-
-/// How streaming one copy of a chunk ended.
-enum Streamed {
-    /// Every block was handed on and the node ended the fetch cleanly.
-    Done,
-    /// The sending side is gone (client gone or download over): stop quietly.
-    Stopped,
-    /// The client fell so far behind that the node would have given up on the connection: it
-    /// was let go, to be opened again from the next block once the client catches up.
-    Paused,
-    Failed(NodeError),
-}
-
-/// Reads every chunk in order, block by block, each verified, into buffers from `free` and
-/// hands them to `blocks`. A node connection is opened only with a pool buffer in hand, and let
-/// go (not failed) when the client keeps the pool empty for half of what the node lets a
-/// connection wait, so a slow client never makes a healthy node time out. When a copy fails
-/// part-way, the next copy is opened at the block that failed.
-async fn read_in_order(
+/// A streamed download's copies, on the nodes (`dfs_core::stream` does the streaming).
+struct NodeBlocks {
     links: Links,
     queue: std::sync::Arc<RepairQueue>,
     file_id: FileId,
     chunks: Vec<ChunkRecord>,
+    /// Per chunk, its copies in read order.
     copies: Vec<Vec<SocketAddr>>,
-    blocks: tokio::sync::mpsc::Sender<Block>,
-    mut free: tokio::sync::mpsc::Receiver<Vec<u8>>,
-) {
-    let mut held: Option<Vec<u8>> = None;
-    for (chunk_idx, (chunk, chunk_copies)) in chunks.iter().zip(&copies).enumerate() {
-        let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
-        let mut errors = Vec::new();
-        // Blocks of this chunk already handed to the sender.
-        let mut n_sent = 0usize;
-        let mut copy_idx = 0usize;
-        loop {
-            let Some(&addr) = chunk_copies.get(copy_idx) else {
-                let _ = blocks.send(Err(ChunkFailure { chunk_idx: chunk_idx as u32, errors })).await;
-                return;
-            };
-            if held.is_none() && n_sent < chunk.block_crcs.len() {
-                match free.recv().await {
-                    Some(b) => held = Some(b),
-                    None => return,
-                }
-            }
-            match stream_copy(addr, &links, chunk_id, chunk, &mut n_sent, &mut held, &blocks, &mut free).await {
-                Streamed::Done => break,
-                Streamed::Stopped => return,
-                Streamed::Paused => tracing::debug!("{chunk_id}: client behind, let {addr} go at block {n_sent}"),
-                Streamed::Failed(e) => {
-                    tracing::debug!("{chunk_id}: {e}");
-                    links.health.note_failure(&e);
-                    queue.note(chunk_id, Reason::ReadFailed);
-                    errors.push(e);
-                    copy_idx += 1;
-                }
-            }
-        }
-        if !errors.is_empty() {
-            tracing::info!("{chunk_id}: streamed after {} failed cop(ies)", errors.len());
-        }
+}
+
+impl stream::Blocks for NodeBlocks {
+    type Reader = NodeReader;
+    type Error = NodeError;
+
+    fn n_chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    fn n_copies(&self, chunk: usize) -> usize {
+        self.copies[chunk].len()
+    }
+
+    fn n_blocks(&self, chunk: usize) -> usize {
+        self.chunks[chunk].block_crcs.len()
+    }
+
+    async fn open(&self, chunk: usize, copy: usize, first_block: usize) -> Result<NodeReader, NodeError> {
+        let chunk_id = ChunkId { file_id: self.file_id, chunk_idx: chunk as u32 };
+        ChunkReader::open(self.copies[chunk][copy], &self.links, chunk_id, &self.chunks[chunk], first_block)
+            .await
+            .map(NodeReader)
+    }
+
+    fn failed(&self, chunk: usize, _copy: usize, e: &NodeError) {
+        let chunk_id = ChunkId { file_id: self.file_id, chunk_idx: chunk as u32 };
+        tracing::debug!("{chunk_id}: {e}");
+        self.links.health.note_failure(e);
+        self.queue.note(chunk_id, Reason::ReadFailed);
     }
 }
 
-/// Streams chunk `chunk_id` from `addr`, from block `n_sent` on, into `blocks`.
-#[allow(clippy::too_many_arguments)]
-async fn stream_copy(
-    addr: SocketAddr,
-    links: &Links,
-    chunk_id: ChunkId,
-    chunk: &ChunkRecord,
-    n_sent: &mut usize,
-    held: &mut Option<Vec<u8>>,
-    blocks: &tokio::sync::mpsc::Sender<Block>,
-    free: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
-) -> Streamed {
-    let mut reader = match ChunkReader::open(addr, links, chunk_id, chunk, *n_sent).await {
-        Ok(r) => r,
-        Err(e) => return Streamed::Failed(e),
-    };
-    while let Some(block_idx) = reader.next_block() {
-        let buf = match held.take() {
-            Some(b) => b,
-            None => match tokio::time::timeout(reader.max_unread(), free.recv()).await {
-                Ok(Some(b)) => b,
-                Ok(None) => return Streamed::Stopped,
-                Err(_) => return Streamed::Paused,
-            },
-        };
-        let buf = match reader.read_block(buf, 0).await {
-            Ok(b) => b,
-            Err(e) => {
-                // The buffer went with the failed read: replace it so the pool never shrinks.
-                *held = Some(vec![0u8; BLOCK_SIZE_BYTES as usize]);
-                return Streamed::Failed(e);
-            }
-        };
-        let len = block_len(reader.length(), block_idx as u64) as usize;
-        if blocks.send(Ok((buf, len))).await.is_err() {
-            return Streamed::Stopped;
-        }
-        *n_sent = block_idx + 1;
+struct NodeReader(ChunkReader);
+
+impl stream::BlockReader for NodeReader {
+    type Error = NodeError;
+
+    fn next_block(&self) -> Option<usize> {
+        self.0.next_block()
     }
-    match reader.finish().await {
-        Ok(()) => Streamed::Done,
-        Err(e) => Streamed::Failed(e),
+
+    fn block_len(&self, block: usize) -> usize {
+        block_len(self.0.length(), block as u64) as usize
+    }
+
+    fn max_unread(&self) -> std::time::Duration {
+        self.0.max_unread()
+    }
+
+    async fn read_block(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, NodeError> {
+        self.0.read_block(buf, 0).await
+    }
+
+    async fn finish(self) -> Result<(), NodeError> {
+        self.0.finish().await
+    }
+}
+
+/// The client's connection, as a streamed download's sink.
+struct ClientSink<'a>(&'a Conn);
+
+impl stream::Sink for ClientSink<'_> {
+    type Error = FrameError;
+
+    async fn send(&self, buf: Vec<u8>, len: usize) -> Result<Vec<u8>, FrameError> {
+        self.0.write_data(buf, 0, len).await
+    }
+}
+
+/// Tasks on the connection's runtime thread, and tokio's timer.
+struct EngineRuntime;
+
+/// A spawned task; completes when the task ends or is aborted, and passes a panic on.
+struct TaskHandle(tokio::task::JoinHandle<()>);
+
+impl std::future::Future for TaskHandle {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        })
+    }
+}
+
+impl stream::Runtime for EngineRuntime {
+    type Handle = TaskHandle;
+
+    fn spawn(task: impl std::future::Future<Output = ()> + 'static) -> TaskHandle {
+        TaskHandle(dfs_runtime::backend::spawn(task))
+    }
+
+    fn abort(handle: &TaskHandle) {
+        handle.0.abort();
+    }
+
+    async fn timeout<F: std::future::Future>(d: std::time::Duration, future: F) -> Option<F::Output> {
+        tokio::time::timeout(d, future).await.ok()
     }
 }
 

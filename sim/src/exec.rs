@@ -195,6 +195,45 @@ pub fn spawn<T: 'static>(name: impl Into<String>, future: impl Future<Output = T
     JoinHandle(slot)
 }
 
+/// A task that can be stopped: [`Abortable::abort`] drops its future at once, and the handle
+/// then completes.
+pub struct Abortable {
+    id: usize,
+    done: JoinHandle<()>,
+}
+
+/// Starts `future` as a task that can be aborted.
+pub fn spawn_abortable(name: impl Into<String>, future: impl Future<Output = ()> + 'static) -> Abortable {
+    let id = current().tasks.borrow().len();
+    let done = spawn(name, future);
+    Abortable { id, done }
+}
+
+impl Abortable {
+    pub fn abort(&self) {
+        let shared = current();
+        let future = shared.tasks.borrow_mut().get_mut(self.id).and_then(|t| t.future.take());
+        if future.is_some() {
+            drop(future);
+            let waker = {
+                let mut slot = self.done.0.borrow_mut();
+                slot.0 = Some(());
+                slot.1.take()
+            };
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Future for Abortable {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.done).poll(cx)
+    }
+}
+
 /// Awaits every handle, in order.
 pub async fn join_all<T>(handles: Vec<JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(handles.len());

@@ -4,6 +4,7 @@
 
 mod engine;
 mod exec;
+mod stream;
 mod workload;
 mod world;
 
@@ -60,12 +61,13 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
             let c = w.counts.borrow();
             let faults: Vec<String> = c.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let summary = format!(
-                "{n_nodes} nodes, R={replicas}, {n_clients} clients × {n_ops} ops: puts {} ok / {} failed, gets {} ok / {} failed, \
+                "{n_nodes} nodes, R={replicas}, {n_clients} clients × {n_ops} ops: puts {} ok / {} failed, gets {} ok / {} failed ({} streamed), \
                  deletes {}, gc {} ({} deleted), repair {} ({} copies made), scrub {}; faults: {}",
                 c.puts_ok,
                 c.puts_failed,
                 c.gets_ok,
                 c.gets_failed,
+                c.streamed_gets,
                 c.deletes,
                 c.gcs,
                 c.gc_deleted,

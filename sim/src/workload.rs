@@ -58,6 +58,18 @@ pub async fn client(w: Rc<World>, n_ops: u64) {
             40..70 => {
                 let Some(id) = pick_file(&w) else { continue };
                 let expected = w.truth.borrow().get(&id).cloned();
+                // A file over 64 KiB is streamed, as one over the engine's buffer budget is.
+                if let Some(data) = expected.as_ref().filter(|d| d.len() > 64 << 10) {
+                    w.counts.borrow_mut().streamed_gets += 1;
+                    match crate::stream::get(w.clone(), id, data).await {
+                        Ok(()) => w.counts.borrow_mut().gets_ok += 1,
+                        Err(e) if e == "not found" && !w.deleting.borrow().contains(&id) => {
+                            violated(format!("GET {id}: not found, though acknowledged and never deleted"))
+                        }
+                        Err(_) => w.counts.borrow_mut().gets_failed += 1,
+                    }
+                    continue;
+                }
                 match engine::get(w.clone(), id).await {
                     Ok(bytes) => {
                         if Some(&bytes) != expected.as_ref() {

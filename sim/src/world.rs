@@ -106,6 +106,7 @@ pub struct Counts {
     pub puts_failed: u64,
     pub gets_ok: u64,
     pub gets_failed: u64,
+    pub streamed_gets: u64,
     pub deletes: u64,
     pub repairs: u64,
     pub gcs: u64,
