@@ -90,6 +90,7 @@ pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
     // The commit goes through the metadata writer (another thread in the engine).
     yield_now().await;
     exec::trace(|| format!("put {file_id}: committed {:?}", chunks.iter().map(|c| &c.placement).collect::<Vec<_>>()));
+    w.answering.borrow_mut().insert(file_id);
     w.meta.borrow_mut().insert(file_id, Record { size: data.len() as u64, chunks });
     // A node replaced after it acknowledged a copy no longer holds it: queued, as put.rs does.
     for (chunk, n, identity) in proven {

@@ -22,10 +22,17 @@ fn pick_file(w: &World) -> Option<FileId> {
     truth.keys().nth(k).copied()
 }
 
-/// Every acknowledged file that is not being deleted must still be in the metadata.
+/// Every acknowledged file that is not being deleted must still be in the metadata, and every
+/// file the metadata lists was acknowledged (or is being answered right now).
 fn check_acknowledged_files_are_recorded(w: &World) {
     let meta = w.meta.borrow();
     let deleting = w.deleting.borrow();
+    let (truth, answering) = (w.truth.borrow(), w.answering.borrow());
+    if let Some(id) =
+        meta.keys().find(|id| !truth.contains_key(id) && !deleting.contains(id) && !answering.contains(id))
+    {
+        violated(format!("file {id} is listed but was never acknowledged"));
+    }
     for id in w.truth.borrow().keys() {
         if !meta.contains_key(id) && !deleting.contains(id) {
             violated(format!("acknowledged file {id} is gone from the metadata"));
@@ -49,6 +56,7 @@ pub async fn client(w: Rc<World>, n_ops: u64) {
                 let data = Rc::new(data);
                 match engine::put(w.clone(), data.clone()).await {
                     Ok(id) => {
+                        w.answering.borrow_mut().remove(&id);
                         w.truth.borrow_mut().insert(id, data.to_vec());
                         w.counts.borrow_mut().puts_ok += 1;
                     }

@@ -135,6 +135,8 @@ pub struct World {
     pub truth: RefCell<BTreeMap<FileId, Vec<u8>>>,
     /// Files whose delete has begun: a get may fail or succeed, never return other bytes.
     pub deleting: RefCell<BTreeSet<FileId>>,
+    /// Files committed whose PUT has not yet answered its client.
+    pub answering: RefCell<BTreeSet<FileId>>,
     /// Set while a full repair pass runs: one at a time, as in the engine.
     pub repair_running: std::cell::Cell<bool>,
     /// Held by a full pass or a turn of the repair queue: never two at once.
@@ -175,6 +177,7 @@ impl World {
             up: RefCell::new(vec![true; n]),
             truth: RefCell::new(BTreeMap::new()),
             deleting: RefCell::new(BTreeSet::new()),
+            answering: RefCell::new(BTreeSet::new()),
             repair_running: std::cell::Cell::new(false),
             repair_lock: std::cell::Cell::new(false),
             queue: RefCell::new(BTreeMap::new()),
