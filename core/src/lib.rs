@@ -2,7 +2,8 @@
 //! to and in what order reads try them (`placement`), what repair does with one chunk from what
 //! its checks found (`repair`), gc's rule for one chunk found on a node (`gc`), a state
 //! machine that asks its questions in the order that makes it safe against commits happening
-//! meanwhile, and the streamed download (`stream`), generic over its I/O.
+//! meanwhile, an upload's bookkeeping (`upload`), and the streamed download (`stream`), generic
+//! over its I/O.
 //!
 //! The engine drives these with real I/O; `dfs-sim` drives the same code with simulated nodes,
 //! network and clock, so that every interleaving the simulator finds is one the engine can
@@ -12,3 +13,4 @@ pub mod gc;
 pub mod placement;
 pub mod repair;
 pub mod stream;
+pub mod upload;

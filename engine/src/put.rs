@@ -6,6 +6,7 @@
 use crate::cluster::{self, await_store, open_store, NodeConn, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord, NodeSlot};
 use crate::state::{internal, EngineState};
+use dfs_core::upload::Next as UploadNext;
 use dfs_proto::layout::chunk_spans;
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, NodeId, Origin, Status};
 use dfs_runtime::conn::Conn;
@@ -34,9 +35,8 @@ struct Acked {
     result: Result<Vec<u32>, NodeError>,
 }
 
-/// One durable copy of a chunk: where, on which node (the ID its connection proved), and the
-/// block crc32s the node acknowledged.
-type Copy = (SocketAddr, NodeId, Vec<u32>);
+/// The upload's copies, by node address and the ID each node proved.
+type Upload = dfs_core::upload::Upload<SocketAddr, NodeId, NodeError>;
 
 /// One copy of a chunk being written: the node, and its connection while the copy is alive.
 struct Target {
@@ -89,9 +89,8 @@ pub async fn put(
     };
 
     let mut inflight: VecDeque<tokio::task::JoinHandle<Acked>> = VecDeque::new();
-    // Per chunk: the copies acknowledged durable (node, block crc32s), and what went wrong.
-    let mut copies: Vec<Vec<Copy>> = vec![Vec::new(); spans.len()];
-    let mut errors: Vec<Vec<NodeError>> = spans.iter().map(|_| Vec::new()).collect();
+    // Per chunk: the copies acknowledged durable, and what went wrong (dfs_core::upload).
+    let mut upload: Upload = Upload::new(spans.len(), replicas);
     let mut failure: Option<PutFailure> = None;
     // The copy path's relay buffers, sized to the largest chunk so small uploads stay cheap, and
     // allocated on first use: an upload of one piece never needs the second, the splice path
@@ -151,7 +150,7 @@ pub async fn put(
         for target in targets {
             if let Some(e) = target.error {
                 state.links.health.note_failure(&e);
-                errors[span.chunk_idx as usize].push(e);
+                upload.failed(span.chunk_idx as usize, target.addr, e);
             }
             let Some(node) = target.node else { continue };
             let (chunk_idx, length, addr, node_id) = (span.chunk_idx, span.length, target.addr, node.node_id);
@@ -164,35 +163,32 @@ pub async fn put(
             }));
         }
         while inflight.len() >= MAX_INFLIGHT_CHUNKS * replicas {
-            settle(state, inflight.pop_front(), &mut copies, &mut errors).await;
+            settle(state, inflight.pop_front(), &mut upload).await;
         }
     }
     while let Some(h) = inflight.pop_front() {
-        settle(state, Some(h), &mut copies, &mut errors).await;
+        settle(state, Some(h), &mut upload).await;
     }
 
     // A chunk with some copies but fewer than asked (a node failed part-way) gets the missing
     // ones copied from a verified copy to other nodes before anything is committed.
     if client_result.is_ok() && failure.is_none() {
-        failure = complete_copies(state, file_id, &spans, &chunk_crcs, &mut copies, &mut errors).await;
+        failure = complete_copies(state, file_id, &spans, &chunk_crcs, &mut upload).await;
     }
 
-    let cleanup = |copies: &Vec<Vec<Copy>>| {
-        let written = copies
-            .iter()
-            .enumerate()
-            .flat_map(|(i, c)| c.iter().map(move |(addr, _, _)| (ChunkId { file_id, chunk_idx: i as u32 }, *addr)))
-            .collect();
+    let cleanup = |upload: &Upload| {
+        let written =
+            upload.written().into_iter().map(|(i, addr)| (ChunkId { file_id, chunk_idx: i as u32 }, addr)).collect();
         cluster::delete_later(&state.links, written);
     };
     if let Err(e) = client_result {
         tracing::info!("upload of {name:?} abandoned by the client: {e}");
-        cleanup(&copies);
+        cleanup(&upload);
         return Err(e);
     }
     if let Some(f) = failure {
         tracing::warn!("upload of {name:?} failed at chunk {}: {}", f.chunk_idx, f.message);
-        cleanup(&copies);
+        cleanup(&upload);
         return client.write_msg(&Msg::error(f.status, format!("cannot store {name:?}: {}", f.message))).await;
     }
 
@@ -205,18 +201,19 @@ pub async fn put(
         });
         node_idx as u16
     };
+    assert_eq!(upload.next(), UploadNext::Commit, "an upload is committed only with every copy");
     let chunks = spans
         .iter()
-        .zip(&copies)
         .zip(&chunk_crcs)
-        .map(|((span, chunk_copies), &crc32)| {
+        .map(|(span, &crc32)| {
+            let chunk_copies = upload.copies(span.chunk_idx as usize);
             assert_eq!(chunk_copies.len(), replicas, "chunk {} committed without all its copies", span.chunk_idx);
             ChunkRecord {
                 offset: span.offset,
                 length: span.length,
                 crc32,
-                block_crcs: chunk_copies[0].2.clone(),
-                placement: chunk_copies.iter().map(|(addr, node_id, _)| index_of(*addr, *node_id)).collect(),
+                block_crcs: chunk_copies[0].block_crcs.clone(),
+                placement: chunk_copies.iter().map(|k| index_of(k.node, k.id)).collect(),
             }
         })
         .collect();
@@ -234,7 +231,7 @@ pub async fn put(
     };
     match state.meta.insert(file_id, record.clone()).await {
         Ok(()) => {
-            note_replaced_since_written(state, file_id, &copies);
+            note_replaced_since_written(state, file_id, &upload);
             client.write_msg(&Msg::PutOk { file_id }).await
         }
         // An error from a commit does not prove that nothing was committed (an fsync can fail
@@ -248,7 +245,7 @@ pub async fn put(
                 client.write_msg(&Msg::PutOk { file_id }).await
             }
             Ok(_) => {
-                cleanup(&copies);
+                cleanup(&upload);
                 client.write_msg(&internal(format!("cannot record file: {e}"))).await
             }
             Err(e2) => {
@@ -268,15 +265,11 @@ pub async fn put(
 /// was replaced while the upload went on) is gone, though acknowledged. The repair queue learns
 /// of replaced nodes from the node table, but finds only chunks already committed; this covers
 /// the ones committed after, so that either way the chunk is queued. (Found by `dfs-sim`.)
-fn note_replaced_since_written(state: &EngineState, file_id: FileId, copies: &[Vec<Copy>]) {
-    for (chunk_idx, chunk_copies) in copies.iter().enumerate() {
-        for (addr, proven, _) in chunk_copies {
-            if state.links.health.id_of(*addr).is_some_and(|now| now != *proven) {
-                let chunk = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
-                tracing::warn!("{chunk}: node {addr} was replaced after it acknowledged its copy; queued for repair");
-                state.repair_queue.note(chunk, dfs_core::repair::Reason::NodeReplaced);
-            }
-        }
+fn note_replaced_since_written(state: &EngineState, file_id: FileId, upload: &Upload) {
+    for chunk_idx in upload.replaced_since_written(|addr| state.links.health.id_of(addr)) {
+        let chunk = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
+        tracing::warn!("{chunk}: a node was replaced after it acknowledged its copy; queued for repair");
+        state.repair_queue.note(chunk, dfs_core::repair::Reason::NodeReplaced);
     }
 }
 
@@ -325,76 +318,75 @@ async fn open_targets(
     Ok(targets)
 }
 
-/// Brings every chunk to `replicas` copies by copying verified ones to other reachable nodes.
-/// Returns the failure if a chunk has no copy at all, or too few nodes remain.
+/// Completes every chunk a node failed part-way: copies it from an acknowledged copy (verified
+/// block by block on the way) to other nodes, as `dfs_core::upload` says, until every chunk has
+/// its copies (None) or one cannot have them (the failure to report).
 async fn complete_copies(
     state: &EngineState,
     file_id: FileId,
     spans: &[dfs_proto::layout::ChunkSpan],
     chunk_crcs: &[u32],
-    copies: &mut [Vec<Copy>],
-    errors: &mut [Vec<NodeError>],
+    upload: &mut Upload,
 ) -> Option<PutFailure> {
-    let replicas = state.config.replicas;
-    for span in spans {
-        let chunk_idx = span.chunk_idx as usize;
-        if copies[chunk_idx].len() >= replicas {
-            continue;
-        }
-        let describe = |errors: &[NodeError]| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
-        let Some((source, _, block_crcs)) = copies[chunk_idx].first().cloned() else {
-            let first = errors[chunk_idx].first();
-            return Some(PutFailure {
-                chunk_idx: span.chunk_idx,
-                status: first.map_or(Status::Internal, |e| e.status()),
-                message: format!(
-                    "chunk {chunk_idx} lost all of its {replicas} copies while they were written: {}",
-                    describe(&errors[chunk_idx])
-                ),
-            });
+    let replicas = upload.replicas();
+    let describe =
+        |errors: &[(SocketAddr, NodeError)]| errors.iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ");
+    loop {
+        let (chunk_idx, source, exclude) = match upload.next() {
+            UploadNext::Commit => return None,
+            UploadNext::Lost { chunk } => {
+                let errors = upload.errors(chunk);
+                return Some(PutFailure {
+                    chunk_idx: chunk as u32,
+                    status: errors.first().map_or(Status::Internal, |(_, e)| e.status()),
+                    message: format!(
+                        "chunk {chunk} lost all of its {replicas} copies while they were written: {}",
+                        describe(errors)
+                    ),
+                });
+            }
+            UploadNext::Complete { chunk, source, exclude, .. } => (chunk, source, exclude),
         };
+        let span = &spans[chunk_idx];
         let chunk = ChunkRecord {
             offset: span.offset,
             length: span.length,
             crc32: chunk_crcs[chunk_idx],
-            block_crcs,
+            block_crcs: upload.copies(chunk_idx)[0].block_crcs.clone(),
             placement: Vec::new(),
         };
         let chunk_id = ChunkId { file_id, chunk_idx: span.chunk_idx };
-        let failed: Vec<String> = errors[chunk_idx].iter().map(|e| e.addr.clone()).collect();
-        let ring = state.links.health.up_first(&state.config.nodes);
-        for dest in ring {
-            if copies[chunk_idx].len() >= replicas {
+        for dest in state.links.health.up_first(&state.config.nodes) {
+            if upload.copies(chunk_idx).len() >= replicas {
                 break;
             }
-            if copies[chunk_idx].iter().any(|(a, _, _)| *a == dest) || failed.contains(&dest.to_string()) {
+            if exclude.contains(&dest) {
                 continue;
             }
             match cluster::copy_chunk(source, dest, &state.links, chunk_id, &chunk).await {
                 Ok(node_id) => {
                     tracing::info!("{chunk_id}: copied from {source} to {dest} after a node failed mid-upload");
-                    copies[chunk_idx].push((dest, node_id, chunk.block_crcs.clone()));
+                    upload.acked(chunk_idx, dest, node_id, chunk.block_crcs.clone());
                 }
                 Err(e) => {
                     let e = e.into_node_error();
                     state.links.health.note_failure(&e);
-                    errors[chunk_idx].push(e);
+                    upload.failed(chunk_idx, dest, e);
                 }
             }
         }
-        if copies[chunk_idx].len() < replicas {
+        if upload.copies(chunk_idx).len() < replicas {
             return Some(PutFailure {
                 chunk_idx: span.chunk_idx,
                 status: Status::Unavailable,
                 message: format!(
                     "chunk {chunk_idx} has {} of the {replicas} copies it needs and no other node took one: {}",
-                    copies[chunk_idx].len(),
-                    describe(&errors[chunk_idx])
+                    upload.copies(chunk_idx).len(),
+                    describe(upload.errors(chunk_idx))
                 ),
             });
         }
     }
-    None
 }
 
 /// What splicing an upload needs: the client socket as a descriptor of its own, and a fan-out
@@ -555,20 +547,15 @@ async fn write_live(targets: &mut [Target], buf: Vec<u8>, n: usize) -> Vec<u8> {
     }
 }
 
-async fn settle(
-    state: &EngineState,
-    handle: Option<tokio::task::JoinHandle<Acked>>,
-    copies: &mut [Vec<Copy>],
-    errors: &mut [Vec<NodeError>],
-) {
+async fn settle(state: &EngineState, handle: Option<tokio::task::JoinHandle<Acked>>, upload: &mut Upload) {
     let Some(handle) = handle else { return };
     let a = handle.await.expect("store acknowledgement task panicked");
     match a.result {
-        Ok(block_crcs) => copies[a.chunk_idx as usize].push((a.addr, a.node_id, block_crcs)),
+        Ok(block_crcs) => upload.acked(a.chunk_idx as usize, a.addr, a.node_id, block_crcs),
         Err(e) => {
             tracing::debug!("chunk {} on {}: {e}", a.chunk_idx, a.addr);
             state.links.health.note_failure(&e);
-            errors[a.chunk_idx as usize].push(e);
+            upload.failed(a.chunk_idx as usize, a.addr, e);
         }
     }
 }

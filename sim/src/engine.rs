@@ -7,6 +7,7 @@ use crate::world::{ChunkRec, Deleter, Node, NodeErr, Record, Unrecorded, World};
 use dfs_core::gc::{Answer, Ask, Next, OrphanCheck, Verdict};
 use dfs_core::placement::{ring, up_first};
 use dfs_core::repair::{keep_copies_on_down_nodes, outcome, plan, retry_after, Checked, Done, Outcome, Plan};
+use dfs_core::upload::{Next as UploadNext, Upload};
 use dfs_proto::layout::{chunk_spans, crc32, Chunking};
 use dfs_proto::{ChunkId, FileId};
 use std::rc::Rc;
@@ -26,56 +27,81 @@ pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
     let writing = w.begin_writing(file_id);
     let mut unrecorded = Unrecorded::new(&w);
     let spans = chunk_spans(data.len() as u64, Chunking::Equal, 0).map_err(|e| e.to_string())?;
-    let mut chunks = Vec::new();
+    let replicas = w.config.replicas;
+    // The copies, as dfs_core::upload keeps them for put.rs.
+    let mut upload: Upload<Node, u64, NodeErr> = Upload::new(spans.len(), replicas);
+    // Every copy attempted, for the clean-up of a failed upload: a copy may exist though its
+    // reply was lost.
     let mut written: Vec<(ChunkId, Node)> = Vec::new();
-    // Each acknowledged copy with the ID its node proved when writing it.
-    let mut proven: Vec<(ChunkId, Node, u64)> = Vec::new();
-    let mut failure = None;
+    let crcs: Vec<u32> =
+        spans.iter().map(|s| crc32(&data[s.offset as usize..(s.offset + s.length) as usize])).collect();
     for (idx, span) in spans.iter().enumerate() {
         let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
         let bytes = &data[span.offset as usize..(span.offset + span.length) as usize];
-        let crc = crc32(bytes);
+        let crc = crcs[idx];
+        // Each chunk goes to the first R nodes of its ring, those believed up first, at once.
         let order = up_first(&ring(&all_nodes(&w), file_id, idx as u32), |n| w.is_up(n));
-        let mut placement = Vec::new();
-        let mut next = 0;
-        while placement.len() < w.config.replicas && next < order.len() {
-            let want = w.config.replicas - placement.len();
-            let targets: Vec<Node> = order[next..].iter().take(want).copied().collect();
-            next += targets.len();
-            for &n in &targets {
-                unrecorded.add(chunk, n);
+        let targets: Vec<Node> = order.iter().take(replicas).copied().collect();
+        for &n in &targets {
+            unrecorded.add(chunk, n);
+            written.push((chunk, n));
+        }
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|&n| {
+                let (w, bytes) = (w.clone(), bytes.to_vec());
+                exec::spawn(format!("store {chunk} on {n}"), async move { (n, w.store(n, chunk, &bytes, crc).await) })
+            })
+            .collect();
+        for (n, r) in exec::join_all(handles).await {
+            match r {
+                Ok(identity) => upload.acked(idx, n, identity, vec![crc]),
+                Err(e) => {
+                    w.note_failure(n, e);
+                    upload.failed(idx, n, e);
+                }
             }
-            let handles: Vec<_> = targets
-                .iter()
-                .map(|&n| {
-                    let (w, bytes) = (w.clone(), bytes.to_vec());
-                    exec::spawn(
-                        format!("store {chunk} on {n}"),
-                        async move { (n, w.store(n, chunk, &bytes, crc).await) },
-                    )
-                })
-                .collect();
-            for (n, r) in exec::join_all(handles).await {
-                match r {
-                    Ok(identity) => {
-                        placement.push(n);
-                        written.push((chunk, n));
-                        proven.push((chunk, n, identity));
-                    }
+        }
+    }
+    // A chunk a node failed is copied from an acknowledged copy, verified, to other nodes.
+    let failure = loop {
+        let (idx, source, exclude) = match upload.next() {
+            UploadNext::Commit => break None,
+            UploadNext::Lost { chunk } => break Some(format!("chunk {chunk}: no copy")),
+            UploadNext::Complete { chunk, source, exclude, .. } => (chunk, source, exclude),
+        };
+        let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
+        let source_bytes = match w.fetch(source, chunk).await {
+            Ok(b) if crc32(&b) == crcs[idx] => Some(b),
+            Ok(_) => None,
+            Err(e) => {
+                w.note_failure(source, e);
+                None
+            }
+        };
+        if let Some(bytes) = source_bytes {
+            for dest in up_first(&all_nodes(&w), |n| w.is_up(n)) {
+                if upload.copies(idx).len() >= replicas {
+                    break;
+                }
+                if exclude.contains(&dest) {
+                    continue;
+                }
+                unrecorded.add(chunk, dest);
+                written.push((chunk, dest));
+                match w.store(dest, chunk, &bytes, crcs[idx]).await {
+                    Ok(identity) => upload.acked(idx, dest, identity, vec![crcs[idx]]),
                     Err(e) => {
-                        // A copy may exist even though its reply was lost: clean it up too.
-                        written.push((chunk, n));
-                        w.note_failure(n, e);
+                        w.note_failure(dest, e);
+                        upload.failed(idx, dest, e);
                     }
                 }
             }
         }
-        if placement.len() < w.config.replicas {
-            failure = Some(format!("chunk {idx}: {} of {} copies", placement.len(), w.config.replicas));
-            break;
+        if upload.copies(idx).len() < replicas {
+            break Some(format!("chunk {idx}: {} of {replicas} copies", upload.copies(idx).len()));
         }
-        chunks.push(ChunkRec { offset: span.offset, length: span.length, crc32: crc, placement });
-    }
+    };
     if let Some(why) = failure {
         drop(unrecorded);
         drop(writing);
@@ -87,16 +113,24 @@ pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
         });
         return Err(why);
     }
+    let chunks: Vec<ChunkRec> = spans
+        .iter()
+        .enumerate()
+        .map(|(idx, span)| ChunkRec {
+            offset: span.offset,
+            length: span.length,
+            crc32: crcs[idx],
+            placement: upload.copies(idx).iter().map(|k| k.node).collect(),
+        })
+        .collect();
     // The commit goes through the metadata writer (another thread in the engine).
     yield_now().await;
     exec::trace(|| format!("put {file_id}: committed {:?}", chunks.iter().map(|c| &c.placement).collect::<Vec<_>>()));
     w.answering.borrow_mut().insert(file_id);
     w.meta.borrow_mut().insert(file_id, Record { size: data.len() as u64, chunks });
     // A node replaced after it acknowledged a copy no longer holds it: queued, as put.rs does.
-    for (chunk, n, identity) in proven {
-        if w.known_identity.borrow()[n].is_some_and(|now| now != identity) {
-            w.queue_notes.borrow_mut().insert(chunk);
-        }
+    for idx in upload.replaced_since_written(|n| w.known_identity.borrow()[n]) {
+        w.queue_notes.borrow_mut().insert(ChunkId { file_id, chunk_idx: idx as u32 });
     }
     drop(unrecorded);
     yield_now().await;

@@ -1,0 +1,179 @@
+//! An upload's bookkeeping: per chunk, the copies acknowledged durable (the node, the ID it
+//! proved on the connection that wrote the copy, the block crc32s it acknowledged) and the
+//! copies that failed; what the upload needs next (a copy made from a verified one where a
+//! node failed part-way, a failure, or the commit); and, after the commit, which copies sit on
+//! nodes that have been replaced since they wrote them.
+//!
+//! The engine's `put.rs` streams the bytes and makes the copies; this decides. `dfs-sim` runs
+//! the same decisions over simulated nodes.
+
+/// One acknowledged copy of a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked<N, I> {
+    pub node: N,
+    /// The ID the node proved on the connection that wrote the copy.
+    pub id: I,
+    pub block_crcs: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Chunk<N, I, E> {
+    copies: Vec<Acked<N, I>>,
+    errors: Vec<(N, E)>,
+}
+
+/// What an upload needs next, once every chunk's bytes have been sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<N> {
+    /// Every chunk has its R copies: commit the record.
+    Commit,
+    /// Chunk `chunk` has copies, but fewer than R: copy it from `source` (a node holding an
+    /// acknowledged copy) to `need` more nodes, none of `exclude` (they hold a copy, or failed
+    /// this chunk).
+    Complete { chunk: usize, source: N, need: usize, exclude: Vec<N> },
+    /// Chunk `chunk` has no copy left: the upload fails.
+    Lost { chunk: usize },
+}
+
+/// The copies of an upload in progress.
+#[derive(Debug)]
+pub struct Upload<N, I, E> {
+    replicas: usize,
+    chunks: Vec<Chunk<N, I, E>>,
+}
+
+impl<N: Copy + PartialEq + std::fmt::Debug, I: Copy + PartialEq, E> Upload<N, I, E> {
+    pub fn new(n_chunks: usize, replicas: usize) -> Self {
+        assert!(replicas >= 1, "at least one copy of each chunk");
+        Upload { replicas, chunks: (0..n_chunks).map(|_| Chunk { copies: Vec::new(), errors: Vec::new() }).collect() }
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    pub fn n_chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// `node` acknowledged its copy of `chunk` as durable.
+    pub fn acked(&mut self, chunk: usize, node: N, id: I, block_crcs: Vec<u32>) {
+        let c = &mut self.chunks[chunk];
+        assert!(!c.copies.iter().any(|k| k.node == node), "chunk {chunk}: a second copy on node {node:?}");
+        assert!(c.copies.len() < self.replicas, "chunk {chunk}: more than {} copies", self.replicas);
+        c.copies.push(Acked { node, id, block_crcs });
+    }
+
+    /// `node`'s copy of `chunk` failed with `e`.
+    pub fn failed(&mut self, chunk: usize, node: N, e: E) {
+        self.chunks[chunk].errors.push((node, e));
+    }
+
+    pub fn copies(&self, chunk: usize) -> &[Acked<N, I>] {
+        &self.chunks[chunk].copies
+    }
+
+    pub fn errors(&self, chunk: usize) -> &[(N, E)] {
+        &self.chunks[chunk].errors
+    }
+
+    /// The first chunk short of copies and what it needs, or the commit.
+    pub fn next(&self) -> Next<N> {
+        for (chunk, c) in self.chunks.iter().enumerate() {
+            if c.copies.len() >= self.replicas {
+                continue;
+            }
+            let Some(source) = c.copies.first() else { return Next::Lost { chunk } };
+            let exclude = c.copies.iter().map(|k| k.node).chain(c.errors.iter().map(|(n, _)| *n)).collect();
+            return Next::Complete { chunk, source: source.node, need: self.replicas - c.copies.len(), exclude };
+        }
+        Next::Commit
+    }
+
+    /// Every copy acknowledged, as (chunk, node): what to delete if the upload is abandoned.
+    pub fn written(&self) -> Vec<(usize, N)> {
+        self.chunks.iter().enumerate().flat_map(|(i, c)| c.copies.iter().map(move |k| (i, k.node))).collect()
+    }
+
+    /// After the commit: the chunks with a copy on a node that answers with another ID than the
+    /// one that wrote the copy (`current`), whose data directory was replaced meanwhile. Their
+    /// copy is gone though acknowledged: they go to the repair queue.
+    pub fn replaced_since_written(&self, current: impl Fn(N) -> Option<I>) -> Vec<usize> {
+        assert!(matches!(self.next(), Next::Commit), "asked of an upload that cannot commit");
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.copies.iter().any(|k| current(k.node).is_some_and(|now| now != k.id)))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload() -> Upload<u8, u32, &'static str> {
+        Upload::new(3, 2)
+    }
+
+    #[test]
+    fn an_upload_commits_once_every_chunk_has_its_copies() {
+        let mut u = upload();
+        for chunk in 0..3 {
+            assert_ne!(u.next(), Next::Commit);
+            u.acked(chunk, 1, 10, vec![7]);
+            u.acked(chunk, 2, 20, vec![7]);
+        }
+        assert_eq!(u.next(), Next::Commit);
+        assert_eq!(u.written().len(), 6);
+    }
+
+    #[test]
+    fn a_chunk_a_node_failed_is_completed_from_a_copy_elsewhere() {
+        let mut u = upload();
+        for chunk in 0..3 {
+            u.acked(chunk, 1, 10, vec![7]);
+        }
+        u.acked(0, 2, 20, vec![7]);
+        u.acked(2, 2, 20, vec![7]);
+        u.failed(1, 2, "reset");
+        assert_eq!(u.next(), Next::Complete { chunk: 1, source: 1, need: 1, exclude: vec![1, 2] });
+        u.acked(1, 3, 30, vec![7]);
+        assert_eq!(u.next(), Next::Commit);
+    }
+
+    #[test]
+    fn a_chunk_with_no_copy_fails_the_upload() {
+        let mut u = upload();
+        u.failed(0, 1, "full");
+        u.failed(0, 2, "down");
+        assert_eq!(u.next(), Next::Lost { chunk: 0 });
+        assert_eq!(u.errors(0).len(), 2);
+    }
+
+    #[test]
+    fn copies_on_nodes_replaced_since_they_wrote_are_found_after_the_commit() {
+        let mut u = upload();
+        for chunk in 0..3 {
+            u.acked(chunk, 1, 10, vec![7]);
+            u.acked(chunk, 2 + chunk as u8, 20, vec![7]);
+        }
+        // Node 3 answers with another ID now; node 4 has not answered since.
+        let now = |n: u8| match n {
+            1 => Some(10),
+            2 => Some(20),
+            3 => Some(99),
+            _ => None,
+        };
+        assert_eq!(u.replaced_since_written(now), vec![1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "a second copy on node")]
+    fn two_copies_of_a_chunk_on_one_node_are_refused() {
+        let mut u = upload();
+        u.acked(0, 1, 10, vec![7]);
+        u.acked(0, 1, 10, vec![7]);
+    }
+}
