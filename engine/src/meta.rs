@@ -332,22 +332,8 @@ impl MetaStore {
 
     /// Files in ID order after `after`, at most `limit`, and whether more follow.
     pub fn list(&self, after: Option<FileId>, limit: usize) -> Result<(Vec<FileSummary>, bool), MetaError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(FILES).map_err(db_err)?;
-        let start = after.map(|a| a.0).unwrap_or([0; 16]);
-        let mut out = Vec::new();
-        for entry in table.range::<&[u8; 16]>(&start..).map_err(db_err)? {
-            let (k, v) = entry.map_err(db_err)?;
-            let file_id = FileId(*k.value());
-            if Some(file_id) == after {
-                continue;
-            }
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            out.push(FileRecord::decode(file_id, v.value())?.summary(file_id));
-        }
-        Ok((out, false))
+        let (records, more) = self.records(after, limit)?;
+        Ok((records.into_iter().map(|(id, r)| r.summary(id)).collect(), more))
     }
 
     /// Whole records in ID order after `after`, at most `limit`, and whether more follow.

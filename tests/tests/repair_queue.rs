@@ -51,6 +51,11 @@ fn wait_for_queue(cluster: &Cluster, settled: u64, within: Duration) -> Value {
     }
 }
 
+/// How many chunks of `files` have a copy on node `node`'s disk.
+fn chunks_on(cluster: &Cluster, files: &[(String, Vec<u8>)], node: usize) -> u64 {
+    files.iter().map(|(id, _)| (0..4).filter(|&idx| cluster.find_copies(id, idx).contains(&node)).count() as u64).sum()
+}
+
 /// Every chunk of every file has two copies on the nodes' disks.
 fn assert_two_copies_each(cluster: &Cluster, files: &[(String, Vec<u8>)]) {
     for (id, _) in files {
@@ -66,10 +71,7 @@ fn a_replaced_node_gets_its_copies_back_from_the_queue_without_a_repair_pass() {
     let mut cluster = Cluster::start(4, queued(3600));
     let files = put_files(&cluster, 12);
     let replaced = 2;
-    let lost: u64 = files
-        .iter()
-        .map(|(id, _)| (0..4).filter(|&idx| cluster.find_copies(id, idx).contains(&replaced)).count() as u64)
-        .sum();
+    let lost = chunks_on(&cluster, &files, replaced);
     assert!(lost > 0, "node {replaced} holds no copy: the test proves nothing");
     cluster.kill_node(replaced);
     let wiped = cluster.root().join("nodes").join(format!("n{replaced}-new"));
@@ -100,10 +102,7 @@ fn a_node_down_for_longer_than_the_wait_has_its_copies_made_elsewhere() {
     let mut cluster = Cluster::start(5, queued(2));
     let files = put_files(&cluster, 8);
     let down = 1;
-    let on_it: u64 = files
-        .iter()
-        .map(|(id, _)| (0..4).filter(|&idx| cluster.find_copies(id, idx).contains(&down)).count() as u64)
-        .sum();
+    let on_it = chunks_on(&cluster, &files, down);
     assert!(on_it > 0, "node {down} holds no copy: the test proves nothing");
     cluster.kill_node(down);
     let q = wait_for_queue(&cluster, on_it, Duration::from_secs(60));
