@@ -272,7 +272,38 @@ enum WriteOp {
     Insert(FileId, Box<FileRecord>, tokio::sync::oneshot::Sender<Result<(), MetaError>>),
     Delete(FileId, tokio::sync::oneshot::Sender<Result<Option<FileRecord>, MetaError>>),
     /// Replaces where one chunk's copies live, if the file still exists.
-    SetPlacement(FileId, u32, Vec<NodeSlot>, tokio::sync::oneshot::Sender<Result<bool, MetaError>>),
+    SetPlacement(Box<PlacementChange>, tokio::sync::oneshot::Sender<Result<Placed, MetaError>>),
+}
+
+/// A new placement for one chunk, to be written only over the one it was decided from.
+#[derive(Debug)]
+pub struct PlacementChange {
+    pub file_id: FileId,
+    pub chunk_idx: u32,
+    /// The chunk's nodes as the decision read them.
+    pub expected: Vec<NodeSlot>,
+    pub nodes: Vec<NodeSlot>,
+}
+
+/// What [`MetaStore::set_placement`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    Set,
+    /// The file was deleted meanwhile: nothing changed.
+    FileGone,
+    /// The chunk's placement changed since it was read (another repair moved it): nothing
+    /// changed; decide again from the new one.
+    Changed,
+}
+
+/// Whether two slots name the same node: the same ID, or the same address where neither has an
+/// ID.
+fn same_node(a: &NodeSlot, b: &NodeSlot) -> bool {
+    match (a.id, b.id) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a.addr == b.addr,
+        _ => false,
+    }
 }
 
 pub struct MetaStore {
@@ -370,16 +401,12 @@ impl MetaStore {
         rx.await.map_err(|_| MetaError::WriterGone)?
     }
 
-    /// Durably records that chunk `chunk_idx` of `file_id` now has its copies on `nodes`, in
-    /// that order. Returns false, changing nothing, if the file has been deleted meanwhile.
-    pub async fn set_placement(
-        &self,
-        file_id: FileId,
-        chunk_idx: u32,
-        nodes: Vec<NodeSlot>,
-    ) -> Result<bool, MetaError> {
+    /// Durably records that a chunk now has its copies on `change.nodes`, in that order, if
+    /// its placement is still `change.expected` (compare and set: two repairs deciding from
+    /// the same record cannot overwrite each other's placement).
+    pub async fn set_placement(&self, change: PlacementChange) -> Result<Placed, MetaError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(WriteOp::SetPlacement(file_id, chunk_idx, nodes, tx)).await?;
+        self.send(WriteOp::SetPlacement(Box::new(change), tx)).await?;
         rx.await.map_err(|_| MetaError::WriterGone)?
     }
 
@@ -475,7 +502,7 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
             }
         }
         let mut deleted: Vec<Option<FileRecord>> = Vec::with_capacity(batch.len());
-        let mut placed: Vec<bool> = Vec::with_capacity(batch.len());
+        let mut placed: Vec<Placed> = Vec::with_capacity(batch.len());
         let result = (|| -> Result<(), MetaError> {
             let txn = db.begin_write().map_err(db_err)?;
             {
@@ -487,13 +514,14 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                             // IDs are 128 random bits: a collision means a bug, not bad luck.
                             assert!(existing.is_none(), "file ID {id} inserted twice");
                             deleted.push(None);
-                            placed.push(false);
+                            placed.push(Placed::FileGone);
                         }
-                        WriteOp::SetPlacement(id, chunk_idx, slots, _) => {
+                        WriteOp::SetPlacement(change, _) => {
+                            let PlacementChange { file_id: id, chunk_idx, expected, nodes: slots } = &**change;
                             deleted.push(None);
                             let old = table.get(&id.0).map_err(db_err)?.map(|v| FileRecord::decode(*id, v.value()));
                             let Some(mut record) = old.transpose()? else {
-                                placed.push(false);
+                                placed.push(Placed::FileGone);
                                 continue;
                             };
                             let chunk_idx = *chunk_idx as usize;
@@ -502,15 +530,21 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                                 "placement for chunk {chunk_idx} of {id}, which has {}",
                                 record.chunks.len()
                             );
+                            let current = &record.chunks[chunk_idx].placement;
+                            let unchanged = current.len() == expected.len()
+                                && current
+                                    .iter()
+                                    .zip(expected)
+                                    .all(|(&i, e)| record.nodes.get(i as usize).is_some_and(|n| same_node(n, e)));
+                            if !unchanged {
+                                placed.push(Placed::Changed);
+                                continue;
+                            }
                             let mut placement = Vec::with_capacity(slots.len());
                             for slot in slots {
                                 // The same node: the same ID, or the same address where there is
                                 // no ID on either side. Its address is kept current.
-                                let same = |n: &NodeSlot| match (n.id, slot.id) {
-                                    (Some(a), Some(b)) => a == b,
-                                    (None, None) => n.addr == slot.addr,
-                                    _ => false,
-                                };
+                                let same = |n: &NodeSlot| same_node(n, slot);
                                 let node_idx = match record.nodes.iter().position(same) {
                                     Some(i) => {
                                         record.nodes[i].addr.clone_from(&slot.addr);
@@ -525,10 +559,10 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                             }
                             record.chunks[chunk_idx].placement = placement;
                             table.insert(&id.0, record.encode().as_slice()).map_err(db_err)?;
-                            placed.push(true);
+                            placed.push(Placed::Set);
                         }
                         WriteOp::Delete(id, _) => {
-                            placed.push(false);
+                            placed.push(Placed::FileGone);
                             let old = table.remove(&id.0).map_err(db_err)?;
                             deleted.push(match old {
                                 Some(v) => Some(FileRecord::decode(*id, v.value())?),
@@ -543,9 +577,9 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
         if let Err(e) = &result {
             tracing::error!("metadata commit failed: {e}");
         }
-        let mut placed = placed.into_iter().chain(std::iter::repeat(false));
+        let mut placed = placed.into_iter().chain(std::iter::repeat(Placed::FileGone));
         for (op, old) in batch.into_iter().zip(deleted.into_iter().chain(std::iter::repeat(None))) {
-            let placed = placed.next().unwrap_or(false);
+            let placed = placed.next().unwrap_or(Placed::FileGone);
             match op {
                 WriteOp::SetPlacement(.., reply) => {
                     let _ = reply.send(result.as_ref().map(|_| placed).map_err(|e| MetaError::Db(e.to_string())));
@@ -607,6 +641,10 @@ mod tests {
         }
     }
 
+    fn change(file_id: FileId, expected: Vec<NodeSlot>, nodes: Vec<NodeSlot>) -> PlacementChange {
+        PlacementChange { file_id, chunk_idx: 0, expected, nodes }
+    }
+
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
     }
@@ -640,12 +678,17 @@ mod tests {
         block_on(meta.insert(a, record("a"))).unwrap();
         // Node 1 is now at another address; node 2 is new.
         let moved = vec![slot(Some(2), "127.0.0.1:2"), slot(Some(1), "127.0.0.1:5")];
-        assert!(block_on(meta.set_placement(a, 0, moved)).unwrap());
+        let was = vec![slot(Some(1), "127.0.0.1:1")];
+        assert_eq!(block_on(meta.set_placement(change(a, was.clone(), moved.clone()))).unwrap(), Placed::Set);
         let got = meta.get(a).unwrap().unwrap();
         assert_eq!(got.nodes, [slot(Some(1), "127.0.0.1:5"), slot(Some(2), "127.0.0.1:2")]);
         assert_eq!(got.chunks[0].placement, [1, 0]);
+        // A second decision made from the old placement does not overwrite the first.
+        let other = vec![slot(Some(3), "127.0.0.1:3")];
+        assert_eq!(block_on(meta.set_placement(change(a, was, other.clone()))).unwrap(), Placed::Changed);
+        assert_eq!(meta.get(a).unwrap().unwrap().chunks[0].placement, [1, 0]);
         block_on(meta.delete(a)).unwrap();
-        assert!(!block_on(meta.set_placement(a, 0, vec![slot(Some(3), "127.0.0.1:3")])).unwrap());
+        assert_eq!(block_on(meta.set_placement(change(a, moved, other))).unwrap(), Placed::FileGone);
         assert_eq!(meta.get(a).unwrap(), None);
     }
 
@@ -687,7 +730,11 @@ mod tests {
         assert_eq!(meta.get(id).unwrap(), Some(unnamed(record("a"))));
         assert_eq!(meta.list(None, 10).unwrap().0[0].origin, None);
         // A placement change rewrites the record in the current version; nothing is lost.
-        assert!(block_on(meta.set_placement(id, 0, vec![slot(Some(2), "127.0.0.1:2")])).unwrap());
+        let was = vec![slot(None, "127.0.0.1:1")];
+        assert_eq!(
+            block_on(meta.set_placement(change(id, was, vec![slot(Some(2), "127.0.0.1:2")]))).unwrap(),
+            Placed::Set
+        );
         let txn = meta.db.begin_read().unwrap();
         let stored = txn.open_table(FILES).unwrap().get(&id.0).unwrap().unwrap().value().to_vec();
         assert_eq!(stored[0], RECORD_VERSION);

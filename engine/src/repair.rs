@@ -7,7 +7,7 @@
 //! [`crate::cluster::copy_chunk`]), so repair never spreads bad bytes.
 
 use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
-use crate::meta::{ChunkRecord, FileRecord, NodeDirectory, NodeSlot};
+use crate::meta::{ChunkRecord, FileRecord, NodeDirectory, NodeSlot, Placed, PlacementChange};
 use crate::state::EngineState;
 use dfs_core::repair::{keep_copies_on_down_nodes, outcome, plan, retry_after, Checked, Done, Outcome, Plan, Reason};
 use dfs_proto::msg::push_report_line;
@@ -424,11 +424,25 @@ async fn repair_chunk(
         keep_copies_on_down_nodes(&mut placement, &down, replicas);
     }
     if placement != recorded {
-        let slots = slots_for(&placement, &made, &recorded, &recorded_slots, &*state.links.health);
-        match state.meta.set_placement(chunk_id.file_id, chunk_id.chunk_idx, slots).await {
-            Ok(true) => tracing::info!("repair: {chunk_id} now on {placement:?} (was {recorded:?})"),
+        let change = PlacementChange {
+            file_id: chunk_id.file_id,
+            chunk_idx: chunk_id.chunk_idx,
+            expected: recorded_slots.iter().map(|&s| s.clone()).collect(),
+            nodes: slots_for(&placement, &made, &recorded, &recorded_slots, &*state.links.health),
+        };
+        match state.meta.set_placement(change).await {
+            Ok(Placed::Set) => tracing::info!("repair: {chunk_id} now on {placement:?} (was {recorded:?})"),
             // Deleted meanwhile: the new copies are orphans for gc.
-            Ok(false) => return Outcome::Gone,
+            Ok(Placed::FileGone) => return Outcome::Gone,
+            // Moved by another repair since this one read it: the new copies are orphans for
+            // gc, and the chunk is looked at again.
+            Ok(Placed::Changed) => {
+                push_report_line(
+                    &mut summary.problems,
+                    format!("{chunk_id}: placement changed meanwhile; left to the next look"),
+                );
+                return Outcome::Short;
+            }
             Err(e) => {
                 push_report_line(&mut summary.problems, format!("{chunk_id}: cannot record new copies: {e}"));
                 return Outcome::Short;

@@ -428,11 +428,13 @@ async fn repair_chunk(w: &Rc<World>, chunk: ChunkId, c: &ChunkRec) -> Outcome {
     if placement != c.placement {
         yield_now().await;
         let mut meta = w.meta.borrow_mut();
-        match meta.get_mut(&chunk.file_id) {
-            Some(r) => {
+        // Compare and set, as MetaStore::set_placement does.
+        match meta.get_mut(&chunk.file_id).map(|r| &mut r.chunks[chunk.chunk_idx as usize].placement) {
+            Some(current) if *current == c.placement => {
                 exec::trace(|| format!("repair: {chunk} placed on {placement:?} (was {:?})", c.placement));
-                r.chunks[chunk.chunk_idx as usize].placement = placement.clone()
+                current.clone_from(&placement);
             }
+            Some(_) => return Outcome::Short,
             None => return Outcome::Gone,
         }
     }
