@@ -78,6 +78,14 @@ pub fn read_order(
     Ok(health.up_first(&record.copy_addrs(chunk, health)?))
 }
 
+/// What a read does when a copy fails, buffered or streamed: a node that did not answer is
+/// marked down, and the chunk is noted for the repair queue.
+fn copy_failed(links: &Links, queue: &RepairQueue, chunk_id: ChunkId, e: &NodeError) {
+    tracing::debug!("{chunk_id}: {e}");
+    links.health.note_failure(e);
+    queue.note(chunk_id, Reason::ReadFailed);
+}
+
 /// Handles one GET. Returns Err only when the client connection is broken.
 pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<(), FrameError> {
     let record = match state.meta.get(file_id) {
@@ -151,9 +159,7 @@ async fn get_buffered(
                         return Ok(replacement);
                     }
                     Err(e) => {
-                        tracing::debug!("{chunk_id}: {e}");
-                        links.health.note_failure(&e);
-                        queue.note(chunk_id, Reason::ReadFailed);
+                        copy_failed(&links, &queue, chunk_id, &e);
                         errors.push(e);
                     }
                 }
@@ -290,10 +296,7 @@ impl stream::Blocks for NodeBlocks {
     }
 
     fn failed(&self, chunk: usize, _copy: usize, e: &NodeError) {
-        let chunk_id = ChunkId { file_id: self.file_id, chunk_idx: chunk as u32 };
-        tracing::debug!("{chunk_id}: {e}");
-        self.links.health.note_failure(e);
-        self.queue.note(chunk_id, Reason::ReadFailed);
+        copy_failed(&self.links, &self.queue, ChunkId { file_id: self.file_id, chunk_idx: chunk as u32 }, e);
     }
 }
 

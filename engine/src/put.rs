@@ -220,10 +220,7 @@ pub async fn put(
     let record = FileRecord {
         name,
         size,
-        created_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        created_unix_ms: dfs_runtime::unix_ms(),
         chunking,
         nodes: used.iter().map(|(addr, id)| NodeSlot { id: Some(id.0), addr: addr.to_string() }).collect(),
         chunks,

@@ -116,7 +116,7 @@ pub async fn run_queue(
     down_queued: &mut std::collections::BTreeSet<SocketAddr>,
 ) -> Result<QueueTurn, String> {
     let Ok(_exclusive) = state.repair_lock.try_lock() else { return Ok(QueueTurn::default()) };
-    let now = unix_ms();
+    let now = dfs_runtime::unix_ms();
     let health = &*state.links.health;
     let mut entries: Vec<(ChunkId, Reason, u64)> =
         state.repair_queue.take_notes().into_iter().map(|(c, r)| (c, r, now)).collect();
@@ -190,7 +190,7 @@ pub async fn run_queue(
             settled.push(chunk_id);
         } else {
             let attempts = queued.attempts.saturating_add(1);
-            retry.push((chunk_id, attempts, unix_ms() + retry_after(attempts).as_millis() as u64));
+            retry.push((chunk_id, attempts, dfs_runtime::unix_ms() + retry_after(attempts).as_millis() as u64));
         }
     }
     turn.n_settled = settled.len() as u64;
@@ -215,10 +215,6 @@ fn placed_on(health: &cluster::Health, addr: SocketAddr) -> impl Fn(&NodeSlot) -
         (Some(recorded), Some(id)) => recorded == id,
         _ => slot.addr == here,
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// What a node holds of one chunk, as far as one check can tell.

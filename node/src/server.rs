@@ -174,7 +174,7 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
                 (Frame::Msg(Msg::ChunkList { after, limit, min_age_secs }), stores) => {
                     let limit = limit.min(MAX_LIST_ENTRIES) as usize;
                     // Taken before the listing: every copy listed was stored before it.
-                    let listed_at_unix_ms = crate::segments::now_unix_ms();
+                    let listed_at_unix_ms = dfs_runtime::unix_ms();
                     let min_age = (min_age_secs > 0).then(|| Duration::from_secs(min_age_secs));
                     match stores {
                         Stores::Files(files) => files.list(after, limit, min_age),

@@ -16,6 +16,12 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
+/// The wall clock in Unix milliseconds (0 before 1970): what records, listings and the node
+/// table stamp times with.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// Listen backlog of each per-core listener.
 pub const LISTEN_BACKLOG: i32 = 1024;
 

@@ -9,7 +9,7 @@ use dfs_proto::NodeId;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dfs_proto::StoreReport;
 
@@ -44,10 +44,6 @@ pub struct Learned {
     pub addr: SocketAddr,
     pub id: NodeId,
     pub previous: Option<NodeId>,
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Health {
@@ -86,7 +82,7 @@ impl Health {
 
     /// Each node believed down, with how long it has been down.
     pub fn down_for(&self) -> Vec<(SocketAddr, Duration)> {
-        let now = now_unix_ms();
+        let now = dfs_runtime::unix_ms();
         self.nodes
             .iter()
             .filter(|n| !n.up.load(Ordering::Acquire))
@@ -150,7 +146,7 @@ impl Health {
     /// The node answered.
     pub fn mark_up(&self, addr: SocketAddr) {
         if let Some(n) = self.find(addr) {
-            n.last_seen_unix_ms.store(now_unix_ms(), Ordering::Release);
+            n.last_seen_unix_ms.store(dfs_runtime::unix_ms(), Ordering::Release);
             crate::metrics::NODE_UP.with_label_values(&[&addr.to_string()]).set(1);
             if !n.up.swap(true, Ordering::AcqRel) {
                 tracing::info!("node {addr} is up again");
@@ -165,7 +161,7 @@ impl Health {
             *n.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
             crate::metrics::NODE_UP.with_label_values(&[&addr.to_string()]).set(0);
             if n.up.swap(false, Ordering::AcqRel) {
-                n.down_since_unix_ms.store(now_unix_ms(), Ordering::Release);
+                n.down_since_unix_ms.store(dfs_runtime::unix_ms(), Ordering::Release);
                 tracing::warn!("node {addr} is down: {why}");
             }
         }

@@ -37,10 +37,7 @@ pub async fn exists(addr: SocketAddr, links: &Links, chunk_id: ChunkId) -> Resul
 
 /// Deletes `addr`'s copy of `chunk_id`; a copy that is already gone counts as deleted.
 pub async fn delete(addr: SocketAddr, links: &Links, chunk_id: ChunkId) -> Result<(), NodeError> {
-    match NodeConn::request(addr, links, &Msg::ChunkDelete { chunk_id, written_before_unix_ms: None }).await {
-        Ok(_) | Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
+    chunk_delete(addr, links, chunk_id, None).await.map(drop)
 }
 
 /// Deletes the copy of `chunk_id` on `addr` only if the node stored it before
@@ -52,8 +49,18 @@ pub async fn delete_listed(
     chunk_id: ChunkId,
     listed_at_unix_ms: u64,
 ) -> Result<bool, NodeError> {
-    let request = Msg::ChunkDelete { chunk_id, written_before_unix_ms: Some(listed_at_unix_ms) };
-    match NodeConn::request(addr, links, &request).await {
+    chunk_delete(addr, links, chunk_id, Some(listed_at_unix_ms)).await
+}
+
+/// CHUNKDELETE, with or without a time: Ok(true) when no copy is left (a missing one counts),
+/// Ok(false) when the node kept a copy written at or after `written_before_unix_ms`.
+async fn chunk_delete(
+    addr: SocketAddr,
+    links: &Links,
+    chunk_id: ChunkId,
+    written_before_unix_ms: Option<u64>,
+) -> Result<bool, NodeError> {
+    match NodeConn::request(addr, links, &Msg::ChunkDelete { chunk_id, written_before_unix_ms }).await {
         Ok(_) | Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Ok(true),
         Err(NodeError { failure: NodeFailure::Remote(Status::AlreadyExists, _), .. }) => Ok(false),
         Err(e) => Err(e),

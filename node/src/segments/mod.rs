@@ -27,7 +27,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 mod checkpoint;
 mod compact;
@@ -306,10 +306,6 @@ pub struct SegmentStore {
     n_covered_at_start: AtomicU64,
     /// Held by a scrub pass: one at a time, whoever asked for it.
     pub(crate) scrubbing: Mutex<()>,
-}
-
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn ctx<'a>(what: &str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Error + 'a {
@@ -1040,7 +1036,7 @@ impl SegmentStore {
     /// Chunk IDs after `after`, in order, at most `limit`, and whether more follow; with
     /// `min_age`, only chunks stored at least that long ago.
     pub fn list(&self, after: Option<ChunkId>, limit: usize, min_age: Option<Duration>) -> (Vec<ChunkId>, bool) {
-        let now = now_unix_ms();
+        let now = dfs_runtime::unix_ms();
         let index = self.lock_index();
         let mut out = Vec::new();
         let range = match after {
@@ -1083,7 +1079,7 @@ fn pad(r: &Reservation) -> AlignedBuf {
         chunk_id: ChunkId { file_id: FileId([0; 16]), chunk_idx: 0 },
         length: r.span,
         crc32: 0,
-        created_unix_ms: now_unix_ms(),
+        created_unix_ms: dfs_runtime::unix_ms(),
         lsn: r.lsn,
     };
     let mut buf = AlignedBuf::zeroed(ALIGN);
@@ -1094,8 +1090,14 @@ fn pad(r: &Reservation) -> AlignedBuf {
 
 /// A tombstone record for `id`, ready to write.
 fn tombstone(id: ChunkId, lsn: u64) -> AlignedBuf {
-    let header =
-        RecordHeader { kind: Kind::Tombstone, chunk_id: id, length: 0, crc32: 0, created_unix_ms: now_unix_ms(), lsn };
+    let header = RecordHeader {
+        kind: Kind::Tombstone,
+        chunk_id: id,
+        length: 0,
+        crc32: 0,
+        created_unix_ms: dfs_runtime::unix_ms(),
+        lsn,
+    };
     let mut buf = AlignedBuf::zeroed(ALIGN);
     let bytes = header.encode();
     buf.extend_from_slice(&bytes);
