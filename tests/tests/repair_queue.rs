@@ -85,13 +85,23 @@ fn a_replaced_node_gets_its_copies_back_from_the_queue_without_a_repair_pass() {
     let (ok, report) = cluster.client_json(&["repair"]);
     assert!(ok, "repair after the queue: {report}");
     assert_eq!(u(&report, "/n_copies_made"), 0, "the queue left work for the full pass: {report}");
-    // And the copies are sound: every file reads with the node the copies came from gone.
-    for other in (0..4).filter(|&n| n != replaced) {
+    // And the copies are sound: every file reads with any other node gone.
+    every_file_reads_with_one_more_node_down(&mut cluster, &files, 4, replaced);
+}
+
+/// With `except` as it is, each other node in turn is stopped and every file must read back
+/// whole: every chunk has a sound copy off that node.
+fn every_file_reads_with_one_more_node_down(
+    cluster: &mut Cluster,
+    files: &[(String, Vec<u8>)],
+    n_nodes: usize,
+    except: usize,
+) {
+    for other in (0..n_nodes).filter(|&n| n != except) {
         cluster.kill_node(other);
-        for (id, data) in &files {
-            if let Ok(got) = cluster.get(id) {
-                assert_bytes_eq(&got, data, id);
-            }
+        for (id, data) in files {
+            let got = cluster.get(id).unwrap_or_else(|e| panic!("get {id} with node {other} down too: {e}"));
+            assert_bytes_eq(&got, data, id);
         }
         cluster.restart_node(other);
     }
@@ -108,14 +118,7 @@ fn a_node_down_for_longer_than_the_wait_has_its_copies_made_elsewhere() {
     let q = wait_for_queue(&cluster, on_it, Duration::from_secs(60));
     assert_eq!(u(&q, "/n_copies_made"), on_it, "{q}");
     // Every file reads with a second node gone too: each chunk has two copies on live nodes.
-    for other in (0..5).filter(|&n| n != down) {
-        cluster.kill_node(other);
-        for (id, data) in &files {
-            let got = cluster.get(id).unwrap_or_else(|e| panic!("get {id} with nodes {down} and {other} down: {e}"));
-            assert_bytes_eq(&got, data, id);
-        }
-        cluster.restart_node(other);
-    }
+    every_file_reads_with_one_more_node_down(&mut cluster, &files, 5, down);
 }
 
 #[test]
