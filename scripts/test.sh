@@ -4,6 +4,8 @@
 # because the integration tests run them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# PostgreSQL, when missing (the PostgreSQL metadata tests start servers of their own).
+./scripts/deps.sh
 cargo build --workspace --bins
 # Nodes run the segment store (the default) with 16 MiB segments instead of 64 MiB: every test
 # starts its own nodes, and each prepares a segment and a spare ahead of need.

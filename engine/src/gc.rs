@@ -80,7 +80,7 @@ async fn collect_node(
                     Next::Ask(Ask::Record) => {
                         // Chunks come in file ID order: one record lookup per file.
                         if cached.as_ref().is_none_or(|(id, _)| *id != chunk_id.file_id) {
-                            let record = state.meta.get(chunk_id.file_id).map_err(|e| e.to_string())?;
+                            let record = state.meta.get(chunk_id.file_id).await.map_err(|e| e.to_string())?;
                             cached = Some((chunk_id.file_id, record));
                             dfs_runtime::failpoint::pause("gc-after-record-read").await;
                         }
@@ -94,7 +94,7 @@ async fn collect_node(
                         Answer::Claimed(claim.is_some())
                     }
                     Next::Ask(Ask::FreshRecord) => {
-                        let record = state.meta.get(chunk_id.file_id).map_err(|e| e.to_string())?;
+                        let record = state.meta.get(chunk_id.file_id).await.map_err(|e| e.to_string())?;
                         Answer::Placed(
                             record.is_some_and(|r| places(&r, chunk_id.chunk_idx, addr, &*state.links.health)),
                         )

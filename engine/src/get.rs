@@ -88,7 +88,7 @@ fn copy_failed(links: &Links, queue: &RepairQueue, chunk_id: ChunkId, e: &NodeEr
 
 /// Handles one GET. Returns Err only when the client connection is broken.
 pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<(), FrameError> {
-    let record = match state.meta.get(file_id) {
+    let record = match state.meta.get(file_id).await {
         Ok(Some(r)) => r,
         Ok(None) => return client.write_msg(&not_found(file_id)).await,
         Err(e) => return client.write_msg(&internal(e)).await,

@@ -33,9 +33,15 @@ struct Args {
     /// printed on stdout as `listening ADDR`).
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
-    /// Directory of the metadata database.
-    #[arg(long, required_unless_present = "local")]
-    meta: Option<PathBuf>,
+    /// Where the metadata lives: a directory for the embedded database (an engine alone), or
+    /// `postgres://USER@HOST:PORT/DB` for PostgreSQL, which several engines over the same nodes
+    /// can share (password in --meta-password-file).
+    #[arg(long, required_unless_present = "local", value_name = "DIR|URL")]
+    meta: Option<meta::MetaSpec>,
+    /// File whose first line is the PostgreSQL password (never on the command line or in the
+    /// log).
+    #[arg(long, value_name = "FILE")]
+    meta_password_file: Option<PathBuf>,
     /// A storage node's address; give at least 4.
     #[arg(long = "node", value_name = "ADDR")]
     nodes: Vec<SocketAddr>,
@@ -184,7 +190,7 @@ fn run(args: Args) -> Result<(), String> {
         (Some(n_nodes), Some(data)) => {
             let children = local::start_nodes(args.listen, n_nodes, data, args.data_path, secret_file.as_deref())?;
             let addrs = children.iter().map(|c| c.addr).collect();
-            (data.join("meta"), addrs, children)
+            (meta::MetaSpec::Dir(data.join("meta")), addrs, children)
         }
         _ => {
             let meta = args.meta.clone().ok_or("--meta DIR is required")?;
@@ -197,13 +203,14 @@ fn run(args: Args) -> Result<(), String> {
         return Err(format!("node {dup} is given twice"));
     }
     let data_path = dfs_runtime::choose_data_path(args.data_path.unwrap_or(dfs_runtime::DataPath::Splice));
-    let meta = meta::MetaStore::open(&meta_dir).map_err(|e| e.to_string())?;
+    let pg = meta::PostgresOptions { password_file: args.meta_password_file.clone() };
+    let meta = meta::MetaStore::open(&meta_dir, &pg).map_err(|e| e.to_string())?;
     let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
-        "engine listening on {addr}, metadata in {}, {} nodes, {replicas} cop{} of each chunk, {} runtime(s)",
-        meta_dir.display(),
+        "engine listening on {addr}, {}, {} nodes, {replicas} cop{} of each chunk, {} runtime(s)",
+        meta.describe(),
         nodes.len(),
         if replicas == 1 { "y" } else { "ies" },
         args.threads

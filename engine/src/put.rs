@@ -233,7 +233,7 @@ pub async fn put(
         }
         // An error from a commit does not prove that nothing was committed (an fsync can fail
         // after the data reached the disk): look before deleting chunks a record may point at.
-        Err(e) => match state.meta.get(file_id) {
+        Err(e) => match state.meta.get(file_id).await {
             Ok(Some(stored)) if stored == record => {
                 tracing::warn!(
                     "upload of {:?}: the metadata commit reported {e}, but the record is there",

@@ -45,7 +45,7 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
     let mut files: Vec<(FileId, u64)> = Vec::new();
     let mut after = None;
     loop {
-        let (page, more) = state.meta.list(after, 1000).map_err(|e| e.to_string())?;
+        let (page, more) = state.meta.list(after, 1000).await.map_err(|e| e.to_string())?;
         files.extend(page.iter().map(|f| (f.file_id, f.n_chunks as u64)));
         match (more, page.last()) {
             (true, Some(last)) => after = Some(last.file_id),
@@ -57,7 +57,7 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
     let mut n_done = 0u64;
     let mut last_report = Instant::now();
     for (file_id, n_chunks) in files {
-        let record = match state.meta.get(file_id) {
+        let record = match state.meta.get(file_id).await {
             Ok(Some(r)) => r,
             // Deleted since it was listed.
             Ok(None) => {
@@ -134,6 +134,7 @@ pub async fn run_queue(
                     None => slot.addr == *addr && slot.id.is_some_and(|id| id != l.id.0),
                 })
             })
+            .await
             .map_err(|e| e.to_string())?;
         if !chunks.is_empty() {
             tracing::info!(
@@ -149,7 +150,7 @@ pub async fn run_queue(
     grew.sort();
     grew.dedup();
     for addr in grew {
-        let chunks = state.meta.chunks_placed(placed_on(health, addr)).map_err(|e| e.to_string())?;
+        let chunks = state.meta.chunks_placed(placed_on(health, addr)).await.map_err(|e| e.to_string())?;
         tracing::info!("repair queue: node {addr} set copies aside: {} chunk(s) with a copy there", chunks.len());
         entries.extend(chunks.into_iter().map(|c| (c, Reason::Quarantined, now)));
     }
@@ -159,7 +160,7 @@ pub async fn run_queue(
         if for_how_long < after_down || down_queued.contains(&addr) {
             continue;
         }
-        let chunks = state.meta.chunks_placed(placed_on(health, addr)).map_err(|e| e.to_string())?;
+        let chunks = state.meta.chunks_placed(placed_on(health, addr)).await.map_err(|e| e.to_string())?;
         tracing::info!(
             "repair queue: node {addr} down for {for_how_long:?}: {} chunk(s) with a copy there",
             chunks.len()
@@ -167,9 +168,11 @@ pub async fn run_queue(
         entries.extend(chunks.into_iter().map(|c| (c, Reason::NodeDown, now)));
         down_queued.insert(addr);
     }
-    let mut turn =
-        QueueTurn { n_queued: state.meta.queue_add(&entries, now).map_err(|e| e.to_string())?, ..QueueTurn::default() };
-    let due = state.meta.queue_due(now, QUEUE_BATCH).map_err(|e| e.to_string())?;
+    let mut turn = QueueTurn {
+        n_queued: state.meta.queue_add(&entries, now).await.map_err(|e| e.to_string())?,
+        ..QueueTurn::default()
+    };
+    let due = state.meta.queue_due(now, QUEUE_BATCH).await.map_err(|e| e.to_string())?;
     if due.is_empty() {
         return Ok(turn);
     }
@@ -178,7 +181,7 @@ pub async fn run_queue(
     let mut summary = RepairSummary::default();
     for (chunk_id, queued) in due {
         turn.n_tried += 1;
-        let outcome = match state.meta.get(chunk_id.file_id) {
+        let outcome = match state.meta.get(chunk_id.file_id).await {
             Ok(Some(record)) => match record.chunks.get(chunk_id.chunk_idx as usize) {
                 Some(chunk) => repair_chunk(state, &record, chunk_id, chunk, &mut summary).await,
                 None => Outcome::Gone,
@@ -194,7 +197,7 @@ pub async fn run_queue(
         }
     }
     turn.n_settled = settled.len() as u64;
-    state.meta.queue_settle(&settled, &retry).map_err(|e| e.to_string())?;
+    state.meta.queue_settle(&settled, &retry).await.map_err(|e| e.to_string())?;
     state.repair_queue.n_settled.fetch_add(turn.n_settled, Ordering::Relaxed);
     state.repair_queue.n_copies_made.fetch_add(summary.n_copies_made, Ordering::Relaxed);
     tracing::info!(

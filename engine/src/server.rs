@@ -78,7 +78,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                 }
                 Msg::Get { file_id } => crate::get::get(state, conn, file_id).await?,
                 Msg::Stat { file_id } => {
-                    let reply = match state.meta.get(file_id) {
+                    let reply = match state.meta.get(file_id).await {
                         Ok(Some(record)) => Msg::StatOk(record.info(file_id, &*state.links.health)),
                         Ok(None) => not_found(file_id),
                         Err(e) => internal(e),
@@ -86,7 +86,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     conn.write_msg(&reply).await?
                 }
                 Msg::List { after, limit } => {
-                    let reply = match state.meta.list(after, limit.min(MAX_LIST_ENTRIES) as usize) {
+                    let reply = match state.meta.list(after, limit.min(MAX_LIST_ENTRIES) as usize).await {
                         Ok((files, more)) => Msg::ListOk { files, more },
                         Err(e) => internal(e),
                     };
@@ -121,7 +121,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                         replicas: state.config.replicas as u32,
                         nodes: state.links.health.view(),
                         repair_queue: dfs_proto::msg::RepairQueueStatus {
-                            n_queued: state.meta.queue_len().unwrap_or(0) + queue.n_notes(),
+                            n_queued: state.meta.queue_len().await.unwrap_or(0) + queue.n_notes(),
                             n_settled: queue.settled(),
                             n_copies_made: queue.n_copies_made.load(std::sync::atomic::Ordering::Relaxed),
                         },

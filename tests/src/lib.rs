@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod pg;
+
 /// How long a server may take to print its `listening` line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long one client command may run before it is killed and the test fails.
@@ -305,6 +307,9 @@ pub struct ClusterOpts {
     pub access_key: bool,
     /// Give the engine and every node `--cluster-secret-file` with a fresh secret.
     pub cluster_secret: bool,
+    /// Keep the metadata in this PostgreSQL server (`--meta URL --meta-password-file FILE`)
+    /// instead of the embedded database under the test directory.
+    pub postgres: Option<(String, PathBuf)>,
 }
 
 /// Writes a fresh random secret (64 hex digits) to `path` with mode 600.
@@ -333,6 +338,10 @@ pub struct Cluster {
     nodes: Vec<NodeSlot>,
     engine: Option<Proc>,
     engine_addr: String,
+    /// Engines beyond the first, sharing its metadata (PostgreSQL) and nodes.
+    more_engines: Vec<Proc>,
+    /// What client runs are given as `--server`: the engine's address unless a test chose.
+    server: Option<String>,
     n_engine_starts: usize,
     /// The access key file clients present, once a `--local` engine has made one.
     token_file: Option<PathBuf>,
@@ -402,6 +411,8 @@ impl Cluster {
             nodes: Vec::new(),
             engine: None,
             engine_addr: String::new(),
+            more_engines: Vec::new(),
+            server: None,
             n_engine_starts: 0,
             token_file: None,
             logs: Vec::new(),
@@ -445,10 +456,52 @@ impl Cluster {
     }
 
     fn start_engine(&mut self) {
+        let proc = self.spawn_engine();
+        self.engine_addr = proc.addr.clone();
+        self.engine = Some(proc);
+    }
+
+    /// Starts one more engine over the same metadata and nodes (the options must name a
+    /// PostgreSQL server) and returns its address. It is killed with the cluster.
+    pub fn start_another_engine(&mut self) -> String {
+        assert!(self.opts.postgres.is_some(), "engines share metadata only in PostgreSQL");
+        let proc = self.spawn_engine();
+        let addr = proc.addr.clone();
+        self.more_engines.push(proc);
+        addr
+    }
+
+    /// SIGKILLs the engine at `addr`, the first or another.
+    pub fn kill_engine_at(&mut self, addr: &str) {
+        self.record(format!("# kill -9 engine at {addr}"));
+        if self.engine.as_ref().is_some_and(|p| p.addr == addr) {
+            self.engine.take().expect("checked").kill();
+        } else {
+            let i = self.more_engines.iter().position(|p| p.addr == addr).expect("no engine at that address");
+            self.more_engines.remove(i).kill();
+        }
+    }
+
+    /// Makes client runs use `--server SERVER` (one address, or a comma-separated list); None
+    /// goes back to the engine's address.
+    pub fn use_server(&mut self, server: Option<&str>) {
+        self.record(format!("# clients now use --server {}", server.unwrap_or(&self.engine_addr)));
+        self.server = server.map(str::to_string);
+    }
+
+    fn server(&self) -> &str {
+        self.server.as_deref().unwrap_or(&self.engine_addr)
+    }
+
+    fn spawn_engine(&mut self) -> Proc {
         self.n_engine_starts += 1;
         let n_starts = self.n_engine_starts;
         let mut cmd = Command::new(bin("dfs-engine"));
-        cmd.arg("--listen").arg("127.0.0.1:0").arg("--meta").arg(self.root.join("meta")).current_dir(&self.root);
+        cmd.arg("--listen").arg("127.0.0.1:0").current_dir(&self.root);
+        match &self.opts.postgres {
+            Some((url, password_file)) => cmd.arg("--meta").arg(url).arg("--meta-password-file").arg(password_file),
+            None => cmd.arg("--meta").arg(self.root.join("meta")),
+        };
         for node in &self.nodes {
             cmd.arg("--node").arg(&node.addr);
         }
@@ -477,9 +530,7 @@ impl Cluster {
         }
         cmd.args(&self.opts.engine_args);
         cmd.envs(self.opts.engine_env.iter().map(|(k, v)| (k, v)));
-        let proc = self.spawn_server(format!("engine (start {n_starts})"), format!("engine.{n_starts}"), cmd);
-        self.engine_addr = proc.addr.clone();
-        self.engine = Some(proc);
+        self.spawn_server(format!("engine (start {n_starts})"), format!("engine.{n_starts}"), cmd)
     }
 
     /// Starts an engine from a command the test built itself (its own flags), as this cluster's
@@ -628,6 +679,12 @@ impl Cluster {
         self.start_engine();
     }
 
+    /// Starts the engine again after [`Cluster::kill_engine`], on the same metadata.
+    pub fn start_engine_again(&mut self) {
+        assert!(self.engine.is_none(), "the engine is still running");
+        self.start_engine();
+    }
+
     pub fn kill_engine(&mut self) {
         self.record(format!("# kill -9 engine at {}", self.engine_addr));
         let mut proc = self.engine.take().expect("the engine is not running");
@@ -644,7 +701,7 @@ impl Cluster {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut full: Vec<OsString> = vec!["--server".into(), self.engine_addr.clone().into()];
+        let mut full: Vec<OsString> = vec!["--server".into(), self.server().into()];
         full.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
         self.client_raw(&full)
     }
@@ -689,7 +746,7 @@ impl Cluster {
         let stderr_log = self.root.join("logs").join(format!("client-{run}.stderr"));
         let stderr = fs::File::create(&stderr_log).expect("cannot create client stderr log");
         let mut cmd = Command::new(bin("dfs-client"));
-        cmd.arg("--server").arg(&self.engine_addr).args(args).current_dir(self.root.join("scratch"));
+        cmd.arg("--server").arg(self.server()).args(args).current_dir(self.root.join("scratch"));
         if let Some(key) = &self.token_file {
             cmd.env("DFS_TOKEN_FILE", key);
         }
@@ -1240,6 +1297,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let panicking = thread::panicking();
         if let Some(mut e) = self.engine.take() {
+            e.kill();
+        }
+        for mut e in self.more_engines.drain(..) {
             e.kill();
         }
         for n in &mut self.nodes {

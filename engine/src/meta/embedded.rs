@@ -1,272 +1,33 @@
-//! File metadata in an embedded, crash-safe database (redb) under `--meta`.
+//! The embedded metadata backend: a redb database in one directory (`--meta DIR`), crash-safe,
+//! for an engine alone.
 //!
-//! One table maps a file ID to its record: name, size, creation time, chunking, the nodes it
-//! uses (each by node ID, with the address it was last known at), per chunk its offset, length,
-//! crc32, block crc32s and placement (a list of node indices, one per copy), and the origin tag
-//! the uploader sent, if any. A record is written once, when every chunk is durable on its
-//! nodes, so a file is either wholly visible or not at all.
-//!
-//! A record is its format version byte, then postcard. Versions 1 (no origin) and 2 name nodes
-//! by address only; they are still read, as records whose nodes have no ID yet, and rewritten in
-//! the current version when they change for another reason (a new placement) or when the
-//! engine learns the IDs of their nodes ([`MetaStore::name_nodes`], run at start-up).
-//!
-//! A second table holds the schema version of the database as a whole: 1 while some record
-//! names a node by address alone, 2 once every record names its nodes by ID.
+//! Table `files` maps a file ID to its record's bytes; table `schema` holds the schema version
+//! of the database as a whole: 1 while some record names a node by address alone, 2 once every
+//! record names its nodes by ID; table `repair_queue` holds the repair queue, one entry per
+//! chunk.
 //!
 //! Reads run on the calling thread (redb read transactions are cheap and concurrent). Writes
-//! go to one writer thread that commits whatever has queued up in a single fsynced
+//! of records go to one writer thread that commits whatever has queued up in a single fsynced
 //! transaction (group commit), so the io_uring threads never block on an fsync.
 
-use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, NodeId, Origin};
+use super::{db_err, FileRecord, MetaError, NodeDirectory, Placed, PlacementChange, Queued};
+use dfs_core::repair::Reason;
+use dfs_proto::{ChunkId, FileId};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
 const FILES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("files");
 const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new("schema");
+const QUEUE: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("repair_queue");
 const SCHEMA_VERSION_KEY: &str = "version";
 /// Schema: some records name nodes by address alone.
 const SCHEMA_NODES_BY_ADDRESS: u64 = 1;
 /// Schema: every record names its nodes by ID. The newest this engine knows.
 const SCHEMA_NODES_BY_ID: u64 = 2;
-/// Record format version, the first byte of every stored record: the one every record is
-/// written in.
-const RECORD_VERSION: u8 = 3;
-/// The first format, without an origin: [`FileRecordV1`]. Still read, never written.
-const RECORD_VERSION_1: u8 = 1;
-/// Nodes by address only: [`FileRecordV2`]. Still read, never written.
-const RECORD_VERSION_2: u8 = 2;
 /// Writes that may queue for the writer thread before callers wait.
 pub const MAX_QUEUED_WRITES: usize = 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum MetaError {
-    #[error("metadata database: {0}")]
-    Db(String),
-    #[error("metadata record of file {0} is unreadable: {1}")]
-    BadRecord(FileId, String),
-    #[error("metadata writer thread is gone")]
-    WriterGone,
-    #[error(
-        "the metadata database has schema version {0}, newer than this engine's {SCHEMA_NODES_BY_ID}: run the \
-         engine that wrote it"
-    )]
-    NewerSchema(u64),
-}
-
-pub(crate) fn db_err(e: impl std::fmt::Display) -> MetaError {
-    MetaError::Db(e.to_string())
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkRecord {
-    pub offset: u64,
-    pub length: u64,
-    pub crc32: u32,
-    pub block_crcs: Vec<u32>,
-    /// Indices into [`FileRecord::nodes`], one per copy.
-    pub placement: Vec<u16>,
-}
-
-/// A node a record's placements point at: its ID, and the address it was at when the record
-/// was last written. The ID is what names the node; the address is only where to look for it
-/// when no node of the engine's has proved that ID since start-up (and all there is for a
-/// record written before node IDs, until [`MetaStore::name_nodes`] finds its ID).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeSlot {
-    pub id: Option<[u8; 16]>,
-    pub addr: String,
-}
-
-/// Why a chunk's recorded placement cannot be followed: a record that breaks its own format.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlacementError {
-    #[error("chunk has no placement")]
-    Empty,
-    #[error("placement names an unknown node")]
-    UnknownNode,
-    #[error("stored node address {addr:?} is invalid: {why}")]
-    BadAddress { addr: String, why: String },
-}
-
-/// Who answers at which address, as far as the engine knows: the node table (`cluster::Health`)
-/// implements it; the metadata only asks.
-pub trait NodeDirectory {
-    /// Where the node with this ID answers now, if the engine knows.
-    fn addr_of(&self, id: NodeId) -> Option<SocketAddr>;
-    /// Which node answers at this address, if the engine knows.
-    fn id_of(&self, addr: SocketAddr) -> Option<NodeId>;
-}
-
-impl NodeSlot {
-    /// Where to reach this node: where its ID answers now, else where it last was.
-    pub fn resolve(&self, nodes: &dyn NodeDirectory) -> Result<SocketAddr, PlacementError> {
-        if let Some(addr) = self.id.and_then(|id| nodes.addr_of(NodeId(id))) {
-            return Ok(addr);
-        }
-        self.addr.parse().map_err(|e: std::net::AddrParseError| PlacementError::BadAddress {
-            addr: self.addr.clone(),
-            why: e.to_string(),
-        })
-    }
-}
-
-/// A record as written today (version 3). postcard lays fields out in declaration order with no
-/// names, so fields are only ever added in a new version, never changed in place.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRecord {
-    pub name: String,
-    pub size: u64,
-    pub created_unix_ms: u64,
-    pub chunking: Chunking,
-    pub nodes: Vec<NodeSlot>,
-    pub chunks: Vec<ChunkRecord>,
-    /// The uploader's [`Origin`] tag, as raw bytes; None for plain uploads and version 1 records.
-    pub origin: Option<[u8; 16]>,
-}
-
-/// A version 2 record: nodes by address. Its layout must never change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct FileRecordV2 {
-    name: String,
-    size: u64,
-    created_unix_ms: u64,
-    chunking: Chunking,
-    nodes: Vec<String>,
-    chunks: Vec<ChunkRecord>,
-    origin: Option<[u8; 16]>,
-}
-
-impl From<FileRecordV2> for FileRecord {
-    fn from(v2: FileRecordV2) -> FileRecord {
-        let FileRecordV2 { name, size, created_unix_ms, chunking, nodes, chunks, origin } = v2;
-        let nodes = nodes.into_iter().map(|addr| NodeSlot { id: None, addr }).collect();
-        FileRecord { name, size, created_unix_ms, chunking, nodes, chunks, origin }
-    }
-}
-
-/// A version 1 record, exactly as the engine wrote it before origins existed. Its layout must
-/// never change: databases full of these records are still read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct FileRecordV1 {
-    name: String,
-    size: u64,
-    created_unix_ms: u64,
-    chunking: Chunking,
-    nodes: Vec<String>,
-    chunks: Vec<ChunkRecord>,
-}
-
-impl From<FileRecordV1> for FileRecord {
-    fn from(v1: FileRecordV1) -> FileRecord {
-        let FileRecordV1 { name, size, created_unix_ms, chunking, nodes, chunks } = v1;
-        FileRecordV2 { name, size, created_unix_ms, chunking, nodes, chunks, origin: None }.into()
-    }
-}
-
-impl FileRecord {
-    /// Where `chunk`'s copies live, in placement order.
-    pub fn copy_addrs(
-        &self,
-        chunk: &ChunkRecord,
-        nodes: &dyn NodeDirectory,
-    ) -> Result<Vec<SocketAddr>, PlacementError> {
-        self.copy_slots(chunk)?.iter().map(|slot| slot.resolve(nodes)).collect()
-    }
-
-    /// The nodes `chunk`'s copies are recorded on, in placement order.
-    pub fn copy_slots(&self, chunk: &ChunkRecord) -> Result<Vec<&NodeSlot>, PlacementError> {
-        if chunk.placement.is_empty() {
-            return Err(PlacementError::Empty);
-        }
-        chunk
-            .placement
-            .iter()
-            .map(|&node_idx| self.nodes.get(node_idx as usize).ok_or(PlacementError::UnknownNode))
-            .collect()
-    }
-
-    /// Names every node of this record whose ID `nodes` knows by its address; true if any
-    /// changed.
-    fn name_nodes(&mut self, nodes: &dyn NodeDirectory) -> bool {
-        let mut changed = false;
-        for slot in self.nodes.iter_mut().filter(|s| s.id.is_none()) {
-            if let Some(id) = slot.addr.parse().ok().and_then(|a| nodes.id_of(a)) {
-                slot.id = Some(id.0);
-                changed = true;
-            }
-        }
-        changed
-    }
-
-    fn all_nodes_named(&self) -> bool {
-        self.nodes.iter().all(|s| s.id.is_some())
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut out = vec![RECORD_VERSION];
-        out.extend(postcard::to_stdvec(self).expect("a record always serializes"));
-        out
-    }
-
-    fn decode(file_id: FileId, bytes: &[u8]) -> Result<FileRecord, MetaError> {
-        let bad = |e: postcard::Error| MetaError::BadRecord(file_id, e.to_string());
-        match bytes.split_first() {
-            Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(bad),
-            Some((&RECORD_VERSION_2, rest)) => postcard::from_bytes::<FileRecordV2>(rest).map(Into::into).map_err(bad),
-            Some((&RECORD_VERSION_1, rest)) => postcard::from_bytes::<FileRecordV1>(rest).map(Into::into).map_err(bad),
-            Some((v, _)) => Err(MetaError::BadRecord(file_id, format!("unknown record version {v}"))),
-            None => Err(MetaError::BadRecord(file_id, "empty record".into())),
-        }
-    }
-
-    pub fn info(&self, file_id: FileId, nodes: &dyn NodeDirectory) -> FileInfo {
-        FileInfo {
-            file_id,
-            name: self.name.clone(),
-            size: self.size,
-            created_unix_ms: self.created_unix_ms,
-            chunking: self.chunking,
-            origin: self.origin.map(Origin),
-            nodes: self
-                .nodes
-                .iter()
-                .map(|slot| FileNode {
-                    id: slot.id.map(NodeId),
-                    addr: slot.resolve(nodes).map(|a| a.to_string()).unwrap_or_else(|_| slot.addr.clone()),
-                })
-                .collect(),
-            chunks: self
-                .chunks
-                .iter()
-                .enumerate()
-                .map(|(i, c)| ChunkInfo {
-                    chunk_idx: i as u32,
-                    offset: c.offset,
-                    length: c.length,
-                    crc32: c.crc32,
-                    placement: c.placement.clone(),
-                })
-                .collect(),
-        }
-    }
-
-    pub fn summary(&self, file_id: FileId) -> FileSummary {
-        FileSummary {
-            file_id,
-            name: self.name.clone(),
-            size: self.size,
-            created_unix_ms: self.created_unix_ms,
-            chunking: self.chunking,
-            n_chunks: self.chunks.len() as u32,
-            origin: self.origin.map(Origin),
-        }
-    }
-}
 
 enum WriteOp {
     Insert(FileId, Box<FileRecord>, tokio::sync::oneshot::Sender<Result<(), MetaError>>),
@@ -275,45 +36,15 @@ enum WriteOp {
     SetPlacement(Box<PlacementChange>, tokio::sync::oneshot::Sender<Result<Placed, MetaError>>),
 }
 
-/// A new placement for one chunk, to be written only over the one it was decided from.
-#[derive(Debug)]
-pub struct PlacementChange {
-    pub file_id: FileId,
-    pub chunk_idx: u32,
-    /// The chunk's nodes as the decision read them.
-    pub expected: Vec<NodeSlot>,
-    pub nodes: Vec<NodeSlot>,
-}
-
-/// What [`MetaStore::set_placement`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placed {
-    Set,
-    /// The file was deleted meanwhile: nothing changed.
-    FileGone,
-    /// The chunk's placement changed since it was read (another repair moved it): nothing
-    /// changed; decide again from the new one.
-    Changed,
-}
-
-/// Whether two slots name the same node: the same ID, or the same address where neither has an
-/// ID.
-fn same_node(a: &NodeSlot, b: &NodeSlot) -> bool {
-    match (a.id, b.id) {
-        (Some(x), Some(y)) => x == y,
-        (None, None) => a.addr == b.addr,
-        _ => false,
-    }
-}
-
-pub struct MetaStore {
+pub struct Embedded {
+    dir: PathBuf,
     pub(crate) db: Arc<Database>,
     /// Always Some until drop, which closes the queue and waits for the writer to finish.
     writes: Option<mpsc::SyncSender<WriteOp>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for MetaStore {
+impl Drop for Embedded {
     fn drop(&mut self) {
         drop(self.writes.take());
         if let Some(w) = self.writer.take() {
@@ -322,8 +53,8 @@ impl Drop for MetaStore {
     }
 }
 
-impl MetaStore {
-    pub fn open(dir: &Path) -> Result<MetaStore, MetaError> {
+impl Embedded {
+    pub fn open(dir: &Path) -> Result<Embedded, MetaError> {
         std::fs::create_dir_all(dir).map_err(|e| MetaError::Db(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("meta.redb");
         let db = Database::create(&path).map_err(|e| MetaError::Db(format!("cannot open {}: {e}", path.display())))?;
@@ -333,7 +64,9 @@ impl MetaStore {
             let mut schema = txn.open_table(SCHEMA).map_err(db_err)?;
             let version = schema.get(SCHEMA_VERSION_KEY).map_err(db_err)?.map(|v| v.value());
             match version {
-                Some(v) if v > SCHEMA_NODES_BY_ID => return Err(MetaError::NewerSchema(v)),
+                Some(v) if v > SCHEMA_NODES_BY_ID => {
+                    return Err(MetaError::NewerSchema { found: v, known: SCHEMA_NODES_BY_ID })
+                }
                 Some(_) => {}
                 None => {
                     let v = if empty { SCHEMA_NODES_BY_ID } else { SCHEMA_NODES_BY_ADDRESS };
@@ -349,7 +82,11 @@ impl MetaStore {
             .name("meta-writer".into())
             .spawn(move || writer(&writer_db, queue))
             .map_err(|e| MetaError::Db(format!("cannot start writer thread: {e}")))?;
-        Ok(MetaStore { db, writes: Some(writes), writer: Some(writer) })
+        Ok(Embedded { dir: dir.to_path_buf(), db, writes: Some(writes), writer: Some(writer) })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("metadata in {}", self.dir.display())
     }
 
     pub fn get(&self, file_id: FileId) -> Result<Option<FileRecord>, MetaError> {
@@ -359,12 +96,6 @@ impl MetaStore {
             Some(v) => Ok(Some(FileRecord::decode(file_id, v.value())?)),
             None => Ok(None),
         }
-    }
-
-    /// Files in ID order after `after`, at most `limit`, and whether more follow.
-    pub fn list(&self, after: Option<FileId>, limit: usize) -> Result<(Vec<FileSummary>, bool), MetaError> {
-        let (records, more) = self.records(after, limit)?;
-        Ok((records.into_iter().map(|(id, r)| r.summary(id)).collect(), more))
     }
 
     /// Whole records in ID order after `after`, at most `limit`, and whether more follow.
@@ -517,49 +248,18 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                             placed.push(Placed::FileGone);
                         }
                         WriteOp::SetPlacement(change, _) => {
-                            let PlacementChange { file_id: id, chunk_idx, expected, nodes: slots } = &**change;
                             deleted.push(None);
-                            let old = table.get(&id.0).map_err(db_err)?.map(|v| FileRecord::decode(*id, v.value()));
+                            let id = change.file_id;
+                            let old = table.get(&id.0).map_err(db_err)?.map(|v| FileRecord::decode(id, v.value()));
                             let Some(mut record) = old.transpose()? else {
                                 placed.push(Placed::FileGone);
                                 continue;
                             };
-                            let chunk_idx = *chunk_idx as usize;
-                            assert!(
-                                chunk_idx < record.chunks.len(),
-                                "placement for chunk {chunk_idx} of {id}, which has {}",
-                                record.chunks.len()
-                            );
-                            let current = &record.chunks[chunk_idx].placement;
-                            let unchanged = current.len() == expected.len()
-                                && current
-                                    .iter()
-                                    .zip(expected)
-                                    .all(|(&i, e)| record.nodes.get(i as usize).is_some_and(|n| same_node(n, e)));
-                            if !unchanged {
-                                placed.push(Placed::Changed);
-                                continue;
+                            let outcome = change.apply(&mut record);
+                            if outcome == Placed::Set {
+                                table.insert(&id.0, record.encode().as_slice()).map_err(db_err)?;
                             }
-                            let mut placement = Vec::with_capacity(slots.len());
-                            for slot in slots {
-                                // The same node: the same ID, or the same address where there is
-                                // no ID on either side. Its address is kept current.
-                                let same = |n: &NodeSlot| same_node(n, slot);
-                                let node_idx = match record.nodes.iter().position(same) {
-                                    Some(i) => {
-                                        record.nodes[i].addr.clone_from(&slot.addr);
-                                        i
-                                    }
-                                    None => {
-                                        record.nodes.push(slot.clone());
-                                        record.nodes.len() - 1
-                                    }
-                                };
-                                placement.push(node_idx as u16);
-                            }
-                            record.chunks[chunk_idx].placement = placement;
-                            table.insert(&id.0, record.encode().as_slice()).map_err(db_err)?;
-                            placed.push(Placed::Set);
+                            placed.push(outcome);
                         }
                         WriteOp::Delete(id, _) => {
                             placed.push(Placed::FileGone);
@@ -585,15 +285,7 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                     let _ = reply.send(result.as_ref().map(|_| placed).map_err(|e| MetaError::Db(e.to_string())));
                 }
                 WriteOp::Insert(_, _, reply) => {
-                    // The test failpoint reports an error for an insert that did commit, as a
-                    // failing fsync reported after the data reached the disk could.
-                    let result = match &result {
-                        Ok(()) if dfs_runtime::failpoint::is_on("meta-insert-commit-then-error") => {
-                            Err(MetaError::Db("injected: the commit reported an error after it was made".into()))
-                        }
-                        other => other.as_ref().map(|_| ()).map_err(|e| MetaError::Db(e.to_string())),
-                    };
-                    let _ = reply.send(result);
+                    let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| MetaError::Db(e.to_string())));
                 }
                 WriteOp::Delete(_, reply) => {
                     let _ = reply.send(result.as_ref().map(|_| old).map_err(|e| MetaError::Db(e.to_string())));
@@ -603,9 +295,132 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
     }
 }
 
+fn key(c: ChunkId) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&c.file_id.0);
+    k[16..].copy_from_slice(&c.chunk_idx.to_be_bytes());
+    k
+}
+
+fn chunk_of(k: &[u8; 20]) -> ChunkId {
+    let mut file_id = [0u8; 16];
+    file_id.copy_from_slice(&k[..16]);
+    let mut idx = [0u8; 4];
+    idx.copy_from_slice(&k[16..]);
+    ChunkId { file_id: FileId(file_id), chunk_idx: u32::from_be_bytes(idx) }
+}
+
+fn decode(c: ChunkId, bytes: &[u8]) -> Result<Queued, MetaError> {
+    postcard::from_bytes(bytes).map_err(|e| MetaError::BadRecord(c.file_id, format!("repair queue entry: {e}")))
+}
+
+fn encode(q: &Queued) -> Vec<u8> {
+    postcard::to_stdvec(q).expect("a queue entry always encodes")
+}
+
+impl Embedded {
+    /// Queues each chunk not already queued, to be tried from its time on; a chunk already
+    /// queued keeps its entry and is tried no later than the new time. Returns how many
+    /// chunks were new. One fsynced transaction.
+    pub(crate) fn queue_add(&self, entries: &[(ChunkId, Reason, u64)], now_unix_ms: u64) -> Result<u64, MetaError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut n_new = 0;
+        {
+            let mut table = txn.open_table(QUEUE).map_err(db_err)?;
+            for &(chunk, reason, not_before) in entries {
+                let k = key(chunk);
+                let existing = table.get(&k).map_err(db_err)?.map(|v| decode(chunk, v.value())).transpose()?;
+                let entry = match existing {
+                    Some(mut q) => {
+                        if q.not_before_unix_ms <= not_before {
+                            continue;
+                        }
+                        q.not_before_unix_ms = not_before;
+                        q
+                    }
+                    None => {
+                        n_new += 1;
+                        Queued {
+                            reason: reason.code(),
+                            queued_unix_ms: now_unix_ms,
+                            attempts: 0,
+                            not_before_unix_ms: not_before,
+                        }
+                    }
+                };
+                table.insert(&k, encode(&entry).as_slice()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(n_new)
+    }
+
+    /// Up to `limit` chunks due at `now_unix_ms`, the longest-waiting first.
+    pub(crate) fn queue_due(&self, now_unix_ms: u64, limit: usize) -> Result<Vec<(ChunkId, Queued)>, MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(QUEUE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut due = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let chunk = chunk_of(k.value());
+            let q = decode(chunk, v.value())?;
+            if q.not_before_unix_ms <= now_unix_ms {
+                due.push((chunk, q));
+            }
+        }
+        due.sort_by_key(|(c, q)| (q.not_before_unix_ms, *c));
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    /// Forgets the settled chunks and reschedules the others (attempts, next time).
+    pub(crate) fn queue_settle(&self, settled: &[ChunkId], retry: &[(ChunkId, u32, u64)]) -> Result<(), MetaError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(QUEUE).map_err(db_err)?;
+            for &c in settled {
+                table.remove(&key(c)).map_err(db_err)?;
+            }
+            for &(c, attempts, not_before) in retry {
+                let k = key(c);
+                let existing = table.get(&k).map_err(db_err)?.map(|v| decode(c, v.value())).transpose()?;
+                let Some(mut q) = existing else { continue };
+                q.attempts = attempts;
+                q.not_before_unix_ms = not_before;
+                table.insert(&k, encode(&q).as_slice()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Chunks queued.
+    pub(crate) fn queue_len(&self) -> Result<u64, MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        match txn.open_table(QUEUE) {
+            Ok(t) => t.len().map_err(db_err),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::*;
+
+    fn chunk(b: u8, idx: u32) -> ChunkId {
+        ChunkId { file_id: FileId([b; 16]), chunk_idx: idx }
+    }
+
+    fn list(meta: &Embedded, after: Option<FileId>, limit: usize) -> (Vec<FileSummary>, bool) {
+        let (records, more) = meta.records(after, limit).unwrap();
+        (records.into_iter().map(|(id, r)| r.summary(id)).collect(), more)
+    }
 
     fn slot(id: Option<u8>, addr: &str) -> NodeSlot {
         NodeSlot { id: id.map(|b| [b; 16]), addr: addr.into() }
@@ -655,15 +470,15 @@ mod tests {
         let a = FileId([1; 16]);
         let b = FileId([2; 16]);
         {
-            let meta = MetaStore::open(dir.path()).unwrap();
+            let meta = Embedded::open(dir.path()).unwrap();
             block_on(meta.insert(a, record("a"))).unwrap();
             block_on(meta.insert(b, record("b"))).unwrap();
         }
-        let meta = MetaStore::open(dir.path()).unwrap();
+        let meta = Embedded::open(dir.path()).unwrap();
         assert_eq!(meta.get(a).unwrap(), Some(record("a")));
-        let (page, more) = meta.list(None, 1).unwrap();
+        let (page, more) = list(&meta, None, 1);
         assert_eq!((page.len(), more), (1, true));
-        let (page2, more) = meta.list(Some(page[0].file_id), 10).unwrap();
+        let (page2, more) = list(&meta, Some(page[0].file_id), 10);
         assert_eq!((page2.len(), more), (1, false));
         assert_eq!(block_on(meta.delete(a)).unwrap(), Some(record("a")));
         assert_eq!(block_on(meta.delete(a)).unwrap(), None);
@@ -673,7 +488,7 @@ mod tests {
     #[test]
     fn set_placement_rewrites_one_chunk_and_skips_deleted_files() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = MetaStore::open(dir.path()).unwrap();
+        let meta = Embedded::open(dir.path()).unwrap();
         let a = FileId([3; 16]);
         block_on(meta.insert(a, record("a"))).unwrap();
         // Node 1 is now at another address; node 2 is new.
@@ -726,9 +541,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = FileId([4; 16]);
         insert_raw(dir.path(), id, V1_RECORD_A);
-        let meta = MetaStore::open(dir.path()).unwrap();
+        let meta = Embedded::open(dir.path()).unwrap();
         assert_eq!(meta.get(id).unwrap(), Some(unnamed(record("a"))));
-        assert_eq!(meta.list(None, 10).unwrap().0[0].origin, None);
+        assert_eq!(list(&meta, None, 10).0[0].origin, None);
         // A placement change rewrites the record in the current version; nothing is lost.
         let was = vec![slot(None, "127.0.0.1:1")];
         assert_eq!(
@@ -767,7 +582,7 @@ mod tests {
         let (a, b) = (FileId([10; 16]), FileId([11; 16]));
         insert_v2(dir.path(), a, &["127.0.0.1:1", "127.0.0.1:2"]);
         insert_v2(dir.path(), b, &["127.0.0.1:2"]);
-        let meta = MetaStore::open(dir.path()).unwrap();
+        let meta = Embedded::open(dir.path()).unwrap();
         assert_eq!(meta.schema_version().unwrap(), SCHEMA_NODES_BY_ADDRESS);
         // Only the node at :2 has answered: b is named whole, a in part.
         assert_eq!(meta.name_nodes(&Nodes(vec![(2, "127.0.0.1:2")])).unwrap(), (2, 1));
@@ -793,14 +608,14 @@ mod tests {
     #[test]
     fn a_new_database_names_nodes_by_id_and_a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(MetaStore::open(dir.path()).unwrap().schema_version().unwrap(), SCHEMA_NODES_BY_ID);
+        assert_eq!(Embedded::open(dir.path()).unwrap().schema_version().unwrap(), SCHEMA_NODES_BY_ID);
         {
             let db = Database::create(dir.path().join("meta.redb")).unwrap();
             let txn = db.begin_write().unwrap();
             txn.open_table(SCHEMA).unwrap().insert(SCHEMA_VERSION_KEY, SCHEMA_NODES_BY_ID + 1).unwrap();
             txn.commit().unwrap();
         }
-        let err = MetaStore::open(dir.path()).err().expect("refused").to_string();
+        let err = Embedded::open(dir.path()).err().expect("refused").to_string();
         assert!(err.contains("schema version 3, newer than this engine's 2"), "{err}");
     }
 
@@ -810,14 +625,14 @@ mod tests {
         let id = FileId([6; 16]);
         let tagged = FileRecord { origin: Some([0xab; 16]), ..record("t") };
         {
-            let meta = MetaStore::open(dir.path()).unwrap();
+            let meta = Embedded::open(dir.path()).unwrap();
             block_on(meta.insert(id, tagged.clone())).unwrap();
         }
-        let meta = MetaStore::open(dir.path()).unwrap();
+        let meta = Embedded::open(dir.path()).unwrap();
         let got = meta.get(id).unwrap().unwrap();
         assert_eq!(got, tagged);
         assert_eq!(got.info(id, &Nodes(vec![])).origin, Some(Origin([0xab; 16])));
-        assert_eq!(meta.list(None, 10).unwrap().0[0].origin, Some(Origin([0xab; 16])));
+        assert_eq!(list(&meta, None, 10).0[0].origin, Some(Origin([0xab; 16])));
     }
 
     #[test]
@@ -827,5 +642,30 @@ mod tests {
             let err = FileRecord::decode(id, bytes).expect_err("must be refused").to_string();
             assert!(err.contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn a_queued_chunk_is_due_from_its_time_and_kept_until_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Embedded::open(dir.path()).unwrap();
+        assert_eq!(meta.queue_len().unwrap(), 0);
+        assert!(meta.queue_due(u64::MAX, 10).unwrap().is_empty(), "no table yet, nothing due");
+        let n = meta.queue_add(&[(chunk(1, 0), Reason::ReadFailed, 100), (chunk(2, 3), Reason::NodeDown, 50)], 10);
+        assert_eq!(n.unwrap(), 2);
+        // Queued again, later: the entry stays as it was; earlier: it moves up.
+        assert_eq!(meta.queue_add(&[(chunk(1, 0), Reason::NodeDown, 500)], 20).unwrap(), 0);
+        assert_eq!(meta.queue_add(&[(chunk(1, 0), Reason::NodeDown, 40)], 20).unwrap(), 0);
+        let due = meta.queue_due(60, 10).unwrap();
+        assert_eq!(due.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [chunk(1, 0), chunk(2, 3)]);
+        assert_eq!(due[0].1.reason(), Some(Reason::ReadFailed), "the first reason stays");
+        assert!(meta.queue_due(30, 10).unwrap().is_empty());
+        meta.queue_settle(&[chunk(1, 0)], &[(chunk(2, 3), 1, 1000)]).unwrap();
+        assert_eq!(meta.queue_len().unwrap(), 1);
+        assert!(meta.queue_due(999, 10).unwrap().is_empty());
+        let due = meta.queue_due(1000, 10).unwrap();
+        assert_eq!((due[0].0, due[0].1.attempts), (chunk(2, 3), 1));
+        drop(meta);
+        let meta = Embedded::open(dir.path()).unwrap();
+        assert_eq!(meta.queue_len().unwrap(), 1, "the queue survives a restart");
     }
 }

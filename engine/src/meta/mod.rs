@@ -1,0 +1,535 @@
+//! File metadata: the records every request reads and writes, and the store that keeps them.
+//!
+//! One record per file: name, size, creation time, chunking, the nodes it uses (each by node ID,
+//! with the address it was last known at), per chunk its offset, length, crc32, block crc32s and
+//! placement (a list of node indices, one per copy), and the origin tag the uploader sent, if
+//! any. A record is written once, when every chunk is durable on its nodes, so a file is either
+//! wholly visible or not at all. Beside the records, the store keeps the repair queue.
+//!
+//! [`MetaStore`] is the one interface the engine uses, over two backends:
+//! - [`embedded`]: a redb database in a directory (`--meta DIR`, and `--local`), for an engine
+//!   alone;
+//! - [`postgres`]: tables in PostgreSQL (`--meta postgres://...`), shared by any number of
+//!   engines over the same nodes, with leases for what one engine at a time must do.
+//!
+//! Both store a record as the same bytes: its format version byte, then postcard. Versions 1
+//! (no origin) and 2 name nodes by address only; they are still read, as records whose nodes
+//! have no ID yet, and rewritten in the current version when they change for another reason (a
+//! new placement) or when the engine learns the IDs of their nodes ([`MetaStore::name_nodes`],
+//! run at start-up).
+
+pub mod embedded;
+pub mod postgres;
+
+use dfs_core::repair::Reason;
+use dfs_proto::{ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, NodeId, Origin};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use postgres::PostgresOptions;
+
+/// Record format version, the first byte of every stored record: the one every record is
+/// written in.
+pub(crate) const RECORD_VERSION: u8 = 3;
+/// The first format, without an origin: [`FileRecordV1`]. Still read, never written.
+pub(crate) const RECORD_VERSION_1: u8 = 1;
+/// Nodes by address only: [`FileRecordV2`]. Still read, never written.
+pub(crate) const RECORD_VERSION_2: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata database: {0}")]
+    Db(String),
+    #[error("metadata record of file {0} is unreadable: {1}")]
+    BadRecord(FileId, String),
+    #[error("metadata writer thread is gone")]
+    WriterGone,
+    #[error(
+        "the metadata database has schema version {found}, newer than this engine's {known}: run the engine \
+         that wrote it"
+    )]
+    NewerSchema { found: u64, known: u64 },
+    #[error("{0}")]
+    Config(String),
+}
+
+pub(crate) fn db_err(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Db(e.to_string())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub offset: u64,
+    pub length: u64,
+    pub crc32: u32,
+    pub block_crcs: Vec<u32>,
+    /// Indices into [`FileRecord::nodes`], one per copy.
+    pub placement: Vec<u16>,
+}
+
+/// A node a record's placements point at: its ID, and the address it was at when the record
+/// was last written. The ID is what names the node; the address is only where to look for it
+/// when no node of the engine's has proved that ID since start-up (and all there is for a
+/// record written before node IDs, until [`MetaStore::name_nodes`] finds its ID).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSlot {
+    pub id: Option<[u8; 16]>,
+    pub addr: String,
+}
+
+/// Why a chunk's recorded placement cannot be followed: a record that breaks its own format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("chunk has no placement")]
+    Empty,
+    #[error("placement names an unknown node")]
+    UnknownNode,
+    #[error("stored node address {addr:?} is invalid: {why}")]
+    BadAddress { addr: String, why: String },
+}
+
+/// Who answers at which address, as far as the engine knows: the node table (`cluster::Health`)
+/// implements it; the metadata only asks.
+pub trait NodeDirectory {
+    /// Where the node with this ID answers now, if the engine knows.
+    fn addr_of(&self, id: NodeId) -> Option<SocketAddr>;
+    /// Which node answers at this address, if the engine knows.
+    fn id_of(&self, addr: SocketAddr) -> Option<NodeId>;
+}
+
+impl NodeSlot {
+    /// Where to reach this node: where its ID answers now, else where it last was.
+    pub fn resolve(&self, nodes: &dyn NodeDirectory) -> Result<SocketAddr, PlacementError> {
+        if let Some(addr) = self.id.and_then(|id| nodes.addr_of(NodeId(id))) {
+            return Ok(addr);
+        }
+        self.addr.parse().map_err(|e: std::net::AddrParseError| PlacementError::BadAddress {
+            addr: self.addr.clone(),
+            why: e.to_string(),
+        })
+    }
+}
+
+/// A record as written today (version 3). postcard lays fields out in declaration order with no
+/// names, so fields are only ever added in a new version, never changed in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub name: String,
+    pub size: u64,
+    pub created_unix_ms: u64,
+    pub chunking: Chunking,
+    pub nodes: Vec<NodeSlot>,
+    pub chunks: Vec<ChunkRecord>,
+    /// The uploader's [`Origin`] tag, as raw bytes; None for plain uploads and version 1 records.
+    pub origin: Option<[u8; 16]>,
+}
+
+/// A version 2 record: nodes by address. Its layout must never change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FileRecordV2 {
+    name: String,
+    size: u64,
+    created_unix_ms: u64,
+    chunking: Chunking,
+    nodes: Vec<String>,
+    chunks: Vec<ChunkRecord>,
+    origin: Option<[u8; 16]>,
+}
+
+impl From<FileRecordV2> for FileRecord {
+    fn from(v2: FileRecordV2) -> FileRecord {
+        let FileRecordV2 { name, size, created_unix_ms, chunking, nodes, chunks, origin } = v2;
+        let nodes = nodes.into_iter().map(|addr| NodeSlot { id: None, addr }).collect();
+        FileRecord { name, size, created_unix_ms, chunking, nodes, chunks, origin }
+    }
+}
+
+/// A version 1 record, exactly as the engine wrote it before origins existed. Its layout must
+/// never change: databases full of these records are still read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FileRecordV1 {
+    name: String,
+    size: u64,
+    created_unix_ms: u64,
+    chunking: Chunking,
+    nodes: Vec<String>,
+    chunks: Vec<ChunkRecord>,
+}
+
+impl From<FileRecordV1> for FileRecord {
+    fn from(v1: FileRecordV1) -> FileRecord {
+        let FileRecordV1 { name, size, created_unix_ms, chunking, nodes, chunks } = v1;
+        FileRecordV2 { name, size, created_unix_ms, chunking, nodes, chunks, origin: None }.into()
+    }
+}
+
+impl FileRecord {
+    /// Where `chunk`'s copies live, in placement order.
+    pub fn copy_addrs(
+        &self,
+        chunk: &ChunkRecord,
+        nodes: &dyn NodeDirectory,
+    ) -> Result<Vec<SocketAddr>, PlacementError> {
+        self.copy_slots(chunk)?.iter().map(|slot| slot.resolve(nodes)).collect()
+    }
+
+    /// The nodes `chunk`'s copies are recorded on, in placement order.
+    pub fn copy_slots(&self, chunk: &ChunkRecord) -> Result<Vec<&NodeSlot>, PlacementError> {
+        if chunk.placement.is_empty() {
+            return Err(PlacementError::Empty);
+        }
+        chunk
+            .placement
+            .iter()
+            .map(|&node_idx| self.nodes.get(node_idx as usize).ok_or(PlacementError::UnknownNode))
+            .collect()
+    }
+
+    /// Names every node of this record whose ID `nodes` knows by its address; true if any
+    /// changed.
+    pub(crate) fn name_nodes(&mut self, nodes: &dyn NodeDirectory) -> bool {
+        let mut changed = false;
+        for slot in self.nodes.iter_mut().filter(|s| s.id.is_none()) {
+            if let Some(id) = slot.addr.parse().ok().and_then(|a| nodes.id_of(a)) {
+                slot.id = Some(id.0);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    pub(crate) fn all_nodes_named(&self) -> bool {
+        self.nodes.iter().all(|s| s.id.is_some())
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![RECORD_VERSION];
+        out.extend(postcard::to_stdvec(self).expect("a record always serializes"));
+        out
+    }
+
+    pub(crate) fn decode(file_id: FileId, bytes: &[u8]) -> Result<FileRecord, MetaError> {
+        let bad = |e: postcard::Error| MetaError::BadRecord(file_id, e.to_string());
+        match bytes.split_first() {
+            Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(bad),
+            Some((&RECORD_VERSION_2, rest)) => postcard::from_bytes::<FileRecordV2>(rest).map(Into::into).map_err(bad),
+            Some((&RECORD_VERSION_1, rest)) => postcard::from_bytes::<FileRecordV1>(rest).map(Into::into).map_err(bad),
+            Some((v, _)) => Err(MetaError::BadRecord(file_id, format!("unknown record version {v}"))),
+            None => Err(MetaError::BadRecord(file_id, "empty record".into())),
+        }
+    }
+
+    pub fn info(&self, file_id: FileId, nodes: &dyn NodeDirectory) -> FileInfo {
+        FileInfo {
+            file_id,
+            name: self.name.clone(),
+            size: self.size,
+            created_unix_ms: self.created_unix_ms,
+            chunking: self.chunking,
+            origin: self.origin.map(Origin),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|slot| FileNode {
+                    id: slot.id.map(NodeId),
+                    addr: slot.resolve(nodes).map(|a| a.to_string()).unwrap_or_else(|_| slot.addr.clone()),
+                })
+                .collect(),
+            chunks: self
+                .chunks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ChunkInfo {
+                    chunk_idx: i as u32,
+                    offset: c.offset,
+                    length: c.length,
+                    crc32: c.crc32,
+                    placement: c.placement.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn summary(&self, file_id: FileId) -> FileSummary {
+        FileSummary {
+            file_id,
+            name: self.name.clone(),
+            size: self.size,
+            created_unix_ms: self.created_unix_ms,
+            chunking: self.chunking,
+            n_chunks: self.chunks.len() as u32,
+            origin: self.origin.map(Origin),
+        }
+    }
+}
+
+/// A new placement for one chunk, to be written only over the one it was decided from.
+#[derive(Debug)]
+pub struct PlacementChange {
+    pub file_id: FileId,
+    pub chunk_idx: u32,
+    /// The chunk's nodes as the decision read them.
+    pub expected: Vec<NodeSlot>,
+    pub nodes: Vec<NodeSlot>,
+}
+
+/// What [`MetaStore::set_placement`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    Set,
+    /// The file was deleted meanwhile: nothing changed.
+    FileGone,
+    /// The chunk's placement changed since it was read (another repair moved it): nothing
+    /// changed; decide again from the new one.
+    Changed,
+}
+
+/// Whether two slots name the same node: the same ID, or the same address where neither has an
+/// ID.
+pub(crate) fn same_node(a: &NodeSlot, b: &NodeSlot) -> bool {
+    match (a.id, b.id) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a.addr == b.addr,
+        _ => false,
+    }
+}
+
+impl PlacementChange {
+    /// Applies the change to `record` (read fresh) if its chunk's placement is still the one
+    /// the change was decided from: [`Placed::Set`], or [`Placed::Changed`] and `record` as it
+    /// was. The same rule for every backend.
+    pub(crate) fn apply(&self, record: &mut FileRecord) -> Placed {
+        let chunk_idx = self.chunk_idx as usize;
+        assert!(
+            chunk_idx < record.chunks.len(),
+            "placement for chunk {chunk_idx} of {}, which has {}",
+            self.file_id,
+            record.chunks.len()
+        );
+        let current = &record.chunks[chunk_idx].placement;
+        let unchanged = current.len() == self.expected.len()
+            && current
+                .iter()
+                .zip(&self.expected)
+                .all(|(&i, e)| record.nodes.get(i as usize).is_some_and(|n| same_node(n, e)));
+        if !unchanged {
+            return Placed::Changed;
+        }
+        let mut placement = Vec::with_capacity(self.nodes.len());
+        for slot in &self.nodes {
+            // The same node: the same ID, or the same address where there is no ID on either
+            // side. Its address is kept current.
+            let node_idx = match record.nodes.iter().position(|n| same_node(n, slot)) {
+                Some(i) => {
+                    record.nodes[i].addr.clone_from(&slot.addr);
+                    i
+                }
+                None => {
+                    record.nodes.push(slot.clone());
+                    record.nodes.len() - 1
+                }
+            };
+            placement.push(node_idx as u16);
+        }
+        record.chunks[chunk_idx].placement = placement;
+        Placed::Set
+    }
+}
+
+/// Where the metadata lives, as `--meta` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaSpec {
+    /// A directory holding the embedded database.
+    Dir(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://USER@HOST:PORT/DB?...`).
+    Postgres(String),
+}
+
+impl std::str::FromStr for MetaSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MetaSpec, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(MetaSpec::Postgres(s.to_string()))
+        } else if s.contains("://") {
+            Err(format!("{s:?}: --meta takes a directory or a postgres:// URL"))
+        } else if s.is_empty() {
+            Err("--meta must not be empty".into())
+        } else {
+            Ok(MetaSpec::Dir(PathBuf::from(s)))
+        }
+    }
+}
+
+/// The metadata store: one interface over the embedded database and PostgreSQL.
+pub enum MetaStore {
+    Embedded(embedded::Embedded),
+    Postgres(postgres::Postgres),
+}
+
+impl MetaStore {
+    /// Opens (creating or migrating where needed) the store `spec` names.
+    pub fn open(spec: &MetaSpec, pg: &PostgresOptions) -> Result<MetaStore, MetaError> {
+        Ok(match spec {
+            MetaSpec::Dir(dir) => MetaStore::Embedded(embedded::Embedded::open(dir)?),
+            MetaSpec::Postgres(url) => MetaStore::Postgres(postgres::Postgres::open(url, pg)?),
+        })
+    }
+
+    /// Where the metadata is, for the log (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            MetaStore::Embedded(e) => e.describe(),
+            MetaStore::Postgres(p) => p.describe(),
+        }
+    }
+
+    /// Whether other engines may share this store (and so the leases mean something).
+    pub fn shared(&self) -> bool {
+        matches!(self, MetaStore::Postgres(_))
+    }
+
+    pub async fn get(&self, file_id: FileId) -> Result<Option<FileRecord>, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.get(file_id),
+            MetaStore::Postgres(p) => p.get(file_id).await,
+        }
+    }
+
+    /// Files in ID order after `after`, at most `limit`, and whether more follow.
+    pub async fn list(&self, after: Option<FileId>, limit: usize) -> Result<(Vec<FileSummary>, bool), MetaError> {
+        let (records, more) = self.records(after, limit).await?;
+        Ok((records.into_iter().map(|(id, r)| r.summary(id)).collect(), more))
+    }
+
+    /// Whole records in ID order after `after`, at most `limit`, and whether more follow.
+    pub async fn records(
+        &self,
+        after: Option<FileId>,
+        limit: usize,
+    ) -> Result<(Vec<(FileId, FileRecord)>, bool), MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.records(after, limit),
+            MetaStore::Postgres(p) => p.records(after, limit).await,
+        }
+    }
+
+    /// Durably records a file. Returns once the transaction holding it has committed.
+    pub async fn insert(&self, file_id: FileId, record: FileRecord) -> Result<(), MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.insert(file_id, record).await?,
+            MetaStore::Postgres(p) => p.insert(file_id, record).await?,
+        }
+        // The test failpoint reports an error for an insert that did commit, as a failing
+        // fsync reported after the data reached the disk could.
+        if dfs_runtime::failpoint::is_on("meta-insert-commit-then-error") {
+            return Err(MetaError::Db("injected: the commit reported an error after it was made".into()));
+        }
+        Ok(())
+    }
+
+    /// Durably removes a file's record; returns it, or None if there was none.
+    pub async fn delete(&self, file_id: FileId) -> Result<Option<FileRecord>, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.delete(file_id).await,
+            MetaStore::Postgres(p) => p.delete(file_id).await,
+        }
+    }
+
+    /// Durably records that a chunk now has its copies on `change.nodes`, in that order, if
+    /// its placement is still `change.expected` (compare and set: two repairs deciding from
+    /// the same record, on one engine or two, cannot overwrite each other's placement).
+    pub async fn set_placement(&self, change: PlacementChange) -> Result<Placed, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.set_placement(change).await,
+            MetaStore::Postgres(p) => p.set_placement(change).await,
+        }
+    }
+
+    /// The upgrade to node IDs for records written before them (see the module
+    /// documentation): returns how many records it rewrote and how many still name a node by
+    /// address alone. PostgreSQL holds only records written since, so it has nothing to do.
+    pub fn name_nodes(&self, nodes: &dyn NodeDirectory) -> Result<(u64, u64), MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.name_nodes(nodes),
+            MetaStore::Postgres(_) => Ok((0, 0)),
+        }
+    }
+
+    /// Every chunk with a copy recorded on a node `on` matches: a scan of the metadata, no
+    /// node request.
+    pub async fn chunks_placed(&self, on: impl Fn(&NodeSlot) -> bool) -> Result<Vec<ChunkId>, MetaError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, more) = self.records(after, 1000).await?;
+            for (file_id, record) in &page {
+                let here: Vec<bool> = record.nodes.iter().map(&on).collect();
+                for (idx, chunk) in record.chunks.iter().enumerate() {
+                    if chunk.placement.iter().any(|&i| here.get(i as usize).copied().unwrap_or(false)) {
+                        out.push(ChunkId { file_id: *file_id, chunk_idx: idx as u32 });
+                    }
+                }
+            }
+            match (more, page.last()) {
+                (true, Some((last, _))) => after = Some(*last),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Queues each chunk not already queued for repair, to be tried from its time on; a chunk
+    /// already queued keeps its entry and is tried no later than the new time. Returns how
+    /// many chunks were new.
+    pub async fn queue_add(&self, entries: &[(ChunkId, Reason, u64)], now_unix_ms: u64) -> Result<u64, MetaError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            MetaStore::Embedded(e) => e.queue_add(entries, now_unix_ms),
+            MetaStore::Postgres(p) => p.queue_add(entries, now_unix_ms).await,
+        }
+    }
+
+    /// Up to `limit` chunks due at `now_unix_ms`, the longest-waiting first.
+    pub async fn queue_due(&self, now_unix_ms: u64, limit: usize) -> Result<Vec<(ChunkId, Queued)>, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.queue_due(now_unix_ms, limit),
+            MetaStore::Postgres(p) => p.queue_due(now_unix_ms, limit).await,
+        }
+    }
+
+    /// Forgets the settled chunks and reschedules the others (attempts, next time).
+    pub async fn queue_settle(&self, settled: &[ChunkId], retry: &[(ChunkId, u32, u64)]) -> Result<(), MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.queue_settle(settled, retry),
+            MetaStore::Postgres(p) => p.queue_settle(settled, retry).await,
+        }
+    }
+
+    /// Chunks queued.
+    pub async fn queue_len(&self) -> Result<u64, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.queue_len(),
+            MetaStore::Postgres(p) => p.queue_len().await,
+        }
+    }
+}
+
+/// One queued chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// [`Reason::code`] of what queued it first.
+    pub reason: u8,
+    pub queued_unix_ms: u64,
+    /// Tries that left it unsettled.
+    pub attempts: u32,
+    /// Not tried before this time.
+    pub not_before_unix_ms: u64,
+}
+
+impl Queued {
+    pub fn reason(&self) -> Option<Reason> {
+        Reason::from_code(self.reason)
+    }
+}

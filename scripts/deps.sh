@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs, from the distribution's packages, what the tests need beyond Rust when it is
+# missing: PostgreSQL (the tests of the PostgreSQL metadata backend start servers of their own
+# with initdb and pg_ctl). Debian and Ubuntu (apt-get); as root, or through sudo.
+set -euo pipefail
+need=()
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    need+=(postgresql)
+fi
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    # PostgreSQL refuses to run as root; the package creates the user the tests run it as.
+    need+=(postgresql)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "scripts/deps.sh: need root or sudo to install: ${need[*]}" >&2; exit 1; }
+    sudo=sudo
+fi
+echo "== installing: ${need[*]}"
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
