@@ -36,9 +36,20 @@ fn places(record: &FileRecord, chunk_idx: u32, addr: SocketAddr, nodes: &dyn Nod
     })
 }
 
-pub async fn run(state: &EngineState, dry_run: bool, grace: Duration) -> GcOutcome {
+/// One gc pass over every node. Err: it could not run (another engine holds the cluster's gc
+/// pass, or the metadata cannot say).
+pub async fn run(state: &EngineState, dry_run: bool, grace: Duration) -> Result<GcOutcome, String> {
+    let lease = match state.meta.take_pass(crate::meta::Pass::Gc).await {
+        Ok(Ok(lease)) => lease,
+        Ok(Err(holder)) => return Err(format!("{holder}; try again when it has finished")),
+        Err(e) => return Err(format!("cannot take the gc pass: {e}")),
+    };
     let mut out = GcOutcome::default();
     for &addr in &state.config.nodes {
+        if lease.lost() {
+            push_report_line(&mut out.lines, format!("node {addr} skipped: the gc pass was lost (its lease lapsed)"));
+            continue;
+        }
         if let Err(e) = collect_node(state, addr, dry_run, grace, &mut out).await {
             push_report_line(&mut out.lines, format!("node {addr} skipped: {e}"));
         }
@@ -50,7 +61,7 @@ pub async fn run(state: &EngineState, dry_run: bool, grace: Duration) -> GcOutco
         out.n_orphans,
         out.n_deleted
     );
-    out
+    Ok(out)
 }
 
 async fn collect_node(
@@ -76,7 +87,10 @@ async fn collect_node(
             let verdict = loop {
                 let answer = match next {
                     Next::Done(verdict) => break verdict,
-                    Next::Ask(Ask::Writers) => Answer::Writers(state.uploads_in_progress.contains(chunk_id.file_id)),
+                    Next::Ask(Ask::Writers) => Answer::Writers(
+                        state.uploads_in_progress.contains(chunk_id.file_id)
+                            || state.meta.writing_elsewhere(chunk_id.file_id).await.map_err(|e| e.to_string())?,
+                    ),
                     Next::Ask(Ask::Record) => {
                         // Chunks come in file ID order: one record lookup per file.
                         if cached.as_ref().is_none_or(|(id, _)| *id != chunk_id.file_id) {

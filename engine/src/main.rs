@@ -42,6 +42,11 @@ struct Args {
     /// log).
     #[arg(long, value_name = "FILE")]
     meta_password_file: Option<PathBuf>,
+    /// With PostgreSQL: seconds an engine's registration, and a cluster-wide pass (repair, gc,
+    /// scrub) it holds, outlive its last renewal. After an engine dies, the others take over
+    /// its passes, and gc may collect its unfinished uploads, this much later.
+    #[arg(long, default_value_t = 15)]
+    meta_lease_secs: u64,
     /// A storage node's address; give at least 4.
     #[arg(long = "node", value_name = "ADDR")]
     nodes: Vec<SocketAddr>,
@@ -203,11 +208,18 @@ fn run(args: Args) -> Result<(), String> {
         return Err(format!("node {dup} is given twice"));
     }
     let data_path = dfs_runtime::choose_data_path(args.data_path.unwrap_or(dfs_runtime::DataPath::Splice));
-    let pg = meta::PostgresOptions { password_file: args.meta_password_file.clone() };
-    let meta = meta::MetaStore::open(&meta_dir, &pg).map_err(|e| e.to_string())?;
+    if args.meta_lease_secs == 0 {
+        return Err("--meta-lease-secs must be at least 1".into());
+    }
     let listeners = dfs_runtime::bind_reuseport(args.listen, args.threads)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let pg = meta::PostgresOptions {
+        password_file: args.meta_password_file.clone(),
+        lease: Duration::from_secs(args.meta_lease_secs),
+        engine_addr: addr.to_string(),
+    };
+    let meta = meta::MetaStore::open(&meta_dir, &pg).map_err(|e| e.to_string())?;
     tracing::info!(
         "engine listening on {addr}, {}, {} nodes, {replicas} cop{} of each chunk, {} runtime(s)",
         meta.describe(),
@@ -317,12 +329,32 @@ fn start_background_repair(
                 }
                 let mut down_queued = std::collections::BTreeSet::new();
                 let mut busy = false;
+                // The cluster's repair pass, held across turns while this engine has it; with
+                // engines sharing PostgreSQL, the others only feed the queue.
+                let mut lease: Option<meta::PassLease> = None;
+                let mut holder_seen = String::new();
                 loop {
                     // After a full batch, the next turn follows at once.
                     if !busy {
                         tokio::time::sleep(queue).await;
                     }
-                    busy = match repair::run_queue(&state, after_down, &mut down_queued).await {
+                    if lease.as_ref().is_none_or(|l| l.lost()) {
+                        lease = match state.meta.take_pass(meta::Pass::Repair).await {
+                            Ok(Ok(l)) => Some(l),
+                            Ok(Err(holder)) => {
+                                if holder != holder_seen {
+                                    tracing::info!("repair queue: {holder}; this engine feeds the queue");
+                                    holder_seen = holder;
+                                }
+                                None
+                            }
+                            Err(e) => {
+                                tracing::warn!("repair queue: cannot take the repair pass: {e}");
+                                None
+                            }
+                        };
+                    }
+                    busy = match repair::run_queue(&state, after_down, &mut down_queued, lease.as_ref()).await {
                         Ok(turn) => turn.n_tried as usize == repair::QUEUE_BATCH,
                         Err(e) => {
                             tracing::warn!("repair queue: turn failed: {e}");

@@ -77,10 +77,15 @@ pub async fn put(
         let msg = format!("{} chunk crc32s announced, the layout has {} chunks", chunk_crcs.len(), spans.len());
         return refuse(client, size, Msg::error(Status::BadRequest, msg)).await;
     }
-    let file_id = match FileId::random() {
-        Ok(id) => id,
-        Err(e) => return refuse(client, size, internal(format!("cannot draw a file ID: {e}"))).await,
+    // A new file ID, registered as being written (in PostgreSQL, for every engine's gc).
+    let writer = match state.meta.new_upload().await {
+        Ok(w) => w,
+        Err(e) => {
+            let msg = Msg::error(Status::Unavailable, format!("cannot register the upload: {e}"));
+            return refuse(client, size, msg).await;
+        }
     };
+    let file_id = writer.file_id;
     let _in_progress = state.uploads_in_progress.begin(file_id);
     let replicas = state.config.replicas;
     // Each chunk tries the nodes in its placement order, those believed down last.
@@ -226,7 +231,9 @@ pub async fn put(
         chunks,
         origin: origin.map(|o| o.0),
     };
-    match state.meta.insert(file_id, record.clone()).await {
+    // Tests hold an upload here, its copies written and not yet recorded.
+    dfs_runtime::failpoint::pause("put-before-commit").await;
+    match state.meta.insert(&writer, record.clone()).await {
         Ok(()) => {
             note_replaced_since_written(state, file_id, &upload);
             client.write_msg(&Msg::PutOk { file_id }).await

@@ -7,7 +7,7 @@
 //! [`crate::cluster::copy_chunk`]), so repair never spreads bad bytes.
 
 use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
-use crate::meta::{ChunkRecord, FileRecord, NodeDirectory, NodeSlot, Placed, PlacementChange};
+use crate::meta::{ChunkRecord, FileRecord, NodeDirectory, NodeSlot, Pass, PassLease, Placed, PlacementChange};
 use crate::state::EngineState;
 use dfs_core::repair::{keep_copies_on_down_nodes, outcome, plan, retry_after, Checked, Done, Outcome, Plan, Reason};
 use dfs_proto::msg::push_report_line;
@@ -36,6 +36,13 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
         return Err("a repair pass is already running; try again when it has finished".into());
     }
     let _running = Running(&state.repair_running);
+    // One repair at a time in the cluster: with engines sharing PostgreSQL, the one holding the
+    // repair pass (a turn of its queue shares the hold).
+    let lease = match state.meta.take_pass(Pass::Repair).await {
+        Ok(Ok(lease)) => lease,
+        Ok(Err(holder)) => return Err(format!("{holder}; ask it, or try again later")),
+        Err(e) => return Err(format!("cannot take the repair pass: {e}")),
+    };
     // A turn of the queue may be running: wait for it, so that two repairs never write
     // placements from records read at different times.
     let _exclusive = state.repair_lock.lock().await;
@@ -57,6 +64,11 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
     let mut n_done = 0u64;
     let mut last_report = Instant::now();
     for (file_id, n_chunks) in files {
+        if lease.lost() {
+            return Err("the repair pass was lost (its lease lapsed), and another engine may have taken it over: \
+                        stopped"
+                .into());
+        }
         let record = match state.meta.get(file_id).await {
             Ok(Some(r)) => r,
             // Deleted since it was listed.
@@ -107,13 +119,15 @@ pub struct QueueTurn {
 pub const QUEUE_BATCH: usize = 256;
 
 /// One turn of the repair queue: queues what the request paths noted, the copies of nodes
-/// found replaced and of nodes down for longer than `after_down`, then tries the chunks that
-/// are due, settling or rescheduling each. Skipped (Ok, nothing done) while a full pass runs.
+/// found replaced and of nodes down for longer than `after_down`, then, holding the cluster's
+/// repair pass (`lease`, None: another engine holds it), tries the chunks that are due,
+/// settling or rescheduling each. Skipped (Ok, nothing done) while a full pass runs.
 /// `down_queued` holds the nodes whose copies were queued for the down spell they are in.
 pub async fn run_queue(
     state: &EngineState,
     after_down: Duration,
     down_queued: &mut std::collections::BTreeSet<SocketAddr>,
+    lease: Option<&PassLease>,
 ) -> Result<QueueTurn, String> {
     let Ok(_exclusive) = state.repair_lock.try_lock() else { return Ok(QueueTurn::default()) };
     let now = dfs_runtime::unix_ms();
@@ -172,6 +186,7 @@ pub async fn run_queue(
         n_queued: state.meta.queue_add(&entries, now).await.map_err(|e| e.to_string())?,
         ..QueueTurn::default()
     };
+    let Some(lease) = lease.filter(|l| !l.lost()) else { return Ok(turn) };
     let due = state.meta.queue_due(now, QUEUE_BATCH).await.map_err(|e| e.to_string())?;
     if due.is_empty() {
         return Ok(turn);
@@ -180,6 +195,9 @@ pub async fn run_queue(
     let (mut settled, mut retry) = (Vec::new(), Vec::new());
     let mut summary = RepairSummary::default();
     for (chunk_id, queued) in due {
+        if lease.lost() {
+            break;
+        }
         turn.n_tried += 1;
         let outcome = match state.meta.get(chunk_id.file_id).await {
             Ok(Some(record)) => match record.chunks.get(chunk_id.chunk_idx as usize) {
@@ -373,8 +391,17 @@ async fn repair_chunk(
             format!("{chunk_id}: left as it is, to check again next pass ({})", findings.join("; ")),
         );
     }
-    // A new copy is an orphan to gc until the metadata points at it.
+    // A new copy is an orphan to gc until the metadata points at it: registered as a writer
+    // here, and with every engine sharing the metadata.
     let _writing = state.uploads_in_progress.begin(chunk_id.file_id);
+    let _registered = match state.meta.register_writer(chunk_id.file_id).await {
+        Ok(w) => w,
+        Err(e) => {
+            let line = format!("{chunk_id}: not repaired now: {e}");
+            push_report_line(&mut summary.problems, line);
+            return Outcome::Unavailable;
+        }
+    };
     // The new copies, each with the ID its node proved on the connection that wrote it.
     let mut made: Vec<(SocketAddr, NodeId)> = Vec::new();
     let mut source_proven_bad = false;

@@ -136,20 +136,31 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     conn.write_msg(&reply).await?
                 }
                 Msg::Scrub => {
-                    let (reply, quarantined) = cluster::scrub_all(&state.config.nodes, &state.links).await;
-                    for chunk in quarantined {
-                        state.repair_queue.note(chunk, dfs_core::repair::Reason::Quarantined);
-                    }
+                    let reply = match state.meta.take_pass(crate::meta::Pass::Scrub).await {
+                        Ok(Ok(_lease)) => {
+                            let (reply, quarantined) = cluster::scrub_all(&state.config.nodes, &state.links).await;
+                            for chunk in quarantined {
+                                state.repair_queue.note(chunk, dfs_core::repair::Reason::Quarantined);
+                            }
+                            reply
+                        }
+                        Ok(Err(holder)) => {
+                            Msg::error(Status::Unavailable, format!("{holder}; try again when it has finished"))
+                        }
+                        Err(e) => Msg::error(Status::Unavailable, format!("cannot take the scrub pass: {e}")),
+                    };
                     conn.write_msg(&reply).await?
                 }
                 Msg::Gc { dry_run, grace_secs } => {
                     let grace = grace_secs.map(Duration::from_secs).unwrap_or(state.config.gc_grace);
-                    let out = crate::gc::run(state, dry_run, grace).await;
-                    let reply = Msg::GcOk {
-                        n_scanned: out.n_scanned,
-                        n_orphans: out.n_orphans,
-                        n_deleted: out.n_deleted,
-                        orphans: out.lines,
+                    let reply = match crate::gc::run(state, dry_run, grace).await {
+                        Ok(out) => Msg::GcOk {
+                            n_scanned: out.n_scanned,
+                            n_orphans: out.n_orphans,
+                            n_deleted: out.n_deleted,
+                            orphans: out.lines,
+                        },
+                        Err(e) => Msg::error(Status::Unavailable, e),
                     };
                     conn.write_msg(&reply).await?
                 }

@@ -662,6 +662,11 @@ impl Cluster {
     }
 
     /// Replaces the extra arguments every node is started with from now on (restarts included).
+    /// Sets the environment engines started from now on get (e.g. `DFS_FAILPOINTS`).
+    pub fn set_engine_env(&mut self, env: &[(&str, &str)]) {
+        self.opts.engine_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
     pub fn set_node_args(&mut self, args: &[&str]) {
         self.opts.node_args = args.iter().map(|s| s.to_string()).collect();
     }

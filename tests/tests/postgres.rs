@@ -94,3 +94,110 @@ fn a_wrong_password_is_a_one_line_error_naming_the_database() {
     assert!(stderr.contains("PostgreSQL") && stderr.contains("password authentication failed"), "{stderr}");
     assert!(!stderr.contains("not-the-password"), "the password must never be printed: {stderr}");
 }
+
+/// Every copy on every node, as (node, chunk).
+fn all_stored(cluster: &Cluster) -> std::collections::BTreeSet<(usize, dfs_proto::ChunkId)> {
+    (0..cluster.n_nodes()).flat_map(|i| cluster.stored_chunk_ids(i).into_iter().map(move |c| (i, c))).collect()
+}
+
+fn gc_json(cluster: &Cluster) -> dfs_tests::Value {
+    let (ok, out) = cluster.client_json(&["gc", "--grace-secs", "0"]);
+    assert!(ok, "gc failed: {out}");
+    out
+}
+
+/// An upload in progress on engine A is registered in PostgreSQL: gc on engine B keeps its
+/// copies while A lives, and collects them, and nothing else, once A has died and its
+/// registration has lapsed.
+#[test]
+fn gc_on_one_engine_keeps_another_engines_upload_and_collects_it_once_that_engine_is_dead() {
+    let pg = Postgres::start();
+    let mut o = opts(&pg);
+    o.engine_args = vec!["--meta-lease-secs".into(), "2".into()];
+    o.engine_env = vec![("DFS_FAILPOINTS".into(), "put-before-commit=60000".into())];
+    let mut cluster = Cluster::start(4, o);
+    let a = cluster.engine_addr().to_string();
+    cluster.set_engine_env(&[]);
+    let b = cluster.start_another_engine();
+    cluster.use_server(Some(&b));
+    let kept: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            let data = pseudo_random_bytes(10 + i, 300_000);
+            (cluster.put_bytes(&data, &format!("kept{i}"), Chunking::Equal), data)
+        })
+        .collect();
+    let before = all_stored(&cluster);
+
+    // An upload through A stops after its copies are written, before its commit.
+    cluster.use_server(Some(&a));
+    let input = cluster.write_input(&pseudo_random_bytes(7, 1 << 20));
+    let mut stalled = cluster.spawn_client([std::ffi::OsStr::new("put"), input.as_os_str()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let leftovers = loop {
+        let extra: Vec<_> = all_stored(&cluster).difference(&before).copied().collect();
+        // Four chunks, two copies each.
+        if extra.len() == 8 {
+            break extra;
+        }
+        assert!(std::time::Instant::now() < deadline, "the upload through A never wrote its copies: {extra:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+
+    cluster.use_server(Some(&b));
+    let out = gc_json(&cluster);
+    assert_eq!(out["n_deleted"], 0, "gc on B must keep the copies of A's upload in progress: {out}");
+    assert!(leftovers.iter().all(|c| all_stored(&cluster).contains(c)));
+
+    cluster.kill_engine_at(&a);
+    let put = stalled.wait().expect("wait for the put");
+    assert!(!put.success(), "a put whose engine died before its commit must fail");
+    // Once A's registration has lapsed (2 s), its copies are orphans.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = gc_json(&cluster);
+    assert_eq!(out["n_deleted"], 8, "gc on B collects the 8 copies A left: {out}");
+    let after = all_stored(&cluster);
+    assert!(leftovers.iter().all(|c| !after.contains(c)), "A's leftovers are gone");
+    assert_eq!(after, before, "nothing else was collected");
+    for (id, data) in &kept {
+        assert_bytes_eq(&cluster.get(id).expect("get after gc"), data, id);
+    }
+}
+
+/// gc is one pass at a time in the cluster: while engine A runs it, B refuses and names A; when
+/// A dies in the middle, B takes the pass over once A's lease has lapsed.
+#[test]
+fn a_pass_runs_on_one_engine_at_a_time_and_is_taken_over_when_its_engine_dies() {
+    let pg = Postgres::start();
+    let mut o = opts(&pg);
+    o.engine_args = vec!["--meta-lease-secs".into(), "2".into()];
+    // A's gc stops for 30 s before each delete: it holds the pass meanwhile.
+    o.engine_env = vec![("DFS_FAILPOINTS".into(), "gc-before-delete=30000".into())];
+    let mut cluster = Cluster::start(4, o);
+    let a = cluster.engine_addr().to_string();
+    let log_a = cluster.engine_stderr_log();
+    cluster.set_engine_env(&[]);
+    let b = cluster.start_another_engine();
+    // An orphan for A's gc to stop at.
+    let id = cluster.put_bytes(&pseudo_random_bytes(3, 10_000), "orphan-maker", Chunking::Equal);
+    let chunk = dfs_tests::chunk_id(&id, 0);
+    let holder = cluster.find_copies(&id, 0)[0];
+    cluster.rm(&id).expect("rm");
+    // The upload's registration is removed at A's next heartbeat (a third of the lease).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    cluster.store_copy(holder, chunk, b"orphan bytes");
+
+    let mut gc_a = cluster.spawn_client(["gc", "--grace-secs", "0"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&log_a).unwrap_or_default().contains("failpoint gc-before-delete") {
+        assert!(std::time::Instant::now() < deadline, "A's gc never reached the orphan");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    cluster.use_server(Some(&b));
+    let err = cluster.client(["gc", "--grace-secs", "0"]).expect_error("gc on B while A runs it");
+    assert!(err.contains(&format!("the engine at {a} is running the cluster's gc pass")), "{err}");
+    cluster.kill_engine_at(&a);
+    let _ = gc_a.wait();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = gc_json(&cluster);
+    assert_eq!(out["n_deleted"], 1, "B took the pass over and collected the orphan: {out}");
+}

@@ -414,11 +414,13 @@ impl MetaStore {
         }
     }
 
-    /// Durably records a file. Returns once the transaction holding it has committed.
-    pub async fn insert(&self, file_id: FileId, record: FileRecord) -> Result<(), MetaError> {
+    /// Durably records the file `writer` uploaded. Returns once the transaction holding it has
+    /// committed. In PostgreSQL, refused if this engine's registration lapsed while the upload
+    /// ran (gc on another engine may have taken its copies for orphans).
+    pub async fn insert(&self, writer: &Writer, record: FileRecord) -> Result<(), MetaError> {
         match self {
-            MetaStore::Embedded(e) => e.insert(file_id, record).await?,
-            MetaStore::Postgres(p) => p.insert(file_id, record).await?,
+            MetaStore::Embedded(e) => e.insert(writer.file_id, record).await?,
+            MetaStore::Postgres(p) => p.insert(writer, record).await?,
         }
         // The test failpoint reports an error for an insert that did commit, as a failing
         // fsync reported after the data reached the disk could.
@@ -531,5 +533,95 @@ pub struct Queued {
 impl Queued {
     pub fn reason(&self) -> Option<Reason> {
         Reason::from_code(self.reason)
+    }
+}
+
+/// An upload's or a repair's registration as a writer of a file's chunks, so that gc on any
+/// engine keeps off the copies it writes before the metadata points at them. In the embedded
+/// backend, the engine's own memory ([`crate::state::Uploads`]) is enough; in PostgreSQL it is
+/// a row of `dfs_uploads` under this engine's registration, removed once this is dropped.
+pub struct Writer {
+    pub file_id: FileId,
+    /// The engine registration the row is under (PostgreSQL only).
+    pub(crate) epoch: Option<[u8; 16]>,
+    pub(crate) done: Option<std::sync::Arc<postgres::Done>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let (Some(epoch), Some(done)) = (self.epoch, &self.done) {
+            done.push(self.file_id, epoch);
+        }
+    }
+}
+
+/// A cluster-wide pass that one engine at a time may run (`repair`, `gc`, `scrub`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pass {
+    Repair,
+    Gc,
+    Scrub,
+}
+
+impl Pass {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::Repair => "repair",
+            Pass::Gc => "gc",
+            Pass::Scrub => "scrub",
+        }
+    }
+}
+
+/// Holds a [`Pass`] for this engine while it lives (several holders on one engine share one
+/// lease). In PostgreSQL it is a row of `dfs_leases`, renewed in the background and released
+/// when the last holder drops it; [`PassLease::lost`] says when renewing failed (another engine
+/// may have taken over), and the pass stops at its next step.
+pub struct PassLease {
+    pub(crate) held: Option<std::sync::Arc<postgres::Held>>,
+}
+
+impl PassLease {
+    pub fn lost(&self) -> bool {
+        self.held.as_ref().is_some_and(|h| h.lost())
+    }
+}
+
+impl MetaStore {
+    /// A new file ID for an upload, registered as being written.
+    pub async fn new_upload(&self) -> Result<Writer, MetaError> {
+        match self {
+            MetaStore::Embedded(_) => {
+                let file_id = FileId::random().map_err(|e| MetaError::Db(format!("cannot draw a file ID: {e}")))?;
+                Ok(Writer { file_id, epoch: None, done: None })
+            }
+            MetaStore::Postgres(p) => p.new_upload().await,
+        }
+    }
+
+    /// Registers a writer of new copies of an existing file's chunks (repair).
+    pub async fn register_writer(&self, file_id: FileId) -> Result<Writer, MetaError> {
+        match self {
+            MetaStore::Embedded(_) => Ok(Writer { file_id, epoch: None, done: None }),
+            MetaStore::Postgres(p) => p.register_writer(file_id).await,
+        }
+    }
+
+    /// Whether another engine registered a writer of this file that is still alive (always
+    /// false for the embedded backend, which has no other engine).
+    pub async fn writing_elsewhere(&self, file_id: FileId) -> Result<bool, MetaError> {
+        match self {
+            MetaStore::Embedded(_) => Ok(false),
+            MetaStore::Postgres(p) => p.writing_elsewhere(file_id).await,
+        }
+    }
+
+    /// Takes `pass` for this engine, or says which engine holds it (Err(holder)). The
+    /// embedded backend has no other engine: always this one.
+    pub async fn take_pass(&self, pass: Pass) -> Result<Result<PassLease, String>, MetaError> {
+        match self {
+            MetaStore::Embedded(_) => Ok(Ok(PassLease { held: None })),
+            MetaStore::Postgres(p) => p.take_pass(pass).await,
+        }
     }
 }

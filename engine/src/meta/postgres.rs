@@ -19,12 +19,15 @@
 //! advisory locks); times are the database's own clock in Unix milliseconds, so that engines'
 //! clocks need not agree.
 
-use super::{FileRecord, MetaError, Placed, PlacementChange, Queued};
+use super::{FileRecord, MetaError, Pass, PassLease, Placed, PlacementChange, Queued, Writer};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use dfs_core::repair::Reason;
 use dfs_proto::{ChunkId, FileId};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,22 +81,101 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Inserts committed together at most.
 const MAX_BATCH: usize = 1024;
 
+/// File IDs registered ahead of need in one round trip, so that an upload seldom waits for its
+/// registration.
+const RESERVE_BATCH: usize = 256;
+
 /// What PostgreSQL needs beyond its URL.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PostgresOptions {
     /// File holding the password (its first line), so it never appears in a command line.
     pub password_file: Option<PathBuf>,
+    /// How long an engine's registration, and a pass it holds, outlive its last renewal: after
+    /// an engine dies, others collect its leftovers and take over its passes this much later.
+    pub lease: Duration,
+    /// The engine's client address, shown to the others (`dfs_engines.addr`).
+    pub engine_addr: String,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> PostgresOptions {
+        PostgresOptions { password_file: None, lease: Duration::from_secs(15), engine_addr: String::new() }
+    }
 }
 
 struct Insert {
     file_id: FileId,
+    /// The registration the upload ran under: the commit is refused if it lapsed.
+    epoch: [u8; 16],
     record: FileRecord,
     reply: oneshot::Sender<Result<(), MetaError>>,
+}
+
+/// Writers that have finished, whose `dfs_uploads` rows the heartbeat removes.
+#[derive(Default)]
+pub(crate) struct Done(Mutex<Vec<(FileId, [u8; 16])>>);
+
+impl Done {
+    pub(crate) fn push(&self, file_id: FileId, epoch: [u8; 16]) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((file_id, epoch));
+    }
+
+    fn take(&self) -> Vec<(FileId, [u8; 16])> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A pass this engine holds, shared by its holders on this engine; renewed by a task until the
+/// last holder drops it, then released.
+pub(crate) struct Held {
+    pass: Pass,
+    holder: [u8; 16],
+    lost: Arc<AtomicBool>,
+    renew: tokio::task::AbortHandle,
+    pool: Pool,
+    rt: tokio::runtime::Handle,
+}
+
+impl Held {
+    pub(crate) fn lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let (pool, name, holder) = (self.pool.clone(), self.pass.name(), self.holder);
+        self.rt.spawn(async move {
+            let Ok(c) = pool.get().await else { return };
+            let _ = c.execute("DELETE FROM dfs_leases WHERE name = $1 AND holder = $2", &[&name, &&holder[..]]).await;
+            tracing::info!("released the cluster's {name} pass");
+        });
+    }
+}
+
+/// This engine in `dfs_engines`, and what hangs off its registration.
+struct Engine {
+    /// The current registration: a random ID, replaced if the registration lapses.
+    epoch: Mutex<[u8; 16]>,
+    /// File IDs registered for uploads to come, with the registration they are under.
+    reserved: tokio::sync::Mutex<Vec<(FileId, [u8; 16])>>,
+    done: Arc<Done>,
+    held: Mutex<HashMap<Pass, Weak<Held>>>,
+    lease_ms: i64,
+    addr: String,
+}
+
+impl Engine {
+    fn epoch(&self) -> [u8; 16] {
+        *self.epoch.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub struct Postgres {
     rt: tokio::runtime::Handle,
     pool: Pool,
+    engine: Arc<Engine>,
     inserts: mpsc::Sender<Insert>,
     /// `user@host:port/db`, for the log.
     describe: String,
@@ -228,14 +310,27 @@ impl Postgres {
                 .map_err(|e| MetaError::Db(format!("PostgreSQL pool: {e}")))?
         };
         let (inserts, queue) = mpsc::channel(MAX_BATCH);
-        let store = Postgres { rt: handle, pool, inserts, describe, stop: Some(stop), thread: Some(thread) };
-        let pool = store.pool.clone();
+        let engine = Arc::new(Engine {
+            epoch: Mutex::new(random_id()?),
+            reserved: Default::default(),
+            done: Default::default(),
+            held: Default::default(),
+            lease_ms: opts.lease.as_millis().try_into().unwrap_or(i64::MAX),
+            addr: opts.engine_addr.clone(),
+        });
+        let store = Postgres { rt: handle, pool, engine, inserts, describe, stop: Some(stop), thread: Some(thread) };
+        let (pool, engine) = (store.pool.clone(), store.engine.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         store.rt.spawn(async move {
-            let _ = tx.send(migrate(&pool).await);
+            let result = match migrate(&pool).await {
+                Ok(()) => register(&pool, &engine, engine.epoch()).await,
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(result);
         });
-        rx.recv().map_err(|_| MetaError::Db("PostgreSQL: migration task vanished".into()))??;
+        rx.recv().map_err(|_| MetaError::Db("PostgreSQL: start-up task vanished".into()))??;
         store.rt.spawn(writer(store.pool.clone(), queue));
+        store.rt.spawn(heartbeat(store.pool.clone(), store.engine.clone()));
         Ok(store)
     }
 
@@ -295,10 +390,133 @@ impl Postgres {
     }
 
     /// Queues the insert for the writer task; returns once its batch has committed.
-    pub async fn insert(&self, file_id: FileId, record: FileRecord) -> Result<(), MetaError> {
+    pub async fn insert(&self, writer: &Writer, record: FileRecord) -> Result<(), MetaError> {
+        let epoch = writer.epoch.expect("a PostgreSQL upload is registered under an engine registration");
         let (reply, rx) = oneshot::channel();
-        self.inserts.send(Insert { file_id, record, reply }).await.map_err(|_| MetaError::WriterGone)?;
+        let insert = Insert { file_id: writer.file_id, epoch, record, reply };
+        self.inserts.send(insert).await.map_err(|_| MetaError::WriterGone)?;
         rx.await.map_err(|_| MetaError::WriterGone)?
+    }
+
+    /// A file ID registered for an upload: from the IDs registered ahead of need, registering
+    /// a batch more when none is left.
+    pub async fn new_upload(&self) -> Result<Writer, MetaError> {
+        let engine = self.engine.clone();
+        let mut reserved = engine.reserved.lock().await;
+        let epoch = engine.epoch();
+        // IDs under a registration that lapsed protect nothing.
+        reserved.retain(|(_, e)| *e == epoch);
+        if reserved.is_empty() {
+            let ids = (0..RESERVE_BATCH).map(|_| random_id().map(FileId)).collect::<Result<Vec<_>, _>>()?;
+            let rows = ids.clone();
+            self.run("registering uploads", move |c| async move {
+                let ids: Vec<&[u8]> = rows.iter().map(|f| &f.0[..]).collect();
+                c.execute(
+                    &format!(
+                        "INSERT INTO dfs_uploads (file_id, engine_id, registered_unix_ms) \
+                         SELECT f, $2, {DB_NOW_MS} FROM unnest($1::BYTEA[]) AS n(f)"
+                    ),
+                    &[&ids, &&epoch[..]],
+                )
+                .await
+                .map_err(pg_err("registering uploads"))?;
+                Ok(())
+            })
+            .await?;
+            reserved.extend(ids.into_iter().map(|f| (f, epoch)));
+        }
+        let (file_id, epoch) = reserved.pop().expect("refilled above");
+        Ok(Writer { file_id, epoch: Some(epoch), done: Some(self.engine.done.clone()) })
+    }
+
+    /// Registers this engine as writing new copies of `file_id`'s chunks.
+    pub async fn register_writer(&self, file_id: FileId) -> Result<Writer, MetaError> {
+        let epoch = self.engine.epoch();
+        self.run("registering a writer", move |c| async move {
+            c.execute(
+                &format!(
+                    "INSERT INTO dfs_uploads (file_id, engine_id, registered_unix_ms) VALUES ($1, $2, {DB_NOW_MS}) \
+                     ON CONFLICT (file_id, engine_id) DO NOTHING"
+                ),
+                &[&&file_id.0[..], &&epoch[..]],
+            )
+            .await
+            .map_err(pg_err("registering a writer"))?;
+            Ok(())
+        })
+        .await?;
+        Ok(Writer { file_id, epoch: Some(epoch), done: Some(self.engine.done.clone()) })
+    }
+
+    /// Whether an engine whose registration is alive (this one or another) registered a
+    /// writer of `file_id` that has not finished.
+    pub async fn writing_elsewhere(&self, file_id: FileId) -> Result<bool, MetaError> {
+        self.run("looking up writers", move |c| async move {
+            let row = c
+                .query_opt(
+                    &format!(
+                        "SELECT 1 FROM dfs_uploads u JOIN dfs_engines e ON e.engine_id = u.engine_id \
+                         WHERE u.file_id = $1 AND e.expires_unix_ms > {DB_NOW_MS} LIMIT 1"
+                    ),
+                    &[&&file_id.0[..]],
+                )
+                .await
+                .map_err(pg_err("looking up writers"))?;
+            Ok(row.is_some())
+        })
+        .await
+    }
+
+    /// Takes `pass` for this engine (or joins this engine's hold of it), or names the engine
+    /// that holds it.
+    pub async fn take_pass(&self, pass: Pass) -> Result<Result<PassLease, String>, MetaError> {
+        let mine = self.engine.held.lock().unwrap_or_else(|e| e.into_inner()).get(&pass).and_then(Weak::upgrade);
+        if let Some(held) = mine.filter(|h| !h.lost()) {
+            return Ok(Ok(PassLease { held: Some(held) }));
+        }
+        let (name, holder, lease_ms) = (pass.name(), self.engine.epoch(), self.engine.lease_ms);
+        let taken = self
+            .run("taking a pass", move |c| async move {
+                let e = pg_err("taking a pass");
+                let won = c
+                    .query_opt(
+                        &format!(
+                            "INSERT INTO dfs_leases (name, holder, expires_unix_ms) VALUES ($1, $2, {DB_NOW_MS} + $3) \
+                             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                             expires_unix_ms = excluded.expires_unix_ms \
+                             WHERE dfs_leases.expires_unix_ms <= {DB_NOW_MS} OR dfs_leases.holder = excluded.holder \
+                             RETURNING holder"
+                        ),
+                        &[&name, &&holder[..], &lease_ms],
+                    )
+                    .await
+                    .map_err(&e)?;
+                if won.is_some() {
+                    return Ok(Ok(()));
+                }
+                let row = c
+                    .query_opt(
+                        "SELECT e.addr FROM dfs_leases l LEFT JOIN dfs_engines e ON e.engine_id = l.holder \
+                         WHERE l.name = $1",
+                        &[&name],
+                    )
+                    .await
+                    .map_err(&e)?;
+                let addr: Option<String> = row.and_then(|r| r.get(0));
+                Ok(Err(addr
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or_else(|| "an engine that has not said its address".into())))
+            })
+            .await?;
+        if let Err(holder) = taken {
+            return Ok(Err(format!("the engine at {holder} is running the cluster's {name} pass")));
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let renew = self.rt.spawn(renew(self.pool.clone(), name, holder, lease_ms, lost.clone())).abort_handle();
+        let held = Arc::new(Held { pass, holder, lost, renew, pool: self.pool.clone(), rt: self.rt.clone() });
+        self.engine.held.lock().unwrap_or_else(|e| e.into_inner()).insert(pass, Arc::downgrade(&held));
+        tracing::info!("took the cluster's {name} pass");
+        Ok(Ok(PassLease { held: Some(held) }))
     }
 
     pub async fn delete(&self, file_id: FileId) -> Result<Option<FileRecord>, MetaError> {
@@ -460,6 +678,149 @@ impl Postgres {
     }
 }
 
+fn random_id() -> Result<[u8; 16], MetaError> {
+    let mut id = [0u8; 16];
+    getrandom::getrandom(&mut id).map_err(|e| MetaError::Db(format!("cannot draw a random ID: {e}")))?;
+    Ok(id)
+}
+
+/// Registers this engine under `epoch` for one lease.
+async fn register(pool: &Pool, engine: &Engine, epoch: [u8; 16]) -> Result<(), MetaError> {
+    let c = pool.get().await.map_err(pool_err)?;
+    c.execute(
+        &format!(
+            "INSERT INTO dfs_engines (engine_id, addr, started_unix_ms, expires_unix_ms) \
+             VALUES ($1, $2, {DB_NOW_MS}, {DB_NOW_MS} + $3)"
+        ),
+        &[&&epoch[..], &engine.addr, &engine.lease_ms],
+    )
+    .await
+    .map_err(pg_err("registering the engine"))?;
+    Ok(())
+}
+
+/// Every third of a lease: renews this engine's registration (never one that lapsed: then it
+/// registers anew, and uploads under the old one fail at commit), removes the rows of writers
+/// that finished, and forgets engines gone for a day.
+async fn heartbeat(pool: Pool, engine: Arc<Engine>) {
+    let every = Duration::from_millis((engine.lease_ms / 3).max(100) as u64);
+    let mut failing = false;
+    let mut beats = 0u64;
+    loop {
+        tokio::time::sleep(every).await;
+        beats += 1;
+        let result = async {
+            let c = pool.get().await.map_err(pool_err)?;
+            let e = pg_err("renewing the engine's registration");
+            let epoch = engine.epoch();
+            let n = c
+                .execute(
+                    &format!(
+                        "UPDATE dfs_engines SET expires_unix_ms = {DB_NOW_MS} + $2 \
+                         WHERE engine_id = $1 AND expires_unix_ms > {DB_NOW_MS}"
+                    ),
+                    &[&&epoch[..], &engine.lease_ms],
+                )
+                .await
+                .map_err(&e)?;
+            if n == 0 {
+                let fresh = random_id()?;
+                drop(c);
+                register(&pool, &engine, fresh).await?;
+                *engine.epoch.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+                tracing::warn!(
+                    "this engine's registration in PostgreSQL lapsed (no renewal within {} ms): registered anew; \
+                     uploads that began before fail at their commit, and passes it held are given up",
+                    engine.lease_ms
+                );
+                return Ok(());
+            }
+            let done = engine.done.take();
+            if !done.is_empty() {
+                let ids: Vec<&[u8]> = done.iter().map(|(f, _)| &f.0[..]).collect();
+                let epochs: Vec<&[u8]> = done.iter().map(|(_, e)| &e[..]).collect();
+                let removed = c
+                    .execute(
+                        "DELETE FROM dfs_uploads u USING unnest($1::BYTEA[], $2::BYTEA[]) AS n(file_id, engine_id) \
+                         WHERE u.file_id = n.file_id AND u.engine_id = n.engine_id",
+                        &[&ids, &epochs],
+                    )
+                    .await;
+                if let Err(err) = removed {
+                    done.iter().for_each(|(f, e)| engine.done.push(*f, *e));
+                    return Err(pg_err("removing finished uploads")(err));
+                }
+            }
+            if beats % 100 == 1 {
+                let day = 86_400_000i64;
+                c.execute(
+                    &format!(
+                        "DELETE FROM dfs_uploads WHERE engine_id IN \
+                         (SELECT engine_id FROM dfs_engines WHERE expires_unix_ms < {DB_NOW_MS} - $1)"
+                    ),
+                    &[&day],
+                )
+                .await
+                .map_err(&e)?;
+                c.execute(&format!("DELETE FROM dfs_engines WHERE expires_unix_ms < {DB_NOW_MS} - $1"), &[&day])
+                    .await
+                    .map_err(&e)?;
+            }
+            Ok::<_, MetaError>(())
+        }
+        .await;
+        match result {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("PostgreSQL reachable again: engine registration renewed");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!("{e} (trying again every {every:?})");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Renews a pass every third of its lease; sets `lost` when a renewal finds it gone or fails
+/// for longer than the lease.
+async fn renew(pool: Pool, name: &'static str, holder: [u8; 16], lease_ms: i64, lost: Arc<AtomicBool>) {
+    let every = Duration::from_millis((lease_ms / 3).max(100) as u64);
+    let mut last_renewed = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let result = async {
+            let c = pool.get().await.map_err(pool_err)?;
+            c.execute(
+                &format!(
+                    "UPDATE dfs_leases SET expires_unix_ms = {DB_NOW_MS} + $3 \
+                     WHERE name = $1 AND holder = $2 AND expires_unix_ms > {DB_NOW_MS}"
+                ),
+                &[&name, &&holder[..], &lease_ms],
+            )
+            .await
+            .map_err(pg_err("renewing a pass"))
+        }
+        .await;
+        match result {
+            Ok(1) => last_renewed = std::time::Instant::now(),
+            Ok(_) => {
+                tracing::warn!("the cluster's {name} pass was lost (its lease lapsed): stopping it");
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(e) if last_renewed.elapsed().as_millis() as i64 >= lease_ms => {
+                tracing::warn!("the cluster's {name} pass could not be renewed for a whole lease ({e}): stopping it");
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Brings the database to [`SCHEMA_VERSION`]; refuses one that is newer.
 async fn migrate(pool: &Pool) -> Result<(), MetaError> {
     let c = pool.get().await.map_err(pool_err)?;
@@ -528,35 +889,60 @@ async fn writer(pool: Pool, mut queue: mpsc::Receiver<Insert>) {
             Ok(r) => r,
             Err(_) => Err(MetaError::Db(format!("PostgreSQL: commit: no answer within {} s", TIMEOUT.as_secs()))),
         };
-        if let Err(e) = &result {
-            tracing::error!("metadata commit failed: {e}");
-        }
-        for op in batch {
-            let _ = op.reply.send(result.as_ref().map(|_| ()).map_err(|e| MetaError::Db(e.to_string())));
+        match result {
+            Ok(each) => {
+                for (op, r) in batch.into_iter().zip(each) {
+                    let _ = op.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!("metadata commit failed: {e}");
+                for op in batch {
+                    let _ = op.reply.send(Err(MetaError::Db(e.to_string())));
+                }
+            }
         }
     }
 }
 
-async fn insert_batch(pool: &Pool, batch: &[Insert]) -> Result<(), MetaError> {
+/// Commits a batch in one statement; per insert, Ok, or why it was refused (its engine
+/// registration lapsed). Err: the statement failed and nothing was committed.
+async fn insert_batch(pool: &Pool, batch: &[Insert]) -> Result<Vec<Result<(), MetaError>>, MetaError> {
     let c = pool.get().await.map_err(pool_err)?;
     let e = pg_err("commit");
     let stmt = c
-        .prepare_cached(
+        .prepare_cached(&format!(
             "INSERT INTO dfs_files (file_id, version, size, created_unix_ms, record) \
-             SELECT file_id, 1, size, created, record \
-             FROM unnest($1::BYTEA[], $2::INT8[], $3::INT8[], $4::BYTEA[]) AS n(file_id, size, created, record)",
-        )
+                 SELECT n.file_id, 1, n.size, n.created, n.record \
+                 FROM unnest($1::BYTEA[], $2::INT8[], $3::INT8[], $4::BYTEA[], $5::BYTEA[]) \
+                 AS n(file_id, size, created, record, engine_id) \
+                 WHERE EXISTS (SELECT 1 FROM dfs_engines e WHERE e.engine_id = n.engine_id \
+                 AND e.expires_unix_ms > {DB_NOW_MS}) \
+                 RETURNING file_id"
+        ))
         .await
         .map_err(&e)?;
     let ids: Vec<&[u8]> = batch.iter().map(|i| &i.file_id.0[..]).collect();
     let sizes: Vec<i64> = batch.iter().map(|i| i64_of(i.record.size)).collect();
     let created: Vec<i64> = batch.iter().map(|i| i64_of(i.record.created_unix_ms)).collect();
     let records: Vec<Vec<u8>> = batch.iter().map(|i| i.record.encode()).collect();
-    let n = c.execute(&stmt, &[&ids, &sizes, &created, &records]).await.map_err(&e)?;
-    // IDs are 128 random bits: a row missing means a bug, not bad luck (a duplicate fails the
-    // whole statement on its primary key instead).
-    assert_eq!(n as usize, batch.len(), "a batch insert wrote {n} of {} rows", batch.len());
-    Ok(())
+    let epochs: Vec<&[u8]> = batch.iter().map(|i| &i.epoch[..]).collect();
+    let rows = c.query(&stmt, &[&ids, &sizes, &created, &records, &epochs]).await.map_err(&e)?;
+    let written: std::collections::HashSet<&[u8]> = rows.iter().map(|r| r.get::<_, &[u8]>(0)).collect();
+    Ok(batch
+        .iter()
+        .map(|i| {
+            if written.contains(&i.file_id.0[..]) {
+                Ok(())
+            } else {
+                Err(MetaError::Db(
+                    "not recorded: this engine's registration in PostgreSQL lapsed while the upload ran, so gc on \
+                     another engine may have collected its copies; upload it again"
+                        .into(),
+                ))
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -575,7 +961,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "hunter2\n").unwrap();
-        let (c, _) = config("postgres://dfs@h/db", &PostgresOptions { password_file: Some(pw) }).unwrap();
+        let (c, _) =
+            config("postgres://dfs@h/db", &PostgresOptions { password_file: Some(pw), ..Default::default() }).unwrap();
         assert_eq!(c.get_password(), Some(&b"hunter2"[..]));
     }
 }
