@@ -65,6 +65,8 @@ pub enum IntegrityError {
     ShortStream { chunk_idx: u32, received_bytes: u64, size_bytes: u64 },
     #[error("engine sent data past the end of the file: {received_bytes} bytes received, {n_bytes} more offered, the file has {size_bytes}")]
     Overrun { received_bytes: u64, n_bytes: u64, size_bytes: u64 },
+    #[error("the {offset} bytes written before the download moved to another engine are not the file's: the output is not the file")]
+    ResumeMismatch { offset: u64 },
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;

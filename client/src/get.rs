@@ -72,11 +72,56 @@ impl Client {
         write: &mut dyn FnMut(&[u8]) -> Result<()>,
         progress: &mut dyn Progress,
     ) -> Result<()> {
+        self.receive_from(info, &mut Resume::default(), write, progress)
+    }
+
+    /// A download that goes on where an earlier one of the same file (on another engine)
+    /// stopped: sends Get, checks that the chunk table is the one `table` holds (or records it,
+    /// the first time, after `on_table`), then receives the file, passing to `write` only the
+    /// bytes past what `resume` says was written. See [`Resume`].
+    pub(crate) fn get_resuming(
+        &mut self,
+        file_id: FileId,
+        table: &mut Option<FileInfo>,
+        resume: &mut Resume,
+        on_table: &mut dyn FnMut(&FileInfo) -> Result<()>,
+        write: &mut dyn FnMut(&[u8]) -> Result<()>,
+        progress: &mut dyn Progress,
+    ) -> Result<FileInfo> {
+        let info = self.start_get(file_id)?;
+        match table {
+            Some(before) if *before != info => {
+                return Err(ClientError::Protocol(format!(
+                    "engine {} describes file {file_id} otherwise than the engine the download began on",
+                    self.engine_addr()
+                )))
+            }
+            Some(_) => {}
+            None => {
+                on_table(&info)?;
+                *table = Some(info.clone());
+            }
+        }
+        self.run(false, |c| c.receive_from(&info, resume, write, progress))?;
+        Ok(info)
+    }
+
+    /// [`Client::receive`] for a download that goes on from `resume`.
+    fn receive_from(
+        &mut self,
+        info: &FileInfo,
+        resume: &mut Resume,
+        write: &mut dyn FnMut(&[u8]) -> Result<()>,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
         let mut verifier = StreamVerifier::new(info);
         // A data frame is at most one block, and never more than the bytes still expected.
         let buf_len = info.size.min(MAX_DATA_FRAME_BYTES as u64) as usize;
         let mut buf = vec![0u8; buf_len];
-        progress.start(info.size);
+        let skip = resume.written;
+        if skip == 0 {
+            progress.start(info.size);
+        }
         loop {
             match self.recv("receiving file data")? {
                 Frame::Data(len) => {
@@ -86,9 +131,24 @@ impl Client {
                     })?;
                     io_std::read_data(&mut self.reader, data)
                         .map_err(|e| connection_error("receiving file data", e, IO_TIMEOUT))?;
-                    verifier.update(data)?;
-                    write(data)?;
-                    progress.advance(len as u64);
+                    // Bytes already written by the download this one continues are verified,
+                    // not written again; where they end, the open chunk's crc32 so far must
+                    // be the one the earlier download had written.
+                    let already = skip.saturating_sub(verifier.received_bytes).min(len as u64) as usize;
+                    let (old, new) = data.split_at(already);
+                    if !old.is_empty() {
+                        verifier.update(old)?;
+                        if verifier.received_bytes == skip && verifier.open_chunk_crc32() != resume.open_chunk_crc32 {
+                            return Err(IntegrityError::ResumeMismatch { offset: skip }.into());
+                        }
+                    }
+                    if !new.is_empty() {
+                        verifier.update(new)?;
+                        write(new)?;
+                        resume.written += new.len() as u64;
+                        resume.open_chunk_crc32 = verifier.open_chunk_crc32();
+                        progress.advance(new.len() as u64);
+                    }
                 }
                 Frame::Msg(Msg::End) => return Ok(verifier.finish()?),
                 Frame::Msg(Msg::Error { status, message }) => return Err(ClientError::Remote { status, message }),
@@ -96,6 +156,16 @@ impl Client {
             }
         }
     }
+}
+
+/// How far a download got: the bytes written, and the crc32 of those of them that belong to the
+/// chunk not yet complete (not yet verified). A download continued on another engine skips the
+/// written bytes, checking the open chunk's part against that crc32, so the output is the file
+/// or an error, never a mix.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Resume {
+    pub written: u64,
+    pub open_chunk_crc32: u32,
 }
 
 /// Checks that a chunk table describes the file it comes with: chunks numbered in order, each
@@ -205,6 +275,11 @@ impl<'a> StreamVerifier<'a> {
         Ok(())
     }
 
+    /// The crc32 of the bytes received so far of the chunk not yet complete.
+    fn open_chunk_crc32(&self) -> u32 {
+        self.chunk_hasher.clone().finalize()
+    }
+
     /// Called at End: every chunk must have arrived whole and verified.
     fn finish(mut self) -> Result<(), IntegrityError> {
         self.close_complete_chunks()?;
@@ -221,7 +296,7 @@ impl<'a> StreamVerifier<'a> {
 
 /// A download in progress: a temporary file next to its destination. Dropping it without
 /// [`PartialFile::persist`] removes the temporary file, whatever the reason for the drop.
-struct PartialFile {
+pub(crate) struct PartialFile {
     dest: PathBuf,
     temp: PathBuf,
     file: File,
@@ -229,7 +304,7 @@ struct PartialFile {
 }
 
 impl PartialFile {
-    fn create(dest: &Path) -> Result<PartialFile> {
+    pub(crate) fn create(dest: &Path) -> Result<PartialFile> {
         if dest.is_dir() {
             return Err(ClientError::Invalid(format!("{} is a directory", dest.display())));
         }
@@ -257,7 +332,7 @@ impl PartialFile {
     }
 
     /// Reserves the file's blocks, so a full disk is reported before the download, not during.
-    fn preallocate(&mut self, size_bytes: u64) -> Result<()> {
+    pub(crate) fn preallocate(&mut self, size_bytes: u64) -> Result<()> {
         if size_bytes == 0 {
             return Ok(());
         }
@@ -278,13 +353,13 @@ impl PartialFile {
         self.file.set_len(size_bytes).map_err(self.file_error("set the size of"))
     }
 
-    fn write(&mut self, data: &[u8]) -> Result<()> {
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
         self.file.write_all(data).map_err(self.file_error("write"))
     }
 
     /// Syncs the file, renames it over the destination and syncs the directory, so the
     /// destination survives a crash once this returns.
-    fn persist(mut self) -> Result<()> {
+    pub(crate) fn persist(mut self) -> Result<()> {
         self.file.sync_all().map_err(self.file_error("sync"))?;
         fs::rename(&self.temp, &self.dest).map_err(|source| ClientError::File {
             action: "move the download into place at",
@@ -445,5 +520,75 @@ mod tests {
     fn directory_destination_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
         assert!(matches!(PartialFile::create(dir.path()), Err(ClientError::Invalid(_))));
+    }
+
+    /// A client whose engine, on a thread, answers one GET with `info` and `data` in frames of
+    /// `frame_len` bytes.
+    fn serving(info: FileInfo, data: Vec<u8>, frame_len: usize) -> Client {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = io_std::read_frame_on(&mut s, dfs_proto::Link::Client);
+            io_std::write_msg(&mut s, &Msg::GetOk(info)).unwrap();
+            for piece in data.chunks(frame_len) {
+                io_std::write_data(&mut s, piece).unwrap();
+            }
+            io_std::write_msg(&mut s, &Msg::End).unwrap();
+        });
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        let hello = dfs_proto::HelloOk {
+            version: dfs_proto::VERSION,
+            block_size_bytes: 1 << 20,
+            dynamic_chunk_cap_bytes: 64 << 20,
+            idle_timeout_ms: 60_000,
+            node_id: None,
+        };
+        Client {
+            reader: std::io::BufReader::new(stream),
+            hello,
+            usable: true,
+            engine_idx: 0,
+            engine_addr: addr.to_string(),
+        }
+    }
+
+    /// Gets the file with `resume`; returns what was written, or the error.
+    fn resumed(data: &[u8], resume: Resume, frame_len: usize) -> Result<Vec<u8>> {
+        let info = info_for(data, Chunking::Equal, 1 << 20);
+        let mut client = serving(info.clone(), data.to_vec(), frame_len);
+        let (mut table, mut resume, mut out) = (Some(info.clone()), resume, Vec::new());
+        client.get_resuming(
+            info.file_id,
+            &mut table,
+            &mut resume,
+            &mut |_| Ok(()),
+            &mut |d| {
+                out.extend_from_slice(d);
+                Ok(())
+            },
+            &mut (),
+        )?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_resumed_download_writes_only_what_is_new_and_checks_what_was_written() {
+        let data = sample(10_000);
+        // Quarters of 2,500 bytes: 3,000 bytes written means 500 of the second chunk unverified.
+        let open_crc = crc32(&data[2500..3000]);
+        for frame_len in [7, 500, 4096, 10_000] {
+            let got = resumed(&data, Resume { written: 3000, open_chunk_crc32: open_crc }, frame_len).unwrap();
+            assert_eq!(got, &data[3000..], "frames of {frame_len}");
+            // The 500 bytes written earlier were not these: the download must not go on.
+            let err = resumed(&data, Resume { written: 3000, open_chunk_crc32: open_crc ^ 1 }, frame_len).unwrap_err();
+            assert!(
+                matches!(err, ClientError::Integrity(IntegrityError::ResumeMismatch { offset: 3000 })),
+                "frames of {frame_len}: {err}"
+            );
+        }
+        // At a chunk boundary, and with everything written but the End.
+        assert_eq!(resumed(&data, Resume { written: 5000, open_chunk_crc32: 0 }, 999).unwrap(), &data[5000..]);
+        assert!(resumed(&data, Resume { written: 10_000, open_chunk_crc32: 0 }, 999).unwrap().is_empty());
     }
 }

@@ -153,6 +153,8 @@ pub enum TreeError {
 /// Options of `put -r`.
 pub struct PutTree<'a> {
     pub server: &'a crate::Server,
+    /// Hears of a file's upload moving on to another engine ([`crate::failover`]).
+    pub failover_note: &'a (dyn Fn(&str) + Sync),
     pub root: &'a Path,
     pub manifest: &'a Path,
     /// Connections, hence files in flight, at once (1 to [`MAX_JOBS`]).
@@ -165,6 +167,8 @@ pub struct PutTree<'a> {
 /// Options of `get -r`.
 pub struct GetTree<'a> {
     pub server: &'a crate::Server,
+    /// Hears of a file's download moving on to another engine ([`crate::failover`]).
+    pub failover_note: &'a (dyn Fn(&str) + Sync),
     pub manifest: &'a Path,
     pub out_dir: &'a Path,
     /// Connections, hence files in flight, at once (1 to [`MAX_JOBS`]).
@@ -448,9 +452,18 @@ fn put_one(
             return Ok(Outcome::Adopted);
         }
     }
-    let (id, crc32) = conn
-        .put_mapped(&up.rel, &file, opts.chunking, Some(origin), &mut FileBytes(progress))
-        .map_err(|e| error_chain(&e))?;
+    let bytes = &mut FileBytes(progress);
+    let (id, crc32) = crate::failover::put_mapped(
+        client,
+        opts.server,
+        opts.failover_note,
+        &up.rel,
+        &file,
+        opts.chunking,
+        Some(origin),
+        bytes,
+    )
+    .map_err(|e| error_chain(&e))?;
     let entry = Entry { path: up.rel.clone(), id: id.to_string(), size: meta.len(), crc32, mtime_ns: mtime_ns(&meta) };
     writer
         .lock()
@@ -542,12 +555,12 @@ fn get_one(
             true
         }
     };
-    let conn = connected(client, opts.server).map_err(|e| error_chain(&e))?;
     let partial = Partial::create_in(&dir, opts.partial_files)
         .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
     let file = partial.file().map_err(|e| e.to_string())?;
     let mut out = CrcWriter { file, hasher: crc32fast::Hasher::new(), n_bytes: 0 };
-    conn.get_to_writer(id, &mut out, &mut FileBytes(progress)).map_err(|e| error_chain(&e))?;
+    crate::failover::get_to_writer(client, opts.server, opts.failover_note, id, &mut out, &mut FileBytes(progress))
+        .map_err(|e| error_chain(&e))?;
     let (n_bytes, crc32) = (out.n_bytes, out.hasher.finalize());
     if n_bytes != entry.size {
         return Err(format!("the engine sent {n_bytes} bytes for {id}, the manifest says {}", entry.size));

@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod error;
+pub mod failover;
 mod get;
 pub mod ingest;
 pub mod manifest;
@@ -73,8 +74,9 @@ pub struct ListPage {
     pub more: bool,
 }
 
-/// An engine to connect to: its address (`host:port`) and the access key to present, if any.
-/// Shown as its address; the key is never printed.
+/// The engines to connect to: one address (`host:port`), or several separated by commas, all
+/// engines of one cluster, tried in order (see [`failover`]); and the access key to present,
+/// if any. Shown as its addresses; the key is never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Server {
     pub addr: String,
@@ -90,6 +92,16 @@ impl Server {
     /// The same engine, presenting `key`.
     pub fn with_key(self, key: Option<String>) -> Server {
         Server { access_key: key, ..self }
+    }
+
+    /// Each engine's address, in the order given.
+    pub fn engines(&self) -> Vec<&str> {
+        let list: Vec<&str> = self.addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+        if list.is_empty() {
+            vec![self.addr.as_str()]
+        } else {
+            list
+        }
     }
 
     fn hello(&self) -> Hello {
@@ -124,12 +136,48 @@ pub struct Client {
     reader: BufReader<TcpStream>,
     hello: HelloOk,
     usable: bool,
+    /// Which of the server's engines this is connected to, and its address.
+    engine_idx: usize,
+    engine_addr: String,
 }
 
 impl Client {
-    /// Connects to `server` and performs the handshake, presenting its access key if it has one.
+    /// Connects to the first of `server`'s engines that answers and performs the handshake,
+    /// presenting its access key if it has one.
     pub fn connect(server: &Server) -> Result<Client> {
-        let addr = server.addr.as_str();
+        Client::connect_from(server, 0)
+    }
+
+    /// [`Client::connect`], trying the engines from the `start`th on (wrapping round), so that
+    /// connections can be spread over the engines, or move on from one that failed. An engine
+    /// that cannot be reached, or answers the handshake with Unavailable, is passed over.
+    pub fn connect_from(server: &Server, start: usize) -> Result<Client> {
+        let engines = server.engines();
+        let mut last = None;
+        for k in 0..engines.len() {
+            let idx = (start + k) % engines.len();
+            match Client::connect_one(server, engines[idx]) {
+                Ok(mut client) => {
+                    client.engine_idx = idx;
+                    return Ok(client);
+                }
+                Err(e) if engines.len() > 1 && failover::fails_over(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one engine was tried"))
+    }
+
+    /// The address of the engine this client is connected to.
+    pub fn engine_addr(&self) -> &str {
+        &self.engine_addr
+    }
+
+    pub(crate) fn engine_idx(&self) -> usize {
+        self.engine_idx
+    }
+
+    fn connect_one(server: &Server, addr: &str) -> Result<Client> {
         let connect_error = |source| ClientError::Connect { addr: addr.to_owned(), source };
         let stream = open_stream(addr).map_err(connect_error)?;
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
@@ -150,7 +198,7 @@ impl Client {
                 hello.version
             )));
         }
-        Ok(Client { reader, hello, usable: true })
+        Ok(Client { reader, hello, usable: true, engine_idx: 0, engine_addr: addr.to_owned() })
     }
 
     /// The engine's answer to the handshake (block size, dynamic chunk cap).

@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bench::{BenchConfig, BenchInput, BenchOp, Cleanup, LocalCluster, LOG_TAIL_LINES};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use dfs_client::{Chunking, Client, FileId, MappedFile, Progress, DEFAULT_SERVER};
+use dfs_client::{failover, Chunking, Client, FileId, MappedFile, Progress, DEFAULT_SERVER};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fs;
 use std::io::{self, IsTerminal, Write};
@@ -31,8 +31,10 @@ use view::{FileView, SummaryView};
 #[derive(Parser)]
 #[command(name = "dfs-client", version, about = "Store, fetch and inspect files in a dfs cluster")]
 struct Cli {
-    /// Engine address (host:port)
-    #[arg(long, global = true, value_name = "ADDR", env = "DFS_SERVER", default_value = DEFAULT_SERVER)]
+    /// Engine address (host:port), or several engines of one cluster separated by commas
+    /// (A,B,C): tried in order; a request whose engine fails goes on with the next (a download
+    /// continues where it stopped, an upload is sent again whole)
+    #[arg(long, global = true, value_name = "ADDR[,ADDR...]", env = "DFS_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
     /// Access key to present to the engine
     #[arg(
@@ -238,6 +240,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// Says on stderr that a request moved on to another engine (always: it is a warning).
+fn failover_note(line: &str) {
+    let _ = writeln!(io::stderr(), "dfs-client: {line}");
+}
+
 fn run(cli: Cli) -> Result<()> {
     let key = match (&cli.token, &cli.token_file) {
         (Some(key), _) => Some(key.clone()),
@@ -253,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
             let manifest = args.tree.manifest.context("put -r needs --manifest FILE to record what went where")?;
             let opts = dfs_client::ingest::PutTree {
                 server,
+                failover_note: &failover_note,
                 root: &root,
                 manifest: &manifest,
                 jobs: args.tree.jobs,
@@ -276,8 +284,9 @@ fn run(cli: Cli) -> Result<()> {
                 None => dfs_client::default_name(&path)?,
             };
             let file = MappedFile::open(&path)?;
-            let mut client = Client::connect(server)?;
-            let (file_id, _) = client.put_mapped(&name, &file, args.chunking, None, &mut Bar::on_stderr())?;
+            let mut bar = Bar::on_stderr();
+            let (file_id, _) =
+                failover::put_mapped(&mut None, server, &failover_note, &name, &file, args.chunking, None, &mut bar)?;
             writeln!(stdout, "{file_id}").context("cannot write to stdout")?;
         }
         Command::Get { id, recursive: true, output, jobs, force, json } => {
@@ -287,6 +296,7 @@ fn run(cli: Cli) -> Result<()> {
             let partial_files = std::sync::Arc::new(dfs_client::ingest::PartialFiles::default());
             let opts = dfs_client::ingest::GetTree {
                 server,
+                failover_note: &failover_note,
                 manifest: std::path::Path::new(&id),
                 out_dir: &output,
                 jobs,
@@ -301,12 +311,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Get { id, output, .. } => {
             let file_id = parse_id(&id)?;
-            let mut client = Client::connect(server)?;
             let mut bar = Bar::on_stderr();
             if output.as_os_str() == "-" {
-                client.get_to_writer(file_id, stdout, &mut bar)?;
+                failover::get_to_writer(&mut None, server, &failover_note, file_id, stdout, &mut bar)?;
             } else {
-                client.get_to_path(file_id, &output, &mut bar)?;
+                failover::get_to_path(&mut None, server, &failover_note, file_id, &output, &mut bar)?;
             }
         }
         Command::Stat { id, json } => {

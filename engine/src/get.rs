@@ -207,7 +207,11 @@ async fn get_buffered(
         return client.write_all(answer).await.map(drop);
     }
     client.write_msg(&Msg::GetOk(record.info(file_id, &*state.links.health))).await?;
-    for (chunk, replacement) in record.chunks.iter().zip(replacements) {
+    for (chunk_idx, (chunk, replacement)) in record.chunks.iter().zip(replacements).enumerate() {
+        if chunk_idx == 1 {
+            // Tests hold a download here, its first chunk sent.
+            dfs_runtime::failpoint::pause("get-after-first-chunk").await;
+        }
         let len = chunk.length as usize;
         match replacement {
             Some(ChunkBuf { mut bytes, hold: _hold }) => {

@@ -201,3 +201,123 @@ fn a_pass_runs_on_one_engine_at_a_time_and_is_taken_over_when_its_engine_dies() 
     let out = gc_json(&cluster);
     assert_eq!(out["n_deleted"], 1, "B took the pass over and collected the orphan: {out}");
 }
+
+/// A `dfs-client` run in the background against `server`, its stdout and stderr in files.
+fn spawn_client(cluster: &Cluster, server: &str, args: &[&std::ffi::OsStr], tag: &str) -> std::process::Child {
+    let logs = cluster.root().join("logs");
+    std::process::Command::new(dfs_tests::bin("dfs-client"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .stdout(std::fs::File::create(logs.join(format!("{tag}.stdout"))).expect("stdout log"))
+        .stderr(std::fs::File::create(logs.join(format!("{tag}.stderr"))).expect("stderr log"))
+        .spawn()
+        .expect("start dfs-client")
+}
+
+fn client_log(cluster: &Cluster, tag: &str, stream: &str) -> Vec<u8> {
+    std::fs::read(cluster.root().join("logs").join(format!("{tag}.{stream}"))).unwrap_or_default()
+}
+
+/// Engine A dies (kill -9) with an upload and two downloads of a client given `--server A,B` in
+/// flight: the upload is sent again whole to B, each download goes on through B where it
+/// stopped; the client's later work goes through B; everything acknowledged reads back; and gc
+/// on B, once A's registration has lapsed, collects the copies of A's unfinished upload and
+/// nothing else.
+#[test]
+fn a_client_given_two_engines_finishes_its_work_through_the_second_when_the_first_dies() {
+    use std::ffi::OsStr;
+    let pg = Postgres::start();
+    let mut o = opts(&pg);
+    o.engine_args = vec!["--meta-lease-secs".into(), "2".into()];
+    // A holds each upload before its commit and each download after its first chunk.
+    o.engine_env = vec![("DFS_FAILPOINTS".into(), "put-before-commit=60000,get-after-first-chunk=60000".into())];
+    let mut cluster = Cluster::start(4, o);
+    let a = cluster.engine_addr().to_string();
+    let log_a = cluster.engine_stderr_log();
+    cluster.set_engine_env(&[]);
+    let b = cluster.start_another_engine();
+    cluster.use_server(Some(&b));
+    let stored: Vec<(String, Vec<u8>)> = (0..2)
+        .map(|i| {
+            let data = pseudo_random_bytes(20 + i, (4 << 20) + 1000 * i as usize);
+            (cluster.put_bytes(&data, &format!("stored{i}"), Chunking::Equal), data)
+        })
+        .collect();
+    let before = all_stored(&cluster);
+
+    let both = format!("{a},{b}");
+    let upload = pseudo_random_bytes(30, 3 << 20);
+    let input = cluster.write_input(&upload);
+    let out_path = cluster.root().join("gets").join("g1");
+    let mut put = spawn_client(&cluster, &both, &[OsStr::new("put"), input.as_os_str()], "put1");
+    let mut get1 = spawn_client(
+        &cluster,
+        &both,
+        &[OsStr::new("get"), OsStr::new(&stored[0].0), OsStr::new("-o"), out_path.as_os_str()],
+        "get1",
+    );
+    let mut get2 = spawn_client(
+        &cluster,
+        &both,
+        &[OsStr::new("get"), OsStr::new(&stored[1].0), OsStr::new("-o"), OsStr::new("-")],
+        "get2",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&log_a).unwrap_or_default();
+        let holds = ["failpoint put-before-commit", "failpoint get-after-first-chunk"].map(|p| log.matches(p).count());
+        if holds[0] >= 1 && holds[1] >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "A never held all three requests: {holds:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    cluster.kill_engine_at(&a);
+
+    for (child, tag, what) in
+        [(&mut put, "put1", "uploading"), (&mut get1, "get1", "downloading"), (&mut get2, "get2", "downloading")]
+    {
+        let status = child.wait().expect("wait for the client");
+        let stderr = String::from_utf8_lossy(&client_log(&cluster, tag, "stderr")).into_owned();
+        assert!(status.success(), "{tag} must finish through B: {stderr}");
+        assert!(stderr.contains(&format!("engine {a} failed while {what}")), "{tag} must say it moved on: {stderr}");
+    }
+    let put_id = String::from_utf8_lossy(&client_log(&cluster, "put1", "stdout")).trim().to_string();
+    assert_bytes_eq(
+        &std::fs::read(&out_path).expect("get1's output"),
+        &stored[0].1,
+        "download to a path, resumed on B",
+    );
+    assert_bytes_eq(&client_log(&cluster, "get2", "stdout"), &stored[1].1, "download to stdout, resumed on B");
+
+    // Later work with both engines named goes through B.
+    cluster.use_server(Some(&both));
+    let mut acknowledged = vec![(put_id, upload)];
+    for (i, size) in [0usize, 1, 70_000, 1 << 20].into_iter().enumerate() {
+        let data = pseudo_random_bytes(40 + i as u64, size);
+        acknowledged.push((cluster.put_bytes(&data, &format!("after{i}"), Chunking::Dynamic), data));
+    }
+    acknowledged.extend(stored);
+    for (id, data) in &acknowledged {
+        assert_bytes_eq(&cluster.get(id).expect("get through A,B"), data, id);
+    }
+    assert_eq!(cluster.ls().len(), acknowledged.len(), "every acknowledged file is listed once, nothing else");
+
+    // A's upload left its copies behind; once A's registration has lapsed, gc on B collects
+    // them and nothing else.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    cluster.use_server(Some(&b));
+    let listed_before_gc = all_stored(&cluster);
+    let out = gc_json(&cluster);
+    let after = all_stored(&cluster);
+    let collected: Vec<_> = listed_before_gc.difference(&after).collect();
+    assert_eq!(out["n_deleted"], 8, "gc collects the 8 copies of A's unfinished upload: {out}");
+    let leftovers_file = collected[0].1.file_id;
+    assert!(collected.iter().all(|(_, c)| c.file_id == leftovers_file), "only one file's copies: {collected:?}");
+    assert!(acknowledged.iter().all(|(id, _)| *id != leftovers_file.to_string()), "not an acknowledged file");
+    assert!(before.is_subset(&after), "every copy stored before A died is still there");
+    for (id, data) in &acknowledged {
+        assert_bytes_eq(&cluster.get(id).expect("get after gc"), data, id);
+    }
+}

@@ -187,9 +187,10 @@ pub fn run(server: &dfs_client::Server, config: &BenchConfig, input: &BenchInput
     config.validate(input.size_bytes())?;
     // A local problem with the name would otherwise fail every request alike.
     let name = default_name(input.path())?;
+    // With several engines (`--server A,B`), connection i goes to engine i mod n first.
     let mut clients = Vec::with_capacity(config.concurrency as usize);
-    for _ in 0..config.concurrency {
-        clients.push(Client::connect(server)?);
+    for i in 0..config.concurrency as usize {
+        clients.push(Client::connect_from(server, i)?);
     }
     let work = Work { config, input, name: &name };
 
@@ -410,7 +411,7 @@ fn cleanup(
         for (pos, &file_id) in share.iter().enumerate() {
             if !slot.as_ref().is_some_and(Client::is_usable) {
                 *slot = None;
-                match Client::connect(server) {
+                match Client::connect_from(server, worker_idx) {
                     Ok(fresh) => *slot = Some(fresh),
                     Err(e) => {
                         n_failed += (share.len() - pos) as u64;
