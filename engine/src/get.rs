@@ -11,7 +11,7 @@ use crate::buffer::{ChunkBuf, Reassembly};
 use crate::cluster::{read_chunk, ChunkReader, Health, Links, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord, PlacementError};
 use crate::repair_queue::RepairQueue;
-use crate::state::{internal, not_found, EngineState};
+use crate::state::{internal, meta_failed, not_found, EngineState};
 use dfs_core::repair::Reason;
 use dfs_core::stream::{self, Ended};
 use dfs_proto::layout::block_len;
@@ -91,7 +91,7 @@ pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<
     let record = match state.meta.get(file_id).await {
         Ok(Some(r)) => r,
         Ok(None) => return client.write_msg(&not_found(file_id)).await,
-        Err(e) => return client.write_msg(&internal(e)).await,
+        Err(e) => return client.write_msg(&meta_failed(e)).await,
     };
     let mut copies = Vec::with_capacity(record.chunks.len());
     for (chunk_idx, chunk) in record.chunks.iter().enumerate() {

@@ -5,7 +5,7 @@
 
 use crate::cluster::{self, await_store, open_store, NodeConn, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord, NodeSlot};
-use crate::state::{internal, EngineState};
+use crate::state::{internal, meta_failed, EngineState};
 use dfs_core::upload::Next as UploadNext;
 use dfs_proto::layout::chunk_spans;
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, NodeId, Origin, Status};
@@ -250,7 +250,7 @@ pub async fn put(
             }
             Ok(_) => {
                 cleanup(&upload);
-                client.write_msg(&internal(format!("cannot record file: {e}"))).await
+                client.write_msg(&meta_failed(format!("cannot record file: {e}"))).await
             }
             Err(e2) => {
                 // Whether the record exists is unknown: keep the chunks (gc removes them after

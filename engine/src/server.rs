@@ -3,7 +3,7 @@
 
 use crate::cluster;
 use crate::metrics;
-use crate::state::{internal, not_found, EngineState};
+use crate::state::{meta_failed, not_found, EngineState};
 use dfs_proto::io_std::Frame;
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, FrameError, HelloOk, Msg, Role, Status, VERSION};
@@ -81,14 +81,14 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     let reply = match state.meta.get(file_id).await {
                         Ok(Some(record)) => Msg::StatOk(record.info(file_id, &*state.links.health)),
                         Ok(None) => not_found(file_id),
-                        Err(e) => internal(e),
+                        Err(e) => meta_failed(e),
                     };
                     conn.write_msg(&reply).await?
                 }
                 Msg::List { after, limit } => {
                     let reply = match state.meta.list(after, limit.min(MAX_LIST_ENTRIES) as usize).await {
                         Ok((files, more)) => Msg::ListOk { files, more },
-                        Err(e) => internal(e),
+                        Err(e) => meta_failed(e),
                     };
                     conn.write_msg(&reply).await?
                 }
@@ -111,7 +111,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                             Msg::Ok
                         }
                         Ok(None) => not_found(file_id),
-                        Err(e) => internal(e),
+                        Err(e) => meta_failed(e),
                     };
                     conn.write_msg(&reply).await?
                 }

@@ -104,6 +104,13 @@ pub fn not_found(file_id: FileId) -> Msg {
     Msg::error(Status::NotFound, format!("file {file_id} not found"))
 }
 
+/// The answer when the metadata cannot be read or written: Unavailable, so that a client given
+/// several engines tries the next.
+pub fn meta_failed(e: impl std::fmt::Display) -> Msg {
+    tracing::error!("{e}");
+    Msg::error(Status::Unavailable, e.to_string())
+}
+
 pub fn internal(e: impl std::fmt::Display) -> Msg {
     tracing::error!("{e}");
     Msg::error(Status::Internal, e.to_string())

@@ -321,3 +321,37 @@ fn a_client_given_two_engines_finishes_its_work_through_the_second_when_the_firs
         assert_bytes_eq(&cluster.get(id).expect("get after gc"), data, id);
     }
 }
+
+/// PostgreSQL stopped and started again under an engine: while it is down, requests that need
+/// metadata fail at once with one line naming PostgreSQL (nothing hangs); once it is back,
+/// they succeed again without restarting the engine, and nothing acknowledged is lost.
+#[test]
+fn requests_fail_clearly_while_postgresql_is_down_and_succeed_once_it_is_back() {
+    let pg = Postgres::start();
+    let cluster = Cluster::start(4, opts(&pg));
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            let data = pseudo_random_bytes(50 + i, 200_000);
+            (cluster.put_bytes(&data, &format!("before{i}"), Chunking::Equal), data)
+        })
+        .collect();
+    pg.stop();
+    let started = std::time::Instant::now();
+    let input = cluster.write_input(&pseudo_random_bytes(60, 100_000));
+    let put_err = cluster.client([std::ffi::OsStr::new("put"), input.as_os_str()]).expect_error("put while down");
+    let get_err = cluster.client(["get", files[0].0.as_str(), "-o", "-"]).expect_error("get while down");
+    let ls_err = cluster.client(["ls"]).expect_error("ls while down");
+    for err in [&put_err, &get_err, &ls_err] {
+        assert!(err.contains("PostgreSQL"), "the error must name PostgreSQL: {err}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "requests must not hang while it is down");
+
+    pg.restart();
+    let data = pseudo_random_bytes(61, 150_000);
+    let id = cluster.put_bytes(&data, "after", Chunking::Dynamic);
+    assert_bytes_eq(&cluster.get(&id).expect("get the file put after the restart"), &data, "after");
+    for (id, data) in &files {
+        assert_bytes_eq(&cluster.get(id).expect("get a file put before the restart"), data, id);
+    }
+    assert_eq!(cluster.ls().len(), files.len() + 1, "the failed put left nothing listed");
+}
