@@ -206,7 +206,8 @@ struct BenchArgs {
     #[arg(long)]
     count: Option<u64>,
     /// Number of connections, each with its own thread, sharing the requests; at most --count
-    /// and 256 [default: 1]
+    /// and 256 [default: 1]. With several engines in --server, connection i goes to engine
+    /// i mod n
     #[arg(long)]
     concurrency: Option<u64>,
     /// Start a throw-away local cluster (dfs-engine --local 4 from this program's directory,
