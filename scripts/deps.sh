@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs, from the distribution's packages, what the tests need beyond Rust when it is
 # missing: PostgreSQL (the tests of the PostgreSQL metadata backend start servers of their own
-# with initdb and pg_ctl). Debian and Ubuntu (apt-get); as root, or through sudo.
+# with initdb and pg_ctl), iproute2 and nftables (the multi-host tests put each process in a
+# network namespace of its own and make partitions with nftables rules). Debian and Ubuntu
+# (apt-get); as root, or through sudo.
 set -euo pipefail
 need=()
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
@@ -11,6 +13,8 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
     # PostgreSQL refuses to run as root; the package creates the user the tests run it as.
     need+=(postgresql)
 fi
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

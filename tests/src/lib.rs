@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod netns;
 pub mod pg;
 
 /// How long a server may take to print its `listening` line.
@@ -310,6 +311,9 @@ pub struct ClusterOpts {
     /// Keep the metadata in this PostgreSQL server (`--meta URL --meta-password-file FILE`)
     /// instead of the embedded database under the test directory.
     pub postgres: Option<(String, PathBuf)>,
+    /// Run every process on a host of its own in this sandbox (`netns`): node i on host
+    /// `node<i>`, the engine's n-th start on `engine<n>`, clients on `client`.
+    pub net: Option<std::sync::Arc<netns::Net>>,
 }
 
 /// Writes a fresh random secret (64 hex digits) to `path` with mode 600.
@@ -389,7 +393,8 @@ impl Cluster {
         for node_idx in 0..n_nodes {
             let data_dir = c.root.join("nodes").join(format!("n{node_idx}"));
             c.nodes.push(NodeSlot { proc: None, addr: String::new(), data_dir, n_starts: 0 });
-            c.spawn_node(node_idx, "127.0.0.1:0".to_string());
+            let listen = format!("{}:0", c.host_ip(&format!("node{node_idx}")));
+            c.spawn_node(node_idx, listen);
         }
         c
     }
@@ -437,11 +442,10 @@ impl Cluster {
     }
 
     fn spawn_node(&mut self, node_idx: usize, listen: String) {
-        let slot = &mut self.nodes[node_idx];
-        slot.n_starts += 1;
-        let n_starts = slot.n_starts;
-        let mut cmd = Command::new(bin("dfs-node"));
-        cmd.arg("--listen").arg(&listen).arg("--data").arg(&slot.data_dir).current_dir(&self.root);
+        self.nodes[node_idx].n_starts += 1;
+        let n_starts = self.nodes[node_idx].n_starts;
+        let mut cmd = self.process("dfs-node", &format!("node{node_idx}"));
+        cmd.arg("--listen").arg(&listen).arg("--data").arg(&self.nodes[node_idx].data_dir).current_dir(&self.root);
         if self.opts.cluster_secret {
             cmd.arg("--cluster-secret-file").arg(self.root.join("cluster.secret"));
         }
@@ -489,6 +493,23 @@ impl Cluster {
         self.server = server.map(str::to_string);
     }
 
+    /// A command running `program` (a dfs binary) on host `host`: in the sandbox if the
+    /// options give one, else here.
+    fn process(&self, program: &str, host: &str) -> Command {
+        match &self.opts.net {
+            Some(net) => net.command(host, bin(program)),
+            None => Command::new(bin(program)),
+        }
+    }
+
+    /// The address processes on `host` listen on.
+    fn host_ip(&self, host: &str) -> String {
+        match &self.opts.net {
+            Some(net) => net.host(host),
+            None => "127.0.0.1".into(),
+        }
+    }
+
     fn server(&self) -> &str {
         self.server.as_deref().unwrap_or(&self.engine_addr)
     }
@@ -496,8 +517,9 @@ impl Cluster {
     fn spawn_engine(&mut self) -> Proc {
         self.n_engine_starts += 1;
         let n_starts = self.n_engine_starts;
-        let mut cmd = Command::new(bin("dfs-engine"));
-        cmd.arg("--listen").arg("127.0.0.1:0").current_dir(&self.root);
+        let host = format!("engine{n_starts}");
+        let mut cmd = self.process("dfs-engine", &host);
+        cmd.arg("--listen").arg(format!("{}:0", self.host_ip(&host))).current_dir(&self.root);
         match &self.opts.postgres {
             Some((url, password_file)) => cmd.arg("--meta").arg(url).arg("--meta-password-file").arg(password_file),
             None => cmd.arg("--meta").arg(self.root.join("meta")),
@@ -713,7 +735,7 @@ impl Cluster {
 
     /// Runs `dfs-client ARGS...` exactly as given (no `--server` added).
     pub fn client_raw(&self, args: &[OsString]) -> ClientOutput {
-        let mut cmd = Command::new(bin("dfs-client"));
+        let mut cmd = self.process("dfs-client", "client");
         cmd.args(args).current_dir(self.root.join("scratch"));
         if let Some(key) = &self.token_file {
             cmd.env("DFS_TOKEN_FILE", key);
@@ -750,7 +772,7 @@ impl Cluster {
         let run = self.next_run();
         let stderr_log = self.root.join("logs").join(format!("client-{run}.stderr"));
         let stderr = fs::File::create(&stderr_log).expect("cannot create client stderr log");
-        let mut cmd = Command::new(bin("dfs-client"));
+        let mut cmd = self.process("dfs-client", "client");
         cmd.arg("--server").arg(self.server()).args(args).current_dir(self.root.join("scratch"));
         if let Some(key) = &self.token_file {
             cmd.env("DFS_TOKEN_FILE", key);

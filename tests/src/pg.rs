@@ -18,6 +18,9 @@ pub struct Postgres {
     port: u16,
     /// Uid and gid the server runs as, when not ours.
     run_as: Option<(u32, u32)>,
+    /// The sandbox host it runs on (see [`crate::netns`]) and that host's address; None: here,
+    /// on loopback.
+    host: Option<(std::sync::Arc<crate::netns::Net>, String)>,
 }
 
 /// Where `initdb` and `pg_ctl` are: on PATH, else the newest under /usr/lib/postgresql.
@@ -61,8 +64,19 @@ fn chown(path: &Path, ids: Option<(u32, u32)>) {
 }
 
 impl Postgres {
-    /// Creates and starts a server.
+    /// Creates and starts a server on loopback.
     pub fn start() -> Postgres {
+        Postgres::start_on(None)
+    }
+
+    /// Creates and starts a server on host `pg` of the sandbox `net`, reachable from its
+    /// other hosts.
+    pub fn start_in(net: &std::sync::Arc<crate::netns::Net>) -> Postgres {
+        let ip = net.host("pg");
+        Postgres::start_on(Some((net.clone(), ip)))
+    }
+
+    fn start_on(host: Option<(std::sync::Arc<crate::netns::Net>, String)>) -> Postgres {
         let bin = bin_dir();
         // SAFETY: geteuid has no preconditions and cannot fail.
         let run_as = (unsafe { libc::geteuid() } == 0).then(postgres_user);
@@ -76,7 +90,7 @@ impl Postgres {
             chown(&dir.path().join(sub), run_as);
         }
         chown(&pwfile, run_as);
-        let pg = Postgres { dir, bin, port: 0, run_as };
+        let pg = Postgres { dir, bin, port: 0, run_as, host };
         let out = pg
             .command("initdb")
             .arg("-D")
@@ -86,6 +100,13 @@ impl Postgres {
             .output()
             .expect("cannot run initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        if pg.host.is_some() {
+            // initdb lets in loopback only; the sandbox's hosts are on its subnet.
+            let hba = pg.data().join("pg_hba.conf");
+            let mut text = fs::read_to_string(&hba).expect("read pg_hba.conf");
+            text.push_str("host all all 10.99.0.0/24 scram-sha-256\n");
+            fs::write(&hba, text).expect("write pg_hba.conf");
+        }
         let mut pg = pg;
         for _ in 0..5 {
             pg.port = free_port();
@@ -105,17 +126,29 @@ impl Postgres {
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join(program));
-        if let Some((uid, gid)) = self.run_as {
-            cmd.uid(uid).gid(gid);
-        }
+        let mut cmd = match &self.host {
+            // `ip netns exec` needs root: the switch to the postgres user comes after it.
+            Some((net, _)) => {
+                let mut cmd = net.command("pg", "runuser");
+                cmd.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(self.bin.join(program));
+                if let Some((uid, gid)) = self.run_as {
+                    cmd.uid(uid).gid(gid);
+                }
+                cmd
+            }
+        };
         cmd.env_remove("PGDATA").current_dir(self.dir.path());
         cmd
     }
 
     fn try_start(&self) -> bool {
+        let listen = self.host.as_ref().map_or("127.0.0.1", |(_, ip)| ip.as_str());
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses={listen} -c max_connections=200",
             self.port,
             self.dir.path().join("sock").display()
         );
@@ -148,7 +181,8 @@ impl Postgres {
 
     /// The URL engines are given (`--meta`).
     pub fn url(&self) -> String {
-        format!("postgres://dfs@127.0.0.1:{}/postgres", self.port)
+        let host = self.host.as_ref().map_or("127.0.0.1", |(_, ip)| ip.as_str());
+        format!("postgres://dfs@{host}:{}/postgres", self.port)
     }
 
     /// The file holding the password (`--meta-password-file`).
