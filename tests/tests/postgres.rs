@@ -355,3 +355,66 @@ fn requests_fail_clearly_while_postgresql_is_down_and_succeed_once_it_is_back() 
     }
     assert_eq!(cluster.ls().len(), files.len() + 1, "the failed put left nothing listed");
 }
+
+/// `put -r` and `get -r` given `--server A,B` carry on when A dies with files in flight: each
+/// file A held is sent again whole to B, the rest go to B, the manifest is complete, and the
+/// tree restores byte-identical.
+#[test]
+fn a_tree_put_and_restored_through_two_engines_carries_on_when_the_first_dies() {
+    let pg = Postgres::start();
+    let mut o = opts(&pg);
+    o.engine_env = vec![("DFS_FAILPOINTS".into(), "put-before-commit=60000".into())];
+    let mut cluster = Cluster::start(4, o);
+    let a = cluster.engine_addr().to_string();
+    let log_a = cluster.engine_stderr_log();
+    cluster.set_engine_env(&[]);
+    let b = cluster.start_another_engine();
+    let root = cluster.root().join("scratch").join("tree");
+    std::fs::create_dir_all(root.join("sub")).expect("mkdir");
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            let rel = if i % 3 == 0 { format!("sub/f{i}") } else { format!("f{i}") };
+            (rel, pseudo_random_bytes(80 + i, 1000 + 5000 * i as usize))
+        })
+        .collect();
+    for (rel, data) in &files {
+        std::fs::write(root.join(rel), data).expect("write");
+    }
+    let manifest = cluster.root().join("scratch").join("tree.jsonl");
+    let both = format!("{a},{b}");
+    let args = [
+        std::ffi::OsStr::new("put"),
+        "-r".as_ref(),
+        root.as_os_str(),
+        "--manifest".as_ref(),
+        manifest.as_os_str(),
+        "--jobs".as_ref(),
+        "3".as_ref(),
+    ];
+    let mut put = spawn_client(&cluster, &both, &args, "put-tree");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(&log_a).unwrap_or_default().matches("failpoint put-before-commit").count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "A never held three uploads");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    cluster.kill_engine_at(&a);
+    let status = put.wait().expect("wait for put -r");
+    let stderr = String::from_utf8_lossy(&client_log(&cluster, "put-tree", "stderr")).into_owned();
+    assert!(status.success(), "put -r must carry on through B: {stderr}");
+    assert_eq!(stderr.matches(&format!("engine {a} failed while uploading")).count(), 3, "{stderr}");
+
+    let restored = cluster.root().join("gets").join("tree");
+    cluster.use_server(Some(&both));
+    let out = cluster.client([
+        std::ffi::OsStr::new("get"),
+        "-r".as_ref(),
+        manifest.as_os_str(),
+        "-o".as_ref(),
+        restored.as_os_str(),
+    ]);
+    assert!(out.success(), "get -r through A,B: {}", out.describe());
+    for (rel, data) in &files {
+        assert_bytes_eq(&std::fs::read(restored.join(rel)).expect("restored file"), data, rel);
+    }
+    assert_eq!(cluster.ls().len(), files.len(), "each file stored once");
+}
