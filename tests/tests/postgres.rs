@@ -9,6 +9,25 @@ fn opts(pg: &Postgres) -> ClusterOpts {
     ClusterOpts { postgres: Some((pg.url(), pg.password_file())), ..ClusterOpts::default() }
 }
 
+/// Two engines over one PostgreSQL and four nodes: A, started with `failpoints_for_a`
+/// (`DFS_FAILPOINTS`), and B without; registrations and passes lapse `lease_secs` after their
+/// engine dies. Returns the cluster (clients use A), A's address, A's log and B's address.
+fn two_engines(
+    pg: &Postgres,
+    lease_secs: u64,
+    failpoints_for_a: &str,
+) -> (Cluster, String, std::path::PathBuf, String) {
+    let mut o = opts(pg);
+    o.engine_args = vec!["--meta-lease-secs".into(), lease_secs.to_string()];
+    o.engine_env = vec![("DFS_FAILPOINTS".into(), failpoints_for_a.into())];
+    let mut cluster = Cluster::start(4, o);
+    let a = cluster.engine_addr().to_string();
+    let log_a = cluster.engine_stderr_log();
+    cluster.set_engine_env(&[]);
+    let b = cluster.start_another_engine();
+    (cluster, a, log_a, b)
+}
+
 fn sorted_ls(cluster: &Cluster) -> Vec<(String, String, u64)> {
     let mut ls: Vec<_> = cluster.ls().into_iter().map(|e| (e.id, e.name, e.size)).collect();
     ls.sort();
@@ -112,13 +131,7 @@ fn gc_json(cluster: &Cluster) -> dfs_tests::Value {
 #[test]
 fn gc_on_one_engine_keeps_another_engines_upload_and_collects_it_once_that_engine_is_dead() {
     let pg = Postgres::start();
-    let mut o = opts(&pg);
-    o.engine_args = vec!["--meta-lease-secs".into(), "2".into()];
-    o.engine_env = vec![("DFS_FAILPOINTS".into(), "put-before-commit=60000".into())];
-    let mut cluster = Cluster::start(4, o);
-    let a = cluster.engine_addr().to_string();
-    cluster.set_engine_env(&[]);
-    let b = cluster.start_another_engine();
+    let (mut cluster, a, _, b) = two_engines(&pg, 2, "put-before-commit=60000");
     cluster.use_server(Some(&b));
     let kept: Vec<(String, Vec<u8>)> = (0..3)
         .map(|i| {
@@ -168,15 +181,8 @@ fn gc_on_one_engine_keeps_another_engines_upload_and_collects_it_once_that_engin
 #[test]
 fn a_pass_runs_on_one_engine_at_a_time_and_is_taken_over_when_its_engine_dies() {
     let pg = Postgres::start();
-    let mut o = opts(&pg);
-    o.engine_args = vec!["--meta-lease-secs".into(), "2".into()];
     // A's gc stops for 30 s before each delete: it holds the pass meanwhile.
-    o.engine_env = vec![("DFS_FAILPOINTS".into(), "gc-before-delete=30000".into())];
-    let mut cluster = Cluster::start(4, o);
-    let a = cluster.engine_addr().to_string();
-    let log_a = cluster.engine_stderr_log();
-    cluster.set_engine_env(&[]);
-    let b = cluster.start_another_engine();
+    let (mut cluster, a, log_a, b) = two_engines(&pg, 2, "gc-before-delete=30000");
     // An orphan for A's gc to stop at.
     let id = cluster.put_bytes(&pseudo_random_bytes(3, 10_000), "orphan-maker", Chunking::Equal);
     let chunk = dfs_tests::chunk_id(&id, 0);
@@ -228,15 +234,8 @@ fn client_log(cluster: &Cluster, tag: &str, stream: &str) -> Vec<u8> {
 fn a_client_given_two_engines_finishes_its_work_through_the_second_when_the_first_dies() {
     use std::ffi::OsStr;
     let pg = Postgres::start();
-    let mut o = opts(&pg);
-    o.engine_args = vec!["--meta-lease-secs".into(), "2".into()];
     // A holds each upload before its commit and each download after its first chunk.
-    o.engine_env = vec![("DFS_FAILPOINTS".into(), "put-before-commit=60000,get-after-first-chunk=60000".into())];
-    let mut cluster = Cluster::start(4, o);
-    let a = cluster.engine_addr().to_string();
-    let log_a = cluster.engine_stderr_log();
-    cluster.set_engine_env(&[]);
-    let b = cluster.start_another_engine();
+    let (mut cluster, a, log_a, b) = two_engines(&pg, 2, "put-before-commit=60000,get-after-first-chunk=60000");
     cluster.use_server(Some(&b));
     let stored: Vec<(String, Vec<u8>)> = (0..2)
         .map(|i| {
@@ -362,13 +361,7 @@ fn requests_fail_clearly_while_postgresql_is_down_and_succeed_once_it_is_back() 
 #[test]
 fn a_tree_put_and_restored_through_two_engines_carries_on_when_the_first_dies() {
     let pg = Postgres::start();
-    let mut o = opts(&pg);
-    o.engine_env = vec![("DFS_FAILPOINTS".into(), "put-before-commit=60000".into())];
-    let mut cluster = Cluster::start(4, o);
-    let a = cluster.engine_addr().to_string();
-    let log_a = cluster.engine_stderr_log();
-    cluster.set_engine_env(&[]);
-    let b = cluster.start_another_engine();
+    let (mut cluster, a, log_a, b) = two_engines(&pg, 15, "put-before-commit=60000");
     let root = cluster.root().join("scratch").join("tree");
     std::fs::create_dir_all(root.join("sub")).expect("mkdir");
     let files: Vec<(String, Vec<u8>)> = (0..12)
