@@ -162,6 +162,9 @@ struct Engine {
     reserved: tokio::sync::Mutex<Vec<(FileId, [u8; 16])>>,
     done: Arc<Done>,
     held: Mutex<HashMap<Pass, Weak<Held>>>,
+    /// Taken while a pass is being taken, so that two takers on this engine share one lease
+    /// (two would each renew it, and the first to finish would release the other's).
+    taking: tokio::sync::Mutex<()>,
     lease_ms: i64,
     addr: String,
 }
@@ -315,6 +318,7 @@ impl Postgres {
             reserved: Default::default(),
             done: Default::default(),
             held: Default::default(),
+            taking: Default::default(),
             lease_ms: opts.lease.as_millis().try_into().unwrap_or(i64::MAX),
             addr: opts.engine_addr.clone(),
         });
@@ -470,6 +474,7 @@ impl Postgres {
     /// Takes `pass` for this engine (or joins this engine's hold of it), or names the engine
     /// that holds it.
     pub async fn take_pass(&self, pass: Pass) -> Result<Result<PassLease, String>, MetaError> {
+        let _taking = self.engine.taking.lock().await;
         let mine = self.engine.held.lock().unwrap_or_else(|e| e.into_inner()).get(&pass).and_then(Weak::upgrade);
         if let Some(held) = mine.filter(|h| !h.lost()) {
             return Ok(Ok(PassLease { held: Some(held) }));
