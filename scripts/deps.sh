@@ -2,8 +2,9 @@
 # Installs, from the distribution's packages, what the tests need beyond Rust when it is
 # missing: PostgreSQL (the tests of the PostgreSQL metadata backend start servers of their own
 # with initdb and pg_ctl), iproute2 and nftables (the multi-host tests put each process in a
-# network namespace of its own and make partitions with nftables rules). Debian and Ubuntu
-# (apt-get); as root, or through sudo.
+# network namespace of its own and make partitions with nftables rules), and Chromium (the
+# status page's test renders it in a headless browser). Debian and Ubuntu (apt-get); as root,
+# or through sudo.
 set -euo pipefail
 need=()
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
@@ -15,6 +16,8 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
 fi
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+[ -x /usr/bin/chromium ] || [ -x /usr/bin/chromium-browser ] || [ -x /usr/bin/google-chrome ] || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -181,7 +181,9 @@ async fn get_buffered(
         }
     }
     if let Some(f) = first_failure {
-        tracing::warn!("GET {file_id}: {}", f.describe(file_id).1);
+        let line = format!("GET {file_id}: {}", f.describe(file_id).1);
+        tracing::warn!("{line}");
+        crate::metrics::note_error(&line);
         return client.write_msg(&f.to_msg(file_id)).await;
     }
     if record.size as usize <= dfs_runtime::conn::COALESCE_BYTES {
@@ -257,7 +259,9 @@ async fn get_streamed(
         Ended::SinkFailed(e) => Err(e),
         Ended::Failed { chunk, errors } => {
             let f = ChunkFailure { chunk_idx: chunk as u32, errors };
-            tracing::warn!("GET {file_id}: {}", f.describe(file_id).1);
+            let line = format!("GET {file_id}: {}", f.describe(file_id).1);
+            tracing::warn!("{line}");
+            crate::metrics::note_error(&line);
             client.write_msg(&f.to_msg(file_id)).await
         }
     }

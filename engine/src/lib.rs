@@ -18,3 +18,4 @@ pub mod repair;
 pub mod repair_queue;
 pub mod server;
 pub mod state;
+pub mod status;

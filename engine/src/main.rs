@@ -111,9 +111,12 @@ struct Args {
     /// deletes it as an orphan.
     #[arg(long, default_value_t = 3600)]
     gc_grace_secs: u64,
-    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`), e.g. 127.0.0.1:9100.
-    #[arg(long, value_name = "ADDR")]
-    metrics: Option<SocketAddr>,
+    /// Serve HTTP at ADDR, e.g. 127.0.0.1:9100: the status page (`/`, refreshed in place; the
+    /// same as JSON at `/api/status`) and Prometheus metrics (`/metrics`). On a non-loopback
+    /// address the status page needs an access key (`Authorization: Bearer KEY`, or the
+    /// password a browser asks for) unless --insecure. `--metrics` is the older name.
+    #[arg(long = "http", alias = "metrics", value_name = "ADDR")]
+    http: Option<SocketAddr>,
     /// Largest number of open connections (clients, or engine connections for a node); more are
     /// closed as they arrive.
     #[arg(long, default_value_t = 4096)]
@@ -191,6 +194,13 @@ fn run(args: Args) -> Result<(), String> {
         }
         tracing::warn!("{what}");
     }
+    if let Some(http) = args.http.filter(|a| !a.ip().is_loopback() && !args.insecure) {
+        if access_keys.is_none() {
+            return Err(format!(
+                "refusing to serve the status page on {http}: no --token-file to ask its visitors for (or pass --insecure)"
+            ));
+        }
+    }
     let (meta_dir, nodes, _children) = match (args.local, &args.data) {
         (Some(n_nodes), Some(data)) => {
             let children = local::start_nodes(args.listen, n_nodes, data, args.data_path, secret_file.as_deref())?;
@@ -267,8 +277,11 @@ fn run(args: Args) -> Result<(), String> {
         Duration::from_secs(args.repair_after_down_secs),
     )?;
     metrics::init();
-    if let Some(metrics_addr) = args.metrics {
-        dfs_runtime::metrics::serve(metrics_addr)?;
+    if let Some(http_addr) = args.http {
+        let open = http_addr.ip().is_loopback() || args.insecure;
+        let pages = dfs_engine::status::Pages::new(state.clone(), open)?;
+        let mut pages = pages;
+        dfs_runtime::metrics::serve_with(http_addr, Some(Box::new(move |m, u, a| pages.answer(m, u, a))))?;
     }
     dfs_runtime::announce(addr);
     dfs_runtime::serve_per_core(listeners, args.max_connections, state, server::handle).map_err(|e| e.to_string())

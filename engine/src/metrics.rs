@@ -88,3 +88,22 @@ pub fn init() {
 pub fn record(op: &str, tally: &dfs_runtime::conn::Tally, elapsed: std::time::Duration) {
     REQUESTS.record(op, tally.outcome, tally.bytes_in, tally.bytes_out, elapsed);
 }
+
+/// Errors kept for the status page.
+const MAX_ERRORS: usize = 20;
+
+static ERRORS: LazyLock<std::sync::Mutex<std::collections::VecDeque<(u64, String)>>> = LazyLock::new(Default::default);
+
+/// Remembers an error answered to a client, for the status page (the last [`MAX_ERRORS`]).
+pub fn note_error(message: &str) {
+    let mut errors = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    if errors.len() == MAX_ERRORS {
+        errors.pop_front();
+    }
+    errors.push_back((dfs_runtime::unix_ms(), message.to_string()));
+}
+
+/// The errors [`note_error`] kept, oldest first, with their time in Unix ms.
+pub fn recent_errors() -> Vec<(u64, String)> {
+    ERRORS.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+}

@@ -74,9 +74,13 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
         let result: Result<(), FrameError> = async {
             match msg {
                 Msg::Put { name, size, chunking, chunk_crcs, origin } => {
+                    let _counted = crate::status::InProgress::upload();
                     crate::put::put(state, conn, name, size, chunking, chunk_crcs, origin).await?
                 }
-                Msg::Get { file_id } => crate::get::get(state, conn, file_id).await?,
+                Msg::Get { file_id } => {
+                    let _counted = crate::status::InProgress::download();
+                    crate::get::get(state, conn, file_id).await?
+                }
                 Msg::Stat { file_id } => {
                     let reply = match state.meta.get(file_id).await {
                         Ok(Some(record)) => Msg::StatOk(record.info(file_id, &*state.links.health)),
@@ -175,7 +179,9 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
         .await;
         metrics::INFLIGHT_REQUESTS.dec();
         metrics::INFLIGHT_BYTES.sub(upload_bytes);
-        metrics::record(op, &conn.tally(&mark, &result), started.elapsed());
+        let tally = conn.tally(&mark, &result);
+        metrics::record(op, &tally, started.elapsed());
+        crate::status::ACTIVITY.record(&tally, started.elapsed());
         result?;
     }
 }

@@ -108,10 +108,12 @@ pub fn not_found(file_id: FileId) -> Msg {
 /// several engines tries the next.
 pub fn meta_failed(e: impl std::fmt::Display) -> Msg {
     tracing::error!("{e}");
+    crate::metrics::note_error(&e.to_string());
     Msg::error(Status::Unavailable, e.to_string())
 }
 
 pub fn internal(e: impl std::fmt::Display) -> Msg {
     tracing::error!("{e}");
+    crate::metrics::note_error(&e.to_string());
     Msg::error(Status::Internal, e.to_string())
 }

@@ -1,18 +1,57 @@
-//! The optional metrics endpoint: Prometheus text format over HTTP (`GET /metrics`), served by
-//! a thread of its own from the process-wide default registry, where engine and node register
-//! their counters, gauges and histograms.
+//! The optional HTTP endpoint: Prometheus text format (`GET /metrics`), served by a thread of
+//! its own from the process-wide default registry, where engine and node register their
+//! counters, gauges and histograms; and whatever else the server adds ([`Pages`]: the engine's
+//! status page).
 
 use std::net::SocketAddr;
 
+/// An HTTP answer: status code, content type, body.
+pub type Page = (u16, &'static str, Vec<u8>);
+
+/// More pages beside `/metrics`: called first for every request with its method, its URL and
+/// its `Authorization` header; None passes the request on to `/metrics` (or 404).
+pub type Pages = Box<dyn FnMut(&str, &str, Option<&str>) -> Option<Page> + Send>;
+
 /// Starts serving `GET /metrics` on `addr`; returns the bound address.
 pub fn serve(addr: SocketAddr) -> Result<SocketAddr, String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-    let bound = server.server_addr().to_ip().ok_or_else(|| format!("metrics server on {addr} has no IP address"))?;
+    serve_with(addr, None)
+}
+
+/// [`serve`], with `pages` answering what they know first.
+pub fn serve_with(addr: SocketAddr, mut pages: Option<Pages>) -> Result<SocketAddr, String> {
+    let server = tiny_http::Server::http(addr).map_err(|e| format!("cannot serve HTTP on {addr}: {e}"))?;
+    let bound = server.server_addr().to_ip().ok_or_else(|| format!("HTTP server on {addr} has no IP address"))?;
+    let has_pages = pages.is_some();
     std::thread::Builder::new()
-        .name("metrics".into())
+        .name("http".into())
         .spawn(move || {
             for request in server.incoming_requests() {
-                let response = if request.url() == "/metrics" || request.url() == "/" {
+                let auth = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Authorization"))
+                    .map(|h| h.value.as_str().to_string());
+                let method = request.method().as_str().to_string();
+                if let Some((code, content_type, body)) =
+                    pages.as_mut().and_then(|p| p(&method, request.url(), auth.as_deref()))
+                {
+                    let mut response = tiny_http::Response::from_data(body).with_status_code(code).with_header(
+                        tiny_http::Header::from_bytes("Content-Type", content_type)
+                            .expect("a constant header is valid"),
+                    );
+                    // A refusal for want of a key lets a browser ask for one (as the password).
+                    if code == 401 {
+                        response.add_header(
+                            tiny_http::Header::from_bytes("WWW-Authenticate", "Basic realm=\"dfs\"")
+                                .expect("a constant header is valid"),
+                        );
+                    }
+                    if let Err(e) = request.respond(response) {
+                        tracing::debug!("HTTP response not sent: {e}");
+                    }
+                    continue;
+                }
+                let response = if request.url() == "/metrics" || (!has_pages && request.url() == "/") {
                     let mut body = Vec::new();
                     let encoder = prometheus::TextEncoder::new();
                     match prometheus::Encoder::encode(&encoder, &prometheus::gather(), &mut body) {
@@ -31,8 +70,12 @@ pub fn serve(addr: SocketAddr) -> Result<SocketAddr, String> {
                 }
             }
         })
-        .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
-    tracing::info!("metrics on http://{bound}/metrics");
+        .map_err(|e| format!("cannot start the HTTP thread: {e}"))?;
+    if has_pages {
+        tracing::info!("status page on http://{bound}/, metrics on http://{bound}/metrics");
+    } else {
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
     Ok(bound)
 }
 

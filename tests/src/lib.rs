@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod browser;
 pub mod netns;
 pub mod pg;
 

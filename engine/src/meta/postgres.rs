@@ -673,6 +673,17 @@ impl Postgres {
         .await
     }
 
+    pub async fn totals(&self) -> Result<(u64, u64), MetaError> {
+        self.run("counting files", move |c| async move {
+            let row = c
+                .query_one("SELECT count(*), coalesce(sum(size), 0)::INT8 FROM dfs_files", &[])
+                .await
+                .map_err(pg_err("counting files"))?;
+            Ok((u64_of(row.get(0)), u64_of(row.get(1))))
+        })
+        .await
+    }
+
     pub async fn queue_len(&self) -> Result<u64, MetaError> {
         self.run("counting the repair queue", move |c| async move {
             let row =

@@ -1,0 +1,434 @@
+//! What the engine shows of itself over HTTP (`--http ADDR`): a status page at `/`, its live
+//! part alone at `/live` (which the page's script fetches every two seconds), and the same data
+//! as JSON at `/api/status`. The page is complete without JavaScript (the numbers); the script
+//! only refreshes it in place and draws the charts. Everything is built into the binary.
+//!
+//! The request paths feed [`ACTIVITY`] (a ring of per-second counters, the last five minutes)
+//! and `metrics::note_error` (the last errors answered to clients); the rest is read when
+//! asked: the node table, the repair queue, the metadata's totals.
+//!
+//! On a loopback listener, or with no access keys, the pages are open; otherwise they need an
+//! access key (`Authorization: Bearer KEY`). They never show key material.
+
+use crate::state::EngineState;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+/// Seconds the activity ring keeps.
+const RING_SECS: u64 = 300;
+/// Seconds the charts show.
+const CHART_SECS: u64 = 120;
+/// How long the metadata's totals are reused (counting them reads every record).
+const TOTALS_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Default)]
+struct Second {
+    unix_s: u64,
+    requests: u64,
+    errors: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    latency_us_sum: u64,
+    latency_us_max: u64,
+}
+
+/// Per-second request counters of the last [`RING_SECS`] seconds.
+pub struct Activity {
+    ring: Mutex<Vec<Second>>,
+    pub uploads: AtomicI64,
+    pub downloads: AtomicI64,
+}
+
+pub static ACTIVITY: LazyLock<Activity> = LazyLock::new(|| Activity {
+    ring: Mutex::new(vec![Second::default(); RING_SECS as usize]),
+    uploads: AtomicI64::new(0),
+    downloads: AtomicI64::new(0),
+});
+
+impl Activity {
+    /// Counts one finished request.
+    pub fn record(&self, tally: &dfs_runtime::conn::Tally, elapsed: Duration) {
+        let now = dfs_runtime::unix_ms() / 1000;
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut ring[(now % RING_SECS) as usize];
+        if slot.unix_s != now {
+            *slot = Second { unix_s: now, ..Second::default() };
+        }
+        let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
+        slot.requests += 1;
+        slot.errors += u64::from(tally.outcome != "ok");
+        slot.bytes_in += tally.bytes_in;
+        slot.bytes_out += tally.bytes_out;
+        slot.latency_us_sum += us;
+        slot.latency_us_max = slot.latency_us_max.max(us);
+    }
+
+    /// The last `n` whole seconds, oldest first.
+    fn last(&self, n: u64) -> Vec<SecondView> {
+        let now = dfs_runtime::unix_ms() / 1000;
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        (now - n..now)
+            .map(|t| {
+                let s = ring[(t % RING_SECS) as usize];
+                let s = if s.unix_s == t { s } else { Second { unix_s: t, ..Second::default() } };
+                SecondView {
+                    unix_s: t,
+                    requests: s.requests,
+                    errors: s.errors,
+                    bytes_in: s.bytes_in,
+                    bytes_out: s.bytes_out,
+                    mean_latency_ms: if s.requests == 0 {
+                        0.0
+                    } else {
+                        s.latency_us_sum as f64 / s.requests as f64 / 1000.0
+                    },
+                    max_latency_ms: s.latency_us_max as f64 / 1000.0,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Counts a transfer in progress while it lives.
+pub struct InProgress(&'static AtomicI64);
+
+impl InProgress {
+    pub fn upload() -> InProgress {
+        ACTIVITY.uploads.fetch_add(1, Ordering::Relaxed);
+        InProgress(&ACTIVITY.uploads)
+    }
+
+    pub fn download() -> InProgress {
+        ACTIVITY.downloads.fetch_add(1, Ordering::Relaxed);
+        InProgress(&ACTIVITY.downloads)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Serialize, Clone)]
+pub struct SecondView {
+    pub unix_s: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub mean_latency_ms: f64,
+    pub max_latency_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct ErrorView {
+    pub unix_ms: u64,
+    pub message: String,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub struct Totals {
+    pub n_files: u64,
+    pub bytes: u64,
+}
+
+/// Everything the page shows; `/api/status`. `replicas`, `nodes` and `repair_queue` are
+/// what `dfs-client status --json` prints.
+#[derive(Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub metadata: String,
+    pub started_unix_ms: u64,
+    pub now_unix_ms: u64,
+    pub replicas: u32,
+    pub nodes: Vec<dfs_proto::NodeStatus>,
+    pub repair_queue: dfs_proto::msg::RepairQueueStatus,
+    pub repair_running: bool,
+    /// None when the metadata cannot say (the error is in `files_error`).
+    pub files: Option<Totals>,
+    pub files_error: Option<String>,
+    pub uploads_in_progress: i64,
+    pub downloads_in_progress: i64,
+    /// The last [`CHART_SECS`] seconds, oldest first.
+    pub seconds: Vec<SecondView>,
+    /// The last errors answered to clients, oldest first.
+    pub errors: Vec<ErrorView>,
+}
+
+/// The HTTP side: answers `/`, `/live` and `/api/status` (and leaves `/metrics` to the
+/// runtime). Built once; runs on the HTTP thread.
+pub struct Pages {
+    state: Arc<EngineState>,
+    /// Whether the pages need no access key.
+    open: bool,
+    started_unix_ms: u64,
+    rt: tokio::runtime::Runtime,
+    totals: Option<(Instant, Result<Totals, String>)>,
+}
+
+impl Pages {
+    pub fn new(state: Arc<EngineState>, open: bool) -> Result<Pages, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start the status page's runtime: {e}"))?;
+        LazyLock::force(&ACTIVITY);
+        Ok(Pages { state, open, started_unix_ms: dfs_runtime::unix_ms(), rt, totals: None })
+    }
+
+    /// Answers a request, or None to pass it on.
+    pub fn answer(&mut self, method: &str, url: &str, auth: Option<&str>) -> Option<dfs_runtime::metrics::Page> {
+        let path = url.split('?').next().unwrap_or(url);
+        if !matches!(path, "/" | "/live" | "/api/status") {
+            return None;
+        }
+        if method != "GET" && method != "HEAD" {
+            return Some((405, "text/plain; charset=utf-8", b"only GET\n".to_vec()));
+        }
+        if !self.open && !self.key_ok(auth) {
+            let body = b"an access key is needed: Authorization: Bearer KEY\n".to_vec();
+            return Some((401, "text/plain; charset=utf-8", body));
+        }
+        let status = self.snapshot();
+        Some(match path {
+            "/api/status" => match serde_json::to_vec_pretty(&status) {
+                Ok(body) => (200, "application/json", body),
+                Err(e) => (500, "text/plain; charset=utf-8", format!("cannot encode the status: {e}\n").into_bytes()),
+            },
+            "/live" => (200, "text/html; charset=utf-8", render_live(&status).into_bytes()),
+            _ => (200, "text/html; charset=utf-8", render_page(&status).into_bytes()),
+        })
+    }
+
+    /// An access key as `Bearer KEY` (scripts), or as the password of HTTP Basic
+    /// authentication (browsers ask for it; any user name).
+    fn key_ok(&self, auth: Option<&str>) -> bool {
+        let Some(keys) = &self.state.access_keys else { return true };
+        let Some(auth) = auth else { return false };
+        if let Some(key) = auth.strip_prefix("Bearer ") {
+            return keys.accepts(key.trim().as_bytes());
+        }
+        let Some(encoded) = auth.strip_prefix("Basic ") else { return false };
+        use base64::Engine as _;
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else { return false };
+        let Some(colon) = decoded.iter().position(|&b| b == b':') else { return false };
+        keys.accepts(&decoded[colon + 1..])
+    }
+
+    fn snapshot(&mut self) -> Status {
+        let state = self.state.clone();
+        let fresh = self.totals.as_ref().is_some_and(|(at, _)| at.elapsed() < TOTALS_TTL);
+        if !fresh {
+            let totals = self
+                .rt
+                .block_on(state.meta.totals())
+                .map(|(n_files, bytes)| Totals { n_files, bytes })
+                .map_err(|e| e.to_string());
+            self.totals = Some((Instant::now(), totals));
+        }
+        let (files, files_error) = match self.totals.as_ref().map(|(_, t)| t.clone()) {
+            Some(Ok(totals)) => (Some(totals), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        let n_queued = self.rt.block_on(state.meta.queue_len()).unwrap_or(0) + state.repair_queue.n_notes();
+        let errors: Vec<ErrorView> = crate::metrics::recent_errors()
+            .into_iter()
+            .map(|(unix_ms, message)| ErrorView { unix_ms, message })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            metadata: state.meta.describe(),
+            started_unix_ms: self.started_unix_ms,
+            now_unix_ms: dfs_runtime::unix_ms(),
+            replicas: state.config.replicas as u32,
+            nodes: state.links.health.view(),
+            repair_queue: dfs_proto::msg::RepairQueueStatus {
+                n_queued,
+                n_settled: state.repair_queue.settled(),
+                n_copies_made: state.repair_queue.n_copies_made.load(Ordering::Relaxed),
+            },
+            repair_running: state.repair_running.load(Ordering::Acquire),
+            files,
+            files_error,
+            uploads_in_progress: ACTIVITY.uploads.load(Ordering::Relaxed),
+            downloads_in_progress: ACTIVITY.downloads.load(Ordering::Relaxed),
+            seconds: ACTIVITY.last(CHART_SECS),
+            errors,
+        }
+    }
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn ago(now_ms: u64, then_ms: u64) -> String {
+    if then_ms == 0 {
+        return "never".into();
+    }
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
+}
+
+/// The part of the page that changes: everything but the charts.
+pub fn render_live(s: &Status) -> String {
+    let mut h = String::new();
+    let up = s.nodes.iter().filter(|n| n.up).count();
+    let last_minute: Vec<&SecondView> = s.seconds.iter().rev().take(60).collect();
+    let ops: u64 = last_minute.iter().map(|x| x.requests).sum();
+    let bytes: u64 = last_minute.iter().map(|x| x.bytes_in + x.bytes_out).sum();
+    let files = match (&s.files, &s.files_error) {
+        (Some(t), _) => format!(
+            "<span id=\"n-files\">{}</span> files, <span id=\"bytes-stored\">{}</span>",
+            t.n_files,
+            human_bytes(t.bytes)
+        ),
+        (None, Some(e)) => format!("files: <span class=\"bad\">{}</span>", escape(e)),
+        (None, None) => "files: unknown".into(),
+    };
+    let _ = write!(
+        h,
+        "<section class=\"summary\"><p>{files}; {} cop{} of each chunk; nodes up: <span id=\"nodes-up\">{up}</span> of {}</p>\
+         <p>in progress: <span id=\"uploads\">{}</span> upload(s), <span id=\"downloads\">{}</span> download(s); \
+         last minute: <span id=\"ops-minute\">{ops}</span> request(s), {} moved</p>\
+         <p>repair queue: {} chunk(s) waiting; {} settled and {} cop(ies) made since start{}</p></section>",
+        s.replicas,
+        if s.replicas == 1 { "y" } else { "ies" },
+        s.nodes.len(),
+        s.uploads_in_progress,
+        s.downloads_in_progress,
+        human_bytes(bytes),
+        s.repair_queue.n_queued,
+        s.repair_queue.n_settled,
+        s.repair_queue.n_copies_made,
+        if s.repair_running { "; a full repair pass is running" } else { "" },
+    );
+    h.push_str(
+        "<table id=\"nodes\"><thead><tr><th>node</th><th>address</th><th>state</th><th>last seen</th>\
+         <th>chunks</th><th>space</th></tr></thead><tbody>",
+    );
+    for n in &s.nodes {
+        let id = n.id.map(|id| id.to_string()).unwrap_or_else(|| "-".into());
+        let (chunks, space) = match &n.report {
+            Some(r) => {
+                let total = r.bytes_used + r.bytes_free;
+                let pct = if total == 0 { 0.0 } else { r.bytes_used as f64 * 100.0 / total as f64 };
+                (
+                    r.n_chunks.to_string(),
+                    format!(
+                        "<div class=\"bar\" title=\"{pct:.1}% used\"><div style=\"width:{pct:.1}%\"></div></div> {} used, {} free",
+                        human_bytes(r.bytes_used),
+                        human_bytes(r.bytes_free)
+                    ),
+                )
+            }
+            None => ("-".into(), "-".into()),
+        };
+        let state = if n.up { "up" } else { "down" };
+        let why = match (n.up, &n.last_error) {
+            (false, Some(e)) => format!(" title=\"{}\"", escape(e)),
+            _ => String::new(),
+        };
+        let _ = write!(
+            h,
+            "<tr class=\"node {state}\"><td class=\"id\">{}</td><td class=\"addr\">{}</td><td class=\"state\"{why}>{state}</td>\
+             <td>{}</td><td class=\"chunks\">{chunks}</td><td>{space}</td></tr>",
+            escape(&id),
+            escape(&n.addr),
+            ago(s.now_unix_ms, n.last_seen_unix_ms),
+        );
+    }
+    h.push_str("</tbody></table><h2>Last errors</h2>");
+    if s.errors.is_empty() {
+        h.push_str("<p id=\"errors\">none since start</p>");
+    } else {
+        h.push_str("<ul id=\"errors\">");
+        for e in s.errors.iter().rev() {
+            let _ = write!(h, "<li>{}: {}</li>", ago(s.now_unix_ms, e.unix_ms), escape(&e.message));
+        }
+        h.push_str("</ul>");
+    }
+    h
+}
+
+const STYLE: &str = include_str!("status_page.css");
+const SCRIPT: &str = include_str!("status_page.js");
+
+/// The whole page: the live part as it is now, the charts' places, and the script.
+pub fn render_page(s: &Status) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>dfs engine</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"><style>{STYLE}</style></head><body>\
+         <h1>dfs engine</h1><p class=\"meta\">version {} &middot; {} &middot; started {}</p>\
+         <div id=\"live\">{}</div>\
+         <h2>Last {CHART_SECS} seconds</h2><div id=\"charts\"><p class=\"nojs\">(charts need JavaScript)</p></div>\
+         <script>{SCRIPT}</script></body></html>",
+        s.version,
+        escape(&s.metadata),
+        ago(s.now_unix_ms, s.started_unix_ms),
+        render_live(s),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_outside_is_escaped() {
+        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+    }
+
+    #[test]
+    fn the_ring_keeps_each_second_apart_and_forgets_old_ones() {
+        let a = Activity {
+            ring: Mutex::new(vec![Second::default(); RING_SECS as usize]),
+            uploads: AtomicI64::new(0),
+            downloads: AtomicI64::new(0),
+        };
+        let tally = dfs_runtime::conn::Tally { bytes_in: 10, bytes_out: 5, outcome: "ok" };
+        a.record(&tally, Duration::from_millis(2));
+        a.record(&dfs_runtime::conn::Tally { outcome: "error", ..tally }, Duration::from_millis(4));
+        // The current second is not yet whole: it shows from the next second on.
+        std::thread::sleep(Duration::from_millis(1100));
+        let last = a.last(3);
+        let s = last.iter().find(|s| s.requests > 0).expect("the second recorded");
+        assert_eq!((s.requests, s.errors, s.bytes_in, s.bytes_out), (2, 1, 20, 10));
+        assert!((s.mean_latency_ms - 3.0).abs() < 0.01 && (s.max_latency_ms - 4.0).abs() < 0.01);
+    }
+}
