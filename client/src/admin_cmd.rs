@@ -17,6 +17,10 @@ pub enum AdminCommand {
         /// Print one JSON object instead of text
         #[arg(long)]
         json: bool,
+        /// Ask again every second until interrupted: on a terminal the table is redrawn in
+        /// place; otherwise each report follows the last (with --json, one object per line)
+        #[arg(long)]
+        watch: bool,
     },
     /// Bring every chunk back to the engine's number of copies, copying from sound copies
     ///
@@ -126,46 +130,45 @@ fn check_repair(s: &RepairSummary) -> Result<()> {
 pub fn run(server: &dfs_client::Server, command: AdminCommand, stdout: &mut dyn Write) -> Result<()> {
     let mut client = Client::connect(server)?;
     match command {
-        AdminCommand::Status { json } => {
+        AdminCommand::Status { json, watch: false } => {
             let status = client.status()?;
             if json {
                 return json_line(stdout, &status);
             }
-            writeln!(stdout, "{} nodes, {} copies of each chunk", status.nodes.len(), status.replicas)?;
-            writeln!(
-                stdout,
-                "{:<32} {:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
-                "ID", "ADDRESS", "STATE", "LAST SEEN", "CHUNKS", "LIVE", "RECLAIMABLE", "FREE"
-            )?;
-            for n in &status.nodes {
-                let seen =
-                    if n.last_seen_unix_ms == 0 { "never".to_string() } else { format_unix_ms(n.last_seen_unix_ms) };
-                let (chunks, used, reclaimable, free) = match &n.report {
-                    Some(r) => (
-                        r.n_chunks.to_string(),
-                        human_bytes(r.bytes_used),
-                        human_bytes(r.bytes_reclaimable),
-                        human_bytes(r.bytes_free),
-                    ),
-                    None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            write_status(stdout, &status)?;
+        }
+        AdminCommand::Status { json, watch: true } => {
+            let redraw = !json && std::io::stdout().is_terminal();
+            loop {
+                // The engine may go away and come back: a failed ask is a line, not the end.
+                let status = match client.status() {
+                    Ok(s) => Ok(s),
+                    Err(_) => Client::connect(server).and_then(|c| {
+                        client = c;
+                        client.status()
+                    }),
                 };
-                let state = if n.up { "up" } else { "down" };
-                let id = n.id.map(|id| id.to_string()).unwrap_or_else(|| "-".into());
-                writeln!(
-                    stdout,
-                    "{:<32} {:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
-                    id, n.addr, state, seen, chunks, used, reclaimable, free
-                )?;
-                if let (false, Some(e)) = (n.up, &n.last_error) {
-                    writeln!(stdout, "  last error: {e}")?;
+                let mut frame: Vec<u8> = Vec::new();
+                match &status {
+                    Ok(s) if json => serde_json::to_writer(&mut frame, s).context("cannot encode the status")?,
+                    Ok(s) => {
+                        writeln!(frame, "{}", format_unix_ms(now_unix_ms()))?;
+                        write_status(&mut frame, s)?;
+                    }
+                    Err(e) => write!(frame, "{}: no answer from the engine: {e}", format_unix_ms(now_unix_ms()))?,
                 }
+                if redraw {
+                    // Home and clear, then the report: one redraw per second, in place.
+                    stdout.write_all(b"\x1b[H\x1b[2J")?;
+                }
+                stdout.write_all(&frame)?;
+                // Text reports end with a line of their own; apart, they are kept apart by a blank one.
+                if json || status.is_err() || !redraw {
+                    writeln!(stdout)?;
+                }
+                stdout.flush()?;
+                std::thread::sleep(std::time::Duration::from_secs(1));
             }
-            let q = &status.repair_queue;
-            writeln!(
-                stdout,
-                "repair queue: {} chunk(s) waiting; {} settled and {} cop(ies) made since the engine started",
-                q.n_queued, q.n_settled, q.n_copies_made
-            )?;
         }
         AdminCommand::Repair { json } => {
             let summary = repair(&mut client)?;
@@ -209,4 +212,47 @@ pub fn run(server: &dfs_client::Server, command: AdminCommand, stdout: &mut dyn 
         }
     }
     Ok(())
+}
+
+/// The text report of `status`.
+fn write_status(out: &mut dyn Write, status: &dfs_client::admin::ClusterStatus) -> Result<()> {
+    writeln!(out, "{} nodes, {} copies of each chunk", status.nodes.len(), status.replicas)?;
+    writeln!(
+        out,
+        "{:<32} {:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
+        "ID", "ADDRESS", "STATE", "LAST SEEN", "CHUNKS", "LIVE", "RECLAIMABLE", "FREE"
+    )?;
+    for n in &status.nodes {
+        let seen = if n.last_seen_unix_ms == 0 { "never".to_string() } else { format_unix_ms(n.last_seen_unix_ms) };
+        let (chunks, used, reclaimable, free) = match &n.report {
+            Some(r) => (
+                r.n_chunks.to_string(),
+                human_bytes(r.bytes_used),
+                human_bytes(r.bytes_reclaimable),
+                human_bytes(r.bytes_free),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let state = if n.up { "up" } else { "down" };
+        let id = n.id.map(|id| id.to_string()).unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<32} {:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
+            id, n.addr, state, seen, chunks, used, reclaimable, free
+        )?;
+        if let (false, Some(e)) = (n.up, &n.last_error) {
+            writeln!(out, "  last error: {e}")?;
+        }
+    }
+    let q = &status.repair_queue;
+    writeln!(
+        out,
+        "repair queue: {} chunk(s) waiting; {} settled and {} cop(ies) made since the engine started",
+        q.n_queued, q.n_settled, q.n_copies_made
+    )?;
+    Ok(())
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -149,3 +149,48 @@ fn the_status_page_needs_an_access_key_from_another_host() {
     }
     cluster.kill_engine();
 }
+
+/// `status --watch` asks every second: not on a terminal, each report follows the last (with
+/// `--json`, one object per line), and a node killed meanwhile shows as down.
+#[test]
+fn status_watch_reports_every_second_and_sees_a_node_go_down() {
+    use std::io::BufRead;
+    let mut cluster = Cluster::start(
+        4,
+        ClusterOpts { engine_args: ["--ping-interval-secs", "1"].map(String::from).to_vec(), ..ClusterOpts::default() },
+    );
+    let mut watch = cluster.spawn_client(["status", "--watch", "--json"]);
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> Value {
+        let line = rx.recv_timeout(Duration::from_secs(5)).expect("a report every second");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object per line: {line:?}: {e}"))
+    };
+    let first = next();
+    assert_eq!(first["nodes"].as_array().map(Vec::len), Some(4));
+    let started = std::time::Instant::now();
+    let second = next();
+    assert!(started.elapsed() >= Duration::from_millis(500), "about a second apart");
+    assert_eq!(second["nodes"].as_array().map(Vec::len), Some(4));
+    cluster.kill_node(1);
+    let addr = cluster.node_addr(1).to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let report = next();
+        let down: Vec<&Value> =
+            report["nodes"].as_array().expect("nodes").iter().filter(|n| n["up"] == false).collect();
+        if down.len() == 1 && down[0]["addr"] == addr.as_str() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the killed node never showed as down: {report}");
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
