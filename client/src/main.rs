@@ -222,7 +222,7 @@ struct BenchArgs {
     /// (values in ms)
     #[arg(long, value_name = "FILE")]
     hist_out: Option<PathBuf>,
-    /// Draw the latency percentile curve to FILE as SVG
+    /// Draw the latencies to FILE as SVG: the percentile curve, and latency over time
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
 }
@@ -462,7 +462,8 @@ fn run_bench(
             report.concurrency,
             report.chunking
         );
-        let svg = bench::render_svg(&report.latency_us, &title).map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
+        let svg = bench::render_svg(&report.latency_us, &report.timeline, &title)
+            .map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
         fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Cleanup::Failed { n_failed, first_error } = &report.cleanup {

@@ -218,8 +218,10 @@ pub fn run(server: &dfs_client::Server, config: &BenchConfig, input: &BenchInput
     let mut created = objects;
     let mut failures = Vec::new();
     let (mut first_start, mut last_end) = (None::<Instant>, None::<Instant>);
+    let mut samples = Vec::new();
     for run in runs {
         latency_us.add(&run.histogram).expect("worker histograms share the merged one's bounds");
+        samples.extend(run.samples);
         created.extend(run.created);
         failures.extend(run.failure);
         first_start = first_start.into_iter().chain(run.first_start).min();
@@ -236,6 +238,14 @@ pub fn run(server: &dfs_client::Server, config: &BenchConfig, input: &BenchInput
         (Some(start), Some(end)) => end.duration_since(start),
         _ => Duration::ZERO,
     };
+    let mut timeline: Vec<(f64, f64)> = match first_start {
+        Some(start) => samples
+            .into_iter()
+            .map(|(end, latency)| (end.duration_since(start).as_secs_f64(), latency.as_secs_f64() * 1000.0))
+            .collect(),
+        None => Vec::new(),
+    };
+    timeline.sort_by(|a, b| a.0.total_cmp(&b.0));
     Ok(BenchReport {
         op: config.op,
         size_bytes: input.size_bytes(),
@@ -245,6 +255,7 @@ pub fn run(server: &dfs_client::Server, config: &BenchConfig, input: &BenchInput
         n_objects,
         elapsed,
         latency_us,
+        timeline,
         errors: 0,
         cleanup: cleanup_result?,
     })
@@ -281,6 +292,8 @@ struct Work<'a> {
 /// One worker's share of the timed phase.
 struct WorkerRun {
     histogram: Histogram<u64>,
+    /// Each request's end and latency, for the latency-over-time view.
+    samples: Vec<(Instant, Duration)>,
     first_start: Option<Instant>,
     last_end: Option<Instant>,
     /// Objects stored by its puts, to be deleted.
@@ -320,6 +333,7 @@ impl Work<'_> {
     fn timed(&self, client: &mut Client, ops: Range<u64>, objects: &[FileId], stop: &AtomicBool) -> WorkerRun {
         let mut run = WorkerRun {
             histogram: latency::new_histogram(),
+            samples: Vec::with_capacity(n_ops(&ops)),
             first_start: None,
             last_end: None,
             created: Vec::with_capacity(if self.config.op == BenchOp::Put { n_ops(&ops) } else { 0 }),
@@ -339,7 +353,10 @@ impl Work<'_> {
             run.first_start.get_or_insert(start);
             run.last_end = Some(end);
             match result {
-                Ok(()) => latency::record(&mut run.histogram, end.duration_since(start)),
+                Ok(()) => {
+                    latency::record(&mut run.histogram, end.duration_since(start));
+                    run.samples.push((end, end.duration_since(start)));
+                }
                 Err(error) => {
                     stop.store(true, Ordering::Relaxed);
                     run.failure = Some(OpFailure { op_idx, at: end, error });

@@ -46,6 +46,9 @@ pub struct BenchReport {
     pub elapsed: Duration,
     /// One sample per request, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Per request, in the order they ended: (seconds since the first request began,
+    /// latency in ms).
+    pub timeline: Vec<(f64, f64)>,
     /// Failed requests; a run stops at its first failure, so a report always has none. Kept
     /// for the JSON schema's sake.
     pub errors: u64,
@@ -177,6 +180,7 @@ mod tests {
             n_objects: 4,
             elapsed: Duration::from_millis(500),
             latency_us: histogram,
+            timeline: vec![(0.1, 0.1), (0.2, 0.2), (0.3, 0.3), (0.4, 0.4)],
             errors: 0,
             cleanup: Cleanup::Deleted,
         }
