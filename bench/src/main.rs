@@ -12,6 +12,7 @@
 //! recording and cleaning up processes; /proc readings).
 
 mod baselines;
+mod charts;
 mod cluster;
 mod dfs;
 mod machine;
@@ -87,6 +88,10 @@ struct Args {
     /// Print the tables as Markdown, ready to paste into perf.md.
     #[arg(long)]
     markdown: bool,
+    /// Also draw the run's figures as SVG into this directory: throughput.svg (dfs beside the
+    /// baselines) and latency.svg (p50 and p99 of every dfs phase).
+    #[arg(long, value_name = "DIR")]
+    svg_dir: Option<PathBuf>,
     /// Longest any single command may run before it is killed.
     #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
@@ -282,6 +287,18 @@ fn run(args: Args) -> Result<ExitCode> {
         let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         serde_json::to_writer_pretty(std::io::BufWriter::new(f), &report)?;
         eprintln!("wrote {}", path.display());
+    }
+    if let Some(dir) = &args.svg_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (name, svg) in [
+            ("throughput.svg", charts::throughput_svg(&report.ratios)),
+            ("latency.svg", charts::latency_svg(&report.dfs)),
+        ] {
+            let svg = svg.map_err(|e| anyhow::anyhow!("cannot draw {name}: {e}"))?;
+            let path = dir.join(name);
+            std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
     }
     let out = if args.markdown { report::markdown(&report) } else { report::text(&report) };
     print!("{out}");
