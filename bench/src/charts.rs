@@ -61,7 +61,7 @@ fn bars(title: &str, y_desc: &str, series: &[(&str, RGBColor)], groups: &[Group]
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
@@ -89,10 +89,12 @@ pub fn throughput_svg(ratios: &[Ratio]) -> Result<String, String> {
     bars("throughput, median of runs, same run", "MB/s (10^6 bytes per second)", &series, &groups)
 }
 
-/// Median and 99th percentile latency of each dfs phase, ms.
+/// Median and 99th percentile latency of each many-request dfs phase (the small objects), ms:
+/// a single-object phase's one request per run is its throughput, in the other picture.
 pub fn latency_svg(phases: &[PhaseResult]) -> Result<String, String> {
     let groups: Vec<Group> = phases
         .iter()
+        .filter(|p| p.spec.count > 1)
         .map(|p| {
             let label = match &p.data_path {
                 Some(d) => format!("{} [{d}]", p.label),

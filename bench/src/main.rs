@@ -89,7 +89,7 @@ struct Args {
     #[arg(long)]
     markdown: bool,
     /// Also draw the run's figures as SVG into this directory: throughput.svg (dfs beside the
-    /// baselines) and latency.svg (p50 and p99 of every dfs phase).
+    /// baselines) and latency.svg (p50 and p99 of every dfs phase of many requests).
     #[arg(long, value_name = "DIR")]
     svg_dir: Option<PathBuf>,
     /// Longest any single command may run before it is killed.
