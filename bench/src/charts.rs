@@ -1,7 +1,7 @@
 //! `--svg-dir DIR`: the run's figures as pictures, next to its tables. `throughput.svg`: each
 //! single-object dfs figure beside the baselines measured in the same run (the relay's best
 //! mode, the Python sketch); `latency.svg`: the median and 99th percentile request latency of
-//! every dfs phase. Bars, drawn from the report's own numbers with plotters' SVG backend (text
+//! every dfs phase of many requests. Bars, drawn from the report's own numbers with plotters' SVG backend (text
 //! as `<text>` elements: no font library needed).
 
 use crate::dfs::PhaseResult;

@@ -61,24 +61,31 @@ impl Binaries {
 /// Source files newer than the binaries: a sign that `cargo build --release` was not run after
 /// the last edit, so the figures would describe old code.
 pub fn stale_sources(workspace: &Path, bins: &Binaries) -> Vec<PathBuf> {
-    let oldest_bin = ["dfs-engine", "dfs-node", "dfs-client"]
-        .iter()
-        .filter_map(|b| std::fs::metadata(bins.dir.join(b)).ok()?.modified().ok())
-        .min();
-    let Some(oldest_bin) = oldest_bin else { return Vec::new() };
+    let built = |b: &str| std::fs::metadata(bins.dir.join(b)).ok()?.modified().ok();
+    // Each source directory against the binaries built from it (a client change does not
+    // make the engine stale).
+    let crates: [(&str, &[&str]); 5] = [
+        ("proto", &["dfs-engine", "dfs-node", "dfs-client"]),
+        ("runtime", &["dfs-engine", "dfs-node"]),
+        ("engine", &["dfs-engine"]),
+        ("node", &["dfs-node"]),
+        ("client", &["dfs-client"]),
+    ];
     let mut newer = Vec::new();
-    let mut stack: Vec<PathBuf> =
-        ["proto", "runtime", "engine", "node", "client"].iter().map(|c| workspace.join(c)).collect();
-    while let Some(p) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&p) else { continue };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if (path.extension().is_some_and(|x| x == "rs") || path.ends_with("Cargo.toml"))
-                && e.metadata().and_then(|m| m.modified()).is_ok_and(|m| m > oldest_bin)
-            {
-                newer.push(path.strip_prefix(workspace).unwrap_or(&path).to_path_buf());
+    for (dir, users) in crates {
+        let Some(oldest_bin) = users.iter().filter_map(|b| built(b)).min() else { continue };
+        let mut stack = vec![workspace.join(dir)];
+        while let Some(p) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&p) else { continue };
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if (path.extension().is_some_and(|x| x == "rs") || path.ends_with("Cargo.toml"))
+                    && e.metadata().and_then(|m| m.modified()).is_ok_and(|m| m > oldest_bin)
+                {
+                    newer.push(path.strip_prefix(workspace).unwrap_or(&path).to_path_buf());
+                }
             }
         }
     }
