@@ -27,16 +27,6 @@ pub fn fails_over(e: &ClientError) -> bool {
     )
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s = format!("{s}: {inner}");
-        src = inner.source();
-    }
-    s
-}
-
 /// Runs `attempt` on `conn` (connecting it first if needed), and on an engine failure again on
 /// the next engine, each engine once. `note` hears of every move to another engine.
 pub fn run<T>(
@@ -64,7 +54,10 @@ pub fn run<T>(
                 n_failed += 1;
                 next = (idx + 1) % n_engines;
                 *conn = None;
-                note(&format!("engine {engine} failed while {what} ({}); going on with the next engine", chain(&e)));
+                note(&format!(
+                    "engine {engine} failed while {what} ({}); going on with the next engine",
+                    crate::error_chain(&e)
+                ));
             }
             Err(e) => return Err(e),
         }

@@ -8,6 +8,7 @@
 //! a [`TreeProgress`] and end with a [`TreeSummary`]. A file that fails is recorded in the
 //! summary and the others go on; only a run that cannot start at all is an error.
 
+use crate::error_chain;
 use crate::manifest::{self, Entry, ManifestError};
 use crate::{Chunking, Client, ClientError, MappedFile, Progress};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -471,18 +472,6 @@ fn put_one(
         .append(&entry)
         .map_err(|e| format!("stored as {id}, but the manifest could not be written: {e}"))?;
     Ok(Outcome::Moved(meta.len()))
-}
-
-/// An error and its causes, as one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
-    }
-    line
 }
 
 /// Restores a tree from a manifest.

@@ -139,21 +139,7 @@ pub fn write_stat_text(w: &mut dyn Write, info: &FileInfo) -> io::Result<()> {
     Ok(())
 }
 
-/// A size for people: `999 B`, `1.5 KiB`, `3.2 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+pub use dfs_proto::units::human_bytes;
 
 /// LS as text: one line per file with ID, size (exact bytes, or human-readable with `human`),
 /// chunking, creation time and name.

@@ -11,6 +11,7 @@
 //! access key (`Authorization: Bearer KEY`). They never show key material.
 
 use crate::state::EngineState;
+use dfs_proto::units::human_bytes;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -276,21 +277,6 @@ fn escape(s: &str) -> String {
         }
     }
     out
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn ago(now_ms: u64, then_ms: u64) -> String {

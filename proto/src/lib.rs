@@ -15,6 +15,7 @@ pub mod limits;
 pub mod listening;
 pub mod msg;
 pub mod status;
+pub mod units;
 
 pub use codec::DecodeError;
 pub use error::FrameError;

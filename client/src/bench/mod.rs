@@ -432,7 +432,7 @@ fn cleanup(
                     Ok(fresh) => *slot = Some(fresh),
                     Err(e) => {
                         n_failed += (share.len() - pos) as u64;
-                        first_error.get_or_insert_with(|| error_chain(&e));
+                        first_error.get_or_insert_with(|| dfs_client::error_chain(&e));
                         break;
                     }
                 }
@@ -440,7 +440,7 @@ fn cleanup(
             let Some(client) = slot.as_mut() else { break };
             if let Err(e) = client.delete(file_id) {
                 n_failed += 1;
-                first_error.get_or_insert_with(|| format!("{file_id}: {}", error_chain(&e)));
+                first_error.get_or_insert_with(|| format!("{file_id}: {}", dfs_client::error_chain(&e)));
             }
         }
         (n_failed, first_error)
@@ -450,18 +450,6 @@ fn cleanup(
         Some(first_error) => Cleanup::Failed { n_failed, first_error },
         None => Cleanup::Deleted,
     })
-}
-
-/// An error and its sources as one line, `a: b: c`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Runs `work` once per client, each on its own thread, and returns the results in client
