@@ -1,10 +1,13 @@
-//! The two baselines, run from where they live (never copied into this repository):
+//! The baselines, run from where they live (never copied into this repository):
 //!
 //! - the ideal relay (`<baselines>/relay`), built with cargo into `target/baselines` and run as
 //!   `relay put|get --size BYTES --dir DIR --mode rw|splice --runs N`; it prints one line per run
 //!   and a `median:` line with MB/s (10^6 B/s) and the relay's CPU seconds per GiB;
 //! - the original Python sketch (`<baselines>/seed_py`), started with `run_cluster.sh DIR` on its
-//!   fixed ports 9100-9104 and driven with `client.py upload|get`, which print MB/s on stderr.
+//!   fixed ports 9100-9104 and driven with `client.py upload|get`, which print MB/s on stderr;
+//! - SeaweedFS, a real peer (`<baselines>/seaweedfs/run.sh small|large`), which installs it into
+//!   a cache folder on first use, runs its own server on free loopback ports for one measurement
+//!   and prints one `seaweedfs …` line per figure.
 
 use crate::cluster::ports_free;
 use crate::proc::{self, Output};
@@ -267,6 +270,132 @@ pub fn run_sketch(
     })
 }
 
+/// What SeaweedFS measured, each figure over its runs (one `run.sh` invocation per run).
+#[derive(Clone, Debug, Serialize)]
+pub struct SeaweedResult {
+    /// `run.sh small SIZE COUNT CONCURRENCY`: `weed benchmark` with `-fsync`, writes then reads.
+    pub small: Option<SeaweedSmall>,
+    /// `run.sh large SIZE`: `weed upload` of one file, then one download with curl.
+    pub large: Option<SeaweedLarge>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SeaweedSmall {
+    pub size_bytes: u64,
+    pub count: u64,
+    pub concurrency: u64,
+    pub put_ops_s: Stats,
+    pub put_p99_ms: Stats,
+    pub get_ops_s: Stats,
+    pub get_p99_ms: Stats,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SeaweedLarge {
+    pub size_bytes: u64,
+    pub put_mb_s: Stats,
+    pub get_mb_s: Stats,
+}
+
+/// `seaweedfs OP …: RATE ops/s, p99 LAT ms` for OP `put` and `get`: (ops/s, p99 ms) of each.
+pub fn parse_seaweed_small(stdout: &str) -> Result<[(f64, f64); 2]> {
+    let figure = |op: &str| -> Result<(f64, f64)> {
+        let prefix = format!("seaweedfs {op} ");
+        let line = stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&prefix) && l.contains(" ops/s"))
+            .with_context(|| format!("no `seaweedfs {op} … ops/s` line in:\n{}", proc::tail(stdout, 10)))?;
+        let (_, figures) = line.rsplit_once(": ").with_context(|| format!("unexpected line {line:?}"))?;
+        // `1667.23 ops/s, p99 1010.7 ms`
+        let words: Vec<&str> = figures.split_whitespace().collect();
+        ensure!(
+            words.len() == 5 && words[1] == "ops/s," && words[2] == "p99" && words[4] == "ms",
+            "unexpected figures in {line:?} (a failed measurement prints `?`)"
+        );
+        let ops: f64 = words[0].parse().with_context(|| format!("ops/s in {line:?}"))?;
+        let p99: f64 = words[3].parse().with_context(|| format!("p99 in {line:?}"))?;
+        Ok((ops, p99))
+    };
+    Ok([figure("put")?, figure("get")?])
+}
+
+/// `seaweedfs put SIZE B: RATE MB/s (…)` and the same for `get`: (put, get) MB/s.
+pub fn parse_seaweed_large(stdout: &str) -> Result<(f64, f64)> {
+    let figure = |op: &str| -> Result<f64> {
+        let prefix = format!("seaweedfs {op} ");
+        let line = stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&prefix) && l.contains(" MB/s"))
+            .with_context(|| format!("no `seaweedfs {op} … MB/s` line in:\n{}", proc::tail(stdout, 10)))?;
+        let (_, figures) = line.split_once(": ").with_context(|| format!("unexpected line {line:?}"))?;
+        let mut words = figures.split_whitespace();
+        let rate = words.next().and_then(|w| w.parse::<f64>().ok());
+        ensure!(words.next() == Some("MB/s"), "unexpected figures in {line:?}");
+        rate.with_context(|| format!("MB/s in {line:?}"))
+    };
+    Ok((figure("put")?, figure("get")?))
+}
+
+/// What to ask of SeaweedFS: the small-object figure like the harness's small phase, and the
+/// large one at the single-object size; None skips that part.
+pub struct SeaweedPlan {
+    pub small: Option<(u64, u64, u64)>,
+    pub large: Option<u64>,
+    pub runs: usize,
+}
+
+/// Runs `run.sh` once per run and figure. Each invocation starts a fresh SeaweedFS server that
+/// keeps what it is given until that invocation ends, like the dfs phases.
+pub fn run_seaweedfs(script: &Path, plan: &SeaweedPlan, timeout: Duration) -> Result<SeaweedResult> {
+    ensure!(script.is_file(), "{} not found: pass --baselines DIR", script.display());
+    let run = |args: &[String]| -> Result<Output> {
+        proc::checked_output(&mut Command::new("sync"), timeout)?;
+        proc::checked_output(Command::new("bash").arg(script).args(args), timeout)
+    };
+    let mut small = None;
+    if let Some((size, count, concurrency)) = plan.small {
+        let (mut put, mut put_p99, mut get, mut get_p99) = (vec![], vec![], vec![], vec![]);
+        for k in 1..=plan.runs {
+            let out = run(&["small".into(), size.to_string(), count.to_string(), concurrency.to_string()])?;
+            let [(p, p99), (g, g99)] = parse_seaweed_small(&out.stdout)?;
+            eprintln!("  seaweedfs small run {k}/{}: put {p:.0} ops/s (p99 {p99} ms), get {g:.0} ops/s", plan.runs);
+            put.push(p);
+            put_p99.push(p99);
+            get.push(g);
+            get_p99.push(g99);
+        }
+        let stats = |v: &[f64]| Stats::of(v).context("no seaweedfs runs");
+        small = Some(SeaweedSmall {
+            size_bytes: size,
+            count,
+            concurrency,
+            put_ops_s: stats(&put)?,
+            put_p99_ms: stats(&put_p99)?,
+            get_ops_s: stats(&get)?,
+            get_p99_ms: stats(&get_p99)?,
+        });
+    }
+    let mut large = None;
+    if let Some(size) = plan.large {
+        let (mut put, mut get) = (vec![], vec![]);
+        for k in 1..=plan.runs {
+            let out = run(&["large".into(), size.to_string()])?;
+            let (p, g) = parse_seaweed_large(&out.stdout)?;
+            eprintln!("  seaweedfs large run {k}/{}: put {p:.0} MB/s, get {g:.0} MB/s", plan.runs);
+            put.push(p);
+            get.push(g);
+        }
+        large = Some(SeaweedLarge {
+            size_bytes: size,
+            put_mb_s: Stats::of(&put).context("no seaweedfs runs")?,
+            get_mb_s: Stats::of(&get).context("no seaweedfs runs")?,
+        });
+    }
+    Ok(SeaweedResult { small, large })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +442,25 @@ mod tests {
     fn pids_file() {
         let pids = parse_pids("node1 100\nnode2 101\n\nmain 104\nbroken\n");
         assert_eq!(pids, vec![("node1".into(), 100), ("node2".into(), 101), ("main".into(), 104)]);
+    }
+
+    #[test]
+    fn seaweedfs_small_lines() {
+        let out = "seaweedfs put 4096 B x 2000 c=32 -fsync: 1667.23 ops/s, p99 1010.7 ms\n\
+                   seaweedfs get 4096 B x 2000 c=32: 19496.82 ops/s, p99 6.8 ms\n";
+        assert_eq!(parse_seaweed_small(out).unwrap(), [(1667.23, 1010.7), (19496.82, 6.8)]);
+        let failed = "seaweedfs put 4096 B x 2000 c=32 -fsync: ? ops/s, p99 ?\n\
+                      seaweedfs get 4096 B x 2000 c=32: ? ops/s, p99 ?\n";
+        assert!(parse_seaweed_small(failed).is_err());
+        assert!(parse_seaweed_small("seaweedfs put 4096 B x 2 c=1 -fsync: 5.0 ops/s, p99 1.0 ms\n").is_err());
+    }
+
+    #[test]
+    fn seaweedfs_large_lines() {
+        let out = "seaweedfs put 1073741824 B: 412 MB/s (weed upload -maxMB 64, no fsync)\n\
+                   seaweedfs get 1073741824 B: 1290 MB/s (curl to a file)\n";
+        assert_eq!(parse_seaweed_large(out).unwrap(), (412.0, 1290.0));
+        assert!(parse_seaweed_large("seaweedfs get 8 B: bytes differ\n").is_err());
+        assert!(parse_seaweed_large("seaweedfs put 8 B: 3 MB/s (x)\nseaweedfs get: bytes differ\n").is_err());
     }
 }

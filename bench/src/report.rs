@@ -2,7 +2,7 @@
 //! tables, or as Markdown tables ready for perf.md (`--markdown`). Ratios are computed here
 //! from the medians, never typed in. MB/s are 10^6 bytes per second, MiB/s 2^20.
 
-use crate::baselines::{RelayResult, SketchResult};
+use crate::baselines::{RelayResult, SeaweedResult, SketchResult};
 use crate::dfs::{Op, PhaseResult, MIB};
 use crate::machine::Machine;
 use crate::stats::Stats;
@@ -21,7 +21,10 @@ pub struct Report {
     pub dfs: Vec<PhaseResult>,
     pub relay: Vec<RelayResult>,
     pub sketch: Option<SketchResult>,
+    pub seaweedfs: Option<SeaweedResult>,
     pub ratios: Vec<Ratio>,
+    /// dfs's many-small-object puts against SeaweedFS's of the same size, count and concurrency.
+    pub small_ratios: Vec<SmallRatio>,
     pub cpu_ratios: Vec<CpuRatio>,
     pub notes: Vec<String>,
     /// Every command run, in order, repeats folded.
@@ -45,6 +48,19 @@ pub struct Ratio {
     pub relay_rw: Option<Versus>,
     pub relay_splice: Option<Versus>,
     pub sketch: Option<Versus>,
+    pub seaweedfs: Option<Versus>,
+}
+
+/// A many-small-object dfs phase against SeaweedFS's `weed benchmark` (writes with `-fsync`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SmallRatio {
+    pub figure: String,
+    pub dfs_ops_s: f64,
+    pub dfs_p99_ms: f64,
+    pub seaweedfs_ops_s: f64,
+    pub seaweedfs_p99_ms: f64,
+    /// dfs / SeaweedFS ops/s: above 1 means dfs is faster.
+    pub ratio: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -68,7 +84,13 @@ fn path_tag(p: &PhaseResult) -> String {
 }
 
 /// Ratios for every single-object dfs phase whose size the baselines were measured at.
-pub fn ratios(dfs: &[PhaseResult], relay: &[RelayResult], sketch: Option<&SketchResult>, size: u64) -> Vec<Ratio> {
+pub fn ratios(
+    dfs: &[PhaseResult],
+    relay: &[RelayResult],
+    sketch: Option<&SketchResult>,
+    seaweedfs: Option<&SeaweedResult>,
+    size: u64,
+) -> Vec<Ratio> {
     let mut out = Vec::new();
     for p in dfs.iter().filter(|p| p.spec.count == 1 && p.spec.size_bytes == size) {
         let op = p.spec.op.name();
@@ -79,6 +101,11 @@ pub fn ratios(dfs: &[PhaseResult], relay: &[RelayResult], sketch: Option<&Sketch
             Op::Put => s.upload_mb_s.median,
             Op::Get => s.get_mb_s.median,
         });
+        let seaweed_mb_s =
+            seaweedfs.and_then(|s| s.large.as_ref()).filter(|l| l.size_bytes == size).map(|l| match p.spec.op {
+                Op::Put => l.put_mb_s.median,
+                Op::Get => l.get_mb_s.median,
+            });
         out.push(Ratio {
             figure: format!("{}{}", p.label, path_tag(p)),
             dfs_mb_s,
@@ -86,9 +113,31 @@ pub fn ratios(dfs: &[PhaseResult], relay: &[RelayResult], sketch: Option<&Sketch
             relay_rw: mode("rw").map(|r| versus("relay rw", dfs_mb_s, r.mb_s.median)),
             relay_splice: mode("splice").map(|r| versus("relay splice", dfs_mb_s, r.mb_s.median)),
             sketch: sketch_mb_s.map(|s| versus("sketch", dfs_mb_s, s)),
+            seaweedfs: seaweed_mb_s.map(|s| versus("seaweedfs", dfs_mb_s, s)),
         });
     }
     out
+}
+
+/// The many-small-object put phases against SeaweedFS's puts of the same size, count and
+/// concurrency.
+pub fn small_ratios(dfs: &[PhaseResult], seaweedfs: Option<&SeaweedResult>) -> Vec<SmallRatio> {
+    let Some(s) = seaweedfs.and_then(|s| s.small.as_ref()) else { return Vec::new() };
+    dfs.iter()
+        .filter(|p| {
+            p.spec.op == Op::Put
+                && p.spec.count > 1
+                && (p.spec.size_bytes, p.spec.count, p.spec.concurrency) == (s.size_bytes, s.count, s.concurrency)
+        })
+        .map(|p| SmallRatio {
+            figure: format!("{}{}", p.label, path_tag(p)),
+            dfs_ops_s: p.ops_s.median,
+            dfs_p99_ms: p.latency_p99_us.median / 1000.0,
+            seaweedfs_ops_s: s.put_ops_s.median,
+            seaweedfs_p99_ms: s.put_p99_ms.median,
+            ratio: p.ops_s.median / s.put_ops_s.median,
+        })
+        .collect()
 }
 
 /// Engine CPU per GiB (median of runs) against the copying (rw) relay's, for the same phases.
@@ -275,6 +324,18 @@ pub fn figures_table(r: &Report) -> Table {
         let before = Stats::single(s.main_vm_hwm_kib_before_get as f64);
         figure_row(&mut t, "  ↳ main server peak RSS (VmHWM) before them", "MiB", &before, 1024.0 / MIB);
     }
+    if let Some(s) = r.seaweedfs.as_ref().and_then(|s| s.small.as_ref()) {
+        let what = format!("{} ×{}, {} concurrent", crate::dfs::human_size(s.size_bytes), s.count, s.concurrency);
+        figure_row(&mut t, &format!("seaweedfs put {what}, -fsync"), "ops/s", &s.put_ops_s, 1.0);
+        figure_row(&mut t, "  ↳ latency p99", "ms", &s.put_p99_ms, 1.0);
+        figure_row(&mut t, &format!("seaweedfs get {what}"), "ops/s", &s.get_ops_s, 1.0);
+        figure_row(&mut t, "  ↳ latency p99", "ms", &s.get_p99_ms, 1.0);
+    }
+    if let Some(l) = r.seaweedfs.as_ref().and_then(|s| s.large.as_ref()) {
+        let size = crate::dfs::human_size(l.size_bytes);
+        figure_row(&mut t, &format!("seaweedfs put {size} (weed upload, no fsync)"), "MB/s", &l.put_mb_s, 1.0);
+        figure_row(&mut t, &format!("seaweedfs get {size} (curl to a file)"), "MB/s", &l.get_mb_s, 1.0);
+    }
     t
 }
 
@@ -296,6 +357,7 @@ pub fn ratios_table(ratios: &[Ratio]) -> Table {
             ("÷ relay rw", true),
             ("÷ relay splice", true),
             ("÷ sketch", true),
+            ("÷ SeaweedFS", true),
         ],
     );
     for r in ratios {
@@ -306,6 +368,32 @@ pub fn ratios_table(ratios: &[Ratio]) -> Table {
             versus_cell(&r.relay_rw, false),
             versus_cell(&r.relay_splice, false),
             versus_cell(&r.sketch, false),
+            versus_cell(&r.seaweedfs, false),
+        ]);
+    }
+    t
+}
+
+pub fn small_table(small: &[SmallRatio]) -> Table {
+    let mut t = Table::new(
+        "Small objects: dfs puts against SeaweedFS's (weed benchmark -fsync, same size, count and concurrency; medians)",
+        &[
+            ("dfs figure", false),
+            ("dfs ops/s", true),
+            ("dfs p99 ms", true),
+            ("SeaweedFS ops/s", true),
+            ("SeaweedFS p99 ms", true),
+            ("dfs ÷ SeaweedFS", true),
+        ],
+    );
+    for r in small {
+        t.push(vec![
+            r.figure.clone(),
+            fmt_num(r.dfs_ops_s),
+            fmt_num(r.dfs_p99_ms),
+            fmt_num(r.seaweedfs_ops_s),
+            fmt_num(r.seaweedfs_p99_ms),
+            fmt_ratio(r.ratio),
         ]);
     }
     t
@@ -339,6 +427,9 @@ fn tables(r: &Report) -> Vec<Table> {
     let mut t = vec![figures_table(r)];
     if !r.ratios.is_empty() {
         t.push(ratios_table(&r.ratios));
+    }
+    if !r.small_ratios.is_empty() {
+        t.push(small_table(&r.small_ratios));
     }
     if !r.cpu_ratios.is_empty() {
         t.push(cpu_table(&r.cpu_ratios));
@@ -448,7 +539,15 @@ mod tests {
             main_vm_hwm_kib_before_get: 1,
             main_vm_hwm_kib_after_get: 2,
         };
-        let r = ratios(&dfs, &relay, Some(&sketch), 1 << 30);
+        let seaweedfs = SeaweedResult {
+            small: None,
+            large: Some(crate::baselines::SeaweedLarge {
+                size_bytes: 1 << 30,
+                put_mb_s: Stats::single(400.0),
+                get_mb_s: Stats::single(1000.0),
+            }),
+        };
+        let r = ratios(&dfs, &relay, Some(&sketch), Some(&seaweedfs), 1 << 30);
         assert_eq!(r.len(), 2);
         let put = &r[0];
         assert_eq!(put.figure, "put 1 GiB [copy]");
@@ -462,6 +561,15 @@ mod tests {
         assert_eq!(get.relay_best.as_ref().unwrap().baseline, "rw");
         assert_eq!(get.relay_splice, None, "no get splice relay run: no ratio");
         assert!((get.sketch.as_ref().unwrap().ratio - 536.870912 / 100.0).abs() < 1e-12);
+        assert!((put.seaweedfs.as_ref().unwrap().ratio - 1073.741824 / 400.0).abs() < 1e-12);
+        assert!((get.seaweedfs.as_ref().unwrap().ratio - 536.870912 / 1000.0).abs() < 1e-12);
+        // Measured at another size: no ratio.
+        assert_eq!(ratios(&dfs, &relay, None, Some(&seaweedfs), 1 << 20), vec![]);
+        let other = SeaweedResult {
+            small: None,
+            large: Some(crate::baselines::SeaweedLarge { size_bytes: 1 << 20, ..seaweedfs.large.clone().unwrap() }),
+        };
+        assert!(ratios(&dfs, &relay, None, Some(&other), 1 << 30).iter().all(|r| r.seaweedfs.is_none()));
 
         let cpu = cpu_ratios(&dfs, &relay, 1 << 30);
         assert_eq!(cpu.len(), 2);
@@ -479,6 +587,7 @@ mod tests {
             relay_rw: Some(versus("relay rw", 940.4, 981.3)),
             relay_splice: Some(versus("relay splice", 940.4, 1167.0)),
             sketch: None,
+            seaweedfs: None,
         }];
         let t = ratios_table(&ratios);
         let text = t.text();
@@ -493,8 +602,44 @@ mod tests {
         assert!(widths.iter().all(|w| *w == widths[0]), "{text}");
         let md = t.markdown();
         assert!(md.contains("| dfs figure | dfs MB/s | ÷ relay best |"), "{md}");
-        assert!(md.contains("|---|---:|---:|---:|---:|---:|"), "{md}");
-        assert!(md.contains("| put 1 GiB [copy] | 940 | 0.81 (1167, splice) | 0.96 (981) | 0.81 (1167) | – |"), "{md}");
+        assert!(md.contains("|---|---:|---:|---:|---:|---:|---:|"), "{md}");
+        assert!(
+            md.contains("| put 1 GiB [copy] | 940 | 0.81 (1167, splice) | 0.96 (981) | 0.81 (1167) | – | – |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn small_objects_against_seaweedfs_of_the_same_shape_only() {
+        let small = |size, count, concurrency, path| {
+            let spec = PhaseSpec { op: Op::Put, size_bytes: size, count, concurrency, runs: 1 };
+            summarize(spec, Some(path), vec![bench_json("put", size, count, 4.0)], &[1.0], 4096, vec![]).unwrap()
+        };
+        let dfs =
+            vec![small(4096, 10_000, 32, "copy"), small(4096, 10_000, 32, "splice"), small(4096, 500, 32, "copy")];
+        let seaweedfs = SeaweedResult {
+            small: Some(crate::baselines::SeaweedSmall {
+                size_bytes: 4096,
+                count: 10_000,
+                concurrency: 32,
+                put_ops_s: Stats::single(1250.0),
+                put_p99_ms: Stats::single(40.0),
+                get_ops_s: Stats::single(9000.0),
+                get_p99_ms: Stats::single(5.0),
+            }),
+            large: None,
+        };
+        let r = small_ratios(&dfs, Some(&seaweedfs));
+        assert_eq!(
+            r.iter().map(|r| r.figure.as_str()).collect::<Vec<_>>(),
+            ["put 4 KiB ×10000, 32 concurrent [copy]", "put 4 KiB ×10000, 32 concurrent [splice]"]
+        );
+        // 10,000 puts in 4 s.
+        assert!((r[0].dfs_ops_s - 2500.0).abs() < 1e-9 && (r[0].ratio - 2.0).abs() < 1e-12, "{r:?}");
+        assert_eq!(r[0].seaweedfs_p99_ms, 40.0);
+        assert!(small_ratios(&dfs, None).is_empty());
+        let md = small_table(&r).markdown();
+        assert!(md.contains("| 2500 |") && md.contains("| 1250 | 40.0 | 2.00 |"), "{md}");
     }
 
     #[test]
