@@ -279,8 +279,7 @@ fn run(args: Args) -> Result<(), String> {
     metrics::init();
     if let Some(http_addr) = args.http {
         let open = http_addr.ip().is_loopback() || args.insecure;
-        let pages = dfs_engine::status::Pages::new(state.clone(), open)?;
-        let mut pages = pages;
+        let mut pages = dfs_engine::status::Pages::new(state.clone(), open, addr.to_string())?;
         dfs_runtime::metrics::serve_with(http_addr, Some(Box::new(move |m, u, a| pages.answer(m, u, a))))?;
     }
     dfs_runtime::announce(addr);

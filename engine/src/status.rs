@@ -14,8 +14,8 @@ use crate::state::EngineState;
 use dfs_proto::units::human_bytes;
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 /// Seconds the activity ring keeps.
@@ -25,68 +25,82 @@ const CHART_SECS: u64 = 120;
 /// How long the metadata's totals are reused (counting them reads every record).
 const TOTALS_TTL: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Default)]
-struct Second {
-    unix_s: u64,
-    requests: u64,
-    errors: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    latency_us_sum: u64,
-    latency_us_max: u64,
+/// One second's counters. Atomics, so that counting a request takes no lock: the first
+/// request of a new second takes the slot over (compare and swap of `unix_s`) and clears it. A
+/// request of the same second that lands between the takeover and the clearing is not counted;
+/// the charts can bear that, the request paths should not bear a lock.
+#[derive(Default)]
+struct Slot {
+    unix_s: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    latency_us_sum: AtomicU64,
+    latency_us_max: AtomicU64,
+}
+
+impl Slot {
+    fn counters(&self) -> [&AtomicU64; 6] {
+        [&self.requests, &self.errors, &self.bytes_in, &self.bytes_out, &self.latency_us_sum, &self.latency_us_max]
+    }
 }
 
 /// Per-second request counters of the last [`RING_SECS`] seconds.
 pub struct Activity {
-    ring: Mutex<Vec<Second>>,
+    ring: Vec<Slot>,
     pub uploads: AtomicI64,
     pub downloads: AtomicI64,
 }
 
-pub static ACTIVITY: LazyLock<Activity> = LazyLock::new(|| Activity {
-    ring: Mutex::new(vec![Second::default(); RING_SECS as usize]),
-    uploads: AtomicI64::new(0),
-    downloads: AtomicI64::new(0),
-});
+pub static ACTIVITY: LazyLock<Activity> = LazyLock::new(Activity::new);
 
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            ring: (0..RING_SECS).map(|_| Slot::default()).collect(),
+            uploads: AtomicI64::new(0),
+            downloads: AtomicI64::new(0),
+        }
+    }
+
     /// Counts one finished request.
     pub fn record(&self, tally: &dfs_runtime::conn::Tally, elapsed: Duration) {
         let now = dfs_runtime::unix_ms() / 1000;
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = &mut ring[(now % RING_SECS) as usize];
-        if slot.unix_s != now {
-            *slot = Second { unix_s: now, ..Second::default() };
+        let slot = &self.ring[(now % RING_SECS) as usize];
+        let seen = slot.unix_s.load(Ordering::Acquire);
+        if seen != now && slot.unix_s.compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            slot.counters().iter().for_each(|c| c.store(0, Ordering::Relaxed));
         }
         let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
-        slot.requests += 1;
-        slot.errors += u64::from(tally.outcome != "ok");
-        slot.bytes_in += tally.bytes_in;
-        slot.bytes_out += tally.bytes_out;
-        slot.latency_us_sum += us;
-        slot.latency_us_max = slot.latency_us_max.max(us);
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        slot.errors.fetch_add(u64::from(tally.outcome != "ok"), Ordering::Relaxed);
+        slot.bytes_in.fetch_add(tally.bytes_in, Ordering::Relaxed);
+        slot.bytes_out.fetch_add(tally.bytes_out, Ordering::Relaxed);
+        slot.latency_us_sum.fetch_add(us, Ordering::Relaxed);
+        slot.latency_us_max.fetch_max(us, Ordering::Relaxed);
     }
 
     /// The last `n` whole seconds, oldest first.
     fn last(&self, n: u64) -> Vec<SecondView> {
         let now = dfs_runtime::unix_ms() / 1000;
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         (now - n..now)
             .map(|t| {
-                let s = ring[(t % RING_SECS) as usize];
-                let s = if s.unix_s == t { s } else { Second { unix_s: t, ..Second::default() } };
+                let slot = &self.ring[(t % RING_SECS) as usize];
+                let [requests, errors, bytes_in, bytes_out, latency_us_sum, latency_us_max] =
+                    if slot.unix_s.load(Ordering::Acquire) == t {
+                        slot.counters().map(|c| c.load(Ordering::Relaxed))
+                    } else {
+                        [0; 6]
+                    };
                 SecondView {
                     unix_s: t,
-                    requests: s.requests,
-                    errors: s.errors,
-                    bytes_in: s.bytes_in,
-                    bytes_out: s.bytes_out,
-                    mean_latency_ms: if s.requests == 0 {
-                        0.0
-                    } else {
-                        s.latency_us_sum as f64 / s.requests as f64 / 1000.0
-                    },
-                    max_latency_ms: s.latency_us_max as f64 / 1000.0,
+                    requests,
+                    errors,
+                    bytes_in,
+                    bytes_out,
+                    mean_latency_ms: if requests == 0 { 0.0 } else { latency_us_sum as f64 / requests as f64 / 1000.0 },
+                    max_latency_ms: latency_us_max as f64 / 1000.0,
                 }
             })
             .collect()
@@ -149,6 +163,12 @@ pub struct Status {
     pub nodes: Vec<dfs_proto::NodeStatus>,
     pub repair_queue: dfs_proto::msg::RepairQueueStatus,
     pub repair_running: bool,
+    /// The engines working on this metadata (this one alone with the embedded database), and
+    /// the cluster-wide passes (repair, gc, scrub) running and on which engine.
+    pub engines: Vec<crate::meta::EngineView>,
+    pub passes: Vec<crate::meta::PassView>,
+    /// Why the engines and passes could not be listed, if they could not.
+    pub engines_error: Option<String>,
     /// None when the metadata cannot say (the error is in `files_error`).
     pub files: Option<Totals>,
     pub files_error: Option<String>,
@@ -166,19 +186,21 @@ pub struct Pages {
     state: Arc<EngineState>,
     /// Whether the pages need no access key.
     open: bool,
+    /// The engine's client address.
+    addr: String,
     started_unix_ms: u64,
     rt: tokio::runtime::Runtime,
     totals: Option<(Instant, Result<Totals, String>)>,
 }
 
 impl Pages {
-    pub fn new(state: Arc<EngineState>, open: bool) -> Result<Pages, String> {
+    pub fn new(state: Arc<EngineState>, open: bool, addr: String) -> Result<Pages, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .map_err(|e| format!("cannot start the status page's runtime: {e}"))?;
         LazyLock::force(&ACTIVITY);
-        Ok(Pages { state, open, started_unix_ms: dfs_runtime::unix_ms(), rt, totals: None })
+        Ok(Pages { state, open, addr, started_unix_ms: dfs_runtime::unix_ms(), rt, totals: None })
     }
 
     /// Answers a request, or None to pass it on.
@@ -237,6 +259,11 @@ impl Pages {
             None => (None, None),
         };
         let n_queued = self.rt.block_on(state.meta.queue_len()).unwrap_or(0) + state.repair_queue.n_notes();
+        let (engines, passes, engines_error) =
+            match self.rt.block_on(state.meta.cluster_view(&self.addr, self.started_unix_ms)) {
+                Ok(v) => (v.engines, v.passes, None),
+                Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
+            };
         let errors: Vec<ErrorView> = crate::metrics::recent_errors()
             .into_iter()
             .map(|(unix_ms, message)| ErrorView { unix_ms, message })
@@ -254,6 +281,9 @@ impl Pages {
                 n_copies_made: state.repair_queue.n_copies_made.load(Ordering::Relaxed),
             },
             repair_running: state.repair_running.load(Ordering::Acquire),
+            engines,
+            passes,
+            engines_error,
             files,
             files_error,
             uploads_in_progress: ACTIVITY.uploads.load(Ordering::Relaxed),
@@ -324,12 +354,14 @@ pub fn render_live(s: &Status) -> String {
         s.repair_queue.n_copies_made,
         if s.repair_running { "; a full repair pass is running" } else { "" },
     );
+    render_engines(&mut h, s);
     h.push_str(
-        "<table id=\"nodes\"><thead><tr><th>node</th><th>address</th><th>state</th><th>last seen</th>\
-         <th>chunks</th><th>space</th></tr></thead><tbody>",
+        "<h2>Nodes</h2><table id=\"nodes\"><thead><tr><th>node</th><th>address</th><th>state</th>\
+         <th>last seen</th><th>chunks</th><th>space</th><th>scrub</th></tr></thead><tbody>",
     );
     for n in &s.nodes {
         let id = n.id.map(|id| id.to_string()).unwrap_or_else(|| "-".into());
+        let scrub = n.report.as_ref().map(|r| scrub_cell(s.now_unix_ms, r)).unwrap_or_else(|| "-".into());
         let (chunks, space) = match &n.report {
             Some(r) => {
                 let total = r.bytes_used + r.bytes_free;
@@ -353,7 +385,7 @@ pub fn render_live(s: &Status) -> String {
         let _ = write!(
             h,
             "<tr class=\"node {state}\"><td class=\"id\">{}</td><td class=\"addr\">{}</td><td class=\"state\"{why}>{state}</td>\
-             <td>{}</td><td class=\"chunks\">{chunks}</td><td>{space}</td></tr>",
+             <td>{}</td><td class=\"chunks\">{chunks}</td><td>{space}</td><td class=\"scrub\">{scrub}</td></tr>",
             escape(&id),
             escape(&n.addr),
             ago(s.now_unix_ms, n.last_seen_unix_ms),
@@ -372,6 +404,83 @@ pub fn render_live(s: &Status) -> String {
     h
 }
 
+/// Where a node's scrub stands: the running pass's progress, else the last pass's outcome; and
+/// the copies it has set aside.
+fn scrub_cell(now_ms: u64, r: &dfs_proto::StoreReport) -> String {
+    let sc = &r.scrub;
+    let mut cell = if sc.running {
+        let pct = if r.n_chunks == 0 { 100.0 } else { (sc.n_checked as f64 * 100.0 / r.n_chunks as f64).min(100.0) };
+        format!(
+            "<div class=\"bar\" title=\"{pct:.0}% checked\"><div style=\"width:{pct:.1}%\"></div></div> \
+             checking: {} of {}",
+            sc.n_checked, r.n_chunks
+        )
+    } else if sc.last_finished_unix_ms > 0 {
+        format!(
+            "last {}: {} checked, {} corrupt",
+            ago(now_ms, sc.last_finished_unix_ms),
+            sc.last_checked,
+            sc.last_corrupt
+        )
+    } else {
+        "none since the node started".into()
+    };
+    if r.n_quarantined > 0 {
+        let _ = write!(cell, "; <span class=\"bad\">{} set aside</span>", r.n_quarantined);
+    }
+    cell
+}
+
+/// The engines sharing the metadata, and the cluster-wide passes running.
+fn render_engines(h: &mut String, s: &Status) {
+    h.push_str("<h2>Engines and passes</h2>");
+    if let Some(e) = &s.engines_error {
+        let _ = write!(h, "<p id=\"engines\" class=\"bad\">cannot list the engines: {}</p>", escape(e));
+        return;
+    }
+    h.push_str(
+        "<table id=\"engines\"><thead><tr><th>engine</th><th>started</th><th>registration</th></tr></thead><tbody>",
+    );
+    for e in &s.engines {
+        let lease = match e.lease_left_ms {
+            Some(ms) => format!("lasts {:.0} s unless renewed", ms.max(0) as f64 / 1000.0),
+            None => "this engine alone (embedded metadata)".into(),
+        };
+        let _ = write!(
+            h,
+            "<tr class=\"engine{}\"><td class=\"addr\">{}{}</td><td>{}</td><td>{lease}</td></tr>",
+            if e.this { " this" } else { "" },
+            escape(&e.addr),
+            if e.this { " (this one)" } else { "" },
+            ago(s.now_unix_ms, e.started_unix_ms),
+        );
+    }
+    h.push_str("</tbody></table>");
+    if s.passes.is_empty() {
+        h.push_str("<p id=\"passes\">cluster passes (repair, gc, scrub): none running</p>");
+        return;
+    }
+    h.push_str("<ul id=\"passes\">");
+    for p in &s.passes {
+        let holder = if p.holder.is_empty() { "an engine that has not said its address" } else { &p.holder };
+        let mut line = format!(
+            "<li class=\"pass\"><b>{}</b> on {}{}",
+            escape(&p.pass),
+            escape(holder),
+            if p.this { " (this one)" } else { "" }
+        );
+        if let Some(since) = p.since_unix_ms {
+            let _ = write!(line, ", started {}", ago(s.now_unix_ms, since));
+        }
+        if let Some(ms) = p.lease_left_ms {
+            let _ = write!(line, ", lease lasts {:.0} s unless renewed", ms.max(0) as f64 / 1000.0);
+        }
+        line.push_str("</li>");
+        h.push_str(&line);
+    }
+    h.push_str("</ul>");
+}
+
 const STYLE: &str = include_str!("status_page.css");
 const SCRIPT: &str = include_str!("status_page.js");
 
@@ -380,13 +489,12 @@ pub fn render_page(s: &Status) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>dfs engine</title>\
          <meta name=\"viewport\" content=\"width=device-width\"><style>{STYLE}</style></head><body>\
-         <h1>dfs engine</h1><p class=\"meta\">version {} &middot; {} &middot; started {}</p>\
+         <h1>dfs engine</h1><p class=\"meta\">version {} &middot; {}</p>\
          <div id=\"live\">{}</div>\
          <h2>Last {CHART_SECS} seconds</h2><div id=\"charts\"><p class=\"nojs\">(charts need JavaScript)</p></div>\
          <script>{SCRIPT}</script></body></html>",
         s.version,
         escape(&s.metadata),
-        ago(s.now_unix_ms, s.started_unix_ms),
         render_live(s),
     )
 }
@@ -402,11 +510,7 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_each_second_apart_and_forgets_old_ones() {
-        let a = Activity {
-            ring: Mutex::new(vec![Second::default(); RING_SECS as usize]),
-            uploads: AtomicI64::new(0),
-            downloads: AtomicI64::new(0),
-        };
+        let a = Activity::new();
         let tally = dfs_runtime::conn::Tally { bytes_in: 10, bytes_out: 5, outcome: "ok" };
         a.record(&tally, Duration::from_millis(2));
         a.record(&dfs_runtime::conn::Tally { outcome: "error", ..tally }, Duration::from_millis(4));
@@ -416,5 +520,74 @@ mod tests {
         let s = last.iter().find(|s| s.requests > 0).expect("the second recorded");
         assert_eq!((s.requests, s.errors, s.bytes_in, s.bytes_out), (2, 1, 20, 10));
         assert!((s.mean_latency_ms - 3.0).abs() < 0.01 && (s.max_latency_ms - 4.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn the_page_shows_scrub_progress_engines_and_passes() {
+        let now = 1_700_000_100_000;
+        let node = |addr: &str, scrub: dfs_proto::ScrubReport, n_quarantined| dfs_proto::NodeStatus {
+            id: None,
+            addr: addr.into(),
+            up: true,
+            last_seen_unix_ms: now,
+            report: Some(dfs_proto::StoreReport { n_chunks: 200, n_quarantined, scrub, ..Default::default() }),
+            last_error: None,
+        };
+        let running = dfs_proto::ScrubReport { running: true, n_checked: 50, ..Default::default() };
+        let finished = dfs_proto::ScrubReport {
+            last_finished_unix_ms: now - 120_000,
+            last_checked: 200,
+            last_corrupt: 1,
+            ..Default::default()
+        };
+        let engine = |addr: &str, this| crate::meta::EngineView {
+            addr: addr.into(),
+            this,
+            started_unix_ms: now - 30_000,
+            lease_left_ms: Some(12_400),
+        };
+        let status = Status {
+            version: "0",
+            metadata: "PostgreSQL".into(),
+            started_unix_ms: now - 30_000,
+            now_unix_ms: now,
+            replicas: 2,
+            nodes: vec![
+                node("n1", running, 0),
+                node("n2", finished, 1),
+                node("n3", dfs_proto::ScrubReport::default(), 0),
+            ],
+            repair_queue: Default::default(),
+            repair_running: false,
+            engines: vec![engine("10.0.0.1:7000", true), engine("10.0.0.2:7000", false)],
+            passes: vec![crate::meta::PassView {
+                pass: "gc".into(),
+                holder: "10.0.0.2:7000".into(),
+                this: false,
+                since_unix_ms: None,
+                lease_left_ms: Some(9_000),
+            }],
+            engines_error: None,
+            files: None,
+            files_error: None,
+            uploads_in_progress: 0,
+            downloads_in_progress: 0,
+            seconds: Vec::new(),
+            errors: Vec::new(),
+        };
+        let h = render_live(&status);
+        for want in [
+            "checking: 50 of 200",
+            "width:25.0%",
+            "last 2 min ago: 200 checked, 1 corrupt; <span class=\"bad\">1 set aside</span>",
+            "none since the node started",
+            "10.0.0.1:7000 (this one)",
+            "lasts 12 s unless renewed",
+            "<b>gc</b> on 10.0.0.2:7000, lease lasts 9 s unless renewed",
+        ] {
+            assert!(h.contains(want), "missing {want:?} in {h}");
+        }
+        let none = render_live(&Status { passes: Vec::new(), ..status });
+        assert!(none.contains("cluster passes (repair, gc, scrub): none running"), "{none}");
     }
 }

@@ -10,6 +10,7 @@ pub mod footer;
 pub mod identity;
 pub mod metrics;
 pub mod pace;
+pub mod progress;
 pub mod scrub;
 pub mod segments;
 pub mod server;

@@ -63,6 +63,7 @@ fn verify(store: &ChunkStore, id: &ChunkId, pace: &mut Pace) -> Result<(), Bad> 
 /// One full pass over the store.
 pub fn pass(store: &ChunkStore, bytes_per_sec: Option<u64>) -> io::Result<Outcome> {
     let _one_at_a_time = store.scrubbing.lock().unwrap_or_else(|e| e.into_inner());
+    let running = store.scrub.start();
     let mut pace = Pace::new(bytes_per_sec);
     let mut out = Outcome::default();
     let mut after = None;
@@ -90,6 +91,7 @@ pub fn pass(store: &ChunkStore, bytes_per_sec: Option<u64>) -> io::Result<Outcom
                     dfs_proto::msg::push_report_line(&mut out.lines, line);
                 }
             }
+            running.checked(out.n_checked);
         }
         match (more, ids.last()) {
             (true, Some(last)) => after = Some(*last),
@@ -97,6 +99,7 @@ pub fn pass(store: &ChunkStore, bytes_per_sec: Option<u64>) -> io::Result<Outcom
         }
     }
     tracing::info!("scrub: {} chunk(s) checked, {} corrupt", out.n_checked, out.n_corrupt);
+    running.finish(out.n_checked, out.n_corrupt);
     Ok(out)
 }
 
@@ -105,10 +108,12 @@ pub fn pass(store: &ChunkStore, bytes_per_sec: Option<u64>) -> io::Result<Outcom
 /// quarantined.
 pub fn pass_segments(store: &SegmentStore, bytes_per_sec: Option<u64>) -> io::Result<Outcome> {
     let _one_at_a_time = store.scrubbing.lock().unwrap_or_else(|e| e.into_inner());
+    let running = store.scrub.start();
     let mut pace = Pace::new(bytes_per_sec);
     let mut out = Outcome::default();
     for (id, loc) in store.all() {
         out.n_checked += 1;
+        running.checked(out.n_checked);
         match store.verify(&loc, |n| pace.account(n)) {
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
@@ -127,6 +132,7 @@ pub fn pass_segments(store: &SegmentStore, bytes_per_sec: Option<u64>) -> io::Re
         }
     }
     tracing::info!("scrub: {} chunk(s) checked, {} corrupt", out.n_checked, out.n_corrupt);
+    running.finish(out.n_checked, out.n_corrupt);
     Ok(out)
 }
 

@@ -36,6 +36,7 @@ pub struct ChunkStore {
     dir_fds: Vec<Arc<OwnedFd>>,
     /// Held by a scrub pass: one at a time, whoever asked for it.
     pub(crate) scrubbing: std::sync::Mutex<()>,
+    pub(crate) scrub: crate::progress::ScrubProgress,
 }
 
 impl ChunkStore {
@@ -50,6 +51,7 @@ impl ChunkStore {
             counts: StoreCounts::default(),
             dir_fds: Vec::with_capacity(256),
             scrubbing: std::sync::Mutex::new(()),
+            scrub: Default::default(),
         };
         let quarantine = store.quarantine_dir();
         std::fs::create_dir_all(&quarantine).map_err(|e| ctx("cannot create", &quarantine, e))?;
@@ -119,6 +121,7 @@ impl ChunkStore {
             n_quarantined: self.counts.n_quarantined.load(Ordering::Relaxed),
             // A chunk file's space is freed when it is deleted.
             bytes_reclaimable: 0,
+            scrub: self.scrub.report(),
         })
     }
 

@@ -23,11 +23,11 @@ pub use ids::{ChunkId, FileId, NodeId, Origin, ParseIdError};
 pub use layout::{BlockCrcs, ChunkSpan, Chunking};
 pub use msg::{
     ChunkInfo, FileInfo, FileNode, FileSummary, FrameHeader, Hello, HelloOk, Kind, Link, Msg, NodeStatus,
-    RepairQueueStatus, RepairSummary, Role, StoreReport,
+    RepairQueueStatus, RepairSummary, Role, ScrubReport, StoreReport,
 };
 pub use status::Status;
 
 /// Protocol magic that opens every connection's Hello frame.
 pub const MAGIC: [u8; 4] = *b"DFS1";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;

@@ -254,6 +254,21 @@ pub struct StoreReport {
     /// Bytes on disk that hold nothing live (dead records in a segment store), which
     /// compaction can give back; 0 for a chunk-file store, which frees space at once.
     pub bytes_reclaimable: u64,
+    pub scrub: ScrubReport,
+}
+
+/// Where a node's scrub stands: the pass running now, if any, and the last one finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScrubReport {
+    /// Whether a pass (on request or in the background) is running now.
+    pub running: bool,
+    /// Chunks the running pass has checked so far (0 when none runs).
+    pub n_checked: u64,
+    /// When the last pass finished; 0 if none has since the node started.
+    pub last_finished_unix_ms: u64,
+    /// What the last finished pass checked and found corrupt.
+    pub last_checked: u64,
+    pub last_corrupt: u64,
 }
 
 /// One node as the engine sees it.
@@ -527,6 +542,11 @@ fn put_store_report(w: &mut Writer, s: &StoreReport) {
     w.u64(s.bytes_free);
     w.u64(s.n_quarantined);
     w.u64(s.bytes_reclaimable);
+    w.u8(u8::from(s.scrub.running));
+    w.u64(s.scrub.n_checked);
+    w.u64(s.scrub.last_finished_unix_ms);
+    w.u64(s.scrub.last_checked);
+    w.u64(s.scrub.last_corrupt);
 }
 fn store_report(r: &mut Reader) -> Result<StoreReport, DecodeError> {
     Ok(StoreReport {
@@ -535,6 +555,13 @@ fn store_report(r: &mut Reader) -> Result<StoreReport, DecodeError> {
         bytes_free: r.u64("bytes free")?,
         n_quarantined: r.u64("quarantined")?,
         bytes_reclaimable: r.u64("bytes reclaimable")?,
+        scrub: ScrubReport {
+            running: r.bool("scrub running")?,
+            n_checked: r.u64("scrub checked")?,
+            last_finished_unix_ms: r.u64("scrub finished")?,
+            last_checked: r.u64("last scrub checked")?,
+            last_corrupt: r.u64("last scrub corrupt")?,
+        },
     })
 }
 fn put_node_id(w: &mut Writer, id: &NodeId) {

@@ -7,8 +7,8 @@ use dfs_proto::io_std::{read_data, read_frame, write_data, write_msg, Frame};
 use dfs_proto::limits::*;
 use dfs_proto::{
     ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, FrameError, FrameHeader, Hello, HelloOk,
-    Kind, Link, Msg, NodeId, NodeStatus, Origin, RepairQueueStatus, RepairSummary, Role, Status, StoreReport, MAGIC,
-    VERSION,
+    Kind, Link, Msg, NodeId, NodeStatus, Origin, RepairQueueStatus, RepairSummary, Role, ScrubReport, Status,
+    StoreReport, MAGIC, VERSION,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -253,14 +253,27 @@ fn msg() -> impl Strategy<Value = Msg> {
     ]
 }
 
+fn scrub_report() -> impl Strategy<Value = ScrubReport> {
+    (any::<bool>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(running, n_checked, last_finished_unix_ms, last_checked, last_corrupt)| ScrubReport {
+            running,
+            n_checked,
+            last_finished_unix_ms,
+            last_checked,
+            last_corrupt,
+        },
+    )
+}
+
 fn store_report() -> impl Strategy<Value = StoreReport> {
-    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-        |(n_chunks, bytes_used, bytes_free, n_quarantined, bytes_reclaimable)| StoreReport {
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), scrub_report()).prop_map(
+        |(n_chunks, bytes_used, bytes_free, n_quarantined, bytes_reclaimable, scrub)| StoreReport {
             n_chunks,
             bytes_used,
             bytes_free,
             n_quarantined,
             bytes_reclaimable,
+            scrub,
         },
     )
 }

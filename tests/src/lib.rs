@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 pub use serde_json::Value;
 
 pub mod browser;
+pub mod http;
 pub mod netns;
 pub mod pg;
 

@@ -3,36 +3,22 @@
 //! sizes.
 
 use dfs_proto::Chunking;
+use dfs_tests::http;
 use dfs_tests::{pseudo_random_bytes, Cluster, ClusterOpts};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The `http://ADDR/metrics` address a server logged, waiting for the line to appear.
 fn metrics_addr(log: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(rest) = text.split("metrics on http://").nth(1) {
-            return rest.split('/').next().expect("an address before the path").to_string();
-        }
-        assert!(Instant::now() < deadline, "{} never logged its metrics address", log.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    http::logged_addr(log, "metrics")
 }
 
-/// `GET /metrics` over a plain socket; returns the body.
+/// `GET /metrics`; returns the body.
 fn scrape(addr: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to metrics at {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send request");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("read response");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "metrics answered {head:?}");
-    assert!(head.to_lowercase().contains("content-type: text/plain"), "metrics content type: {head:?}");
-    body.to_string()
+    let r = http::get(addr, "/metrics", &[]);
+    assert_eq!(r.code, 200, "metrics answered {:?}", r.head);
+    assert!(r.head.to_lowercase().contains("content-type: text/plain"), "metrics content type: {:?}", r.head);
+    r.body
 }
 
 /// The value of the sample `name{labels}` (exactly as written), or 0 if absent.

@@ -18,7 +18,7 @@ fn two_engines(
     failpoints_for_a: &str,
 ) -> (Cluster, String, std::path::PathBuf, String) {
     let mut o = opts(pg);
-    o.engine_args = vec!["--meta-lease-secs".into(), lease_secs.to_string()];
+    o.engine_args = ["--meta-lease-secs", &lease_secs.to_string(), "--http", "127.0.0.1:0"].map(String::from).to_vec();
     o.engine_env = vec![("DFS_FAILPOINTS".into(), failpoints_for_a.into())];
     let mut cluster = Cluster::start(4, o);
     let a = cluster.engine_addr().to_string();
@@ -201,11 +201,52 @@ fn a_pass_runs_on_one_engine_at_a_time_and_is_taken_over_when_its_engine_dies() 
     cluster.use_server(Some(&b));
     let err = cluster.client(["gc", "--grace-secs", "0"]).expect_error("gc on B while A runs it");
     assert!(err.contains(&format!("the engine at {a} is running the cluster's gc pass")), "{err}");
+    // B's status page shows both engines, and A holding the pass.
+    let page_b = dfs_tests::http::logged_addr(&cluster.engine_stderr_log(), "status page");
+    let status = status_of(&page_b);
+    assert_eq!(engines_of(&status), [(a.clone(), false), (b.clone(), true)].into_iter().collect(), "{status}");
+    let passes = status["passes"].as_array().expect("passes");
+    assert_eq!(passes.len(), 1, "{status}");
+    assert_eq!(
+        (&passes[0]["pass"], &passes[0]["holder"], &passes[0]["this"]),
+        (&"gc".into(), &a.clone().into(), &false.into())
+    );
+    assert!(passes[0]["lease_left_ms"].as_i64().is_some_and(|ms| ms > 0), "{status}");
+    let page = dfs_tests::http::get(&page_b, "/", &[]).body;
+    assert!(page.contains(&format!("<b>gc</b> on {a}, lease lasts")), "{page}");
+
     cluster.kill_engine_at(&a);
     let _ = gc_a.wait();
     std::thread::sleep(std::time::Duration::from_secs(3));
     let out = gc_json(&cluster);
     assert_eq!(out["n_deleted"], 1, "B took the pass over and collected the orphan: {out}");
+    // A's registration has lapsed, and B released the pass when its gc ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let status = status_of(&page_b);
+        if status["passes"].as_array().is_some_and(|p| p.is_empty()) || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(engines_of(&status), [(b.clone(), true)].into_iter().collect(), "{status}");
+    assert_eq!(status["passes"], serde_json::json!([]), "{status}");
+}
+
+fn status_of(page: &str) -> dfs_tests::Value {
+    let r = dfs_tests::http::get(page, "/api/status", &[]);
+    assert_eq!(r.code, 200, "{}", r.body);
+    serde_json::from_str(&r.body).expect("JSON")
+}
+
+/// The engines a status lists, as (address, whether it is the one answering).
+fn engines_of(status: &dfs_tests::Value) -> std::collections::BTreeSet<(String, bool)> {
+    status["engines"]
+        .as_array()
+        .expect("engines")
+        .iter()
+        .map(|e| (e["addr"].as_str().expect("addr").to_string(), e["this"].as_bool().expect("this")))
+        .collect()
 }
 
 /// A `dfs-client` run in the background against `server`, its stdout and stderr in files.

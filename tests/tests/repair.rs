@@ -180,6 +180,8 @@ fn scrub_quarantines_a_corrupt_copy_and_repair_replaces_it() {
     let bad_node = copies[0];
     let chunk = chunk_id(&id, 1);
     let bytes = cluster.corrupt_copy(bad_node, chunk, Damage::Data(1234));
+    let before = dfs_tests::node_report(cluster.node_addr(bad_node)).scrub;
+    assert_eq!(before, dfs_proto::ScrubReport::default(), "no pass has run on node {bad_node} yet");
 
     let (ok, report) = cluster.client_json(&["scrub"]);
     assert!(ok, "scrub failed: {report}");
@@ -194,6 +196,15 @@ fn scrub_quarantines_a_corrupt_copy_and_repair_replaces_it() {
     assert_eq!(set_aside[0].1, bytes, "the copy kept aside is the corrupt one");
     let n_quarantined = dfs_tests::node_report(cluster.node_addr(bad_node)).n_quarantined;
     assert_eq!(n_quarantined, 1, "node {bad_node} must count the copy it set aside");
+    // Each node reports the pass it finished (the status page shows it): together the 8
+    // copies checked, and the one corrupt copy on the node that held it.
+    let scrubs: Vec<_> = (0..4).map(|n| dfs_tests::node_report(cluster.node_addr(n)).scrub).collect();
+    assert!(scrubs.iter().all(|s| !s.running && s.n_checked == 0 && s.last_finished_unix_ms > 0), "{scrubs:?}");
+    assert_eq!(scrubs.iter().map(|s| s.last_checked).sum::<u64>(), 8, "{scrubs:?}");
+    assert_eq!(
+        scrubs.iter().map(|s| s.last_corrupt).collect::<Vec<_>>(),
+        (0..4).map(|n| u64::from(n == bad_node)).collect::<Vec<_>>()
+    );
 
     // The repaired copy is sound: read the file with the other copy's node gone.
     let other = copies[1];

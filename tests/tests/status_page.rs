@@ -5,29 +5,16 @@ use dfs_proto::Chunking;
 use dfs_tests::browser::Browser;
 use dfs_tests::netns::Net;
 use dfs_tests::{pseudo_random_bytes, Cluster, ClusterOpts, Value};
-use std::io::{Read, Write};
 use std::time::Duration;
 
 /// The address the engine's HTTP listener says it bound, from its log.
 fn http_addr(cluster: &Cluster) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = std::fs::read_to_string(cluster.engine_stderr_log()).unwrap_or_default();
-        if let Some(rest) = log.split("status page on http://").nth(1) {
-            return rest.split('/').next().unwrap_or_default().to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "the engine never said where its status page is: {log}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    dfs_tests::http::logged_addr(&cluster.engine_stderr_log(), "status page")
 }
 
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the status page");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+    let r = dfs_tests::http::get(addr, path, &[]);
+    (r.code, r.body)
 }
 
 /// A local cluster's page in Chromium: four nodes up; a put moves the file count and the
@@ -65,6 +52,27 @@ fn the_status_page_shows_the_cluster_live_in_a_browser() {
         |v| v.as_f64().is_some_and(|x| x >= 1.0),
     );
     assert!(most.as_f64().is_some_and(|x| x >= 1.0), "the request chart moved: {most}");
+
+    // This engine is listed, alone with its embedded metadata, running no pass.
+    let this = tab.eval("document.querySelector('#engines tr.engine.this td.addr').textContent");
+    assert_eq!(this, format!("{} (this one)", cluster.engine_addr()).as_str());
+    assert_eq!(
+        tab.eval("document.getElementById('passes').textContent"),
+        "cluster passes (repair, gc, scrub): none running"
+    );
+    // A scrub: every node's row says what its pass found (3 files x 4 chunks x 2 copies).
+    assert!(tab
+        .eval("document.querySelector('tr.node td.scrub').textContent")
+        .as_str()
+        .is_some_and(|t| t.contains("none since")));
+    let (ok, report) = cluster.client_json(&["scrub"]);
+    assert!(ok, "scrub: {report}");
+    let checked = tab.wait_for(
+        "Array.from(document.querySelectorAll('tr.node td.scrub')).map(td => td.textContent.match(/: (\\d+) checked, 0 corrupt/)).reduce((n, m) => m ? n + parseInt(m[1]) : NaN, 0)",
+        Duration::from_secs(15),
+        |v| v == 24,
+    );
+    assert_eq!(checked, 24, "the nodes' scrub results, summed over the rows");
 
     // A read that finds no copy of a chunk is among the last errors.
     let lost = dfs_tests::chunk_id(&ids[0], 1);

@@ -598,12 +598,75 @@ impl Pass {
 /// may have taken over), and the pass stops at its next step.
 pub struct PassLease {
     pub(crate) held: Option<std::sync::Arc<postgres::Held>>,
+    _here: RunningHere,
 }
 
 impl PassLease {
+    pub(crate) fn new(pass: Pass, held: Option<std::sync::Arc<postgres::Held>>) -> PassLease {
+        PassLease { held, _here: RunningHere::new(pass) }
+    }
+
     pub fn lost(&self) -> bool {
         self.held.as_ref().is_some_and(|h| h.lost())
     }
+}
+
+/// The passes running on this engine (one engine per process): holders, and since when.
+static HERE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<Pass, (usize, u64)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Counts a pass as running on this engine while it lives.
+struct RunningHere(Pass);
+
+impl RunningHere {
+    fn new(pass: Pass) -> RunningHere {
+        let mut here = HERE.lock().unwrap_or_else(|e| e.into_inner());
+        here.entry(pass).or_insert((0, dfs_runtime::unix_ms())).0 += 1;
+        RunningHere(pass)
+    }
+}
+
+impl Drop for RunningHere {
+    fn drop(&mut self) {
+        let mut here = HERE.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut e) = here.entry(self.0) {
+            e.get_mut().0 -= 1;
+            if e.get().0 == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// An engine working on this metadata, as the status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EngineView {
+    pub addr: String,
+    /// Whether it is the engine answering.
+    pub this: bool,
+    pub started_unix_ms: u64,
+    /// How long its registration lasts unless renewed (PostgreSQL only).
+    pub lease_left_ms: Option<i64>,
+}
+
+/// A cluster-wide pass being run, and by which engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PassView {
+    pub pass: String,
+    /// The address of the engine running it.
+    pub holder: String,
+    pub this: bool,
+    /// When it started, known for this engine's passes only.
+    pub since_unix_ms: Option<u64>,
+    /// How long its lease lasts unless renewed (PostgreSQL only).
+    pub lease_left_ms: Option<i64>,
+}
+
+/// The engines sharing the metadata and the passes they run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterView {
+    pub engines: Vec<EngineView>,
+    pub passes: Vec<PassView>,
 }
 
 impl MetaStore {
@@ -639,8 +702,47 @@ impl MetaStore {
     /// embedded backend has no other engine: always this one.
     pub async fn take_pass(&self, pass: Pass) -> Result<Result<PassLease, String>, MetaError> {
         match self {
-            MetaStore::Embedded(_) => Ok(Ok(PassLease { held: None })),
+            MetaStore::Embedded(_) => Ok(Ok(PassLease::new(pass, None))),
             MetaStore::Postgres(p) => p.take_pass(pass).await,
+        }
+    }
+
+    /// The engines working on this metadata and the passes they run. With the embedded
+    /// database that is this engine (at `this_addr`, started at `started_unix_ms`) alone.
+    pub async fn cluster_view(&self, this_addr: &str, started_unix_ms: u64) -> Result<ClusterView, MetaError> {
+        let here: Vec<(Pass, u64)> = {
+            let here = HERE.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v: Vec<(Pass, u64)> = here.iter().map(|(p, (_, since))| (*p, *since)).collect();
+            v.sort_by_key(|(p, _)| p.name());
+            v
+        };
+        let since = |name: &str| here.iter().find(|(p, _)| p.name() == name).map(|(_, s)| *s);
+        match self {
+            MetaStore::Embedded(_) => Ok(ClusterView {
+                engines: vec![EngineView {
+                    addr: this_addr.to_string(),
+                    this: true,
+                    started_unix_ms,
+                    lease_left_ms: None,
+                }],
+                passes: here
+                    .iter()
+                    .map(|(p, s)| PassView {
+                        pass: p.name().to_string(),
+                        holder: this_addr.to_string(),
+                        this: true,
+                        since_unix_ms: Some(*s),
+                        lease_left_ms: None,
+                    })
+                    .collect(),
+            }),
+            MetaStore::Postgres(p) => {
+                let mut view = p.cluster_view().await?;
+                for pass in view.passes.iter_mut().filter(|p| p.this) {
+                    pass.since_unix_ms = since(&pass.pass);
+                }
+                Ok(view)
+            }
         }
     }
 }

@@ -19,7 +19,9 @@
 //! advisory locks); times are the database's own clock in Unix milliseconds, so that engines'
 //! clocks need not agree.
 
-use super::{FileRecord, MetaError, Pass, PassLease, Placed, PlacementChange, Queued, Writer};
+use super::{
+    ClusterView, EngineView, FileRecord, MetaError, Pass, PassLease, PassView, Placed, PlacementChange, Queued, Writer,
+};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use dfs_core::repair::Reason;
 use dfs_proto::{ChunkId, FileId};
@@ -477,7 +479,7 @@ impl Postgres {
         let _taking = self.engine.taking.lock().await;
         let mine = self.engine.held.lock().unwrap_or_else(|e| e.into_inner()).get(&pass).and_then(Weak::upgrade);
         if let Some(held) = mine.filter(|h| !h.lost()) {
-            return Ok(Ok(PassLease { held: Some(held) }));
+            return Ok(Ok(PassLease::new(pass, Some(held))));
         }
         let (name, holder, lease_ms) = (pass.name(), self.engine.epoch(), self.engine.lease_ms);
         let taken = self
@@ -521,7 +523,7 @@ impl Postgres {
         let held = Arc::new(Held { pass, holder, lost, renew, pool: self.pool.clone(), rt: self.rt.clone() });
         self.engine.held.lock().unwrap_or_else(|e| e.into_inner()).insert(pass, Arc::downgrade(&held));
         tracing::info!("took the cluster's {name} pass");
-        Ok(Ok(PassLease { held: Some(held) }))
+        Ok(Ok(PassLease::new(pass, Some(held))))
     }
 
     pub async fn delete(&self, file_id: FileId) -> Result<Option<FileRecord>, MetaError> {
@@ -680,6 +682,54 @@ impl Postgres {
                 .await
                 .map_err(pg_err("counting files"))?;
             Ok((u64_of(row.get(0)), u64_of(row.get(1))))
+        })
+        .await
+    }
+
+    /// The engines whose registration is alive, and the passes whose lease is.
+    pub async fn cluster_view(&self) -> Result<ClusterView, MetaError> {
+        let me = self.engine.epoch();
+        self.run("listing engines and passes", move |c| async move {
+            let e = pg_err("listing engines and passes");
+            let engines = c
+                .query(
+                    &format!(
+                        "SELECT addr, started_unix_ms, expires_unix_ms - {DB_NOW_MS}, engine_id = $1 FROM dfs_engines \
+                         WHERE expires_unix_ms > {DB_NOW_MS} ORDER BY started_unix_ms, addr"
+                    ),
+                    &[&&me[..]],
+                )
+                .await
+                .map_err(&e)?
+                .iter()
+                .map(|r| EngineView {
+                    addr: r.get(0),
+                    started_unix_ms: u64_of(r.get(1)),
+                    lease_left_ms: Some(r.get(2)),
+                    this: r.get(3),
+                })
+                .collect();
+            let passes = c
+                .query(
+                    &format!(
+                        "SELECT l.name, coalesce(e.addr, ''), l.expires_unix_ms - {DB_NOW_MS}, l.holder = $1 \
+                         FROM dfs_leases l LEFT JOIN dfs_engines e ON e.engine_id = l.holder \
+                         WHERE l.expires_unix_ms > {DB_NOW_MS} ORDER BY l.name"
+                    ),
+                    &[&&me[..]],
+                )
+                .await
+                .map_err(&e)?
+                .iter()
+                .map(|r| PassView {
+                    pass: r.get(0),
+                    holder: r.get(1),
+                    lease_left_ms: Some(r.get(2)),
+                    this: r.get(3),
+                    since_unix_ms: None,
+                })
+                .collect();
+            Ok(ClusterView { engines, passes })
         })
         .await
     }

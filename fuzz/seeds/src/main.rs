@@ -10,7 +10,7 @@ use dfs_proto::auth::{AUTH_ACCESS_KEY, AUTH_CLUSTER};
 use dfs_proto::limits::{FRAME_HEADER_BYTES, MAX_DATA_FRAME_BYTES, MAX_FILE_SIZE_BYTES};
 use dfs_proto::{
     ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, FrameHeader, Hello, HelloOk, Msg, NodeId,
-    NodeStatus, Origin, RepairSummary, Role, Status, StoreReport, VERSION,
+    NodeStatus, Origin, RepairSummary, Role, ScrubReport, Status, StoreReport, VERSION,
 };
 use std::path::{Path, PathBuf};
 
@@ -43,7 +43,20 @@ fn file_info() -> FileInfo {
 }
 
 fn store_report() -> StoreReport {
-    StoreReport { n_chunks: 12, bytes_used: 40 * MIB, bytes_free: 1 << 40, n_quarantined: 1, bytes_reclaimable: 3 * MIB }
+    StoreReport {
+        n_chunks: 12,
+        bytes_used: 40 * MIB,
+        bytes_free: 1 << 40,
+        n_quarantined: 1,
+        bytes_reclaimable: 3 * MIB,
+        scrub: ScrubReport {
+            running: true,
+            n_checked: 5,
+            last_finished_unix_ms: 1_700_000_000_000,
+            last_checked: 11,
+            last_corrupt: 1,
+        },
+    }
 }
 
 /// Named sample messages: every control kind at least once, with lists and options both

@@ -306,6 +306,7 @@ pub struct SegmentStore {
     n_covered_at_start: AtomicU64,
     /// Held by a scrub pass: one at a time, whoever asked for it.
     pub(crate) scrubbing: Mutex<()>,
+    pub(crate) scrub: crate::progress::ScrubProgress,
 }
 
 fn ctx<'a>(what: &str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Error + 'a {
@@ -577,6 +578,7 @@ impl SegmentStore {
             live_bytes: AtomicU64::new(0),
             n_quarantined: AtomicU64::new(0),
             scrubbing: Mutex::new(()),
+            scrub: Default::default(),
             n_covered_at_start: AtomicU64::new(0),
         };
         store.recover()?;
@@ -1063,6 +1065,7 @@ impl SegmentStore {
             bytes_free: vfs.blocks_available() as u64 * vfs.fragment_size() as u64,
             n_quarantined: self.n_quarantined.load(Ordering::Relaxed),
             bytes_reclaimable: self.reclaimable_bytes(),
+            scrub: self.scrub.report(),
         })
     }
 

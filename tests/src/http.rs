@@ -1,0 +1,42 @@
+//! Plain HTTP/1.0 requests to the servers' HTTP listeners (metrics, the engine's status page),
+//! and the address a server said it listens on.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The address in the first `<what> on http://ADDR/` line of a server's log (`what`: `metrics`,
+/// `status page`), waiting up to 10 s for it to appear.
+pub fn logged_addr(log: &Path, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let marker = format!("{what} on http://");
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.split(&marker).nth(1) {
+            return rest.split('/').next().expect("an address before the path").to_string();
+        }
+        assert!(Instant::now() < deadline, "{} never logged its {what} address", log.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Response {
+    pub code: u16,
+    /// The status line and the headers.
+    pub head: String,
+    pub body: String,
+}
+
+/// `GET path` on `addr`, with extra header lines (`Name: value`).
+pub fn get(addr: &str, path: &str, headers: &[&str]) -> Response {
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n").expect("send request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    assert!(head.starts_with("HTTP/1."), "not an HTTP response: {head:?}");
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Response { code, head: head.to_string(), body: body.to_string() }
+}
