@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 const RING_SECS: u64 = 300;
 /// Seconds the charts show.
 const CHART_SECS: u64 = 120;
-/// How long the metadata's totals are reused (counting them reads every record).
+/// How long the metadata's totals are reused (PostgreSQL counts them over every row).
 const TOTALS_TTL: Duration = Duration::from_secs(5);
 
 /// One second's counters. Atomics, so that counting a request takes no lock: the first

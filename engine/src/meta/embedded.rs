@@ -21,6 +21,11 @@ use std::sync::Arc;
 const FILES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("files");
 const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new("schema");
 const QUEUE: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("repair_queue");
+/// Files recorded and their bytes, kept in the transactions that insert and delete records, so
+/// that counting them reads two values instead of every record.
+const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+const TOTAL_FILES: &str = "files";
+const TOTAL_BYTES: &str = "bytes";
 const SCHEMA_VERSION_KEY: &str = "version";
 /// Schema: some records name nodes by address alone.
 const SCHEMA_NODES_BY_ADDRESS: u64 = 1;
@@ -72,6 +77,21 @@ impl Embedded {
                     let v = if empty { SCHEMA_NODES_BY_ID } else { SCHEMA_NODES_BY_ADDRESS };
                     schema.insert(SCHEMA_VERSION_KEY, v).map_err(db_err)?;
                 }
+            }
+        }
+        {
+            // A database from before the totals were kept: counted once, here.
+            let mut totals = txn.open_table(TOTALS).map_err(db_err)?;
+            if totals.get(TOTAL_FILES).map_err(db_err)?.is_none() {
+                let files = txn.open_table(FILES).map_err(db_err)?;
+                let (mut n_files, mut bytes) = (0u64, 0u64);
+                for entry in files.iter().map_err(db_err)? {
+                    let (k, v) = entry.map_err(db_err)?;
+                    n_files += 1;
+                    bytes += FileRecord::decode(FileId(*k.value()), v.value())?.size;
+                }
+                totals.insert(TOTAL_FILES, n_files).map_err(db_err)?;
+                totals.insert(TOTAL_BYTES, bytes).map_err(db_err)?;
             }
         }
         txn.commit().map_err(db_err)?;
@@ -139,6 +159,14 @@ impl Embedded {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(WriteOp::SetPlacement(Box::new(change), tx)).await?;
         rx.await.map_err(|_| MetaError::WriterGone)?
+    }
+
+    /// Files recorded and their bytes.
+    pub fn totals(&self) -> Result<(u64, u64), MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let totals = txn.open_table(TOTALS).map_err(db_err)?;
+        let get = |k| Ok::<_, MetaError>(totals.get(k).map_err(db_err)?.map(|v| v.value()).unwrap_or(0));
+        Ok((get(TOTAL_FILES)?, get(TOTAL_BYTES)?))
     }
 
     /// The database's schema version (see the module documentation).
@@ -236,6 +264,8 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
         let mut placed: Vec<Placed> = Vec::with_capacity(batch.len());
         let result = (|| -> Result<(), MetaError> {
             let txn = db.begin_write().map_err(db_err)?;
+            // What this batch adds to the totals (files, bytes).
+            let (mut d_files, mut d_bytes) = (0i64, 0i64);
             {
                 let mut table = txn.open_table(FILES).map_err(db_err)?;
                 for op in &batch {
@@ -244,6 +274,8 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                             let existing = table.insert(&id.0, record.encode().as_slice()).map_err(db_err)?;
                             // IDs are 128 random bits: a collision means a bug, not bad luck.
                             assert!(existing.is_none(), "file ID {id} inserted twice");
+                            d_files += 1;
+                            d_bytes += record.size as i64;
                             deleted.push(None);
                             placed.push(Placed::FileGone);
                         }
@@ -264,12 +296,26 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                         WriteOp::Delete(id, _) => {
                             placed.push(Placed::FileGone);
                             let old = table.remove(&id.0).map_err(db_err)?;
-                            deleted.push(match old {
+                            let old = match old {
                                 Some(v) => Some(FileRecord::decode(*id, v.value())?),
                                 None => None,
-                            });
+                            };
+                            if let Some(r) = &old {
+                                d_files -= 1;
+                                d_bytes -= r.size as i64;
+                            }
+                            deleted.push(old);
                         }
                     }
+                }
+            }
+            if (d_files, d_bytes) != (0, 0) {
+                let mut totals = txn.open_table(TOTALS).map_err(db_err)?;
+                for (k, d) in [(TOTAL_FILES, d_files), (TOTAL_BYTES, d_bytes)] {
+                    let now = totals.get(k).map_err(db_err)?.map(|v| v.value()).unwrap_or(0);
+                    let next = now.checked_add_signed(d);
+                    assert!(next.is_some(), "the {k} total would leave its range: {now} {d:+}");
+                    totals.insert(k, next.unwrap_or(0)).map_err(db_err)?;
                 }
             }
             txn.commit().map_err(db_err)
@@ -483,6 +529,35 @@ mod tests {
         assert_eq!(block_on(meta.delete(a)).unwrap(), Some(record("a")));
         assert_eq!(block_on(meta.delete(a)).unwrap(), None);
         assert_eq!(meta.get(a).unwrap(), None);
+    }
+
+    #[test]
+    fn totals_follow_inserts_and_deletes_and_an_older_database_is_counted_once_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let sized = |name: &str, size| FileRecord { size, ..record(name) };
+        {
+            let meta = Embedded::open(dir.path()).unwrap();
+            assert_eq!(meta.totals().unwrap(), (0, 0));
+            block_on(meta.insert(FileId([1; 16]), sized("a", 100))).unwrap();
+            block_on(meta.insert(FileId([2; 16]), sized("b", 20))).unwrap();
+            block_on(meta.insert(FileId([3; 16]), sized("c", 3))).unwrap();
+            assert_eq!(block_on(meta.delete(FileId([2; 16]))).unwrap().map(|r| r.size), Some(20));
+            // Deleting what is not there changes nothing.
+            assert_eq!(block_on(meta.delete(FileId([2; 16]))).unwrap(), None);
+            assert_eq!(meta.totals().unwrap(), (2, 103));
+        }
+        assert_eq!(Embedded::open(dir.path()).unwrap().totals().unwrap(), (2, 103), "kept across a reopen");
+        // A database written before the totals were kept: counted when opened.
+        {
+            let db = Database::create(dir.path().join("meta.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(txn.delete_table(TOTALS).unwrap());
+            txn.commit().unwrap();
+        }
+        let meta = Embedded::open(dir.path()).unwrap();
+        assert_eq!(meta.totals().unwrap(), (2, 103));
+        block_on(meta.insert(FileId([4; 16]), sized("d", 7))).unwrap();
+        assert_eq!(meta.totals().unwrap(), (3, 110));
     }
 
     #[test]

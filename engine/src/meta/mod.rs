@@ -509,21 +509,11 @@ impl MetaStore {
         }
     }
 
-    /// Files recorded and their bytes. Reads every record with the embedded database.
+    /// Files recorded and their bytes: two values kept beside the records by the embedded
+    /// database, a count over every row in PostgreSQL.
     pub async fn totals(&self) -> Result<(u64, u64), MetaError> {
         match self {
-            MetaStore::Embedded(_) => {
-                let (mut n_files, mut bytes, mut after) = (0u64, 0u64, None);
-                loop {
-                    let (page, more) = self.records(after, 1000).await?;
-                    n_files += page.len() as u64;
-                    bytes += page.iter().map(|(_, r)| r.size).sum::<u64>();
-                    match (more, page.last()) {
-                        (true, Some((last, _))) => after = Some(*last),
-                        _ => return Ok((n_files, bytes)),
-                    }
-                }
-            }
+            MetaStore::Embedded(e) => e.totals(),
             MetaStore::Postgres(p) => p.totals().await,
         }
     }
