@@ -214,30 +214,48 @@ pub fn run(server: &dfs_client::Server, command: AdminCommand, stdout: &mut dyn 
     Ok(())
 }
 
+/// A node's scrub in a few words: the running pass's progress, else the last pass's outcome
+/// and when it finished; and the copies set aside.
+fn scrub_cell(r: &dfs_proto::StoreReport) -> String {
+    let s = &r.scrub;
+    let mut cell = if s.running {
+        format!("checking {}/{}", s.n_checked, r.n_chunks)
+    } else if s.last_finished_unix_ms > 0 {
+        format!("{} checked, {} corrupt, {}", s.last_checked, s.last_corrupt, format_unix_ms(s.last_finished_unix_ms))
+    } else {
+        "-".into()
+    };
+    if r.n_quarantined > 0 {
+        cell += &format!("; {} set aside", r.n_quarantined);
+    }
+    cell
+}
+
 /// The text report of `status`.
 fn write_status(out: &mut dyn Write, status: &dfs_client::admin::ClusterStatus) -> Result<()> {
     writeln!(out, "{} nodes, {} copies of each chunk", status.nodes.len(), status.replicas)?;
     writeln!(
         out,
-        "{:<32} {:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
+        "{:<32} {:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}  SCRUB",
         "ID", "ADDRESS", "STATE", "LAST SEEN", "CHUNKS", "LIVE", "RECLAIMABLE", "FREE"
     )?;
     for n in &status.nodes {
         let seen = if n.last_seen_unix_ms == 0 { "never".to_string() } else { format_unix_ms(n.last_seen_unix_ms) };
-        let (chunks, used, reclaimable, free) = match &n.report {
+        let (chunks, used, reclaimable, free, scrub) = match &n.report {
             Some(r) => (
                 r.n_chunks.to_string(),
                 human_bytes(r.bytes_used),
                 human_bytes(r.bytes_reclaimable),
                 human_bytes(r.bytes_free),
+                scrub_cell(r),
             ),
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
         let state = if n.up { "up" } else { "down" };
         let id = n.id.map(|id| id.to_string()).unwrap_or_else(|| "-".into());
         writeln!(
             out,
-            "{:<32} {:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}",
+            "{:<32} {:<22} {:<5} {:<24} {:>10} {:>12} {:>12} {:>12}  {scrub}",
             id, n.addr, state, seen, chunks, used, reclaimable, free
         )?;
         if let (false, Some(e)) = (n.up, &n.last_error) {

@@ -201,6 +201,18 @@ fn scrub_quarantines_a_corrupt_copy_and_repair_replaces_it() {
     let scrubs: Vec<_> = (0..4).map(|n| dfs_tests::node_report(cluster.node_addr(n)).scrub).collect();
     assert!(scrubs.iter().all(|s| !s.running && s.n_checked == 0 && s.last_finished_unix_ms > 0), "{scrubs:?}");
     assert_eq!(scrubs.iter().map(|s| s.last_checked).sum::<u64>(), 8, "{scrubs:?}");
+    // And `status` shows it once the engine's next health check has brought the node's report.
+    let n = scrubs[bad_node].last_checked;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = cluster.client(["status"]).expect_success("status").stdout_text();
+        let line = text.lines().find(|l| l.contains(cluster.node_addr(bad_node))).unwrap_or_else(|| panic!("{text}"));
+        if line.contains(&format!("  {n} checked, 1 corrupt, ")) && line.ends_with("; 1 set aside") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status never showed node {bad_node}'s scrub: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(
         scrubs.iter().map(|s| s.last_corrupt).collect::<Vec<_>>(),
         (0..4).map(|n| u64::from(n == bad_node)).collect::<Vec<_>>()
