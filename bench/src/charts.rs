@@ -88,8 +88,20 @@ const SKETCH: RGBColor = RGBColor(220, 150, 60);
 const SEAWEEDFS: RGBColor = RGBColor(70, 160, 90);
 const P99: RGBColor = RGBColor(200, 70, 60);
 
+/// The dfs series' name: with the copies it kept, when every phase kept the same number.
+fn dfs_series(phases: &[PhaseResult]) -> String {
+    let mut copies: Vec<u64> = phases.iter().filter_map(|p| p.copies).collect();
+    copies.sort_unstable();
+    copies.dedup();
+    match copies[..] {
+        [1] => "dfs (1 copy)".into(),
+        [n] => format!("dfs ({n} copies)"),
+        _ => "dfs".into(),
+    }
+}
+
 /// dfs against the baselines, MB/s, one group per single-object figure.
-pub fn throughput_svg(ratios: &[Ratio]) -> Result<String, String> {
+pub fn throughput_svg(ratios: &[Ratio], phases: &[PhaseResult]) -> Result<String, String> {
     let groups: Vec<Group> = ratios
         .iter()
         .map(|r| {
@@ -99,20 +111,22 @@ pub fn throughput_svg(ratios: &[Ratio]) -> Result<String, String> {
             (r.figure.clone(), vec![Some(r.dfs_mb_s), relay, seaweedfs, sketch])
         })
         .collect();
+    let dfs = dfs_series(phases);
     let series = [
-        ("dfs", DFS),
-        ("ideal relay (best mode)", RELAY),
+        (dfs.as_str(), DFS),
+        ("ideal relay (best mode, 1 copy)", RELAY),
         ("SeaweedFS (1 copy)", SEAWEEDFS),
-        ("Python sketch", SKETCH),
+        ("Python sketch (1 copy)", SKETCH),
     ];
     bars("throughput, median of runs, same run", "MB/s (10^6 bytes per second)", &series, &groups)
 }
 
 /// The many-small-object puts against SeaweedFS's of the same shape, ops/s.
-pub fn small_svg(small: &[SmallRatio]) -> Result<String, String> {
+pub fn small_svg(small: &[SmallRatio], phases: &[PhaseResult]) -> Result<String, String> {
     let groups: Vec<Group> =
         small.iter().map(|r| (r.figure.clone(), vec![Some(r.dfs_ops_s), Some(r.seaweedfs_ops_s)])).collect();
-    let series = [("dfs", DFS), ("SeaweedFS (1 copy, weed benchmark -fsync)", SEAWEEDFS)];
+    let dfs = dfs_series(phases);
+    let series = [(dfs.as_str(), DFS), ("SeaweedFS (1 copy, weed benchmark -fsync)", SEAWEEDFS)];
     bars("small-object puts, median of runs, same run", "requests per second", &series, &groups)
 }
 
@@ -181,7 +195,7 @@ mod tests {
             seaweedfs_p99_ms: 40.0,
             ratio: 2.0,
         }];
-        let svg = small_svg(&small).expect("render");
+        let svg = small_svg(&small, &[]).expect("render");
         let labels = texts(&svg);
         assert!(labels.contains(&"put 4 KiB ×10000, 32 concurrent [copy]"), "{labels:?}");
         assert!(labels.iter().any(|l| l.starts_with("SeaweedFS")), "{labels:?}");
@@ -205,5 +219,21 @@ mod tests {
         assert!(texts(&svg).contains(&"SeaweedFS put 4 KiB ×10000, 32 concurrent"), "{:?}", texts(&svg));
         // Its p99 bar alone: run.sh reports no median latency.
         assert_eq!((fills(&svg, DFS), fills(&svg, P99)), (1, 2));
+    }
+
+    #[test]
+    fn the_dfs_series_names_the_copies_its_phases_kept() {
+        let phase = |copies| {
+            let spec =
+                crate::dfs::PhaseSpec { op: crate::dfs::Op::Put, size_bytes: 8, count: 1, concurrency: 1, runs: 1 };
+            let runs = vec![crate::dfs::tests::bench_json("put", 8, 1, 1.0)];
+            let mut p = crate::dfs::summarize(spec, None, runs, &[0.1], 1, vec![]).unwrap();
+            p.copies = copies;
+            p
+        };
+        assert_eq!(dfs_series(&[phase(Some(1)), phase(Some(1))]), "dfs (1 copy)");
+        assert_eq!(dfs_series(&[phase(Some(2))]), "dfs (2 copies)");
+        assert_eq!(dfs_series(&[phase(Some(2)), phase(Some(1)), phase(Some(2))]), "dfs");
+        assert_eq!(dfs_series(&[phase(None)]), "dfs");
     }
 }

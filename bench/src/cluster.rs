@@ -164,6 +164,19 @@ impl Cluster {
     }
 
     /// Warning and error lines the engine (or a node, whose stderr it shares) logged.
+    /// Copies of each chunk the engine keeps, as it says itself (`dfs-client status --json`).
+    pub fn copies(&self, bins: &Binaries, timeout: Duration) -> Result<u64> {
+        let out = proc::checked_output(
+            Command::new(bins.client())
+                .env("DFS_TOKEN_FILE", &self.token_file)
+                .args(["--server", &self.addr, "status", "--json"]),
+            timeout,
+        )?;
+        let status: serde_json::Value =
+            serde_json::from_str(out.stdout.trim()).context("the client's status is not JSON")?;
+        status["replicas"].as_u64().with_context(|| format!("no replicas in the client's status: {}", out.stdout))
+    }
+
     pub fn log_warnings(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()

@@ -142,6 +142,8 @@ pub struct PhaseResult {
     /// Peak RSS of the engine process over the phase (the cluster was started for it).
     pub engine_vm_hwm_kib: u64,
     pub errors: u64,
+    /// Copies of each chunk the engine kept, as its status said (None in unit tests).
+    pub copies: Option<u64>,
     /// WARN/ERROR lines in the engine's log.
     pub engine_warnings: Vec<String>,
 }
@@ -226,6 +228,7 @@ pub fn run_phase(env: &PhaseEnv, spec: &PhaseSpec, data_path: Option<&str>, inpu
     proc::checked_output(&mut Command::new("sync"), env.timeout)?;
     let data = env.scratch.join(format!("dfs-{}-{}-{tag}", spec.op.name(), spec.size_bytes));
     let mut cluster = Cluster::start(env.bins, &data, data_path, env.engine_args)?;
+    let copies = cluster.copies(env.bins, env.timeout)?;
     let mut runs = Vec::new();
     let mut cpu_s = Vec::new();
     for run in 1..=spec.runs {
@@ -270,7 +273,9 @@ pub fn run_phase(env: &PhaseEnv, spec: &PhaseSpec, data_path: Option<&str>, inpu
     let engine_warnings = cluster.log_warnings();
     drop(cluster);
     let _ = std::fs::remove_dir_all(&data);
-    summarize(spec.clone(), data_path, runs, &cpu_s, engine_vm_hwm_kib, engine_warnings)
+    let mut r = summarize(spec.clone(), data_path, runs, &cpu_s, engine_vm_hwm_kib, engine_warnings)?;
+    r.copies = Some(copies);
+    Ok(r)
 }
 
 /// The summary of a phase's runs: pure, so it is tested without a cluster.
@@ -302,6 +307,7 @@ pub fn summarize(
         engine_cpu_s_per_gib_get_alone_est: None,
         engine_vm_hwm_kib,
         errors: runs.iter().map(|b| b.errors).sum(),
+        copies: None,
         engine_warnings,
         spec,
         runs,

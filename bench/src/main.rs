@@ -261,6 +261,13 @@ fn run(args: Args) -> Result<ExitCode> {
     // The Python sketch last: it does not fsync, so its writeback would disturb what follows.
     let sketch = run_sketch_if_possible(&args, &baselines_dir, &scratch.path, timeout, &mut notes)?;
 
+    let mut copies: Vec<u64> = phases.iter().filter_map(|p| p.copies).collect();
+    copies.sort_unstable();
+    copies.dedup();
+    notes.push(format!(
+        "dfs kept {} cop(ies) of each chunk (as the engine's status said; --engine-arg=--replicas=N sets it); the relay, SeaweedFS and the sketch keep one",
+        copies.iter().map(u64::to_string).collect::<Vec<_>>().join(" or ")
+    ));
     dfs::estimate_get_alone(&mut phases);
     if phases.iter().any(|p| p.engine_cpu_s_per_gib_get_alone_est.is_some()) {
         notes.push("est.*: a get run's engine CPU includes the untimed upload of the object it reads; `get alone` subtracts that upload priced at the median CPU per GiB of the put phase of the same size on the same data path".into());
@@ -300,8 +307,8 @@ fn run(args: Args) -> Result<ExitCode> {
     if let Some(dir) = &args.svg_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (name, svg) in [
-            ("throughput.svg", charts::throughput_svg(&report.ratios)),
-            ("small.svg", charts::small_svg(&report.small_ratios)),
+            ("throughput.svg", charts::throughput_svg(&report.ratios, &report.dfs)),
+            ("small.svg", charts::small_svg(&report.small_ratios, &report.dfs)),
             ("latency.svg", charts::latency_svg(&report.dfs, report.seaweedfs.as_ref())),
         ] {
             let svg = svg.map_err(|e| anyhow::anyhow!("cannot draw {name}: {e}"))?;
@@ -397,7 +404,7 @@ fn run_seaweedfs_if_possible(
     eprintln!("seaweedfs: {} runs of each figure", plan.runs);
     match baselines::run_seaweedfs(&baselines_dir.join("seaweedfs/run.sh"), &plan, timeout) {
         Ok(r) => {
-            notes.push("SeaweedFS keeps one copy of each object (its default replication, 000); its small-object puts are `weed benchmark -fsync` (4 KiB plus 0–63 random bytes each); its large put is `weed upload -maxMB 64`, which does not fsync, and its get is curl into a file; the dfs phases keep the engine's default number of copies (2) unless an --engine-arg sets --replicas".into());
+            notes.push("SeaweedFS keeps one copy of each object (its default replication, 000); its small-object puts are `weed benchmark -fsync` (4 KiB plus 0–63 random bytes each); its large put is `weed upload -maxMB 64`, which does not fsync, and its get is curl into a file".into());
             Some(r)
         }
         Err(e) => {
