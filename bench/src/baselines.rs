@@ -1,8 +1,10 @@
 //! The baselines, run from where they live (never copied into this repository):
 //!
 //! - the ideal relay (`<baselines>/relay`), built with cargo into `target/baselines` and run as
-//!   `relay put|get --size BYTES --dir DIR --mode rw|splice --runs N`; it prints one line per run
-//!   and a `median:` line with MB/s (10^6 B/s) and the relay's CPU seconds per GiB;
+//!   `relay put|get --size BYTES --dir DIR --mode rw|splice --runs N`, puts with `--keep` (its
+//!   sinks keep every file until the end, as a store and the dfs phases do, so no run writes
+//!   into the page cache the previous one freed); it prints one line per run and a `median:`
+//!   line with MB/s (10^6 B/s) and the relay's CPU seconds per GiB;
 //! - the original Python sketch (`<baselines>/seed_py`), started with `run_cluster.sh DIR` on its
 //!   fixed ports 9100-9104 and driven with `client.py upload|get`, which print MB/s on stderr;
 //! - SeaweedFS, a real peer (`<baselines>/seaweedfs/run.sh small|large`), which installs it into
@@ -102,15 +104,17 @@ pub fn run_relay(
     runs: usize,
     timeout: Duration,
 ) -> Result<RelayResult> {
-    let out = proc::checked_output(
-        Command::new(relay).args([op, "--size", &size_bytes.to_string(), "--dir"]).arg(dir).args([
-            "--mode",
-            mode,
-            "--runs",
-            &runs.to_string(),
-        ]),
-        timeout,
-    )?;
+    let mut cmd = Command::new(relay);
+    cmd.args([op, "--size", &size_bytes.to_string(), "--dir"]).arg(dir).args([
+        "--mode",
+        mode,
+        "--runs",
+        &runs.to_string(),
+    ]);
+    if op == "put" {
+        cmd.arg("--keep");
+    }
+    let out = proc::checked_output(&mut cmd, timeout)?;
     let r = parse_relay_output(&out.stdout).with_context(|| format!("relay output:\n{}", out.stdout))?;
     ensure!(r.mb_s.n == runs, "the relay printed {} run lines for --runs {runs}", r.mb_s.n);
     Ok(r)

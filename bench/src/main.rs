@@ -282,6 +282,7 @@ fn run(args: Args) -> Result<ExitCode> {
         "dfs get figures: the client verifies and discards the bytes, like the relay's client; the sketch's get writes to /dev/null"
             .into(),
     );
+    notes.push("the relay's puts ran with --keep: its sinks keep every file until the end, as dfs keeps every object of a phase, so neither writes into page cache a previous run freed".into());
     notes.push("each dfs phase ran on a freshly started cluster, so its engine peak RSS (VmHWM) covers that phase alone; engine CPU is utime+stime of the engine process only (its nodes are separate processes), read before and after each dfs-client run, so it includes the run's untimed deletes".into());
     let report = report::Report {
         started_utc: report::utc(started),

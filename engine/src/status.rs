@@ -457,7 +457,7 @@ fn render_engines(h: &mut String, s: &Status) {
     }
     h.push_str("</tbody></table>");
     if s.passes.is_empty() {
-        h.push_str("<p id=\"passes\">cluster passes (repair, gc, scrub): none running</p>");
+        h.push_str("<p id=\"passes\">cluster passes (repair, gc, scrub): none held</p>");
         return;
     }
     h.push_str("<ul id=\"passes\">");
@@ -470,7 +470,7 @@ fn render_engines(h: &mut String, s: &Status) {
             if p.this { " (this one)" } else { "" }
         );
         if let Some(since) = p.since_unix_ms {
-            let _ = write!(line, ", started {}", ago(s.now_unix_ms, since));
+            let _ = write!(line, ", taken {}", ago(s.now_unix_ms, since));
         }
         if let Some(ms) = p.lease_left_ms {
             let _ = write!(line, ", lease lasts {:.0} s unless renewed", ms.max(0) as f64 / 1000.0);
@@ -560,13 +560,22 @@ mod tests {
             repair_queue: Default::default(),
             repair_running: false,
             engines: vec![engine("10.0.0.1:7000", true), engine("10.0.0.2:7000", false)],
-            passes: vec![crate::meta::PassView {
-                pass: "gc".into(),
-                holder: "10.0.0.2:7000".into(),
-                this: false,
-                since_unix_ms: None,
-                lease_left_ms: Some(9_000),
-            }],
+            passes: vec![
+                crate::meta::PassView {
+                    pass: "gc".into(),
+                    holder: "10.0.0.2:7000".into(),
+                    this: false,
+                    since_unix_ms: None,
+                    lease_left_ms: Some(9_000),
+                },
+                crate::meta::PassView {
+                    pass: "repair".into(),
+                    holder: "10.0.0.1:7000".into(),
+                    this: true,
+                    since_unix_ms: Some(now - 5_000),
+                    lease_left_ms: Some(15_000),
+                },
+            ],
             engines_error: None,
             files: None,
             files_error: None,
@@ -584,10 +593,11 @@ mod tests {
             "10.0.0.1:7000 (this one)",
             "lasts 12 s unless renewed",
             "<b>gc</b> on 10.0.0.2:7000, lease lasts 9 s unless renewed",
+            "<b>repair</b> on 10.0.0.1:7000 (this one), taken 5 s ago, lease lasts 15 s unless renewed",
         ] {
             assert!(h.contains(want), "missing {want:?} in {h}");
         }
         let none = render_live(&Status { passes: Vec::new(), ..status });
-        assert!(none.contains("cluster passes (repair, gc, scrub): none running"), "{none}");
+        assert!(none.contains("cluster passes (repair, gc, scrub): none held"), "{none}");
     }
 }

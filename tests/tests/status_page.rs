@@ -58,7 +58,7 @@ fn the_status_page_shows_the_cluster_live_in_a_browser() {
     assert_eq!(this, format!("{} (this one)", cluster.engine_addr()).as_str());
     assert_eq!(
         tab.eval("document.getElementById('passes').textContent"),
-        "cluster passes (repair, gc, scrub): none running"
+        "cluster passes (repair, gc, scrub): none held"
     );
     // A scrub: every node's row says what its pass found (3 files x 4 chunks x 2 copies).
     assert!(tab

@@ -639,7 +639,8 @@ pub struct EngineView {
     pub lease_left_ms: Option<i64>,
 }
 
-/// A cluster-wide pass being run, and by which engine.
+/// A cluster-wide pass held, and by which engine. The repair queue holds `repair` for as long
+/// as its engine runs the queue; gc and scrub hold theirs while they run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PassView {
     pub pass: String,
