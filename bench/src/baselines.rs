@@ -301,16 +301,23 @@ pub struct SeaweedLarge {
     pub get_mb_s: Stats,
 }
 
+/// The first `seaweedfs OP …: FIGURES` line of `run.sh`'s output that gives `unit`: the line,
+/// and its figures (what follows the last `: `).
+fn seaweed_line<'a>(stdout: &'a str, op: &str, unit: &str) -> Result<(&'a str, &'a str)> {
+    let prefix = format!("seaweedfs {op} ");
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&prefix) && l.contains(&format!(" {unit}")))
+        .with_context(|| format!("no `seaweedfs {op} … {unit}` line in:\n{}", proc::tail(stdout, 10)))?;
+    let (_, figures) = line.rsplit_once(": ").with_context(|| format!("unexpected line {line:?}"))?;
+    Ok((line, figures))
+}
+
 /// `seaweedfs OP …: RATE ops/s, p99 LAT ms` for OP `put` and `get`: (ops/s, p99 ms) of each.
 pub fn parse_seaweed_small(stdout: &str) -> Result<[(f64, f64); 2]> {
     let figure = |op: &str| -> Result<(f64, f64)> {
-        let prefix = format!("seaweedfs {op} ");
-        let line = stdout
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(&prefix) && l.contains(" ops/s"))
-            .with_context(|| format!("no `seaweedfs {op} … ops/s` line in:\n{}", proc::tail(stdout, 10)))?;
-        let (_, figures) = line.rsplit_once(": ").with_context(|| format!("unexpected line {line:?}"))?;
+        let (line, figures) = seaweed_line(stdout, op, "ops/s")?;
         // `1667.23 ops/s, p99 1010.7 ms`
         let words: Vec<&str> = figures.split_whitespace().collect();
         ensure!(
@@ -327,13 +334,7 @@ pub fn parse_seaweed_small(stdout: &str) -> Result<[(f64, f64); 2]> {
 /// `seaweedfs put SIZE B: RATE MB/s (…)` and the same for `get`: (put, get) MB/s.
 pub fn parse_seaweed_large(stdout: &str) -> Result<(f64, f64)> {
     let figure = |op: &str| -> Result<f64> {
-        let prefix = format!("seaweedfs {op} ");
-        let line = stdout
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(&prefix) && l.contains(" MB/s"))
-            .with_context(|| format!("no `seaweedfs {op} … MB/s` line in:\n{}", proc::tail(stdout, 10)))?;
-        let (_, figures) = line.split_once(": ").with_context(|| format!("unexpected line {line:?}"))?;
+        let (line, figures) = seaweed_line(stdout, op, "MB/s")?;
         let mut words = figures.split_whitespace();
         let rate = words.next().and_then(|w| w.parse::<f64>().ok());
         ensure!(words.next() == Some("MB/s"), "unexpected figures in {line:?}");
