@@ -99,6 +99,34 @@ pub fn render_svg(histogram: &Histogram<u64>, timeline: &[(f64, f64)], title: &s
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// One of the two panels: its caption and axes from 0 to the maxima.
+fn panel<'a, 'b>(area: &'a Area<'b>, caption: &str, x_max: f64, y_max: f64) -> Result<Chart<'a, 'b>, String> {
+    ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(|e| e.to_string())
+}
+
+/// The series' legend, upper left, as both panels draw it.
+fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 fn draw_percentiles(area: &Area<'_>, histogram: &Histogram<u64>) -> Result<(), String> {
     let points = curve(histogram);
     let max_ms = histogram.max() as f64 / US_PER_MS;
@@ -110,13 +138,7 @@ fn draw_percentiles(area: &Area<'_>, histogram: &Histogram<u64>) -> Result<(), S
     let decimals = y_decimals(y_max);
     let y_label = |y: &f64| format!("{y:.decimals$}");
     let x_label = |x: &f64| percentile_label(*x);
-    let mut chart = ChartBuilder::on(area)
-        .caption("latency by percentile", ("sans-serif", 18))
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-        .map_err(|e| e.to_string())?;
+    let mut chart = panel(area, "latency by percentile", x_max, y_max)?;
     chart
         .configure_mesh()
         // One label per decade: 0%, 90%, 99%, ...
@@ -137,13 +159,7 @@ fn draw_percentiles(area: &Area<'_>, histogram: &Histogram<u64>) -> Result<(), S
         .map_err(|e| e.to_string())?
         .label(format!("max {max_ms:.3} ms"))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(1)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())
+    draw_legend(&mut chart)
 }
 
 fn draw_over_time(area: &Area<'_>, timeline: &[(f64, f64)]) -> Result<(), String> {
@@ -153,13 +169,7 @@ fn draw_over_time(area: &Area<'_>, timeline: &[(f64, f64)]) -> Result<(), String
     let decimals = y_decimals(y_max);
     let y_label = |y: &f64| format!("{y:.decimals$}");
     let x_label = |x: &f64| format!("{x:.1}");
-    let mut chart = ChartBuilder::on(area)
-        .caption("latency over time", ("sans-serif", 18))
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-        .map_err(|e| e.to_string())?;
+    let mut chart = panel(area, "latency over time", x_max, y_max)?;
     chart
         .configure_mesh()
         .x_label_formatter(&x_label)
@@ -178,13 +188,7 @@ fn draw_over_time(area: &Area<'_>, timeline: &[(f64, f64)]) -> Result<(), String
         .map_err(|e| e.to_string())?
         .label("median in slice")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())
+    draw_legend(&mut chart)
 }
 
 #[cfg(test)]
