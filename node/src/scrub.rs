@@ -118,8 +118,12 @@ pub fn pass_segments(store: &SegmentStore, bytes_per_sec: Option<u64>) -> io::Re
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
                 out.n_corrupt += 1;
+                // Tests hold the pass here, between its listing and the tombstone, while a read
+                // sets the copy aside and repair stores a fresh one.
+                dfs_runtime::failpoint::pause_blocking("scrub-before-set-aside");
                 let line = match store.remove_blocking(id, &loc, true) {
-                    Ok(()) => format!("chunk {id} is corrupt ({why}); set aside"),
+                    Ok(true) => format!("chunk {id} is corrupt ({why}); set aside"),
+                    Ok(false) => format!("chunk {id} was corrupt ({why}); already set aside or deleted meanwhile"),
                     Err(e) => format!("chunk {id} is corrupt ({why}); cannot set it aside: {e}"),
                 };
                 tracing::warn!("scrub: {line}");

@@ -618,6 +618,11 @@ async fn segment_store(
                 let done = writes.pop_front().expect("writes are under way").await;
                 note_written(done, &mut failed, &mut free);
             }
+            if write_at == r.offset {
+                // Tests hold a large record here, its space reserved and its first piece on
+                // the way, while other records are written and checkpoints taken.
+                dfs_runtime::failpoint::pause("segment-store-large-record").await;
+            }
             let full = stage.len();
             let aligned = align_down(full as u64) as usize;
             let mut next = free.pop().unwrap_or_else(|| aligned::for_io(stage_bytes));

@@ -48,3 +48,12 @@ pub async fn pause(name: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 }
+
+/// [`pause`] for a thread outside the runtimes (scrub, compaction): sleeps the milliseconds
+/// failpoint `name` holds, if it is on.
+pub fn pause_blocking(name: &str) {
+    if let Some(ms) = value(name).and_then(|v| v.parse::<u64>().ok()) {
+        tracing::warn!("failpoint {name}: pausing {ms} ms");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}

@@ -304,6 +304,8 @@ pub struct ClusterOpts {
     /// Environment variables for the engine (e.g. `DFS_FAILPOINTS`).
     pub engine_env: Vec<(String, String)>,
     pub node_args: Vec<String>,
+    /// Environment variables for every node (e.g. `DFS_FAILPOINTS`).
+    pub node_env: Vec<(String, String)>,
     /// `--idle-timeout-secs` on the engine and every node.
     pub idle_timeout_secs: Option<u64>,
     /// Give the engine `--token-file` with a fresh key, which every client run presents.
@@ -455,6 +457,7 @@ impl Cluster {
             cmd.arg("--idle-timeout-secs").arg(secs.to_string());
         }
         cmd.args(&self.opts.node_args);
+        cmd.envs(self.opts.node_env.iter().map(|(k, v)| (k, v)));
         let proc =
             self.spawn_server(format!("node {node_idx} (start {n_starts})"), format!("node{node_idx}.{n_starts}"), cmd);
         self.nodes[node_idx].addr = proc.addr.clone();
@@ -689,6 +692,11 @@ impl Cluster {
     /// Sets the environment engines started from now on get (e.g. `DFS_FAILPOINTS`).
     pub fn set_engine_env(&mut self, env: &[(&str, &str)]) {
         self.opts.engine_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
+    /// Sets the environment nodes started from now on get (e.g. `DFS_FAILPOINTS`).
+    pub fn set_node_env(&mut self, env: &[(&str, &str)]) {
+        self.opts.node_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     }
 
     pub fn set_node_args(&mut self, args: &[&str]) {
@@ -2033,8 +2041,9 @@ pub mod segment_oracle {
     }
 
     /// Each chunk's live copy: of its sealed chunk records and tombstones, those with the
-    /// highest lsn, unless that is a tombstone's (then the chunk is deleted). More than one
-    /// record of a chunk with that lsn are one record and its compacted copies.
+    /// highest lsn, unless one of them is a tombstone (a tombstone carries the lsn of the record
+    /// it deletes; then the chunk is deleted). More than one record of a chunk with that lsn
+    /// are one record and its compacted copies.
     pub fn live(records: &[Record]) -> BTreeMap<ChunkId, Vec<Record>> {
         let mut newest: BTreeMap<ChunkId, (u64, Vec<&Record>)> = BTreeMap::new();
         for r in records.iter().filter(|r| r.sealed && r.kind != Kind::Pad) {
@@ -2053,9 +2062,9 @@ pub mod segment_oracle {
             .collect()
     }
 
-    /// Sealed chunk records that a later tombstone of their chunk superseded: copies deleted,
-    /// or set aside by scrub (the two look the same on disk), whose bytes compaction has not
-    /// reclaimed yet.
+    /// Sealed chunk records that a tombstone of their chunk superseded (one carrying their lsn
+    /// or a later one): copies deleted, or set aside by scrub (the two look the same on disk),
+    /// whose bytes compaction has not reclaimed yet.
     pub fn superseded(records: &[Record]) -> Vec<Record> {
         records
             .iter()
@@ -2063,7 +2072,7 @@ pub mod segment_oracle {
             .filter(|r| {
                 records
                     .iter()
-                    .any(|t| t.sealed && t.kind == Kind::Tombstone && t.chunk_id == r.chunk_id && t.lsn > r.lsn)
+                    .any(|t| t.sealed && t.kind == Kind::Tombstone && t.chunk_id == r.chunk_id && t.lsn >= r.lsn)
             })
             .cloned()
             .collect()

@@ -341,3 +341,68 @@ fn a_node_with_a_full_disk_fails_its_copies_cleanly_and_the_upload_goes_elsewher
     );
     assert_all_readable(&cluster, &before, "after the full-disk upload");
 }
+
+/// Scrub lists a copy and finds it corrupt; before it writes its tombstone, a read finds the
+/// same rot and sets the copy aside, and repair stores a fresh copy back on that node. Scrub's
+/// late tombstone must delete only the copy it checked: after a restart the node still serves
+/// the fresh copy it acknowledged. (Issue 23, item 3: on the old code the tombstone outranked
+/// the fresh copy, which was gone after the restart.)
+#[test]
+fn a_scrub_that_sets_a_copy_aside_late_spares_the_fresh_copy_repair_made() {
+    let mut cluster = Cluster::start(
+        4,
+        ClusterOpts {
+            node_args: ["--store", "segments"].iter().map(|s| s.to_string()).collect(),
+            node_env: vec![("DFS_FAILPOINTS".into(), "scrub-before-set-aside=10000".into())],
+            engine_args: ["--repair-queue-secs", "1"].iter().map(|s| s.to_string()).collect(),
+            ..two_copies()
+        },
+    );
+    let data = pseudo_random_bytes(23, 400_000);
+    let id = cluster.put_bytes(&data, "rotting", Chunking::Equal);
+    let chunk = chunk_id(&id, 0);
+    // The copy the engine reads first.
+    let first_addr = cluster.stat(&id).expect("stat").chunks[0].nodes[0].clone();
+    let bad = cluster.node_idx_of(&first_addr).expect("a node of the cluster");
+    cluster.corrupt_copy(bad, chunk, Damage::Data(1234));
+    let mut scrub = cluster.spawn_client(["scrub"]);
+    let log = cluster.node_stderr_log(bad);
+    let logged = |what: &str| std::fs::read_to_string(&log).is_ok_and(|l| l.contains(what));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !logged("scrub-before-set-aside") {
+        assert!(Instant::now() < deadline, "scrub never reached the corrupt copy on node {bad}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The read finds the rot (and reads the other copy); repair writes a fresh copy back.
+    let got = cluster.get(&id).expect("the other copy serves the read");
+    assert_bytes_eq(&got, &data, "read during the scrub");
+    assert!(logged("failed a block check on FETCH; set aside"), "the read did not set the copy aside on node {bad}");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !dfs_tests::node_chunk_ids(cluster.node_addr(bad)).contains(&chunk) {
+        assert!(Instant::now() < deadline, "repair stored no fresh copy on node {bad} while scrub was held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Scrub goes on and sets aside the copy it checked.
+    let status = scrub.wait().expect("dfs-client scrub");
+    cluster.note(&format!("dfs-client scrub exited with {status}"));
+    assert!(
+        logged("scrub: 1 chunk(s) checked") || logged("chunk(s) checked"),
+        "the scrub pass on node {bad} did not end"
+    );
+    cluster.kill_node(bad);
+    cluster.restart_node(bad);
+    assert!(
+        dfs_tests::node_chunk_ids(cluster.node_addr(bad)).contains(&chunk),
+        "node {bad} lost the fresh copy of {chunk} it acknowledged, after a restart"
+    );
+    // And the copy it serves is the right one: with the other copy's node down, the file reads.
+    let other = cluster.stat(&id).expect("stat").chunks[0]
+        .nodes
+        .iter()
+        .filter_map(|a| cluster.node_idx_of(a))
+        .find(|&n| n != bad)
+        .expect("a second copy");
+    cluster.kill_node(other);
+    let got = cluster.get(&id).unwrap_or_else(|e| panic!("get with only node {bad}'s copy of chunk 0: {e}"));
+    assert_bytes_eq(&got, &data, "read from the fresh copy");
+}

@@ -58,7 +58,7 @@ impl Batch {
     /// Pads every copy not taken over (best effort), after a failure part-way.
     fn abandon(&mut self) {
         for (_, _, r) in self.moves.drain(..) {
-            if let Err(e) = pwrite_all(&r.segment.fd, &pad(&r), r.offset).and_then(|()| fdatasync(&r.segment.fd)) {
+            if let Err(e) = pwrite_all(&r.segment.fd, &pad(&r), r.offset).and_then(|()| r.segment.datasync()) {
                 tracing::warn!(
                     "segments: cannot mark an unused compaction copy dead in {}: {e}",
                     r.segment.path.display()
@@ -108,15 +108,18 @@ impl SegmentStore {
             .map(|(_, s)| s)
     }
 
-    /// Stops writing into `seg` if it is the segment being written and nothing is being
-    /// received into it; false if a record still is.
+    /// Stops writing into `seg` if it is the segment being written; false if a record is
+    /// still being received into it. Since [`SegmentStore::candidate`] picked it, a STORE may
+    /// have reserved space in it and writing moved on to another segment: the check is made
+    /// whether it is still the one being written or not.
     fn seal(&self, seg: &Arc<Segment>) -> bool {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Reservations are only made under this lock, and only in the segment being written,
+        // so none can start in `seg` once this holds.
+        if seg.pending.load(Ordering::Acquire) > 0 {
+            return false;
+        }
         if w.active.as_ref().is_some_and(|a| Arc::ptr_eq(a, seg)) {
-            // Reservations are only made under this lock, so none can start meanwhile.
-            if seg.pending.load(Ordering::Acquire) > 0 {
-                return false;
-            }
             w.active = None;
         }
         true
@@ -248,8 +251,9 @@ impl SegmentStore {
                             "segments: record of {id} in {} is corrupt ({why}): set aside by compaction",
                             old.segment.path.display()
                         );
-                        self.remove_blocking(id, &old, true)?;
-                        out.n_corrupt += 1;
+                        if self.remove_blocking(id, &old, true)? {
+                            out.n_corrupt += 1;
+                        }
                     }
                     _ => {
                         let path = r.segment.path.display().to_string();
@@ -275,7 +279,7 @@ fn sync_each<'a>(segments: impl Iterator<Item = &'a Arc<Segment>>) -> io::Result
     let mut synced: Vec<u64> = Vec::new();
     for s in segments {
         if !synced.contains(&s.seq) {
-            fdatasync(&s.fd)?;
+            s.datasync()?;
             synced.push(s.seq);
         }
     }
@@ -313,7 +317,7 @@ pub fn start_compactor(store: Arc<SegmentStore>, policy: Policy, interval: Durat
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{data, id, put, read_back};
+    use super::super::tests::{data, id, put, read_back, reserve_larger_than_a_segment};
     use super::*;
 
     const SEGMENT: u64 = 4 << 20;
@@ -345,6 +349,22 @@ mod tests {
         for i in 0..9 {
             store.remove(id(1, i), false).await.unwrap();
         }
+    }
+
+    #[test]
+    fn a_segment_that_took_a_record_after_it_was_picked_is_not_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), SEGMENT, Prefill::Allocate).unwrap();
+            put(&store, id(1, 0), &data(1, 1000)).await;
+            let picked = store.get(&id(1, 0)).unwrap().segment;
+            // Compaction picked the segment being written; before it seals it, a STORE reserves
+            // space there and a large record moves writing on to a segment of its own.
+            let _receiving = store.reserve(record_span(1000)).unwrap();
+            let _large = reserve_larger_than_a_segment(&store, SEGMENT);
+            assert!(!Arc::ptr_eq(store.writer.lock().unwrap().active.as_ref().unwrap(), &picked));
+            assert!(!store.seal(&picked), "a segment still being written into was sealed for compaction");
+        });
     }
 
     #[test]

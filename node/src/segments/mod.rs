@@ -216,6 +216,16 @@ pub struct Segment {
     tombs: AtomicU64,
     /// Reservations in it whose record is not finished yet (a chunk still being received).
     pending: AtomicU64,
+    /// An fdatasync of it failed: writes may have been lost that a later sync would not
+    /// report (the kernel reports a writeback error once per open file), so every later sync
+    /// of it fails and nothing more is written to it.
+    failed: AtomicBool,
+    /// Held across each fdatasync of it, so that a failure is marked before any other sync of
+    /// it can answer.
+    syncing: Mutex<()>,
+    /// The next sync fails as if the disk had reported an I/O error (tests and the
+    /// `segment-sync-eio` failpoint).
+    fail_next_sync: AtomicBool,
 }
 
 impl Segment {
@@ -230,7 +240,64 @@ impl Segment {
             live: AtomicU64::new(0),
             tombs: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            syncing: Mutex::new(()),
+            fail_next_sync: AtomicBool::new(false),
         }
+    }
+
+    /// The same file under another number and path (a spare renumbered before it is written).
+    fn renumbered(&self, seq: u64, path: PathBuf) -> Segment {
+        assert_eq!(self.end.load(Ordering::Relaxed), SEGMENT_HEADER_BYTES, "only an unwritten segment is renumbered");
+        Segment {
+            seq,
+            fd: self.fd.clone(),
+            buffered: self.buffered.clone(),
+            size: self.size,
+            path,
+            end: AtomicU64::new(SEGMENT_HEADER_BYTES),
+            live: AtomicU64::new(0),
+            tombs: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            syncing: Mutex::new(()),
+            fail_next_sync: AtomicBool::new(false),
+        }
+    }
+
+    /// fdatasync of the segment: every write to it that completed before the call is durable
+    /// when it returns Ok. After one failure every later call fails too.
+    pub fn datasync(&self) -> io::Result<()> {
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(format!(
+                "segment {} failed an earlier sync; writes to it may be lost",
+                self.path.display()
+            )));
+        }
+        let injected = self.fail_next_sync.swap(false, Ordering::AcqRel)
+            || dfs_runtime::failpoint::is_on("segment-sync-eio") && !SYNC_EIO_INJECTED.swap(true, Ordering::AcqRel);
+        let result = if injected { Err(io::Error::from_raw_os_error(libc::EIO)) } else { fdatasync(&self.fd) };
+        if let Err(e) = result {
+            self.failed.store(true, Ordering::Release);
+            tracing::error!(
+                "segments: sync of {} failed ({e}): the segment is failed, no more is written to it, and every record \
+                 not yet acknowledged in it fails",
+                self.path.display()
+            );
+            return Err(io::Error::new(e.kind(), format!("sync of segment {} failed: {e}", self.path.display())));
+        }
+        Ok(())
+    }
+
+    /// Whether a sync of it has failed.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fail_next_sync_for_tests(&self) {
+        self.fail_next_sync.store(true, Ordering::Release);
     }
 
     /// The descriptor a record of `length` data bytes is written and read through.
@@ -397,6 +464,9 @@ const PREFILL_PACED_PAUSE: Duration = Duration::from_millis(32);
 /// A paced prefill must be done this long before the active segment is expected to fill up.
 const PREFILL_MARGIN: Duration = Duration::from_secs(1);
 
+/// The `segment-sync-eio` failpoint fails one sync per process.
+static SYNC_EIO_INJECTED: AtomicBool = AtomicBool::new(false);
+
 /// Whether the maker may pause before the next piece of zeros: no writer waits for the spare,
 /// and at the rate the active segment fills (bytes per second since the spare was begun), its
 /// `free` bytes last more than twice as long as the `remaining` zeros take at the paced rate,
@@ -477,6 +547,24 @@ impl SegmentMaker {
         }
         let buffered = open_segment_file(&path, false, false).map_err(ctx("cannot open", &path))?;
         Ok(Arc::new(Segment::new(seq, fd, buffered.into(), size, path)))
+    }
+}
+
+impl SegmentMaker {
+    /// Gives `spare` (made ahead of need, nothing written to it yet) the number `seq`: its
+    /// header is rewritten and made durable, then the file is renamed and the directory synced.
+    /// A crash in between leaves a segment whose header and name disagree and which holds no
+    /// record: start-up removes it.
+    fn renumber(&self, spare: &Segment, seq: u64) -> io::Result<Arc<Segment>> {
+        let path = self.dir.join(segment_name(seq));
+        if path.exists() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists already", path.display())));
+        }
+        pwrite_all(&spare.fd, &encode_segment_header(seq, spare.size), 0)?;
+        fdatasync(&spare.fd)?;
+        std::fs::rename(&spare.path, &path)?;
+        fsync_dir(&self.dir_fd)?;
+        Ok(Arc::new(spare.renumbered(seq, path)))
     }
 }
 
@@ -639,10 +727,15 @@ impl SegmentStore {
         }
         seqs.sort_unstable();
         let n_segments = seqs.len();
-        let ckpt = checkpoint::load(&self.dir).unwrap_or_else(|e| {
-            tracing::warn!("segments: {e}; scanning every segment instead");
-            None
-        });
+        let ckpt = checkpoint::load(&self.dir)
+            .and_then(|c| match c {
+                Some(c) => checkpoint::check_covered_ends(&self.dir, &c).map(|()| Some(c)),
+                None => Ok(None),
+            })
+            .unwrap_or_else(|e| {
+                tracing::warn!("segments: {e}; scanning every segment instead");
+                None
+            });
         let covers = |seq: u64, size: u64| {
             ckpt.as_ref().and_then(|c| c.segments.get(&seq).filter(|s| seq < c.first_scanned_seq && s.size == size))
         };
@@ -664,11 +757,18 @@ impl SegmentStore {
                     path.display()
                 ))
             })?;
-            if found_seq != seq {
-                return Err(io::Error::other(format!("{}: header says segment {found_seq}", path.display())));
-            }
             let buffered = open_segment_file(&path, false, false).map_err(ctx("cannot open", &path))?;
             let segment = Arc::new(Segment::new(seq, fd, buffered.into(), size, path.clone()));
+            if found_seq != seq {
+                // A spare whose renumbering a stop interrupted: it never held a record.
+                let scan = scan_segment(&segment)
+                    .map_err(|e| io::Error::new(e.kind(), format!("scanning {}: {e}", path.display())))?;
+                if scan.records.is_empty() && scan.n_skipped + scan.n_pads == 0 {
+                    remove_unused(&segment);
+                    continue;
+                }
+                return Err(io::Error::other(format!("{}: header says segment {found_seq}", path.display())));
+            }
             if let Some(c) = covers(seq, size) {
                 segment.end.store(c.end, Ordering::Relaxed);
                 segment.tombs.store(c.tombs, Ordering::Relaxed);
@@ -737,7 +837,14 @@ impl SegmentStore {
                 segment.tombs.fetch_add(ALIGN as u64, Ordering::Relaxed);
             }
             match winners.entry(r.id) {
-                // Equal numbers are a record and its compacted copy: the first is kept.
+                // A tombstone deletes the record whose number it carries and every earlier one.
+                // Otherwise equal numbers are a record and its compacted copy (or a tombstone
+                // and its compacted copy): the first is kept.
+                std::collections::hash_map::Entry::Occupied(mut e)
+                    if e.get().0 == r.lsn && r.loc.is_none() && e.get().1.is_some() =>
+                {
+                    e.insert((r.lsn, None));
+                }
                 std::collections::hash_map::Entry::Occupied(e) if e.get().0 >= r.lsn => {}
                 std::collections::hash_map::Entry::Occupied(mut e) => {
                     e.insert((r.lsn, r.loc));
@@ -785,7 +892,8 @@ impl SegmentStore {
     pub fn reserve(&self, span: u64) -> io::Result<Reservation> {
         assert!(span.is_multiple_of(ALIGN as u64), "record spans are aligned");
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let fits = w.active.as_ref().is_some_and(|s| w.next_offset + span <= s.size);
+        // A segment whose sync failed takes nothing more.
+        let fits = w.active.as_ref().is_some_and(|s| !s.is_failed() && w.next_offset + span <= s.size);
         if !fits {
             // A spare on its way is worth waiting for: making another here would write a second
             // segment's worth of zeros while the first is still being written.
@@ -805,6 +913,35 @@ impl SegmentStore {
                     self.maker.make(seq, size, size == self.segment_bytes, &|_| false)?
                 }
             };
+            // Segments are written in the order of their numbers: start-up reads the newest
+            // ones through, a checkpoint covers the ones before the first still written, and
+            // compaction drops tombstones in the oldest, all by number. A spare made before a
+            // record larger than a segment got a segment of its own has a lower number than
+            // that one: it is renumbered before anything is written to it.
+            let newest = self.lock_segments().keys().next_back().copied();
+            let segment = match newest {
+                Some(newest) if segment.seq < newest => {
+                    let seq = w.next_seq;
+                    w.next_seq += 1;
+                    match self.maker.renumber(&segment, seq) {
+                        Ok(renumbered) => renumbered,
+                        Err(e) => {
+                            tracing::warn!("segments: cannot renumber {} as {seq}: {e}", segment.path.display());
+                            remove_unused(&segment);
+                            let seq = w.next_seq;
+                            w.next_seq += 1;
+                            let size = self.segment_bytes.max(SEGMENT_HEADER_BYTES + span);
+                            self.maker.make(seq, size, size == self.segment_bytes, &|_| false)?
+                        }
+                    }
+                }
+                _ => segment,
+            };
+            assert!(
+                newest.is_none_or(|n| segment.seq > n),
+                "segment {} would be written after segment {newest:?}",
+                segment.seq
+            );
             self.lock_segments().insert(segment.seq, segment.clone());
             w.active = Some(segment);
             w.next_offset = SEGMENT_HEADER_BYTES;
@@ -917,9 +1054,17 @@ impl SegmentStore {
         }
     }
 
+    /// Writes a tombstone of record `old` of `id` and drops it from the index once that is
+    /// durable. The tombstone carries `old`'s sequence number, and deletes that record and the
+    /// chunk's earlier ones only: a copy stored after `old` left the index (set aside by a read,
+    /// then stored again by repair) keeps its place, in memory and after a restart, whoever
+    /// removes `old` late.
     async fn remove_record(&self, id: ChunkId, old: &Location, quarantine: bool) -> io::Result<()> {
+        if !self.holds(id, old) {
+            return Ok(());
+        }
         let r = self.reserve(record_span(0))?;
-        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, tombstone(id, r.lsn), r.offset).await;
+        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, tombstone(id, old.lsn), r.offset).await;
         res?;
         r.segment.tombs.fetch_add(r.span, Ordering::Relaxed);
         self.sync(&r.segment).await?;
@@ -927,15 +1072,24 @@ impl SegmentStore {
         Ok(())
     }
 
-    /// [`SegmentStore::remove`] for a thread outside the runtimes (scrub): writes and syncs the
-    /// tombstone with plain blocking calls.
-    pub fn remove_blocking(&self, id: ChunkId, old: &Location, quarantine: bool) -> io::Result<()> {
+    /// [`SegmentStore::remove_record`] for a thread outside the runtimes (scrub, compaction):
+    /// writes and syncs the tombstone with plain blocking calls. Ok(false): the index no longer
+    /// holds `old` (deleted, or set aside and stored again meanwhile), and nothing was written.
+    pub fn remove_blocking(&self, id: ChunkId, old: &Location, quarantine: bool) -> io::Result<bool> {
+        if !self.holds(id, old) {
+            return Ok(false);
+        }
         let r = self.reserve(record_span(0))?;
-        pwrite_all(&r.segment.fd, &tombstone(id, r.lsn), r.offset)?;
+        pwrite_all(&r.segment.fd, &tombstone(id, old.lsn), r.offset)?;
         r.segment.tombs.fetch_add(r.span, Ordering::Relaxed);
-        fdatasync(&r.segment.fd)?;
+        r.segment.datasync()?;
         self.forget(id, old, quarantine);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether the index still holds record `old` of `id` (or a compacted copy of it).
+    fn holds(&self, id: ChunkId, old: &Location) -> bool {
+        self.lock_index().get(&id).is_some_and(|l| l.lsn == old.lsn)
     }
 
     /// Drops `id` from the index if it is still the record `old` (or a compacted copy of it).
@@ -1098,7 +1252,8 @@ fn pad(r: &Reservation) -> AlignedBuf {
     buf
 }
 
-/// A tombstone record for `id`, ready to write.
+/// A tombstone for `id` ready to write: it deletes the chunk's record numbered `lsn` and every
+/// earlier one.
 fn tombstone(id: ChunkId, lsn: u64) -> AlignedBuf {
     let header = RecordHeader {
         kind: Kind::Tombstone,
@@ -1126,7 +1281,7 @@ fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
             if results.iter().any(|(seq, _)| *seq == segment.seq) {
                 continue;
             }
-            results.push((segment.seq, fdatasync(&segment.fd).map_err(|e| e.to_string())));
+            results.push((segment.seq, segment.datasync().map_err(|e| e.to_string())));
         }
         for (segment, waiter) in batch {
             let result = results.iter().find(|(seq, _)| *seq == segment.seq).map(|(_, r)| r.clone());
@@ -1479,6 +1634,143 @@ pub(super) mod tests {
         let store = SegmentStore::open(dir.path(), 1 << 20, Prefill::Allocate).unwrap();
         assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 100)));
         assert!(!half_made.exists(), "the half-made segment was left behind");
+    }
+
+    /// Waits until the segment maker has a spare ready, as it has on a node that is not busy.
+    pub(super) fn wait_for_spare(store: &SegmentStore) {
+        for _ in 0..1000 {
+            if store.writer.lock().unwrap().spare.is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("no spare segment within 5 s");
+    }
+
+    /// Space for a record larger than a segment, taken while a spare is ready: the record gets
+    /// a segment of its own, and the spare stays for the records after it.
+    pub(super) fn reserve_larger_than_a_segment(store: &SegmentStore, segment_bytes: u64) -> Reservation {
+        wait_for_spare(store);
+        let r = store.reserve(record_span(segment_bytes)).unwrap();
+        assert!(store.writer.lock().unwrap().spare.is_some(), "the spare was kept for later records");
+        r
+    }
+
+    #[test]
+    fn segments_are_numbered_in_the_order_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+            put(&store, id(1, 0), &data(1, 1000)).await;
+            let big = reserve_larger_than_a_segment(&store, 4 << 20);
+            put(&store, id(1, 1), &data(2, 1000)).await;
+            let after = store.get(&id(1, 1)).unwrap().segment.seq;
+            assert!(
+                after > big.segment.seq,
+                "the segment written after the large record's ({}) has the lower number {after}",
+                big.segment.seq
+            );
+            // And on disk: file name and header agree.
+            let path = store.get(&id(1, 1)).unwrap().segment.path.clone();
+            assert_eq!(path.file_name().unwrap().to_str().unwrap(), segment_name(after));
+        });
+        let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+        assert_eq!(read_back(&store, &id(1, 1)), Some(data(2, 1000)));
+    }
+
+    #[test]
+    fn a_spare_whose_renumbering_was_interrupted_is_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+            put(&store, id(1, 0), &data(1, 1000)).await;
+        });
+        // A stop after the spare's new header was synced and before its rename: segment 7's
+        // header in a file still named for segment 5, holding no record.
+        let seg = dir.path().join("segments");
+        let name = segment_name(5);
+        std::fs::write(seg.join(&name), vec![0u8; 1 << 20]).unwrap();
+        overwrite(&seg.join(&name), 0, &encode_segment_header(7, 1 << 20));
+        let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+        assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 1000)));
+        assert!(!seg.join(&name).exists(), "the interrupted spare was left behind");
+        // A segment whose header and name disagree and that holds records is still refused.
+        drop(store);
+        let held = std::fs::read_dir(&seg)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::read(p).is_ok_and(|b| b.len() > 8192 && RecordHeader::decode(&b[4096..]).is_some()));
+        let held = held.expect("the segment with the record");
+        std::fs::rename(&held, seg.join(segment_name(9))).unwrap();
+        let e = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).err().expect("refused");
+        assert!(e.to_string().contains("header says segment"), "{e}");
+    }
+
+    #[test]
+    fn a_torn_record_written_after_a_large_record_is_found_at_start() {
+        // The segments a crash can have torn are the last ones written: after a record larger
+        // than a segment, that is the spare kept beside it, whatever its number.
+        let dir = tempfile::tempdir().unwrap();
+        let torn = tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+            put(&store, id(1, 0), &data(1, 1000)).await;
+            wait_for_spare(&store);
+            put(&store, id(3, 0), &data(3, 4 << 20)).await;
+            let torn = put(&store, id(2, 0), &data(2, 3 * BLOCK_SIZE_BYTES as usize)).await;
+            // Another large record after it, in a segment of its own.
+            wait_for_spare(&store);
+            put(&store, id(4, 0), &data(4, 4 << 20)).await;
+            torn
+        });
+        // The crash left its header and trailer on disk, but not all of its data between.
+        let zeros = vec![0u8; 2 * BLOCK_SIZE_BYTES as usize];
+        overwrite(&torn.segment.path, torn.offset + ALIGN as u64, &zeros);
+        let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+        assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 1000)));
+        assert!(!store.contains(&id(2, 0)), "a torn record in the last segment written was indexed");
+    }
+
+    #[test]
+    fn a_tombstone_of_a_set_aside_copy_spares_the_fresh_copy_stored_after_it() {
+        // Scrub lists a copy, a read finds it corrupt and sets it aside, repair stores a fresh
+        // copy, and then scrub reaches the listed copy and sets it aside too.
+        let dir = tempfile::tempdir().unwrap();
+        tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+            put(&store, id(1, 0), &data(1, 1000)).await;
+            let listed = store.get(&id(1, 0)).unwrap();
+            store.quarantine_record(id(1, 0), &listed).await.unwrap();
+            assert!(!store.contains(&id(1, 0)));
+            put(&store, id(1, 0), &data(1, 1000)).await;
+            let fresh = store.get(&id(1, 0)).unwrap();
+            assert!(fresh.lsn > listed.lsn);
+            assert!(!store.remove_blocking(id(1, 0), &listed, true).unwrap(), "nothing to set aside any more");
+            assert_eq!(store.get(&id(1, 0)).map(|l| l.lsn), Some(fresh.lsn), "the fresh copy was dropped");
+            // A delete of the fresh copy still deletes it, for good.
+            put(&store, id(2, 0), &data(2, 100)).await;
+            store.remove(id(2, 0), false).await.unwrap();
+        });
+        let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+        assert_eq!(read_back(&store, &id(1, 0)), Some(data(1, 1000)), "the fresh copy is gone after a restart");
+        assert!(!store.contains(&id(2, 0)), "a deleted chunk came back");
+    }
+
+    #[test]
+    fn a_failed_sync_fails_the_segment_for_every_later_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+            let first = put(&store, id(1, 0), &data(1, 1000)).await;
+            // Another descriptor's sync of the segment (compaction's, scrub's) receives the
+            // writeback error; the kernel reports it to that caller only.
+            first.segment.fail_next_sync_for_tests();
+            assert!(first.segment.datasync().is_err());
+            let e = store.sync(&first.segment).await.expect_err("a sync after the error succeeded");
+            assert!(e.to_string().contains("failed"), "{e}");
+            // Nothing more is written there.
+            let next = store.reserve(record_span(100)).unwrap();
+            assert_ne!(next.segment.seq, first.segment.seq, "a new record went into the failed segment");
+        });
     }
 
     #[test]
