@@ -239,8 +239,9 @@ pub async fn put(
             client.write_msg(&Msg::PutOk { file_id }).await
         }
         // An error from a commit does not prove that nothing was committed (an fsync can fail
-        // after the data reached the disk): look before deleting chunks a record may point at.
-        Err(e) => match state.meta.get(file_id).await {
+        // after the data reached the disk; a statement whose answer timed out can still commit
+        // on the database): settle it, then look, before deleting chunks a record may point at.
+        Err(e) => match state.meta.settle_failed_insert(&writer).await {
             Ok(Some(stored)) if stored == record => {
                 tracing::warn!(
                     "upload of {:?}: the metadata commit reported {e}, but the record is there",

@@ -452,3 +452,55 @@ fn a_tree_put_and_restored_through_two_engines_carries_on_when_the_first_dies() 
     }
     assert_eq!(cluster.ls().len(), files.len(), "each file stored once");
 }
+
+/// A commit held up past the engine's 10 s statement limit by a lock in another session: the
+/// engine's wait ends, but the INSERT is still queued on the server and would commit once the
+/// lock goes. The engine must settle it before it answers: the upload fails and its copies go,
+/// and the record never appears later (or, had the INSERT won, the file is there whole).
+/// (Issue 23, item 2: on the old code the upload failed after 10 s, its copies were deleted,
+/// and then the INSERT committed: `ls` listed a file whose every copy was missing.)
+#[test]
+fn a_commit_held_past_the_statement_limit_never_lists_a_file_without_its_data() {
+    let pg = Postgres::start();
+    let cluster = Cluster::start(4, opts(&pg));
+    let before = pseudo_random_bytes(1, 50_000);
+    let before_id = cluster.put_bytes(&before, "before", Chunking::Equal);
+    let data = pseudo_random_bytes(2, 300_000);
+    let outcome = std::thread::scope(|s| {
+        let holder = s.spawn(|| pg.sql("BEGIN; LOCK TABLE dfs_files IN EXCLUSIVE MODE; SELECT pg_sleep(14); COMMIT"));
+        // The lock is taken (psql runs the statements in order; the sleep starts after it).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !pg
+            .sql(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                       WHERE c.relname = 'dfs_files' AND l.mode = 'ExclusiveLock' AND l.granted",
+            )
+            .starts_with('1')
+        {
+            assert!(std::time::Instant::now() < deadline, "the lock was never taken");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let started = std::time::Instant::now();
+        let outcome = cluster.try_put_bytes(&data, "held", Chunking::Equal);
+        cluster.note(&format!("the put answered after {:.1?}", started.elapsed()));
+        holder.join().expect("the session holding the lock");
+        outcome
+    });
+    // The INSERT the engine gave up on had its chance to commit once the lock went.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let listed: Vec<String> = cluster.ls().into_iter().map(|e| e.name).collect();
+    match outcome {
+        Err(out) => {
+            let why = out.expect_error("the put held past the statement limit");
+            cluster.note(&format!("the put failed: {why}"));
+            assert_eq!(listed, ["before"], "a failed upload is listed");
+        }
+        Ok(id) => {
+            let got = cluster.get(&id).unwrap_or_else(|e| panic!("the put answered {id}, which does not read: {e}"));
+            assert_bytes_eq(&got, &data, "the held put");
+        }
+    }
+    let rows = pg.sql("SELECT count(*) FROM dfs_files");
+    assert_eq!(rows, if listed.len() == 2 { "2" } else { "1" }, "rows in dfs_files");
+    assert_bytes_eq(&cluster.get(&before_id).expect("get before"), &before, "the file put before");
+}

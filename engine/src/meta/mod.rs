@@ -430,6 +430,23 @@ impl MetaStore {
         Ok(())
     }
 
+    /// After [`MetaStore::insert`] answered an error: makes sure the insert can no longer commit,
+    /// then reads what it left. Some: the record is there (the error came after the commit),
+    /// None: it is not and never will be, so the upload's copies may go. An error means neither
+    /// is known: the copies must stay (gc takes them after its grace period if no record
+    /// appears).
+    ///
+    /// In PostgreSQL an insert whose answer timed out may still be running on the server and
+    /// commit later. An insert commits only by claiming its upload's registration row in the
+    /// same statement, so taking that row away first settles it: either the insert claimed it
+    /// (the delete waits for its commit, and the record is read) or it never will.
+    pub async fn settle_failed_insert(&self, writer: &Writer) -> Result<Option<FileRecord>, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.get(writer.file_id),
+            MetaStore::Postgres(p) => p.settle_failed_insert(writer).await,
+        }
+    }
+
     /// Durably removes a file's record; returns it, or None if there was none.
     pub async fn delete(&self, file_id: FileId) -> Result<Option<FileRecord>, MetaError> {
         match self {

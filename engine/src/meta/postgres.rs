@@ -404,6 +404,23 @@ impl Postgres {
         rx.await.map_err(|_| MetaError::WriterGone)?
     }
 
+    /// See [`super::MetaStore::settle_failed_insert`]: deletes the upload's registration row,
+    /// which the insert claims in its own statement, then reads the record.
+    pub async fn settle_failed_insert(&self, writer: &Writer) -> Result<Option<FileRecord>, MetaError> {
+        let epoch = writer.epoch.expect("a PostgreSQL upload is registered under an engine registration");
+        let file_id = writer.file_id;
+        self.run("settling a failed commit", move |c| async move {
+            let e = pg_err("settling a failed commit");
+            c.execute("DELETE FROM dfs_uploads WHERE file_id = $1 AND engine_id = $2", &[&&file_id.0[..], &&epoch[..]])
+                .await
+                .map_err(&e)?;
+            let row =
+                c.query_opt("SELECT record FROM dfs_files WHERE file_id = $1", &[&&file_id.0[..]]).await.map_err(&e)?;
+            row.map(|r| FileRecord::decode(file_id, r.get::<_, &[u8]>(0))).transpose()
+        })
+        .await
+    }
+
     /// A file ID registered for an upload: from the IDs registered ahead of need, registering
     /// a batch more when none is left.
     pub async fn new_upload(&self) -> Result<Writer, MetaError> {
@@ -972,18 +989,26 @@ async fn writer(pool: Pool, mut queue: mpsc::Receiver<Insert>) {
 }
 
 /// Commits a batch in one statement; per insert, Ok, or why it was refused (its engine
-/// registration lapsed). Err: the statement failed and nothing was committed.
+/// registration lapsed, or its upload's registration row is gone). Err: the statement failed or
+/// its answer did not come; it may still commit later unless
+/// [`Postgres::settle_failed_insert`] takes its registration row away first.
+///
+/// Each record is inserted only by claiming (deleting) its upload's `dfs_uploads` row in the
+/// same statement: whoever deletes that row first, this statement or the settling after a
+/// failed commit, decides whether the record can ever exist.
 async fn insert_batch(pool: &Pool, batch: &[Insert]) -> Result<Vec<Result<(), MetaError>>, MetaError> {
     let c = pool.get().await.map_err(pool_err)?;
     let e = pg_err("commit");
     let stmt = c
         .prepare_cached(&format!(
-            "INSERT INTO dfs_files (file_id, version, size, created_unix_ms, record) \
-                 SELECT n.file_id, 1, n.size, n.created, n.record \
-                 FROM unnest($1::BYTEA[], $2::INT8[], $3::INT8[], $4::BYTEA[], $5::BYTEA[]) \
-                 AS n(file_id, size, created, record, engine_id) \
-                 WHERE EXISTS (SELECT 1 FROM dfs_engines e WHERE e.engine_id = n.engine_id \
-                 AND e.expires_unix_ms > {DB_NOW_MS}) \
+            "WITH n AS (SELECT * FROM unnest($1::BYTEA[], $2::INT8[], $3::INT8[], $4::BYTEA[], $5::BYTEA[]) \
+                 AS n(file_id, size, created, record, engine_id)), \
+             claimed AS (DELETE FROM dfs_uploads u USING n, dfs_engines e \
+                 WHERE u.file_id = n.file_id AND u.engine_id = n.engine_id \
+                 AND e.engine_id = n.engine_id AND e.expires_unix_ms > {DB_NOW_MS} \
+                 RETURNING u.file_id) \
+             INSERT INTO dfs_files (file_id, version, size, created_unix_ms, record) \
+                 SELECT n.file_id, 1, n.size, n.created, n.record FROM n JOIN claimed ON claimed.file_id = n.file_id \
                  RETURNING file_id"
         ))
         .await
@@ -1002,8 +1027,9 @@ async fn insert_batch(pool: &Pool, batch: &[Insert]) -> Result<Vec<Result<(), Me
                 Ok(())
             } else {
                 Err(MetaError::Db(
-                    "not recorded: this engine's registration in PostgreSQL lapsed while the upload ran, so gc on \
-                     another engine may have collected its copies; upload it again"
+                    "not recorded: this engine's registration in PostgreSQL lapsed while the upload ran (so gc on \
+                     another engine may have collected its copies), or the upload's registration is gone; upload it \
+                     again"
                         .into(),
                 ))
             }
