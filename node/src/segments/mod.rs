@@ -31,6 +31,8 @@ use std::time::Duration;
 
 mod checkpoint;
 mod compact;
+#[cfg(test)]
+mod model;
 pub use checkpoint::start_checkpointer;
 pub use compact::{start_compactor, Policy};
 
