@@ -55,4 +55,23 @@ echo "== round trip is byte-identical"
 "$bin/dfs-client" stat "$id"
 "$bin/dfs-client" ls
 "$bin/dfs-client" rm "$id"
-echo "== removed $id; stopping the cluster"
+echo "== removed $id"
+
+# The same cluster speaks S3 on the port after its nodes', with the key pair it made.
+s3="http://127.0.0.1:$((port + 5))"
+if command -v aws >/dev/null 2>&1; then
+    read -r AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY <"$work/cluster/s3.keys"
+    export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION=us-east-1
+    head -c $((4 * 1024 * 1024)) "$work/input" >"$work/s3-input"
+    aws --endpoint-url "$s3" s3 mb s3://demo >/dev/null
+    aws --endpoint-url "$s3" s3 cp "$work/s3-input" s3://demo/input.bin --only-show-errors
+    aws --endpoint-url "$s3" s3 cp s3://demo/input.bin "$work/s3-output" --only-show-errors
+    cmp "$work/s3-input" "$work/s3-output"
+    echo "== S3 at $s3: aws s3 cp up and down, byte-identical"
+    aws --endpoint-url "$s3" s3 ls s3://demo/
+    aws --endpoint-url "$s3" s3 rm s3://demo/input.bin --only-show-errors
+    aws --endpoint-url "$s3" s3 rb s3://demo >/dev/null
+else
+    echo "== S3 is served at $s3 (key pair in the data directory's s3.keys); install aws-cli to try it"
+fi
+echo "== stopping the cluster"

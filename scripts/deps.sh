@@ -2,10 +2,17 @@
 # Installs, from the distribution's packages, what the tests need beyond Rust when it is
 # missing: PostgreSQL (the tests of the PostgreSQL metadata backend start servers of their own
 # with initdb and pg_ctl), iproute2 and nftables (the multi-host tests put each process in a
-# network namespace of its own and make partitions with nftables rules), and Chromium (the
-# status page's test renders it in a headless browser). Debian and Ubuntu (apt-get); as root,
+# network namespace of its own and make partitions with nftables rules), Chromium (the
+# status page's test renders it in a headless browser), and from PyPI aws-cli and boto3 (the
+# S3 tests). Debian and Ubuntu (apt-get); as root,
 # or through sudo.
 set -euo pipefail
+# aws-cli and boto3 (with the CRT, which boto3 needs for CRC32C checksums), the S3 clients the
+# S3 front door's tests run: from PyPI, into the Python the tests call.
+if ! command -v aws >/dev/null 2>&1 || ! python3 -c 'import boto3, awscrt' >/dev/null 2>&1; then
+    echo "== installing from PyPI: awscli boto3 botocore[crt]"
+    python3 -m pip install --quiet --disable-pip-version-check awscli boto3 'botocore[crt]'
+fi
 need=()
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     need+=(postgresql)

@@ -250,6 +250,7 @@ async fn get_streamed(
         links: state.links.clone(),
         queue: state.repair_queue.clone(),
         file_id,
+        first_chunk: 0,
         chunks: record.chunks.clone(),
         copies,
     });
@@ -275,6 +276,8 @@ struct NodeBlocks {
     links: Links,
     queue: std::sync::Arc<RepairQueue>,
     file_id: FileId,
+    /// The file's index of `chunks[0]` (a range read starts at the chunk it begins in).
+    first_chunk: usize,
     chunks: Vec<ChunkRecord>,
     /// Per chunk, its copies in read order.
     copies: Vec<Vec<SocketAddr>>,
@@ -297,14 +300,15 @@ impl stream::Blocks for NodeBlocks {
     }
 
     async fn open(&self, chunk: usize, copy: usize, first_block: usize) -> Result<NodeReader, NodeError> {
-        let chunk_id = ChunkId { file_id: self.file_id, chunk_idx: chunk as u32 };
+        let chunk_id = ChunkId { file_id: self.file_id, chunk_idx: (self.first_chunk + chunk) as u32 };
         ChunkReader::open(self.copies[chunk][copy], &self.links, chunk_id, &self.chunks[chunk], first_block)
             .await
             .map(NodeReader)
     }
 
     fn failed(&self, chunk: usize, _copy: usize, e: &NodeError) {
-        copy_failed(&self.links, &self.queue, ChunkId { file_id: self.file_id, chunk_idx: chunk as u32 }, e);
+        let chunk_id = ChunkId { file_id: self.file_id, chunk_idx: (self.first_chunk + chunk) as u32 };
+        copy_failed(&self.links, &self.queue, chunk_id, e);
     }
 }
 
@@ -342,6 +346,93 @@ impl stream::Sink for ClientSink<'_> {
 
     async fn send(&self, buf: Vec<u8>, len: usize) -> Result<Vec<u8>, FrameError> {
         self.0.write_data(buf, 0, len).await
+    }
+}
+
+/// Bytes of a download as they leave the engine, for a front door that is not a dfs
+/// connection (S3): each item is verified bytes, in order, or the error that ends the download.
+pub type ByteSender = tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>;
+
+/// Streams bytes `start..end` of a file into `tx`, block by block, every block checked against
+/// its crc32 before it goes (the streamed download's path, `dfs_core::stream`): only the chunks
+/// the range touches are read, and reading stops once the range is sent. A chunk none of whose
+/// copies reads ends the stream with an error item naming it. Returns when the range is sent,
+/// failed, or `tx`'s receiver went away.
+pub async fn stream_range(
+    state: &EngineState,
+    file_id: FileId,
+    record: &FileRecord,
+    start: u64,
+    end: u64,
+    tx: ByteSender,
+) {
+    assert!(start <= end && end <= record.size, "a range inside the file");
+    if start == end {
+        return;
+    }
+    let touched: Vec<usize> = (0..record.chunks.len())
+        .filter(|&i| {
+            let c = &record.chunks[i];
+            c.length > 0 && c.offset < end && c.offset + c.length > start
+        })
+        .collect();
+    let (Some(&first), Some(&last)) = (touched.first(), touched.last()) else { return };
+    let mut copies = Vec::with_capacity(last + 1 - first);
+    for i in first..=last {
+        match read_order(record, &record.chunks[i], &state.links.health) {
+            Ok(addrs) => copies.push(addrs),
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(format!("file {file_id} chunk {i}: {e}")))).await;
+                return;
+            }
+        }
+    }
+    let blocks = Rc::new(NodeBlocks {
+        links: state.links.clone(),
+        queue: state.repair_queue.clone(),
+        file_id,
+        first_chunk: first,
+        chunks: record.chunks[first..=last].to_vec(),
+        copies,
+    });
+    let sink = RangeSink { tx: tx.clone(), at: std::cell::Cell::new(record.chunks[first].offset), start, end };
+    match stream::stream::<_, _, EngineRuntime>(blocks, &sink, BLOCK_SIZE_BYTES as usize, READ_AHEAD_BLOCKS).await {
+        Ended::Done | Ended::SinkFailed(_) => {}
+        Ended::Failed { chunk, errors } => {
+            let f = ChunkFailure { chunk_idx: (first + chunk) as u32, errors };
+            let line = format!("GET {file_id}: {}", f.describe(file_id).1);
+            tracing::warn!("{line}");
+            crate::metrics::note_error(&line);
+            let _ = tx.send(Err(std::io::Error::other(line))).await;
+        }
+    }
+}
+
+/// Sends what of each block lies in `start..end`; `at` is the file offset of the next block's
+/// first byte. Ends the stream (an error, which the caller takes for done) once past `end`.
+struct RangeSink {
+    tx: ByteSender,
+    at: std::cell::Cell<u64>,
+    start: u64,
+    end: u64,
+}
+
+impl stream::Sink for RangeSink {
+    type Error = &'static str;
+
+    async fn send(&self, buf: Vec<u8>, len: usize) -> Result<Vec<u8>, &'static str> {
+        let at = self.at.get();
+        self.at.set(at + len as u64);
+        let from = self.start.max(at);
+        let to = self.end.min(at + len as u64);
+        if from < to {
+            let piece = bytes::Bytes::copy_from_slice(&buf[(from - at) as usize..(to - at) as usize]);
+            self.tx.send(Ok(piece)).await.map_err(|_| "the receiver went away")?;
+        }
+        if at + len as u64 >= self.end {
+            return Err("the range is sent");
+        }
+        Ok(buf)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod put;
 pub mod repair;
 pub mod repair_queue;
+pub mod s3;
 pub mod server;
 pub mod state;
 pub mod status;

@@ -117,6 +117,16 @@ struct Args {
     /// password a browser asks for) unless --insecure. `--metrics` is the older name.
     #[arg(long = "http", alias = "metrics", value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// Serve the S3 API at ADDR, e.g. 127.0.0.1:9000 (path-style; needs --s3-keys). With
+    /// --local it is served by default, on the port after the last node's (or a free one when
+    /// --listen has port 0).
+    #[arg(long, value_name = "ADDR")]
+    s3: Option<SocketAddr>,
+    /// File of S3 key pairs (one per line: `ACCESS_KEY_ID SECRET`, mode 600): only requests
+    /// signed with one of them are served. With --local, defaults to DATA/s3.keys, created with
+    /// a random pair if missing.
+    #[arg(long, value_name = "FILE")]
+    s3_keys: Option<PathBuf>,
     /// Largest number of open connections (clients, or engine connections for a node); more are
     /// closed as they arrive.
     #[arg(long, default_value_t = 4096)]
@@ -178,6 +188,37 @@ fn run(args: Args) -> Result<(), String> {
             }
         }
     }
+    // S3: on its own listener, always with key pairs (an unsigned request is refused).
+    let mut s3_keys_file = args.s3_keys.clone();
+    let mut s3_addr = args.s3;
+    if let (Some(n_nodes), Some(data)) = (args.local, &args.data) {
+        if s3_keys_file.is_none() {
+            let path = data.join("s3.keys");
+            if !path.exists() {
+                dfs_engine::s3::S3Keys::create(&path)?;
+            }
+            s3_keys_file = Some(path);
+        }
+        if s3_addr.is_none() {
+            let port = match args.listen.port() {
+                0 => 0,
+                p => p.checked_add(n_nodes as u16 + 1).ok_or("no port after the local nodes' for S3")?,
+            };
+            s3_addr = Some(SocketAddr::new(args.listen.ip(), port));
+        }
+    }
+    let s3 = match s3_addr {
+        None => None,
+        Some(addr) => {
+            let Some(file) = &s3_keys_file else {
+                return Err(format!("--s3 {addr} needs --s3-keys FILE: S3 requests must be signed"));
+            };
+            let keys = dfs_engine::s3::S3Keys::load(file)?;
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen for S3 on {addr}: {e}"))?;
+            Some((listener, keys, file.clone()))
+        }
+    };
     let access_keys =
         token_file.as_deref().map(dfs_proto::auth::AccessKeys::from_file).transpose().map_err(|e| e.to_string())?;
     let cluster_secret =
@@ -281,6 +322,11 @@ fn run(args: Args) -> Result<(), String> {
         let open = http_addr.ip().is_loopback() || args.insecure;
         let mut pages = dfs_engine::status::Pages::new(state.clone(), open, addr.to_string())?;
         dfs_runtime::metrics::serve_with(http_addr, Some(Box::new(move |m, u, a| pages.answer(m, u, a))))?;
+    }
+    if let Some((listener, keys, file)) = s3 {
+        let at = listener.local_addr().map_err(|e| format!("S3 listener: {e}"))?;
+        dfs_engine::s3::start(state.clone(), listener, keys)?;
+        tracing::info!("S3 API on http://{at}/ (path-style), key pairs in {}", file.display());
     }
     dfs_runtime::announce(addr);
     dfs_runtime::serve_per_core(listeners, args.max_connections, state, server::handle).map_err(|e| e.to_string())

@@ -152,24 +152,7 @@ pub async fn put(
                 }
             }
         }
-        for target in targets {
-            if let Some(e) = target.error {
-                state.links.health.note_failure(&e);
-                upload.failed(span.chunk_idx as usize, target.addr, e);
-            }
-            let Some(node) = target.node else { continue };
-            let (chunk_idx, length, addr, node_id) = (span.chunk_idx, span.length, target.addr, node.node_id);
-            inflight.push_back(dfs_runtime::backend::spawn(async move {
-                let result = await_store(&node, length, crc32).await;
-                if result.is_ok() {
-                    node.checkin();
-                }
-                Acked { chunk_idx, addr, node_id, result }
-            }));
-        }
-        while inflight.len() >= MAX_INFLIGHT_CHUNKS * replicas {
-            settle(state, inflight.pop_front(), &mut upload).await;
-        }
+        await_acks(state, targets, span, crc32, &mut upload, &mut inflight).await;
     }
     while let Some(h) = inflight.pop_front() {
         settle(state, Some(h), &mut upload).await;
@@ -197,6 +180,65 @@ pub async fn put(
         return client.write_msg(&Msg::error(f.status, format!("cannot store {name:?}: {}", f.message))).await;
     }
 
+    match commit(state, &writer, &spans, &chunk_crcs, &upload, name, size, chunking, origin).await {
+        Ok(()) => client.write_msg(&Msg::PutOk { file_id }).await,
+        Err(reply) => client.write_msg(&reply).await,
+    }
+}
+
+/// Spawns the wait for each live target's acknowledgement of chunk `span`, notes the targets
+/// that already failed, and keeps at most [`MAX_INFLIGHT_CHUNKS`] chunks' acknowledgements
+/// outstanding.
+async fn await_acks(
+    state: &EngineState,
+    targets: Vec<Target>,
+    span: &dfs_proto::layout::ChunkSpan,
+    crc32: u32,
+    upload: &mut Upload,
+    inflight: &mut VecDeque<tokio::task::JoinHandle<Acked>>,
+) {
+    for target in targets {
+        if let Some(e) = target.error {
+            state.links.health.note_failure(&e);
+            upload.failed(span.chunk_idx as usize, target.addr, e);
+        }
+        let Some(node) = target.node else { continue };
+        let (chunk_idx, length, addr, node_id) = (span.chunk_idx, span.length, target.addr, node.node_id);
+        inflight.push_back(dfs_runtime::backend::spawn(async move {
+            let result = await_store(&node, length, crc32).await;
+            if result.is_ok() {
+                node.checkin();
+            }
+            Acked { chunk_idx, addr, node_id, result }
+        }));
+    }
+    while inflight.len() >= MAX_INFLIGHT_CHUNKS * upload.replicas() {
+        settle(state, inflight.pop_front(), upload).await;
+    }
+}
+
+/// Records a file every chunk of which has all its copies, and settles a commit that answered
+/// an error. Err: the reply for the client (the copies are then gone, or kept when whether the
+/// record exists cannot be told).
+#[allow(clippy::too_many_arguments)]
+async fn commit(
+    state: &EngineState,
+    writer: &crate::meta::Writer,
+    spans: &[dfs_proto::layout::ChunkSpan],
+    chunk_crcs: &[u32],
+    upload: &Upload,
+    name: String,
+    size: u64,
+    chunking: Chunking,
+    origin: Option<Origin>,
+) -> Result<(), Msg> {
+    let file_id = writer.file_id;
+    let replicas = upload.replicas();
+    let cleanup = |upload: &Upload| {
+        let written =
+            upload.written().into_iter().map(|(i, addr)| (ChunkId { file_id, chunk_idx: i as u32 }, addr)).collect();
+        cluster::delete_later(&state.links, written);
+    };
     // The nodes the record names, each by the ID it proved on the connection that wrote there.
     let mut used: Vec<(SocketAddr, NodeId)> = Vec::new();
     let mut index_of = |addr: SocketAddr, node_id: NodeId| -> u16 {
@@ -209,7 +251,7 @@ pub async fn put(
     assert_eq!(upload.next(), UploadNext::Commit, "an upload is committed only with every copy");
     let chunks = spans
         .iter()
-        .zip(&chunk_crcs)
+        .zip(chunk_crcs)
         .map(|(span, &crc32)| {
             let chunk_copies = upload.copies(span.chunk_idx as usize);
             assert_eq!(chunk_copies.len(), replicas, "chunk {} committed without all its copies", span.chunk_idx);
@@ -233,25 +275,25 @@ pub async fn put(
     };
     // Tests hold an upload here, its copies written and not yet recorded.
     dfs_runtime::failpoint::pause("put-before-commit").await;
-    match state.meta.insert(&writer, record.clone()).await {
+    match state.meta.insert(writer, record.clone()).await {
         Ok(()) => {
-            note_replaced_since_written(state, file_id, &upload);
-            client.write_msg(&Msg::PutOk { file_id }).await
+            note_replaced_since_written(state, file_id, upload);
+            Ok(())
         }
         // An error from a commit does not prove that nothing was committed (an fsync can fail
         // after the data reached the disk; a statement whose answer timed out can still commit
         // on the database): settle it, then look, before deleting chunks a record may point at.
-        Err(e) => match state.meta.settle_failed_insert(&writer).await {
+        Err(e) => match state.meta.settle_failed_insert(writer).await {
             Ok(Some(stored)) if stored == record => {
                 tracing::warn!(
                     "upload of {:?}: the metadata commit reported {e}, but the record is there",
                     record.name
                 );
-                client.write_msg(&Msg::PutOk { file_id }).await
+                Ok(())
             }
             Ok(_) => {
-                cleanup(&upload);
-                client.write_msg(&meta_failed(format!("cannot record file: {e}"))).await
+                cleanup(upload);
+                Err(meta_failed(format!("cannot record file: {e}")))
             }
             Err(e2) => {
                 // Whether the record exists is unknown: keep the chunks (gc removes them after
@@ -260,9 +302,127 @@ pub async fn put(
                     "upload of {:?}: commit failed ({e}) and the record cannot be read back: {e2}",
                     record.name
                 );
-                client.write_msg(&internal(format!("cannot tell whether the file was recorded: {e}; {e2}"))).await
+                Err(internal(format!("cannot tell whether the file was recorded: {e}; {e2}")))
             }
         },
+    }
+}
+
+/// Where a buffered upload's bytes come from: a request body (the S3 front door), read a chunk
+/// at a time.
+pub trait BodySource {
+    type Error;
+    /// Fills all of `buf` with the body's next bytes. Err: the body ended early or broke.
+    fn fill(&mut self, buf: &mut [u8]) -> impl std::future::Future<Output = Result<(), Self::Error>>;
+    /// After the last byte, before anything is committed: whether the body is whole and what
+    /// the client said it is (its digests). Err: nothing is stored.
+    fn finish(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>>;
+}
+
+/// Why a buffered upload stored nothing.
+#[derive(Debug)]
+pub enum BufferedPutError<E> {
+    /// The body broke, ended early, or is not what its client said.
+    Body(E),
+    /// The cluster or the metadata refused it: the status and message to answer.
+    Store(Status, String),
+}
+
+/// Stores `size` bytes read from `body` as a new file, each chunk read whole into memory first
+/// (at most `chunk_cap` bytes, held against the engine's buffer budget) so that its crc32 is
+/// known before it goes to its nodes; from there on the path is the native upload's: the same
+/// placement, STORE requests, acknowledgements, completion of copies and commit. Returns the
+/// new file's ID, or the error (status and message) to answer.
+pub async fn put_buffered<B: BodySource>(
+    state: &EngineState,
+    name: String,
+    size: u64,
+    chunk_cap: u64,
+    body: &mut B,
+) -> Result<FileId, BufferedPutError<B::Error>> {
+    use BufferedPutError::{Body, Store};
+    let chunking = Chunking::Dynamic;
+    let spans = chunk_spans(size, chunking, chunk_cap).map_err(|e| Store(Status::BadRequest, e.to_string()))?;
+    let writer = state
+        .meta
+        .new_upload()
+        .await
+        .map_err(|e| Store(Status::Unavailable, format!("cannot register the upload: {e}")))?;
+    let file_id = writer.file_id;
+    let _in_progress = state.uploads_in_progress.begin(file_id);
+    let replicas = state.config.replicas;
+    let max_chunk = spans.iter().map(|s| s.length).max().unwrap_or(0);
+    let _held = match state.budget.reserve_within(max_chunk, state.config.client_idle_timeout).await {
+        Some(r) => r,
+        None => return Err(Store(Status::Unavailable, "the engine's buffer budget stayed full; try again".into())),
+    };
+    let mut buf = vec![0u8; max_chunk as usize];
+    let mut chunk_crcs = Vec::with_capacity(spans.len());
+    let mut inflight: VecDeque<tokio::task::JoinHandle<Acked>> = VecDeque::new();
+    let mut upload: Upload = Upload::new(spans.len(), replicas);
+    let mut failure: Option<PutFailure> = None;
+    let mut body_error: Option<B::Error> = None;
+    for span in &spans {
+        let chunk_id = ChunkId { file_id, chunk_idx: span.chunk_idx };
+        let n = span.length as usize;
+        if buf.len() < n {
+            buf = vec![0u8; max_chunk as usize];
+        }
+        if let Err(e) = body.fill(&mut buf[..n]).await {
+            body_error = Some(e);
+            break;
+        }
+        let crc32 = crc32fast::hash(&buf[..n]);
+        chunk_crcs.push(crc32);
+        if failure.is_some() {
+            continue;
+        }
+        let candidates =
+            state.links.health.up_first(&dfs_core::placement::ring(&state.config.nodes, file_id, span.chunk_idx));
+        let small = n <= dfs_runtime::conn::COALESCE_BYTES;
+        let data = small.then(|| &buf[..n]);
+        let mut targets = match open_targets(state, &candidates, chunk_id, span.length, crc32, replicas, data).await {
+            Ok(t) => t,
+            Err(f) => {
+                failure = Some(f);
+                continue;
+            }
+        };
+        if !small {
+            buf = write_live(&mut targets, std::mem::take(&mut buf), n).await;
+        }
+        await_acks(state, targets, span, crc32, &mut upload, &mut inflight).await;
+    }
+    while let Some(h) = inflight.pop_front() {
+        settle(state, Some(h), &mut upload).await;
+    }
+    if body_error.is_none() {
+        if let Err(e) = body.finish().await {
+            body_error = Some(e);
+        }
+    }
+    if body_error.is_none() && failure.is_none() {
+        failure = complete_copies(state, file_id, &spans, &chunk_crcs, &mut upload).await;
+    }
+    let cleanup = |upload: &Upload| {
+        let written =
+            upload.written().into_iter().map(|(i, addr)| (ChunkId { file_id, chunk_idx: i as u32 }, addr)).collect();
+        cluster::delete_later(&state.links, written);
+    };
+    if let Some(e) = body_error {
+        tracing::info!("upload of {name:?} stored nothing: its body broke or did not match");
+        cleanup(&upload);
+        return Err(Body(e));
+    }
+    if let Some(f) = failure {
+        tracing::warn!("upload of {name:?} failed at chunk {}: {}", f.chunk_idx, f.message);
+        cleanup(&upload);
+        return Err(Store(f.status, format!("cannot store {name:?}: {}", f.message)));
+    }
+    match commit(state, &writer, &spans, &chunk_crcs, &upload, name, size, chunking, None).await {
+        Ok(()) => Ok(file_id),
+        Err(Msg::Error { status, message }) => Err(Store(status, message)),
+        Err(other) => Err(Store(Status::Internal, format!("{other:?}"))),
     }
 }
 

@@ -12,6 +12,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Removes a file's record, then its copies in the background. False: no such file.
+pub async fn delete_file(state: &EngineState, file_id: dfs_proto::FileId) -> Result<bool, crate::meta::MetaError> {
+    let Some(record) = state.meta.delete(file_id).await? else { return Ok(false) };
+    let chunks = record
+        .chunks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let id = ChunkId { file_id, chunk_idx: i as u32 };
+            c.placement.iter().map(move |&p| (id, p))
+        })
+        .filter_map(|(id, p)| Some((id, record.nodes.get(p as usize)?.resolve(&*state.links.health).ok()?)))
+        .collect();
+    cluster::delete_later(&state.links, chunks);
+    Ok(true)
+}
+
 pub async fn handle(state: Arc<EngineState>, stream: dfs_runtime::backend::net::TcpStream, peer: SocketAddr) {
     let conn = Conn::new(stream, state.config.client_idle_timeout, dfs_proto::Link::Client);
     metrics::CONNECTIONS.inc();
@@ -97,24 +114,9 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     conn.write_msg(&reply).await?
                 }
                 Msg::Delete { file_id } => {
-                    let reply = match state.meta.delete(file_id).await {
-                        Ok(Some(record)) => {
-                            let chunks = record
-                                .chunks
-                                .iter()
-                                .enumerate()
-                                .flat_map(|(i, c)| {
-                                    let id = ChunkId { file_id, chunk_idx: i as u32 };
-                                    c.placement.iter().map(move |&p| (id, p))
-                                })
-                                .filter_map(|(id, p)| {
-                                    Some((id, record.nodes.get(p as usize)?.resolve(&*state.links.health).ok()?))
-                                })
-                                .collect();
-                            cluster::delete_later(&state.links, chunks);
-                            Msg::Ok
-                        }
-                        Ok(None) => not_found(file_id),
+                    let reply = match delete_file(state, file_id).await {
+                        Ok(true) => Msg::Ok,
+                        Ok(false) => not_found(file_id),
                         Err(e) => meta_failed(e),
                     };
                     conn.write_msg(&reply).await?

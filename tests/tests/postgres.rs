@@ -89,7 +89,7 @@ fn a_database_newer_than_the_engine_is_refused_with_its_version() {
         .expect("run dfs-engine");
     let stderr = String::from_utf8_lossy(&engine.stderr);
     assert!(!engine.status.success(), "an engine must refuse a newer schema");
-    assert!(stderr.contains("schema version 99, newer than this engine's 1"), "{stderr}");
+    assert!(stderr.contains("schema version 99, newer than this engine's 2"), "{stderr}");
     // Nothing was touched: back at the old version, the file is still there.
     pg.sql("DELETE FROM dfs_schema WHERE version = 99");
     cluster.start_engine_again();

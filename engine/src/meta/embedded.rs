@@ -4,7 +4,7 @@
 //! Table `files` maps a file ID to its record's bytes; table `schema` holds the schema version
 //! of the database as a whole: 1 while some record names a node by address alone, 2 once every
 //! record names its nodes by ID; table `repair_queue` holds the repair queue, one entry per
-//! chunk.
+//! chunk; tables `buckets` and `objects` hold the S3 buckets and their keys (`objects.rs`).
 //!
 //! Reads run on the calling thread (redb read transactions are cheap and concurrent). Writes
 //! of records go to one writer thread that commits whatever has queued up in a single fsynced
@@ -24,6 +24,11 @@ const QUEUE: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("repair_qu
 /// Files recorded and their bytes, kept in the transactions that insert and delete records, so
 /// that counting them reads two values instead of every record.
 const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+/// Buckets (S3): name to creation time, Unix ms.
+const BUCKETS: TableDefinition<&str, u64> = TableDefinition::new("buckets");
+/// Keys of every bucket (S3): the bucket's name, a zero byte and the key, to the entry's bytes
+/// (`objects::ObjectEntry`); in byte order, so a bucket's keys are one range.
+const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 const TOTAL_FILES: &str = "files";
 const TOTAL_BYTES: &str = "bytes";
 const SCHEMA_VERSION_KEY: &str = "version";
@@ -338,6 +343,160 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                 }
             }
         }
+    }
+}
+
+/// The `objects` table's key of `key` in `bucket`.
+fn object_key(bucket: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bucket.len() + 1 + key.len());
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+impl Embedded {
+    /// Runs `f` in a write transaction of its own on the blocking pool, and commits it (S3's
+    /// bucket and key changes: one fsync each, beside the writer thread's group commits).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<T, MetaError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(db_err)?;
+            let out = f(&txn)?;
+            txn.commit().map_err(db_err)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| MetaError::Db(format!("metadata write task failed: {e}")))?
+    }
+
+    pub async fn create_bucket(&self, name: String, now: u64) -> Result<bool, MetaError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(BUCKETS).map_err(db_err)?;
+            if t.get(name.as_str()).map_err(db_err)?.is_some() {
+                return Ok(false);
+            }
+            t.insert(name.as_str(), now).map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub fn bucket(&self, name: &str) -> Result<Option<u64>, MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = match txn.open_table(BUCKETS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(t.get(name).map_err(db_err)?.map(|v| v.value()))
+    }
+
+    pub fn buckets(&self) -> Result<Vec<(String, u64)>, MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = match txn.open_table(BUCKETS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    pub async fn delete_bucket(&self, name: String) -> Result<super::objects::BucketDeleted, MetaError> {
+        use super::objects::BucketDeleted;
+        self.write(move |txn| {
+            let mut t = txn.open_table(BUCKETS).map_err(db_err)?;
+            if t.get(name.as_str()).map_err(db_err)?.is_none() {
+                return Ok(BucketDeleted::NoSuchBucket);
+            }
+            let objects = txn.open_table(OBJECTS).map_err(db_err)?;
+            let from = object_key(&name, b"");
+            if let Some(first) = objects.range::<&[u8]>(from.as_slice()..).map_err(db_err)?.next() {
+                let (k, _) = first.map_err(db_err)?;
+                if k.value().starts_with(&from) {
+                    return Ok(BucketDeleted::NotEmpty);
+                }
+            }
+            t.remove(name.as_str()).map_err(db_err)?;
+            Ok(BucketDeleted::Deleted)
+        })
+        .await
+    }
+
+    pub async fn put_object(
+        &self,
+        bucket: String,
+        key: Vec<u8>,
+        entry: Vec<u8>,
+    ) -> Result<Result<Option<super::objects::ObjectEntry>, ()>, MetaError> {
+        self.write(move |txn| {
+            if txn.open_table(BUCKETS).map_err(db_err)?.get(bucket.as_str()).map_err(db_err)?.is_none() {
+                return Ok(Err(()));
+            }
+            let mut t = txn.open_table(OBJECTS).map_err(db_err)?;
+            let old = t.insert(object_key(&bucket, &key).as_slice(), entry.as_slice()).map_err(db_err)?;
+            let old = old.map(|v| super::objects::ObjectEntry::decode(v.value())).transpose()?;
+            Ok(Ok(old))
+        })
+        .await
+    }
+
+    pub fn object(&self, bucket: &str, key: &[u8]) -> Result<Option<super::objects::ObjectEntry>, MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = match txn.open_table(OBJECTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let found = t.get(object_key(bucket, key).as_slice()).map_err(db_err)?;
+        found.map(|v| super::objects::ObjectEntry::decode(v.value())).transpose()
+    }
+
+    pub async fn delete_object(
+        &self,
+        bucket: String,
+        key: Vec<u8>,
+    ) -> Result<Option<super::objects::ObjectEntry>, MetaError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(OBJECTS).map_err(db_err)?;
+            let old = t.remove(object_key(&bucket, &key).as_slice()).map_err(db_err)?;
+            old.map(|v| super::objects::ObjectEntry::decode(v.value())).transpose()
+        })
+        .await
+    }
+
+    pub fn objects(
+        &self,
+        bucket: &str,
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, super::objects::ObjectEntry)>, MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = match txn.open_table(OBJECTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let prefix = object_key(bucket, b"");
+        let start = object_key(bucket, from);
+        let mut out = Vec::new();
+        for entry in t.range::<&[u8]>(start.as_slice()..).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let Some(key) = k.value().strip_prefix(prefix.as_slice()) else { break };
+            if out.len() == limit {
+                break;
+            }
+            out.push((key.to_vec(), super::objects::ObjectEntry::decode(v.value())?));
+        }
+        Ok(out)
     }
 }
 

@@ -19,6 +19,7 @@
 //! run at start-up).
 
 pub mod embedded;
+pub mod objects;
 pub mod postgres;
 
 use dfs_core::repair::Reason;

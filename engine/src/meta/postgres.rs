@@ -8,6 +8,7 @@
 //! - `dfs_repair_queue`: one row per queued chunk.
 //! - `dfs_engines`, `dfs_uploads`, `dfs_leases`: which engines are alive, the uploads they
 //!   have in progress, and who holds each cluster-wide pass (see [`Postgres::hold_lease`]).
+//! - `dfs_buckets`, `dfs_objects` (schema version 2): S3's buckets and the keys in them.
 //!
 //! Every query runs on one thread of its own ("meta-pg", a Tokio runtime that also drives the
 //! connections), so that the engine's io_uring threads only await a reply. Inserts of new files
@@ -34,19 +35,20 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// The newest schema this engine knows.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Each migration's statements, every one safe to run twice (two engines may start at once).
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS dfs_files (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS dfs_files (
             file_id BYTEA PRIMARY KEY,
             version INT8 NOT NULL,
             size INT8 NOT NULL,
             created_unix_ms INT8 NOT NULL,
             record BYTEA NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS dfs_repair_queue (
+            "CREATE TABLE IF NOT EXISTS dfs_repair_queue (
             file_id BYTEA NOT NULL,
             chunk_idx INT8 NOT NULL,
             reason INT8 NOT NULL,
@@ -54,23 +56,39 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             attempts INT8 NOT NULL,
             not_before_unix_ms INT8 NOT NULL,
             PRIMARY KEY (file_id, chunk_idx))",
-        "CREATE INDEX IF NOT EXISTS dfs_repair_queue_due ON dfs_repair_queue (not_before_unix_ms)",
-        "CREATE TABLE IF NOT EXISTS dfs_engines (
+            "CREATE INDEX IF NOT EXISTS dfs_repair_queue_due ON dfs_repair_queue (not_before_unix_ms)",
+            "CREATE TABLE IF NOT EXISTS dfs_engines (
             engine_id BYTEA PRIMARY KEY,
             addr TEXT NOT NULL,
             started_unix_ms INT8 NOT NULL,
             expires_unix_ms INT8 NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS dfs_uploads (
+            "CREATE TABLE IF NOT EXISTS dfs_uploads (
             file_id BYTEA NOT NULL,
             engine_id BYTEA NOT NULL,
             registered_unix_ms INT8 NOT NULL,
             PRIMARY KEY (file_id, engine_id))",
-        "CREATE TABLE IF NOT EXISTS dfs_leases (
+            "CREATE TABLE IF NOT EXISTS dfs_leases (
             name TEXT PRIMARY KEY,
             holder BYTEA NOT NULL,
             expires_unix_ms INT8 NOT NULL)",
-    ],
-)];
+        ],
+    ),
+    (
+        // S3: buckets, and each bucket's keys (as bytes, so that they sort as S3 lists them) with
+        // the entry the embedded backend keeps too.
+        2,
+        &[
+            "CREATE TABLE IF NOT EXISTS dfs_buckets (
+            name TEXT PRIMARY KEY,
+            created_unix_ms INT8 NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS dfs_objects (
+            bucket TEXT NOT NULL,
+            key BYTEA NOT NULL,
+            entry BYTEA NOT NULL,
+            PRIMARY KEY (bucket, key))",
+        ],
+    ),
+];
 
 /// The database's clock, in Unix milliseconds.
 pub(crate) const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::INT8";
@@ -402,6 +420,148 @@ impl Postgres {
         let insert = Insert { file_id: writer.file_id, epoch, record, reply };
         self.inserts.send(insert).await.map_err(|_| MetaError::WriterGone)?;
         rx.await.map_err(|_| MetaError::WriterGone)?
+    }
+
+    pub async fn create_bucket(&self, name: String, now: u64) -> Result<bool, MetaError> {
+        self.run("creating a bucket", move |c| async move {
+            let n = c
+                .execute(
+                    "INSERT INTO dfs_buckets (name, created_unix_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                    &[&name, &i64_of(now)],
+                )
+                .await
+                .map_err(pg_err("creating a bucket"))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub async fn bucket(&self, name: String) -> Result<Option<u64>, MetaError> {
+        self.run("reading a bucket", move |c| async move {
+            let row = c
+                .query_opt("SELECT created_unix_ms FROM dfs_buckets WHERE name = $1", &[&name])
+                .await
+                .map_err(pg_err("reading a bucket"))?;
+            Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+        })
+        .await
+    }
+
+    pub async fn buckets(&self) -> Result<Vec<(String, u64)>, MetaError> {
+        self.run("listing buckets", move |c| async move {
+            let rows = c
+                .query("SELECT name, created_unix_ms FROM dfs_buckets ORDER BY name", &[])
+                .await
+                .map_err(pg_err("listing buckets"))?;
+            Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
+        })
+        .await
+    }
+
+    /// Deletes the bucket only if no key is in it, in one statement.
+    pub async fn delete_bucket(&self, name: String) -> Result<super::objects::BucketDeleted, MetaError> {
+        use super::objects::BucketDeleted;
+        self.run("deleting a bucket", move |c| async move {
+            let e = pg_err("deleting a bucket");
+            let n = c
+                .execute(
+                    "DELETE FROM dfs_buckets b WHERE b.name = $1 \
+                     AND NOT EXISTS (SELECT 1 FROM dfs_objects o WHERE o.bucket = $1)",
+                    &[&name],
+                )
+                .await
+                .map_err(&e)?;
+            if n == 1 {
+                return Ok(BucketDeleted::Deleted);
+            }
+            let exists = c.query_opt("SELECT 1 FROM dfs_buckets WHERE name = $1", &[&name]).await.map_err(&e)?;
+            Ok(if exists.is_some() { BucketDeleted::NotEmpty } else { BucketDeleted::NoSuchBucket })
+        })
+        .await
+    }
+
+    /// Sets the key's entry and returns the one it replaced, in one transaction (the old row is
+    /// locked while it is read).
+    pub async fn put_object(
+        &self,
+        bucket: String,
+        key: Vec<u8>,
+        entry: Vec<u8>,
+    ) -> Result<Result<Option<super::objects::ObjectEntry>, ()>, MetaError> {
+        self.run("recording an object", move |mut c| async move {
+            let e = pg_err("recording an object");
+            let txn = c.transaction().await.map_err(&e)?;
+            if txn
+                .query_opt("SELECT 1 FROM dfs_buckets WHERE name = $1 FOR SHARE", &[&bucket])
+                .await
+                .map_err(&e)?
+                .is_none()
+            {
+                return Ok(Err(()));
+            }
+            let old = txn
+                .query_opt("SELECT entry FROM dfs_objects WHERE bucket = $1 AND key = $2 FOR UPDATE", &[&bucket, &key])
+                .await
+                .map_err(&e)?;
+            txn.execute(
+                "INSERT INTO dfs_objects (bucket, key, entry) VALUES ($1, $2, $3) \
+                 ON CONFLICT (bucket, key) DO UPDATE SET entry = excluded.entry",
+                &[&bucket, &key, &entry],
+            )
+            .await
+            .map_err(&e)?;
+            txn.commit().await.map_err(&e)?;
+            let old = old.map(|r| super::objects::ObjectEntry::decode(r.get::<_, &[u8]>(0))).transpose()?;
+            Ok(Ok(old))
+        })
+        .await
+    }
+
+    pub async fn object(&self, bucket: String, key: Vec<u8>) -> Result<Option<super::objects::ObjectEntry>, MetaError> {
+        self.run("reading an object", move |c| async move {
+            let row = c
+                .query_opt("SELECT entry FROM dfs_objects WHERE bucket = $1 AND key = $2", &[&bucket, &key])
+                .await
+                .map_err(pg_err("reading an object"))?;
+            row.map(|r| super::objects::ObjectEntry::decode(r.get::<_, &[u8]>(0))).transpose()
+        })
+        .await
+    }
+
+    pub async fn delete_object(
+        &self,
+        bucket: String,
+        key: Vec<u8>,
+    ) -> Result<Option<super::objects::ObjectEntry>, MetaError> {
+        self.run("deleting an object", move |c| async move {
+            let row = c
+                .query_opt("DELETE FROM dfs_objects WHERE bucket = $1 AND key = $2 RETURNING entry", &[&bucket, &key])
+                .await
+                .map_err(pg_err("deleting an object"))?;
+            row.map(|r| super::objects::ObjectEntry::decode(r.get::<_, &[u8]>(0))).transpose()
+        })
+        .await
+    }
+
+    pub async fn objects(
+        &self,
+        bucket: String,
+        from: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, super::objects::ObjectEntry)>, MetaError> {
+        self.run("listing objects", move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT key, entry FROM dfs_objects WHERE bucket = $1 AND key >= $2 ORDER BY key LIMIT $3",
+                    &[&bucket, &from, &i64_of(limit as u64)],
+                )
+                .await
+                .map_err(pg_err("listing objects"))?;
+            rows.iter()
+                .map(|r| Ok((r.get::<_, Vec<u8>>(0), super::objects::ObjectEntry::decode(r.get::<_, &[u8]>(1))?)))
+                .collect()
+        })
+        .await
     }
 
     /// See [`super::MetaStore::settle_failed_insert`]: deletes the upload's registration row,

@@ -1,0 +1,191 @@
+//! Buckets and the keys in them, for the S3 front door: a bucket is a namespace that maps each
+//! key to the ID of a dfs file, with what S3 keeps beside an object (its ETag, size, time, and
+//! the headers it returns). Files stay addressed by ID: an object is a dfs file like any other,
+//! and `dfs-client stat ID` shows it.
+//!
+//! Both backends keep the same entry bytes: a format version byte, then postcard. Keys are
+//! compared as bytes (S3 lists in the binary order of their UTF-8), so a listing is a range scan
+//! from where the last one stopped, never a read of every entry.
+
+use super::{MetaError, MetaStore};
+use dfs_proto::FileId;
+use serde::{Deserialize, Serialize};
+
+/// Entry format version, the first byte of every stored entry.
+const ENTRY_VERSION: u8 = 1;
+/// Longest bucket name S3 allows.
+pub const MAX_BUCKET_NAME: usize = 63;
+/// Longest key S3 allows, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// What a key points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectEntry {
+    pub file_id: [u8; 16],
+    pub size: u64,
+    /// The ETag without its quotes: the MD5 of the body in hex for a single PUT.
+    pub etag: String,
+    pub modified_unix_ms: u64,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+    pub cache_control: Option<String>,
+    /// `x-amz-meta-*`, names without the prefix, in lower case.
+    pub user_meta: Vec<(String, String)>,
+}
+
+impl ObjectEntry {
+    pub fn file_id(&self) -> FileId {
+        FileId(self.file_id)
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![ENTRY_VERSION];
+        out.extend(postcard::to_allocvec(self).expect("an object entry always encodes"));
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<ObjectEntry, MetaError> {
+        match bytes.split_first() {
+            Some((&ENTRY_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| MetaError::Db(format!("an object entry does not decode: {e}")))
+            }
+            Some((v, _)) => Err(MetaError::Db(format!("object entry format {v} is newer than this engine knows"))),
+            None => Err(MetaError::Db("an empty object entry".into())),
+        }
+    }
+}
+
+/// How deleting a bucket went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketDeleted {
+    Deleted,
+    NoSuchBucket,
+    NotEmpty,
+}
+
+/// Why a name is not a bucket name S3 accepts (3 to 63 characters of lower-case letters,
+/// digits, dots and hyphens, starting and ending with a letter or digit), or None.
+pub fn bad_bucket_name(name: &str) -> Option<&'static str> {
+    let b = name.as_bytes();
+    if b.len() < 3 || b.len() > MAX_BUCKET_NAME {
+        return Some("a bucket name has 3 to 63 characters");
+    }
+    if !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-') {
+        return Some("a bucket name has only lower-case letters, digits, dots and hyphens");
+    }
+    let edge = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if !edge(b[0]) || !edge(b[b.len() - 1]) {
+        return Some("a bucket name starts and ends with a letter or a digit");
+    }
+    if name.contains("..") {
+        return Some("a bucket name has no two dots in a row");
+    }
+    None
+}
+
+impl MetaStore {
+    /// Creates a bucket; false if it exists already.
+    pub async fn create_bucket(&self, name: &str) -> Result<bool, MetaError> {
+        let now = dfs_runtime::unix_ms();
+        match self {
+            MetaStore::Embedded(e) => e.create_bucket(name.to_string(), now).await,
+            MetaStore::Postgres(p) => p.create_bucket(name.to_string(), now).await,
+        }
+    }
+
+    /// The bucket's creation time, if it exists.
+    pub async fn bucket(&self, name: &str) -> Result<Option<u64>, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.bucket(name),
+            MetaStore::Postgres(p) => p.bucket(name.to_string()).await,
+        }
+    }
+
+    /// Every bucket with its creation time, by name.
+    pub async fn buckets(&self) -> Result<Vec<(String, u64)>, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.buckets(),
+            MetaStore::Postgres(p) => p.buckets().await,
+        }
+    }
+
+    /// Deletes an empty bucket.
+    pub async fn delete_bucket(&self, name: &str) -> Result<BucketDeleted, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.delete_bucket(name.to_string()).await,
+            MetaStore::Postgres(p) => p.delete_bucket(name.to_string()).await,
+        }
+    }
+
+    /// Points `key` of `bucket` at `entry`'s file; returns the entry it replaced (whose file
+    /// the caller deletes). Err(None): no such bucket.
+    pub async fn put_object(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        entry: &ObjectEntry,
+    ) -> Result<Result<Option<ObjectEntry>, ()>, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.put_object(bucket.to_string(), key.to_vec(), entry.encode()).await,
+            MetaStore::Postgres(p) => p.put_object(bucket.to_string(), key.to_vec(), entry.encode()).await,
+        }
+    }
+
+    pub async fn object(&self, bucket: &str, key: &[u8]) -> Result<Option<ObjectEntry>, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.object(bucket, key),
+            MetaStore::Postgres(p) => p.object(bucket.to_string(), key.to_vec()).await,
+        }
+    }
+
+    /// Removes `key` from `bucket`; returns its entry (whose file the caller deletes).
+    pub async fn delete_object(&self, bucket: &str, key: &[u8]) -> Result<Option<ObjectEntry>, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.delete_object(bucket.to_string(), key.to_vec()).await,
+            MetaStore::Postgres(p) => p.delete_object(bucket.to_string(), key.to_vec()).await,
+        }
+    }
+
+    /// Up to `limit` keys of `bucket` from `from` on (inclusive), in byte order, with their
+    /// entries.
+    pub async fn objects(
+        &self,
+        bucket: &str,
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, ObjectEntry)>, MetaError> {
+        match self {
+            MetaStore::Embedded(e) => e.objects(bucket, from, limit),
+            MetaStore::Postgres(p) => p.objects(bucket.to_string(), from.to_vec(), limit).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_bucket_names_follow_s3() {
+        let e = ObjectEntry {
+            file_id: [7; 16],
+            size: 5,
+            etag: "5d41402abc4b2a76b9719d911017c592".into(),
+            modified_unix_ms: 9,
+            content_type: Some("text/plain".into()),
+            content_encoding: None,
+            content_disposition: None,
+            cache_control: Some("no-cache".into()),
+            user_meta: vec![("a".into(), "b".into())],
+        };
+        assert_eq!(ObjectEntry::decode(&e.encode()).unwrap(), e);
+        assert!(ObjectEntry::decode(&[9, 1, 2]).is_err());
+        for good in ["abc", "my-bucket.v2", "0a0"] {
+            assert_eq!(bad_bucket_name(good), None, "{good}");
+        }
+        for bad in ["ab", "Abc", "-abc", "abc-", "a..b", "a_b", &"a".repeat(64)] {
+            assert!(bad_bucket_name(bad).is_some(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The S3 front door (`dfs-engine --s3 ADDR`): the S3 REST API on a listener of its own, served
+//! by the engine itself over the same path to the nodes as the native protocol.
+//!
+//! The `s3s` crate does the HTTP side of S3: it parses each request into an operation's input,
+//! checks its SigV4 signature (headers, presigned query, aws-chunked streaming bodies) against
+//! the secret that [`S3Keys`] gives for its access key, and writes each answer or error as S3's
+//! XML. dfs does the rest ([`service`]): buckets and keys in the engine's metadata
+//! (`meta/objects.rs`), object bodies stored as dfs files through `put::put_buffered`, read back
+//! through `get::stream_range`, digests checked before anything becomes visible.
+//!
+//! Threads: one thread (`s3`) with an I/O runtime of its own, as the repair thread has, accepts
+//! and serves every S3 connection; each request's work on the cluster runs as a task on it.
+
+pub mod service;
+
+use crate::state::EngineState;
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::{s3_error, S3Result};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// S3 key pairs the engine accepts: access key ID to secret access key, from `--s3-keys FILE`
+/// (one pair per line, `ACCESS_KEY_ID SECRET`, `#` starts a comment; mode 600). Secrets are
+/// never logged or shown.
+pub struct S3Keys(HashMap<String, SecretKey>);
+
+/// A secret shorter than this is refused.
+const MIN_SECRET_CHARS: usize = 16;
+
+impl S3Keys {
+    pub fn load(path: &Path) -> Result<S3Keys, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read --s3-keys {}: {e}", path.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "--s3-keys {} is readable by others (mode {:o}): chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ));
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read --s3-keys {}: {e}", path.display()))?;
+        let mut keys = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let (Some(id), Some(secret), None) = (words.next(), words.next(), words.next()) else {
+                return Err(format!("--s3-keys {} line {}: expected `ACCESS_KEY_ID SECRET`", path.display(), n + 1));
+            };
+            if secret.len() < MIN_SECRET_CHARS {
+                return Err(format!(
+                    "--s3-keys {} line {}: the secret of {id} is shorter than {MIN_SECRET_CHARS} characters",
+                    path.display(),
+                    n + 1
+                ));
+            }
+            keys.insert(id.to_string(), SecretKey::from(secret.to_string()));
+        }
+        if keys.is_empty() {
+            return Err(format!("--s3-keys {} holds no key pair", path.display()));
+        }
+        Ok(S3Keys(keys))
+    }
+
+    /// Writes a fresh random key pair to `path` (mode 600) and returns the access key ID and
+    /// secret (`--local`).
+    pub fn create(path: &Path) -> Result<(String, String), String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut raw = [0u8; 30];
+        getrandom::getrandom(&mut raw).map_err(|e| format!("cannot draw an S3 key: {e}"))?;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let id = format!("DFS{}", hex(&raw[..8]).to_uppercase());
+        let secret = hex(&raw[8..]);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        writeln!(f, "{id} {secret}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        f.sync_all().map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+        Ok((id, secret))
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Auth for S3Keys {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        self.0.get(access_key).cloned().ok_or_else(|| s3_error!(InvalidAccessKeyId))
+    }
+}
+
+/// Serves S3 on `listener` from a thread of its own until the process ends.
+pub fn start(state: Arc<EngineState>, listener: std::net::TcpListener, keys: S3Keys) -> Result<(), String> {
+    listener.set_nonblocking(true).map_err(|e| format!("S3 listener: {e}"))?;
+    let mut builder = s3s::service::S3ServiceBuilder::new(service::DfsS3 { state });
+    builder.set_auth(keys);
+    let s3 = builder.build();
+    std::thread::Builder::new()
+        .name("s3".into())
+        .spawn(move || {
+            dfs_runtime::backend::start(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("S3 listener: {e}");
+                        return;
+                    }
+                };
+                loop {
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("S3: accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let s3 = s3.clone();
+                    dfs_runtime::backend::spawn(async move {
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), s3);
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, "S3 connection ended: {e}");
+                        }
+                    });
+                }
+            })
+        })
+        .map_err(|e| format!("cannot start the S3 thread: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,304 @@
+//! The S3 front door (`dfs-engine --s3`) driven by real S3 clients: aws-cli for buckets,
+//! uploads, downloads, listings and ranges; boto3 for checksums, Content-MD5 and presigned URLs;
+//! curl for an unsigned request. Every object is a dfs file the native client reads too.
+//! (`scripts/deps.sh` installs aws-cli and boto3 from PyPI when missing.)
+
+use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, Cluster, ClusterOpts};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const KEY_ID: &str = "DFSTESTKEY0000000001";
+const SECRET: &str = "s3cr3t-of-the-test-cluster-0123456789";
+
+/// A cluster whose engine serves S3, and how to reach it.
+struct S3 {
+    cluster: Cluster,
+    endpoint: String,
+}
+
+impl S3 {
+    fn start() -> S3 {
+        S3::start_with(ClusterOpts::default())
+    }
+
+    /// A cluster with `opts`, whose engines serve S3 with the test's key pair.
+    fn start_with(mut opts: ClusterOpts) -> S3 {
+        let dir = tempfile::Builder::new().prefix("dfs-s3-keys-").tempdir().expect("temp dir").keep();
+        let keys = dir.join("s3.keys");
+        std::fs::write(&keys, format!("# the test's key pair\n{KEY_ID} {SECRET}\n")).expect("write keys");
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).expect("chmod keys");
+        opts.engine_args.extend(["--s3".into(), "127.0.0.1:0".into(), "--s3-keys".into(), keys.display().to_string()]);
+        let cluster = Cluster::start(4, opts);
+        let addr = dfs_tests::http::logged_addr(&cluster.engine_stderr_log(), "S3 API");
+        S3 { cluster, endpoint: format!("http://{addr}") }
+    }
+
+    fn env(&self, cmd: &mut Command, secret: &str) {
+        cmd.env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("S3_ENDPOINT", &self.endpoint)
+            .current_dir(self.cluster.root().join("scratch"));
+    }
+
+    /// Runs aws-cli with the test's key pair (or another secret).
+    fn aws_with(&self, secret: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new("aws");
+        cmd.arg("--endpoint-url").arg(&self.endpoint).args(args);
+        self.env(&mut cmd, secret);
+        let out = cmd.output().expect("cannot run aws (scripts/deps.sh installs it)");
+        self.cluster.note(&format!(
+            "$ aws {} -> {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        out
+    }
+
+    fn aws(&self, args: &[&str]) -> String {
+        let out = self.aws_with(SECRET, args);
+        assert!(out.status.success(), "aws {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a Python script with boto3 against the endpoint; its stdout.
+    fn python(&self, script: &str) -> String {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(script);
+        self.env(&mut cmd, SECRET);
+        let out = cmd.output().expect("cannot run python3");
+        self.cluster.note(&format!(
+            "$ python3 (boto3) -> {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        assert!(out.status.success(), "the boto3 script failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn scratch(&self, name: &str) -> PathBuf {
+        self.cluster.root().join("scratch").join(name)
+    }
+}
+
+fn write(path: &Path, data: &[u8]) {
+    std::fs::write(path, data).expect("write a test file");
+}
+
+#[test]
+fn aws_cli_makes_buckets_puts_lists_reads_ranges_and_removes() {
+    let s3 = S3::start();
+    s3.aws(&["s3", "mb", "s3://data-set"]);
+    assert!(s3.aws(&["s3", "ls"]).contains("data-set"), "the new bucket is listed");
+    let refused = s3.aws_with(SECRET, &["s3", "mb", "s3://ab"]);
+    assert!(!refused.status.success(), "a two-letter bucket name was accepted");
+
+    // 0 B, 1 B and 5 MiB (one PUT each with aws-cli's defaults), byte-identical both ways.
+    let sizes = [0usize, 1, 5 << 20];
+    for (i, &size) in sizes.iter().enumerate() {
+        let data = pseudo_random_bytes(40 + i as u64, size);
+        let name = format!("up-{size}");
+        write(&s3.scratch(&name), &data);
+        s3.aws(&["s3", "cp", &name, &format!("s3://data-set/sizes/{name}")]);
+        s3.aws(&["s3", "cp", &format!("s3://data-set/sizes/{name}"), &format!("{name}.back")]);
+        let back = std::fs::read(s3.scratch(&format!("{name}.back"))).expect("the download");
+        assert_bytes_eq(&back, &data, &format!("{size} bytes through S3"));
+    }
+
+    // The object is a dfs file: the native client finds it by its name and reads the same bytes.
+    let five = pseudo_random_bytes(42, 5 << 20);
+    let entry = s3.cluster.ls().into_iter().find(|e| e.name == "data-set/sizes/up-5242880").expect("listed natively");
+    assert_eq!(entry.size, 5 << 20);
+    assert_bytes_eq(&s3.cluster.get(&entry.id).expect("dfs-client get"), &five, "the object read natively");
+
+    // Listing: a delimiter rolls keys up into common prefixes; pages follow each other.
+    for k in ["a/1", "a/2", "b/1", "top"] {
+        write(&s3.scratch("k"), k.as_bytes());
+        s3.aws(&["s3", "cp", "k", &format!("s3://data-set/tree/{k}")]);
+    }
+    let root = s3.aws(&["s3", "ls", "s3://data-set/tree/"]);
+    assert!(root.contains("PRE a/") && root.contains("PRE b/") && root.contains(" top"), "{root}");
+    let page = s3.aws(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "data-set",
+        "--prefix",
+        "tree/",
+        "--max-keys",
+        "3",
+        "--no-paginate",
+        "--query",
+        "[KeyCount, IsTruncated, NextContinuationToken, Contents[].Key]",
+        "--output",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&page).expect("json");
+    assert_eq!(v[0], 3, "{page}");
+    assert_eq!(v[1], true, "{page}");
+    assert_eq!(v[3], serde_json::json!(["tree/a/1", "tree/a/2", "tree/b/1"]), "{page}");
+    let token = v[2].as_str().expect("a continuation token").to_string();
+    let next = s3.aws(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "data-set",
+        "--prefix",
+        "tree/",
+        "--continuation-token",
+        &token,
+        "--query",
+        "[IsTruncated, Contents[].Key]",
+        "--output",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&next).expect("json");
+    assert_eq!(v, serde_json::json!([false, ["tree/top"]]), "{next}");
+    let all = s3.aws(&["s3", "ls", "--recursive", "s3://data-set/"]);
+    assert_eq!(all.lines().count(), 7, "{all}");
+
+    // A range read gets exactly its bytes.
+    s3.aws(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "data-set",
+        "--key",
+        "sizes/up-5242880",
+        "--range",
+        "bytes=1048570-1048585",
+        "part",
+    ]);
+    let part = std::fs::read(s3.scratch("part")).expect("the range");
+    assert_bytes_eq(&part, &five[1048570..=1048585], "a range across a block boundary");
+
+    // A wrong secret is refused; a bucket with keys is not deleted; rm -r empties it.
+    let wrong = s3.aws_with("not-the-secret-at-all-0000", &["s3", "ls", "s3://data-set/"]);
+    assert!(!wrong.status.success(), "a wrong secret was served");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("SignatureDoesNotMatch"), "{wrong:?}");
+    let busy = s3.aws_with(SECRET, &["s3", "rb", "s3://data-set"]);
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("BucketNotEmpty"), "{busy:?}");
+    s3.aws(&["s3", "rm", "--recursive", "s3://data-set/"]);
+    assert_eq!(s3.aws(&["s3", "ls", "--recursive", "s3://data-set/"]).trim(), "");
+    s3.aws(&["s3", "rb", "s3://data-set"]);
+    assert!(!s3.aws(&["s3", "ls"]).contains("data-set"));
+    // Every object's file went with its key.
+    assert!(s3.cluster.ls().is_empty(), "files left after their keys were removed: {:?}", s3.cluster.ls());
+}
+
+#[test]
+fn boto3_digests_are_checked_before_an_object_is_visible_and_overwrites_replace_the_file() {
+    let s3 = S3::start();
+    let out = s3.python(
+        r#"
+import base64, hashlib, os, zlib, urllib.request, boto3, botocore
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"], config=Config(s3={"addressing_style": "path"}))
+s3.create_bucket(Bucket="digests")
+body = os.urandom(300000)
+
+def code(f):
+    try:
+        f()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    return "OK"
+
+# What boto3 sends by default (a CRC32 checksum), and an explicit CRC32C.
+print("default", code(lambda: s3.put_object(Bucket="digests", Key="ok", Body=body)))
+print("crc32c", code(lambda: s3.put_object(Bucket="digests", Key="c", Body=body, ChecksumAlgorithm="CRC32C")))
+good_md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+print("md5", code(lambda: s3.put_object(Bucket="digests", Key="m", Body=body, ContentMD5=good_md5)))
+bad_md5 = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+print("bad-md5", code(lambda: s3.put_object(Bucket="digests", Key="bad1", Body=body, ContentMD5=bad_md5)))
+bad_crc = base64.b64encode((zlib.crc32(body) ^ 1).to_bytes(4, "big")).decode()
+print("bad-crc32", code(lambda: s3.put_object(Bucket="digests", Key="bad2", Body=body, ChecksumCRC32=bad_crc)))
+keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="digests").get("Contents", []))
+print("keys", ",".join(keys))
+got = s3.get_object(Bucket="digests", Key="ok")
+print("etag", got["ETag"].strip('"') == hashlib.md5(body).hexdigest())
+print("same", got["Body"].read() == body)
+# Metadata comes back.
+s3.put_object(Bucket="digests", Key="meta", Body=b"x", ContentType="text/csv", Metadata={"Origin": "lab-7"})
+h = s3.head_object(Bucket="digests", Key="meta")
+print("meta", h["ContentType"], h["Metadata"].get("origin"))
+# An overwrite replaces the object whole.
+s3.put_object(Bucket="digests", Key="ok", Body=b"second")
+print("overwritten", s3.get_object(Bucket="digests", Key="ok")["Body"].read() == b"second")
+# A presigned GET, fetched without any client library.
+url = s3.generate_presigned_url("get_object", Params={"Bucket": "digests", "Key": "m"}, ExpiresIn=300)
+print("presigned", urllib.request.urlopen(url).read() == body)
+print("missing", code(lambda: s3.get_object(Bucket="digests", Key="nope")))
+print("nobucket", code(lambda: s3.get_object(Bucket="nope-bucket", Key="x")))
+print("conditional", code(lambda: s3.get_object(Bucket="digests", Key="m", IfNoneMatch='"abc"')))
+"#,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let expect = [
+        "default OK",
+        "crc32c OK",
+        "md5 OK",
+        "bad-md5 BadDigest",
+        "bad-crc32 BadDigest",
+        "keys c,m,ok",
+        "etag True",
+        "same True",
+        "meta text/csv lab-7",
+        "overwritten True",
+        "presigned True",
+        "missing NoSuchKey",
+        "nobucket NoSuchBucket",
+        "conditional NotImplemented",
+    ];
+    assert_eq!(lines, expect, "what boto3 saw");
+    // The refused uploads stored nothing, and the overwritten object's first file is gone:
+    // the bucket's four keys are four files.
+    let names: Vec<String> = {
+        let mut n: Vec<String> = s3.cluster.ls().into_iter().map(|e| e.name).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names, ["digests/c", "digests/m", "digests/meta", "digests/ok"], "dfs files behind the keys");
+
+    // An unsigned request is refused with S3's error.
+    let curl =
+        Command::new("curl").args(["-s", "-w", "\n%{http_code}", &format!("{}/digests/m", s3.endpoint)]).output();
+    let curl = curl.expect("cannot run curl");
+    let text = String::from_utf8_lossy(&curl.stdout);
+    assert!(text.ends_with("403") && text.contains("AccessDenied"), "an unsigned GET: {text}");
+}
+
+/// Two engines over one PostgreSQL serve the same buckets: what one's S3 stores, the other's
+/// lists and reads, and a delete through either is seen by both.
+#[test]
+fn two_engines_over_postgresql_serve_the_same_buckets() {
+    let pg = dfs_tests::pg::Postgres::start();
+    let mut s3 =
+        S3::start_with(ClusterOpts { postgres: Some((pg.url(), pg.password_file())), ..ClusterOpts::default() });
+    let first = s3.endpoint.clone();
+    s3.cluster.start_another_engine();
+    let second = format!("http://{}", dfs_tests::http::logged_addr(&s3.cluster.engine_stderr_log(), "S3 API"));
+    assert_ne!(first, second);
+    let data = pseudo_random_bytes(77, 1 << 20);
+    write(&s3.scratch("obj"), &data);
+    s3.aws(&["s3", "mb", "s3://shared"]);
+    s3.aws(&["s3", "cp", "obj", "s3://shared/one/obj"]);
+    s3.endpoint = second;
+    assert!(s3.aws(&["s3", "ls"]).contains("shared"), "the second engine does not list the bucket");
+    s3.aws(&["s3", "cp", "s3://shared/one/obj", "obj.back"]);
+    assert_bytes_eq(&std::fs::read(s3.scratch("obj.back")).expect("download"), &data, "read through the other engine");
+    s3.aws(&["s3", "rm", "s3://shared/one/obj"]);
+    s3.endpoint = first;
+    assert_eq!(
+        s3.aws(&["s3", "ls", "--recursive", "s3://shared/"]).trim(),
+        "",
+        "the delete is seen by the first engine"
+    );
+    s3.aws(&["s3", "rb", "s3://shared"]);
+}
