@@ -356,8 +356,8 @@ pub type ByteSender = tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Er
 /// Streams bytes `start..end` of a file into `tx`, block by block, every block checked against
 /// its crc32 before it goes (the streamed download's path, `dfs_core::stream`): only the chunks
 /// the range touches are read, and reading stops once the range is sent. A chunk none of whose
-/// copies reads ends the stream with an error item naming it. Returns when the range is sent,
-/// failed, or `tx`'s receiver went away.
+/// copies reads ends the stream with an error item naming it. Returns true once the whole
+/// range is sent; false when it failed (an error item was sent) or `tx`'s receiver went away.
 pub async fn stream_range(
     state: &EngineState,
     file_id: FileId,
@@ -365,10 +365,10 @@ pub async fn stream_range(
     start: u64,
     end: u64,
     tx: ByteSender,
-) {
+) -> bool {
     assert!(start <= end && end <= record.size, "a range inside the file");
     if start == end {
-        return;
+        return true;
     }
     let touched: Vec<usize> = (0..record.chunks.len())
         .filter(|&i| {
@@ -376,14 +376,14 @@ pub async fn stream_range(
             c.length > 0 && c.offset < end && c.offset + c.length > start
         })
         .collect();
-    let (Some(&first), Some(&last)) = (touched.first(), touched.last()) else { return };
+    let (Some(&first), Some(&last)) = (touched.first(), touched.last()) else { return true };
     let mut copies = Vec::with_capacity(last + 1 - first);
     for i in first..=last {
         match read_order(record, &record.chunks[i], &state.links.health) {
             Ok(addrs) => copies.push(addrs),
             Err(e) => {
                 let _ = tx.send(Err(std::io::Error::other(format!("file {file_id} chunk {i}: {e}")))).await;
-                return;
+                return false;
             }
         }
     }
@@ -397,13 +397,15 @@ pub async fn stream_range(
     });
     let sink = RangeSink { tx: tx.clone(), at: std::cell::Cell::new(record.chunks[first].offset), start, end };
     match stream::stream::<_, _, EngineRuntime>(blocks, &sink, BLOCK_SIZE_BYTES as usize, READ_AHEAD_BLOCKS).await {
-        Ended::Done | Ended::SinkFailed(_) => {}
+        // The sink ends the stream itself once past the range's end.
+        Ended::Done | Ended::SinkFailed(_) => sink.at.get() >= end && !tx.is_closed(),
         Ended::Failed { chunk, errors } => {
             let f = ChunkFailure { chunk_idx: (first + chunk) as u32, errors };
             let line = format!("GET {file_id}: {}", f.describe(file_id).1);
             tracing::warn!("{line}");
             crate::metrics::note_error(&line);
             let _ = tx.send(Err(std::io::Error::other(line))).await;
+            false
         }
     }
 }

@@ -127,6 +127,10 @@ struct Args {
     /// a random pair if missing.
     #[arg(long, value_name = "FILE")]
     s3_keys: Option<PathBuf>,
+    /// Seconds after which an S3 multipart upload that was neither completed nor aborted is
+    /// aborted and its parts deleted.
+    #[arg(long, default_value_t = 7 * 86400)]
+    s3_upload_max_age_secs: u64,
     /// Largest number of open connections (clients, or engine connections for a node); more are
     /// closed as they arrive.
     #[arg(long, default_value_t = 4096)]
@@ -325,7 +329,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     if let Some((listener, keys, file)) = s3 {
         let at = listener.local_addr().map_err(|e| format!("S3 listener: {e}"))?;
-        dfs_engine::s3::start(state.clone(), listener, keys)?;
+        dfs_engine::s3::start(state.clone(), listener, keys, Duration::from_secs(args.s3_upload_max_age_secs))?;
         tracing::info!("S3 API on http://{at}/ (path-style), key pairs in {}", file.display());
     }
     dfs_runtime::announce(addr);

@@ -236,7 +236,11 @@ url = s3.generate_presigned_url("get_object", Params={"Bucket": "digests", "Key"
 print("presigned", urllib.request.urlopen(url).read() == body)
 print("missing", code(lambda: s3.get_object(Bucket="digests", Key="nope")))
 print("nobucket", code(lambda: s3.get_object(Bucket="nope-bucket", Key="x")))
-print("conditional", code(lambda: s3.get_object(Bucket="digests", Key="m", IfNoneMatch='"abc"')))
+etag_m = s3.head_object(Bucket="digests", Key="m")["ETag"]
+print("if-none-match", code(lambda: s3.get_object(Bucket="digests", Key="m", IfNoneMatch=etag_m)))
+print("if-match", code(lambda: s3.get_object(Bucket="digests", Key="m", IfMatch='"abc"')))
+print("if-match-same", code(lambda: s3.get_object(Bucket="digests", Key="m", IfMatch=etag_m)))
+print("conditional-put", code(lambda: s3.put_object(Bucket="digests", Key="m", Body=b"x", IfNoneMatch="*")))
 "#,
     );
     let lines: Vec<&str> = out.lines().collect();
@@ -254,7 +258,10 @@ print("conditional", code(lambda: s3.get_object(Bucket="digests", Key="m", IfNon
         "presigned True",
         "missing NoSuchKey",
         "nobucket NoSuchBucket",
-        "conditional NotImplemented",
+        "if-none-match 304",
+        "if-match PreconditionFailed",
+        "if-match-same OK",
+        "conditional-put NotImplemented",
     ];
     assert_eq!(lines, expect, "what boto3 saw");
     // The refused uploads stored nothing, and the overwritten object's first file is gone:
@@ -301,4 +308,95 @@ fn two_engines_over_postgresql_serve_the_same_buckets() {
         "the delete is seen by the first engine"
     );
     s3.aws(&["s3", "rb", "s3://shared"]);
+}
+
+/// Multipart uploads: aws-cli's own (above its 8 MiB threshold, parts uploaded concurrently,
+/// downloaded again with ranged GETs under If-Match), and boto3 driving each step: parts listed,
+/// uploads listed, S3's refusals (a part under 5 MiB that is not the last, a wrong ETag, parts
+/// out of order), completion, and an abort whose parts' files go.
+#[test]
+fn multipart_uploads_from_aws_cli_and_boto3() {
+    let s3 = S3::start();
+    s3.aws(&["s3", "mb", "s3://parts"]);
+    let data = pseudo_random_bytes(90, (20 << 20) + 12345);
+    write(&s3.scratch("big"), &data);
+    s3.aws(&["s3", "cp", "big", "s3://parts/big", "--only-show-errors"]);
+    s3.aws(&["s3", "cp", "s3://parts/big", "big.back", "--only-show-errors"]);
+    assert_bytes_eq(&std::fs::read(s3.scratch("big.back")).expect("download"), &data, "a multipart upload read back");
+    let head =
+        s3.aws(&["s3api", "head-object", "--bucket", "parts", "--key", "big", "--query", "[ContentLength, ETag]"]);
+    let v: serde_json::Value = serde_json::from_str(&head).expect("json");
+    assert_eq!(v[0], data.len() as u64, "{head}");
+    assert!(v[1].as_str().is_some_and(|e| e.ends_with("-3\"")), "the ETag of 3 parts: {head}");
+
+    let out = s3.python(
+        r#"
+import hashlib, os, boto3, botocore
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"], config=Config(s3={"addressing_style": "path"}))
+def code(f):
+    try:
+        f()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    return "OK"
+a = os.urandom(5 * 1024 * 1024)
+b = os.urandom(1000)
+c = os.urandom(2000)
+up = s3.create_multipart_upload(Bucket="parts", Key="obj", ContentType="application/x-test")["UploadId"]
+e1 = s3.upload_part(Bucket="parts", Key="obj", UploadId=up, PartNumber=1, Body=a)["ETag"]
+e2 = s3.upload_part(Bucket="parts", Key="obj", UploadId=up, PartNumber=2, Body=b)["ETag"]
+e3 = s3.upload_part(Bucket="parts", Key="obj", UploadId=up, PartNumber=3, Body=c)["ETag"]
+print("parts", [(p["PartNumber"], p["Size"]) for p in s3.list_parts(Bucket="parts", Key="obj", UploadId=up)["Parts"]])
+print("uploads", [u["Key"] for u in s3.list_multipart_uploads(Bucket="parts").get("Uploads", [])])
+def complete(parts):
+    return lambda: s3.complete_multipart_upload(Bucket="parts", Key="obj", UploadId=up,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
+print("small", code(complete([(1, e1), (2, e2), (3, e3)])))
+print("etag", code(complete([(1, e1), (3, '"0123456789abcdef0123456789abcdef"')])))
+print("order", code(complete([(3, e3), (1, e1)])))
+print("complete", code(complete([(1, e1), (3, e3)])))
+got = s3.get_object(Bucket="parts", Key="obj")
+print("body", got["Body"].read() == a + c, got["ContentType"])
+md5s = hashlib.md5(hashlib.md5(a).digest() + hashlib.md5(c).digest()).hexdigest()
+print("etag-2", got["ETag"] == '"%s-2"' % md5s)
+print("again", code(complete([(1, e1), (3, e3)])))
+ab = s3.create_multipart_upload(Bucket="parts", Key="dropped")["UploadId"]
+s3.upload_part(Bucket="parts", Key="dropped", UploadId=ab, PartNumber=1, Body=b)
+print("abort", code(lambda: s3.abort_multipart_upload(Bucket="parts", Key="dropped", UploadId=ab)))
+print("aborted", code(lambda: s3.list_parts(Bucket="parts", Key="dropped", UploadId=ab)))
+print("left", [u["Key"] for u in s3.list_multipart_uploads(Bucket="parts").get("Uploads", [])])
+r = s3.get_object(Bucket="parts", Key="obj", Range="bytes=5242870-5242889")["Body"].read()
+print("across", r == (a + c)[5242870:5242890])
+"#,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "parts [(1, 5242880), (2, 1000), (3, 2000)]",
+            "uploads ['obj']",
+            "small EntityTooSmall",
+            "etag InvalidPart",
+            "order InvalidPartOrder",
+            "complete OK",
+            "body True application/x-test",
+            "etag-2 True",
+            "again NoSuchUpload",
+            "abort OK",
+            "aborted NoSuchUpload",
+            "left []",
+            "across True",
+        ],
+        "what boto3 saw"
+    );
+    // Files: aws-cli's object (3 parts) and boto3's (the 2 parts it kept); part 2, left out,
+    // and the aborted upload's part are gone.
+    let mut names: Vec<String> = s3.cluster.ls().into_iter().map(|e| e.name).collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.iter().filter(|n| n.starts_with("parts/obj ")).count(), 2, "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with("parts/dropped")), "{names:?}");
+    s3.aws(&["s3", "rm", "--recursive", "s3://parts/"]);
+    assert!(s3.cluster.ls().is_empty(), "files left after the objects were removed");
 }

@@ -18,12 +18,27 @@ pub const MAX_BUCKET_NAME: usize = 63;
 /// Longest key S3 allows, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 
-/// What a key points at.
+/// One dfs file holding bytes of an object, and how many.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectEntry {
+pub struct PartRef {
     pub file_id: [u8; 16],
     pub size: u64,
-    /// The ETag without its quotes: the MD5 of the body in hex for a single PUT.
+}
+
+impl PartRef {
+    pub fn file_id(&self) -> FileId {
+        FileId(self.file_id)
+    }
+}
+
+/// What a key points at: the files that hold the object's bytes, in order (one for a single
+/// PUT, one per part for a multipart upload), and what S3 keeps beside them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectEntry {
+    pub parts: Vec<PartRef>,
+    pub size: u64,
+    /// The ETag without its quotes: the MD5 of the body in hex for a single PUT, the MD5 of the
+    /// parts' MD5s and `-N` for N parts.
     pub etag: String,
     pub modified_unix_ms: u64,
     pub content_type: Option<String>,
@@ -35,8 +50,25 @@ pub struct ObjectEntry {
 }
 
 impl ObjectEntry {
-    pub fn file_id(&self) -> FileId {
-        FileId(self.file_id)
+    /// An entry with only the object's headers (a multipart upload's, until it completes).
+    pub fn headers_only(
+        content_type: Option<String>,
+        content_encoding: Option<String>,
+        content_disposition: Option<String>,
+        cache_control: Option<String>,
+        user_meta: Vec<(String, String)>,
+    ) -> ObjectEntry {
+        ObjectEntry {
+            parts: Vec::new(),
+            size: 0,
+            etag: String::new(),
+            modified_unix_ms: dfs_runtime::unix_ms(),
+            content_type,
+            content_encoding,
+            content_disposition,
+            cache_control,
+            user_meta,
+        }
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -62,6 +94,37 @@ pub enum BucketDeleted {
     Deleted,
     NoSuchBucket,
     NotEmpty,
+}
+
+/// Where multipart uploads in progress are kept: a bucket no S3 request can name (`#` is never
+/// in a bucket name). An upload is the key `BUCKET \0 KEY \0 UPLOAD_ID` (so a bucket's
+/// uploads are one range), with the object's headers; each part is the key `\x01 UPLOAD_ID \0`
+/// and the part number (4 bytes, big-endian), pointing at the part's file.
+pub const UPLOADS_BUCKET: &str = "#multipart";
+
+pub fn upload_key(bucket: &str, key: &str, upload_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bucket.len() + key.len() + upload_id.len() + 2);
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k.push(0);
+    k.extend_from_slice(upload_id.as_bytes());
+    k
+}
+
+/// The key of part `number` of an upload; with `number` 0, the start of its parts.
+pub fn part_key(upload_id: &str, number: u32) -> Vec<u8> {
+    let mut k = part_prefix(upload_id);
+    k.extend_from_slice(&number.to_be_bytes());
+    k
+}
+
+pub fn part_prefix(upload_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(upload_id.len() + 6);
+    k.push(1);
+    k.extend_from_slice(upload_id.as_bytes());
+    k.push(0);
+    k
 }
 
 /// Why a name is not a bucket name S3 accepts (3 to 63 characters of lower-case letters,
@@ -169,7 +232,7 @@ mod tests {
     #[test]
     fn entries_round_trip_and_bucket_names_follow_s3() {
         let e = ObjectEntry {
-            file_id: [7; 16],
+            parts: vec![PartRef { file_id: [7; 16], size: 5 }],
             size: 5,
             etag: "5d41402abc4b2a76b9719d911017c592".into(),
             modified_unix_ms: 9,

@@ -95,16 +95,41 @@ impl S3Auth for S3Keys {
     }
 }
 
-/// Serves S3 on `listener` from a thread of its own until the process ends.
-pub fn start(state: Arc<EngineState>, listener: std::net::TcpListener, keys: S3Keys) -> Result<(), String> {
+/// How often abandoned multipart uploads are looked for.
+const COLLECT_UPLOADS_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Serves S3 on `listener` from a thread of its own until the process ends; multipart uploads
+/// begun more than `upload_max_age` ago are aborted (looked for at start and every hour).
+pub fn start(
+    state: Arc<EngineState>,
+    listener: std::net::TcpListener,
+    keys: S3Keys,
+    upload_max_age: std::time::Duration,
+) -> Result<(), String> {
     listener.set_nonblocking(true).map_err(|e| format!("S3 listener: {e}"))?;
-    let mut builder = s3s::service::S3ServiceBuilder::new(service::DfsS3 { state });
+    let mut builder = s3s::service::S3ServiceBuilder::new(service::DfsS3 { state: state.clone() });
     builder.set_auth(keys);
     let s3 = builder.build();
     std::thread::Builder::new()
         .name("s3".into())
         .spawn(move || {
             dfs_runtime::backend::start(async move {
+                if let Err(e) = state.meta.create_bucket(crate::meta::objects::UPLOADS_BUCKET).await {
+                    tracing::error!("S3: cannot make the namespace of multipart uploads: {e}");
+                }
+                let collector = state.clone();
+                dfs_runtime::backend::spawn(async move {
+                    loop {
+                        match service::collect_abandoned_uploads(&collector, upload_max_age).await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::info!("S3: aborted {n} multipart upload(s) older than {upload_max_age:?}")
+                            }
+                            Err(e) => tracing::warn!("S3: cannot collect abandoned multipart uploads: {e}"),
+                        }
+                        tokio::time::sleep(COLLECT_UPLOADS_EVERY).await;
+                    }
+                });
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {

@@ -3,7 +3,9 @@
 //! `Send`; `s3s` asks for `Send` futures, so each operation hands its work to a local task and
 //! awaits it).
 
-use crate::meta::objects::{bad_bucket_name, BucketDeleted, ObjectEntry, MAX_KEY_BYTES};
+use crate::meta::objects::{
+    bad_bucket_name, upload_key, BucketDeleted, ObjectEntry, PartRef, MAX_KEY_BYTES, UPLOADS_BUCKET,
+};
 use crate::put::{put_buffered, BodySource, BufferedPutError};
 use crate::state::EngineState;
 use bytes::Bytes;
@@ -55,15 +57,45 @@ fn check_key(key: &str) -> S3Result<()> {
     Ok(())
 }
 
-/// Conditional requests are not served yet: refused, rather than answered as if unconditional.
+/// Conditional writes are not served yet: refused, rather than done as if unconditional.
 fn no_conditions(any: bool) -> S3Result<()> {
     if any {
         return Err(s3_error!(
             NotImplemented,
-            "conditional requests (If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since) are not supported yet"
+            "conditional writes (If-Match, If-None-Match on a write) are not supported yet"
         ));
     }
     Ok(())
+}
+
+/// GET and HEAD preconditions (If-Match, If-Unmodified-Since: 412; If-None-Match,
+/// If-Modified-Since: 304), checked against the object's ETag and time, in the order HTTP
+/// gives them (RFC 9110, 13.2.2); times compare to the second.
+fn check_preconditions(
+    entry: &ObjectEntry,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> S3Result<()> {
+    let matches = |c: &ETagCondition| match c {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == entry.etag,
+    };
+    let modified = (entry.modified_unix_ms / 1000) as i64;
+    let secs = |t: &Timestamp| time::OffsetDateTime::from(t.clone()).unix_timestamp();
+    match (if_match, if_unmodified_since) {
+        (Some(c), _) if !matches(c) => return Err(s3_error!(PreconditionFailed, "the ETag does not match If-Match")),
+        (None, Some(t)) if modified > secs(t) => {
+            return Err(s3_error!(PreconditionFailed, "modified after If-Unmodified-Since"))
+        }
+        _ => {}
+    }
+    match (if_none_match, if_modified_since) {
+        (Some(c), _) if matches(c) => Err(s3_error!(NotModified)),
+        (None, Some(t)) if modified <= secs(t) => Err(s3_error!(NotModified)),
+        _ => Ok(()),
+    }
 }
 
 fn timestamp(unix_ms: u64) -> Timestamp {
@@ -306,10 +338,262 @@ async fn require_bucket(state: &EngineState, bucket: &str) -> S3Result<()> {
     }
 }
 
-/// Deletes a file a key no longer points at (its record now, its copies in the background).
+/// Deletes the files of an object a key no longer points at (records now, copies in the
+/// background).
+async fn drop_object(state: &EngineState, entry: &ObjectEntry) {
+    for part in &entry.parts {
+        drop_file(state, part.file_id()).await;
+    }
+}
+
 async fn drop_file(state: &EngineState, file_id: dfs_proto::FileId) {
     if let Err(e) = crate::server::delete_file(state, file_id).await {
         tracing::warn!("S3: file {file_id} a key no longer points at is left for later: {e}");
+    }
+}
+
+/// The digests a client sent with a body (PutObject, UploadPart).
+struct Digests {
+    content_md5: Option<String>,
+    algorithm: Option<ChecksumAlgorithm>,
+    expected: Expected,
+}
+
+/// A body stored as a new dfs file, digests checked.
+struct Stored {
+    file_id: dfs_proto::FileId,
+    size: u64,
+    /// The MD5 in hex: the ETag of a single PUT, of a part.
+    md5_hex: String,
+    computed: s3s::dto::Checksum,
+}
+
+/// Largest body of one PUT or one part (S3's limit).
+const MAX_PUT_BYTES: u64 = 5 << 30;
+
+/// Stores a request body as a new dfs file named `name` (see `put::put_buffered`); nothing is
+/// stored unless it is whole and matches every digest its client sent.
+async fn store_body(
+    state: &EngineState,
+    name: String,
+    body: Option<StreamingBlob>,
+    content_length: Option<i64>,
+    digests: Digests,
+    trailers: Option<s3s::TrailingHeaders>,
+) -> S3Result<Stored> {
+    let body = body.ok_or_else(|| s3_error!(IncompleteBody, "no body"))?;
+    let size = match content_length {
+        Some(n) if n >= 0 => n as u64,
+        _ => {
+            use s3s::stream::ByteStream as _;
+            body.remaining_length().exact().ok_or_else(|| s3_error!(MissingContentLength))? as u64
+        }
+    };
+    if size > MAX_PUT_BYTES {
+        return Err(s3_error!(EntityTooLarge, "one PUT takes at most 5 GiB: use a multipart upload"));
+    }
+    let e = &digests.expected;
+    let mut hasher = s3s::checksum::ChecksumHasher::default();
+    let mut any = false;
+    let mut want = |alg: &str| {
+        any = true;
+        match alg {
+            ChecksumAlgorithm::CRC32 => hasher.crc32 = Some(Default::default()),
+            ChecksumAlgorithm::CRC32C => hasher.crc32c = Some(Default::default()),
+            ChecksumAlgorithm::SHA1 => hasher.sha1 = Some(Default::default()),
+            ChecksumAlgorithm::SHA256 => hasher.sha256 = Some(Default::default()),
+            ChecksumAlgorithm::CRC64NVME => hasher.crc64nvme = Some(Default::default()),
+            _ => return false,
+        }
+        true
+    };
+    for (on, alg) in [
+        (e.crc32.is_some(), ChecksumAlgorithm::CRC32),
+        (e.crc32c.is_some(), ChecksumAlgorithm::CRC32C),
+        (e.sha1.is_some(), ChecksumAlgorithm::SHA1),
+        (e.sha256.is_some(), ChecksumAlgorithm::SHA256),
+        (e.crc64nvme.is_some(), ChecksumAlgorithm::CRC64NVME),
+    ] {
+        if on {
+            want(alg);
+        }
+    }
+    if let Some(alg) = &digests.algorithm {
+        if !want(alg.as_str()) {
+            return Err(s3_error!(InvalidArgument, "checksum algorithm {} is not supported", alg.as_str()));
+        }
+    }
+    let mut source = PutBody {
+        body,
+        pending: Bytes::new(),
+        size,
+        read: 0,
+        md5: Default::default(),
+        checksums: any.then_some(hasher),
+        expected_md5: digests.content_md5,
+        expected: digests.expected,
+        trailers,
+        etag: None,
+        computed: None,
+    };
+    let file_id = match put_buffered(state, name, size, S3_CHUNK_CAP_BYTES, &mut source).await {
+        Ok(id) => id,
+        Err(BufferedPutError::Body(e)) => return Err(e),
+        Err(BufferedPutError::Store(status, message)) => return Err(store_err(status, message)),
+    };
+    Ok(Stored {
+        file_id,
+        size,
+        md5_hex: source.etag.expect("a finished body has its MD5"),
+        computed: source.computed.unwrap_or_default(),
+    })
+}
+
+/// Streams bytes `start..end` of an object, part after part, into `tx`.
+async fn stream_object(state: &EngineState, entry: &ObjectEntry, start: u64, end: u64, tx: crate::get::ByteSender) {
+    let mut at = 0u64;
+    for part in &entry.parts {
+        let (part_start, part_end) = (at, at + part.size);
+        at = part_end;
+        let (from, to) = (start.max(part_start), end.min(part_end));
+        if from >= to {
+            continue;
+        }
+        let record = match state.meta.get(part.file_id()).await {
+            Ok(Some(r)) if r.size == part.size => r,
+            Ok(Some(r)) => {
+                let why = format!("file {} holds {} bytes, the object says {}", part.file_id(), r.size, part.size);
+                let _ = tx.send(Err(std::io::Error::other(why))).await;
+                return;
+            }
+            Ok(None) => {
+                let why = format!("file {} of the object is gone", part.file_id());
+                let _ = tx.send(Err(std::io::Error::other(why))).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return;
+            }
+        };
+        let sent =
+            crate::get::stream_range(state, part.file_id(), &record, from - part_start, to - part_start, tx.clone())
+                .await;
+        if !sent {
+            return;
+        }
+    }
+}
+
+fn lower_meta(m: Option<Metadata>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> =
+        m.unwrap_or_default().into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+    v.sort();
+    v
+}
+
+/// Points `key` at `entry`'s files; the files it pointed at before go. If the bucket is gone
+/// meanwhile, `entry`'s files go instead.
+async fn point_key(state: &EngineState, bucket: &str, key: &str, entry: &ObjectEntry) -> S3Result<()> {
+    match state.meta.put_object(bucket, key.as_bytes(), entry).await {
+        Ok(Ok(Some(old))) => {
+            drop_object(state, &old).await;
+            Ok(())
+        }
+        Ok(Ok(None)) => Ok(()),
+        Ok(Err(())) => {
+            drop_object(state, entry).await;
+            Err(s3_error!(NoSuchBucket))
+        }
+        Err(e) => {
+            drop_object(state, entry).await;
+            Err(meta_err(e))
+        }
+    }
+}
+
+/// Smallest part but the last (S3's limit).
+const MIN_PART_BYTES: u64 = 5 << 20;
+/// Most parts an upload has (S3's limit).
+const MAX_PARTS: i32 = 10_000;
+
+fn new_upload_id() -> S3Result<String> {
+    let mut raw = [0u8; 16];
+    getrandom::getrandom(&mut raw).map_err(|e| s3_error!(InternalError, "cannot draw an upload ID: {e}"))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn check_upload_id(id: &str) -> S3Result<()> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(s3_error!(NoSuchUpload))
+    }
+}
+
+/// Removes an upload's parts from the metadata; returns them, by part number.
+async fn take_parts(state: &EngineState, upload_id: &str) -> S3Result<Vec<(u32, ObjectEntry)>> {
+    let mut parts = Vec::new();
+    let prefix = crate::meta::objects::part_prefix(upload_id);
+    loop {
+        let page = state.meta.objects(UPLOADS_BUCKET, &prefix, MAX_LIST_KEYS).await.map_err(meta_err)?;
+        let mine: Vec<_> = page.into_iter().take_while(|(k, _)| k.starts_with(&prefix)).collect();
+        if mine.is_empty() {
+            return Ok(parts);
+        }
+        for (k, _) in mine {
+            let number = u32::from_be_bytes(
+                k[prefix.len()..].try_into().map_err(|_| s3_error!(InternalError, "a bad part key"))?,
+            );
+            if let Some(e) = state.meta.delete_object(UPLOADS_BUCKET, &k).await.map_err(meta_err)? {
+                parts.push((number, e));
+            }
+        }
+    }
+}
+
+/// The parts of an upload from `after` on, in order, at most `limit`.
+async fn parts_of(state: &EngineState, upload_id: &str, after: u32, limit: usize) -> S3Result<Vec<(u32, ObjectEntry)>> {
+    let prefix = crate::meta::objects::part_prefix(upload_id);
+    let from = crate::meta::objects::part_key(upload_id, after.saturating_add(1));
+    let page = state.meta.objects(UPLOADS_BUCKET, &from, limit).await.map_err(meta_err)?;
+    page.into_iter()
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, e)| {
+            let n = u32::from_be_bytes(
+                k[prefix.len()..].try_into().map_err(|_| s3_error!(InternalError, "a bad part key"))?,
+            );
+            Ok((n, e))
+        })
+        .collect()
+}
+
+/// Aborts every upload begun more than `max_age` ago (abandoned): its parts' files go.
+pub async fn collect_abandoned_uploads(state: &EngineState, max_age: std::time::Duration) -> S3Result<usize> {
+    let cutoff = dfs_runtime::unix_ms().saturating_sub(max_age.as_millis() as u64);
+    let mut from = vec![2u8];
+    let mut n = 0;
+    loop {
+        let page = state.meta.objects(UPLOADS_BUCKET, &from, MAX_LIST_KEYS).await.map_err(meta_err)?;
+        let Some((last, _)) = page.last() else { return Ok(n) };
+        let mut next = last.clone();
+        next.push(0);
+        for (k, e) in page {
+            if e.modified_unix_ms >= cutoff {
+                continue;
+            }
+            let Some(upload_id) = k.rsplit(|&b| b == 0).next().and_then(|id| std::str::from_utf8(id).ok()) else {
+                continue;
+            };
+            let upload_id = upload_id.to_string();
+            if state.meta.delete_object(UPLOADS_BUCKET, &k).await.map_err(meta_err)?.is_some() {
+                for (_, part) in take_parts(state, &upload_id).await? {
+                    drop_object(state, &part).await;
+                }
+                n += 1;
+            }
+        }
+        from = next;
     }
 }
 
@@ -321,6 +605,7 @@ impl S3 for DfsS3 {
             let buckets = state.meta.buckets().await.map_err(meta_err)?;
             let buckets = buckets
                 .into_iter()
+                .filter(|(name, _)| bad_bucket_name(name).is_none())
                 .map(|(name, created)| Bucket {
                     name: Some(name),
                     creation_date: Some(timestamp(created)),
@@ -374,6 +659,9 @@ impl S3 for DfsS3 {
         let state = self.state.clone();
         let name = req.input.bucket;
         local(async move {
+            if bad_bucket_name(&name).is_some() {
+                return Err(s3_error!(NoSuchBucket));
+            }
             match state.meta.delete_bucket(&name).await.map_err(meta_err)? {
                 BucketDeleted::Deleted => Ok(S3Response::new(DeleteBucketOutput::default())),
                 BucketDeleted::NoSuchBucket => Err(s3_error!(NoSuchBucket)),
@@ -391,106 +679,38 @@ impl S3 for DfsS3 {
             check_key(&input.key)?;
             no_conditions(input.if_match.is_some() || input.if_none_match.is_some())?;
             require_bucket(&state, &input.bucket).await?;
-            let body = input.body.ok_or_else(|| s3_error!(IncompleteBody, "no body"))?;
-            let size = match input.content_length {
-                Some(n) if n >= 0 => n as u64,
-                _ => {
-                    use s3s::stream::ByteStream as _;
-                    body.remaining_length().exact().ok_or_else(|| s3_error!(MissingContentLength))? as u64
-                }
-            };
-            let mut hasher = s3s::checksum::ChecksumHasher::default();
-            let mut any = false;
-            let want = |on: bool, slot: &mut bool| {
-                *slot |= on;
-                on
-            };
-            if want(input.checksum_crc32.is_some(), &mut any) {
-                hasher.crc32 = Some(Default::default());
-            }
-            if want(input.checksum_crc32c.is_some(), &mut any) {
-                hasher.crc32c = Some(Default::default());
-            }
-            if want(input.checksum_sha1.is_some(), &mut any) {
-                hasher.sha1 = Some(Default::default());
-            }
-            if want(input.checksum_sha256.is_some(), &mut any) {
-                hasher.sha256 = Some(Default::default());
-            }
-            if want(input.checksum_crc64nvme.is_some(), &mut any) {
-                hasher.crc64nvme = Some(Default::default());
-            }
-            if let Some(alg) = &input.checksum_algorithm {
-                any = true;
-                match alg.as_str() {
-                    ChecksumAlgorithm::CRC32 => hasher.crc32 = Some(Default::default()),
-                    ChecksumAlgorithm::CRC32C => hasher.crc32c = Some(Default::default()),
-                    ChecksumAlgorithm::SHA1 => hasher.sha1 = Some(Default::default()),
-                    ChecksumAlgorithm::SHA256 => hasher.sha256 = Some(Default::default()),
-                    ChecksumAlgorithm::CRC64NVME => hasher.crc64nvme = Some(Default::default()),
-                    other => return Err(s3_error!(InvalidArgument, "checksum algorithm {other} is not supported")),
-                }
-            }
-            let mut source = PutBody {
-                body,
-                pending: Bytes::new(),
-                size,
-                read: 0,
-                md5: Default::default(),
-                checksums: any.then_some(hasher),
-                expected_md5: input.content_md5.clone(),
+            let digests = Digests {
+                content_md5: input.content_md5,
+                algorithm: input.checksum_algorithm,
                 expected: Expected {
-                    crc32: input.checksum_crc32.clone(),
-                    crc32c: input.checksum_crc32c.clone(),
-                    sha1: input.checksum_sha1.clone(),
-                    sha256: input.checksum_sha256.clone(),
-                    crc64nvme: input.checksum_crc64nvme.clone(),
+                    crc32: input.checksum_crc32,
+                    crc32c: input.checksum_crc32c,
+                    sha1: input.checksum_sha1,
+                    sha256: input.checksum_sha256,
+                    crc64nvme: input.checksum_crc64nvme,
                 },
-                trailers,
-                etag: None,
-                computed: None,
             };
             let name = format!("{}/{}", input.bucket, input.key);
-            let file_id = match put_buffered(&state, name, size, S3_CHUNK_CAP_BYTES, &mut source).await {
-                Ok(id) => id,
-                Err(BufferedPutError::Body(e)) => return Err(e),
-                Err(BufferedPutError::Store(status, message)) => return Err(store_err(status, message)),
-            };
-            let etag = source.etag.clone().expect("a finished body has its ETag");
-            let mut user_meta: Vec<(String, String)> =
-                input.metadata.unwrap_or_default().into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
-            user_meta.sort();
-            let entry = ObjectEntry {
-                file_id: file_id.0,
-                size,
-                etag: etag.clone(),
-                modified_unix_ms: dfs_runtime::unix_ms(),
-                content_type: input.content_type.map(|c| c.to_string()),
-                content_encoding: input.content_encoding,
-                content_disposition: input.content_disposition,
-                cache_control: input.cache_control,
-                user_meta,
-            };
-            match state.meta.put_object(&input.bucket, input.key.as_bytes(), &entry).await {
-                Ok(Ok(Some(old))) => drop_file(&state, old.file_id()).await,
-                Ok(Ok(None)) => {}
-                Ok(Err(())) => {
-                    drop_file(&state, file_id).await;
-                    return Err(s3_error!(NoSuchBucket));
-                }
-                Err(e) => {
-                    drop_file(&state, file_id).await;
-                    return Err(meta_err(e));
-                }
-            }
-            let computed = source.computed.unwrap_or_default();
+            let stored = store_body(&state, name, input.body, input.content_length, digests, trailers).await?;
+            let mut entry = ObjectEntry::headers_only(
+                input.content_type.map(|c| c.to_string()),
+                input.content_encoding,
+                input.content_disposition,
+                input.cache_control,
+                lower_meta(input.metadata),
+            );
+            entry.parts = vec![PartRef { file_id: stored.file_id.0, size: stored.size }];
+            entry.size = stored.size;
+            entry.etag = stored.md5_hex.clone();
+            point_key(&state, &input.bucket, &input.key, &entry).await?;
+            let c = stored.computed;
             Ok(S3Response::new(PutObjectOutput {
-                e_tag: Some(ETag::Strong(etag)),
-                checksum_crc32: computed.checksum_crc32,
-                checksum_crc32c: computed.checksum_crc32c,
-                checksum_sha1: computed.checksum_sha1,
-                checksum_sha256: computed.checksum_sha256,
-                checksum_crc64nvme: computed.checksum_crc64nvme,
+                e_tag: Some(ETag::Strong(stored.md5_hex)),
+                checksum_crc32: c.checksum_crc32,
+                checksum_crc32c: c.checksum_crc32c,
+                checksum_sha1: c.checksum_sha1,
+                checksum_sha256: c.checksum_sha256,
+                checksum_crc64nvme: c.checksum_crc64nvme,
                 ..Default::default()
             }))
         })
@@ -502,12 +722,6 @@ impl S3 for DfsS3 {
         let input = req.input;
         local(async move {
             check_key(&input.key)?;
-            no_conditions(
-                input.if_match.is_some()
-                    || input.if_none_match.is_some()
-                    || input.if_modified_since.is_some()
-                    || input.if_unmodified_since.is_some(),
-            )?;
             require_bucket(&state, &input.bucket).await?;
             let entry = state
                 .meta
@@ -515,25 +729,26 @@ impl S3 for DfsS3 {
                 .await
                 .map_err(meta_err)?
                 .ok_or_else(|| s3_error!(NoSuchKey))?;
-            let record = state
-                .meta
-                .get(entry.file_id())
-                .await
-                .map_err(meta_err)?
-                .ok_or_else(|| s3_error!(NoSuchKey, "the key's file is gone"))?;
+            check_preconditions(
+                &entry,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            )?;
             let (start, end, content_range) = match &input.range {
-                None => (0, record.size, None),
+                None => (0, entry.size, None),
                 Some(r) => {
-                    let span = r.check(record.size).map_err(|_| s3_error!(InvalidRange))?;
-                    let cr = format!("bytes {}-{}/{}", span.start, span.end.saturating_sub(1), record.size);
+                    let span = r.check(entry.size).map_err(|_| s3_error!(InvalidRange))?;
+                    let cr = format!("bytes {}-{}/{}", span.start, span.end.saturating_sub(1), entry.size);
                     (span.start, span.end, Some(cr))
                 }
             };
             let (tx, rx) = tokio::sync::mpsc::channel(GET_QUEUE_PIECES);
-            let file_id = entry.file_id();
             let reader_state = state.clone();
+            let reader_entry = entry.clone();
             dfs_runtime::backend::spawn(async move {
-                crate::get::stream_range(&reader_state, file_id, &record, start, end, tx).await;
+                stream_object(&reader_state, &reader_entry, start, end, tx).await;
             });
             let stream =
                 futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
@@ -565,12 +780,6 @@ impl S3 for DfsS3 {
         let input = req.input;
         local(async move {
             check_key(&input.key)?;
-            no_conditions(
-                input.if_match.is_some()
-                    || input.if_none_match.is_some()
-                    || input.if_modified_since.is_some()
-                    || input.if_unmodified_since.is_some(),
-            )?;
             require_bucket(&state, &input.bucket).await?;
             let entry = state
                 .meta
@@ -578,6 +787,13 @@ impl S3 for DfsS3 {
                 .await
                 .map_err(meta_err)?
                 .ok_or_else(|| s3_error!(NoSuchKey))?;
+            check_preconditions(
+                &entry,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            )?;
             Ok(S3Response::new(HeadObjectOutput {
                 content_length: Some(entry.size as i64),
                 accept_ranges: Some("bytes".into()),
@@ -601,7 +817,7 @@ impl S3 for DfsS3 {
             check_key(&input.key)?;
             require_bucket(&state, &input.bucket).await?;
             if let Some(old) = state.meta.delete_object(&input.bucket, input.key.as_bytes()).await.map_err(meta_err)? {
-                drop_file(&state, old.file_id()).await;
+                drop_object(&state, &old).await;
             }
             Ok(S3Response::new(DeleteObjectOutput::default()))
         })
@@ -619,7 +835,7 @@ impl S3 for DfsS3 {
                 match state.meta.delete_object(&input.bucket, o.key.as_bytes()).await {
                     Ok(old) => {
                         if let Some(old) = old {
-                            drop_file(&state, old.file_id()).await;
+                            drop_object(&state, &old).await;
                         }
                         if !quiet {
                             deleted.push(DeletedObject { key: Some(o.key), ..Default::default() });
@@ -697,6 +913,292 @@ impl S3 for DfsS3 {
                 contents: Some(page.contents.into_iter().map(|(k, e)| object_of(k, &e)).collect()),
                 common_prefixes: Some(page.prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
                 encoding_type: input.encoding_type,
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let state = self.state.clone();
+        let input = req.input;
+        local(async move {
+            check_key(&input.key)?;
+            require_bucket(&state, &input.bucket).await?;
+            let upload_id = new_upload_id()?;
+            let headers = ObjectEntry::headers_only(
+                input.content_type.map(|c| c.to_string()),
+                input.content_encoding,
+                input.content_disposition,
+                input.cache_control,
+                lower_meta(input.metadata),
+            );
+            let at = upload_key(&input.bucket, &input.key, &upload_id);
+            match state.meta.put_object(UPLOADS_BUCKET, &at, &headers).await.map_err(meta_err)? {
+                Ok(_) => {}
+                Err(()) => return Err(s3_error!(InternalError, "the uploads namespace is missing")),
+            }
+            Ok(S3Response::new(CreateMultipartUploadOutput {
+                bucket: Some(input.bucket),
+                key: Some(input.key),
+                upload_id: Some(upload_id),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        let state = self.state.clone();
+        let input = req.input;
+        let trailers = req.trailing_headers;
+        local(async move {
+            check_upload_id(&input.upload_id)?;
+            if !(1..=MAX_PARTS).contains(&input.part_number) {
+                return Err(s3_error!(InvalidArgument, "a part number is 1 to {MAX_PARTS}"));
+            }
+            let at = upload_key(&input.bucket, &input.key, &input.upload_id);
+            if state.meta.object(UPLOADS_BUCKET, &at).await.map_err(meta_err)?.is_none() {
+                return Err(s3_error!(NoSuchUpload));
+            }
+            let digests = Digests {
+                content_md5: input.content_md5,
+                algorithm: input.checksum_algorithm,
+                expected: Expected {
+                    crc32: input.checksum_crc32,
+                    crc32c: input.checksum_crc32c,
+                    sha1: input.checksum_sha1,
+                    sha256: input.checksum_sha256,
+                    crc64nvme: input.checksum_crc64nvme,
+                },
+            };
+            let name =
+                format!("{}/{} (upload {}, part {})", input.bucket, input.key, input.upload_id, input.part_number);
+            let stored = store_body(&state, name, input.body, input.content_length, digests, trailers).await?;
+            let mut part = ObjectEntry::headers_only(None, None, None, None, Vec::new());
+            part.parts = vec![PartRef { file_id: stored.file_id.0, size: stored.size }];
+            part.size = stored.size;
+            part.etag = stored.md5_hex.clone();
+            let at = crate::meta::objects::part_key(&input.upload_id, input.part_number as u32);
+            match state.meta.put_object(UPLOADS_BUCKET, &at, &part).await {
+                Ok(Ok(Some(old))) => drop_object(&state, &old).await,
+                Ok(Ok(None)) => {}
+                Ok(Err(())) => {
+                    drop_object(&state, &part).await;
+                    return Err(s3_error!(InternalError, "the uploads namespace is missing"));
+                }
+                Err(e) => {
+                    drop_object(&state, &part).await;
+                    return Err(meta_err(e));
+                }
+            }
+            let c = stored.computed;
+            Ok(S3Response::new(UploadPartOutput {
+                e_tag: Some(ETag::Strong(stored.md5_hex)),
+                checksum_crc32: c.checksum_crc32,
+                checksum_crc32c: c.checksum_crc32c,
+                checksum_sha1: c.checksum_sha1,
+                checksum_sha256: c.checksum_sha256,
+                checksum_crc64nvme: c.checksum_crc64nvme,
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let state = self.state.clone();
+        let input = req.input;
+        local(async move {
+            use s3s::crypto::Checksum as _;
+            check_upload_id(&input.upload_id)?;
+            no_conditions(input.if_match.is_some() || input.if_none_match.is_some())?;
+            let listed = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
+            if listed.is_empty() {
+                return Err(s3_error!(MalformedXML, "the request lists no part"));
+            }
+            let at = upload_key(&input.bucket, &input.key, &input.upload_id);
+            let Some(headers) = state.meta.object(UPLOADS_BUCKET, &at).await.map_err(meta_err)? else {
+                return Err(s3_error!(NoSuchUpload));
+            };
+            let stored: std::collections::BTreeMap<u32, ObjectEntry> =
+                parts_of(&state, &input.upload_id, 0, MAX_PARTS as usize + 1).await?.into_iter().collect();
+            // Every listed part exists with the ETag listed, in ascending order; all but the
+            // last are at least 5 MiB.
+            let mut chosen: Vec<(u32, &ObjectEntry)> = Vec::with_capacity(listed.len());
+            for p in &listed {
+                let n =
+                    p.part_number.filter(|n| (1..=MAX_PARTS).contains(n)).ok_or_else(|| s3_error!(InvalidPart))? as u32;
+                if chosen.last().is_some_and(|(prev, _)| *prev >= n) {
+                    return Err(s3_error!(InvalidPartOrder));
+                }
+                let part = stored.get(&n).ok_or_else(|| s3_error!(InvalidPart, "part {n} was not uploaded"))?;
+                let etag = p.e_tag.as_ref().map(|e| e.value().to_string());
+                if etag.as_deref().is_some_and(|e| e != part.etag) {
+                    return Err(s3_error!(InvalidPart, "part {n} has another ETag"));
+                }
+                chosen.push((n, part));
+            }
+            if let Some((n, _)) = chosen[..chosen.len() - 1].iter().find(|(_, p)| p.size < MIN_PART_BYTES) {
+                return Err(s3_error!(EntityTooSmall, "part {n} is smaller than 5 MiB and not the last"));
+            }
+            let mut md5s = s3s::crypto::Md5::new();
+            for (_, p) in &chosen {
+                let raw: Vec<u8> = (0..p.etag.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(&p.etag[2 * i..2 * i + 2], 16).ok())
+                    .collect();
+                md5s.update(&raw);
+            }
+            let etag =
+                format!("{}-{}", md5s.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>(), chosen.len());
+            let mut entry = headers;
+            entry.parts = chosen.iter().flat_map(|(_, p)| p.parts.iter().cloned()).collect();
+            entry.size = chosen.iter().map(|(_, p)| p.size).sum();
+            entry.etag = etag.clone();
+            entry.modified_unix_ms = dfs_runtime::unix_ms();
+            let used: std::collections::BTreeSet<u32> = chosen.iter().map(|(n, _)| *n).collect();
+            // The upload is claimed before its parts are used: a second completion, an abort or
+            // the collection of abandoned uploads finds it gone, and cannot delete the files the
+            // object now points at.
+            if state.meta.delete_object(UPLOADS_BUCKET, &at).await.map_err(meta_err)?.is_none() {
+                return Err(s3_error!(NoSuchUpload));
+            }
+            for (n, part) in take_parts(&state, &input.upload_id).await? {
+                if !used.contains(&n) {
+                    drop_object(&state, &part).await;
+                }
+            }
+            point_key(&state, &input.bucket, &input.key, &entry).await?;
+            Ok(S3Response::new(CompleteMultipartUploadOutput {
+                bucket: Some(input.bucket.clone()),
+                key: Some(input.key.clone()),
+                e_tag: Some(ETag::Strong(etag)),
+                location: Some(format!("/{}/{}", input.bucket, input.key)),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let state = self.state.clone();
+        let input = req.input;
+        local(async move {
+            check_upload_id(&input.upload_id)?;
+            let at = upload_key(&input.bucket, &input.key, &input.upload_id);
+            if state.meta.delete_object(UPLOADS_BUCKET, &at).await.map_err(meta_err)?.is_none() {
+                return Err(s3_error!(NoSuchUpload));
+            }
+            for (_, part) in take_parts(&state, &input.upload_id).await? {
+                drop_object(&state, &part).await;
+            }
+            Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+        })
+        .await
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        let state = self.state.clone();
+        let input = req.input;
+        local(async move {
+            check_upload_id(&input.upload_id)?;
+            let at = upload_key(&input.bucket, &input.key, &input.upload_id);
+            if state.meta.object(UPLOADS_BUCKET, &at).await.map_err(meta_err)?.is_none() {
+                return Err(s3_error!(NoSuchUpload));
+            }
+            let max = max_keys(input.max_parts)?;
+            let after = input.part_number_marker.filter(|m| *m > 0).unwrap_or(0) as u32;
+            let mut page = parts_of(&state, &input.upload_id, after, max + 1).await?;
+            let truncated = page.len() > max;
+            page.truncate(max);
+            let next = page.last().map(|(n, _)| *n as i32).filter(|_| truncated);
+            let parts = page
+                .into_iter()
+                .map(|(n, p)| Part {
+                    part_number: Some(n as i32),
+                    size: Some(p.size as i64),
+                    e_tag: Some(ETag::Strong(p.etag.clone())),
+                    last_modified: Some(timestamp(p.modified_unix_ms)),
+                    ..Default::default()
+                })
+                .collect();
+            Ok(S3Response::new(ListPartsOutput {
+                bucket: Some(input.bucket),
+                key: Some(input.key),
+                upload_id: Some(input.upload_id),
+                max_parts: Some(max as i32),
+                is_truncated: Some(truncated),
+                next_part_number_marker: next,
+                parts: Some(parts),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let state = self.state.clone();
+        let input = req.input;
+        local(async move {
+            require_bucket(&state, &input.bucket).await?;
+            let max = max_keys(input.max_uploads)?;
+            let prefix = input.prefix.clone().unwrap_or_default();
+            let mut start = input.bucket.as_bytes().to_vec();
+            start.push(0);
+            let bucket_len = start.len();
+            start.extend_from_slice(prefix.as_bytes());
+            let mut from = start.clone();
+            if let Some(marker) = &input.key_marker {
+                let mut after = upload_key(&input.bucket, marker, input.upload_id_marker.as_deref().unwrap_or("~"));
+                after.push(0);
+                from = from.max(after);
+            }
+            let page = state.meta.objects(UPLOADS_BUCKET, &from, max + 1).await.map_err(meta_err)?;
+            let mut uploads = Vec::new();
+            let mut truncated = false;
+            for (k, e) in page {
+                if !k.starts_with(&start) {
+                    break;
+                }
+                if uploads.len() == max {
+                    truncated = true;
+                    break;
+                }
+                let rest = &k[bucket_len..];
+                let Some(cut) = rest.iter().rposition(|&b| b == 0) else { continue };
+                uploads.push(MultipartUpload {
+                    key: Some(String::from_utf8_lossy(&rest[..cut]).into_owned()),
+                    upload_id: Some(String::from_utf8_lossy(&rest[cut + 1..]).into_owned()),
+                    initiated: Some(timestamp(e.modified_unix_ms)),
+                    ..Default::default()
+                });
+            }
+            let (next_key, next_id) = match uploads.last().filter(|_| truncated) {
+                Some(u) => (u.key.clone(), u.upload_id.clone()),
+                None => (None, None),
+            };
+            Ok(S3Response::new(ListMultipartUploadsOutput {
+                bucket: Some(input.bucket),
+                prefix: input.prefix,
+                key_marker: input.key_marker,
+                upload_id_marker: input.upload_id_marker,
+                max_uploads: Some(max as i32),
+                is_truncated: Some(truncated),
+                next_key_marker: next_key,
+                next_upload_id_marker: next_id,
+                uploads: Some(uploads),
                 ..Default::default()
             }))
         })
