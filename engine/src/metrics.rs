@@ -2,7 +2,10 @@
 //! `--metrics ADDR` (see `dfs_runtime::metrics`).
 
 use dfs_runtime::metrics::{RequestMetricNames, RequestMetrics};
-use prometheus::{register_int_counter, register_int_gauge, register_int_gauge_vec, IntCounter, IntGauge, IntGaugeVec};
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+};
 use std::sync::LazyLock;
 
 pub static REQUESTS: LazyLock<RequestMetrics> = LazyLock::new(|| {
@@ -15,6 +18,46 @@ pub static REQUESTS: LazyLock<RequestMetrics> = LazyLock::new(|| {
         first_bucket_secs: 0.0005,
     })
 });
+/// S3 requests by operation and the status they were answered with (`200`, or S3's error code).
+pub static S3_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "dfs_engine_s3_requests_total",
+        "S3 requests answered, by operation and code",
+        &["op", "code"]
+    )
+    .expect("metric registers once")
+});
+/// Every HTTP answer of the S3 listener by status, those refused before an operation ran
+/// (a bad signature, an unknown access key) included.
+pub static S3_RESPONSES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "dfs_engine_s3_responses_total",
+        "HTTP answers of the S3 listener, by status",
+        &["status"]
+    )
+    .expect("metric registers once")
+});
+pub static S3_REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "dfs_engine_s3_request_seconds",
+        "Time to answer an S3 request (to its status line; a GET's body streams after), by operation",
+        &["op"],
+        prometheus::exponential_buckets(0.0005, 2.0, 18).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+pub static S3_BYTES_IN: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("dfs_engine_s3_bytes_in_total", "Object bytes stored through S3")
+        .expect("metric registers once")
+});
+pub static S3_BYTES_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "dfs_engine_s3_bytes_out_total",
+        "Object bytes sent through S3 (verified, queued for the body)"
+    )
+    .expect("metric registers once")
+});
+
 pub static INFLIGHT_REQUESTS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("dfs_engine_inflight_requests", "Client requests being served").expect("metric registers once")
 });

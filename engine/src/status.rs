@@ -66,12 +66,7 @@ impl Activity {
 
     /// Counts one finished request.
     pub fn record(&self, tally: &dfs_runtime::conn::Tally, elapsed: Duration) {
-        let now = dfs_runtime::unix_ms() / 1000;
-        let slot = &self.ring[(now % RING_SECS) as usize];
-        let seen = slot.unix_s.load(Ordering::Acquire);
-        if seen != now && slot.unix_s.compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            slot.counters().iter().for_each(|c| c.store(0, Ordering::Relaxed));
-        }
+        let slot = self.slot_now();
         let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
         slot.requests.fetch_add(1, Ordering::Relaxed);
         slot.errors.fetch_add(u64::from(tally.outcome != "ok"), Ordering::Relaxed);
@@ -79,6 +74,25 @@ impl Activity {
         slot.bytes_out.fetch_add(tally.bytes_out, Ordering::Relaxed);
         slot.latency_us_sum.fetch_add(us, Ordering::Relaxed);
         slot.latency_us_max.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Counts bytes moved outside a request's own tally (an S3 body, which streams after its
+    /// request is counted).
+    pub fn add_bytes(&self, bytes_in: u64, bytes_out: u64) {
+        let slot = self.slot_now();
+        slot.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        slot.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+
+    /// This second's slot, emptied first if it still holds an older second.
+    fn slot_now(&self) -> &Slot {
+        let now = dfs_runtime::unix_ms() / 1000;
+        let slot = &self.ring[(now % RING_SECS) as usize];
+        let seen = slot.unix_s.load(Ordering::Acquire);
+        if seen != now && slot.unix_s.compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            slot.counters().iter().for_each(|c| c.store(0, Ordering::Relaxed));
+        }
+        slot
     }
 
     /// The last `n` whole seconds, oldest first.

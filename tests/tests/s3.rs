@@ -93,7 +93,10 @@ fn write(path: &Path, data: &[u8]) {
 
 #[test]
 fn aws_cli_makes_buckets_puts_lists_reads_ranges_and_removes() {
-    let s3 = S3::start();
+    let s3 = S3::start_with(ClusterOpts {
+        engine_args: vec!["--http".into(), "127.0.0.1:0".into()],
+        ..ClusterOpts::default()
+    });
     s3.aws(&["s3", "mb", "s3://data-set"]);
     assert!(s3.aws(&["s3", "ls"]).contains("data-set"), "the new bucket is listed");
     let refused = s3.aws_with(SECRET, &["s3", "mb", "s3://ab"]);
@@ -190,6 +193,27 @@ fn aws_cli_makes_buckets_puts_lists_reads_ranges_and_removes() {
     assert!(!s3.aws(&["s3", "ls"]).contains("data-set"));
     // Every object's file went with its key.
     assert!(s3.cluster.ls().is_empty(), "files left after their keys were removed: {:?}", s3.cluster.ls());
+
+    // The requests show in the metrics, by operation and answer, and on the status page.
+    let http = dfs_tests::http::logged_addr(&s3.cluster.engine_stderr_log(), "status page");
+    let metrics = dfs_tests::http::get(&http, "/metrics", &[]).body;
+    let count = |needle: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(r#"dfs_engine_s3_requests_total{code="200",op="PutObject"}"#), 7, "{metrics}");
+    assert_eq!(count(r#"dfs_engine_s3_requests_total{code="BucketNotEmpty",op="DeleteBucket"}"#), 1, "{metrics}");
+    assert!(count(r#"dfs_engine_s3_responses_total{status="403"}"#) >= 1, "the wrong secret's 403: {metrics}");
+    assert_eq!(count("dfs_engine_s3_bytes_in_total"), 1 + (5 << 20) + 3 + 3 + 3 + 3, "{metrics}");
+    let status = dfs_tests::http::get(&http, "/api/status", &[]).body;
+    let v: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    let seconds = v["seconds"].as_array().cloned().unwrap_or_default();
+    let requests: u64 = seconds.iter().filter_map(|s| s["requests"].as_u64()).sum();
+    assert!(requests >= 20, "the status page counted {requests} requests in its last seconds: {status}");
 }
 
 #[test]

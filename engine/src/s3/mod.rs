@@ -148,9 +148,23 @@ pub fn start(
                     };
                     let _ = stream.set_nodelay(true);
                     let s3 = s3.clone();
+                    // Every answer is counted by its status, those s3s gives before an
+                    // operation runs (a bad signature) too.
+                    let counted = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let s3 = s3.clone();
+                        async move {
+                            let resp = s3.call(req.map(s3s::Body::from)).await;
+                            let status = match &resp {
+                                Ok(r) => r.status().as_u16(),
+                                Err(_) => 500,
+                            };
+                            crate::metrics::S3_RESPONSES.with_label_values(&[&status.to_string()]).inc();
+                            resp
+                        }
+                    });
                     dfs_runtime::backend::spawn(async move {
                         let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), s3);
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), counted);
                         if let Err(e) = conn.await {
                             tracing::debug!(%peer, "S3 connection ended: {e}");
                         }

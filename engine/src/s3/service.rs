@@ -28,13 +28,33 @@ pub struct DfsS3 {
     pub state: Arc<EngineState>,
 }
 
-/// Starts `work` as a task on this thread's runtime, and returns the wait for it (which, unlike
-/// the work, can be sent between threads, as `s3s` asks).
+/// Starts `work`, operation `op`, as a task on this thread's runtime, and returns the wait for it
+/// (which, unlike the work, can be sent between threads, as `s3s` asks); counts the request by
+/// its answer, in the metrics and on the status page.
 fn local<T: Send + 'static>(
+    op: &'static str,
     work: impl Future<Output = S3Result<T>> + 'static,
 ) -> impl Future<Output = S3Result<T>> + Send {
+    let started = std::time::Instant::now();
     let task = dfs_runtime::backend::spawn(work);
-    async move { task.await.map_err(|e| s3_error!(InternalError, "the request's task failed: {e}"))? }
+    async move {
+        let result = task.await.map_err(|e| s3_error!(InternalError, "the request's task failed: {e}"))?;
+        let code = match &result {
+            Ok(_) => "200",
+            Err(e) => e.code().as_str(),
+        };
+        let elapsed = started.elapsed();
+        crate::metrics::S3_REQUESTS.with_label_values(&[op, code]).inc();
+        crate::metrics::S3_REQUEST_SECONDS.with_label_values(&[op]).observe(elapsed.as_secs_f64());
+        // Not-found and not-modified answers are what a client asked about, not failures.
+        let outcome = match code {
+            "200" | "NoSuchKey" | "NotModified" => "ok",
+            _ => "error",
+        };
+        let tally = dfs_runtime::conn::Tally { bytes_in: 0, bytes_out: 0, outcome };
+        crate::status::ACTIVITY.record(&tally, elapsed);
+        result
+    }
 }
 
 fn meta_err(e: crate::meta::MetaError) -> S3Error {
@@ -436,6 +456,7 @@ async fn store_body(
         etag: None,
         computed: None,
     };
+    let _counted = crate::status::InProgress::upload();
     let file_id = match put_buffered(state, name, size, S3_CHUNK_CAP_BYTES, &mut source).await {
         Ok(id) => id,
         Err(BufferedPutError::Body(e)) => return Err(e),
@@ -601,7 +622,7 @@ pub async fn collect_abandoned_uploads(state: &EngineState, max_age: std::time::
 impl S3 for DfsS3 {
     async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
         let state = self.state.clone();
-        local(async move {
+        local("ListBuckets", async move {
             let buckets = state.meta.buckets().await.map_err(meta_err)?;
             let buckets = buckets
                 .into_iter()
@@ -620,7 +641,7 @@ impl S3 for DfsS3 {
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
         let state = self.state.clone();
         let name = req.input.bucket;
-        local(async move {
+        local("CreateBucket", async move {
             if let Some(why) = bad_bucket_name(&name) {
                 return Err(s3_error!(InvalidBucketName, "{why}"));
             }
@@ -635,7 +656,7 @@ impl S3 for DfsS3 {
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
         let state = self.state.clone();
         let name = req.input.bucket;
-        local(async move {
+        local("HeadBucket", async move {
             require_bucket(&state, &name).await?;
             Ok(S3Response::new(HeadBucketOutput::default()))
         })
@@ -648,7 +669,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         let state = self.state.clone();
         let name = req.input.bucket;
-        local(async move {
+        local("GetBucketLocation", async move {
             require_bucket(&state, &name).await?;
             Ok(S3Response::new(GetBucketLocationOutput::default()))
         })
@@ -658,7 +679,7 @@ impl S3 for DfsS3 {
     async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
         let state = self.state.clone();
         let name = req.input.bucket;
-        local(async move {
+        local("DeleteBucket", async move {
             if bad_bucket_name(&name).is_some() {
                 return Err(s3_error!(NoSuchBucket));
             }
@@ -675,7 +696,7 @@ impl S3 for DfsS3 {
         let state = self.state.clone();
         let input = req.input;
         let trailers = req.trailing_headers;
-        local(async move {
+        local("PutObject", async move {
             check_key(&input.key)?;
             no_conditions(input.if_match.is_some() || input.if_none_match.is_some())?;
             require_bucket(&state, &input.bucket).await?;
@@ -692,6 +713,8 @@ impl S3 for DfsS3 {
             };
             let name = format!("{}/{}", input.bucket, input.key);
             let stored = store_body(&state, name, input.body, input.content_length, digests, trailers).await?;
+            crate::metrics::S3_BYTES_IN.inc_by(stored.size);
+            crate::status::ACTIVITY.add_bytes(stored.size, 0);
             let mut entry = ObjectEntry::headers_only(
                 input.content_type.map(|c| c.to_string()),
                 input.content_encoding,
@@ -720,7 +743,7 @@ impl S3 for DfsS3 {
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("GetObject", async move {
             check_key(&input.key)?;
             require_bucket(&state, &input.bucket).await?;
             let entry = state
@@ -748,10 +771,17 @@ impl S3 for DfsS3 {
             let reader_state = state.clone();
             let reader_entry = entry.clone();
             dfs_runtime::backend::spawn(async move {
+                let _counted = crate::status::InProgress::download();
                 stream_object(&reader_state, &reader_entry, start, end, tx).await;
             });
-            let stream =
-                futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                let item = rx.recv().await?;
+                if let Ok(bytes) = &item {
+                    crate::metrics::S3_BYTES_OUT.inc_by(bytes.len() as u64);
+                    crate::status::ACTIVITY.add_bytes(0, bytes.len() as u64);
+                }
+                Some((item, rx))
+            });
             let output = GetObjectOutput {
                 body: Some(StreamingBlob::wrap(stream)),
                 content_length: Some((end - start) as i64),
@@ -778,7 +808,7 @@ impl S3 for DfsS3 {
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("HeadObject", async move {
             check_key(&input.key)?;
             require_bucket(&state, &input.bucket).await?;
             let entry = state
@@ -813,7 +843,7 @@ impl S3 for DfsS3 {
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("DeleteObject", async move {
             check_key(&input.key)?;
             require_bucket(&state, &input.bucket).await?;
             if let Some(old) = state.meta.delete_object(&input.bucket, input.key.as_bytes()).await.map_err(meta_err)? {
@@ -827,7 +857,7 @@ impl S3 for DfsS3 {
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("DeleteObjects", async move {
             require_bucket(&state, &input.bucket).await?;
             let quiet = input.delete.quiet.unwrap_or(false);
             let (mut deleted, mut errors) = (Vec::new(), Vec::new());
@@ -861,7 +891,7 @@ impl S3 for DfsS3 {
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("ListObjectsV2", async move {
             require_bucket(&state, &input.bucket).await?;
             let max = max_keys(input.max_keys)?;
             let after = match &input.continuation_token {
@@ -893,7 +923,7 @@ impl S3 for DfsS3 {
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("ListObjects", async move {
             require_bucket(&state, &input.bucket).await?;
             let max = max_keys(input.max_keys)?;
             let prefix = input.prefix.clone().unwrap_or_default();
@@ -925,7 +955,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("CreateMultipartUpload", async move {
             check_key(&input.key)?;
             require_bucket(&state, &input.bucket).await?;
             let upload_id = new_upload_id()?;
@@ -955,7 +985,7 @@ impl S3 for DfsS3 {
         let state = self.state.clone();
         let input = req.input;
         let trailers = req.trailing_headers;
-        local(async move {
+        local("UploadPart", async move {
             check_upload_id(&input.upload_id)?;
             if !(1..=MAX_PARTS).contains(&input.part_number) {
                 return Err(s3_error!(InvalidArgument, "a part number is 1 to {MAX_PARTS}"));
@@ -978,6 +1008,8 @@ impl S3 for DfsS3 {
             let name =
                 format!("{}/{} (upload {}, part {})", input.bucket, input.key, input.upload_id, input.part_number);
             let stored = store_body(&state, name, input.body, input.content_length, digests, trailers).await?;
+            crate::metrics::S3_BYTES_IN.inc_by(stored.size);
+            crate::status::ACTIVITY.add_bytes(stored.size, 0);
             let mut part = ObjectEntry::headers_only(None, None, None, None, Vec::new());
             part.parts = vec![PartRef { file_id: stored.file_id.0, size: stored.size }];
             part.size = stored.size;
@@ -1015,7 +1047,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("CompleteMultipartUpload", async move {
             use s3s::crypto::Checksum as _;
             check_upload_id(&input.upload_id)?;
             no_conditions(input.if_match.is_some() || input.if_none_match.is_some())?;
@@ -1092,7 +1124,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("AbortMultipartUpload", async move {
             check_upload_id(&input.upload_id)?;
             let at = upload_key(&input.bucket, &input.key, &input.upload_id);
             if state.meta.delete_object(UPLOADS_BUCKET, &at).await.map_err(meta_err)?.is_none() {
@@ -1109,7 +1141,7 @@ impl S3 for DfsS3 {
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("ListParts", async move {
             check_upload_id(&input.upload_id)?;
             let at = upload_key(&input.bucket, &input.key, &input.upload_id);
             if state.meta.object(UPLOADS_BUCKET, &at).await.map_err(meta_err)?.is_none() {
@@ -1151,7 +1183,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local(async move {
+        local("ListMultipartUploads", async move {
             require_bucket(&state, &input.bucket).await?;
             let max = max_keys(input.max_uploads)?;
             let prefix = input.prefix.clone().unwrap_or_default();
