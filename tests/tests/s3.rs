@@ -265,6 +265,14 @@ print("if-none-match", code(lambda: s3.get_object(Bucket="digests", Key="m", IfN
 print("if-match", code(lambda: s3.get_object(Bucket="digests", Key="m", IfMatch='"abc"')))
 print("if-match-same", code(lambda: s3.get_object(Bucket="digests", Key="m", IfMatch=etag_m)))
 print("conditional-put", code(lambda: s3.put_object(Bucket="digests", Key="m", Body=b"x", IfNoneMatch="*")))
+cp = s3.copy_object(Bucket="digests", Key="m-copy", CopySource={"Bucket": "digests", "Key": "m"})
+print("copy", cp["CopyObjectResult"]["ETag"] == etag_m, s3.get_object(Bucket="digests", Key="m-copy")["Body"].read() == body)
+s3.copy_object(Bucket="digests", Key="meta", CopySource={"Bucket": "digests", "Key": "meta"},
+    MetadataDirective="REPLACE", ContentType="text/plain", Metadata={"origin": "lab-8"})
+h = s3.head_object(Bucket="digests", Key="meta")
+print("replaced", h["ContentType"], h["Metadata"].get("origin"))
+print("onto-itself", code(lambda: s3.copy_object(Bucket="digests", Key="m", CopySource={"Bucket": "digests", "Key": "m"})))
+print("copy-missing", code(lambda: s3.copy_object(Bucket="digests", Key="x", CopySource={"Bucket": "digests", "Key": "nope"})))
 "#,
     );
     let lines: Vec<&str> = out.lines().collect();
@@ -286,16 +294,24 @@ print("conditional-put", code(lambda: s3.put_object(Bucket="digests", Key="m", B
         "if-match PreconditionFailed",
         "if-match-same OK",
         "conditional-put NotImplemented",
+        "copy True True",
+        "replaced text/plain lab-8",
+        "onto-itself InvalidRequest",
+        "copy-missing NoSuchKey",
     ];
     assert_eq!(lines, expect, "what boto3 saw");
-    // The refused uploads stored nothing, and the overwritten object's first file is gone:
-    // the bucket's four keys are four files.
+    // The refused uploads stored nothing, and the overwritten and re-copied objects' first
+    // files are gone: the bucket's five keys are five files.
     let names: Vec<String> = {
         let mut n: Vec<String> = s3.cluster.ls().into_iter().map(|e| e.name).collect();
         n.sort();
         n
     };
-    assert_eq!(names, ["digests/c", "digests/m", "digests/meta", "digests/ok"], "dfs files behind the keys");
+    assert_eq!(
+        names,
+        ["digests/c", "digests/m", "digests/m-copy", "digests/meta", "digests/ok"],
+        "dfs files behind the keys"
+    );
 
     // An unsigned request is refused with S3's error.
     let curl =

@@ -949,6 +949,84 @@ impl S3 for DfsS3 {
         .await
     }
 
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let state = self.state.clone();
+        let input = req.input;
+        local("CopyObject", async move {
+            check_key(&input.key)?;
+            let CopySource::Bucket { bucket: src_bucket, key: src_key, version_id } = &input.copy_source else {
+                return Err(s3_error!(NotImplemented, "copying from an access point is not supported"));
+            };
+            if version_id.is_some() {
+                return Err(s3_error!(NotImplemented, "objects have no versions here"));
+            }
+            require_bucket(&state, src_bucket).await?;
+            require_bucket(&state, &input.bucket).await?;
+            let source = state
+                .meta
+                .object(src_bucket, src_key.as_bytes())
+                .await
+                .map_err(meta_err)?
+                .ok_or_else(|| s3_error!(NoSuchKey, "the copy source does not exist"))?;
+            check_preconditions(
+                &source,
+                input.copy_source_if_match.as_ref(),
+                input.copy_source_if_none_match.as_ref(),
+                input.copy_source_if_modified_since.as_ref(),
+                input.copy_source_if_unmodified_since.as_ref(),
+            )
+            .map_err(|e| match e.code() {
+                // A copy's "not modified" is a failed precondition (S3 answers 412).
+                s3s::S3ErrorCode::NotModified => s3_error!(PreconditionFailed),
+                _ => e,
+            })?;
+            let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+            if **src_bucket == *input.bucket && **src_key == *input.key && !replace {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "copying an object onto itself changes nothing: give the metadata directive REPLACE"
+                ));
+            }
+            // The bytes are read as a GET reads them and stored as a PUT stores them: a new
+            // file, every block verified on the way out and every chunk on the way in.
+            let (tx, rx) = tokio::sync::mpsc::channel(GET_QUEUE_PIECES);
+            let (reader_state, reader_entry, size) = (state.clone(), source.clone(), source.size);
+            dfs_runtime::backend::spawn(async move {
+                stream_object(&reader_state, &reader_entry, 0, size, tx).await;
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move { Some((rx.recv().await?, rx)) });
+            let none = Digests { content_md5: None, algorithm: None, expected: Expected::default() };
+            let name = format!("{}/{}", input.bucket, input.key);
+            let stored =
+                store_body(&state, name, Some(StreamingBlob::wrap(stream)), Some(size as i64), none, None).await?;
+            let mut entry = if replace {
+                ObjectEntry::headers_only(
+                    input.content_type.map(|c| c.to_string()),
+                    input.content_encoding,
+                    input.content_disposition,
+                    input.cache_control,
+                    lower_meta(input.metadata),
+                )
+            } else {
+                ObjectEntry { modified_unix_ms: dfs_runtime::unix_ms(), ..source }
+            };
+            entry.parts = vec![PartRef { file_id: stored.file_id.0, size: stored.size }];
+            entry.size = stored.size;
+            entry.etag = stored.md5_hex.clone();
+            let modified = entry.modified_unix_ms;
+            point_key(&state, &input.bucket, &input.key, &entry).await?;
+            Ok(S3Response::new(CopyObjectOutput {
+                copy_object_result: Some(CopyObjectResult {
+                    e_tag: Some(ETag::Strong(stored.md5_hex)),
+                    last_modified: Some(timestamp(modified)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
     async fn create_multipart_upload(
         &self,
         req: S3Request<CreateMultipartUploadInput>,
