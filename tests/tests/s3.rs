@@ -15,6 +15,8 @@ const SECRET: &str = "s3cr3t-of-the-test-cluster-0123456789";
 struct S3 {
     cluster: Cluster,
     endpoint: String,
+    /// Holds the key file for as long as the cluster runs.
+    _keys: tempfile::TempDir,
 }
 
 impl S3 {
@@ -24,14 +26,14 @@ impl S3 {
 
     /// A cluster with `opts`, whose engines serve S3 with the test's key pair.
     fn start_with(mut opts: ClusterOpts) -> S3 {
-        let dir = tempfile::Builder::new().prefix("dfs-s3-keys-").tempdir().expect("temp dir").keep();
-        let keys = dir.join("s3.keys");
+        let dir = tempfile::Builder::new().prefix("dfs-s3-keys-").tempdir().expect("temp dir");
+        let keys = dir.path().join("s3.keys");
         std::fs::write(&keys, format!("# the test's key pair\n{KEY_ID} {SECRET}\n")).expect("write keys");
         std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).expect("chmod keys");
         opts.engine_args.extend(["--s3".into(), "127.0.0.1:0".into(), "--s3-keys".into(), keys.display().to_string()]);
         let cluster = Cluster::start(4, opts);
         let addr = dfs_tests::http::logged_addr(&cluster.engine_stderr_log(), "S3 API");
-        S3 { cluster, endpoint: format!("http://{addr}") }
+        S3 { cluster, endpoint: format!("http://{addr}"), _keys: dir }
     }
 
     fn env(&self, cmd: &mut Command, secret: &str) {

@@ -285,11 +285,21 @@ async fn list(
             let rest = &key[prefix_b.len()..];
             let rolled =
                 delim.and_then(|d| rest.windows(d.len()).position(|w| w == d).map(|p| prefix_b.len() + p + d.len()));
-            if out.contents.len() + out.prefixes.len() == max {
+            let skipped = rolled.is_some_and(|end| after.is_some_and(|a| &key[..end] <= a.as_bytes()));
+            if !skipped && out.contents.len() + out.prefixes.len() == max {
+                // Something more qualifies: the page is full.
                 out.next = last;
                 return Ok(out);
             }
             match rolled {
+                // A common prefix at or before where the listing resumes was returned already.
+                Some(end) if after.is_some_and(|a| &key[..end] <= a.as_bytes()) => match after_prefix(&key[..end]) {
+                    Some(next) => {
+                        from = next;
+                        continue 'pages;
+                    }
+                    None => break 'pages,
+                },
                 Some(end) => {
                     let cp = String::from_utf8_lossy(&key[..end]).into_owned();
                     out.prefixes.push(cp.clone());
@@ -316,6 +326,40 @@ async fn list(
         }
     }
     Ok(out)
+}
+
+/// With `EncodingType=url` (what botocore asks for by default), the names in a listing go out
+/// percent-encoded (all but unreserved characters and `/`), and the client decodes them.
+struct Names {
+    url: bool,
+}
+
+impl Names {
+    fn of(encoding: &Option<EncodingType>) -> S3Result<Names> {
+        match encoding.as_ref().map(|e| e.as_str()) {
+            None => Ok(Names { url: false }),
+            Some(e) if e == EncodingType::URL => Ok(Names { url: true }),
+            Some(other) => Err(s3_error!(InvalidArgument, "encoding type {other} is not supported")),
+        }
+    }
+
+    fn name(&self, s: String) -> String {
+        if !self.url {
+            return s;
+        }
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+
+    fn opt(&self, s: Option<String>) -> Option<String> {
+        s.map(|s| self.name(s))
+    }
 }
 
 fn object_of(key: String, e: &ObjectEntry) -> Object {
@@ -859,6 +903,9 @@ impl S3 for DfsS3 {
         let input = req.input;
         local("DeleteObjects", async move {
             require_bucket(&state, &input.bucket).await?;
+            if input.delete.objects.len() > MAX_LIST_KEYS {
+                return Err(s3_error!(MalformedXML, "one request deletes at most {MAX_LIST_KEYS} keys"));
+            }
             let quiet = input.delete.quiet.unwrap_or(false);
             let (mut deleted, mut errors) = (Vec::new(), Vec::new());
             for o in input.delete.objects {
@@ -899,20 +946,24 @@ impl S3 for DfsS3 {
                 None => input.start_after.clone(),
             };
             let prefix = input.prefix.clone().unwrap_or_default();
-            let page = list(&state, &input.bucket, &prefix, input.delimiter.as_deref(), after.as_deref(), max).await?;
+            let names = Names::of(&input.encoding_type)?;
+            let delimiter = input.delimiter.filter(|d| !d.is_empty());
+            let page = list(&state, &input.bucket, &prefix, delimiter.as_deref(), after.as_deref(), max).await?;
             let key_count = (page.contents.len() + page.prefixes.len()) as i32;
             Ok(S3Response::new(ListObjectsV2Output {
                 name: Some(input.bucket),
-                prefix: Some(prefix),
-                delimiter: input.delimiter,
+                prefix: Some(names.name(prefix)),
+                delimiter: names.opt(delimiter),
                 max_keys: Some(max as i32),
                 key_count: Some(key_count),
                 continuation_token: input.continuation_token,
-                start_after: input.start_after,
+                start_after: names.opt(input.start_after),
                 is_truncated: Some(page.next.is_some()),
                 next_continuation_token: page.next.as_deref().map(token),
-                contents: Some(page.contents.into_iter().map(|(k, e)| object_of(k, &e)).collect()),
-                common_prefixes: Some(page.prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
+                contents: Some(page.contents.into_iter().map(|(k, e)| object_of(names.name(k), &e)).collect()),
+                common_prefixes: Some(
+                    page.prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(names.name(p)) }).collect(),
+                ),
                 encoding_type: input.encoding_type,
                 ..Default::default()
             }))
@@ -927,21 +978,74 @@ impl S3 for DfsS3 {
             require_bucket(&state, &input.bucket).await?;
             let max = max_keys(input.max_keys)?;
             let prefix = input.prefix.clone().unwrap_or_default();
-            let page =
-                list(&state, &input.bucket, &prefix, input.delimiter.as_deref(), input.marker.as_deref(), max).await?;
+            let names = Names::of(&input.encoding_type)?;
+            let delimiter = input.delimiter.filter(|d| !d.is_empty());
+            let page = list(&state, &input.bucket, &prefix, delimiter.as_deref(), input.marker.as_deref(), max).await?;
             // NextMarker is returned only with a delimiter; without one the client continues
             // from the last key.
-            let next_marker = page.next.clone().filter(|_| input.delimiter.is_some());
+            let next_marker = page.next.clone().filter(|_| delimiter.is_some());
             Ok(S3Response::new(ListObjectsOutput {
                 name: Some(input.bucket),
+                // Version 1 encodes keys, delimiter and markers, not the prefix.
                 prefix: Some(prefix),
-                delimiter: input.delimiter,
-                marker: input.marker,
+                delimiter: names.opt(delimiter),
+                marker: Some(names.name(input.marker.unwrap_or_default())),
                 max_keys: Some(max as i32),
                 is_truncated: Some(page.next.is_some()),
-                next_marker,
-                contents: Some(page.contents.into_iter().map(|(k, e)| object_of(k, &e)).collect()),
-                common_prefixes: Some(page.prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
+                next_marker: names.opt(next_marker),
+                contents: Some(page.contents.into_iter().map(|(k, e)| object_of(names.name(k), &e)).collect()),
+                common_prefixes: Some(
+                    page.prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(names.name(p)) }).collect(),
+                ),
+                encoding_type: input.encoding_type,
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    /// Buckets keep no versions: each key is listed as its one version, `null`, the latest.
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let state = self.state.clone();
+        let input = req.input;
+        local("ListObjectVersions", async move {
+            require_bucket(&state, &input.bucket).await?;
+            let max = max_keys(input.max_keys)?;
+            let prefix = input.prefix.clone().unwrap_or_default();
+            let names = Names::of(&input.encoding_type)?;
+            let delimiter = input.delimiter.filter(|d| !d.is_empty());
+            let after = input.key_marker.clone().filter(|m| !m.is_empty());
+            let page = list(&state, &input.bucket, &prefix, delimiter.as_deref(), after.as_deref(), max).await?;
+            let versions = page
+                .contents
+                .into_iter()
+                .map(|(k, e)| ObjectVersion {
+                    key: Some(names.name(k)),
+                    version_id: Some("null".into()),
+                    is_latest: Some(true),
+                    e_tag: Some(ETag::Strong(e.etag.clone())),
+                    size: Some(e.size as i64),
+                    last_modified: Some(timestamp(e.modified_unix_ms)),
+                    storage_class: Some(ObjectVersionStorageClass::from_static(ObjectVersionStorageClass::STANDARD)),
+                    ..Default::default()
+                })
+                .collect();
+            Ok(S3Response::new(ListObjectVersionsOutput {
+                name: Some(input.bucket),
+                prefix: Some(names.name(prefix)),
+                delimiter: names.opt(delimiter),
+                key_marker: names.opt(input.key_marker),
+                max_keys: Some(max as i32),
+                is_truncated: Some(page.next.is_some()),
+                next_key_marker: names.opt(page.next.clone()),
+                next_version_id_marker: page.next.map(|_| "null".into()),
+                versions: Some(versions),
+                common_prefixes: Some(
+                    page.prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(names.name(p)) }).collect(),
+                ),
                 encoding_type: input.encoding_type,
                 ..Default::default()
             }))
