@@ -218,9 +218,9 @@ fn run(args: Args) -> Result<(), String> {
                 return Err(format!("--s3 {addr} needs --s3-keys FILE: S3 requests must be signed"));
             };
             let keys = dfs_engine::s3::S3Keys::load(file)?;
-            let listener =
-                std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen for S3 on {addr}: {e}"))?;
-            Some((listener, keys, file.clone()))
+            let listeners = dfs_runtime::bind_reuseport(addr, args.threads)
+                .map_err(|e| format!("cannot listen for S3 on {addr}: {e}"))?;
+            Some((listeners, keys, file.clone()))
         }
     };
     let access_keys =
@@ -327,9 +327,9 @@ fn run(args: Args) -> Result<(), String> {
         let mut pages = dfs_engine::status::Pages::new(state.clone(), open, addr.to_string())?;
         dfs_runtime::metrics::serve_with(http_addr, Some(Box::new(move |m, u, a| pages.answer(m, u, a))))?;
     }
-    if let Some((listener, keys, file)) = s3 {
-        let at = listener.local_addr().map_err(|e| format!("S3 listener: {e}"))?;
-        dfs_engine::s3::start(state.clone(), listener, keys, Duration::from_secs(args.s3_upload_max_age_secs))?;
+    if let Some((listeners, keys, file)) = s3 {
+        let at = listeners[0].local_addr().map_err(|e| format!("S3 listener: {e}"))?;
+        dfs_engine::s3::start(state.clone(), listeners, keys, Duration::from_secs(args.s3_upload_max_age_secs))?;
         tracing::info!("S3 API on http://{at}/ (path-style), key pairs in {}", file.display());
     }
     dfs_runtime::announce(addr);

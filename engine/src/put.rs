@@ -356,42 +356,64 @@ pub async fn put_buffered<B: BodySource>(
         Some(r) => r,
         None => return Err(Store(Status::Unavailable, "the engine's buffer budget stayed full; try again".into())),
     };
-    let mut buf = vec![0u8; max_chunk as usize];
+    // Two chunk buffers: while one chunk is written to its nodes, the next is read from the
+    // body into the other. (Both are held against the budget above.)
+    let _held_next = match spans.len() > 1 {
+        true => state.budget.reserve_within(max_chunk, state.config.client_idle_timeout).await,
+        false => None,
+    };
+    let fresh = || vec![0u8; max_chunk as usize];
+    let (mut cur, mut next) = (fresh(), if spans.len() > 1 { fresh() } else { Vec::new() });
     let mut chunk_crcs = Vec::with_capacity(spans.len());
     let mut inflight: VecDeque<tokio::task::JoinHandle<Acked>> = VecDeque::new();
     let mut upload: Upload = Upload::new(spans.len(), replicas);
     let mut failure: Option<PutFailure> = None;
     let mut body_error: Option<B::Error> = None;
-    for span in &spans {
-        let chunk_id = ChunkId { file_id, chunk_idx: span.chunk_idx };
-        let n = span.length as usize;
-        if buf.len() < n {
-            buf = vec![0u8; max_chunk as usize];
-        }
-        if let Err(e) = body.fill(&mut buf[..n]).await {
+    let mut filled = body.fill(&mut cur[..spans.first().map_or(0, |s| s.length as usize)]).await;
+    for (i, span) in spans.iter().enumerate() {
+        if let Err(e) = filled {
             body_error = Some(e);
             break;
         }
-        let crc32 = crc32fast::hash(&buf[..n]);
-        chunk_crcs.push(crc32);
-        if failure.is_some() {
-            continue;
+        let chunk_id = ChunkId { file_id, chunk_idx: span.chunk_idx };
+        let n = span.length as usize;
+        let next_len = spans.get(i + 1).map(|s| s.length as usize);
+        if next.len() < next_len.unwrap_or(0) {
+            next = fresh();
         }
-        let candidates =
-            state.links.health.up_first(&dfs_core::placement::ring(&state.config.nodes, file_id, span.chunk_idx));
-        let small = n <= dfs_runtime::conn::COALESCE_BYTES;
-        let data = small.then(|| &buf[..n]);
-        let mut targets = match open_targets(state, &candidates, chunk_id, span.length, crc32, replicas, data).await {
-            Ok(t) => t,
-            Err(f) => {
-                failure = Some(f);
-                continue;
+        let crc32 = crc32fast::hash(&cur[..n]);
+        chunk_crcs.push(crc32);
+        let mut targets = Vec::new();
+        if failure.is_none() {
+            let candidates =
+                state.links.health.up_first(&dfs_core::placement::ring(&state.config.nodes, file_id, span.chunk_idx));
+            let data = (n <= dfs_runtime::conn::COALESCE_BYTES).then(|| &cur[..n]);
+            match open_targets(state, &candidates, chunk_id, span.length, crc32, replicas, data).await {
+                Ok(t) => targets = t,
+                Err(f) => failure = Some(f),
+            }
+        }
+        let fill_next = async {
+            match next_len {
+                Some(m) => body.fill(&mut next[..m]).await,
+                None => Ok(()),
             }
         };
-        if !small {
-            buf = write_live(&mut targets, std::mem::take(&mut buf), n).await;
+        if !targets.is_empty() && n > dfs_runtime::conn::COALESCE_BYTES {
+            let (written, read) =
+                futures_util::future::join(write_live(&mut targets, std::mem::take(&mut cur), n), fill_next).await;
+            cur = written;
+            filled = read;
+        } else {
+            filled = fill_next.await;
         }
-        await_acks(state, targets, span, crc32, &mut upload, &mut inflight).await;
+        if failure.is_none() {
+            await_acks(state, targets, span, crc32, &mut upload, &mut inflight).await;
+        }
+        // The buffer just filled holds the next chunk; the one written goes back to be filled
+        // (a write that failed or timed out kept it: `next` is then empty, made anew above).
+        std::mem::swap(&mut cur, &mut next);
+        assert!(cur.len() >= next_len.unwrap_or(0), "the next chunk was read into a whole buffer");
     }
     while let Some(h) = inflight.pop_front() {
         settle(state, Some(h), &mut upload).await;

@@ -8,8 +8,9 @@
 //! (`meta/objects.rs`), object bodies stored as dfs files through `put::put_buffered`, read back
 //! through `get::stream_range`, digests checked before anything becomes visible.
 //!
-//! Threads: one thread (`s3`) with an I/O runtime of its own, as the repair thread has, accepts
-//! and serves every S3 connection; each request's work on the cluster runs as a task on it.
+//! Threads: one thread per core (`s3-N`), each with an I/O runtime of its own as the repair
+//! thread has and a listener of its own on the same port (SO_REUSEPORT), accepts and serves S3
+//! connections; each request's work on the cluster runs as a task on its connection's thread.
 
 pub mod service;
 
@@ -98,80 +99,95 @@ impl S3Auth for S3Keys {
 /// How often abandoned multipart uploads are looked for.
 const COLLECT_UPLOADS_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Serves S3 on `listener` from a thread of its own until the process ends; multipart uploads
-/// begun more than `upload_max_age` ago are aborted (looked for at start and every hour).
+/// Serves S3 on `listeners` (one per thread, each a thread of its own sharing the port) until
+/// the process ends; multipart uploads begun more than `upload_max_age` ago are aborted (looked
+/// for at start and every hour, by the first thread).
 pub fn start(
     state: Arc<EngineState>,
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     keys: S3Keys,
     upload_max_age: std::time::Duration,
 ) -> Result<(), String> {
-    listener.set_nonblocking(true).map_err(|e| format!("S3 listener: {e}"))?;
     let mut builder = s3s::service::S3ServiceBuilder::new(service::DfsS3 { state: state.clone() });
     builder.set_auth(keys);
     let s3 = builder.build();
-    std::thread::Builder::new()
-        .name("s3".into())
-        .spawn(move || {
-            dfs_runtime::backend::start(async move {
-                if let Err(e) = state.meta.create_bucket(crate::meta::objects::UPLOADS_BUCKET).await {
-                    tracing::error!("S3: cannot make the namespace of multipart uploads: {e}");
-                }
-                let collector = state.clone();
-                dfs_runtime::backend::spawn(async move {
-                    loop {
-                        match service::collect_abandoned_uploads(&collector, upload_max_age).await {
-                            Ok(0) => {}
-                            Ok(n) => {
-                                tracing::info!("S3: aborted {n} multipart upload(s) older than {upload_max_age:?}")
-                            }
-                            Err(e) => tracing::warn!("S3: cannot collect abandoned multipart uploads: {e}"),
-                        }
-                        tokio::time::sleep(COLLECT_UPLOADS_EVERY).await;
-                    }
-                });
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!("S3 listener: {e}");
-                        return;
-                    }
-                };
-                loop {
-                    let (stream, peer) = match listener.accept().await {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!("S3: accept failed: {e}");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let s3 = s3.clone();
-                    // Every answer is counted by its status, those s3s gives before an
-                    // operation runs (a bad signature) too.
-                    let counted = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let s3 = s3.clone();
-                        async move {
-                            let resp = s3.call(req.map(s3s::Body::from)).await;
-                            let status = match &resp {
-                                Ok(r) => r.status().as_u16(),
-                                Err(_) => 500,
-                            };
-                            crate::metrics::S3_RESPONSES.with_label_values(&[&status.to_string()]).inc();
-                            resp
-                        }
-                    });
-                    dfs_runtime::backend::spawn(async move {
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), counted);
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, "S3 connection ended: {e}");
-                        }
-                    });
-                }
-            })
-        })
-        .map_err(|e| format!("cannot start the S3 thread: {e}"))?;
+    for (n, listener) in listeners.into_iter().enumerate() {
+        listener.set_nonblocking(true).map_err(|e| format!("S3 listener: {e}"))?;
+        let (state, s3) = (state.clone(), s3.clone());
+        std::thread::Builder::new()
+            .name(format!("s3-{n}"))
+            .spawn(move || serve(state, listener, s3, (n == 0).then_some(upload_max_age)))
+            .map_err(|e| format!("cannot start an S3 thread: {e}"))?;
+    }
     Ok(())
+}
+
+/// One S3 thread: its runtime, its listener, and (on the first) the collection of abandoned
+/// multipart uploads.
+fn serve(
+    state: Arc<EngineState>,
+    listener: std::net::TcpListener,
+    s3: s3s::service::S3Service,
+    collect_after: Option<std::time::Duration>,
+) {
+    dfs_runtime::backend::start(async move {
+        if let Err(e) = state.meta.create_bucket(crate::meta::objects::UPLOADS_BUCKET).await {
+            tracing::error!("S3: cannot make the namespace of multipart uploads: {e}");
+        }
+        if let Some(upload_max_age) = collect_after {
+            let collector = state.clone();
+            dfs_runtime::backend::spawn(async move {
+                loop {
+                    match service::collect_abandoned_uploads(&collector, upload_max_age).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!("S3: aborted {n} multipart upload(s) older than {upload_max_age:?}")
+                        }
+                        Err(e) => tracing::warn!("S3: cannot collect abandoned multipart uploads: {e}"),
+                    }
+                    tokio::time::sleep(COLLECT_UPLOADS_EVERY).await;
+                }
+            });
+        }
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("S3 listener: {e}");
+                return;
+            }
+        };
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("S3: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let s3 = s3.clone();
+            // Every answer is counted by its status, those s3s gives before an
+            // operation runs (a bad signature) too.
+            let counted = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let s3 = s3.clone();
+                async move {
+                    let resp = s3.call(req.map(s3s::Body::from)).await;
+                    let status = match &resp {
+                        Ok(r) => r.status().as_u16(),
+                        Err(_) => 500,
+                    };
+                    crate::metrics::S3_RESPONSES.with_label_values(&[&status.to_string()]).inc();
+                    resp
+                }
+            });
+            dfs_runtime::backend::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), counted);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, "S3 connection ended: {e}");
+                }
+            });
+        }
+    })
 }
