@@ -247,6 +247,11 @@ bad_crc = base64.b64encode((zlib.crc32(body) ^ 1).to_bytes(4, "big")).decode()
 print("bad-crc32", code(lambda: s3.put_object(Bucket="digests", Key="bad2", Body=body, ChecksumCRC32=bad_crc)))
 keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="digests").get("Contents", []))
 print("keys", ",".join(keys))
+# Names go out percent-encoded when botocore asks (EncodingType=url): a '+' stays a '+'.
+s3.put_object(Bucket="digests", Key="odd/a+b c&d", Body=b"o")
+print("odd", [o["Key"] for o in s3.list_objects_v2(Bucket="digests", Prefix="odd/")["Contents"]],
+      [o["Key"] for o in s3.list_objects(Bucket="digests", Prefix="odd/")["Contents"]])
+s3.delete_object(Bucket="digests", Key="odd/a+b c&d")
 got = s3.get_object(Bucket="digests", Key="ok")
 print("etag", got["ETag"].strip('"') == hashlib.md5(body).hexdigest())
 print("same", got["Body"].read() == body)
@@ -285,6 +290,7 @@ print("copy-missing", code(lambda: s3.copy_object(Bucket="digests", Key="x", Cop
         "bad-md5 BadDigest",
         "bad-crc32 BadDigest",
         "keys c,m,ok",
+        "odd ['odd/a+b c&d'] ['odd/a+b c&d']",
         "etag True",
         "same True",
         "meta text/csv lab-7",
