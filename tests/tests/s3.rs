@@ -223,7 +223,7 @@ fn boto3_digests_are_checked_before_an_object_is_visible_and_overwrites_replace_
     let s3 = S3::start();
     let out = s3.python(
         r#"
-import base64, hashlib, os, zlib, urllib.request, boto3, botocore
+import base64, hashlib, os, time, zlib, urllib.error, urllib.request, boto3, botocore
 from botocore.config import Config
 s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"], config=Config(s3={"addressing_style": "path"}))
 s3.create_bucket(Bucket="digests")
@@ -265,6 +265,13 @@ print("overwritten", s3.get_object(Bucket="digests", Key="ok")["Body"].read() ==
 # A presigned GET, fetched without any client library.
 url = s3.generate_presigned_url("get_object", Params={"Bucket": "digests", "Key": "m"}, ExpiresIn=300)
 print("presigned", urllib.request.urlopen(url).read() == body)
+late = s3.generate_presigned_url("get_object", Params={"Bucket": "digests", "Key": "m"}, ExpiresIn=1)
+time.sleep(2.5)
+try:
+    urllib.request.urlopen(late)
+    print("expired", "served")
+except urllib.error.HTTPError as e:
+    print("expired", e.code)
 print("missing", code(lambda: s3.get_object(Bucket="digests", Key="nope")))
 print("nobucket", code(lambda: s3.get_object(Bucket="nope-bucket", Key="x")))
 etag_m = s3.head_object(Bucket="digests", Key="m")["ETag"]
@@ -296,6 +303,7 @@ print("copy-missing", code(lambda: s3.copy_object(Bucket="digests", Key="x", Cop
         "meta text/csv lab-7",
         "overwritten True",
         "presigned True",
+        "expired 403",
         "missing NoSuchKey",
         "nobucket NoSuchBucket",
         "if-none-match 304",
