@@ -395,6 +395,13 @@ fn max_keys(m: Option<i32>) -> S3Result<usize> {
     }
 }
 
+/// The entry `key` of `bucket` points at: NoSuchBucket, NoSuchKey, or it.
+async fn existing_object(state: &EngineState, bucket: &str, key: &str) -> S3Result<ObjectEntry> {
+    check_key(key)?;
+    require_bucket(state, bucket).await?;
+    state.meta.object(bucket, key.as_bytes()).await.map_err(meta_err)?.ok_or_else(|| s3_error!(NoSuchKey))
+}
+
 async fn require_bucket(state: &EngineState, bucket: &str) -> S3Result<()> {
     match state.meta.bucket(bucket).await.map_err(meta_err)? {
         Some(_) => Ok(()),
@@ -421,6 +428,23 @@ struct Digests {
     content_md5: Option<String>,
     algorithm: Option<ChecksumAlgorithm>,
     expected: Expected,
+}
+
+/// The digests a PutObject or UploadPart input carries (the two have the same fields).
+macro_rules! digests_of {
+    ($input:expr) => {
+        Digests {
+            content_md5: $input.content_md5,
+            algorithm: $input.checksum_algorithm,
+            expected: Expected {
+                crc32: $input.checksum_crc32,
+                crc32c: $input.checksum_crc32c,
+                sha1: $input.checksum_sha1,
+                sha256: $input.checksum_sha256,
+                crc64nvme: $input.checksum_crc64nvme,
+            },
+        }
+    };
 }
 
 /// A body stored as a new dfs file, digests checked.
@@ -744,17 +768,7 @@ impl S3 for DfsS3 {
             check_key(&input.key)?;
             no_conditions(input.if_match.is_some() || input.if_none_match.is_some())?;
             require_bucket(&state, &input.bucket).await?;
-            let digests = Digests {
-                content_md5: input.content_md5,
-                algorithm: input.checksum_algorithm,
-                expected: Expected {
-                    crc32: input.checksum_crc32,
-                    crc32c: input.checksum_crc32c,
-                    sha1: input.checksum_sha1,
-                    sha256: input.checksum_sha256,
-                    crc64nvme: input.checksum_crc64nvme,
-                },
-            };
+            let digests = digests_of!(input);
             let name = format!("{}/{}", input.bucket, input.key);
             let stored = store_body(&state, name, input.body, input.content_length, digests, trailers).await?;
             crate::metrics::S3_BYTES_IN.inc_by(stored.size);
@@ -788,14 +802,7 @@ impl S3 for DfsS3 {
         let state = self.state.clone();
         let input = req.input;
         local("GetObject", async move {
-            check_key(&input.key)?;
-            require_bucket(&state, &input.bucket).await?;
-            let entry = state
-                .meta
-                .object(&input.bucket, input.key.as_bytes())
-                .await
-                .map_err(meta_err)?
-                .ok_or_else(|| s3_error!(NoSuchKey))?;
+            let entry = existing_object(&state, &input.bucket, &input.key).await?;
             check_preconditions(
                 &entry,
                 input.if_match.as_ref(),
@@ -853,14 +860,7 @@ impl S3 for DfsS3 {
         let state = self.state.clone();
         let input = req.input;
         local("HeadObject", async move {
-            check_key(&input.key)?;
-            require_bucket(&state, &input.bucket).await?;
-            let entry = state
-                .meta
-                .object(&input.bucket, input.key.as_bytes())
-                .await
-                .map_err(meta_err)?
-                .ok_or_else(|| s3_error!(NoSuchKey))?;
+            let entry = existing_object(&state, &input.bucket, &input.key).await?;
             check_preconditions(
                 &entry,
                 input.if_match.as_ref(),
@@ -1064,14 +1064,8 @@ impl S3 for DfsS3 {
             if version_id.is_some() {
                 return Err(s3_error!(NotImplemented, "objects have no versions here"));
             }
-            require_bucket(&state, src_bucket).await?;
             require_bucket(&state, &input.bucket).await?;
-            let source = state
-                .meta
-                .object(src_bucket, src_key.as_bytes())
-                .await
-                .map_err(meta_err)?
-                .ok_or_else(|| s3_error!(NoSuchKey, "the copy source does not exist"))?;
+            let source = existing_object(&state, src_bucket, src_key).await?;
             check_preconditions(
                 &source,
                 input.copy_source_if_match.as_ref(),
@@ -1176,17 +1170,7 @@ impl S3 for DfsS3 {
             if state.meta.object(UPLOADS_BUCKET, &at).await.map_err(meta_err)?.is_none() {
                 return Err(s3_error!(NoSuchUpload));
             }
-            let digests = Digests {
-                content_md5: input.content_md5,
-                algorithm: input.checksum_algorithm,
-                expected: Expected {
-                    crc32: input.checksum_crc32,
-                    crc32c: input.checksum_crc32c,
-                    sha1: input.checksum_sha1,
-                    sha256: input.checksum_sha256,
-                    crc64nvme: input.checksum_crc64nvme,
-                },
-            };
+            let digests = digests_of!(input);
             let name =
                 format!("{}/{} (upload {}, part {})", input.bucket, input.key, input.upload_id, input.part_number);
             let stored = store_body(&state, name, input.body, input.content_length, digests, trailers).await?;
