@@ -164,11 +164,7 @@ pub async fn put(
         failure = complete_copies(state, file_id, &spans, &chunk_crcs, &mut upload).await;
     }
 
-    let cleanup = |upload: &Upload| {
-        let written =
-            upload.written().into_iter().map(|(i, addr)| (ChunkId { file_id, chunk_idx: i as u32 }, addr)).collect();
-        cluster::delete_later(&state.links, written);
-    };
+    let cleanup = |upload: &Upload| delete_written(state, file_id, upload);
     if let Err(e) = client_result {
         tracing::info!("upload of {name:?} abandoned by the client: {e}");
         cleanup(&upload);
@@ -184,6 +180,13 @@ pub async fn put(
         Ok(()) => client.write_msg(&Msg::PutOk { file_id }).await,
         Err(reply) => client.write_msg(&reply).await,
     }
+}
+
+/// Deletes, in the background, every copy an upload that will not be committed has written.
+fn delete_written(state: &EngineState, file_id: FileId, upload: &Upload) {
+    let written =
+        upload.written().into_iter().map(|(i, addr)| (ChunkId { file_id, chunk_idx: i as u32 }, addr)).collect();
+    cluster::delete_later(&state.links, written);
 }
 
 /// Spawns the wait for each live target's acknowledgement of chunk `span`, notes the targets
@@ -234,11 +237,7 @@ async fn commit(
 ) -> Result<(), Msg> {
     let file_id = writer.file_id;
     let replicas = upload.replicas();
-    let cleanup = |upload: &Upload| {
-        let written =
-            upload.written().into_iter().map(|(i, addr)| (ChunkId { file_id, chunk_idx: i as u32 }, addr)).collect();
-        cluster::delete_later(&state.links, written);
-    };
+    let cleanup = |upload: &Upload| delete_written(state, file_id, upload);
     // The nodes the record names, each by the ID it proved on the connection that wrote there.
     let mut used: Vec<(SocketAddr, NodeId)> = Vec::new();
     let mut index_of = |addr: SocketAddr, node_id: NodeId| -> u16 {
@@ -426,11 +425,7 @@ pub async fn put_buffered<B: BodySource>(
     if body_error.is_none() && failure.is_none() {
         failure = complete_copies(state, file_id, &spans, &chunk_crcs, &mut upload).await;
     }
-    let cleanup = |upload: &Upload| {
-        let written =
-            upload.written().into_iter().map(|(i, addr)| (ChunkId { file_id, chunk_idx: i as u32 }, addr)).collect();
-        cluster::delete_later(&state.links, written);
-    };
+    let cleanup = |upload: &Upload| delete_written(state, file_id, upload);
     if let Some(e) = body_error {
         tracing::info!("upload of {name:?} stored nothing: its body broke or did not match");
         cleanup(&upload);
