@@ -1,13 +1,15 @@
-//! The dfs client library: one blocking TCP connection to the engine, and the five requests a
-//! user can make over it (put, get, stat, list, delete). It owns the client side of protocol v1
-//! as `dfs_proto` defines it: the handshake, streaming a file up with its per-chunk crc32s, and
-//! streaming a file down while checking every chunk against the file's chunk table, so that
-//! data corrupted anywhere between the disk and this process is reported rather than written.
+//! The dfs client library: one blocking TCP connection to the engine, and the requests a user
+//! can make over it (put, get, stat, list, delete; the S3 front door's buckets in [`buckets`]).
+//! It owns the client side of protocol v1 as `dfs_proto` defines it: the handshake, streaming a
+//! file up with its per-chunk crc32s, and streaming a file down while checking every chunk
+//! against the file's chunk table, so that data corrupted anywhere between the disk and this
+//! process is reported rather than written.
 //!
 //! The `dfs-client` binary is a thin command line over this crate; [`view`] holds what it prints
 //! and [`bench`] the benchmark behind `dfs-client put --bench`.
 
 pub mod admin;
+pub mod buckets;
 mod error;
 pub mod failover;
 mod get;

@@ -13,6 +13,7 @@
 
 mod admin_cmd;
 mod bench;
+mod bucket_cmd;
 mod tree_cmd;
 mod view;
 
@@ -124,6 +125,9 @@ enum Command {
     },
     #[command(flatten)]
     Admin(admin_cmd::AdminCommand),
+    /// Manage the S3 front door's buckets: create, list, remove, and list a bucket's keys
+    #[command(subcommand)]
+    Bucket(bucket_cmd::BucketCommand),
 }
 
 /// Arguments of `put`, a struct of its own so that options such as a benchmark mode can join.
@@ -359,6 +363,7 @@ fn run(cli: Cli) -> Result<()> {
             Client::connect(server)?.delete(file_id)?;
         }
         Command::Admin(command) => admin_cmd::run(server, command, stdout)?,
+        Command::Bucket(command) => bucket_cmd::run(server, command, stdout)?,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "dfs-client", stdout);
         }

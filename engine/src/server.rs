@@ -170,6 +170,15 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     };
                     conn.write_msg(&reply).await?
                 }
+                Msg::BucketCreate { name } => conn.write_msg(&crate::buckets::create(state, &name).await).await?,
+                Msg::BucketDelete { name } => conn.write_msg(&crate::buckets::delete(state, &name).await).await?,
+                Msg::BucketList { after, limit } => {
+                    conn.write_msg(&crate::buckets::list(state, after.as_deref(), limit).await).await?
+                }
+                Msg::BucketKeys { bucket, prefix, after, limit } => {
+                    let reply = crate::buckets::keys(state, &bucket, &prefix, after.as_deref(), limit).await;
+                    conn.write_msg(&reply).await?
+                }
                 other => {
                     let what = format!("unexpected {} frame", other.kind().name());
                     let _ = conn.write_msg(&Msg::error(Status::BadRequest, &what)).await;

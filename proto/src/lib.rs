@@ -22,8 +22,8 @@ pub use error::FrameError;
 pub use ids::{ChunkId, FileId, NodeId, Origin, ParseIdError};
 pub use layout::{BlockCrcs, ChunkSpan, Chunking};
 pub use msg::{
-    ChunkInfo, FileInfo, FileNode, FileSummary, FrameHeader, Hello, HelloOk, Kind, Link, Msg, NodeStatus,
-    RepairQueueStatus, RepairSummary, Role, ScrubReport, StoreReport,
+    BucketSummary, ChunkInfo, FileInfo, FileNode, FileSummary, FrameHeader, Hello, HelloOk, KeySummary, Kind, Link,
+    Msg, NodeStatus, RepairQueueStatus, RepairSummary, Role, ScrubReport, StoreReport,
 };
 pub use status::Status;
 

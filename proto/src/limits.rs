@@ -12,6 +12,10 @@ pub const MAX_CHUNKS_PER_FILE: u32 = 1 << 16;
 pub const MAX_BLOCKS_PER_CHUNK: u32 = (MAX_FILE_SIZE_BYTES / BLOCK_SIZE_BYTES as u64) as u32;
 /// Largest file name, in UTF-8 bytes.
 pub const MAX_NAME_BYTES: u32 = 4096;
+/// Longest key of an S3 bucket, in UTF-8 bytes (S3's own limit).
+pub const MAX_KEY_BYTES: u32 = 1024;
+/// Longest ETag carried in a key listing (an MD5 in hex, `-` and a part count fit).
+pub const MAX_ETAG_BYTES: u32 = 64;
 /// Largest human-readable error message, in UTF-8 bytes.
 pub const MAX_MESSAGE_BYTES: u32 = 4096;
 /// Largest node address string (host:port), in bytes.
@@ -39,6 +43,9 @@ pub const FRAME_HEADER_BYTES: usize = 5;
 const _: () = assert!(MAX_FILE_SIZE_BYTES.is_multiple_of(BLOCK_SIZE_BYTES as u64));
 const _: () = assert!(MAX_CONTROL_FRAME_BYTES >= 4 * MAX_CHUNKS_PER_FILE + 64 * 1024);
 const _: () = assert!(MAX_LIST_ENTRIES as u64 * (MAX_NAME_BYTES as u64 + 64) <= MAX_CONTROL_FRAME_BYTES as u64);
+const _: () = assert!(
+    MAX_LIST_ENTRIES as u64 * (MAX_KEY_BYTES as u64 + MAX_ETAG_BYTES as u64 + 64) <= MAX_CONTROL_FRAME_BYTES as u64
+);
 const _: () =
     assert!(MAX_REPORT_LINES as u64 * (MAX_REPORT_LINE_BYTES as u64 + 4) + 64 <= MAX_CONTROL_FRAME_BYTES as u64);
 const _: () = assert!(

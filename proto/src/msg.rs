@@ -89,6 +89,12 @@ frame_kinds! {
     ScrubOk = 0x2C, Both;
     Data = 0x30, Both;
     End = 0x31, Both;
+    BucketCreate = 0x40, Client;
+    BucketList = 0x41, Client;
+    BucketListOk = 0x42, Client;
+    BucketDelete = 0x43, Client;
+    BucketKeys = 0x44, Client;
+    BucketKeysOk = 0x45, Client;
 }
 
 impl Kind {
@@ -240,6 +246,27 @@ pub struct FileSummary {
     pub n_chunks: u32,
     /// The tag the uploader sent with the file, if any (see [`Origin`]).
     pub origin: Option<Origin>,
+}
+
+/// One bucket of the S3 front door, as BUCKET_LIST returns it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BucketSummary {
+    pub name: String,
+    pub created_unix_ms: u64,
+}
+
+/// One key of a bucket, as BUCKET_KEYS returns it. An object is one dfs file (a single PUT) or
+/// one per part (a multipart upload): `first_file` is the first of `n_files`, None when the
+/// object has no file (an empty multipart upload).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KeySummary {
+    pub key: String,
+    pub size: u64,
+    pub modified_unix_ms: u64,
+    /// S3's ETag, without its quotes.
+    pub etag: String,
+    pub first_file: Option<FileId>,
+    pub n_files: u32,
 }
 
 /// What a node reports about its store.
@@ -476,6 +503,35 @@ pub enum Msg {
     },
     /// End of a stream of Data frames.
     End,
+    /// Client → engine: create an S3 bucket (answered by Ok, or AlreadyExists).
+    BucketCreate {
+        name: String,
+    },
+    /// Client → engine: buckets by name after `after`.
+    BucketList {
+        after: Option<String>,
+        limit: u32,
+    },
+    BucketListOk {
+        buckets: Vec<BucketSummary>,
+        more: bool,
+    },
+    /// Client → engine: delete an empty bucket (answered by Ok; NotFound; BadRequest while it
+    /// holds keys).
+    BucketDelete {
+        name: String,
+    },
+    /// Client → engine: a bucket's keys that start with `prefix`, in byte order, after `after`.
+    BucketKeys {
+        bucket: String,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    },
+    BucketKeysOk {
+        keys: Vec<KeySummary>,
+        more: bool,
+    },
 }
 
 fn put_file_id(w: &mut Writer, id: &FileId) {
@@ -706,6 +762,12 @@ impl Msg {
             Msg::Scrub => Kind::Scrub,
             Msg::ScrubOk { .. } => Kind::ScrubOk,
             Msg::End => Kind::End,
+            Msg::BucketCreate { .. } => Kind::BucketCreate,
+            Msg::BucketList { .. } => Kind::BucketList,
+            Msg::BucketListOk { .. } => Kind::BucketListOk,
+            Msg::BucketDelete { .. } => Kind::BucketDelete,
+            Msg::BucketKeys { .. } => Kind::BucketKeys,
+            Msg::BucketKeysOk { .. } => Kind::BucketKeysOk,
         }
     }
 
@@ -850,6 +912,37 @@ impl Msg {
                 w.u8(*more as u8);
                 w.u64(*listed_at_unix_ms);
             }
+            Msg::BucketCreate { name } | Msg::BucketDelete { name } => w.str(name),
+            Msg::BucketList { after, limit } => {
+                put_opt(&mut w, after, |w, a| w.str(a));
+                w.u32(*limit);
+            }
+            Msg::BucketListOk { buckets, more } => {
+                w.count(buckets.len());
+                for b in buckets {
+                    w.str(&b.name);
+                    w.u64(b.created_unix_ms);
+                }
+                w.u8(*more as u8);
+            }
+            Msg::BucketKeys { bucket, prefix, after, limit } => {
+                w.str(bucket);
+                w.str(prefix);
+                put_opt(&mut w, after, |w, a| w.str(a));
+                w.u32(*limit);
+            }
+            Msg::BucketKeysOk { keys, more } => {
+                w.count(keys.len());
+                for k in keys {
+                    w.str(&k.key);
+                    w.u64(k.size);
+                    w.u64(k.modified_unix_ms);
+                    w.str(&k.etag);
+                    put_opt(&mut w, &k.first_file, put_file_id);
+                    w.u32(k.n_files);
+                }
+                w.u8(*more as u8);
+            }
         }
         let body_len = w.buf.len() - FRAME_HEADER_BYTES;
         let kind = self.kind();
@@ -988,6 +1081,48 @@ impl Msg {
                 let n = r.count("chunk count", MAX_LIST_ENTRIES, 20)?;
                 let chunk_ids = (0..n).map(|_| chunk_id(r)).collect::<Result<Vec<_>, _>>()?;
                 Msg::ChunkListOk { chunk_ids, more: r.bool("more")?, listed_at_unix_ms: r.u64("listed at")? }
+            }
+            Kind::BucketCreate => Msg::BucketCreate { name: r.string("bucket", MAX_NAME_BYTES)? },
+            Kind::BucketDelete => Msg::BucketDelete { name: r.string("bucket", MAX_NAME_BYTES)? },
+            Kind::BucketList => {
+                Msg::BucketList { after: opt(r, |r| r.string("after", MAX_NAME_BYTES))?, limit: limit(r)? }
+            }
+            Kind::BucketListOk => {
+                // Smallest bucket: name length 4, created 8.
+                let n = r.count("bucket count", MAX_LIST_ENTRIES, 12)?;
+                let buckets = (0..n)
+                    .map(|_| {
+                        Ok(BucketSummary {
+                            name: r.string("bucket", MAX_NAME_BYTES)?,
+                            created_unix_ms: r.u64("created")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, DecodeError>>()?;
+                Msg::BucketListOk { buckets, more: r.bool("more")? }
+            }
+            Kind::BucketKeys => Msg::BucketKeys {
+                bucket: r.string("bucket", MAX_NAME_BYTES)?,
+                prefix: r.string("prefix", MAX_KEY_BYTES)?,
+                after: opt(r, |r| r.string("after", MAX_KEY_BYTES))?,
+                limit: limit(r)?,
+            },
+            Kind::BucketKeysOk => {
+                // Smallest key: key length 4, size 8, modified 8, etag length 4, option tag 1,
+                // file count 4.
+                let n = r.count("key count", MAX_LIST_ENTRIES, 29)?;
+                let keys = (0..n)
+                    .map(|_| {
+                        Ok(KeySummary {
+                            key: r.string("key", MAX_KEY_BYTES)?,
+                            size: r.u64("size")?,
+                            modified_unix_ms: r.u64("modified")?,
+                            etag: r.string("etag", MAX_ETAG_BYTES)?,
+                            first_file: opt(r, file_id)?,
+                            n_files: r.u32("file count")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, DecodeError>>()?;
+                Msg::BucketKeysOk { keys, more: r.bool("more")? }
             }
         };
         r.finish(kind.name())?;

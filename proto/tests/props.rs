@@ -6,9 +6,9 @@ use dfs_proto::codec::DecodeError;
 use dfs_proto::io_std::{read_data, read_frame, write_data, write_msg, Frame};
 use dfs_proto::limits::*;
 use dfs_proto::{
-    ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, FrameError, FrameHeader, Hello, HelloOk,
-    Kind, Link, Msg, NodeId, NodeStatus, Origin, RepairQueueStatus, RepairSummary, Role, ScrubReport, Status,
-    StoreReport, MAGIC, VERSION,
+    BucketSummary, ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, FrameError, FrameHeader,
+    Hello, HelloOk, KeySummary, Kind, Link, Msg, NodeId, NodeStatus, Origin, RepairQueueStatus, RepairSummary, Role,
+    ScrubReport, Status, StoreReport, MAGIC, VERSION,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -20,7 +20,7 @@ use std::io::Cursor;
 
 /// Every frame kind with its wire value, written out here rather than taken from the crate so
 /// that a renumbering (a wire format change) fails a test.
-const KINDS: [(u8, Kind); 37] = [
+const KINDS: [(u8, Kind); 43] = [
     (0x01, Kind::Hello),
     (0x02, Kind::HelloOk),
     (0x03, Kind::Error),
@@ -58,6 +58,12 @@ const KINDS: [(u8, Kind); 37] = [
     (0x2C, Kind::ScrubOk),
     (0x30, Kind::Data),
     (0x31, Kind::End),
+    (0x40, Kind::BucketCreate),
+    (0x41, Kind::BucketList),
+    (0x42, Kind::BucketListOk),
+    (0x43, Kind::BucketDelete),
+    (0x44, Kind::BucketKeys),
+    (0x45, Kind::BucketKeysOk),
 ];
 
 fn known_kind(byte: u8) -> Option<Kind> {
@@ -250,7 +256,33 @@ fn msg() -> impl Strategy<Value = Msg> {
             n_corrupt,
             corrupt
         }),
+        text(63).prop_map(|name| Msg::BucketCreate { name }),
+        text(63).prop_map(|name| Msg::BucketDelete { name }),
+        (proptest::option::of(text(63)), list_limit()).prop_map(|(after, limit)| Msg::BucketList { after, limit }),
+        (vec((text(63), any::<u64>()), 0..50), any::<bool>()).prop_map(|(buckets, more)| Msg::BucketListOk {
+            buckets: buckets
+                .into_iter()
+                .map(|(name, created_unix_ms)| BucketSummary { name, created_unix_ms })
+                .collect(),
+            more
+        }),
+        (text(63), text(200), proptest::option::of(text(200)), list_limit())
+            .prop_map(|(bucket, prefix, after, limit)| Msg::BucketKeys { bucket, prefix, after, limit }),
+        (vec(key_summary(), 0..50), any::<bool>()).prop_map(|(keys, more)| Msg::BucketKeysOk { keys, more }),
     ]
+}
+
+fn key_summary() -> impl Strategy<Value = KeySummary> {
+    (text(200), any::<u64>(), any::<u64>(), text(16), proptest::option::of(file_id()), any::<u32>()).prop_map(
+        |(key, size, modified_unix_ms, etag, first_file, n_files)| KeySummary {
+            key,
+            size,
+            modified_unix_ms,
+            etag,
+            first_file,
+            n_files,
+        },
+    )
 }
 
 fn scrub_report() -> impl Strategy<Value = ScrubReport> {

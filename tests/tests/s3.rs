@@ -564,3 +564,81 @@ fn rclone_syncs_and_checks_a_tree_and_s3cmd_reads_it() {
     s3cmd(&["del", "s3://trees/notes/note.txt"]);
     assert!(!s3cmd(&["ls", "s3://trees/"]).contains("notes/"));
 }
+
+/// `dfs-client bucket`: an operator's buckets are the ones S3 clients see and the other way
+/// round; `bucket ls` names the dfs file behind each key (one per part for a multipart upload),
+/// which `stat` and `get` read; a bucket with keys is not removed; listings page in key order.
+#[test]
+fn dfs_client_manages_the_buckets_that_s3_clients_see() {
+    let s3 = S3::start();
+    let c = &s3.cluster;
+    c.client(["bucket", "create", "ops-made"]).expect_success("bucket create");
+    let again = c.client(["bucket", "create", "ops-made"]).expect_error("a second create");
+    assert!(again.contains("exists already"), "{again}");
+    let bad = c.client(["bucket", "create", "Bad_Name"]).expect_error("a name S3 refuses");
+    assert!(bad.contains("not a bucket name"), "{bad}");
+    assert!(s3.aws(&["s3", "ls"]).contains("ops-made"), "aws-cli sees the operator's bucket");
+    s3.aws(&["s3", "mb", "s3://cli-made"]);
+    let listed = c.client(["bucket", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&listed.expect_success("bucket list").stdout).expect("json");
+    let names: Vec<&str> = v.as_array().expect("an array").iter().filter_map(|b| b["name"].as_str()).collect();
+    assert_eq!(names, ["cli-made", "ops-made"], "{v}");
+
+    let small = pseudo_random_bytes(70, 100_000);
+    let big = pseudo_random_bytes(71, (12 << 20) + 7);
+    write(&s3.scratch("small"), &small);
+    write(&s3.scratch("big"), &big);
+    s3.aws(&["s3", "cp", "small", "s3://ops-made/dir/small", "--only-show-errors"]);
+    // Above aws-cli's 8 MiB threshold: two parts, two dfs files.
+    s3.aws(&["s3", "cp", "big", "s3://ops-made/big", "--only-show-errors"]);
+    let keys: Vec<serde_json::Value> = c
+        .client(["bucket", "ls", "ops-made", "--json"])
+        .expect_success("bucket ls")
+        .stdout_text()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!((keys[0]["key"].as_str(), keys[0]["size"].as_u64()), (Some("big"), Some(big.len() as u64)));
+    assert_eq!(keys[0]["n_files"], 2, "{keys:?}");
+    assert!(keys[0]["etag"].as_str().is_some_and(|e| e.ends_with("-2")), "{keys:?}");
+    assert_eq!((keys[1]["key"].as_str(), keys[1]["n_files"].as_u64()), (Some("dir/small"), Some(1)));
+    let id = keys[1]["file_id"].as_str().expect("the small object's file");
+    assert_bytes_eq(&c.get(id).expect("dfs-client get"), &small, "the object read by its file ID");
+    assert_eq!(c.stat(id).expect("dfs-client stat").size, small.len() as u64);
+    let first_part = keys[0]["file_id"].as_str().expect("the big object's first file");
+    assert_bytes_eq(&c.get(first_part).expect("get"), &big[..8 << 20], "the first part's file");
+    let text = c.client(["bucket", "ls", "ops-made", "--prefix", "dir/"]).expect_success("ls --prefix").stdout_text();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains(id) && text.trim_end().ends_with("dir/small"), "{text}");
+    let multi = c.client(["bucket", "ls", "ops-made", "--prefix", "b"]).expect_success("ls").stdout_text();
+    assert!(multi.contains(&format!("{first_part}+1")), "the second part is counted: {multi}");
+
+    let busy = c.client(["bucket", "rm", "ops-made"]).expect_error("removing a bucket with keys");
+    assert!(busy.contains("not empty"), "{busy}");
+    assert_eq!(s3.aws(&["s3", "ls", "--recursive", "s3://ops-made/"]).lines().count(), 2, "nothing was lost");
+    let missing = c.client(["bucket", "ls", "no-such-bucket"]).expect_error("ls of a missing bucket");
+    assert!(missing.contains("not found"), "{missing}");
+    let missing = c.client(["bucket", "rm", "no-such-bucket"]).expect_error("rm of a missing bucket");
+    assert!(missing.contains("not found"), "{missing}");
+
+    // More keys than one page of the protocol (1000): every key once, in order.
+    s3.python(
+        r#"
+import os, boto3
+from concurrent.futures import ThreadPoolExecutor
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"], config=Config(s3={"addressing_style": "path"}, max_pool_connections=16))
+with ThreadPoolExecutor(16) as pool:
+    list(pool.map(lambda i: s3.put_object(Bucket="cli-made", Key="k/%04d" % i, Body=b"%d" % i), range(1003)))
+"#,
+    );
+    let all = c.client(["bucket", "ls", "cli-made"]).expect_success("ls of 1003 keys").stdout_text();
+    let listed: Vec<String> = all.lines().filter_map(|l| l.rsplit(' ').next()).map(str::to_owned).collect();
+    let expected: Vec<String> = (0..1003).map(|i| format!("k/{i:04}")).collect();
+    assert_eq!(listed, expected, "bucket ls over two pages");
+
+    s3.aws(&["s3", "rm", "--recursive", "s3://ops-made/", "--only-show-errors"]);
+    c.client(["bucket", "rm", "ops-made"]).expect_success("rm of the emptied bucket");
+    assert!(!s3.aws(&["s3", "ls"]).contains("ops-made"), "aws-cli no longer sees it");
+}

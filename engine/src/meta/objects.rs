@@ -147,7 +147,106 @@ pub fn bad_bucket_name(name: &str) -> Option<&'static str> {
     None
 }
 
+/// Most keys read from the metadata at once while listing.
+pub const LIST_PAGE_KEYS: usize = 1000;
+
+/// A listing's page: keys with their entries and common prefixes, in order, and where the next
+/// page starts.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub contents: Vec<(String, ObjectEntry)>,
+    pub prefixes: Vec<String>,
+    /// The last key or common prefix returned, when more follow.
+    pub next: Option<String>,
+}
+
+/// The first key after every key that starts with `p`, if there is one.
+fn after_prefix(p: &[u8]) -> Option<Vec<u8>> {
+    let mut v = p.to_vec();
+    while let Some(last) = v.pop() {
+        if last < 0xff {
+            v.push(last + 1);
+            return Some(v);
+        }
+    }
+    None
+}
+
 impl MetaStore {
+    /// Keys of `bucket` that start with `prefix` and come after `after`, at most `max` keys and
+    /// common prefixes together, rolled up at `delimiter`: the listing of the S3 front door and
+    /// of `dfs-client bucket ls`. Read from the metadata a page at a time from the first key
+    /// that can qualify, skipping whole common prefixes, so a listing never reads every key.
+    pub async fn list_keys(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Listing, MetaError> {
+        let (prefix_b, delim) = (prefix.as_bytes(), delimiter.filter(|d| !d.is_empty()).map(str::as_bytes));
+        let mut from: Vec<u8> = prefix_b.to_vec();
+        if let Some(a) = after {
+            let mut past = a.as_bytes().to_vec();
+            past.push(0);
+            from = from.max(past);
+        }
+        let mut out = Listing::default();
+        let mut last: Option<String> = None;
+        'pages: loop {
+            let page = self.objects(bucket, &from, LIST_PAGE_KEYS).await?;
+            let n = page.len();
+            for (key, entry) in page {
+                if !key.starts_with(prefix_b) {
+                    break 'pages;
+                }
+                let rest = &key[prefix_b.len()..];
+                let rolled = delim
+                    .and_then(|d| rest.windows(d.len()).position(|w| w == d).map(|p| prefix_b.len() + p + d.len()));
+                let skipped = rolled.is_some_and(|end| after.is_some_and(|a| &key[..end] <= a.as_bytes()));
+                if !skipped && out.contents.len() + out.prefixes.len() == max {
+                    // Something more qualifies: the page is full.
+                    out.next = last;
+                    return Ok(out);
+                }
+                match rolled {
+                    // A common prefix at or before where the listing resumes was returned already.
+                    Some(end) if skipped => match after_prefix(&key[..end]) {
+                        Some(next) => {
+                            from = next;
+                            continue 'pages;
+                        }
+                        None => break 'pages,
+                    },
+                    Some(end) => {
+                        let cp = String::from_utf8_lossy(&key[..end]).into_owned();
+                        out.prefixes.push(cp.clone());
+                        last = Some(cp);
+                        match after_prefix(&key[..end]) {
+                            Some(next) => {
+                                from = next;
+                                continue 'pages;
+                            }
+                            None => break 'pages,
+                        }
+                    }
+                    None => {
+                        let k = String::from_utf8_lossy(&key).into_owned();
+                        last = Some(k.clone());
+                        out.contents.push((k, entry));
+                        from = key;
+                        from.push(0);
+                    }
+                }
+            }
+            if n < LIST_PAGE_KEYS {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Creates a bucket; false if it exists already.
     pub async fn create_bucket(&self, name: &str) -> Result<bool, MetaError> {
         let now = dfs_runtime::unix_ms();
@@ -228,6 +327,13 @@ impl MetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_after_a_prefix_skips_everything_under_it() {
+        assert_eq!(after_prefix(b"a/"), Some(b"a0".to_vec()));
+        assert_eq!(after_prefix(&[b'a', 0xff]), Some(b"b".to_vec()));
+        assert_eq!(after_prefix(&[0xff, 0xff]), None);
+    }
 
     #[test]
     fn entries_round_trip_and_bucket_names_follow_s3() {

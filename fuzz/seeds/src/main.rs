@@ -206,6 +206,46 @@ fn samples() -> Vec<(&'static str, Msg)> {
         ("node-stat", Msg::NodeStat),
         ("node-stat-ok", Msg::NodeStatOk(store_report())),
         ("end", Msg::End),
+        ("bucket-create", Msg::BucketCreate { name: "datasets".into() }),
+        ("bucket-delete", Msg::BucketDelete { name: "datasets".into() }),
+        ("bucket-list", Msg::BucketList { after: None, limit: 1000 }),
+        ("bucket-list-after", Msg::BucketList { after: Some("datasets".into()), limit: 10 }),
+        (
+            "bucket-list-ok",
+            Msg::BucketListOk {
+                buckets: vec![dfs_proto::BucketSummary { name: "datasets".into(), created_unix_ms: 1_700_000_000_000 }],
+                more: false,
+            },
+        ),
+        ("bucket-keys", Msg::BucketKeys { bucket: "datasets".into(), prefix: "img/".into(), after: None, limit: 1000 }),
+        (
+            "bucket-keys-after",
+            Msg::BucketKeys { bucket: "datasets".into(), prefix: String::new(), after: Some("a/b".into()), limit: 5 },
+        ),
+        (
+            "bucket-keys-ok",
+            Msg::BucketKeysOk {
+                keys: vec![
+                    dfs_proto::KeySummary {
+                        key: "img/0001.jpg".into(),
+                        size: 10,
+                        modified_unix_ms: 1_700_000_000_000,
+                        etag: "5d41402abc4b2a76b9719d911017c592".into(),
+                        first_file: Some(FILE_ID),
+                        n_files: 1,
+                    },
+                    dfs_proto::KeySummary {
+                        key: "big.tar".into(),
+                        size: 0,
+                        modified_unix_ms: 1_700_000_000_001,
+                        etag: "d41d8cd98f00b204e9800998ecf8427e-0".into(),
+                        first_file: None,
+                        n_files: 0,
+                    },
+                ],
+                more: true,
+            },
+        ),
     ]
 }
 
