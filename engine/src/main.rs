@@ -127,6 +127,11 @@ struct Args {
     /// a random pair if missing.
     #[arg(long, value_name = "FILE")]
     s3_keys: Option<PathBuf>,
+    /// Serve virtual-hosted-style S3 requests too: a request to host BUCKET.DOMAIN (any port)
+    /// names BUCKET, e.g. --s3-domain s3.example.com with a wildcard DNS record for
+    /// *.s3.example.com. Requests to any other host name or address stay path-style.
+    #[arg(long, value_name = "DOMAIN")]
+    s3_domain: Option<String>,
     /// Seconds after which an S3 multipart upload that was neither completed nor aborted is
     /// aborted and its parts deleted.
     #[arg(long, default_value_t = 7 * 86400)]
@@ -218,11 +223,15 @@ fn run(args: Args) -> Result<(), String> {
                 return Err(format!("--s3 {addr} needs --s3-keys FILE: S3 requests must be signed"));
             };
             let keys = dfs_engine::s3::S3Keys::load(file)?;
+            let hosts = args.s3_domain.as_deref().map(dfs_engine::s3::VirtualHosts::new).transpose()?;
             let listeners = dfs_runtime::bind_reuseport(addr, args.threads)
                 .map_err(|e| format!("cannot listen for S3 on {addr}: {e}"))?;
-            Some((listeners, keys, file.clone()))
+            Some((listeners, keys, hosts, file.clone()))
         }
     };
+    if s3.is_none() && args.s3_domain.is_some() {
+        return Err("--s3-domain needs the S3 API served: --s3 ADDR (or --local)".into());
+    }
     let access_keys =
         token_file.as_deref().map(dfs_proto::auth::AccessKeys::from_file).transpose().map_err(|e| e.to_string())?;
     let cluster_secret =
@@ -327,10 +336,15 @@ fn run(args: Args) -> Result<(), String> {
         let mut pages = dfs_engine::status::Pages::new(state.clone(), open, addr.to_string())?;
         dfs_runtime::metrics::serve_with(http_addr, Some(Box::new(move |m, u, a| pages.answer(m, u, a))))?;
     }
-    if let Some((listeners, keys, file)) = s3 {
+    if let Some((listeners, keys, hosts, file)) = s3 {
         let at = listeners[0].local_addr().map_err(|e| format!("S3 listener: {e}"))?;
-        dfs_engine::s3::start(state.clone(), listeners, keys, Duration::from_secs(args.s3_upload_max_age_secs))?;
-        tracing::info!("S3 API on http://{at}/ (path-style), key pairs in {}", file.display());
+        let style = match &args.s3_domain {
+            Some(domain) => format!("path-style, and virtual-hosted-style under {domain}"),
+            None => "path-style".into(),
+        };
+        let max_age = Duration::from_secs(args.s3_upload_max_age_secs);
+        dfs_engine::s3::start(state.clone(), listeners, keys, hosts, max_age)?;
+        tracing::info!("S3 API on http://{at}/ ({style}), key pairs in {}", file.display());
     }
     dfs_runtime::announce(addr);
     dfs_runtime::serve_per_core(listeners, args.max_connections, state, server::handle).map_err(|e| e.to_string())

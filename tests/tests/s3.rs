@@ -642,3 +642,50 @@ with ThreadPoolExecutor(16) as pool:
     c.client(["bucket", "rm", "ops-made"]).expect_success("rm of the emptied bucket");
     assert!(!s3.aws(&["s3", "ls"]).contains("ops-made"), "aws-cli no longer sees it");
 }
+
+/// `--s3-domain`: a request to BUCKET.DOMAIN names the bucket in its host (curl signing with
+/// SigV4 itself, the name resolved to the engine with `--resolve`), and requests to the
+/// engine's address stay path-style, in the same engine.
+#[test]
+fn virtual_hosted_style_under_the_configured_domain_beside_path_style() {
+    let s3 = S3::start_with(ClusterOpts {
+        engine_args: vec!["--s3-domain".into(), "s3.dfs.test".into()],
+        ..ClusterOpts::default()
+    });
+    let port = s3.endpoint.rsplit(':').next().expect("a port").to_string();
+    let curl = |bucket: &str, secret: &str, args: &[&str]| -> (String, String) {
+        let host = format!("{bucket}.s3.dfs.test");
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--aws-sigv4", "aws:amz:us-east-1:s3"])
+            .arg("--user")
+            .arg(format!("{KEY_ID}:{secret}"))
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "--resolve"])
+            .arg(format!("{host}:{port}:127.0.0.1"))
+            .args(args.iter().map(|a| a.replace("HOST", &format!("http://{host}:{port}"))))
+            .current_dir(s3.cluster.root().join("scratch"))
+            .output()
+            .expect("cannot run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        s3.cluster.note(&format!("$ curl {args:?} ({bucket}) -> {text}"));
+        let (body, code) = text.rsplit_once('\n').expect("curl printed the status");
+        (code.to_string(), body.to_string())
+    };
+    s3.aws(&["s3", "mb", "s3://vh-bucket"]);
+    let data = pseudo_random_bytes(80, 300_000);
+    write(&s3.scratch("up"), &data);
+    assert_eq!(curl("vh-bucket", SECRET, &["-T", "up", "HOST/dir/obj"]).0, "200", "a virtual-hosted PUT");
+    s3.aws(&["s3", "cp", "s3://vh-bucket/dir/obj", "back", "--only-show-errors"]);
+    assert_bytes_eq(&std::fs::read(s3.scratch("back")).expect("download"), &data, "read back path-style");
+    let (code, body) = curl("vh-bucket", SECRET, &["HOST/?list-type=2&prefix=dir%2F"]);
+    assert!(code == "200" && body.contains("<Key>dir/obj</Key>") && body.contains("<Name>vh-bucket</Name>"), "{body}");
+    let (code, _) = curl("vh-bucket", SECRET, &["-o", "vh-back", "HOST/dir/obj"]);
+    assert_eq!(code, "200");
+    assert_bytes_eq(&std::fs::read(s3.scratch("vh-back")).expect("download"), &data, "read back virtual-hosted");
+    let (code, body) = curl("no-such-bucket", SECRET, &["HOST/dir/obj"]);
+    assert!(code == "404" && body.contains("NoSuchBucket"), "{code} {body}");
+    let (code, body) = curl("vh-bucket", "not-the-secret-at-all-0000", &["HOST/dir/obj"]);
+    assert!(code == "403" && body.contains("SignatureDoesNotMatch"), "{code} {body}");
+    // The bucket in the host and a path: the path is the key, not a second bucket.
+    let (code, _) = curl("vh-bucket", SECRET, &["HOST/vh-bucket/dir/obj"]);
+    assert_eq!(code, "404", "a key named after the bucket does not exist");
+}

@@ -89,6 +89,32 @@ impl S3Keys {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::VirtualHosts;
+
+    #[test]
+    fn only_a_subdomain_of_the_configured_domain_names_a_bucket() {
+        let vh = VirtualHosts::new("S3.Example.com").expect("a domain");
+        assert_eq!(vh.bucket_of("data-set.s3.example.com:7705").as_deref(), Some("data-set"));
+        assert_eq!(vh.bucket_of("Data.S3.example.COM").as_deref(), Some("data"));
+        assert_eq!(vh.bucket_of("a.b.s3.example.com").as_deref(), Some("a.b"));
+        for path_style in [
+            "s3.example.com",
+            "s3.example.com:80",
+            "127.0.0.1:7705",
+            "[::1]:7705",
+            "xs3.example.com",
+            ".s3.example.com",
+        ] {
+            assert_eq!(vh.bucket_of(path_style), None, "{path_style}");
+        }
+        for bad in ["", "s3.example.com:7705", "s3..example", "-s3.example", "s3 example"] {
+            assert!(VirtualHosts::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl S3Auth for S3Keys {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
@@ -96,20 +122,68 @@ impl S3Auth for S3Keys {
     }
 }
 
+/// Virtual-hosted-style addressing under one domain (`--s3-domain`): a request whose Host is
+/// `BUCKET.DOMAIN` (any port) names BUCKET, and every other Host is path-style, so that clients
+/// reaching the engine by its address keep working. (s3s's own `SingleDomain` would take any
+/// other host name, an IP address included, for a bucket.)
+pub struct VirtualHosts {
+    /// Lower case, without a port.
+    domain: String,
+}
+
+impl VirtualHosts {
+    pub fn new(domain: &str) -> Result<VirtualHosts, String> {
+        let domain = domain.to_ascii_lowercase();
+        let label_ok =
+            |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-');
+        if domain.len() > 253 || !domain.split('.').all(label_ok) {
+            return Err(format!(
+                "--s3-domain {domain:?} is not a domain name (labels of letters, digits and hyphens separated by dots, no port)"
+            ));
+        }
+        Ok(VirtualHosts { domain })
+    }
+
+    /// The bucket a Host header names, if it is `BUCKET.DOMAIN[:PORT]`.
+    pub fn bucket_of(&self, host: &str) -> Option<String> {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            _ => host,
+        };
+        let name = name.to_ascii_lowercase();
+        let bucket = name.strip_suffix(self.domain.as_str())?.strip_suffix('.')?;
+        (!bucket.is_empty()).then(|| bucket.to_string())
+    }
+}
+
+impl s3s::host::S3Host for VirtualHosts {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<s3s::host::VirtualHost<'a>> {
+        let vh = s3s::host::VirtualHost::new(self.domain.as_str());
+        Ok(match self.bucket_of(host) {
+            Some(bucket) => vh.with_bucket(bucket),
+            None => vh,
+        })
+    }
+}
+
 /// How often abandoned multipart uploads are looked for.
 const COLLECT_UPLOADS_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Serves S3 on `listeners` (one per thread, each a thread of its own sharing the port) until
-/// the process ends; multipart uploads begun more than `upload_max_age` ago are aborted (looked
+/// the process ends, path-style, and virtual-hosted-style too with `hosts`; multipart uploads begun more than `upload_max_age` ago are aborted (looked
 /// for at start and every hour, by the first thread).
 pub fn start(
     state: Arc<EngineState>,
     listeners: Vec<std::net::TcpListener>,
     keys: S3Keys,
+    hosts: Option<VirtualHosts>,
     upload_max_age: std::time::Duration,
 ) -> Result<(), String> {
     let mut builder = s3s::service::S3ServiceBuilder::new(service::DfsS3 { state: state.clone() });
     builder.set_auth(keys);
+    if let Some(hosts) = hosts {
+        builder.set_host(hosts);
+    }
     let s3 = builder.build();
     for (n, listener) in listeners.into_iter().enumerate() {
         listener.set_nonblocking(true).map_err(|e| format!("S3 listener: {e}"))?;
