@@ -89,32 +89,6 @@ impl S3Keys {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::VirtualHosts;
-
-    #[test]
-    fn only_a_subdomain_of_the_configured_domain_names_a_bucket() {
-        let vh = VirtualHosts::new("S3.Example.com").expect("a domain");
-        assert_eq!(vh.bucket_of("data-set.s3.example.com:7705").as_deref(), Some("data-set"));
-        assert_eq!(vh.bucket_of("Data.S3.example.COM").as_deref(), Some("data"));
-        assert_eq!(vh.bucket_of("a.b.s3.example.com").as_deref(), Some("a.b"));
-        for path_style in [
-            "s3.example.com",
-            "s3.example.com:80",
-            "127.0.0.1:7705",
-            "[::1]:7705",
-            "xs3.example.com",
-            ".s3.example.com",
-        ] {
-            assert_eq!(vh.bucket_of(path_style), None, "{path_style}");
-        }
-        for bad in ["", "s3.example.com:7705", "s3..example", "-s3.example", "s3 example"] {
-            assert!(VirtualHosts::new(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-}
-
 #[async_trait::async_trait]
 impl S3Auth for S3Keys {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
@@ -264,4 +238,30 @@ fn serve(
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VirtualHosts;
+
+    #[test]
+    fn only_a_subdomain_of_the_configured_domain_names_a_bucket() {
+        let vh = VirtualHosts::new("S3.Example.com").expect("a domain");
+        assert_eq!(vh.bucket_of("data-set.s3.example.com:7705").as_deref(), Some("data-set"));
+        assert_eq!(vh.bucket_of("Data.S3.example.COM").as_deref(), Some("data"));
+        assert_eq!(vh.bucket_of("a.b.s3.example.com").as_deref(), Some("a.b"));
+        for path_style in [
+            "s3.example.com",
+            "s3.example.com:80",
+            "127.0.0.1:7705",
+            "[::1]:7705",
+            "xs3.example.com",
+            ".s3.example.com",
+        ] {
+            assert_eq!(vh.bucket_of(path_style), None, "{path_style}");
+        }
+        for bad in ["", "s3.example.com:7705", "s3..example", "-s3.example", "s3 example"] {
+            assert!(VirtualHosts::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
