@@ -112,6 +112,60 @@ pub fn add_get_buffer_bytes(delta: i64) {
     GET_BUFFER_BYTES_PEAK.set(peak);
 }
 
+/// S3 requests of one operation since the engine started, from the counters above.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct S3OpCount {
+    pub op: String,
+    pub answered: u64,
+    /// Answers by code (`200`, or S3's error code), most frequent first.
+    pub by_code: Vec<(String, u64)>,
+    pub mean_ms: f64,
+}
+
+/// Every S3 operation asked for since start, by operation name; and every HTTP answer of the
+/// S3 listener by status (those refused before an operation ran included). For the status page.
+pub fn s3_counts() -> (Vec<S3OpCount>, Vec<(String, u64)>) {
+    use prometheus::core::Collector;
+    let label = |m: &prometheus::proto::Metric, name: &str| {
+        m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_string()).unwrap_or_default()
+    };
+    let mut ops: std::collections::BTreeMap<String, S3OpCount> = Default::default();
+    for family in S3_REQUESTS.collect() {
+        for m in family.get_metric() {
+            let n = m.get_counter().get_value() as u64;
+            let entry = ops.entry(label(m, "op")).or_insert_with_key(|op| S3OpCount {
+                op: op.clone(),
+                answered: 0,
+                by_code: Vec::new(),
+                mean_ms: 0.0,
+            });
+            entry.answered += n;
+            entry.by_code.push((label(m, "code"), n));
+        }
+    }
+    for family in S3_REQUEST_SECONDS.collect() {
+        for m in family.get_metric() {
+            let h = m.get_histogram();
+            if let Some(entry) = ops.get_mut(&label(m, "op")) {
+                if h.get_sample_count() > 0 {
+                    entry.mean_ms = h.get_sample_sum() * 1000.0 / h.get_sample_count() as f64;
+                }
+            }
+        }
+    }
+    let mut ops: Vec<S3OpCount> = ops.into_values().collect();
+    for op in &mut ops {
+        op.by_code.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    }
+    let mut statuses: Vec<(String, u64)> = S3_RESPONSES
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric().iter().map(|m| (label(m, "status"), m.get_counter().get_value() as u64)))
+        .collect();
+    statuses.sort();
+    (ops, statuses)
+}
+
 /// Registers every metric, so the endpoint shows them all from the start.
 pub fn init() {
     REPAIR_COPIES.reset();

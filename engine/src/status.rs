@@ -192,6 +192,10 @@ pub struct Status {
     pub seconds: Vec<SecondView>,
     /// The last errors answered to clients, oldest first.
     pub errors: Vec<ErrorView>,
+    /// S3 requests since start by operation, and the S3 listener's answers by HTTP status
+    /// (both empty when no S3 request has come).
+    pub s3_ops: Vec<crate::metrics::S3OpCount>,
+    pub s3_statuses: Vec<(String, u64)>,
 }
 
 /// The HTTP side: answers `/`, `/live` and `/api/status` (and leaves `/metrics` to the
@@ -278,6 +282,7 @@ impl Pages {
                 Ok(v) => (v.engines, v.passes, None),
                 Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
             };
+        let (s3_ops, s3_statuses) = crate::metrics::s3_counts();
         let errors: Vec<ErrorView> = crate::metrics::recent_errors()
             .into_iter()
             .map(|(unix_ms, message)| ErrorView { unix_ms, message })
@@ -304,6 +309,8 @@ impl Pages {
             downloads_in_progress: ACTIVITY.downloads.load(Ordering::Relaxed),
             seconds: ACTIVITY.last(CHART_SECS),
             errors,
+            s3_ops,
+            s3_statuses,
         }
     }
 }
@@ -405,7 +412,9 @@ pub fn render_live(s: &Status) -> String {
             ago(s.now_unix_ms, n.last_seen_unix_ms),
         );
     }
-    h.push_str("</tbody></table><h2>Last errors</h2>");
+    h.push_str("</tbody></table>");
+    render_s3(&mut h, s);
+    h.push_str("<h2>Last errors</h2>");
     if s.errors.is_empty() {
         h.push_str("<p id=\"errors\">none since start</p>");
     } else {
@@ -416,6 +425,38 @@ pub fn render_live(s: &Status) -> String {
         h.push_str("</ul>");
     }
     h
+}
+
+/// S3 requests since start, one row per operation, when any has come.
+fn render_s3(h: &mut String, s: &Status) {
+    if s.s3_ops.is_empty() && s.s3_statuses.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<h2>S3 requests since start</h2><table id=\"s3\"><thead><tr><th>operation</th><th>answered</th>\
+         <th>by answer</th><th>mean time</th></tr></thead><tbody>",
+    );
+    for op in &s.s3_ops {
+        let codes: Vec<String> = op
+            .by_code
+            .iter()
+            .map(|(code, n)| {
+                let class = if code.starts_with('2') { "" } else { " class=\"bad\"" };
+                format!("<span{class}>{}: {n}</span>", escape(code))
+            })
+            .collect();
+        let _ = write!(
+            h,
+            "<tr class=\"s3-op\"><td class=\"op\">{}</td><td class=\"answered\">{}</td><td>{}</td><td>{:.1} ms</td></tr>",
+            escape(&op.op),
+            op.answered,
+            codes.join(", "),
+            op.mean_ms
+        );
+    }
+    h.push_str("</tbody></table>");
+    let statuses: Vec<String> = s.s3_statuses.iter().map(|(st, n)| format!("{}: {n}", escape(st))).collect();
+    let _ = write!(h, "<p id=\"s3-statuses\">HTTP answers by status: {}</p>", statuses.join(", "));
 }
 
 /// Where a node's scrub stands: the running pass's progress, else the last pass's outcome; and
@@ -597,6 +638,13 @@ mod tests {
             downloads_in_progress: 0,
             seconds: Vec::new(),
             errors: Vec::new(),
+            s3_ops: vec![crate::metrics::S3OpCount {
+                op: "PutObject".into(),
+                answered: 12,
+                by_code: vec![("200".into(), 11), ("BadDigest".into(), 1)],
+                mean_ms: 4.25,
+            }],
+            s3_statuses: vec![("200".into(), 11), ("400".into(), 1), ("403".into(), 2)],
         };
         let h = render_live(&status);
         for want in [
@@ -608,10 +656,14 @@ mod tests {
             "lasts 12 s unless renewed",
             "<b>gc</b> on 10.0.0.2:7000, lease lasts 9 s unless renewed",
             "<b>repair</b> on 10.0.0.1:7000 (this one), taken 5 s ago, lease lasts 15 s unless renewed",
+            "<td class=\"op\">PutObject</td><td class=\"answered\">12</td><td><span>200: 11</span>, \
+             <span class=\"bad\">BadDigest: 1</span></td><td>4.2 ms</td>",
+            "HTTP answers by status: 200: 11, 400: 1, 403: 2",
         ] {
             assert!(h.contains(want), "missing {want:?} in {h}");
         }
-        let none = render_live(&Status { passes: Vec::new(), ..status });
+        let none = render_live(&Status { passes: Vec::new(), s3_ops: Vec::new(), s3_statuses: Vec::new(), ..status });
         assert!(none.contains("cluster passes (repair, gc, scrub): none held"), "{none}");
+        assert!(!none.contains("S3 requests"), "an S3 table without S3 requests: {none}");
     }
 }

@@ -216,6 +216,18 @@ fn aws_cli_makes_buckets_puts_lists_reads_ranges_and_removes() {
     let seconds = v["seconds"].as_array().cloned().unwrap_or_default();
     let requests: u64 = seconds.iter().filter_map(|s| s["requests"].as_u64()).sum();
     assert!(requests >= 20, "the status page counted {requests} requests in its last seconds: {status}");
+    // By operation and answer, as the metrics count them.
+    let ops = v["s3_ops"].as_array().cloned().unwrap_or_default();
+    let op = |name: &str| ops.iter().find(|o| o["op"] == name).cloned().unwrap_or_default();
+    assert_eq!(op("PutObject")["answered"], 7, "{status}");
+    assert_eq!(op("DeleteBucket")["by_code"], serde_json::json!([["200", 1], ["BucketNotEmpty", 1]]), "{status}");
+    let live = dfs_tests::http::get(&http, "/live", &[]).body;
+    assert!(
+        live.contains("<td class=\"op\">PutObject</td><td class=\"answered\">7</td>")
+            && live.contains("<span class=\"bad\">BucketNotEmpty: 1</span>"),
+        "the status page's S3 table: {live}"
+    );
+    assert!(live.contains("HTTP answers by status: 200: "), "{live}");
 }
 
 #[test]
