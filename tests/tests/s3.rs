@@ -84,6 +84,70 @@ impl S3 {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs rclone with a remote `dfs:` on the endpoint; its stdout. Multipart above 8 MiB, in
+    /// 5 MiB parts, unless `defaults` (rclone's own: 200 MiB and 5 MiB).
+    fn rclone_with(&self, defaults: bool, args: &[&str]) -> String {
+        let mut cmd = Command::new("rclone");
+        cmd.args(args)
+            .env("RCLONE_CONFIG", "/dev/null")
+            // rclone refuses a custom CA bundle over plain HTTP; some machines set one.
+            .env_remove("AWS_CA_BUNDLE")
+            .env("RCLONE_CONFIG_DFS_TYPE", "s3")
+            .env("RCLONE_CONFIG_DFS_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_DFS_ENDPOINT", &self.endpoint)
+            .env("RCLONE_CONFIG_DFS_ACCESS_KEY_ID", KEY_ID)
+            .env("RCLONE_CONFIG_DFS_SECRET_ACCESS_KEY", SECRET)
+            .env("RCLONE_CONFIG_DFS_REGION", "us-east-1")
+            .env("RCLONE_CONFIG_DFS_FORCE_PATH_STYLE", "true")
+            .current_dir(self.cluster.root().join("scratch"));
+        if !defaults {
+            cmd.env("RCLONE_CONFIG_DFS_UPLOAD_CUTOFF", "8Mi").env("RCLONE_CONFIG_DFS_CHUNK_SIZE", "5Mi");
+        }
+        let out = cmd.output().expect("cannot run rclone (scripts/deps.sh installs it)");
+        self.cluster.note(&format!(
+            "$ rclone {} -> {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        assert!(out.status.success(), "rclone {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn rclone(&self, args: &[&str]) -> String {
+        self.rclone_with(false, args)
+    }
+
+    /// Runs s3cmd (its own defaults) against the endpoint; its stdout.
+    fn s3cmd(&self, args: &[&str]) -> String {
+        let cfg = self.scratch("s3cmd.cfg");
+        let host = self.endpoint.trim_start_matches("http://");
+        write(
+            &cfg,
+            format!(
+                "[default]\naccess_key = {KEY_ID}\nsecret_key = {SECRET}\nhost_base = {host}\nhost_bucket = {host}\n\
+                 use_https = False\nsignature_v2 = False\nbucket_location = us-east-1\n"
+            )
+            .as_bytes(),
+        );
+        let out = Command::new("s3cmd")
+            .arg("-c")
+            .arg(&cfg)
+            .args(args)
+            .current_dir(self.cluster.root().join("scratch"))
+            .output()
+            .expect("cannot run s3cmd (scripts/deps.sh installs it)");
+        self.cluster.note(&format!(
+            "$ s3cmd {} -> {}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        assert!(out.status.success(), "s3cmd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn scratch(&self, name: &str) -> PathBuf {
         self.cluster.root().join("scratch").join(name)
     }
@@ -235,7 +299,7 @@ fn boto3_digests_are_checked_before_an_object_is_visible_and_overwrites_replace_
     let s3 = S3::start();
     let out = s3.python(
         r#"
-import base64, hashlib, os, time, zlib, urllib.error, urllib.request, boto3, botocore
+import base64, hashlib, os, subprocess, time, zlib, urllib.error, urllib.request, boto3, botocore
 from botocore.config import Config
 s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"], config=Config(s3={"addressing_style": "path"}))
 s3.create_bucket(Bucket="digests")
@@ -274,9 +338,10 @@ print("meta", h["ContentType"], h["Metadata"].get("origin"))
 # An overwrite replaces the object whole.
 s3.put_object(Bucket="digests", Key="ok", Body=b"second")
 print("overwritten", s3.get_object(Bucket="digests", Key="ok")["Body"].read() == b"second")
-# A presigned GET, fetched without any client library.
+# A presigned GET, fetched with curl and with Python's own HTTP, no S3 library.
 url = s3.generate_presigned_url("get_object", Params={"Bucket": "digests", "Key": "m"}, ExpiresIn=300)
-print("presigned", urllib.request.urlopen(url).read() == body)
+fetched = subprocess.run(["curl", "-sf", url], capture_output=True)
+print("presigned", fetched.returncode == 0 and fetched.stdout == body, urllib.request.urlopen(url).read() == body)
 late = s3.generate_presigned_url("get_object", Params={"Bucket": "digests", "Key": "m"}, ExpiresIn=1)
 time.sleep(2.5)
 try:
@@ -314,7 +379,7 @@ print("copy-missing", code(lambda: s3.copy_object(Bucket="digests", Key="x", Cop
         "same True",
         "meta text/csv lab-7",
         "overwritten True",
-        "presigned True",
+        "presigned True True",
         "expired 403",
         "missing NoSuchKey",
         "nobucket NoSuchBucket",
@@ -490,91 +555,47 @@ fn rclone_syncs_and_checks_a_tree_and_s3cmd_reads_it() {
         write(&path, &pseudo_random_bytes(300 + i, size));
         files.push(path);
     }
-    let rclone = |args: &[&str]| {
-        let mut cmd = Command::new("rclone");
-        cmd.args(args)
-            .env("RCLONE_CONFIG", "/dev/null")
-            // rclone refuses a custom CA bundle over plain HTTP; some machines set one.
-            .env_remove("AWS_CA_BUNDLE")
-            .env("RCLONE_CONFIG_DFS_TYPE", "s3")
-            .env("RCLONE_CONFIG_DFS_PROVIDER", "Other")
-            .env("RCLONE_CONFIG_DFS_ENDPOINT", &s3.endpoint)
-            .env("RCLONE_CONFIG_DFS_ACCESS_KEY_ID", KEY_ID)
-            .env("RCLONE_CONFIG_DFS_SECRET_ACCESS_KEY", SECRET)
-            .env("RCLONE_CONFIG_DFS_REGION", "us-east-1")
-            .env("RCLONE_CONFIG_DFS_FORCE_PATH_STYLE", "true")
-            // Multipart above 8 MiB, in 5 MiB parts (rclone's own cutoff is 200 MiB).
-            .env("RCLONE_CONFIG_DFS_UPLOAD_CUTOFF", "8Mi")
-            .env("RCLONE_CONFIG_DFS_CHUNK_SIZE", "5Mi")
-            .current_dir(s3.cluster.root().join("scratch"));
-        let out = cmd.output().expect("cannot run rclone (scripts/deps.sh installs it)");
-        s3.cluster.note(&format!(
-            "$ rclone {} -> {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-        assert!(out.status.success(), "rclone {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    rclone(&["mkdir", "dfs:trees"]);
-    rclone(&["sync", "tree", "dfs:trees/one"]);
-    rclone(&["check", "tree", "dfs:trees/one"]);
-    let listed = rclone(&["lsf", "-R", "--files-only", "dfs:trees/one"]);
+    s3.rclone(&["mkdir", "dfs:trees"]);
+    s3.rclone(&["sync", "tree", "dfs:trees/one"]);
+    s3.rclone(&["check", "tree", "dfs:trees/one"]);
+    let listed = s3.rclone(&["lsf", "-R", "--files-only", "dfs:trees/one"]);
     assert_eq!(listed.lines().count(), files.len(), "{listed}");
-    rclone(&["sync", "dfs:trees/one", "back"]);
+    s3.rclone(&["sync", "dfs:trees/one", "back"]);
     for path in &files {
         let rel = path.strip_prefix(&tree).expect("under the tree");
         let back = s3.scratch("back").join(rel);
         let got = std::fs::read(&back).unwrap_or_else(|e| panic!("{} did not come back: {e}", rel.display()));
         assert_bytes_eq(&got, &std::fs::read(path).expect("original"), &rel.display().to_string());
     }
+    // aws-cli's sync of the same tree, and back; rclone's check compares its objects' MD5s with
+    // the local files.
+    s3.aws(&["s3", "sync", "tree", "s3://trees/aws/", "--only-show-errors"]);
+    s3.rclone(&["check", "tree", "dfs:trees/aws"]);
+    s3.aws(&["s3", "sync", "s3://trees/aws/", "back-aws", "--only-show-errors"]);
+    for path in &files {
+        let rel = path.strip_prefix(&tree).expect("under the tree");
+        let got = std::fs::read(s3.scratch("back-aws").join(rel))
+            .unwrap_or_else(|e| panic!("{} did not come back through aws s3 sync: {e}", rel.display()));
+        assert_bytes_eq(&got, &std::fs::read(path).expect("original"), &rel.display().to_string());
+    }
     // A changed file and a removed one: the next sync sends only those, and check agrees.
     write(&files[5], b"changed");
     std::fs::remove_file(&files[6]).expect("rm");
-    rclone(&["sync", "tree", "dfs:trees/one"]);
-    rclone(&["check", "tree", "dfs:trees/one"]);
+    s3.rclone(&["sync", "tree", "dfs:trees/one"]);
+    s3.rclone(&["check", "tree", "dfs:trees/one"]);
 
-    let cfg = s3.scratch("s3cmd.cfg");
-    let host = s3.endpoint.trim_start_matches("http://");
-    write(
-        &cfg,
-        format!(
-            "[default]\naccess_key = {KEY_ID}\nsecret_key = {SECRET}\nhost_base = {host}\nhost_bucket = {host}\n\
-             use_https = False\nsignature_v2 = False\nbucket_location = us-east-1\n"
-        )
-        .as_bytes(),
-    );
-    let s3cmd = |args: &[&str]| {
-        let out = Command::new("s3cmd")
-            .arg("-c")
-            .arg(&cfg)
-            .args(args)
-            .current_dir(s3.cluster.root().join("scratch"))
-            .output()
-            .expect("cannot run s3cmd (scripts/deps.sh installs it)");
-        s3.cluster.note(&format!(
-            "$ s3cmd {} -> {}\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-        assert!(out.status.success(), "s3cmd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     write(&s3.scratch("note.txt"), b"from s3cmd");
-    s3cmd(&["put", "note.txt", "s3://trees/notes/note.txt"]);
-    let ls = s3cmd(&["ls", "s3://trees/"]);
+    s3.s3cmd(&["put", "note.txt", "s3://trees/notes/note.txt"]);
+    let ls = s3.s3cmd(&["ls", "s3://trees/"]);
     assert!(ls.contains("DIR") && ls.contains("s3://trees/one/") && ls.contains("s3://trees/notes/"), "{ls}");
-    s3cmd(&["get", "s3://trees/one/d1/e1/f1.bin", "f1.s3cmd"]);
+    s3.s3cmd(&["get", "s3://trees/one/d1/e1/f1.bin", "f1.s3cmd"]);
     assert_bytes_eq(
         &std::fs::read(s3.scratch("f1.s3cmd")).expect("s3cmd get"),
         &std::fs::read(&files[1]).expect("f1"),
         "s3cmd get",
     );
-    s3cmd(&["del", "s3://trees/notes/note.txt"]);
-    assert!(!s3cmd(&["ls", "s3://trees/"]).contains("notes/"));
+    s3.s3cmd(&["del", "s3://trees/notes/note.txt"]);
+    assert!(!s3.s3cmd(&["ls", "s3://trees/"]).contains("notes/"));
 }
 
 /// `dfs-client bucket`: an operator's buckets are the ones S3 clients see and the other way
@@ -700,4 +721,100 @@ fn virtual_hosted_style_under_the_configured_domain_beside_path_style() {
     // The bucket in the host and a path: the path is the key, not a second bucket.
     let (code, _) = curl("vh-bucket", SECRET, &["HOST/vh-bucket/dir/obj"]);
     assert_eq!(code, "404", "a key named after the bucket does not exist");
+}
+
+/// A file of `size` bytes whose every MiB differs (its index is written into it), so that a
+/// part stored twice or out of order cannot go unnoticed; written a MiB at a time.
+fn write_large(path: &Path, size: u64) {
+    use std::io::Write;
+    let mut block = pseudo_random_bytes(size, 1 << 20);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create a large file"));
+    let mut left = size;
+    let mut i = 0u64;
+    while left > 0 {
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).expect("write a large file");
+        left -= n as u64;
+        i += 1;
+    }
+    f.flush().expect("flush a large file");
+}
+
+/// Asserts two files hold the same bytes, a MiB at a time, naming the first MiB that differs.
+fn assert_files_eq(got: &Path, want: &Path, what: &str) {
+    use std::io::Read;
+    let open = |p: &Path| std::fs::File::open(p).unwrap_or_else(|e| panic!("{what}: cannot open {}: {e}", p.display()));
+    let (mut a, mut b) = (open(got), open(want));
+    let (la, lb) = (a.metadata().expect("stat").len(), b.metadata().expect("stat").len());
+    assert_eq!(la, lb, "{what}: {} bytes, expected {lb}", la);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0u64;
+    while at < la {
+        let n = ((la - at) as usize).min(ba.len());
+        a.read_exact(&mut ba[..n]).expect("read");
+        b.read_exact(&mut bb[..n]).expect("read");
+        assert!(ba[..n] == bb[..n], "{what}: the MiB at byte {at} differs");
+        at += n as u64;
+    }
+}
+
+/// 100 MiB and 1 GiB up and down through each client with its own defaults for multipart
+/// (aws-cli: 8 MiB parts, 10 at once; boto3's transfer manager: the same; rclone: one PUT up
+/// to 200 MiB, then 5 MiB parts; s3cmd: 15 MiB parts), byte-identical, each object's ETag the
+/// multipart form its client's part count gives. Each object is deleted before the next
+/// client's, so the test holds one at a time.
+#[test]
+fn each_client_moves_100_mib_and_1_gib_with_its_own_multipart() {
+    let s3 = S3::start();
+    s3.aws(&["s3", "mb", "s3://large"]);
+    for (size, name) in [(100u64 << 20, "100m"), (1u64 << 30, "1g")] {
+        write_large(&s3.scratch(name), size);
+        let source = s3.scratch(name);
+        for client in ["aws", "boto3", "rclone", "s3cmd"] {
+            let key = format!("{client}/{name}");
+            let back = format!("{name}.{client}");
+            match client {
+                "aws" => {
+                    s3.aws(&["s3", "cp", name, &format!("s3://large/{key}"), "--only-show-errors"]);
+                    s3.aws(&["s3", "cp", &format!("s3://large/{key}"), &back, "--only-show-errors"]);
+                }
+                "boto3" => {
+                    s3.python(&format!(
+                        r#"
+import os, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"], config=Config(s3={{"addressing_style": "path"}}))
+s3.upload_file("{name}", "large", "{key}")
+s3.download_file("large", "{key}", "{back}")
+"#
+                    ));
+                }
+                "rclone" => {
+                    s3.rclone_with(true, &["copyto", name, &format!("dfs:large/{key}")]);
+                    s3.rclone_with(true, &["copyto", &format!("dfs:large/{key}"), &back]);
+                }
+                _ => {
+                    s3.s3cmd(&["put", name, &format!("s3://large/{key}")]);
+                    s3.s3cmd(&["get", &format!("s3://large/{key}"), &back]);
+                }
+            }
+            assert_files_eq(&s3.scratch(&back), &source, &format!("{name} through {client}"));
+            std::fs::remove_file(s3.scratch(&back)).expect("rm");
+            let head = s3.aws(&["s3api", "head-object", "--bucket", "large", "--key", &key, "--query", "ETag"]);
+            let parts = match (client, size) {
+                ("rclone", s) if s <= 200 << 20 => None,
+                ("rclone", s) => Some(s.div_ceil(5 << 20)),
+                ("s3cmd", s) => Some(s.div_ceil(15 << 20)),
+                (_, s) => Some(s.div_ceil(8 << 20)),
+            };
+            match parts {
+                Some(n) => assert!(head.trim().ends_with(&format!("-{n}\\\"\"")), "{client} {name}: ETag {head}"),
+                None => assert!(!head.contains('-'), "{client} {name}: one PUT's ETag {head}"),
+            }
+            s3.aws(&["s3", "rm", &format!("s3://large/{key}"), "--only-show-errors"]);
+        }
+        std::fs::remove_file(&source).expect("rm");
+    }
+    assert!(s3.cluster.ls().is_empty(), "files left after every object was removed: {:?}", s3.cluster.ls());
 }
