@@ -86,38 +86,25 @@ fn copy_failed(links: &Links, queue: &RepairQueue, chunk_id: ChunkId, e: &NodeEr
     queue.note(chunk_id, Reason::ReadFailed);
 }
 
-/// Handles one GET. Returns Err only when the client connection is broken.
-pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<(), FrameError> {
-    let record = match state.meta.get(file_id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return client.write_msg(&not_found(file_id)).await,
-        Err(e) => return client.write_msg(&meta_failed(e)).await,
-    };
-    let mut copies = Vec::with_capacity(record.chunks.len());
-    for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
-        match read_order(&record, chunk, &state.links.health) {
-            Ok(addrs) => copies.push(addrs),
-            Err(e) => return client.write_msg(&internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
-        }
-    }
-    match state.budget.try_reserve(record.size) {
-        Some(_reservation) => get_buffered(state, client, file_id, &record, copies).await,
-        None => get_streamed(state, client, file_id, &record, copies).await,
-    }
-}
-
-async fn get_buffered(
+/// Reads `chunks` (chunk `first_idx` and those after it) into `buf`, each at its offset less
+/// `base`, each from the first of its copies that reads sound, at most
+/// `MAX_PARALLEL_FETCHES` chunks at once. A chunk read into a buffer of its own instead (its
+/// window was kept by a failed read still in flight) comes back in that buffer; None: it is in
+/// `buf`. The lowest chunk none of whose copies could be read fails the whole read.
+async fn read_chunks(
     state: &EngineState,
-    client: &Conn,
     file_id: FileId,
-    record: &FileRecord,
+    chunks: &[ChunkRecord],
+    first_idx: usize,
     copies: Vec<Vec<SocketAddr>>,
-) -> Result<(), FrameError> {
-    let buf = Reassembly::zeroed(record.size as usize);
+    buf: &Rc<Reassembly>,
+    base: u64,
+) -> Result<Vec<Option<ChunkBuf>>, ChunkFailure> {
     let permits = Rc::new(tokio::sync::Semaphore::new(MAX_PARALLEL_FETCHES));
-    let mut tasks = Vec::with_capacity(record.chunks.len());
-    for ((chunk_idx, chunk), addrs) in record.chunks.iter().enumerate().zip(copies) {
-        let slot = buf.slot(chunk.offset as usize, chunk.length as usize);
+    let mut tasks = Vec::with_capacity(chunks.len());
+    for ((i, chunk), addrs) in chunks.iter().enumerate().zip(copies) {
+        let chunk_idx = first_idx + i;
+        let slot = buf.slot((chunk.offset - base) as usize, chunk.length as usize);
         let chunk = chunk.clone();
         let permits = permits.clone();
         let links = state.links.clone();
@@ -180,12 +167,49 @@ async fn get_buffered(
             }
         }
     }
-    if let Some(f) = first_failure {
-        let line = format!("GET {file_id}: {}", f.describe(file_id).1);
-        tracing::warn!("{line}");
-        crate::metrics::note_error(&line);
-        return client.write_msg(&f.to_msg(file_id)).await;
+    match first_failure {
+        Some(f) => Err(f),
+        None => Ok(replacements),
     }
+}
+
+/// Handles one GET. Returns Err only when the client connection is broken.
+pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<(), FrameError> {
+    let record = match state.meta.get(file_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return client.write_msg(&not_found(file_id)).await,
+        Err(e) => return client.write_msg(&meta_failed(e)).await,
+    };
+    let mut copies = Vec::with_capacity(record.chunks.len());
+    for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
+        match read_order(&record, chunk, &state.links.health) {
+            Ok(addrs) => copies.push(addrs),
+            Err(e) => return client.write_msg(&internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
+        }
+    }
+    match state.budget.try_reserve(record.size) {
+        Some(_reservation) => get_buffered(state, client, file_id, &record, copies).await,
+        None => get_streamed(state, client, file_id, &record, copies).await,
+    }
+}
+
+async fn get_buffered(
+    state: &EngineState,
+    client: &Conn,
+    file_id: FileId,
+    record: &FileRecord,
+    copies: Vec<Vec<SocketAddr>>,
+) -> Result<(), FrameError> {
+    let buf = Reassembly::zeroed(record.size as usize);
+    let replacements = match read_chunks(state, file_id, &record.chunks, 0, copies, &buf, 0).await {
+        Ok(r) => r,
+        Err(f) => {
+            let line = format!("GET {file_id}: {}", f.describe(file_id).1);
+            tracing::warn!("{line}");
+            crate::metrics::note_error(&line);
+            return client.write_msg(&f.to_msg(file_id)).await;
+        }
+    };
     if record.size as usize <= dfs_runtime::conn::COALESCE_BYTES {
         // A small file: the whole answer in one write, one Data frame per chunk.
         let windows: Vec<Option<crate::buffer::Window>> = record
@@ -255,7 +279,8 @@ async fn get_streamed(
         copies,
     });
     let sink = ClientSink(client);
-    match stream::stream::<_, _, EngineRuntime>(blocks, &sink, BLOCK_SIZE_BYTES as usize, READ_AHEAD_BLOCKS).await {
+    let (block_size, read_ahead) = stream_buffers(&record.chunks);
+    match stream::stream::<_, _, EngineRuntime>(blocks, &sink, block_size, read_ahead).await {
         Ended::Done => client.write_msg(&Msg::End).await,
         Ended::SinkFailed(e) => Err(e),
         Ended::Failed { chunk, errors } => {
@@ -270,6 +295,20 @@ async fn get_streamed(
 
 /// Blocks of a streamed download read ahead of the client.
 pub const READ_AHEAD_BLOCKS: usize = 4;
+
+/// A range of at most this many bytes of chunks is read whole, its chunks in parallel, and
+/// handed on in one piece (`stream_range`).
+const SMALL_RANGE_BYTES: u64 = BLOCK_SIZE_BYTES as u64;
+
+/// The buffers a streamed download of `chunks` reads into: each as large as the largest block
+/// (a block, at most `BLOCK_SIZE_BYTES`, never exceeds its chunk), and no more of them than
+/// there are blocks. A 4 KiB object then takes one 1 KiB buffer, not four zeroed MiBs.
+fn stream_buffers(chunks: &[ChunkRecord]) -> (usize, usize) {
+    let block = BLOCK_SIZE_BYTES as u64;
+    let largest = chunks.iter().map(|c| c.length.min(block)).max().unwrap_or(1).max(1);
+    let n_blocks: u64 = chunks.iter().map(|c| c.length.div_ceil(block)).sum();
+    (largest as usize, (n_blocks as usize).clamp(1, READ_AHEAD_BLOCKS))
+}
 
 /// A streamed download's copies, on the nodes (`dfs_core::stream` does the streaming).
 struct NodeBlocks {
@@ -387,6 +426,43 @@ pub async fn stream_range(
             }
         }
     }
+    // A small range: its chunks are read at once, in parallel, and sent as one piece, rather
+    // than block after block and chunk after chunk, a round trip to a node each.
+    let base = record.chunks[first].offset;
+    let span = record.chunks[last].offset + record.chunks[last].length - base;
+    if span <= SMALL_RANGE_BYTES {
+        if let Some(_reservation) = state.budget.try_reserve(span) {
+            let chunks = &record.chunks[first..=last];
+            let buf = Reassembly::zeroed(span as usize);
+            return match read_chunks(state, file_id, chunks, first, copies, &buf, base).await {
+                Ok(replacements) => {
+                    let mut out = Vec::with_capacity((end - start) as usize);
+                    for (chunk, replacement) in chunks.iter().zip(&replacements) {
+                        let (from, to) = (start.max(chunk.offset), end.min(chunk.offset + chunk.length));
+                        if from >= to {
+                            continue;
+                        }
+                        let (a, b) = ((from - chunk.offset) as usize, (to - chunk.offset) as usize);
+                        match replacement {
+                            Some(ChunkBuf { bytes, .. }) => out.extend_from_slice(&bytes[a..b]),
+                            None => out.extend_from_slice(
+                                &buf.window((chunk.offset - base) as usize, chunk.length as usize).as_ref()[a..b],
+                            ),
+                        }
+                    }
+                    assert_eq!(out.len() as u64, end - start, "a small range assembled whole");
+                    tx.send(Ok(out.into())).await.is_ok()
+                }
+                Err(f) => {
+                    let line = format!("GET {file_id}: {}", f.describe(file_id).1);
+                    tracing::warn!("{line}");
+                    crate::metrics::note_error(&line);
+                    let _ = tx.send(Err(std::io::Error::other(line))).await;
+                    false
+                }
+            };
+        }
+    }
     let blocks = Rc::new(NodeBlocks {
         links: state.links.clone(),
         queue: state.repair_queue.clone(),
@@ -396,7 +472,8 @@ pub async fn stream_range(
         copies,
     });
     let sink = RangeSink { tx: tx.clone(), at: std::cell::Cell::new(record.chunks[first].offset), start, end };
-    match stream::stream::<_, _, EngineRuntime>(blocks, &sink, BLOCK_SIZE_BYTES as usize, READ_AHEAD_BLOCKS).await {
+    let (block_size, read_ahead) = stream_buffers(&record.chunks[first..=last]);
+    match stream::stream::<_, _, EngineRuntime>(blocks, &sink, block_size, read_ahead).await {
         // The sink ends the stream itself once past the range's end.
         Ended::Done | Ended::SinkFailed(_) => sink.at.get() >= end && !tx.is_closed(),
         Ended::Failed { chunk, errors } => {
@@ -482,6 +559,18 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn stream_buffers_fit_the_blocks_and_no_more() {
+        let chunk =
+            |length: u64| ChunkRecord { offset: 0, length, crc32: 0, block_crcs: Vec::new(), placement: Vec::new() };
+        let mib = BLOCK_SIZE_BYTES as u64;
+        assert_eq!(stream_buffers(&[chunk(1024), chunk(1024), chunk(1024), chunk(1000)]), (1024, 4));
+        assert_eq!(stream_buffers(&[chunk(0), chunk(0), chunk(0), chunk(7)]), (7, 1));
+        assert_eq!(stream_buffers(&[chunk(3 * mib + 5)]), (mib as usize, 4));
+        assert_eq!(stream_buffers(&[chunk(mib + 1)]), (mib as usize, 2));
+        assert_eq!(stream_buffers(&[chunk(0)]), (1, 1));
     }
 
     #[test]
