@@ -863,3 +863,76 @@ fn s3_reads_from_the_sound_copy_and_never_returns_a_damaged_byte() {
         }
     }
 }
+
+/// Two engines over PostgreSQL; boto3 begins a multipart upload through one, and that engine is
+/// killed (SIGKILL) while a part is on its way. The client's retry goes to the other engine,
+/// which knows the upload (it is in the shared metadata): the part is sent again, the upload is
+/// listed and completed there, and the object reads back whole, made of exactly its parts' files.
+#[test]
+fn an_engine_killed_mid_multipart_upload_the_retry_finishes_through_the_other() {
+    use std::io::BufRead;
+    let pg = dfs_tests::pg::Postgres::start();
+    let mut s3 =
+        S3::start_with(ClusterOpts { postgres: Some((pg.url(), pg.password_file())), ..ClusterOpts::default() });
+    let first = s3.cluster.engine_addr().to_string();
+    let second = s3.cluster.start_another_engine();
+    let second_s3 = format!("http://{}", dfs_tests::http::logged_addr(&s3.cluster.engine_stderr_log(), "S3 API"));
+    assert_ne!(s3.endpoint, second_s3);
+    s3.aws(&["s3", "mb", "s3://multi"]);
+    let script = r#"
+import hashlib, os, sys, boto3
+from botocore.config import Config
+def client(endpoint):
+    return boto3.client("s3", endpoint_url=endpoint,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1, "mode": "standard"}))
+a, b = client(os.environ["S3_ENDPOINT"]), client(os.environ["S3_SECOND"])
+parts = [os.urandom(5 << 20), os.urandom(5 << 20), os.urandom(48 << 20), os.urandom(1000)]
+up = a.create_multipart_upload(Bucket="multi", Key="obj")["UploadId"]
+done = []
+for n in (1, 2):
+    done.append({"PartNumber": n, "ETag": a.upload_part(Bucket="multi", Key="obj", UploadId=up, PartNumber=n, Body=parts[n - 1])["ETag"]})
+print("sending 3", flush=True)
+try:
+    a.upload_part(Bucket="multi", Key="obj", UploadId=up, PartNumber=3, Body=parts[2])
+    print("first engine answered part 3", flush=True)
+except Exception as e:
+    print("first engine failed:", type(e).__name__, flush=True)
+# The retry: the same upload, through the other engine.
+for n in (3, 4):
+    done.append({"PartNumber": n, "ETag": b.upload_part(Bucket="multi", Key="obj", UploadId=up, PartNumber=n, Body=parts[n - 1])["ETag"]})
+print("listed", [p["PartNumber"] for p in b.list_parts(Bucket="multi", Key="obj", UploadId=up)["Parts"]], flush=True)
+b.complete_multipart_upload(Bucket="multi", Key="obj", UploadId=up, MultipartUpload={"Parts": done})
+got = b.get_object(Bucket="multi", Key="obj")["Body"].read()
+print("whole", hashlib.sha256(got).hexdigest() == hashlib.sha256(b"".join(parts)).hexdigest(), flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).env("S3_SECOND", &second_s3).stdout(std::process::Stdio::piped());
+    s3.env(&mut cmd, SECRET);
+    let mut child = cmd.spawn().expect("cannot run python3");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("read the script's output");
+        seen.push(line.clone());
+        if line == "sending 3" {
+            s3.cluster.kill_engine_at(&first);
+            break;
+        }
+    }
+    seen.extend(lines.map(|l| l.expect("read the script's output")));
+    let status = child.wait().expect("wait for python3");
+    s3.cluster.note(&format!("$ python3 (boto3, two engines) -> {status}\n{}", seen.join("\n")));
+    assert!(status.success(), "the script failed: {seen:?}");
+    assert_eq!(seen.first().map(String::as_str), Some("sending 3"), "{seen:?}");
+    assert!(seen[1].starts_with("first engine failed:"), "the killed engine answered: {seen:?}");
+    assert_eq!(&seen[2..], ["listed [1, 2, 3, 4]", "whole True"], "{seen:?}");
+    // The object is made of exactly its four parts' files; the part cut off by the kill left
+    // no file behind.
+    s3.cluster.use_server(Some(&second));
+    let names: Vec<String> = s3.cluster.ls().into_iter().map(|e| e.name).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("multi/obj (upload ")), "{names:?}");
+    s3.endpoint = second_s3;
+    s3.aws(&["s3", "rm", "s3://multi/obj", "--only-show-errors"]);
+    assert!(s3.cluster.ls().is_empty(), "the parts' files went with the object");
+}
