@@ -355,7 +355,29 @@ etag_m = s3.head_object(Bucket="digests", Key="m")["ETag"]
 print("if-none-match", code(lambda: s3.get_object(Bucket="digests", Key="m", IfNoneMatch=etag_m)))
 print("if-match", code(lambda: s3.get_object(Bucket="digests", Key="m", IfMatch='"abc"')))
 print("if-match-same", code(lambda: s3.get_object(Bucket="digests", Key="m", IfMatch=etag_m)))
+# Conditional writes: the key must not exist (If-None-Match: *) or must hold this ETag (If-Match).
 print("conditional-put", code(lambda: s3.put_object(Bucket="digests", Key="m", Body=b"x", IfNoneMatch="*")))
+print("unchanged", s3.get_object(Bucket="digests", Key="m")["Body"].read() == body)
+print("stale-if-match", code(lambda: s3.put_object(Bucket="digests", Key="m", Body=b"x", IfMatch='"0123456789abcdef0123456789abcdef"')))
+print("if-match-put", code(lambda: s3.put_object(Bucket="digests", Key="cond", Body=b"x", IfMatch=etag_m)))
+print("fresh-if-none-match", code(lambda: s3.put_object(Bucket="digests", Key="cond", Body=b"one", IfNoneMatch="*")))
+etag_one = s3.head_object(Bucket="digests", Key="cond")["ETag"]
+print("if-match-put-same", code(lambda: s3.put_object(Bucket="digests", Key="cond", Body=b"two", IfMatch=etag_one)))
+print("cond-body", s3.get_object(Bucket="digests", Key="cond")["Body"].read())
+# Sixteen writers race for one new key with If-None-Match: *: exactly one wins, and the key
+# holds the winner's bytes.
+import concurrent.futures
+def racer(i):
+    try:
+        s3.put_object(Bucket="digests", Key="race", Body=b"writer %d" % i, IfNoneMatch="*")
+        return i
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    outcomes = list(pool.map(racer, range(16)))
+winners = [o for o in outcomes if isinstance(o, int)]
+print("race", len(winners), sorted(set(o for o in outcomes if not isinstance(o, int))),
+      s3.get_object(Bucket="digests", Key="race")["Body"].read() == b"writer %d" % winners[0])
 cp = s3.copy_object(Bucket="digests", Key="m-copy", CopySource={"Bucket": "digests", "Key": "m"})
 print("copy", cp["CopyObjectResult"]["ETag"] == etag_m, s3.get_object(Bucket="digests", Key="m-copy")["Body"].read() == body)
 s3.copy_object(Bucket="digests", Key="meta", CopySource={"Bucket": "digests", "Key": "meta"},
@@ -386,15 +408,23 @@ print("copy-missing", code(lambda: s3.copy_object(Bucket="digests", Key="x", Cop
         "if-none-match 304",
         "if-match PreconditionFailed",
         "if-match-same OK",
-        "conditional-put NotImplemented",
+        "conditional-put PreconditionFailed",
+        "unchanged True",
+        "stale-if-match PreconditionFailed",
+        "if-match-put PreconditionFailed",
+        "fresh-if-none-match OK",
+        "if-match-put-same OK",
+        "cond-body b'two'",
+        "race 1 ['PreconditionFailed'] True",
         "copy True True",
         "replaced text/plain lab-8",
         "onto-itself InvalidRequest",
         "copy-missing NoSuchKey",
     ];
     assert_eq!(lines, expect, "what boto3 saw");
-    // The refused uploads stored nothing, and the overwritten and re-copied objects' first
-    // files are gone: the bucket's five keys are five files.
+    // The refused uploads (bad digests, failed conditions, the race's fifteen losers) stored
+    // nothing, and the overwritten and re-copied objects' first files are gone: the bucket's
+    // seven keys are seven files.
     let names: Vec<String> = {
         let mut n: Vec<String> = s3.cluster.ls().into_iter().map(|e| e.name).collect();
         n.sort();
@@ -402,7 +432,7 @@ print("copy-missing", code(lambda: s3.copy_object(Bucket="digests", Key="x", Cop
     };
     assert_eq!(
         names,
-        ["digests/c", "digests/m", "digests/m-copy", "digests/meta", "digests/ok"],
+        ["digests/c", "digests/cond", "digests/m", "digests/m-copy", "digests/meta", "digests/ok", "digests/race"],
         "dfs files behind the keys"
     );
 
@@ -429,10 +459,46 @@ fn two_engines_over_postgresql_serve_the_same_buckets() {
     write(&s3.scratch("obj"), &data);
     s3.aws(&["s3", "mb", "s3://shared"]);
     s3.aws(&["s3", "cp", "obj", "s3://shared/one/obj"]);
-    s3.endpoint = second;
+    s3.endpoint = second.clone();
     assert!(s3.aws(&["s3", "ls"]).contains("shared"), "the second engine does not list the bucket");
     s3.aws(&["s3", "cp", "s3://shared/one/obj", "obj.back"]);
     assert_bytes_eq(&std::fs::read(s3.scratch("obj.back")).expect("download"), &data, "read through the other engine");
+    // Writers on both engines race for one new key with If-None-Match: *; PostgreSQL lets
+    // exactly one win.
+    let mut race = Command::new("python3");
+    race.arg("-c")
+        .arg(
+            r#"
+import os, boto3, botocore, concurrent.futures
+from botocore.config import Config
+cfg = Config(s3={"addressing_style": "path"}, max_pool_connections=16)
+engines = [boto3.client("s3", endpoint_url=e, config=cfg) for e in (os.environ["S3_ENDPOINT"], os.environ["S3_SECOND"])]
+def racer(i):
+    try:
+        engines[i % 2].put_object(Bucket="shared", Key="race", Body=b"writer %d" % i, IfNoneMatch="*")
+        return i
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    outcomes = list(pool.map(racer, range(16)))
+winners = [o for o in outcomes if isinstance(o, int)]
+print(len(winners), sorted(set(o for o in outcomes if not isinstance(o, int))),
+      engines[1].get_object(Bucket="shared", Key="race")["Body"].read() == b"writer %d" % winners[0])
+"#,
+        )
+        .env("S3_SECOND", &s3.endpoint);
+    s3.endpoint = first.clone();
+    s3.env(&mut race, SECRET);
+    let out = race.output().expect("cannot run python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    s3.cluster.note(&format!(
+        "$ python3 (race over two engines) -> {}\n{text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    assert_eq!(text.trim(), "1 ['PreconditionFailed'] True", "{}", String::from_utf8_lossy(&out.stderr));
+    s3.aws(&["s3", "rm", "s3://shared/race"]);
+    s3.endpoint = second.clone();
     s3.aws(&["s3", "rm", "s3://shared/one/obj"]);
     s3.endpoint = first;
     assert_eq!(

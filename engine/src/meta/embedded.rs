@@ -7,8 +7,9 @@
 //! chunk; tables `buckets` and `objects` hold the S3 buckets and their keys (`objects.rs`).
 //!
 //! Reads run on the calling thread (redb read transactions are cheap and concurrent). Writes
-//! of records go to one writer thread that commits whatever has queued up in a single fsynced
-//! transaction (group commit), so the io_uring threads never block on an fsync.
+//! of records, and of S3 keys, go to one writer thread that commits whatever has queued up in a
+//! single fsynced transaction (group commit), so the io_uring threads never block on an fsync
+//! and concurrent PUTs share their fsyncs.
 
 use super::{db_err, FileRecord, MetaError, NodeDirectory, Placed, PlacementChange, Queued};
 use dfs_core::repair::Reason;
@@ -44,6 +45,50 @@ enum WriteOp {
     Delete(FileId, tokio::sync::oneshot::Sender<Result<Option<FileRecord>, MetaError>>),
     /// Replaces where one chunk's copies live, if the file still exists.
     SetPlacement(Box<PlacementChange>, tokio::sync::oneshot::Sender<Result<Placed, MetaError>>),
+    /// Points a key of a bucket at an entry (an S3 PUT's last step), or removes it (`entry`
+    /// None); answers with the entry it replaced, or Err(()) when the bucket does not exist.
+    SetObject(Box<ObjectChange>, tokio::sync::oneshot::Sender<Result<ObjectSet, MetaError>>),
+}
+
+struct ObjectChange {
+    bucket: String,
+    key: Vec<u8>,
+    entry: Option<Vec<u8>>,
+    condition: super::objects::WriteCondition,
+}
+
+type ObjectSet = Result<Option<super::objects::ObjectEntry>, super::objects::KeyRefused>;
+
+/// Applies one key change inside the writer's transaction. An old entry that does not decode
+/// is replaced all the same and reported in the log: the key must follow the caller's write,
+/// and only the old entry's files are left behind (listed, not lost).
+fn set_object(txn: &redb::WriteTransaction, change: &ObjectChange) -> Result<ObjectSet, MetaError> {
+    use super::objects::{KeyRefused, ObjectEntry, WriteCondition};
+    let mut objects = txn.open_table(OBJECTS).map_err(db_err)?;
+    let key = object_key(&change.bucket, &change.key);
+    if change.condition != WriteCondition::default() {
+        let held = objects.get(key.as_slice()).map_err(db_err)?.map(|v| ObjectEntry::decode(v.value())).transpose()?;
+        if !change.condition.allows(held.as_ref()) {
+            return Ok(Err(KeyRefused::Precondition));
+        }
+    }
+    let old = match &change.entry {
+        Some(entry) => {
+            let buckets = txn.open_table(BUCKETS).map_err(db_err)?;
+            if buckets.get(change.bucket.as_str()).map_err(db_err)?.is_none() {
+                return Ok(Err(KeyRefused::NoSuchBucket));
+            }
+            objects.insert(key.as_slice(), entry.as_slice()).map_err(db_err)?.map(|v| v.value().to_vec())
+        }
+        None => objects.remove(key.as_slice()).map_err(db_err)?.map(|v| v.value().to_vec()),
+    };
+    Ok(Ok(old.and_then(|bytes| match ObjectEntry::decode(&bytes) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::error!("bucket {}: the entry a key replaced does not decode ({e}); its files stay", change.bucket);
+            None
+        }
+    })))
 }
 
 pub struct Embedded {
@@ -267,6 +312,7 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
         }
         let mut deleted: Vec<Option<FileRecord>> = Vec::with_capacity(batch.len());
         let mut placed: Vec<Placed> = Vec::with_capacity(batch.len());
+        let mut objects_set: Vec<ObjectSet> = Vec::new();
         let result = (|| -> Result<(), MetaError> {
             let txn = db.begin_write().map_err(db_err)?;
             // What this batch adds to the totals (files, bytes).
@@ -311,7 +357,18 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                             }
                             deleted.push(old);
                         }
+                        WriteOp::SetObject(..) => {
+                            deleted.push(None);
+                            placed.push(Placed::FileGone);
+                        }
                     }
+                }
+            }
+            // Key changes after the file records, in their order: a PUT's key is only ever set
+            // after its file's record committed, in this batch or an earlier one.
+            for op in &batch {
+                if let WriteOp::SetObject(change, _) = op {
+                    objects_set.push(set_object(&txn, change)?);
                 }
             }
             if (d_files, d_bytes) != (0, 0) {
@@ -329,6 +386,7 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
             tracing::error!("metadata commit failed: {e}");
         }
         let mut placed = placed.into_iter().chain(std::iter::repeat(Placed::FileGone));
+        let mut objects_set = objects_set.into_iter();
         for (op, old) in batch.into_iter().zip(deleted.into_iter().chain(std::iter::repeat(None))) {
             let placed = placed.next().unwrap_or(Placed::FileGone);
             match op {
@@ -340,6 +398,13 @@ fn writer(db: &Database, queue: mpsc::Receiver<WriteOp>) {
                 }
                 WriteOp::Delete(_, reply) => {
                     let _ = reply.send(result.as_ref().map(|_| old).map_err(|e| MetaError::Db(e.to_string())));
+                }
+                WriteOp::SetObject(_, reply) => {
+                    let set = objects_set.next();
+                    let _ = reply.send(match &result {
+                        Ok(()) => set.ok_or_else(|| MetaError::Db("a key change without its outcome".into())),
+                        Err(e) => Err(MetaError::Db(e.to_string())),
+                    });
                 }
             }
         }
@@ -357,7 +422,8 @@ fn object_key(bucket: &str, key: &[u8]) -> Vec<u8> {
 
 impl Embedded {
     /// Runs `f` in a write transaction of its own on the blocking pool, and commits it (S3's
-    /// bucket and key changes: one fsync each, beside the writer thread's group commits).
+    /// bucket changes, which are rare: one fsync each, beside the writer thread's group
+    /// commits, which carry the key changes).
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, MetaError> + Send + 'static,
@@ -431,22 +497,18 @@ impl Embedded {
         .await
     }
 
+    /// Points `key` at `entry` in the writer thread's group commit (many PUTs, one fsync).
     pub async fn put_object(
         &self,
         bucket: String,
         key: Vec<u8>,
         entry: Vec<u8>,
-    ) -> Result<Result<Option<super::objects::ObjectEntry>, ()>, MetaError> {
-        self.write(move |txn| {
-            if txn.open_table(BUCKETS).map_err(db_err)?.get(bucket.as_str()).map_err(db_err)?.is_none() {
-                return Ok(Err(()));
-            }
-            let mut t = txn.open_table(OBJECTS).map_err(db_err)?;
-            let old = t.insert(object_key(&bucket, &key).as_slice(), entry.as_slice()).map_err(db_err)?;
-            let old = old.map(|v| super::objects::ObjectEntry::decode(v.value())).transpose()?;
-            Ok(Ok(old))
-        })
-        .await
+        condition: super::objects::WriteCondition,
+    ) -> Result<ObjectSet, MetaError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let change = ObjectChange { bucket, key, entry: Some(entry), condition };
+        self.send(WriteOp::SetObject(Box::new(change), tx)).await?;
+        rx.await.map_err(|_| MetaError::WriterGone)?
     }
 
     pub fn object(&self, bucket: &str, key: &[u8]) -> Result<Option<super::objects::ObjectEntry>, MetaError> {
@@ -460,17 +522,16 @@ impl Embedded {
         found.map(|v| super::objects::ObjectEntry::decode(v.value())).transpose()
     }
 
+    /// Removes `key` in the writer thread's group commit; returns the entry it held.
     pub async fn delete_object(
         &self,
         bucket: String,
         key: Vec<u8>,
     ) -> Result<Option<super::objects::ObjectEntry>, MetaError> {
-        self.write(move |txn| {
-            let mut t = txn.open_table(OBJECTS).map_err(db_err)?;
-            let old = t.remove(object_key(&bucket, &key).as_slice()).map_err(db_err)?;
-            old.map(|v| super::objects::ObjectEntry::decode(v.value())).transpose()
-        })
-        .await
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let change = ObjectChange { bucket, key, entry: None, condition: Default::default() };
+        self.send(WriteOp::SetObject(Box::new(change), tx)).await?;
+        Ok(rx.await.map_err(|_| MetaError::WriterGone)??.unwrap_or(None))
     }
 
     pub fn objects(

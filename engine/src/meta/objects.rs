@@ -88,6 +88,51 @@ impl ObjectEntry {
     }
 }
 
+/// One side of a write's precondition: any entry (`*`), or an entry with this ETag (no quotes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ETagMatch {
+    Any,
+    ETag(String),
+}
+
+/// S3's conditional write: a precondition on the entry a key holds, checked in the same
+/// transaction that sets the key, so two writers cannot both pass it. `if_match`: the key
+/// holds an entry that matches; `if_none_match`: it holds none that matches (`*`: no entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteCondition {
+    pub if_match: Option<ETagMatch>,
+    pub if_none_match: Option<ETagMatch>,
+}
+
+impl WriteCondition {
+    /// Whether a key holding `existing` may be written.
+    pub fn allows(&self, existing: Option<&ObjectEntry>) -> bool {
+        let hits = |m: &ETagMatch, e: &ObjectEntry| match m {
+            ETagMatch::Any => true,
+            ETagMatch::ETag(t) => t.trim_matches('"') == e.etag,
+        };
+        if let Some(m) = &self.if_match {
+            if !existing.is_some_and(|e| hits(m, e)) {
+                return false;
+            }
+        }
+        if let Some(m) = &self.if_none_match {
+            if existing.is_some_and(|e| hits(m, e)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Why a key was not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefused {
+    NoSuchBucket,
+    /// The write's condition did not hold.
+    Precondition,
+}
+
 /// How deleting a bucket went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BucketDeleted {
@@ -280,17 +325,19 @@ impl MetaStore {
         }
     }
 
-    /// Points `key` of `bucket` at `entry`'s file; returns the entry it replaced (whose file
-    /// the caller deletes). Err(None): no such bucket.
+    /// Points `key` of `bucket` at `entry`'s file if `condition` allows what it holds; returns
+    /// the entry it replaced (whose files the caller deletes).
     pub async fn put_object(
         &self,
         bucket: &str,
         key: &[u8],
         entry: &ObjectEntry,
-    ) -> Result<Result<Option<ObjectEntry>, ()>, MetaError> {
+        condition: &WriteCondition,
+    ) -> Result<Result<Option<ObjectEntry>, KeyRefused>, MetaError> {
+        let (bucket, key, bytes, condition) = (bucket.to_string(), key.to_vec(), entry.encode(), condition.clone());
         match self {
-            MetaStore::Embedded(e) => e.put_object(bucket.to_string(), key.to_vec(), entry.encode()).await,
-            MetaStore::Postgres(p) => p.put_object(bucket.to_string(), key.to_vec(), entry.encode()).await,
+            MetaStore::Embedded(e) => e.put_object(bucket, key, bytes, condition).await,
+            MetaStore::Postgres(p) => p.put_object(bucket, key, bytes, condition).await,
         }
     }
 
@@ -327,6 +374,27 @@ impl MetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_conditions_follow_s3() {
+        let entry = |etag: &str| ObjectEntry {
+            etag: etag.into(),
+            ..ObjectEntry::headers_only(None, None, None, None, Vec::new())
+        };
+        let e = entry("abc");
+        let cond = |m: Option<ETagMatch>, n: Option<ETagMatch>| WriteCondition { if_match: m, if_none_match: n };
+        let tag = |t: &str| Some(ETagMatch::ETag(t.into()));
+        assert!(WriteCondition::default().allows(None) && WriteCondition::default().allows(Some(&e)));
+        assert!(cond(Some(ETagMatch::Any), None).allows(Some(&e)));
+        assert!(!cond(Some(ETagMatch::Any), None).allows(None));
+        assert!(cond(tag("\"abc\""), None).allows(Some(&e)));
+        assert!(!cond(tag("abd"), None).allows(Some(&e)));
+        assert!(!cond(tag("abc"), None).allows(None));
+        assert!(cond(None, Some(ETagMatch::Any)).allows(None));
+        assert!(!cond(None, Some(ETagMatch::Any)).allows(Some(&e)));
+        assert!(cond(None, tag("old")).allows(Some(&e)) && cond(None, tag("old")).allows(None));
+        assert!(!cond(None, tag("abc")).allows(Some(&e)));
+    }
 
     #[test]
     fn the_key_after_a_prefix_skips_everything_under_it() {

@@ -487,7 +487,9 @@ impl Postgres {
         bucket: String,
         key: Vec<u8>,
         entry: Vec<u8>,
-    ) -> Result<Result<Option<super::objects::ObjectEntry>, ()>, MetaError> {
+        condition: super::objects::WriteCondition,
+    ) -> Result<Result<Option<super::objects::ObjectEntry>, super::objects::KeyRefused>, MetaError> {
+        use super::objects::{KeyRefused, ObjectEntry};
         self.run("recording an object", move |mut c| async move {
             let e = pg_err("recording an object");
             let txn = c.transaction().await.map_err(&e)?;
@@ -497,21 +499,41 @@ impl Postgres {
                 .map_err(&e)?
                 .is_none()
             {
-                return Ok(Err(()));
+                return Ok(Err(KeyRefused::NoSuchBucket));
             }
+            // The row is locked from here to the commit: a condition checked on it holds when
+            // the new entry is written. A key with no row yet is claimed by the INSERT below,
+            // whose conflict with a concurrent first write fails one of them.
             let old = txn
                 .query_opt("SELECT entry FROM dfs_objects WHERE bucket = $1 AND key = $2 FOR UPDATE", &[&bucket, &key])
                 .await
                 .map_err(&e)?;
-            txn.execute(
-                "INSERT INTO dfs_objects (bucket, key, entry) VALUES ($1, $2, $3) \
-                 ON CONFLICT (bucket, key) DO UPDATE SET entry = excluded.entry",
-                &[&bucket, &key, &entry],
-            )
-            .await
-            .map_err(&e)?;
+            let old = old.map(|r| ObjectEntry::decode(r.get::<_, &[u8]>(0))).transpose()?;
+            if !condition.allows(old.as_ref()) {
+                return Ok(Err(KeyRefused::Precondition));
+            }
+            let written = if old.is_none() && condition.if_none_match.is_some() {
+                // Must not exist: a row inserted meanwhile by another engine makes this write
+                // lose, not overwrite it.
+                txn.execute(
+                    "INSERT INTO dfs_objects (bucket, key, entry) VALUES ($1, $2, $3) ON CONFLICT (bucket, key) DO NOTHING",
+                    &[&bucket, &key, &entry],
+                )
+                .await
+                .map_err(&e)?
+            } else {
+                txn.execute(
+                    "INSERT INTO dfs_objects (bucket, key, entry) VALUES ($1, $2, $3) \
+                     ON CONFLICT (bucket, key) DO UPDATE SET entry = excluded.entry",
+                    &[&bucket, &key, &entry],
+                )
+                .await
+                .map_err(&e)?
+            };
+            if written == 0 {
+                return Ok(Err(KeyRefused::Precondition));
+            }
             txn.commit().await.map_err(&e)?;
-            let old = old.map(|r| super::objects::ObjectEntry::decode(r.get::<_, &[u8]>(0))).transpose()?;
             Ok(Ok(old))
         })
         .await

@@ -4,7 +4,8 @@
 //! awaits it).
 
 use crate::meta::objects::{
-    bad_bucket_name, upload_key, BucketDeleted, ObjectEntry, PartRef, MAX_KEY_BYTES, UPLOADS_BUCKET,
+    bad_bucket_name, upload_key, BucketDeleted, ETagMatch, KeyRefused, ObjectEntry, PartRef, WriteCondition,
+    MAX_KEY_BYTES, UPLOADS_BUCKET,
 };
 use crate::put::{put_buffered, BodySource, BufferedPutError};
 use crate::state::EngineState;
@@ -77,15 +78,32 @@ fn check_key(key: &str) -> S3Result<()> {
     Ok(())
 }
 
-/// Conditional writes are not served yet: refused, rather than done as if unconditional.
-fn no_conditions(any: bool) -> S3Result<()> {
-    if any {
-        return Err(s3_error!(
-            NotImplemented,
-            "conditional writes (If-Match, If-None-Match on a write) are not supported yet"
-        ));
+/// A write's If-Match and If-None-Match, as the metadata checks them when it sets the key.
+fn write_condition(if_match: Option<ETagCondition>, if_none_match: Option<ETagCondition>) -> WriteCondition {
+    let side = |c: ETagCondition| match c {
+        ETagCondition::Any => ETagMatch::Any,
+        ETagCondition::ETag(e) => ETagMatch::ETag(e.value().to_string()),
+    };
+    WriteCondition { if_match: if_match.map(side), if_none_match: if_none_match.map(side) }
+}
+
+/// Refuses a conditional write early, before its body is stored, when the key already fails
+/// the condition. (The metadata checks it again when it sets the key.)
+async fn check_write_condition(
+    state: &EngineState,
+    bucket: &str,
+    key: &str,
+    condition: &WriteCondition,
+) -> S3Result<()> {
+    if *condition == WriteCondition::default() {
+        return Ok(());
     }
-    Ok(())
+    let held = state.meta.object(bucket, key.as_bytes()).await.map_err(meta_err)?;
+    if condition.allows(held.as_ref()) {
+        Ok(())
+    } else {
+        Err(s3_error!(PreconditionFailed, "the key does not meet If-Match / If-None-Match"))
+    }
 }
 
 /// GET and HEAD preconditions (If-Match, If-Unmodified-Since: 412; If-None-Match,
@@ -489,21 +507,61 @@ fn lower_meta(m: Option<Metadata>) -> Vec<(String, String)> {
 
 /// Points `key` at `entry`'s files; the files it pointed at before go. If the bucket is gone
 /// meanwhile, `entry`'s files go instead.
-async fn point_key(state: &EngineState, bucket: &str, key: &str, entry: &ObjectEntry) -> S3Result<()> {
-    match state.meta.put_object(bucket, key.as_bytes(), entry).await {
+async fn point_key(
+    state: &EngineState,
+    bucket: &str,
+    key: &str,
+    entry: &ObjectEntry,
+    condition: &WriteCondition,
+) -> S3Result<()> {
+    set_key(state, bucket, key.as_bytes(), entry, condition).await
+}
+
+/// Points `key` of `bucket` at `entry` (an object, or an upload's part), then deletes the files
+/// of the entry it replaced; when the key is not set, `entry`'s files go. When the metadata
+/// answers an error, the key may or may not have been set (a commit whose answer was lost):
+/// it is read again, and `entry`'s files are deleted only if the key does not point at them.
+async fn set_key(
+    state: &EngineState,
+    bucket: &str,
+    key: &[u8],
+    entry: &ObjectEntry,
+    condition: &WriteCondition,
+) -> S3Result<()> {
+    match state.meta.put_object(bucket, key, entry, condition).await {
         Ok(Ok(Some(old))) => {
             drop_object(state, &old).await;
             Ok(())
         }
         Ok(Ok(None)) => Ok(()),
-        Ok(Err(())) => {
+        Ok(Err(KeyRefused::NoSuchBucket)) => {
             drop_object(state, entry).await;
             Err(s3_error!(NoSuchBucket))
         }
-        Err(e) => {
+        Ok(Err(KeyRefused::Precondition)) => {
             drop_object(state, entry).await;
-            Err(meta_err(e))
+            Err(s3_error!(PreconditionFailed, "the key does not meet If-Match / If-None-Match"))
         }
+        Err(e) => match state.meta.object(bucket, key).await {
+            Ok(Some(held)) if held.parts == entry.parts => {
+                tracing::warn!(
+                    "bucket {bucket}: a key was set though its commit answered an error ({e}); \
+                     the files of what it held before, if anything, are left for an operator"
+                );
+                Ok(())
+            }
+            Ok(_) => {
+                drop_object(state, entry).await;
+                Err(meta_err(e))
+            }
+            Err(again) => {
+                tracing::error!(
+                    "bucket {bucket}: setting a key answered an error ({e}) and reading it back too ({again}); \
+                     its new files are kept, since the key may point at them"
+                );
+                Err(s3_error!(ServiceUnavailable, "the outcome of this write is unknown: {e}"))
+            }
+        },
     }
 }
 
@@ -668,12 +726,13 @@ impl S3 for DfsS3 {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let state = self.state.clone();
-        let input = req.input;
+        let mut input = req.input;
         let trailers = req.trailing_headers;
         local("PutObject", async move {
             check_key(&input.key)?;
-            no_conditions(input.if_match.is_some() || input.if_none_match.is_some())?;
+            let condition = write_condition(input.if_match.take(), input.if_none_match.take());
             require_bucket(&state, &input.bucket).await?;
+            check_write_condition(&state, &input.bucket, &input.key, &condition).await?;
             let digests = digests_of!(input);
             let name = format!("{}/{}", input.bucket, input.key);
             let stored = store_body(&state, name, input.body, input.content_length, digests, trailers).await?;
@@ -689,7 +748,7 @@ impl S3 for DfsS3 {
             entry.parts = vec![PartRef { file_id: stored.file_id.0, size: stored.size }];
             entry.size = stored.size;
             entry.etag = stored.md5_hex.clone();
-            point_key(&state, &input.bucket, &input.key, &entry).await?;
+            point_key(&state, &input.bucket, &input.key, &entry, &condition).await?;
             let c = stored.computed;
             Ok(S3Response::new(PutObjectOutput {
                 e_tag: Some(ETag::Strong(stored.md5_hex)),
@@ -1030,7 +1089,7 @@ impl S3 for DfsS3 {
             entry.size = stored.size;
             entry.etag = stored.md5_hex.clone();
             let modified = entry.modified_unix_ms;
-            point_key(&state, &input.bucket, &input.key, &entry).await?;
+            point_key(&state, &input.bucket, &input.key, &entry, &WriteCondition::default()).await?;
             Ok(S3Response::new(CopyObjectOutput {
                 copy_object_result: Some(CopyObjectResult {
                     e_tag: Some(ETag::Strong(stored.md5_hex)),
@@ -1061,9 +1120,10 @@ impl S3 for DfsS3 {
                 lower_meta(input.metadata),
             );
             let at = upload_key(&input.bucket, &input.key, &upload_id);
-            match state.meta.put_object(UPLOADS_BUCKET, &at, &headers).await.map_err(meta_err)? {
-                Ok(_) => {}
-                Err(()) => return Err(s3_error!(InternalError, "the uploads namespace is missing")),
+            match state.meta.put_object(UPLOADS_BUCKET, &at, &headers, &WriteCondition::default()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(s3_error!(InternalError, "the uploads namespace is missing")),
+                Err(e) => return Err(meta_err(e)),
             }
             Ok(S3Response::new(CreateMultipartUploadOutput {
                 bucket: Some(input.bucket),
@@ -1099,18 +1159,7 @@ impl S3 for DfsS3 {
             part.size = stored.size;
             part.etag = stored.md5_hex.clone();
             let at = crate::meta::objects::part_key(&input.upload_id, input.part_number as u32);
-            match state.meta.put_object(UPLOADS_BUCKET, &at, &part).await {
-                Ok(Ok(Some(old))) => drop_object(&state, &old).await,
-                Ok(Ok(None)) => {}
-                Ok(Err(())) => {
-                    drop_object(&state, &part).await;
-                    return Err(s3_error!(InternalError, "the uploads namespace is missing"));
-                }
-                Err(e) => {
-                    drop_object(&state, &part).await;
-                    return Err(meta_err(e));
-                }
-            }
+            set_key(&state, UPLOADS_BUCKET, &at, &part, &WriteCondition::default()).await?;
             let c = stored.computed;
             Ok(S3Response::new(UploadPartOutput {
                 e_tag: Some(ETag::Strong(stored.md5_hex)),
@@ -1130,11 +1179,12 @@ impl S3 for DfsS3 {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let state = self.state.clone();
-        let input = req.input;
+        let mut input = req.input;
         local("CompleteMultipartUpload", async move {
             use s3s::crypto::Checksum as _;
             check_upload_id(&input.upload_id)?;
-            no_conditions(input.if_match.is_some() || input.if_none_match.is_some())?;
+            let condition = write_condition(input.if_match.take(), input.if_none_match.take());
+            check_write_condition(&state, &input.bucket, &input.key, &condition).await?;
             let listed = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
             if listed.is_empty() {
                 return Err(s3_error!(MalformedXML, "the request lists no part"));
@@ -1190,7 +1240,7 @@ impl S3 for DfsS3 {
                     drop_object(&state, &part).await;
                 }
             }
-            point_key(&state, &input.bucket, &input.key, &entry).await?;
+            point_key(&state, &input.bucket, &input.key, &entry, &condition).await?;
             Ok(S3Response::new(CompleteMultipartUploadOutput {
                 bucket: Some(input.bucket.clone()),
                 key: Some(input.key.clone()),
