@@ -825,16 +825,16 @@ fn assert_files_eq(got: &Path, want: &Path, what: &str) {
     }
 }
 
-/// 100 MiB and 1 GiB up and down through each client with its own defaults for multipart
-/// (aws-cli: 8 MiB parts, 10 at once; boto3's transfer manager: the same; rclone: one PUT up
-/// to 200 MiB, then 5 MiB parts; s3cmd: 15 MiB parts), byte-identical, each object's ETag the
-/// multipart form its client's part count gives. Each object is deleted before the next
-/// client's, so the test holds one at a time.
+/// 0 B, 1 B, 5 MiB, 100 MiB and 1 GiB up and down through each client with its own defaults
+/// for multipart (aws-cli: 8 MiB parts from 8 MiB on, 10 at once; boto3's transfer manager:
+/// the same; rclone: one PUT below 200 MiB, then 5 MiB parts; s3cmd: 15 MiB parts above 15
+/// MiB), byte-identical, each object's ETag the form its client's part count gives. Each object
+/// is deleted before the next client's, so the test holds one at a time.
 #[test]
-fn each_client_moves_100_mib_and_1_gib_with_its_own_multipart() {
+fn each_client_moves_0_b_to_1_gib_with_its_own_multipart() {
     let s3 = S3::start();
     s3.aws(&["s3", "mb", "s3://large"]);
-    for (size, name) in [(100u64 << 20, "100m"), (1u64 << 30, "1g")] {
+    for (size, name) in [(0u64, "0b"), (1, "1b"), (5 << 20, "5m"), (100 << 20, "100m"), (1 << 30, "1g")] {
         write_large(&s3.scratch(name), size);
         let source = s3.scratch(name);
         for client in ["aws", "boto3", "rclone", "s3cmd"] {
@@ -868,11 +868,10 @@ s3.download_file("large", "{key}", "{back}")
             assert_files_eq(&s3.scratch(&back), &source, &format!("{name} through {client}"));
             std::fs::remove_file(s3.scratch(&back)).expect("rm");
             let head = s3.aws(&["s3api", "head-object", "--bucket", "large", "--key", &key, "--query", "ETag"]);
-            let parts = match (client, size) {
-                ("rclone", s) if s <= 200 << 20 => None,
-                ("rclone", s) => Some(s.div_ceil(5 << 20)),
-                ("s3cmd", s) => Some(s.div_ceil(15 << 20)),
-                (_, s) => Some(s.div_ceil(8 << 20)),
+            let parts = match client {
+                "rclone" => (size >= 200 << 20).then(|| size.div_ceil(5 << 20)),
+                "s3cmd" => (size > 15 << 20).then(|| size.div_ceil(15 << 20)),
+                _ => (size >= 8 << 20).then(|| size.div_ceil(8 << 20)),
             };
             match parts {
                 Some(n) => assert!(head.trim().ends_with(&format!("-{n}\\\"\"")), "{client} {name}: ETag {head}"),
