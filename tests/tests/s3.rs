@@ -1001,3 +1001,23 @@ print("whole", hashlib.sha256(got).hexdigest() == hashlib.sha256(b"".join(parts)
     s3.aws(&["s3", "rm", "s3://multi/obj", "--only-show-errors"]);
     assert!(s3.cluster.ls().is_empty(), "the parts' files went with the object");
 }
+
+/// A key's commit that succeeds but answers an error (a lost answer, made by a failpoint): the
+/// engine reads the key back, finds it pointing at the new object, and keeps the object's file,
+/// so the key never lists without its data. (Before, the new file was deleted on any error, and
+/// the key pointed at nothing readable.)
+#[test]
+fn a_key_whose_commit_answer_is_lost_keeps_its_data() {
+    let s3 = S3::start_with(ClusterOpts {
+        engine_env: vec![("DFS_FAILPOINTS".into(), "s3-key-answer-lost".into())],
+        ..ClusterOpts::default()
+    });
+    s3.aws(&["s3", "mb", "s3://lost"]);
+    let data = pseudo_random_bytes(95, 300_000);
+    write(&s3.scratch("obj"), &data);
+    s3.aws(&["s3", "cp", "obj", "s3://lost/obj", "--only-show-errors"]);
+    s3.aws(&["s3", "cp", "s3://lost/obj", "back", "--only-show-errors"]);
+    assert_bytes_eq(&std::fs::read(s3.scratch("back")).expect("download"), &data, "the object after a lost answer");
+    let log = std::fs::read_to_string(s3.cluster.engine_stderr_log()).expect("engine log");
+    assert!(log.contains("a key was set though its commit answered an error"), "the engine said nothing: {log}");
+}

@@ -528,7 +528,12 @@ async fn set_key(
     entry: &ObjectEntry,
     condition: &WriteCondition,
 ) -> S3Result<()> {
-    match state.meta.put_object(bucket, key, entry, condition).await {
+    let mut answer = state.meta.put_object(bucket, key, entry, condition).await;
+    if answer.is_ok() && dfs_runtime::failpoint::is_on("s3-key-answer-lost") {
+        // Tests: the key is set, but its commit's answer reads as an error.
+        answer = Err(crate::meta::MetaError::Db("failpoint s3-key-answer-lost: the commit's answer was lost".into()));
+    }
+    match answer {
         Ok(Ok(Some(old))) => {
             drop_object(state, &old).await;
             Ok(())
