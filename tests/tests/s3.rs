@@ -887,7 +887,8 @@ s3.download_file("large", "{key}", "{back}")
 /// A GET through S3 never returns a wrong byte: a small object (read whole, its chunks in
 /// parallel) and a large one (streamed block by block) with one copy of a chunk corrupt on disk
 /// read back byte-identical from the other copy, whole and by range; with every copy of a chunk
-/// corrupt, the client gets an error, not the damaged bytes.
+/// corrupt, the client gets an error, not the damaged bytes: for the small object an S3 error
+/// naming the chunk, before any byte.
 #[test]
 fn s3_reads_from_the_sound_copy_and_never_returns_a_damaged_byte() {
     let s3 = S3::start();
@@ -922,6 +923,13 @@ fn s3_reads_from_the_sound_copy_and_never_returns_a_damaged_byte() {
         std::fs::remove_file(s3.scratch("back")).expect("rm");
         let failed = s3.aws_with(SECRET, &["s3", "cp", &format!("s3://sound/{key}"), "back", "--only-show-errors"]);
         assert!(!failed.status.success(), "{key}: a download with every copy of a chunk bad succeeded");
+        if key == "small" {
+            // Read whole before its answer starts: an S3 error that names the file and chunk.
+            let out = s3.aws_with(SECRET, &["s3api", "get-object", "--bucket", "sound", "--key", key, "whole"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains("InternalError"), "{err}");
+            assert!(dfs_tests::mentions_chunk(&err, &id, 1), "the error names file {id} chunk 1: {err}");
+        }
         if let Ok(got) = std::fs::read(s3.scratch("back")) {
             assert!(got != *data && got.len() < data.len(), "{key}: whatever was written stops short");
             assert_bytes_eq(&got, &data[..got.len()], &format!("{key}: the bytes before the bad chunk"));

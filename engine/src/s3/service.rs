@@ -24,6 +24,8 @@ pub const S3_CHUNK_CAP_BYTES: u64 = 8 << 20;
 const MAX_LIST_KEYS: usize = 1000;
 /// Verified bytes queued between a download's reader and the response body.
 const GET_QUEUE_PIECES: usize = 4;
+/// A GET of at most this many bytes is read whole before its answer starts (see `get_object`).
+const WHOLE_BODY_BYTES: u64 = 1 << 20;
 
 pub struct DfsS3 {
     pub state: Arc<EngineState>,
@@ -795,16 +797,36 @@ impl S3 for DfsS3 {
                 let _counted = crate::status::InProgress::download();
                 stream_object(&reader_state, &reader_entry, start, end, tx).await;
             });
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                let item = rx.recv().await?;
-                if let Ok(bytes) = &item {
-                    crate::metrics::S3_BYTES_OUT.inc_by(bytes.len() as u64);
-                    crate::status::ACTIVITY.add_bytes(0, bytes.len() as u64);
+            let body = if end - start <= WHOLE_BODY_BYTES {
+                // A small body is read whole before the status line goes out, so a chunk with
+                // no readable copy is an S3 error naming it, not a body cut short.
+                let mut rx = rx;
+                let mut whole = Vec::with_capacity((end - start) as usize);
+                while let Some(piece) = rx.recv().await {
+                    match piece {
+                        Ok(bytes) => whole.extend_from_slice(&bytes),
+                        Err(e) => return Err(s3_error!(InternalError, "{e}")),
+                    }
                 }
-                Some((item, rx))
-            });
+                if whole.len() as u64 != end - start {
+                    let why = format!("{} of the {} bytes asked for could be read", whole.len(), end - start);
+                    return Err(s3_error!(InternalError, "{why}"));
+                }
+                crate::metrics::S3_BYTES_OUT.inc_by(whole.len() as u64);
+                crate::status::ACTIVITY.add_bytes(0, whole.len() as u64);
+                StreamingBlob::from(s3s::Body::from(Bytes::from(whole)))
+            } else {
+                StreamingBlob::wrap(futures_util::stream::unfold(rx, |mut rx| async move {
+                    let item = rx.recv().await?;
+                    if let Ok(bytes) = &item {
+                        crate::metrics::S3_BYTES_OUT.inc_by(bytes.len() as u64);
+                        crate::status::ACTIVITY.add_bytes(0, bytes.len() as u64);
+                    }
+                    Some((item, rx))
+                }))
+            };
             let output = GetObjectOutput {
-                body: Some(StreamingBlob::wrap(stream)),
+                body: Some(body),
                 content_length: Some((end - start) as i64),
                 content_range,
                 accept_ranges: Some("bytes".into()),
