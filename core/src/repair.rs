@@ -2,6 +2,11 @@
 //! rule it keeps: repair never lowers the number of copies that may be sound. Only a copy
 //! proven missing or corrupt is replaced; a copy that could not be checked, or that is on a
 //! node believed down, is kept.
+//!
+//! [`repair_chunk`] is the procedure itself, over the I/O a [`RepairIo`] supplies: the engine
+//! runs it over its nodes and metadata, `dfs-sim` over simulated ones.
+
+use dfs_proto::{ChunkId, FileId};
 
 /// What checking one chunk's recorded copies found, node by node. Every recorded node is in
 /// exactly one list.
@@ -293,4 +298,273 @@ mod tests {
         assert!(Outcome::Repaired.settled() && Outcome::Sound.settled() && Outcome::Lost.settled());
         assert!(!Outcome::Short.settled() && !Outcome::Unchecked.settled() && !Outcome::Unavailable.settled());
     }
+}
+
+/// What checking one recorded copy found (an EXISTS, its answer against the recorded length
+/// and crc32), as the I/O layer reports it.
+#[derive(Debug)]
+pub enum Found<E> {
+    Sound,
+    /// The node answered that it holds no such chunk.
+    Missing,
+    /// Proven bad: what the node holds, against what was stored.
+    Corrupt(String),
+    /// The check failed for a reason that says nothing about the copy.
+    Unknown(E),
+    /// The node did not answer.
+    Down(E),
+}
+
+/// Why a copy from one node to another failed.
+#[derive(Debug)]
+pub enum CopyFailed<E> {
+    /// The source could not supply verified bytes; `proven_bad` when it answered that it holds
+    /// no such chunk or other bytes (it has set the copy aside).
+    Source { proven_bad: bool, error: E },
+    /// The destination failed: no other source is tried for it.
+    Destination(E),
+}
+
+/// The answer of the metadata's compare-and-set of a chunk's placement.
+#[derive(Debug)]
+pub enum Placed<E> {
+    Set,
+    /// The file was deleted meanwhile: new copies are orphans for gc.
+    FileGone,
+    /// Another repair moved the chunk since its record was read.
+    Changed,
+    Failed(E),
+}
+
+/// The I/O that repairing one chunk needs: the nodes (check a copy, copy one verified, delete
+/// one), the engine's view of them, the writers and gc's claims, and the metadata's
+/// compare-and-set. The engine implements it over its sockets and metadata store
+/// (`engine/src/repair.rs`), `dfs-sim` over its simulated cluster; [`repair_chunk`] is the one
+/// procedure both run.
+#[allow(async_fn_in_trait)]
+pub trait RepairIo {
+    type Node: Copy + PartialEq + std::fmt::Debug + std::fmt::Display;
+    /// What a node proves on the connection that wrote a copy (its ID).
+    type Proof;
+    /// Keeps the chunk's file registered as being written while it lives.
+    type Writing;
+    type Error: std::fmt::Display;
+
+    fn replicas(&self) -> usize;
+    /// Every node of the cluster, those believed up first.
+    fn nodes_up_first(&self) -> Vec<Self::Node>;
+    fn is_up(&self, node: Self::Node) -> bool;
+    fn mark_down(&self, node: Self::Node, why: &str);
+    async fn check(&self, node: Self::Node, chunk: ChunkId) -> Found<Self::Error>;
+    /// Registers the file as being written (gc keeps off its copies) until the guard drops.
+    async fn begin_writing(&self, file_id: FileId) -> Result<Self::Writing, Self::Error>;
+    /// A copy of `chunk` is about to be written to `node` under `writing`.
+    fn will_write(&self, writing: &mut Self::Writing, chunk: ChunkId, node: Self::Node);
+    /// Whether gc holds a claim on the copy of `chunk` on `node` (it is deleting it).
+    fn claimed_by_gc(&self, chunk: ChunkId, node: Self::Node) -> bool;
+    async fn delete(&self, node: Self::Node, chunk: ChunkId) -> Result<(), Self::Error>;
+    /// Copies `chunk` from `source` to `dest`, every block verified against the record on the
+    /// way, durable on `dest` when it returns Ok.
+    async fn copy(
+        &self,
+        source: Self::Node,
+        dest: Self::Node,
+        chunk: ChunkId,
+    ) -> Result<Self::Proof, CopyFailed<Self::Error>>;
+    /// A copy has landed (for pacing and counting).
+    async fn copied(&self);
+    /// Points the chunk at `placement` if it is still recorded on `recorded`; `made` names the
+    /// new copies with what their nodes proved.
+    async fn set_placement(
+        &self,
+        chunk: ChunkId,
+        recorded: &[Self::Node],
+        placement: &[Self::Node],
+        made: &[(Self::Node, Self::Proof)],
+    ) -> Placed<Self::Error>;
+}
+
+/// What repairing one chunk has to say, for the engine's log and the pass's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Said {
+    /// Every copy is missing or corrupt (an error).
+    Lost(String),
+    /// No copy could be read now (an error).
+    Unavailable(String),
+    /// Fewer than R copies, and no other node could take one (a warning).
+    Short(String),
+    /// Left as it was, to be checked again (reported).
+    Unsettled(String),
+    /// The new placement is recorded (logged).
+    Placed(String),
+    /// A corrupt copy no longer recorded could not be deleted (a warning; gc will).
+    CorruptKept(String),
+}
+
+/// What repairing one chunk did.
+#[derive(Debug)]
+pub struct Repaired {
+    pub outcome: Outcome,
+    pub copies_made: u64,
+    pub said: Vec<Said>,
+}
+
+/// Brings one chunk, recorded on `recorded`, back to R sound copies without ever lowering the
+/// number it has: only a copy proven missing or corrupt is replaced, a new copy is durable
+/// and verified before the metadata points at it, and a corrupt copy is deleted only after
+/// that (or to make room for a sound copy on the same node, when no other node can take one).
+pub async fn repair_chunk<I: RepairIo>(io: &I, chunk: ChunkId, recorded: &[I::Node]) -> Repaired {
+    let replicas = io.replicas();
+    assert!(replicas > 0, "a chunk wants at least one copy");
+    let mut said = Vec::new();
+    let mut checked = Checked::new();
+    let mut findings = Vec::new();
+    for &node in recorded {
+        if !io.is_up(node) {
+            findings.push(format!("node {node} is down"));
+            checked.down.push(node);
+            continue;
+        }
+        match io.check(node, chunk).await {
+            Found::Sound => checked.sound.push(node),
+            Found::Missing => {
+                findings.push(format!("copy on {node} is missing"));
+                checked.missing.push(node);
+            }
+            Found::Corrupt(why) => {
+                findings.push(format!("copy on {node} is corrupt: {why}"));
+                checked.corrupt.push(node);
+            }
+            Found::Unknown(e) => {
+                findings.push(format!("copy on {node} could not be checked: {e}"));
+                checked.unknown.push(node);
+            }
+            Found::Down(e) => {
+                let why = e.to_string();
+                io.mark_down(node, &why);
+                findings.push(format!("node {node} is down: {why}"));
+                checked.down.push(node);
+            }
+        }
+    }
+    let (mut placement, dests) = match plan(recorded, &checked, &io.nodes_up_first(), replicas) {
+        Plan::Repair { keep, dests } => (keep, dests),
+        Plan::Lost => {
+            said.push(Said::Lost(format!("{chunk}: lost, every copy is missing or corrupt ({})", findings.join("; "))));
+            return Repaired { outcome: Outcome::Lost, copies_made: 0, said };
+        }
+        Plan::Unavailable => {
+            let line = format!("{chunk}: unavailable now, no copy could be read ({})", findings.join("; "));
+            said.push(Said::Unavailable(line));
+            return Repaired { outcome: Outcome::Unavailable, copies_made: 0, said };
+        }
+    };
+    let Checked { sound, mut corrupt, unknown, down, .. } = checked;
+    if !unknown.is_empty() {
+        said.push(Said::Unsettled(format!(
+            "{chunk}: left as it is, to check again next pass ({})",
+            findings.join("; ")
+        )));
+    }
+    // A new copy is an orphan to gc until the metadata points at it.
+    let mut writing = match io.begin_writing(chunk.file_id).await {
+        Ok(w) => w,
+        Err(e) => {
+            said.push(Said::Unsettled(format!("{chunk}: not repaired now: {e}")));
+            return Repaired { outcome: Outcome::Unavailable, copies_made: 0, said };
+        }
+    };
+    // The new copies, each with what its node proved on the connection that wrote it.
+    let mut made: Vec<(I::Node, I::Proof)> = Vec::new();
+    let mut source_proven_bad = false;
+    for (dest, holds_corrupt_copy) in dests {
+        if placement.len() >= replicas {
+            break;
+        }
+        if !io.is_up(dest) {
+            continue;
+        }
+        // Registered as a writer above, before this look: a gc pass that claims the chunk here
+        // later sees the writer and keeps off.
+        if io.claimed_by_gc(chunk, dest) {
+            findings.push(format!("not copied to {dest}: gc is deleting an old copy there"));
+            continue;
+        }
+        if holds_corrupt_copy {
+            if let Err(e) = io.delete(dest, chunk).await {
+                findings.push(format!("corrupt copy on {dest} not removed: {e}"));
+                continue;
+            }
+            corrupt.retain(|&n| n != dest);
+        }
+        io.will_write(&mut writing, chunk, dest);
+        // From the first sound copy that supplies verified bytes.
+        let mut why = Vec::new();
+        let mut proof = None;
+        for &source in &sound {
+            match io.copy(source, dest, chunk).await {
+                Ok(p) => {
+                    proof = Some(p);
+                    break;
+                }
+                Err(CopyFailed::Source { proven_bad, error }) => {
+                    source_proven_bad |= proven_bad;
+                    why.push(format!("source {source}: {error}"));
+                }
+                Err(CopyFailed::Destination(e)) => {
+                    why.push(e.to_string());
+                    break;
+                }
+            }
+        }
+        match proof {
+            Some(p) => {
+                io.copied().await;
+                placement.push(dest);
+                made.push((dest, p));
+            }
+            None => findings.push(format!("copy to {dest} failed: {}", why.join("; "))),
+        }
+    }
+    let copies_made = made.len() as u64;
+    let short = placement.len() < replicas;
+    if short {
+        said.push(Said::Short(format!(
+            "{chunk}: {} of {replicas} copies, no other node could take one ({})",
+            placement.len(),
+            findings.join("; ")
+        )));
+        keep_copies_on_down_nodes(&mut placement, &down, replicas);
+    }
+    assert!(
+        sound.iter().chain(&unknown).all(|n| placement.contains(n)),
+        "every copy that may be sound stays recorded: {placement:?}"
+    );
+    if placement != recorded {
+        match io.set_placement(chunk, recorded, &placement, &made).await {
+            Placed::Set => said.push(Said::Placed(format!("{chunk} now on {placement:?} (was {recorded:?})"))),
+            Placed::FileGone => return Repaired { outcome: Outcome::Gone, copies_made, said },
+            Placed::Changed => {
+                said.push(Said::Unsettled(format!("{chunk}: placement changed meanwhile; left to the next look")));
+                return Repaired { outcome: Outcome::Short, copies_made, said };
+            }
+            Placed::Failed(e) => {
+                said.push(Said::Unsettled(format!("{chunk}: cannot record new copies: {e}")));
+                return Repaired { outcome: Outcome::Short, copies_made, said };
+            }
+        }
+    }
+    // Corrupt copies the metadata no longer points at go last.
+    for node in corrupt.into_iter().filter(|n| !placement.contains(n)) {
+        if let Err(e) = io.delete(node, chunk).await {
+            said.push(Said::CorruptKept(format!("corrupt copy of {chunk} on {node} not removed (gc will): {e}")));
+        }
+    }
+    let outcome = outcome(Done {
+        short,
+        source_proven_bad,
+        unchecked: !unknown.is_empty(),
+        changed: !made.is_empty() || placement != recorded,
+    });
+    Repaired { outcome, copies_made, said }
 }

@@ -5,23 +5,18 @@
 //! every file ID it is uploading right now. The rule for one copy, and the order in which it
 //! asks, is `dfs_core::gc::OrphanCheck`; this module answers its questions and deletes.
 
-use crate::cluster::{self, NodeConn};
-use crate::meta::{FileRecord, NodeDirectory};
-use crate::state::EngineState;
-use dfs_core::gc::{Answer, Ask, Next, OrphanCheck, Verdict};
+use crate::cluster::{self, NodeConn, NodeError};
+use crate::meta::{FileRecord, MetaError, NodeDirectory};
+use crate::state::{EngineState, GcClaim};
+use dfs_core::gc::{Ask, GcIo, Listed};
 use dfs_proto::limits::MAX_LIST_ENTRIES;
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId};
+
+/// What a gc pass found and did.
+pub use dfs_core::gc::Collected as GcOutcome;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-#[derive(Debug, Default)]
-pub struct GcOutcome {
-    pub n_scanned: u64,
-    pub n_orphans: u64,
-    pub n_deleted: u64,
-    pub lines: Vec<String>,
-}
 
 /// Whether `record` may place chunk `chunk_idx` on the node at `addr`: by that node's ID, by
 /// an address that leads there, or by a node named by address alone (a placement not yet
@@ -64,94 +59,82 @@ pub async fn run(state: &EngineState, dry_run: bool, grace: Duration) -> Result<
     Ok(out)
 }
 
+/// Why one of gc's requests failed: the node's or the metadata's.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error("{0}")]
+    Node(NodeError),
+    #[error("{0}")]
+    Meta(#[from] MetaError),
+}
+
+impl From<NodeError> for GcError {
+    fn from(e: NodeError) -> GcError {
+        GcError::Node(e)
+    }
+}
+
+/// gc of one node over the engine's connection to it and its metadata: what
+/// [`dfs_core::gc::collect_node`] asks for, answered with real requests.
+struct EngineGc<'a> {
+    state: &'a EngineState,
+    /// The connection the node's list is read on, page after page.
+    node: NodeConn,
+    grace: Duration,
+}
+
+impl<'a> GcIo for EngineGc<'a> {
+    type Node = SocketAddr;
+    type Record = FileRecord;
+    type ListedAt = u64;
+    type Claim = GcClaim<'a>;
+    type Error = GcError;
+
+    async fn list(&self, _node: SocketAddr, after: Option<ChunkId>) -> Result<Listed<u64>, GcError> {
+        let page = cluster::chunk_list_page(&self.node, after, MAX_LIST_ENTRIES, self.grace).await?;
+        Ok(Listed { chunk_ids: page.chunk_ids, more: page.more, at: page.listed_at_unix_ms })
+    }
+
+    /// On this engine, or registered by another in the metadata.
+    async fn writing(&self, file_id: FileId) -> Result<bool, GcError> {
+        Ok(self.state.uploads_in_progress.contains(file_id) || self.state.meta.writing_elsewhere(file_id).await?)
+    }
+
+    async fn record(&self, file_id: FileId) -> Result<Option<FileRecord>, GcError> {
+        let record = self.state.meta.get(file_id).await?;
+        dfs_runtime::failpoint::pause("gc-after-record-read").await;
+        Ok(record)
+    }
+
+    fn places(&self, record: &FileRecord, chunk: ChunkId, node: SocketAddr) -> bool {
+        places(record, chunk.chunk_idx, node, &*self.state.links.health)
+    }
+
+    fn claim(&self, chunk: ChunkId, node: SocketAddr) -> Option<GcClaim<'a>> {
+        self.state.gc_claims.claim(chunk, node)
+    }
+
+    async fn delete(&self, node: SocketAddr, chunk: ChunkId, listed_at: u64) -> Result<bool, GcError> {
+        Ok(cluster::delete_listed(node, &self.state.links, chunk, listed_at).await?)
+    }
+
+    async fn answered(&self, _ask: Ask) {}
+
+    async fn deleting(&self) {
+        dfs_runtime::failpoint::pause("gc-before-delete").await;
+    }
+}
+
 async fn collect_node(
     state: &EngineState,
     addr: SocketAddr,
     dry_run: bool,
     grace: Duration,
     out: &mut GcOutcome,
-) -> Result<(), String> {
-    let node = NodeConn::checkout(addr, &state.links).await.map_err(|e| e.to_string())?;
-    let mut after: Option<ChunkId> = None;
-    // The last file's record, shared by its chunks.
-    let mut cached: Option<(FileId, Option<FileRecord>)> = None;
-    loop {
-        let cluster::ChunkListPage { chunk_ids, more, listed_at_unix_ms } =
-            cluster::chunk_list_page(&node, after, MAX_LIST_ENTRIES, grace).await.map_err(|e| e.to_string())?;
-        for &chunk_id in &chunk_ids {
-            out.n_scanned += 1;
-            // The rule and the order of its questions are dfs_core::gc's; this answers them.
-            let (mut check, mut next) = OrphanCheck::new(chunk_id, dry_run);
-            // Held from the claim until the DELETE has returned.
-            let mut claim = None;
-            let verdict = loop {
-                let answer = match next {
-                    Next::Done(verdict) => break verdict,
-                    Next::Ask(Ask::Writers) => Answer::Writers(
-                        state.uploads_in_progress.contains(chunk_id.file_id)
-                            || state.meta.writing_elsewhere(chunk_id.file_id).await.map_err(|e| e.to_string())?,
-                    ),
-                    Next::Ask(Ask::Record) => {
-                        // Chunks come in file ID order: one record lookup per file.
-                        if cached.as_ref().is_none_or(|(id, _)| *id != chunk_id.file_id) {
-                            let record = state.meta.get(chunk_id.file_id).await.map_err(|e| e.to_string())?;
-                            cached = Some((chunk_id.file_id, record));
-                            dfs_runtime::failpoint::pause("gc-after-record-read").await;
-                        }
-                        let record = cached.as_ref().and_then(|(_, r)| r.as_ref());
-                        Answer::Placed(
-                            record.is_some_and(|r| places(r, chunk_id.chunk_idx, addr, &*state.links.health)),
-                        )
-                    }
-                    Next::Ask(Ask::Claim) => {
-                        claim = state.gc_claims.claim(chunk_id, addr);
-                        Answer::Claimed(claim.is_some())
-                    }
-                    Next::Ask(Ask::FreshRecord) => {
-                        let record = state.meta.get(chunk_id.file_id).await.map_err(|e| e.to_string())?;
-                        Answer::Placed(
-                            record.is_some_and(|r| places(&r, chunk_id.chunk_idx, addr, &*state.links.health)),
-                        )
-                    }
-                };
-                next = check.answer(answer);
-            };
-            match verdict {
-                Verdict::Writing | Verdict::Referenced | Verdict::KeptOnSecondLook => {}
-                Verdict::Orphan => {
-                    out.n_orphans += 1;
-                    push_report_line(&mut out.lines, format!("{chunk_id} on {addr}"));
-                }
-                Verdict::Delete => {
-                    out.n_orphans += 1;
-                    dfs_runtime::failpoint::pause("gc-before-delete").await;
-                    // Only the copy listed: if this DELETE times out (releasing the claim) and
-                    // lands later, say on a node that hung, a copy a repair wrote there meanwhile
-                    // is newer than the listing and the node keeps it.
-                    match cluster::delete_listed(addr, &state.links, chunk_id, listed_at_unix_ms).await {
-                        Ok(true) => {
-                            out.n_deleted += 1;
-                            push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: deleted"));
-                        }
-                        Ok(false) => {
-                            out.n_orphans -= 1;
-                            push_report_line(
-                                &mut out.lines,
-                                format!("{chunk_id} on {addr}: kept, written again since the listing"),
-                            );
-                        }
-                        Err(e) => push_report_line(&mut out.lines, format!("{chunk_id} on {addr}: not deleted: {e}")),
-                    }
-                }
-            }
-            drop(claim);
-        }
-        match (more, chunk_ids.last()) {
-            (true, Some(last)) => after = Some(*last),
-            _ => break,
-        }
-    }
-    node.checkin();
+) -> Result<(), GcError> {
+    let io = EngineGc { state, node: NodeConn::checkout(addr, &state.links).await?, grace };
+    dfs_core::gc::collect_node(&io, addr, dry_run, out).await?;
+    io.node.checkin();
     Ok(())
 }
 

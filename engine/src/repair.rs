@@ -7,9 +7,11 @@
 //! [`crate::cluster::copy_chunk`]), so repair never spreads bad bytes.
 
 use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
-use crate::meta::{ChunkRecord, FileRecord, NodeDirectory, NodeSlot, Pass, PassLease, Placed, PlacementChange};
-use crate::state::EngineState;
-use dfs_core::repair::{keep_copies_on_down_nodes, outcome, plan, retry_after, Checked, Done, Outcome, Plan, Reason};
+use crate::meta::{
+    ChunkRecord, FileRecord, MetaError, NodeDirectory, NodeSlot, Pass, PassLease, Placed, PlacementChange, Writer,
+};
+use crate::state::{EngineState, UploadGuard};
+use dfs_core::repair::{retry_after, CopyFailed, Found, Outcome, Placed as CorePlaced, Reason, RepairIo, Said};
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId, Msg, NodeId, RepairSummary, Status};
 use dfs_runtime::conn::Conn;
@@ -238,34 +240,6 @@ fn placed_on(health: &cluster::Health, addr: SocketAddr) -> impl Fn(&NodeSlot) -
     }
 }
 
-/// What a node holds of one chunk, as far as one check can tell.
-enum Copy {
-    Sound,
-    /// The node answered that it has no such chunk.
-    Missing,
-    /// Proven bad: the node holds other bytes than were stored, or its copy fails verification.
-    Corrupt(String),
-    /// The check failed for a reason that says nothing about the copy (out of descriptors, an
-    /// I/O error, an unexpected answer): leave the copy alone and look again next pass.
-    Unknown(String),
-    /// The node did not answer.
-    Down(String),
-}
-
-async fn check_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId, chunk: &ChunkRecord) -> Copy {
-    match cluster::exists(addr, &state.links, chunk_id).await {
-        Ok((length, crc32)) if length == chunk.length && crc32 == chunk.crc32 => Copy::Sound,
-        Ok((length, crc32)) => Copy::Corrupt(format!(
-            "holds {length} bytes with crc32 {crc32:08x}, {} bytes with crc32 {:08x} were stored",
-            chunk.length, chunk.crc32
-        )),
-        Err(NodeError { failure: NodeFailure::Unreachable(why), .. }) => Copy::Down(why),
-        Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Copy::Missing,
-        Err(NodeError { failure: NodeFailure::Remote(Status::Corrupt, why), .. }) => Copy::Corrupt(why),
-        Err(e) => Copy::Unknown(e.to_string()),
-    }
-}
-
 /// Asks every node believed down whether it is back, so that a node restarted a moment ago is
 /// not taken for lost before the pinger's next round.
 async fn probe_down_nodes(state: &EngineState) {
@@ -277,47 +251,133 @@ async fn probe_down_nodes(state: &EngineState) {
     }
 }
 
-/// Deletes a copy proven corrupt (best effort): only ever called once the chunk has as many
-/// sound copies elsewhere as it can get, or to make room for a sound copy in its place.
-async fn remove_corrupt_copy(state: &EngineState, addr: SocketAddr, chunk_id: ChunkId) -> Result<(), String> {
-    cluster::delete(addr, &state.links, chunk_id).await.map_err(|e| e.to_string())
+/// Why one of repair's requests failed: a node's answer or the metadata's.
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error("{0}")]
+    Node(NodeError),
+    #[error("{0}")]
+    Meta(#[from] MetaError),
 }
 
-/// Copies `chunk_id` to `dest` from the first of `sources` that can supply it, and returns the
-/// ID `dest` proved. Every block of the source is verified against the recorded crc32s on the
-/// way ([`copy_chunk`]). Sets `source_proven_bad` when a source turns out not to hold the
-/// chunk or to hold other bytes (its node then sets it aside).
-async fn copy_from_any(
-    state: &EngineState,
-    sources: &[SocketAddr],
-    dest: SocketAddr,
-    chunk_id: ChunkId,
-    chunk: &ChunkRecord,
-    source_proven_bad: &mut bool,
-) -> Result<NodeId, String> {
-    let mut why = Vec::new();
-    for &source in sources {
-        match copy_chunk(source, dest, &state.links, chunk_id, chunk).await {
-            Ok(node_id) => return Ok(node_id),
-            Err(CopyError::Source(e)) => {
-                if matches!(e.failure, NodeFailure::Remote(Status::NotFound | Status::Corrupt, _)) {
-                    *source_proven_bad = true;
-                }
-                why.push(format!("source {source}: {e}"))
-            }
+impl From<NodeError> for RepairError {
+    fn from(e: NodeError) -> RepairError {
+        RepairError::Node(e)
+    }
+}
+
+/// Repair of one chunk over the engine's nodes and metadata: what [`dfs_core::repair::repair_chunk`]
+/// asks for, answered with real requests.
+struct EngineRepair<'a> {
+    state: &'a EngineState,
+    chunk: &'a ChunkRecord,
+    recorded_slots: Vec<&'a NodeSlot>,
+}
+
+impl<'a> RepairIo for EngineRepair<'a> {
+    type Node = SocketAddr;
+    type Proof = NodeId;
+    type Writing = (UploadGuard<'a>, Writer);
+    type Error = RepairError;
+
+    fn replicas(&self) -> usize {
+        self.state.config.replicas
+    }
+
+    fn nodes_up_first(&self) -> Vec<SocketAddr> {
+        self.state.links.health.up_first(&self.state.config.nodes)
+    }
+
+    fn is_up(&self, node: SocketAddr) -> bool {
+        self.state.links.health.is_up(node)
+    }
+
+    fn mark_down(&self, node: SocketAddr, why: &str) {
+        self.state.links.health.mark_down(node, why);
+    }
+
+    /// EXISTS checks the copy's sealed footer against the recorded length and crc32.
+    async fn check(&self, node: SocketAddr, chunk_id: ChunkId) -> Found<RepairError> {
+        let chunk = self.chunk;
+        match cluster::exists(node, &self.state.links, chunk_id).await {
+            Ok((length, crc32)) if length == chunk.length && crc32 == chunk.crc32 => Found::Sound,
+            Ok((length, crc32)) => Found::Corrupt(format!(
+                "holds {length} bytes with crc32 {crc32:08x}, {} bytes with crc32 {:08x} were stored",
+                chunk.length, chunk.crc32
+            )),
+            Err(e @ NodeError { failure: NodeFailure::Unreachable(_), .. }) => Found::Down(e.into()),
+            Err(NodeError { failure: NodeFailure::Remote(Status::NotFound, _), .. }) => Found::Missing,
+            Err(NodeError { failure: NodeFailure::Remote(Status::Corrupt, why), .. }) => Found::Corrupt(why),
+            Err(e) => Found::Unknown(e.into()),
+        }
+    }
+
+    /// Registered here, and with every engine sharing the metadata.
+    async fn begin_writing(&self, file_id: FileId) -> Result<Self::Writing, RepairError> {
+        let local = self.state.uploads_in_progress.begin(file_id);
+        Ok((local, self.state.meta.register_writer(file_id).await?))
+    }
+
+    fn will_write(&self, _writing: &mut Self::Writing, _chunk: ChunkId, _node: SocketAddr) {}
+
+    fn claimed_by_gc(&self, chunk: ChunkId, node: SocketAddr) -> bool {
+        self.state.gc_claims.is_claimed(chunk, node)
+    }
+
+    async fn delete(&self, node: SocketAddr, chunk: ChunkId) -> Result<(), RepairError> {
+        Ok(cluster::delete(node, &self.state.links, chunk).await?)
+    }
+
+    /// Every block of the source is verified against the recorded crc32s on the way
+    /// ([`copy_chunk`]).
+    async fn copy(
+        &self,
+        source: SocketAddr,
+        dest: SocketAddr,
+        chunk_id: ChunkId,
+    ) -> Result<NodeId, CopyFailed<RepairError>> {
+        match copy_chunk(source, dest, &self.state.links, chunk_id, self.chunk).await {
+            Ok(node_id) => Ok(node_id),
+            Err(CopyError::Source(e)) => Err(CopyFailed::Source {
+                proven_bad: matches!(e.failure, NodeFailure::Remote(Status::NotFound | Status::Corrupt, _)),
+                error: e.into(),
+            }),
             Err(CopyError::Destination(e)) => {
-                state.links.health.note_failure(&e);
-                return Err(e.to_string());
+                self.state.links.health.note_failure(&e);
+                Err(CopyFailed::Destination(e.into()))
             }
         }
     }
-    Err(why.join("; "))
+
+    async fn copied(&self) {
+        self.state.repair_pace.after(self.chunk.length).await;
+        crate::metrics::REPAIR_COPIES.inc();
+    }
+
+    async fn set_placement(
+        &self,
+        chunk_id: ChunkId,
+        recorded: &[SocketAddr],
+        placement: &[SocketAddr],
+        made: &[(SocketAddr, NodeId)],
+    ) -> CorePlaced<RepairError> {
+        let change = PlacementChange {
+            file_id: chunk_id.file_id,
+            chunk_idx: chunk_id.chunk_idx,
+            expected: self.recorded_slots.iter().map(|&s| s.clone()).collect(),
+            nodes: slots_for(placement, made, recorded, &self.recorded_slots, &*self.state.links.health),
+        };
+        match self.state.meta.set_placement(change).await {
+            Ok(Placed::Set) => CorePlaced::Set,
+            Ok(Placed::FileGone) => CorePlaced::FileGone,
+            Ok(Placed::Changed) => CorePlaced::Changed,
+            Err(e) => CorePlaced::Failed(e.into()),
+        }
+    }
 }
 
-/// Brings one chunk back to R sound copies without ever lowering the number it has: only a
-/// copy proven missing or corrupt is replaced, a new copy is durable and verified before the
-/// metadata points at it, and a corrupt copy is deleted only after that (or to make room for a
-/// sound copy on the same node, when no other node can take one).
+/// Repairs one chunk ([`dfs_core::repair::repair_chunk`] over the engine's I/O), and adds what it
+/// did and found to the pass's summary and the log.
 async fn repair_chunk(
     state: &EngineState,
     record: &FileRecord,
@@ -326,7 +386,6 @@ async fn repair_chunk(
     summary: &mut RepairSummary,
 ) -> Outcome {
     summary.n_chunks_checked += 1;
-    let replicas = state.config.replicas;
     let (recorded, recorded_slots) =
         match record.copy_addrs(chunk, &*state.links.health).and_then(|a| Ok((a, record.copy_slots(chunk)?))) {
             Ok(a) => a,
@@ -336,157 +395,33 @@ async fn repair_chunk(
                 return Outcome::Lost;
             }
         };
-    let (mut sound, mut missing, mut corrupt, mut unknown, mut down) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut findings = Vec::new();
-    for &addr in &recorded {
-        let found = if state.links.health.is_up(addr) {
-            check_copy(state, addr, chunk_id, chunk).await
-        } else {
-            Copy::Down("node is down".into())
-        };
-        match found {
-            Copy::Sound => sound.push(addr),
-            Copy::Missing => {
-                findings.push(format!("copy on {addr} is missing"));
-                missing.push(addr);
-            }
-            Copy::Corrupt(why) => {
-                findings.push(format!("copy on {addr} is corrupt: {why}"));
-                corrupt.push(addr);
-            }
-            Copy::Unknown(why) => {
-                findings.push(format!("copy on {addr} could not be checked: {why}"));
-                unknown.push(addr);
-            }
-            Copy::Down(why) => {
-                state.links.health.mark_down(addr, &why);
-                findings.push(format!("node {addr} is down: {why}"));
-                down.push(addr);
-            }
-        }
-    }
-    let checked = Checked { sound, missing, corrupt, unknown, down };
-    let others = state.links.health.up_first(&state.config.nodes);
-    let (mut placement, dests) = match plan(&recorded, &checked, &others, replicas) {
-        Plan::Repair { keep, dests } => (keep, dests),
-        lost_or_unavailable => {
-            let lost = lost_or_unavailable == Plan::Lost;
-            let line = if lost {
+    let io = EngineRepair { state, chunk, recorded_slots };
+    let repaired = dfs_core::repair::repair_chunk(&io, chunk_id, &recorded).await;
+    summary.n_copies_made += repaired.copies_made;
+    summary.bytes_copied += repaired.copies_made * chunk.length;
+    for said in repaired.said {
+        match said {
+            Said::Lost(line) => {
                 summary.n_chunks_unrecoverable += 1;
-                format!("{chunk_id}: lost, every copy is missing or corrupt ({})", findings.join("; "))
-            } else {
+                tracing::error!("repair: {line}");
+                push_report_line(&mut summary.problems, line);
+            }
+            Said::Unavailable(line) => {
                 summary.n_chunks_unavailable += 1;
-                format!("{chunk_id}: unavailable now, no copy could be read ({})", findings.join("; "))
-            };
-            tracing::error!("repair: {line}");
-            push_report_line(&mut summary.problems, line);
-            return if lost { Outcome::Lost } else { Outcome::Unavailable };
-        }
-    };
-    let Checked { sound, mut corrupt, unknown, down, .. } = checked;
-    if !unknown.is_empty() {
-        push_report_line(
-            &mut summary.problems,
-            format!("{chunk_id}: left as it is, to check again next pass ({})", findings.join("; ")),
-        );
-    }
-    // A new copy is an orphan to gc until the metadata points at it: registered as a writer
-    // here, and with every engine sharing the metadata.
-    let _writing = state.uploads_in_progress.begin(chunk_id.file_id);
-    let _registered = match state.meta.register_writer(chunk_id.file_id).await {
-        Ok(w) => w,
-        Err(e) => {
-            let line = format!("{chunk_id}: not repaired now: {e}");
-            push_report_line(&mut summary.problems, line);
-            return Outcome::Unavailable;
-        }
-    };
-    // The new copies, each with the ID its node proved on the connection that wrote it.
-    let mut made: Vec<(SocketAddr, NodeId)> = Vec::new();
-    let mut source_proven_bad = false;
-    for (dest, holds_corrupt_copy) in dests {
-        if placement.len() >= replicas {
-            break;
-        }
-        if !state.links.health.is_up(dest) {
-            continue;
-        }
-        // This repair is registered as a writer above, before this look: a gc pass that claims
-        // the chunk here later sees the writer and keeps off.
-        if state.gc_claims.is_claimed(chunk_id, dest) {
-            findings.push(format!("not copied to {dest}: gc is deleting an old copy there"));
-            continue;
-        }
-        if holds_corrupt_copy {
-            if let Err(e) = remove_corrupt_copy(state, dest, chunk_id).await {
-                findings.push(format!("corrupt copy on {dest} not removed: {e}"));
-                continue;
+                tracing::error!("repair: {line}");
+                push_report_line(&mut summary.problems, line);
             }
-            corrupt.retain(|&a| a != dest);
-        }
-        match copy_from_any(state, &sound, dest, chunk_id, chunk, &mut source_proven_bad).await {
-            Ok(node_id) => {
-                state.repair_pace.after(chunk.length).await;
-                placement.push(dest);
-                made.push((dest, node_id));
-                summary.n_copies_made += 1;
-                crate::metrics::REPAIR_COPIES.inc();
-                summary.bytes_copied += chunk.length;
+            Said::Short(line) => {
+                summary.n_chunks_degraded += 1;
+                tracing::warn!("repair: {line}");
+                push_report_line(&mut summary.problems, line);
             }
-            Err(e) => findings.push(format!("copy to {dest} failed: {e}")),
+            Said::Unsettled(line) => push_report_line(&mut summary.problems, line),
+            Said::Placed(line) => tracing::info!("repair: {line}"),
+            Said::CorruptKept(line) => tracing::warn!("repair: {line}"),
         }
     }
-    let short = placement.len() < replicas;
-    if short {
-        summary.n_chunks_degraded += 1;
-        let line = format!(
-            "{chunk_id}: {} of {replicas} copies, no other node could take one ({})",
-            placement.len(),
-            findings.join("; ")
-        );
-        tracing::warn!("repair: {line}");
-        push_report_line(&mut summary.problems, line);
-        keep_copies_on_down_nodes(&mut placement, &down, replicas);
-    }
-    if placement != recorded {
-        let change = PlacementChange {
-            file_id: chunk_id.file_id,
-            chunk_idx: chunk_id.chunk_idx,
-            expected: recorded_slots.iter().map(|&s| s.clone()).collect(),
-            nodes: slots_for(&placement, &made, &recorded, &recorded_slots, &*state.links.health),
-        };
-        match state.meta.set_placement(change).await {
-            Ok(Placed::Set) => tracing::info!("repair: {chunk_id} now on {placement:?} (was {recorded:?})"),
-            // Deleted meanwhile: the new copies are orphans for gc.
-            Ok(Placed::FileGone) => return Outcome::Gone,
-            // Moved by another repair since this one read it: the new copies are orphans for
-            // gc, and the chunk is looked at again.
-            Ok(Placed::Changed) => {
-                push_report_line(
-                    &mut summary.problems,
-                    format!("{chunk_id}: placement changed meanwhile; left to the next look"),
-                );
-                return Outcome::Short;
-            }
-            Err(e) => {
-                push_report_line(&mut summary.problems, format!("{chunk_id}: cannot record new copies: {e}"));
-                return Outcome::Short;
-            }
-        }
-    }
-    // Corrupt copies the metadata no longer points at go last.
-    for addr in corrupt.into_iter().filter(|a| !placement.contains(a)) {
-        if let Err(e) = remove_corrupt_copy(state, addr, chunk_id).await {
-            tracing::warn!("repair: corrupt copy of {chunk_id} on {addr} not removed (gc will): {e}");
-        }
-    }
-    outcome(Done {
-        short,
-        source_proven_bad,
-        unchecked: !unknown.is_empty(),
-        changed: !made.is_empty() || placement != recorded,
-    })
+    repaired.outcome
 }
 
 /// The nodes of a new placement as the metadata names them: a new copy by the ID its node

@@ -3,10 +3,10 @@
 //! different threads or across an await, this yields, so other requests can run in between.
 
 use crate::exec::{self, yield_now};
-use crate::world::{ChunkRec, Deleter, Node, NodeErr, Record, Unrecorded, World};
-use dfs_core::gc::{Answer, Ask, Next, OrphanCheck, Verdict};
+use crate::world::{ChunkRec, Deleter, Node, NodeErr, Record, Unrecorded, World, Writing};
+use dfs_core::gc::{Ask, Collected, GcIo, Listed};
 use dfs_core::placement::{ring, up_first};
-use dfs_core::repair::{keep_copies_on_down_nodes, outcome, plan, retry_after, Checked, Done, Outcome, Plan};
+use dfs_core::repair::{retry_after, CopyFailed, Found, Outcome, Placed, RepairIo};
 use dfs_core::upload::{Next as UploadNext, Upload};
 use dfs_proto::layout::{chunk_spans, crc32, Chunking};
 use dfs_proto::{ChunkId, FileId};
@@ -200,39 +200,80 @@ pub async fn delete(w: Rc<World>, file_id: FileId) -> bool {
     true
 }
 
-/// One gc pass over every node, with `dfs_core::gc::OrphanCheck` deciding each copy.
-pub async fn gc(w: Rc<World>, grace: Duration) -> u64 {
-    let mut deleted = 0;
-    for node in all_nodes(&w) {
-        let Ok((list, listed_at)) = w.chunk_list(node, grace).await else { continue };
-        for chunk in list {
-            let (mut check, mut next) = OrphanCheck::new(chunk, false);
-            let mut claimed = false;
-            let verdict = loop {
-                let answer = match next {
-                    Next::Done(v) => break v,
-                    Next::Ask(Ask::Writers) => Answer::Writers(w.is_writing(chunk.file_id)),
-                    Next::Ask(Ask::Record | Ask::FreshRecord) => Answer::Placed(w.places(chunk, node)),
-                    Next::Ask(Ask::Claim) => {
-                        claimed = w.gc_claims.borrow_mut().insert((chunk, node));
-                        Answer::Claimed(claimed)
-                    }
-                };
-                // The engine's threads go on between two questions.
-                yield_now().await;
-                next = check.answer(answer);
-            };
-            exec::trace(|| format!("gc: {chunk} on node {node}: {verdict:?}"));
-            if verdict == Verdict::Delete && w.delete(node, chunk, Some(listed_at), Deleter::Gc).await == Ok(true) {
-                deleted += 1;
-            }
-            if claimed {
-                w.gc_claims.borrow_mut().remove(&(chunk, node));
-            }
-        }
+/// gc of one node over the simulated cluster: what `dfs_core::gc::collect_node`, the procedure
+/// the engine runs, asks for.
+struct SimGc<'a> {
+    w: &'a Rc<World>,
+    grace: Duration,
+}
+
+/// gc's claim on one copy, released when dropped.
+struct SimClaim<'a>(&'a World, ChunkId, Node);
+
+impl Drop for SimClaim<'_> {
+    fn drop(&mut self) {
+        let removed = self.0.gc_claims.borrow_mut().remove(&(self.1, self.2));
+        assert!(removed, "a held claim is in the set until it is released");
     }
-    w.counts.borrow_mut().gc_deleted += deleted;
-    deleted
+}
+
+impl<'a> GcIo for SimGc<'a> {
+    type Node = Node;
+    type Record = Record;
+    type ListedAt = Duration;
+    type Claim = SimClaim<'a>;
+    type Error = NodeErr;
+
+    /// The whole list in one page.
+    async fn list(&self, node: Node, after: Option<ChunkId>) -> Result<Listed<Duration>, NodeErr> {
+        assert!(after.is_none(), "one page: nothing comes after it");
+        let (chunk_ids, at) = self.w.chunk_list(node, self.grace).await?;
+        Ok(Listed { chunk_ids, more: false, at })
+    }
+
+    async fn writing(&self, file_id: FileId) -> Result<bool, NodeErr> {
+        Ok(self.w.is_writing(file_id))
+    }
+
+    async fn record(&self, file_id: FileId) -> Result<Option<Record>, NodeErr> {
+        Ok(self.w.meta.borrow().get(&file_id).cloned())
+    }
+
+    fn places(&self, record: &Record, chunk: ChunkId, node: Node) -> bool {
+        record.chunks.get(chunk.chunk_idx as usize).is_some_and(|c| c.placement.contains(&node))
+    }
+
+    fn claim(&self, chunk: ChunkId, node: Node) -> Option<SimClaim<'a>> {
+        let fresh = self.w.gc_claims.borrow_mut().insert((chunk, node));
+        fresh.then(|| SimClaim(self.w, chunk, node))
+    }
+
+    async fn delete(&self, node: Node, chunk: ChunkId, listed_at: Duration) -> Result<bool, NodeErr> {
+        let deleted = self.w.delete(node, chunk, Some(listed_at), Deleter::Gc).await;
+        if deleted == Ok(true) {
+            self.w.counts.borrow_mut().gc_deleted += 1;
+        }
+        deleted
+    }
+
+    /// The engine's threads go on between two questions.
+    async fn answered(&self, _ask: Ask) {
+        yield_now().await;
+    }
+
+    async fn deleting(&self) {}
+}
+
+/// One gc pass over every node.
+pub async fn gc(w: Rc<World>, grace: Duration) -> u64 {
+    let mut out = Collected::default();
+    let io = SimGc { w: &w, grace };
+    for node in all_nodes(&w) {
+        // A node that does not answer is skipped, as the engine skips it.
+        let _ = dfs_core::gc::collect_node(&io, node, false, &mut out).await;
+    }
+    exec::trace(|| format!("gc: {out:?}"));
+    out.n_deleted
 }
 
 /// One repair pass over every file, with `dfs_core::repair::plan` deciding each chunk. One pass
@@ -354,99 +395,110 @@ async fn ping(w: &Rc<World>, node: Node) {
     }
 }
 
-async fn repair_chunk(w: &Rc<World>, chunk: ChunkId, c: &ChunkRec) -> Outcome {
-    let mut checked = Checked::new();
-    for &n in &c.placement {
-        if !w.is_up(n) {
-            checked.down.push(n);
-            continue;
-        }
-        match w.exists(n, chunk).await {
-            Ok((len, crc)) if len == c.length && crc == c.crc32 => checked.sound.push(n),
-            Ok(_) | Err(NodeErr::Corrupt) => checked.corrupt.push(n),
-            Err(NodeErr::NotFound) => checked.missing.push(n),
-            Err(e @ (NodeErr::Unreachable | NodeErr::TimedOut)) => {
-                w.note_failure(n, e);
-                checked.down.push(n);
-            }
-            Err(NodeErr::Io | NodeErr::Full) => checked.unknown.push(n),
+/// Repair of one chunk over the simulated cluster: what `dfs_core::repair::repair_chunk`, the
+/// procedure the engine runs, asks for.
+struct SimRepair<'a> {
+    w: &'a Rc<World>,
+    c: &'a ChunkRec,
+}
+
+impl<'a> RepairIo for SimRepair<'a> {
+    type Node = Node;
+    type Proof = u64;
+    type Writing = (Writing<'a>, Unrecorded<'a>);
+    type Error = NodeErr;
+
+    fn replicas(&self) -> usize {
+        self.w.config.replicas
+    }
+
+    fn nodes_up_first(&self) -> Vec<Node> {
+        up_first(&all_nodes(self.w), |n| self.w.is_up(n))
+    }
+
+    fn is_up(&self, node: Node) -> bool {
+        self.w.is_up(node)
+    }
+
+    fn mark_down(&self, node: Node, _why: &str) {
+        self.w.mark(node, false);
+    }
+
+    async fn check(&self, node: Node, chunk: ChunkId) -> Found<NodeErr> {
+        match self.w.exists(node, chunk).await {
+            Ok((len, crc)) if len == self.c.length && crc == self.c.crc32 => Found::Sound,
+            Ok((len, crc)) => Found::Corrupt(format!("holds {len} bytes with crc32 {crc:08x}")),
+            Err(NodeErr::Corrupt) => Found::Corrupt("its block check failed".into()),
+            Err(NodeErr::NotFound) => Found::Missing,
+            Err(e @ (NodeErr::Unreachable | NodeErr::TimedOut)) => Found::Down(e),
+            Err(e @ (NodeErr::Io | NodeErr::Full)) => Found::Unknown(e),
         }
     }
-    let others = up_first(&all_nodes(w), |n| w.is_up(n));
-    let (mut placement, dests) = match plan(&c.placement, &checked, &others, w.config.replicas) {
-        Plan::Repair { keep, dests } => (keep, dests),
-        Plan::Lost => return Outcome::Lost,
-        Plan::Unavailable => return Outcome::Unavailable,
-    };
-    let _writing = w.begin_writing(chunk.file_id);
-    let mut unrecorded = Unrecorded::new(w);
-    let mut corrupt = checked.corrupt.clone();
-    let (mut source_proven_bad, mut n_made) = (false, 0);
-    for (dest, holds_corrupt_copy) in dests {
-        if placement.len() >= w.config.replicas {
-            break;
-        }
-        if !w.is_up(dest) || w.gc_claims.borrow().contains(&(chunk, dest)) {
-            continue;
-        }
-        if holds_corrupt_copy {
-            if w.delete(dest, chunk, None, Deleter::Repair).await.is_err() {
-                continue;
-            }
-            corrupt.retain(|&n| n != dest);
-        }
-        unrecorded.add(chunk, dest);
-        // From the first sound copy that verifies, block by block, to dest.
-        let mut copied = false;
-        for &source in &checked.sound {
-            match w.fetch(source, chunk).await {
-                Ok(bytes) if bytes.len() as u64 == c.length && crc32(&bytes) == c.crc32 => {
-                    match w.store(dest, chunk, &bytes, c.crc32).await {
-                        Ok(_) => copied = true,
-                        Err(e) => w.note_failure(dest, e),
-                    }
-                    break;
-                }
-                Ok(_) => source_proven_bad = true,
-                Err(e @ (NodeErr::Corrupt | NodeErr::NotFound)) => {
-                    source_proven_bad = true;
-                    w.note_failure(source, e);
-                }
-                Err(e) => w.note_failure(source, e),
-            }
-        }
-        if copied {
-            n_made += 1;
-            placement.push(dest);
-            w.counts.borrow_mut().copies_made += 1;
-        }
+
+    async fn begin_writing(&self, file_id: FileId) -> Result<Self::Writing, NodeErr> {
+        Ok((self.w.begin_writing(file_id), Unrecorded::new(self.w)))
     }
-    let short = placement.len() < w.config.replicas;
-    if short {
-        keep_copies_on_down_nodes(&mut placement, &checked.down, w.config.replicas);
+
+    fn will_write(&self, writing: &mut Self::Writing, chunk: ChunkId, node: Node) {
+        writing.1.add(chunk, node);
     }
-    if placement != c.placement {
+
+    fn claimed_by_gc(&self, chunk: ChunkId, node: Node) -> bool {
+        self.w.gc_claims.borrow().contains(&(chunk, node))
+    }
+
+    async fn delete(&self, node: Node, chunk: ChunkId) -> Result<(), NodeErr> {
+        self.w.delete(node, chunk, None, Deleter::Repair).await.map(|_| ())
+    }
+
+    /// FETCH from the source, checked against the record, then STORE on the destination.
+    async fn copy(&self, source: Node, dest: Node, chunk: ChunkId) -> Result<u64, CopyFailed<NodeErr>> {
+        let bytes = match self.w.fetch(source, chunk).await {
+            Ok(bytes) if bytes.len() as u64 == self.c.length && crc32(&bytes) == self.c.crc32 => bytes,
+            Ok(_) => return Err(CopyFailed::Source { proven_bad: true, error: NodeErr::Corrupt }),
+            Err(e) => {
+                self.w.note_failure(source, e);
+                return Err(CopyFailed::Source {
+                    proven_bad: matches!(e, NodeErr::Corrupt | NodeErr::NotFound),
+                    error: e,
+                });
+            }
+        };
+        self.w.store(dest, chunk, &bytes, self.c.crc32).await.map_err(|e| {
+            self.w.note_failure(dest, e);
+            CopyFailed::Destination(e)
+        })
+    }
+
+    async fn copied(&self) {
+        self.w.counts.borrow_mut().copies_made += 1;
+    }
+
+    /// Compare and set, as `MetaStore::set_placement` does, after a yield (the engine awaits
+    /// the metadata).
+    async fn set_placement(
+        &self,
+        chunk: ChunkId,
+        recorded: &[Node],
+        placement: &[Node],
+        _made: &[(Node, u64)],
+    ) -> Placed<NodeErr> {
         yield_now().await;
-        let mut meta = w.meta.borrow_mut();
-        // Compare and set, as MetaStore::set_placement does.
+        let mut meta = self.w.meta.borrow_mut();
         match meta.get_mut(&chunk.file_id).map(|r| &mut r.chunks[chunk.chunk_idx as usize].placement) {
-            Some(current) if *current == c.placement => {
-                exec::trace(|| format!("repair: {chunk} placed on {placement:?} (was {:?})", c.placement));
-                current.clone_from(&placement);
+            Some(current) if current == recorded => {
+                exec::trace(|| format!("repair: {chunk} placed on {placement:?} (was {recorded:?})"));
+                *current = placement.to_vec();
+                Placed::Set
             }
-            Some(_) => return Outcome::Short,
-            None => return Outcome::Gone,
+            Some(_) => Placed::Changed,
+            None => Placed::FileGone,
         }
     }
-    for n in corrupt.into_iter().filter(|n| !placement.contains(n)) {
-        let _ = w.delete(n, chunk, None, Deleter::Repair).await;
-    }
-    outcome(Done {
-        short,
-        source_proven_bad,
-        unchecked: !checked.unknown.is_empty(),
-        changed: n_made > 0 || placement != c.placement,
-    })
+}
+
+async fn repair_chunk(w: &Rc<World>, chunk: ChunkId, c: &ChunkRec) -> Outcome {
+    dfs_core::repair::repair_chunk(&SimRepair { w, c }, chunk, &c.placement).await.outcome
 }
 
 /// The pinger: every node, every half second.

@@ -69,6 +69,12 @@ pub enum NodeErr {
     Io,
 }
 
+impl std::fmt::Display for NodeErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
 /// A committed file: per chunk, its crc32 and the nodes its copies are recorded on.
 #[derive(Clone, Debug)]
 pub struct Record {

@@ -193,9 +193,12 @@ fn a_checkpoint_during_a_large_record_hides_nothing_acknowledged() {
         })
     });
     assert!(held, "the large record was not held on any node");
-    put_small(&cluster, 20, &mut stored);
-    // A checkpoint on every node, written after those.
+    put_small(&cluster, 19, &mut stored);
+    // A checkpoint on every node, written after those. Every small file has a chunk on every
+    // node, so each node changes after `since` and checkpoints again; `since` taken after the
+    // last put instead could follow a node's last checkpoint, with nothing newer to write.
     let since = std::time::SystemTime::now();
+    put_small(&cluster, 1, &mut stored);
     let checkpointed = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
         (0..cluster.n_nodes()).all(|n| {
