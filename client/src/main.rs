@@ -232,6 +232,7 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    dfs_proto::env::forget_empty_settings();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

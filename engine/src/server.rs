@@ -12,6 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a status request waits for every node's fresh counts.
+const STATUS_PING_WAIT: Duration = Duration::from_millis(500);
+
 /// Removes a file's record, then its copies in the background. False: no such file.
 pub async fn delete_file(state: &EngineState, file_id: dfs_proto::FileId) -> Result<bool, crate::meta::MetaError> {
     let Some(record) = state.meta.delete(file_id).await? else { return Ok(false) };
@@ -122,6 +125,9 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     conn.write_msg(&reply).await?
                 }
                 Msg::ClusterStatus => {
+                    // Each node's counts as of now, not as of the pinger's last round (a file
+                    // put a moment ago is counted); a node slow to answer keeps its last report.
+                    let _ = tokio::time::timeout(STATUS_PING_WAIT, crate::cluster::ping_all(&state.links)).await;
                     let queue = &state.repair_queue;
                     let reply = Msg::ClusterStatusOk {
                         replicas: state.config.replicas as u32,

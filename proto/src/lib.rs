@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod env;
 pub mod error;
 pub mod ids;
 pub mod io_std;

@@ -41,6 +41,7 @@ pub fn main_with(run: impl FnOnce() -> Result<(), String>) -> std::process::Exit
 /// [`main_with`] for a binary whose arguments may also come from `--config FILE`: the file's
 /// settings go in front of the command line, which overrides them.
 pub fn main_with_config<A: clap::Parser>(run: impl FnOnce(A) -> Result<(), String>) -> std::process::ExitCode {
+    dfs_proto::env::forget_empty_settings();
     let argv = match config::args_with_config(&A::command()) {
         Ok(argv) => argv,
         Err(e) => {

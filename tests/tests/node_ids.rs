@@ -120,3 +120,25 @@ fn nodes_with_id(cluster: &Cluster, id: &str) -> Vec<String> {
         .map(|ns| ns.iter().filter(|n| n["id"] == id).map(|n| n["addr"].as_str().unwrap_or("").to_string()).collect())
         .unwrap_or_default()
 }
+
+/// `status` right after a put counts the new copies: the engine asks every node for its counts
+/// when it answers, rather than showing the pinger's last round (which showed 0 chunks and 0
+/// bytes for a few seconds after a first put).
+#[test]
+fn status_right_after_a_put_counts_its_copies() {
+    let cluster = Cluster::start(4, ClusterOpts::default());
+    let data = pseudo_random_bytes(77, 3 << 20);
+    cluster.put_bytes(&data, "fresh", Chunking::Equal);
+    let (ok, status) = cluster.client_json(&["status"]);
+    assert!(ok, "status failed: {status}");
+    let reports: Vec<(u64, u64)> = status["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status has no node list: {status}"))
+        .iter()
+        .map(|n| (n["report"]["n_chunks"].as_u64().unwrap_or(0), n["report"]["bytes_used"].as_u64().unwrap_or(0)))
+        .collect();
+    let n_chunks: u64 = reports.iter().map(|r| r.0).sum();
+    assert_eq!(n_chunks, 8, "four chunks, two copies each, counted at once: {reports:?}");
+    let used: u64 = reports.iter().map(|r| r.1).sum();
+    assert!(used >= 2 * (3 << 20), "the copies' bytes are counted: {reports:?}");
+}
