@@ -3,26 +3,20 @@
 //! node verifies the client's crc32, makes the chunk durable and answers with its block crc32s;
 //! the metadata is committed only when every chunk has been acknowledged.
 
-use crate::cluster::{self, await_store, open_store, NodeConn, NodeError, NodeFailure};
+use crate::cluster::{
+    self, await_store, open_store, relay, write_live, NodeError, RelayBuffers, Splicer, Target, RELAY_BYTES,
+};
 use crate::meta::{ChunkRecord, FileRecord, NodeSlot};
 use crate::state::{internal, meta_failed, EngineState};
 use dfs_core::upload::Next as UploadNext;
 use dfs_proto::layout::chunk_spans;
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, NodeId, Origin, Status};
 use dfs_runtime::conn::Conn;
-use dfs_runtime::splice::{dup_fd, FanOut, FanOutError, SharedFd, SPLICE_MIN_BYTES};
+use dfs_runtime::splice::SPLICE_MIN_BYTES;
 use dfs_runtime::DataPath;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 
-/// Bytes relayed per socket read and write.
-pub const RELAY_BYTES: usize = 1 << 20;
-/// Relay buffers per upload on the copy path: while the nodes are written from one, the next
-/// piece is read from the client into the other (ping-pong), so the two sockets never wait for
-/// each other within a chunk. Two is enough: a third would only help if client reads and node
-/// writes alternated in speed, and it would cost another [`RELAY_BYTES`] per upload.
-pub const RELAY_BUFFERS: usize = 2;
 /// Chunks whose durable-write acknowledgement may be outstanding at once: later chunks stream
 /// while earlier ones fsync, but no more than this many node connections stay open per upload.
 pub const MAX_INFLIGHT_CHUNKS: usize = 8;
@@ -37,20 +31,6 @@ struct Acked {
 
 /// The upload's copies, by node address and the ID each node proved.
 type Upload = dfs_core::upload::Upload<SocketAddr, NodeId, NodeError>;
-
-/// One copy of a chunk being written: the node, and its connection while the copy is alive.
-struct Target {
-    addr: SocketAddr,
-    node: Option<NodeConn>,
-    error: Option<NodeError>,
-}
-
-impl Target {
-    fn fail(&mut self, e: NodeError) {
-        self.node = None;
-        self.error.get_or_insert(e);
-    }
-}
 
 /// Why an upload cannot be acknowledged, as the client will read it.
 struct PutFailure {
@@ -567,164 +547,6 @@ async fn complete_copies(
                     describe(upload.errors(chunk_idx))
                 ),
             });
-        }
-    }
-}
-
-/// What splicing an upload needs: the client socket as a descriptor of its own, and a fan-out
-/// with one pipe per copy.
-struct Splicer {
-    client_fd: SharedFd,
-    fan_out: FanOut,
-    timeout: std::time::Duration,
-}
-
-impl Splicer {
-    fn new(client: &Conn, replicas: usize) -> std::io::Result<Splicer> {
-        Ok(Splicer {
-            client_fd: dup_fd(client.stream.as_raw_fd())?,
-            fan_out: FanOut::new(replicas)?,
-            timeout: client.idle_timeout,
-        })
-    }
-}
-
-/// The copy path's buffers, [`RELAY_BUFFERS`] of `bytes` each at most, kept from chunk to chunk
-/// of one upload.
-struct RelayBuffers {
-    bytes: usize,
-    bufs: [Vec<u8>; RELAY_BUFFERS],
-}
-
-impl RelayBuffers {
-    fn new(bytes: usize) -> RelayBuffers {
-        RelayBuffers { bytes, bufs: Default::default() }
-    }
-
-    /// Buffer `k`, allocated if this is its first use (or a failed write kept it).
-    fn take(&mut self, k: usize) -> Vec<u8> {
-        match std::mem::take(&mut self.bufs[k]) {
-            b if b.is_empty() => vec![0u8; self.bytes],
-            b => b,
-        }
-    }
-}
-
-/// Moves `length` bytes from the client to every live target: spliced through pipes (one per
-/// target, filled by tee) when `splicer` is set and the chunk is large enough, else copied
-/// through `bufs`, reading the next piece from the client while the previous one is written to
-/// the nodes. A target that fails is marked so and the others go on; the rest is still read
-/// from the client (and dropped) so the client can be answered on this connection. Error: the
-/// client connection broke.
-async fn relay(
-    client: &Conn,
-    targets: &mut [Target],
-    length: u64,
-    bufs: &mut RelayBuffers,
-    splicer: &mut Option<Splicer>,
-) -> Result<(), FrameError> {
-    let mut left = length;
-    let any_live = targets.iter().any(|t| t.node.is_some());
-    if let Some(sp) = splicer.as_ref().filter(|_| any_live && length >= SPLICE_MIN_BYTES) {
-        let mut fds = Vec::with_capacity(targets.len());
-        for t in targets.iter_mut() {
-            let fd = match t.node.as_ref().map(|nc| dup_fd(nc.conn.stream.as_raw_fd())) {
-                Some(Ok(fd)) => Some(fd),
-                Some(Err(e)) => {
-                    t.fail(NodeError::new(t.addr, NodeFailure::Unreachable(format!("cannot splice to it: {e}"))));
-                    None
-                }
-                None => None,
-            };
-            fds.push(fd);
-        }
-        let copied = sp.fan_out.copy(&sp.client_fd, &fds, length, sp.timeout).await;
-        client.note_read(match &copied {
-            Ok(_) => length,
-            Err(FanOutError::Broken { consumed, .. }) => *consumed,
-            Err(_) => 0,
-        });
-        match copied {
-            Ok(failed) => {
-                for (t, e) in targets.iter_mut().zip(failed) {
-                    if let Some(e) = e {
-                        t.fail(NodeError::new(t.addr, NodeFailure::Unreachable(e.to_string())));
-                    }
-                }
-                return Ok(());
-            }
-            Err(FanOutError::Read(e)) => return Err(FrameError::Io(e)),
-            Err(FanOutError::SourceEnded { .. }) => return Err(FrameError::ClosedMidFrame),
-            Err(FanOutError::Broken { consumed, source }) => {
-                // The pipes may hold bytes of this chunk: drop them, fail every copy of this
-                // chunk, and read what is left of it from the client by copying.
-                *splicer = None;
-                for t in targets.iter_mut() {
-                    t.fail(NodeError::new(t.addr, NodeFailure::Unreachable(format!("splice failed: {source}"))));
-                }
-                left = length - consumed;
-            }
-        }
-    }
-    if left == 0 {
-        return Ok(());
-    }
-    // `left` counts the bytes not yet read from the client; `full` holds the `n` read last, not
-    // yet written.
-    let mut full = bufs.take(0);
-    let mut n = left.min(full.len() as u64) as usize;
-    full = client.read_exact(full, 0, n, false).await?;
-    left -= n as u64;
-    while left > 0 {
-        let spare = bufs.take(1);
-        let next_n = left.min(spare.len() as u64) as usize;
-        let (written, read) =
-            futures_util::future::join(write_live(targets, full, n), client.read_exact(spare, 0, next_n, false)).await;
-        bufs.bufs[1] = written;
-        full = read?;
-        n = next_n;
-        left -= n as u64;
-    }
-    bufs.bufs[0] = write_live(targets, full, n).await;
-    Ok(())
-}
-
-/// Writes `buf[..n]` to every live target at once and returns the buffer, or an empty one when
-/// a failed or timed-out write kept it ([`RelayBuffers::take`] then allocates a new one). A
-/// target whose write fails is marked failed.
-async fn write_live(targets: &mut [Target], buf: Vec<u8>, n: usize) -> Vec<u8> {
-    let live: Vec<usize> = (0..targets.len()).filter(|&k| targets[k].node.is_some()).collect();
-    match live[..] {
-        [] => buf,
-        [k] => {
-            let nc = targets[k].node.as_ref().expect("live target has a connection");
-            match nc.conn.write_range(buf, 0, n).await {
-                Ok(b) => b,
-                Err(e) => {
-                    let e = NodeError::from_frame(nc.addr, e);
-                    targets[k].fail(e);
-                    Vec::new()
-                }
-            }
-        }
-        _ => {
-            // The same bytes go to every copy at once, from one shared buffer.
-            let shared = bytes::Bytes::from(buf);
-            let writes = live.iter().map(|&k| {
-                let nc = targets[k].node.as_ref().expect("live target has a connection");
-                let bytes = shared.clone();
-                async move {
-                    nc.conn.write_range(bytes, 0, n).await.map(drop).map_err(|e| NodeError::from_frame(nc.addr, e))
-                }
-            });
-            let results = futures_util::future::join_all(writes).await;
-            for (&k, result) in live.iter().zip(results) {
-                if let Err(e) = result {
-                    targets[k].fail(e);
-                }
-            }
-            // A write that timed out leaves its reference with the runtime.
-            shared.try_into_mut().map(Vec::from).unwrap_or_default()
         }
     }
 }

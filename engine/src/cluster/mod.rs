@@ -5,7 +5,7 @@
 //! - `conn`: connections (connect, handshake, the per-thread pool), [`NodeError`], and the
 //!   one rule for retrying a request whose pooled connection broke.
 //! - `health`: up or down per node, the pinger, and the store reports nodes send.
-//! - `store` (STORE), `fetch` (FETCH, block by block, verified), `replicate` (one chunk
+//! - `store` (STORE, and the relay of an upload's bytes into the nodes' sockets), `fetch` (FETCH, block by block, verified), `replicate` (one chunk
 //!   copied node to node), and the one-frame requests below.
 
 mod conn;
@@ -18,7 +18,9 @@ pub use conn::{Links, NodeConn, NodeError, NodeFailure, NodeTimeouts};
 pub use fetch::{read_chunk, ChunkReader};
 pub use health::{ping, ping_all, start_pinger, Health, Learned};
 pub use replicate::{copy_chunk, CopyError};
-pub use store::{await_store, open_store};
+pub use store::{
+    await_store, open_store, relay, write_live, RelayBuffers, Splicer, Target, RELAY_BUFFERS, RELAY_BYTES,
+};
 
 use dfs_proto::{ChunkId, Msg, Status, StoreReport};
 use std::net::SocketAddr;
