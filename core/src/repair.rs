@@ -568,3 +568,102 @@ pub async fn repair_chunk<I: RepairIo>(io: &I, chunk: ChunkId, recorded: &[I::No
     });
     Repaired { outcome, copies_made, said }
 }
+
+/// Chunks one turn of the repair queue tries at most.
+pub const QUEUE_BATCH: usize = 256;
+
+/// What one turn of the repair queue did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct QueueTurn {
+    /// Chunks newly queued this turn.
+    pub n_queued: u64,
+    pub n_tried: u64,
+    pub n_settled: u64,
+}
+
+/// The I/O a turn of the repair queue needs: its feeds (notes from the request paths, the node
+/// table's news, nodes down for long), the queue itself (kept in the engine's metadata), the
+/// cluster's repair pass, and the repair of one chunk. The engine implements it over its
+/// metadata and nodes (`engine/src/repair.rs`), `dfs-sim` over its simulated cluster;
+/// [`queue_turn`] is the one procedure both run.
+#[allow(async_fn_in_trait)]
+pub trait QueueIo {
+    type Node: Copy + Ord + std::fmt::Debug;
+    type Error: std::fmt::Display;
+
+    /// The queue's clock, in milliseconds.
+    fn now_ms(&self) -> u64;
+    /// What the request paths noted since the last turn (a read or a scrub that met a bad or
+    /// missing copy).
+    fn take_notes(&self) -> Vec<(ChunkId, Reason)>;
+    /// What the node table learned since the last turn, as chunks to check: copies recorded
+    /// under an ID their node no longer answers with, copies on a node that set copies aside.
+    async fn take_news(&self) -> Result<Vec<(ChunkId, Reason)>, Self::Error>;
+    /// The nodes believed down, and for how long.
+    fn down_for(&self) -> Vec<(Self::Node, std::time::Duration)>;
+    /// Every chunk with a copy recorded on `node` (a node down for long).
+    async fn chunks_on(&self, node: Self::Node) -> Result<Vec<ChunkId>, Self::Error>;
+    /// Queues `entries` (chunk, why, when noted); returns how many were not queued before.
+    async fn add(&self, entries: &[(ChunkId, Reason, u64)], now_ms: u64) -> Result<u64, Self::Error>;
+    /// Whether this engine may repair now: it holds the cluster's repair pass.
+    fn may_repair(&self) -> bool;
+    /// Up to `limit` chunks due at `now_ms`, with the tries each has had.
+    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(ChunkId, u32)>, Self::Error>;
+    /// Asks every node believed down whether it is back, before copies are written off.
+    async fn probe_down_nodes(&self);
+    /// Repairs one chunk from its record as it is now ([`Outcome::Gone`] if its file is).
+    async fn repair(&self, chunk: ChunkId) -> Result<Outcome, Self::Error>;
+    /// Forgets `settled`; reschedules `retry` (chunk, tries so far, due again at).
+    async fn settle(&self, settled: &[ChunkId], retry: &[(ChunkId, u32, u64)]) -> Result<(), Self::Error>;
+}
+
+/// One turn of the repair queue: queues what it has heard of since the last turn (notes, the
+/// node table's news, the copies of nodes down for longer than `after_down`, once per down
+/// spell: `down_queued` holds the nodes queued for the spell they are in), then, if it may
+/// repair, tries the chunks that are due, settling each or scheduling it again.
+pub async fn queue_turn<Q: QueueIo>(
+    q: &Q,
+    after_down: std::time::Duration,
+    down_queued: &mut std::collections::BTreeSet<Q::Node>,
+) -> Result<QueueTurn, Q::Error> {
+    let now = q.now_ms();
+    let mut entries: Vec<(ChunkId, Reason, u64)> = q.take_notes().into_iter().map(|(c, r)| (c, r, now)).collect();
+    entries.extend(q.take_news().await?.into_iter().map(|(c, r)| (c, r, now)));
+    let down = q.down_for();
+    // A node that came back since its copies were queued starts a new spell when it goes down.
+    down_queued.retain(|n| down.iter().any(|(d, _)| d == n));
+    for (node, for_how_long) in down {
+        if for_how_long < after_down || down_queued.contains(&node) {
+            continue;
+        }
+        entries.extend(q.chunks_on(node).await?.into_iter().map(|c| (c, Reason::NodeDown, now)));
+        down_queued.insert(node);
+    }
+    let mut turn = QueueTurn { n_queued: q.add(&entries, now).await?, ..QueueTurn::default() };
+    if !q.may_repair() {
+        return Ok(turn);
+    }
+    let due = q.due(now, QUEUE_BATCH).await?;
+    assert!(due.len() <= QUEUE_BATCH, "a turn takes at most a batch");
+    if due.is_empty() {
+        return Ok(turn);
+    }
+    q.probe_down_nodes().await;
+    let (mut settled, mut retry) = (Vec::new(), Vec::new());
+    for (chunk, attempts) in due {
+        if !q.may_repair() {
+            break;
+        }
+        turn.n_tried += 1;
+        if q.repair(chunk).await?.settled() {
+            settled.push(chunk);
+        } else {
+            let attempts = attempts.saturating_add(1);
+            retry.push((chunk, attempts, q.now_ms() + retry_after(attempts).as_millis() as u64));
+        }
+    }
+    turn.n_settled = settled.len() as u64;
+    assert_eq!(settled.len() + retry.len(), turn.n_tried as usize, "every chunk tried is settled or rescheduled");
+    q.settle(&settled, &retry).await?;
+    Ok(turn)
+}

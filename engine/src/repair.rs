@@ -11,7 +11,7 @@ use crate::meta::{
     ChunkRecord, FileRecord, MetaError, NodeDirectory, NodeSlot, Pass, PassLease, Placed, PlacementChange, Writer,
 };
 use crate::state::{EngineState, UploadGuard};
-use dfs_core::repair::{retry_after, CopyFailed, Found, Outcome, Placed as CorePlaced, Reason, RepairIo, Said};
+use dfs_core::repair::{CopyFailed, Found, Outcome, Placed as CorePlaced, QueueIo, Reason, RepairIo, Said};
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId, Msg, NodeId, RepairSummary, Status};
 use dfs_runtime::conn::Conn;
@@ -108,20 +108,11 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
     Ok(summary)
 }
 
-/// What one turn of the repair queue did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct QueueTurn {
-    /// Chunks newly queued this turn.
-    pub n_queued: u64,
-    pub n_tried: u64,
-    pub n_settled: u64,
-}
+pub use dfs_core::repair::{QueueTurn, QUEUE_BATCH};
 
-/// Chunks one turn of the queue tries at most.
-pub const QUEUE_BATCH: usize = 256;
-
-/// One turn of the repair queue: queues what the request paths noted, the copies of nodes
-/// found replaced and of nodes down for longer than `after_down`, then, holding the cluster's
+/// One turn of the repair queue ([`dfs_core::repair::queue_turn`] over the engine's metadata and
+/// nodes): queues what the request paths noted, the copies of nodes found replaced or setting
+/// copies aside and of nodes down for longer than `after_down`, then, holding the cluster's
 /// repair pass (`lease`, None: another engine holds it), tries the chunks that are due,
 /// settling or rescheduling each. Skipped (Ok, nothing done) while a full pass runs.
 /// `down_queued` holds the nodes whose copies were queued for the down spell they are in.
@@ -130,104 +121,122 @@ pub async fn run_queue(
     after_down: Duration,
     down_queued: &mut std::collections::BTreeSet<SocketAddr>,
     lease: Option<&PassLease>,
-) -> Result<QueueTurn, String> {
+) -> Result<QueueTurn, RepairError> {
     let Ok(_exclusive) = state.repair_lock.try_lock() else { return Ok(QueueTurn::default()) };
-    let now = dfs_runtime::unix_ms();
-    let health = &*state.links.health;
-    let mut entries: Vec<(ChunkId, Reason, u64)> =
-        state.repair_queue.take_notes().into_iter().map(|(c, r)| (c, r, now)).collect();
-    // A replaced node no longer holds what its previous ID held; a node answering for the
-    // first time since start-up may have been replaced while the engine was not looking: its
-    // address's copies recorded under another ID are queued (one scan for all of them).
-    let learned = health.take_learned();
-    if !learned.is_empty() {
-        let addrs: Vec<(String, &cluster::Learned)> = learned.iter().map(|l| (l.addr.to_string(), l)).collect();
-        let chunks = state
-            .meta
-            .chunks_placed(|slot| {
-                addrs.iter().any(|(addr, l)| match l.previous {
-                    Some(previous) => slot.id == Some(previous.0),
-                    None => slot.addr == *addr && slot.id.is_some_and(|id| id != l.id.0),
-                })
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        if !chunks.is_empty() {
-            tracing::info!(
-                "repair queue: {} chunk(s) recorded under an ID their node no longer answers with",
-                chunks.len()
-            );
-        }
-        entries.extend(chunks.into_iter().map(|c| (c, Reason::NodeReplaced, now)));
-    }
-    // A node that set copies aside (a background scrub, a FETCH that found rot) does not say
-    // which: every chunk with a copy there is checked, one EXISTS per copy.
-    let mut grew = health.take_quarantine_grew();
-    grew.sort();
-    grew.dedup();
-    for addr in grew {
-        let chunks = state.meta.chunks_placed(placed_on(health, addr)).await.map_err(|e| e.to_string())?;
-        tracing::info!("repair queue: node {addr} set copies aside: {} chunk(s) with a copy there", chunks.len());
-        entries.extend(chunks.into_iter().map(|c| (c, Reason::Quarantined, now)));
-    }
-    let down = health.down_for();
-    down_queued.retain(|a| down.iter().any(|(d, _)| d == a));
-    for (addr, for_how_long) in down {
-        if for_how_long < after_down || down_queued.contains(&addr) {
-            continue;
-        }
-        let chunks = state.meta.chunks_placed(placed_on(health, addr)).await.map_err(|e| e.to_string())?;
-        tracing::info!(
-            "repair queue: node {addr} down for {for_how_long:?}: {} chunk(s) with a copy there",
-            chunks.len()
-        );
-        entries.extend(chunks.into_iter().map(|c| (c, Reason::NodeDown, now)));
-        down_queued.insert(addr);
-    }
-    let mut turn = QueueTurn {
-        n_queued: state.meta.queue_add(&entries, now).await.map_err(|e| e.to_string())?,
-        ..QueueTurn::default()
-    };
-    let Some(lease) = lease.filter(|l| !l.lost()) else { return Ok(turn) };
-    let due = state.meta.queue_due(now, QUEUE_BATCH).await.map_err(|e| e.to_string())?;
-    if due.is_empty() {
-        return Ok(turn);
-    }
-    probe_down_nodes(state).await;
-    let (mut settled, mut retry) = (Vec::new(), Vec::new());
-    let mut summary = RepairSummary::default();
-    for (chunk_id, queued) in due {
-        if lease.lost() {
-            break;
-        }
-        turn.n_tried += 1;
-        let outcome = match state.meta.get(chunk_id.file_id).await {
-            Ok(Some(record)) => match record.chunks.get(chunk_id.chunk_idx as usize) {
-                Some(chunk) => repair_chunk(state, &record, chunk_id, chunk, &mut summary).await,
-                None => Outcome::Gone,
-            },
-            Ok(None) => Outcome::Gone,
-            Err(e) => return Err(e.to_string()),
-        };
-        if outcome.settled() {
-            settled.push(chunk_id);
-        } else {
-            let attempts = queued.attempts.saturating_add(1);
-            retry.push((chunk_id, attempts, dfs_runtime::unix_ms() + retry_after(attempts).as_millis() as u64));
-        }
-    }
-    turn.n_settled = settled.len() as u64;
-    state.meta.queue_settle(&settled, &retry).await.map_err(|e| e.to_string())?;
+    let io = EngineQueue { state, lease, summary: std::cell::RefCell::new(RepairSummary::default()) };
+    let turn = dfs_core::repair::queue_turn(&io, after_down, down_queued).await?;
+    let n_copies_made = io.summary.borrow().n_copies_made;
     state.repair_queue.n_settled.fetch_add(turn.n_settled, Ordering::Relaxed);
-    state.repair_queue.n_copies_made.fetch_add(summary.n_copies_made, Ordering::Relaxed);
-    tracing::info!(
-        "repair queue: {} tried, {} settled, {} to try again, {} cop(ies) made",
-        turn.n_tried,
-        turn.n_settled,
-        retry.len(),
-        summary.n_copies_made
-    );
+    state.repair_queue.n_copies_made.fetch_add(n_copies_made, Ordering::Relaxed);
+    if turn.n_tried > 0 {
+        tracing::info!(
+            "repair queue: {} tried, {} settled, {} to try again, {n_copies_made} cop(ies) made",
+            turn.n_tried,
+            turn.n_settled,
+            turn.n_tried - turn.n_settled,
+        );
+    }
     Ok(turn)
+}
+
+/// A turn of the repair queue over the engine's metadata (the queue's table) and nodes.
+struct EngineQueue<'a> {
+    state: &'a EngineState,
+    lease: Option<&'a PassLease>,
+    /// What the turn's repairs did, for the log and the status counters.
+    summary: std::cell::RefCell<RepairSummary>,
+}
+
+impl QueueIo for EngineQueue<'_> {
+    type Node = SocketAddr;
+    type Error = RepairError;
+
+    fn now_ms(&self) -> u64 {
+        dfs_runtime::unix_ms()
+    }
+
+    fn take_notes(&self) -> Vec<(ChunkId, Reason)> {
+        self.state.repair_queue.take_notes()
+    }
+
+    /// A replaced node no longer holds what its previous ID held; a node answering for the
+    /// first time since start-up may have been replaced while the engine was not looking: its
+    /// address's copies recorded under another ID are queued (one scan for all of them). A node
+    /// that set copies aside (a background scrub, a FETCH that found rot) does not say which:
+    /// every chunk with a copy there is checked, one EXISTS per copy.
+    async fn take_news(&self) -> Result<Vec<(ChunkId, Reason)>, RepairError> {
+        let (state, health) = (self.state, &*self.state.links.health);
+        let mut news = Vec::new();
+        let learned = health.take_learned();
+        if !learned.is_empty() {
+            let addrs: Vec<(String, &cluster::Learned)> = learned.iter().map(|l| (l.addr.to_string(), l)).collect();
+            let chunks = state
+                .meta
+                .chunks_placed(|slot| {
+                    addrs.iter().any(|(addr, l)| match l.previous {
+                        Some(previous) => slot.id == Some(previous.0),
+                        None => slot.addr == *addr && slot.id.is_some_and(|id| id != l.id.0),
+                    })
+                })
+                .await?;
+            if !chunks.is_empty() {
+                tracing::info!(
+                    "repair queue: {} chunk(s) recorded under an ID their node no longer answers with",
+                    chunks.len()
+                );
+            }
+            news.extend(chunks.into_iter().map(|c| (c, Reason::NodeReplaced)));
+        }
+        let mut grew = health.take_quarantine_grew();
+        grew.sort();
+        grew.dedup();
+        for addr in grew {
+            let chunks = state.meta.chunks_placed(placed_on(health, addr)).await?;
+            tracing::info!("repair queue: node {addr} set copies aside: {} chunk(s) with a copy there", chunks.len());
+            news.extend(chunks.into_iter().map(|c| (c, Reason::Quarantined)));
+        }
+        Ok(news)
+    }
+
+    fn down_for(&self) -> Vec<(SocketAddr, Duration)> {
+        self.state.links.health.down_for()
+    }
+
+    async fn chunks_on(&self, addr: SocketAddr) -> Result<Vec<ChunkId>, RepairError> {
+        let chunks = self.state.meta.chunks_placed(placed_on(&self.state.links.health, addr)).await?;
+        tracing::info!("repair queue: node {addr} down for long: {} chunk(s) with a copy there", chunks.len());
+        Ok(chunks)
+    }
+
+    async fn add(&self, entries: &[(ChunkId, Reason, u64)], now_ms: u64) -> Result<u64, RepairError> {
+        Ok(self.state.meta.queue_add(entries, now_ms).await?)
+    }
+
+    fn may_repair(&self) -> bool {
+        self.lease.is_some_and(|l| !l.lost())
+    }
+
+    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(ChunkId, u32)>, RepairError> {
+        let due = self.state.meta.queue_due(now_ms, limit).await?;
+        Ok(due.into_iter().map(|(c, q)| (c, q.attempts)).collect())
+    }
+
+    async fn probe_down_nodes(&self) {
+        probe_down_nodes(self.state).await;
+    }
+
+    async fn repair(&self, chunk_id: ChunkId) -> Result<Outcome, RepairError> {
+        let Some(record) = self.state.meta.get(chunk_id.file_id).await? else { return Ok(Outcome::Gone) };
+        let Some(chunk) = record.chunks.get(chunk_id.chunk_idx as usize) else { return Ok(Outcome::Gone) };
+        let mut summary = std::mem::take(&mut *self.summary.borrow_mut());
+        let outcome = repair_chunk(self.state, &record, chunk_id, chunk, &mut summary).await;
+        *self.summary.borrow_mut() = summary;
+        Ok(outcome)
+    }
+
+    async fn settle(&self, settled: &[ChunkId], retry: &[(ChunkId, u32, u64)]) -> Result<(), RepairError> {
+        Ok(self.state.meta.queue_settle(settled, retry).await?)
+    }
 }
 
 /// Whether a recorded slot names the node at `addr`: by the ID it answers with, or by address

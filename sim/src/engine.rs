@@ -6,10 +6,11 @@ use crate::exec::{self, yield_now};
 use crate::world::{ChunkRec, Deleter, Node, NodeErr, Record, Unrecorded, World, Writing};
 use dfs_core::gc::{Ask, Collected, GcIo, Listed};
 use dfs_core::placement::{ring, up_first};
-use dfs_core::repair::{retry_after, CopyFailed, Found, Outcome, Placed, RepairIo};
+use dfs_core::repair::{CopyFailed, Found, Outcome, Placed, QueueIo, Reason, RepairIo};
 use dfs_core::upload::{Next as UploadNext, Upload};
 use dfs_proto::layout::{chunk_spans, crc32, Chunking};
 use dfs_proto::{ChunkId, FileId};
+use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -319,76 +320,126 @@ async fn repair_pass(w: &Rc<World>) {
 /// How long a node must stay down before the queue re-makes its copies elsewhere.
 pub const AFTER_DOWN: Duration = Duration::from_secs(5);
 
-/// One turn of the repair queue, as `repair::run_queue` takes it: queue what reads and scrubs
-/// noted and the copies of nodes replaced or down for long, then try what is due.
-pub async fn queue_turn(w: &Rc<World>) {
-    if w.repair_lock.replace(true) {
-        return;
+/// A turn of the repair queue over the simulated cluster: what `dfs_core::repair::queue_turn`,
+/// the procedure the engine runs, asks for. The queue is the world's (the engine keeps it in
+/// its metadata); this engine always holds the repair pass.
+struct SimQueue<'a> {
+    w: &'a Rc<World>,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl QueueIo for SimQueue<'_> {
+    type Node = Node;
+    type Error = NodeErr;
+
+    fn now_ms(&self) -> u64 {
+        ms(exec::now())
     }
-    let now = exec::now();
-    let mut new: Vec<ChunkId> = std::mem::take(&mut *w.queue_notes.borrow_mut()).into_iter().collect();
-    let long_down: Vec<Node> =
-        all_nodes(w).into_iter().filter(|&n| w.down_since.borrow()[n].is_some_and(|t| now >= t + AFTER_DOWN)).collect();
-    for n in long_down {
-        new.extend(w.chunks_on(n));
-        // Queued for this down spell: not again until it has been up.
-        w.down_since.borrow_mut()[n] = Some(Duration::MAX / 4);
+
+    fn take_notes(&self) -> Vec<(ChunkId, Reason)> {
+        std::mem::take(&mut *self.w.queue_notes.borrow_mut()).into_iter().map(|c| (c, Reason::ReadFailed)).collect()
     }
-    {
-        let mut queue = w.queue.borrow_mut();
-        for c in new {
-            let entry = queue.entry(c).or_insert((0, now));
-            entry.1 = entry.1.min(now);
+
+    /// The engine queues only the chunks recorded under another ID; the simulation's
+    /// placements do not record IDs, so a node replaced or answering for the first time has
+    /// all its chunks queued, which costs checks, not copies.
+    async fn take_news(&self) -> Result<Vec<(ChunkId, Reason)>, NodeErr> {
+        let news = std::mem::take(&mut *self.w.node_news.borrow_mut());
+        Ok(news.into_iter().flat_map(|(node, why)| self.w.chunks_on(node).into_iter().map(move |c| (c, why))).collect())
+    }
+
+    fn down_for(&self) -> Vec<(Node, Duration)> {
+        let now = exec::now();
+        self.w.down_since.borrow().iter().enumerate().filter_map(|(n, since)| since.map(|t| (n, now - t))).collect()
+    }
+
+    async fn chunks_on(&self, node: Node) -> Result<Vec<ChunkId>, NodeErr> {
+        Ok(self.w.chunks_on(node))
+    }
+
+    async fn add(&self, entries: &[(ChunkId, Reason, u64)], _now_ms: u64) -> Result<u64, NodeErr> {
+        let mut queue = self.w.queue.borrow_mut();
+        let mut n_new = 0;
+        for &(chunk, _, at) in entries {
+            let entry = queue.entry(chunk).or_insert_with(|| {
+                n_new += 1;
+                (0, at)
+            });
+            entry.1 = entry.1.min(at);
         }
+        Ok(n_new)
     }
-    let due: Vec<ChunkId> =
-        w.queue.borrow().iter().filter(|(_, (_, at))| *at <= now).map(|(c, _)| *c).take(256).collect();
-    if !due.is_empty() {
-        probe_down_nodes(w).await;
+
+    fn may_repair(&self) -> bool {
+        true
     }
-    for chunk in due {
-        let record = w.meta.borrow().get(&chunk.file_id).cloned();
+
+    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(ChunkId, u32)>, NodeErr> {
+        let queue = self.w.queue.borrow();
+        Ok(queue.iter().filter(|(_, (_, at))| *at <= now_ms).map(|(c, (tries, _))| (*c, *tries)).take(limit).collect())
+    }
+
+    async fn probe_down_nodes(&self) {
+        probe_down_nodes(self.w).await;
+    }
+
+    async fn repair(&self, chunk: ChunkId) -> Result<Outcome, NodeErr> {
+        let record = self.w.meta.borrow().get(&chunk.file_id).cloned();
         let outcome = match record.as_ref().and_then(|r| r.chunks.get(chunk.chunk_idx as usize)) {
-            Some(c) => repair_chunk(w, chunk, c).await,
+            Some(c) => repair_chunk(self.w, chunk, c).await,
             None => Outcome::Gone,
         };
         exec::trace(|| format!("repair queue: {chunk}: {outcome:?}"));
-        let mut queue = w.queue.borrow_mut();
-        if outcome.settled() {
-            queue.remove(&chunk);
-        } else if let Some(entry) = queue.get_mut(&chunk) {
-            entry.0 += 1;
-            entry.1 = exec::now() + retry_after(entry.0);
-        }
+        Ok(outcome)
     }
-    w.repair_lock.set(false);
+
+    async fn settle(&self, settled: &[ChunkId], retry: &[(ChunkId, u32, u64)]) -> Result<(), NodeErr> {
+        let mut queue = self.w.queue.borrow_mut();
+        for c in settled {
+            queue.remove(c);
+        }
+        for &(c, tries, at) in retry {
+            // A chunk settled by a full pass meanwhile is not brought back.
+            if let Some(entry) = queue.get_mut(&c) {
+                *entry = (tries, at);
+            }
+        }
+        Ok(())
+    }
 }
 
-/// The queue's turns, every second.
+/// The queue's turns, every second, as the engine's background thread takes them (skipped
+/// while a full pass holds the repair lock).
 pub async fn repair_queue(w: Rc<World>) {
+    let mut down_queued = BTreeSet::new();
     loop {
         exec::sleep(Duration::from_secs(1)).await;
-        queue_turn(&w).await;
+        if w.repair_lock.replace(true) {
+            continue;
+        }
+        let turn = dfs_core::repair::queue_turn(&SimQueue { w: &w }, AFTER_DOWN, &mut down_queued).await;
+        exec::trace(|| format!("repair queue turn: {turn:?}"));
+        w.repair_lock.set(false);
     }
 }
 
 /// A ping as the pinger sends it: up or down. A node found replaced (another ID at its
-/// address), or answering for the first time, has its chunks queued (the engine queues only
-/// those recorded under another ID; the simulation's placements do not record IDs, so it
-/// queues them all, which costs checks, not copies).
+/// address), answering for the first time, or with more copies set aside than before, is news
+/// for the repair queue's next turn.
 async fn ping(w: &Rc<World>, node: Node) {
     match w.ping(node).await {
         Some((identity, n_quarantined)) => {
             w.mark(node, true);
             let before = w.known_quarantined.borrow_mut()[node].replace(n_quarantined);
             let grew = before.is_some_and(|b| n_quarantined > b);
-            if w.learn(node, identity) || grew {
-                let chunks = w.chunks_on(node);
-                let now = exec::now();
-                let mut queue = w.queue.borrow_mut();
-                for c in chunks {
-                    queue.entry(c).or_insert((0, now));
-                }
+            if w.learn(node, identity) {
+                w.node_news.borrow_mut().push((node, Reason::NodeReplaced));
+            }
+            if grew {
+                w.node_news.borrow_mut().push((node, Reason::Quarantined));
             }
         }
         None => w.mark(node, false),

@@ -147,8 +147,11 @@ pub struct World {
     pub repair_running: std::cell::Cell<bool>,
     /// Held by a full pass or a turn of the repair queue: never two at once.
     pub repair_lock: std::cell::Cell<bool>,
-    /// The repair queue: per chunk, tries so far and when to try next.
-    pub queue: RefCell<BTreeMap<ChunkId, (u32, Duration)>>,
+    /// The repair queue: per chunk, tries so far and when to try next (ms of simulated time).
+    pub queue: RefCell<BTreeMap<ChunkId, (u32, u64)>>,
+    /// What the pinger learned of nodes for the queue's next turn: a node replaced (or
+    /// answering for the first time), or one that set copies aside.
+    pub node_news: RefCell<Vec<(Node, dfs_core::repair::Reason)>>,
     /// Chunks noted for the queue by reads and scrubs, not yet queued.
     pub queue_notes: RefCell<BTreeSet<ChunkId>>,
     /// The ID the engine last saw at each node, and since when each node is believed down.
@@ -188,6 +191,7 @@ impl World {
             repair_lock: std::cell::Cell::new(false),
             queue: RefCell::new(BTreeMap::new()),
             queue_notes: RefCell::new(BTreeSet::new()),
+            node_news: RefCell::new(Vec::new()),
             known_identity: RefCell::new(vec![None; n]),
             known_quarantined: RefCell::new(vec![None; n]),
             down_since: RefCell::new(vec![None; n]),
