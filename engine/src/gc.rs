@@ -6,7 +6,7 @@
 //! asks, is `dfs_core::gc::OrphanCheck`; this module answers its questions and deletes.
 
 use crate::cluster::{self, NodeConn, NodeError};
-use crate::meta::{FileRecord, MetaError, NodeDirectory};
+use crate::meta::{FileRecord, MetaError, NodeDirectory, Pass, PassError};
 use crate::state::{EngineState, GcClaim};
 use dfs_core::gc::{Ask, GcIo, Listed};
 use dfs_proto::limits::MAX_LIST_ENTRIES;
@@ -33,12 +33,8 @@ fn places(record: &FileRecord, chunk_idx: u32, addr: SocketAddr, nodes: &dyn Nod
 
 /// One gc pass over every node. Err: it could not run (another engine holds the cluster's gc
 /// pass, or the metadata cannot say).
-pub async fn run(state: &EngineState, dry_run: bool, grace: Duration) -> Result<GcOutcome, String> {
-    let lease = match state.meta.take_pass(crate::meta::Pass::Gc).await {
-        Ok(Ok(lease)) => lease,
-        Ok(Err(holder)) => return Err(format!("{holder}; try again when it has finished")),
-        Err(e) => return Err(format!("cannot take the gc pass: {e}")),
-    };
+pub async fn run(state: &EngineState, dry_run: bool, grace: Duration) -> Result<GcOutcome, PassError> {
+    let lease = PassError::take(&state.meta, Pass::Gc).await?;
     let mut out = GcOutcome::default();
     for &addr in &state.config.nodes {
         if lease.lost() {

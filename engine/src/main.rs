@@ -204,7 +204,7 @@ fn run(args: Args) -> Result<(), String> {
         if s3_keys_file.is_none() {
             let path = data.join("s3.keys");
             if !path.exists() {
-                dfs_engine::s3::S3Keys::create(&path)?;
+                dfs_engine::s3::S3Keys::create(&path).map_err(|e| e.to_string())?;
             }
             s3_keys_file = Some(path);
         }
@@ -222,8 +222,13 @@ fn run(args: Args) -> Result<(), String> {
             let Some(file) = &s3_keys_file else {
                 return Err(format!("--s3 {addr} needs --s3-keys FILE: S3 requests must be signed"));
             };
-            let keys = dfs_engine::s3::S3Keys::load(file)?;
-            let hosts = args.s3_domain.as_deref().map(dfs_engine::s3::VirtualHosts::new).transpose()?;
+            let keys = dfs_engine::s3::S3Keys::load(file).map_err(|e| e.to_string())?;
+            let hosts = args
+                .s3_domain
+                .as_deref()
+                .map(dfs_engine::s3::VirtualHosts::new)
+                .transpose()
+                .map_err(|e| e.to_string())?;
             let listeners = dfs_runtime::bind_reuseport(addr, args.threads)
                 .map_err(|e| format!("cannot listen for S3 on {addr}: {e}"))?;
             Some((listeners, keys, hosts, file.clone()))
@@ -257,7 +262,8 @@ fn run(args: Args) -> Result<(), String> {
     }
     let (meta_dir, nodes, _children) = match (args.local, &args.data) {
         (Some(n_nodes), Some(data)) => {
-            let children = local::start_nodes(args.listen, n_nodes, data, args.data_path, secret_file.as_deref())?;
+            let children = local::start_nodes(args.listen, n_nodes, data, args.data_path, secret_file.as_deref())
+                .map_err(|e| e.to_string())?;
             let addrs = children.iter().map(|c| c.addr).collect();
             (meta::MetaSpec::Dir(data.join("meta")), addrs, children)
         }
@@ -333,7 +339,8 @@ fn run(args: Args) -> Result<(), String> {
     metrics::init();
     if let Some(http_addr) = args.http {
         let open = http_addr.ip().is_loopback() || args.insecure;
-        let mut pages = dfs_engine::status::Pages::new(state.clone(), open, addr.to_string())?;
+        let mut pages = dfs_engine::status::Pages::new(state.clone(), open, addr.to_string())
+            .map_err(|e| format!("cannot start the status page's runtime: {e}"))?;
         dfs_runtime::metrics::serve_with(http_addr, Some(Box::new(move |m, u, a| pages.answer(m, u, a))))?;
     }
     if let Some((listeners, keys, hosts, file)) = s3 {
@@ -343,7 +350,7 @@ fn run(args: Args) -> Result<(), String> {
             None => "path-style".into(),
         };
         let max_age = Duration::from_secs(args.s3_upload_max_age_secs);
-        dfs_engine::s3::start(state.clone(), listeners, keys, hosts, max_age)?;
+        dfs_engine::s3::start(state.clone(), listeners, keys, hosts, max_age).map_err(|e| e.to_string())?;
         tracing::info!("S3 API on http://{at}/ ({style}), key pairs in {}", file.display());
     }
     dfs_runtime::announce(addr);
@@ -408,7 +415,7 @@ fn start_background_repair(
                 // The cluster's repair pass, held across turns while this engine has it; with
                 // engines sharing PostgreSQL, the others only feed the queue.
                 let mut lease: Option<meta::PassLease> = None;
-                let mut holder_seen = String::new();
+                let mut holder_seen: Option<meta::PassHeld> = None;
                 loop {
                     // After a full batch, the next turn follows at once.
                     if !busy {
@@ -418,9 +425,9 @@ fn start_background_repair(
                         lease = match state.meta.take_pass(meta::Pass::Repair).await {
                             Ok(Ok(l)) => Some(l),
                             Ok(Err(holder)) => {
-                                if holder != holder_seen {
+                                if holder_seen.as_ref() != Some(&holder) {
                                     tracing::info!("repair queue: {holder}; this engine feeds the queue");
-                                    holder_seen = holder;
+                                    holder_seen = Some(holder);
                                 }
                                 None
                             }

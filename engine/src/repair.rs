@@ -8,7 +8,8 @@
 
 use crate::cluster::{self, copy_chunk, CopyError, NodeError, NodeFailure};
 use crate::meta::{
-    ChunkRecord, FileRecord, MetaError, NodeDirectory, NodeSlot, Pass, PassLease, Placed, PlacementChange, Writer,
+    ChunkRecord, FileRecord, MetaError, NodeDirectory, NodeSlot, Pass, PassError, PassLease, Placed, PlacementChange,
+    Writer,
 };
 use crate::state::{EngineState, UploadGuard};
 use dfs_core::repair::{CopyFailed, Found, Outcome, Placed as CorePlaced, QueueIo, Reason, RepairIo, Said};
@@ -33,18 +34,14 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs one repair pass over every file. With `client`, sends it RepairProgress frames on the
 /// way (best effort). Err: the pass could not run at all.
-pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSummary, String> {
+pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSummary, PassError> {
     if state.repair_running.swap(true, Ordering::AcqRel) {
-        return Err("a repair pass is already running; try again when it has finished".into());
+        return Err(PassError::AlreadyRunning(Pass::Repair));
     }
     let _running = Running(&state.repair_running);
     // One repair at a time in the cluster: with engines sharing PostgreSQL, the one holding the
     // repair pass (a turn of its queue shares the hold).
-    let lease = match state.meta.take_pass(Pass::Repair).await {
-        Ok(Ok(lease)) => lease,
-        Ok(Err(holder)) => return Err(format!("{holder}; ask it, or try again later")),
-        Err(e) => return Err(format!("cannot take the repair pass: {e}")),
-    };
+    let lease = PassError::take(&state.meta, Pass::Repair).await?;
     // A turn of the queue may be running: wait for it, so that two repairs never write
     // placements from records read at different times.
     let _exclusive = state.repair_lock.lock().await;
@@ -54,7 +51,7 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
     let mut files: Vec<(FileId, u64)> = Vec::new();
     let mut after = None;
     loop {
-        let (page, more) = state.meta.list(after, 1000).await.map_err(|e| e.to_string())?;
+        let (page, more) = state.meta.list(after, 1000).await?;
         files.extend(page.iter().map(|f| (f.file_id, f.n_chunks as u64)));
         match (more, page.last()) {
             (true, Some(last)) => after = Some(last.file_id),
@@ -67,9 +64,7 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
     let mut last_report = Instant::now();
     for (file_id, n_chunks) in files {
         if lease.lost() {
-            return Err("the repair pass was lost (its lease lapsed), and another engine may have taken it over: \
-                        stopped"
-                .into());
+            return Err(PassError::Lost(Pass::Repair));
         }
         let record = match state.meta.get(file_id).await {
             Ok(Some(r)) => r,
@@ -78,7 +73,7 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
                 n_done += n_chunks;
                 continue;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         summary.n_files += 1;
         for (chunk_idx, chunk) in record.chunks.iter().enumerate() {

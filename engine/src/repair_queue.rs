@@ -1,7 +1,7 @@
 //! The repair queue: chunks that something has shown may be short of sound copies, kept in the
 //! metadata database (table `repair_queue`, one entry per chunk) so that a restart forgets none,
-//! and worked through a batch at a time by [`crate::repair::run_queue`] (`dfs_core::repair::queue_turn`) instead of a pass that
-//! asks every node about every copy.
+//! and worked through a batch at a time by [`crate::repair::run_queue`]
+//! (`dfs_core::repair::queue_turn`) instead of a pass that asks every node about every copy.
 //!
 //! It is fed by reads that found a copy missing, corrupt or unreachable, by nodes down for
 //! longer than `--repair-after-down-secs`, by a node found replaced (another ID answering at its

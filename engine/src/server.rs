@@ -143,7 +143,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                 Msg::Repair => {
                     let reply = match crate::repair::run(state, Some(conn)).await {
                         Ok(summary) => Msg::RepairOk(summary),
-                        Err(e) => Msg::error(Status::Unavailable, e),
+                        Err(e) => Msg::error(Status::Unavailable, e.to_string()),
                     };
                     conn.write_msg(&reply).await?
                 }
@@ -156,8 +156,8 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                             }
                             reply
                         }
-                        Ok(Err(holder)) => {
-                            Msg::error(Status::Unavailable, format!("{holder}; try again when it has finished"))
+                        Ok(Err(held)) => {
+                            Msg::error(Status::Unavailable, crate::meta::PassError::Held(held).to_string())
                         }
                         Err(e) => Msg::error(Status::Unavailable, format!("cannot take the scrub pass: {e}")),
                     };
@@ -172,7 +172,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                             n_deleted: out.n_deleted,
                             orphans: out.lines,
                         },
-                        Err(e) => Msg::error(Status::Unavailable, e),
+                        Err(e) => Msg::error(Status::Unavailable, e.to_string()),
                     };
                     conn.write_msg(&reply).await?
                 }

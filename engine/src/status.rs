@@ -208,15 +208,13 @@ pub struct Pages {
     addr: String,
     started_unix_ms: u64,
     rt: tokio::runtime::Runtime,
-    totals: Option<(Instant, Result<Totals, String>)>,
+    totals: Option<(Instant, Result<Totals, Arc<crate::meta::MetaError>>)>,
 }
 
 impl Pages {
-    pub fn new(state: Arc<EngineState>, open: bool, addr: String) -> Result<Pages, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| format!("cannot start the status page's runtime: {e}"))?;
+    /// Err: the page's runtime could not start.
+    pub fn new(state: Arc<EngineState>, open: bool, addr: String) -> Result<Pages, std::io::Error> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         LazyLock::force(&ACTIVITY);
         Ok(Pages { state, open, addr, started_unix_ms: dfs_runtime::unix_ms(), rt, totals: None })
     }
@@ -268,12 +266,12 @@ impl Pages {
                 .rt
                 .block_on(state.meta.totals())
                 .map(|(n_files, bytes)| Totals { n_files, bytes })
-                .map_err(|e| e.to_string());
+                .map_err(Arc::new);
             self.totals = Some((Instant::now(), totals));
         }
         let (files, files_error) = match self.totals.as_ref().map(|(_, t)| t.clone()) {
             Some(Ok(totals)) => (Some(totals), None),
-            Some(Err(e)) => (None, Some(e)),
+            Some(Err(e)) => (None, Some(e.to_string())),
             None => (None, None),
         };
         let n_queued = self.rt.block_on(state.meta.queue_len()).unwrap_or(0) + state.repair_queue.n_notes();

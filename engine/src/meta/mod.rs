@@ -347,15 +347,24 @@ pub enum MetaSpec {
     Postgres(String),
 }
 
+/// A `--meta` value that names no metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaSpecError {
+    #[error("{0:?}: --meta takes a directory or a postgres:// URL")]
+    Scheme(String),
+    #[error("--meta must not be empty")]
+    Empty,
+}
+
 impl std::str::FromStr for MetaSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<MetaSpec, String> {
+    type Err = MetaSpecError;
+    fn from_str(s: &str) -> Result<MetaSpec, MetaSpecError> {
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             Ok(MetaSpec::Postgres(s.to_string()))
         } else if s.contains("://") {
-            Err(format!("{s:?}: --meta takes a directory or a postgres:// URL"))
+            Err(MetaSpecError::Scheme(s.to_string()))
         } else if s.is_empty() {
-            Err("--meta must not be empty".into())
+            Err(MetaSpecError::Empty)
         } else {
             Ok(MetaSpec::Dir(PathBuf::from(s)))
         }
@@ -600,6 +609,40 @@ impl Pass {
     }
 }
 
+/// Another engine holds a [`Pass`]: which one, by the address it said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the engine at {holder} is running the cluster's {} pass", pass.name())]
+pub struct PassHeld {
+    pub pass: Pass,
+    pub holder: String,
+}
+
+/// Why a cluster-wide pass could not run, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("a {} pass is already running; try again when it has finished", .0.name())]
+    AlreadyRunning(Pass),
+    #[error("{0}; try again when it has finished")]
+    Held(PassHeld),
+    #[error("cannot take the {} pass: {source}", pass.name())]
+    CannotTake { pass: Pass, source: MetaError },
+    #[error("the {} pass was lost (its lease lapsed), and another engine may have taken it over: stopped", .0.name())]
+    Lost(Pass),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl PassError {
+    /// Takes `pass` for this engine, or says why it cannot run now.
+    pub async fn take(meta: &MetaStore, pass: Pass) -> Result<PassLease, PassError> {
+        match meta.take_pass(pass).await {
+            Ok(Ok(lease)) => Ok(lease),
+            Ok(Err(held)) => Err(PassError::Held(held)),
+            Err(source) => Err(PassError::CannotTake { pass, source }),
+        }
+    }
+}
+
 /// Holds a [`Pass`] for this engine while it lives (several holders on one engine share one
 /// lease). In PostgreSQL it is a row of `dfs_leases`, renewed in the background and released
 /// when the last holder drops it; [`PassLease::lost`] says when renewing failed (another engine
@@ -707,9 +750,9 @@ impl MetaStore {
         }
     }
 
-    /// Takes `pass` for this engine, or says which engine holds it (Err(holder)). The
-    /// embedded backend has no other engine: always this one.
-    pub async fn take_pass(&self, pass: Pass) -> Result<Result<PassLease, String>, MetaError> {
+    /// Takes `pass` for this engine, or says which engine holds it. The embedded backend has
+    /// no other engine: always this one.
+    pub async fn take_pass(&self, pass: Pass) -> Result<Result<PassLease, PassHeld>, MetaError> {
         match self {
             MetaStore::Embedded(_) => Ok(Ok(PassLease::new(pass, None))),
             MetaStore::Postgres(p) => p.take_pass(pass).await,

@@ -21,7 +21,8 @@
 //! clocks need not agree.
 
 use super::{
-    ClusterView, EngineView, FileRecord, MetaError, Pass, PassLease, PassView, Placed, PlacementChange, Queued, Writer,
+    ClusterView, EngineView, FileRecord, MetaError, Pass, PassHeld, PassLease, PassView, Placed, PlacementChange,
+    Queued, Writer,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use dfs_core::repair::Reason;
@@ -674,7 +675,7 @@ impl Postgres {
 
     /// Takes `pass` for this engine (or joins this engine's hold of it), or names the engine
     /// that holds it.
-    pub async fn take_pass(&self, pass: Pass) -> Result<Result<PassLease, String>, MetaError> {
+    pub async fn take_pass(&self, pass: Pass) -> Result<Result<PassLease, PassHeld>, MetaError> {
         let _taking = self.engine.taking.lock().await;
         let mine = self.engine.held.lock().unwrap_or_else(|e| e.into_inner()).get(&pass).and_then(Weak::upgrade);
         if let Some(held) = mine.filter(|h| !h.lost()) {
@@ -715,7 +716,7 @@ impl Postgres {
             })
             .await?;
         if let Err(holder) = taken {
-            return Ok(Err(format!("the engine at {holder} is running the cluster's {name} pass")));
+            return Ok(Err(PassHeld { pass, holder }));
         }
         let lost = Arc::new(AtomicBool::new(false));
         let renew = self.rt.spawn(renew(self.pool.clone(), name, holder, lease_ms, lost.clone())).abort_handle();

@@ -26,22 +26,45 @@ use std::sync::Arc;
 /// never logged or shown.
 pub struct S3Keys(HashMap<String, SecretKey>);
 
+/// Why the S3 front door cannot start: its key file, its domain, its threads.
+#[derive(Debug, thiserror::Error)]
+pub enum S3SetupError {
+    #[error("cannot {what} {}: {source}", path.display())]
+    File { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    #[error("--s3-keys {} is readable by others (mode {mode:o}): chmod 600 it", path.display())]
+    KeysReadable { path: std::path::PathBuf, mode: u32 },
+    #[error("--s3-keys {} line {line}: {why}", path.display())]
+    KeysLine { path: std::path::PathBuf, line: usize, why: String },
+    #[error("--s3-keys {} holds no key pair", path.display())]
+    NoKeys { path: std::path::PathBuf },
+    #[error("cannot draw an S3 key: {0}")]
+    Random(getrandom::Error),
+    #[error(
+        "--s3-domain {0:?} is not a domain name (labels of letters, digits and hyphens separated by dots, no port)"
+    )]
+    Domain(String),
+    #[error("S3 listener: {0}")]
+    Listener(std::io::Error),
+    #[error("cannot start an S3 thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// A secret shorter than this is refused.
 const MIN_SECRET_CHARS: usize = 16;
 
 impl S3Keys {
-    pub fn load(path: &Path) -> Result<S3Keys, String> {
+    pub fn load(path: &Path) -> Result<S3Keys, S3SetupError> {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read --s3-keys {}: {e}", path.display()))?;
+        let file_err = |source| S3SetupError::File { what: "read --s3-keys", path: path.to_path_buf(), source };
+        let meta = std::fs::metadata(path).map_err(file_err)?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(format!(
-                "--s3-keys {} is readable by others (mode {:o}): chmod 600 it",
-                path.display(),
-                meta.permissions().mode() & 0o777
-            ));
+            return Err(S3SetupError::KeysReadable {
+                path: path.to_path_buf(),
+                mode: meta.permissions().mode() & 0o777,
+            });
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read --s3-keys {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(file_err)?;
+        let line_err = |n: usize, why: String| S3SetupError::KeysLine { path: path.to_path_buf(), line: n + 1, why };
         let mut keys = HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -50,30 +73,26 @@ impl S3Keys {
             }
             let mut words = line.split_whitespace();
             let (Some(id), Some(secret), None) = (words.next(), words.next(), words.next()) else {
-                return Err(format!("--s3-keys {} line {}: expected `ACCESS_KEY_ID SECRET`", path.display(), n + 1));
+                return Err(line_err(n, "expected `ACCESS_KEY_ID SECRET`".into()));
             };
             if secret.len() < MIN_SECRET_CHARS {
-                return Err(format!(
-                    "--s3-keys {} line {}: the secret of {id} is shorter than {MIN_SECRET_CHARS} characters",
-                    path.display(),
-                    n + 1
-                ));
+                return Err(line_err(n, format!("the secret of {id} is shorter than {MIN_SECRET_CHARS} characters")));
             }
             keys.insert(id.to_string(), SecretKey::from(secret.to_string()));
         }
         if keys.is_empty() {
-            return Err(format!("--s3-keys {} holds no key pair", path.display()));
+            return Err(S3SetupError::NoKeys { path: path.to_path_buf() });
         }
         Ok(S3Keys(keys))
     }
 
     /// Writes a fresh random key pair to `path` (mode 600) and returns the access key ID and
     /// secret (`--local`).
-    pub fn create(path: &Path) -> Result<(String, String), String> {
+    pub fn create(path: &Path) -> Result<(String, String), S3SetupError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let mut raw = [0u8; 30];
-        getrandom::getrandom(&mut raw).map_err(|e| format!("cannot draw an S3 key: {e}"))?;
+        getrandom::getrandom(&mut raw).map_err(S3SetupError::Random)?;
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         let id = format!("DFS{}", hex(&raw[..8]).to_uppercase());
         let secret = hex(&raw[8..]);
@@ -82,9 +101,10 @@ impl S3Keys {
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        writeln!(f, "{id} {secret}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        f.sync_all().map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+            .map_err(|source| S3SetupError::File { what: "create", path: path.to_path_buf(), source })?;
+        let file_err = |what| move |source| S3SetupError::File { what, path: path.to_path_buf(), source };
+        writeln!(f, "{id} {secret}").map_err(file_err("write"))?;
+        f.sync_all().map_err(file_err("sync"))?;
         Ok((id, secret))
     }
 }
@@ -106,14 +126,12 @@ pub struct VirtualHosts {
 }
 
 impl VirtualHosts {
-    pub fn new(domain: &str) -> Result<VirtualHosts, String> {
+    pub fn new(domain: &str) -> Result<VirtualHosts, S3SetupError> {
         let domain = domain.to_ascii_lowercase();
         let label_ok =
             |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-');
         if domain.len() > 253 || !domain.split('.').all(label_ok) {
-            return Err(format!(
-                "--s3-domain {domain:?} is not a domain name (labels of letters, digits and hyphens separated by dots, no port)"
-            ));
+            return Err(S3SetupError::Domain(domain));
         }
         Ok(VirtualHosts { domain })
     }
@@ -152,7 +170,7 @@ pub fn start(
     keys: S3Keys,
     hosts: Option<VirtualHosts>,
     upload_max_age: std::time::Duration,
-) -> Result<(), String> {
+) -> Result<(), S3SetupError> {
     let mut builder = s3s::service::S3ServiceBuilder::new(service::DfsS3 { state: state.clone() });
     builder.set_auth(keys);
     if let Some(hosts) = hosts {
@@ -160,12 +178,12 @@ pub fn start(
     }
     let s3 = builder.build();
     for (n, listener) in listeners.into_iter().enumerate() {
-        listener.set_nonblocking(true).map_err(|e| format!("S3 listener: {e}"))?;
+        listener.set_nonblocking(true).map_err(S3SetupError::Listener)?;
         let (state, s3) = (state.clone(), s3.clone());
         std::thread::Builder::new()
             .name(format!("s3-{n}"))
             .spawn(move || serve(state, listener, s3, (n == 0).then_some(upload_max_age)))
-            .map_err(|e| format!("cannot start an S3 thread: {e}"))?;
+            .map_err(S3SetupError::Thread)?;
     }
     Ok(())
 }
