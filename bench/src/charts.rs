@@ -8,8 +8,15 @@
 use crate::baselines::SeaweedResult;
 use crate::dfs::PhaseResult;
 use crate::report::{Ratio, SmallRatio};
+use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+/// Why a chart could not be drawn: plotters refused the layout or a drawing step. The SVG is
+/// written into a string, so no file is involved yet.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ChartError(#[from] DrawingAreaErrorKind<std::io::Error>);
 
 const WIDTH_PX: u32 = 1200;
 const HEIGHT_PX: u32 = 560;
@@ -17,21 +24,20 @@ const HEIGHT_PX: u32 = 560;
 /// One group of bars: its label, and (series, value) pairs; a missing value is no bar.
 type Group = (String, Vec<Option<f64>>);
 
-fn bars(title: &str, y_desc: &str, series: &[(&str, RGBColor)], groups: &[Group]) -> Result<String, String> {
+fn bars(title: &str, y_desc: &str, series: &[(&str, RGBColor)], groups: &[Group]) -> Result<String, ChartError> {
     let y_max = groups.iter().flat_map(|(_, v)| v.iter().flatten()).copied().fold(0.0, f64::max).max(1e-9) * 1.15;
     let n = groups.len().max(1);
     let labels: Vec<String> = groups.iter().map(|(l, _)| l.clone()).collect();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(80)
-            .build_cartesian_2d(0.0..n as f64, 0.0..y_max)
-            .map_err(|e| e.to_string())?;
+            .build_cartesian_2d(0.0..n as f64, 0.0..y_max)?;
         let label_of = |x: &f64| {
             let i = x.floor() as usize;
             if (x - (i as f64 + 0.5)).abs() < 1e-6 {
@@ -46,8 +52,7 @@ fn bars(title: &str, y_desc: &str, series: &[(&str, RGBColor)], groups: &[Group]
             .x_labels(2 * n + 1)
             .x_label_formatter(&label_of)
             .y_desc(y_desc)
-            .draw()
-            .map_err(|e| e.to_string())?;
+            .draw()?;
         let width = 0.8 / series.len() as f64;
         for (k, (name, color)) in series.iter().enumerate() {
             let rects = groups.iter().enumerate().filter_map(|(i, (_, values))| {
@@ -63,10 +68,9 @@ fn bars(title: &str, y_desc: &str, series: &[(&str, RGBColor)], groups: &[Group]
                 let style = TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Left, VPos::Bottom));
                 Some(Text::new(crate::report::fmt_num(v), (x0, v + y_max * 0.005), style))
             });
-            chart.draw_series(values).map_err(|e| e.to_string())?;
+            chart.draw_series(values)?;
             chart
-                .draw_series(rects)
-                .map_err(|e| e.to_string())?
+                .draw_series(rects)?
                 .label(*name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
         }
@@ -75,9 +79,8 @@ fn bars(title: &str, y_desc: &str, series: &[(&str, RGBColor)], groups: &[Group]
             .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
-        root.present().map_err(|e| e.to_string())?;
+            .draw()?;
+        root.present()?;
     }
     Ok(svg)
 }
@@ -101,7 +104,7 @@ fn dfs_series(phases: &[PhaseResult]) -> String {
 }
 
 /// dfs against the baselines, MB/s, one group per single-object figure.
-pub fn throughput_svg(ratios: &[Ratio], phases: &[PhaseResult]) -> Result<String, String> {
+pub fn throughput_svg(ratios: &[Ratio], phases: &[PhaseResult]) -> Result<String, ChartError> {
     let groups: Vec<Group> = ratios
         .iter()
         .map(|r| {
@@ -122,7 +125,7 @@ pub fn throughput_svg(ratios: &[Ratio], phases: &[PhaseResult]) -> Result<String
 }
 
 /// The many-small-object puts against SeaweedFS's of the same shape, ops/s.
-pub fn small_svg(small: &[SmallRatio], phases: &[PhaseResult]) -> Result<String, String> {
+pub fn small_svg(small: &[SmallRatio], phases: &[PhaseResult]) -> Result<String, ChartError> {
     let groups: Vec<Group> =
         small.iter().map(|r| (r.figure.clone(), vec![Some(r.dfs_ops_s), Some(r.seaweedfs_ops_s)])).collect();
     let dfs = dfs_series(phases);
@@ -132,7 +135,7 @@ pub fn small_svg(small: &[SmallRatio], phases: &[PhaseResult]) -> Result<String,
 
 /// Median and 99th percentile latency of each many-request dfs phase (the small objects), ms:
 /// a single-object phase's one request per run is its throughput, in the other picture.
-pub fn latency_svg(phases: &[PhaseResult], seaweedfs: Option<&SeaweedResult>) -> Result<String, String> {
+pub fn latency_svg(phases: &[PhaseResult], seaweedfs: Option<&SeaweedResult>) -> Result<String, ChartError> {
     let mut groups: Vec<Group> = phases
         .iter()
         .filter(|p| p.spec.count > 1)

@@ -28,8 +28,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("{s:?}: {e}"))
+/// A size option's value that is not a byte count. clap prints only an argument error's own
+/// message, so the cause is part of it rather than a `source()`.
+#[derive(Debug, thiserror::Error)]
+#[error("{text:?}: {cause}")]
+struct BadSize {
+    text: String,
+    cause: parse_size::Error,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, BadSize> {
+    parse_size::Config::new().with_binary().parse_size(s).map_err(|cause| BadSize { text: s.to_string(), cause })
 }
 
 #[derive(Parser, Debug, Serialize)]
@@ -312,7 +321,7 @@ fn run(args: Args) -> Result<ExitCode> {
             ("small.svg", charts::small_svg(&report.small_ratios, &report.dfs)),
             ("latency.svg", charts::latency_svg(&report.dfs, report.seaweedfs.as_ref())),
         ] {
-            let svg = svg.map_err(|e| anyhow::anyhow!("cannot draw {name}: {e}"))?;
+            let svg = svg.with_context(|| format!("cannot draw {name}"))?;
             let path = dir.join(name);
             std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!("wrote {}", path.display());

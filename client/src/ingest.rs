@@ -9,8 +9,8 @@
 //! summary and the others go on; only a run that cannot start at all is an error.
 
 use crate::error_chain;
-use crate::manifest::{self, Entry, ManifestError};
-use crate::{Chunking, Client, ClientError, MappedFile, Progress};
+use crate::manifest::{self, BadFileId, Entry, ManifestError, UnsafePath};
+use crate::{Chunking, Client, ClientError, FileId, MappedFile, Progress};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -149,6 +149,82 @@ pub enum TreeError {
     /// The engine cannot be reached at all: reported once rather than once per file.
     #[error(transparent)]
     Engine(#[from] ClientError),
+}
+
+/// Why one file of a tree transfer failed; the others go on. It ends up, as one line with its
+/// causes ([`error_chain`]), in the summary's [`Failed`] record.
+#[derive(Debug, thiserror::Error)]
+enum FileError {
+    /// A request to the engine failed, or the local file could not be opened for upload.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot read the metadata")]
+    Metadata(#[source] io::Error),
+    /// put: the file was found stored by an earlier run, but recording it failed.
+    #[error("found stored as {id}, but the manifest could not be written")]
+    AdoptedNotRecorded {
+        id: FileId,
+        #[source]
+        source: io::Error,
+    },
+    #[error("stored as {id}, but the manifest could not be written")]
+    StoredNotRecorded {
+        id: FileId,
+        #[source]
+        source: io::Error,
+    },
+    /// get: the manifest's path would lead out of the output directory. The reason is part of
+    /// the message, which goes on after it.
+    #[error("refused: {0}; nothing was written")]
+    UnsafePath(UnsafePath),
+    #[error(transparent)]
+    BadFileId(#[from] BadFileId),
+    #[error("cannot create the directory {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot inspect {}", path.display())]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A directory on the way to the file exists as something else, such as a symlink.
+    #[error("{} is a {kind}, not a directory; nothing was written", path.display())]
+    NotADirectory { path: PathBuf, kind: &'static str },
+    #[error("{} exists and differs from the manifest (--force replaces it)", .0.display())]
+    Differs(PathBuf),
+    #[error("{} is a directory", .0.display())]
+    IsADirectory(PathBuf),
+    #[error("{} is a {kind} (--force replaces it)", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
+    /// The temporary file of the restore could not be created, written or synced.
+    #[error("cannot {action} {}", path.display())]
+    Temp {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the engine sent {n_bytes} bytes for {id}, the manifest says {size}")]
+    SizeMismatch { id: FileId, n_bytes: u64, size: u64 },
+    #[error("the data of {id} has crc32 {crc32:08x}, the manifest says {expected:08x}")]
+    CrcMismatch { id: FileId, crc32: u32, expected: u32 },
+    #[error("cannot put the file in place at {}", path.display())]
+    Persist {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl FileError {
+    /// The record of `path`'s failure for the summary.
+    fn failed(&self, path: &str) -> Failed {
+        Failed { path: path.to_string(), error: error_chain(self) }
+    }
 }
 
 /// Options of `put -r`.
@@ -303,7 +379,7 @@ pub fn put_tree(opts: &PutTree, progress: &dyn TreeProgress) -> Result<TreeSumma
     // name is not ours to record, since whoever owns it may delete it. A manifest that had no
     // identity before this run (new, or from before identities) can have nothing to adopt;
     // files its earlier runs stored without recording are uploaded again.
-    let mut stored_by_name: std::collections::HashMap<String, Vec<(crate::FileId, u64)>> = Default::default();
+    let mut stored_by_name: std::collections::HashMap<String, Vec<(FileId, u64)>> = Default::default();
     if let Some(own) = before.origin {
         for f in Client::connect(opts.server)?.list()?.into_iter().filter(|f| f.origin == Some(own)) {
             stored_by_name.entry(f.name).or_default().push((f.file_id, f.size));
@@ -317,7 +393,7 @@ pub fn put_tree(opts: &PutTree, progress: &dyn TreeProgress) -> Result<TreeSumma
         let stored = stored_by_name.get(&up.rel).map_or(&[][..], Vec::as_slice);
         let outcome = match put_one(client, opts, &up, done_before.get(&up.rel), stored, &writer, progress) {
             Ok(outcome) => outcome,
-            Err(error) => Outcome::Failed(Failed { path: up.rel.clone(), error }),
+            Err(error) => Outcome::Failed(error.failed(&up.rel)),
         };
         progress.file_done();
         outcome
@@ -402,12 +478,12 @@ fn put_one(
     opts: &PutTree,
     up: &Upload,
     before: Option<&Entry>,
-    stored: &[(crate::FileId, u64)],
+    stored: &[(FileId, u64)],
     writer: &Mutex<manifest::Writer>,
     progress: &dyn TreeProgress,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, FileError> {
     let origin = writer.lock().unwrap_or_else(|e| e.into_inner()).origin();
-    let conn = connected(client, opts.server).map_err(|e| error_chain(&e))?;
+    let conn = connected(client, opts.server)?;
     if let Some(prev) = before.filter(|prev| prev.size == up.size && prev.mtime_ns == up.mtime_ns) {
         if let Ok(id) = prev.file_id() {
             match conn.stat(id) {
@@ -417,14 +493,14 @@ fn put_one(
                 }
                 // Gone from the engine, or not what the manifest says: upload it again.
                 Ok(_) | Err(ClientError::Remote { .. }) => {}
-                Err(e) => return Err(error_chain(&e)),
+                Err(e) => return Err(e.into()),
             }
         }
     }
-    let file = MappedFile::open(&up.path).map_err(|e| error_chain(&e))?;
+    let file = MappedFile::open(&up.path)?;
     // What is recorded is what was opened: if the file changes after this, its modification
     // time moves on and the next run uploads it again.
-    let meta = file.metadata().map_err(|e| format!("cannot read the metadata: {e}"))?;
+    let meta = file.metadata().map_err(FileError::Metadata)?;
     for &(id, size) in stored.iter().filter(|(_, size)| *size == meta.len()) {
         // The list said this file is ours; STAT is what the entry is built from, so it must say
         // so too.
@@ -448,7 +524,7 @@ fn put_one(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .append(&entry)
-                .map_err(|e| format!("found stored as {id}, but the manifest could not be written: {e}"))?;
+                .map_err(|source| FileError::AdoptedNotRecorded { id, source })?;
             progress.skipped(size);
             return Ok(Outcome::Adopted);
         }
@@ -463,14 +539,13 @@ fn put_one(
         opts.chunking,
         Some(origin),
         bytes,
-    )
-    .map_err(|e| error_chain(&e))?;
+    )?;
     let entry = Entry { path: up.rel.clone(), id: id.to_string(), size: meta.len(), crc32, mtime_ns: mtime_ns(&meta) };
     writer
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .append(&entry)
-        .map_err(|e| format!("stored as {id}, but the manifest could not be written: {e}"))?;
+        .map_err(|source| FileError::StoredNotRecorded { id, source })?;
     Ok(Outcome::Moved(meta.len()))
 }
 
@@ -485,7 +560,7 @@ pub fn get_tree(opts: &GetTree, progress: &dyn TreeProgress) -> Result<TreeSumma
     let outcomes = run_parallel(opts.jobs, entries.into_values().collect(), |client, entry| {
         let outcome = match get_one(client, opts, &entry, progress) {
             Ok(outcome) => outcome,
-            Err(error) => Outcome::Failed(Failed { path: entry.path.clone(), error }),
+            Err(error) => Outcome::Failed(error.failed(&entry.path)),
         };
         progress.file_done();
         outcome
@@ -516,60 +591,62 @@ fn get_one(
     opts: &GetTree,
     entry: &Entry,
     progress: &dyn TreeProgress,
-) -> Result<Outcome, String> {
-    manifest::check_relative(&entry.path).map_err(|why| format!("refused: {why}; nothing was written"))?;
+) -> Result<Outcome, FileError> {
+    manifest::check_relative(&entry.path).map_err(FileError::UnsafePath)?;
     let id = entry.file_id()?;
     let dir = make_dirs(opts.out_dir, &entry.path)?;
     let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
     let dest = dir.join(name);
     let replace = match fs::symlink_metadata(&dest) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => return Err(format!("cannot inspect {}: {e}", dest.display())),
+        Err(source) => return Err(FileError::Inspect { path: dest, source }),
         Ok(m) if m.is_file() => {
             if m.len() == entry.size && crc32_of(&dest).ok() == Some((entry.size, entry.crc32)) {
                 progress.skipped(entry.size);
                 return Ok(Outcome::Unchanged);
             }
             if !opts.force {
-                return Err(format!("{} exists and differs from the manifest (--force replaces it)", dest.display()));
+                return Err(FileError::Differs(dest));
             }
             true
         }
-        Ok(m) if m.is_dir() => return Err(format!("{} is a directory", dest.display())),
+        Ok(m) if m.is_dir() => return Err(FileError::IsADirectory(dest)),
         Ok(m) => {
             if !opts.force {
-                let kind = kind_of(m.file_type());
-                return Err(format!("{} is a {kind} (--force replaces it)", dest.display()));
+                return Err(FileError::NotAFile { path: dest, kind: kind_of(m.file_type()) });
             }
             true
         }
     };
-    let partial = Partial::create_in(&dir, opts.partial_files)
-        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
-    let file = partial.file().map_err(|e| e.to_string())?;
+    let partial = Partial::create_in(&dir, opts.partial_files).map_err(|source| FileError::Temp {
+        action: "create a file in",
+        path: dir.clone(),
+        source,
+    })?;
+    let file =
+        partial.file().map_err(|source| FileError::Temp { action: "write", path: partial.path.clone(), source })?;
     let mut out = CrcWriter { file, hasher: crc32fast::Hasher::new(), n_bytes: 0 };
-    crate::failover::get_to_writer(client, opts.server, opts.failover_note, id, &mut out, &mut FileBytes(progress))
-        .map_err(|e| error_chain(&e))?;
+    crate::failover::get_to_writer(client, opts.server, opts.failover_note, id, &mut out, &mut FileBytes(progress))?;
     let (n_bytes, crc32) = (out.n_bytes, out.hasher.finalize());
     if n_bytes != entry.size {
-        return Err(format!("the engine sent {n_bytes} bytes for {id}, the manifest says {}", entry.size));
+        return Err(FileError::SizeMismatch { id, n_bytes, size: entry.size });
     }
     if crc32 != entry.crc32 {
-        return Err(format!("the data of {id} has crc32 {crc32:08x}, the manifest says {:08x}", entry.crc32));
+        return Err(FileError::CrcMismatch { id, crc32, expected: entry.crc32 });
     }
     let mtime = u64::try_from(entry.mtime_ns).ok().map(|ns| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns));
     if let Some(mtime) = mtime {
         // Only cosmetic (the recorded time, as `cp -p` would keep it); the data is what counts.
         let _ = file.set_modified(mtime);
     }
-    file.sync_data().map_err(|e| format!("cannot sync {}: {e}", partial.path.display()))?;
-    partial.persist(&dest, replace).map_err(|e| format!("cannot put the file in place at {}: {e}", dest.display()))?;
+    file.sync_data().map_err(|source| FileError::Temp { action: "sync", path: partial.path.clone(), source })?;
+    partial.persist(&dest, replace).map_err(|source| FileError::Persist { path: dest, source })?;
     Ok(Outcome::Moved(entry.size))
 }
 
 /// Creates the directories leading to `rel` under `out_dir`, refusing any that exists as a
 /// symlink or a file, so that no path inside the output directory can lead out of it.
-fn make_dirs(out_dir: &Path, rel: &str) -> Result<PathBuf, String> {
+fn make_dirs(out_dir: &Path, rel: &str) -> Result<PathBuf, FileError> {
     let mut dir = out_dir.to_path_buf();
     let mut components: Vec<&str> = rel.split('/').collect();
     components.pop();
@@ -578,13 +655,12 @@ fn make_dirs(out_dir: &Path, rel: &str) -> Result<PathBuf, String> {
         let created = match fs::create_dir(&dir) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(format!("cannot create the directory {}: {e}", dir.display())),
+            Err(source) => return Err(FileError::CreateDir { path: dir, source }),
         };
         if !created {
-            let meta = fs::symlink_metadata(&dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+            let meta = fs::symlink_metadata(&dir).map_err(|source| FileError::Inspect { path: dir.clone(), source })?;
             if !meta.is_dir() {
-                let kind = kind_of(meta.file_type());
-                return Err(format!("{} is a {kind}, not a directory; nothing was written", dir.display()));
+                return Err(FileError::NotADirectory { path: dir, kind: kind_of(meta.file_type()) });
             }
         }
     }
@@ -624,5 +700,56 @@ fn crc32_of(path: &Path) -> io::Result<(u64, u32)> {
         }
         hasher.update(&buf[..n]);
         len += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed file's record reads as it did when these errors were strings: the tests and
+    /// scripts that read a summary look for these words.
+    #[test]
+    fn a_failed_file_is_recorded_as_one_line_with_its_cause() {
+        let id: FileId = "00112233445566778899aabbccddeeff".parse().expect("file ID");
+        let not_found = || io::Error::from(io::ErrorKind::NotFound);
+        let cases: Vec<(FileError, String)> = vec![
+            (FileError::Metadata(not_found()), format!("cannot read the metadata: {}", not_found())),
+            (
+                FileError::StoredNotRecorded { id, source: not_found() },
+                format!("stored as {id}, but the manifest could not be written: {}", not_found()),
+            ),
+            (
+                FileError::UnsafePath(UnsafePath::ParentDir),
+                "refused: the path contains `..` and would leave the output directory; nothing was written".into(),
+            ),
+            (
+                FileError::NotADirectory { path: "out/link".into(), kind: "symlink" },
+                "out/link is a symlink, not a directory; nothing was written".into(),
+            ),
+            (
+                FileError::Differs("out/f".into()),
+                "out/f exists and differs from the manifest (--force replaces it)".into(),
+            ),
+            (
+                FileError::CrcMismatch { id, crc32: 0xab, expected: 0xcd },
+                format!("the data of {id} has crc32 000000ab, the manifest says 000000cd"),
+            ),
+            (
+                FileError::Temp { action: "sync", path: "out/.dfs-restore-x".into(), source: not_found() },
+                format!("cannot sync out/.dfs-restore-x: {}", not_found()),
+            ),
+        ];
+        for (error, expected) in cases {
+            let failed = error.failed("f");
+            assert_eq!((failed.path.as_str(), failed.error.as_str()), ("f", expected.as_str()), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn an_io_cause_keeps_its_kind() {
+        let error = FileError::Inspect { path: "out/x".into(), source: io::ErrorKind::PermissionDenied.into() };
+        let source = std::error::Error::source(&error).and_then(|e| e.downcast_ref::<io::Error>());
+        assert_eq!(source.map(io::Error::kind), Some(io::ErrorKind::PermissionDenied));
     }
 }

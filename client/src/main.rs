@@ -17,7 +17,7 @@ mod bucket_cmd;
 mod tree_cmd;
 mod view;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use bench::{BenchConfig, BenchInput, BenchOp, Cleanup, LocalCluster, LOG_TAIL_LINES};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -468,8 +468,7 @@ fn run_bench(
             report.concurrency,
             report.chunking
         );
-        let svg = bench::render_svg(&report.latency_us, &report.timeline, &title)
-            .map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
+        let svg = bench::render_svg(&report.latency_us, &report.timeline, &title).context("cannot draw the plot")?;
         fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Cleanup::Failed { n_failed, first_error } = &report.cleanup {
@@ -508,16 +507,29 @@ fn note(line: &str) {
 /// node buffers.
 const DEFAULT_JOBS: usize = 16;
 
-fn parse_jobs(s: &str) -> Result<usize, String> {
-    let max = dfs_client::ingest::MAX_JOBS;
+/// A `--jobs` value that is not a number from 1 to [`dfs_client::ingest::MAX_JOBS`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a number of jobs from 1 to {max}", max = dfs_client::ingest::MAX_JOBS)]
+struct BadJobs(String);
+
+fn parse_jobs(s: &str) -> Result<usize, BadJobs> {
     match s.parse::<usize>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!("{s:?} is not a number of jobs from 1 to {max}")),
+        Ok(n) if (1..=dfs_client::ingest::MAX_JOBS).contains(&n) => Ok(n),
+        _ => Err(BadJobs(s.to_string())),
     }
 }
 
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("{s:?}: {e}"))
+/// A size option's value that is not a byte count. clap prints only an argument error's own
+/// message, so the cause is part of it rather than a `source()`.
+#[derive(Debug, thiserror::Error)]
+#[error("{text:?}: {cause}")]
+struct BadSize {
+    text: String,
+    cause: parse_size::Error,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, BadSize> {
+    parse_size::Config::new().with_binary().parse_size(s).map_err(|cause| BadSize { text: s.to_string(), cause })
 }
 
 /// Parses a file ID before any connection is made, so a typo costs no round trip.

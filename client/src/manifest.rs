@@ -24,6 +24,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 
 use crate::Origin;
+use dfs_proto::ParseIdError;
 
 /// The header format [`Writer::open`] writes; a header of another format is refused.
 pub const HEADER_FORMAT: u32 = 1;
@@ -43,9 +44,18 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn file_id(&self) -> Result<crate::FileId, String> {
-        self.id.parse().map_err(|e| format!("the manifest's file ID {:?} is not valid: {e}", self.id))
+    pub fn file_id(&self) -> Result<crate::FileId, BadFileId> {
+        self.id.parse().map_err(|source| BadFileId { id: self.id.clone(), source })
     }
+}
+
+/// An entry whose file ID does not parse: that file fails, not the whole manifest.
+#[derive(Debug, thiserror::Error)]
+#[error("the manifest's file ID {id:?} is not valid")]
+pub struct BadFileId {
+    pub id: String,
+    #[source]
+    pub source: ParseIdError,
 }
 
 /// The line naming a manifest's identity (see the module documentation).
@@ -62,14 +72,11 @@ impl Header {
         Header { dfs_manifest: HEADER_FORMAT, origin: origin.to_string() }
     }
 
-    fn origin(&self) -> Result<Origin, String> {
+    fn origin(&self) -> Result<Origin, LineError> {
         if self.dfs_manifest != HEADER_FORMAT {
-            return Err(format!(
-                "manifest header format {} is not the one this client knows ({HEADER_FORMAT})",
-                self.dfs_manifest
-            ));
+            return Err(LineError::HeaderFormat(self.dfs_manifest));
         }
-        self.origin.parse().map_err(|e| format!("{e}"))
+        self.origin.parse().map_err(LineError::Origin)
     }
 }
 
@@ -111,8 +118,24 @@ pub enum ManifestError {
     },
     #[error("the manifest {} is in use by another dfs-client (it holds the file's lock)", .0.display())]
     Busy(PathBuf),
+    /// `why` is part of the message rather than a `source()`: the line number alone says
+    /// little.
     #[error("manifest {}, line {line}: {why}", path.display())]
-    Line { path: PathBuf, line: usize, why: String },
+    Line { path: PathBuf, line: usize, why: LineError },
+}
+
+/// What is wrong with one line of a manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// Neither an entry nor a header (the error is the entry's, since nearly every line is one).
+    #[error(transparent)]
+    Json(serde_json::Error),
+    #[error("not valid UTF-8")]
+    NotUtf8,
+    #[error("manifest header format {0} is not the one this client knows ({HEADER_FORMAT})")]
+    HeaderFormat(u32),
+    #[error(transparent)]
+    Origin(ParseIdError),
 }
 
 /// The identity and entries of a manifest's text, last line per path winning. A final line
@@ -128,7 +151,7 @@ pub fn parse(text: &str, path_for_errors: &Path) -> Result<Contents, ManifestErr
             continue;
         }
         let is_last = idx + 1 == lines.len();
-        let bad = |why: String| ManifestError::Line { path: path_for_errors.into(), line: idx + 1, why };
+        let bad = |why: LineError| ManifestError::Line { path: path_for_errors.into(), line: idx + 1, why };
         match Line::parse(line.as_bytes()) {
             Ok(Line::Entry(entry)) => {
                 contents.entries.insert(entry.path.clone(), entry);
@@ -138,7 +161,7 @@ pub fn parse(text: &str, path_for_errors: &Path) -> Result<Contents, ManifestErr
                 contents.origin.get_or_insert(origin);
             }
             Err(_) if is_last && !complete => break,
-            Err(e) => return Err(bad(e.to_string())),
+            Err(e) => return Err(bad(LineError::Json(e))),
         }
     }
     Ok(contents)
@@ -151,7 +174,7 @@ pub fn load(path: &Path) -> Result<Contents, ManifestError> {
     let text = String::from_utf8(bytes).map_err(|e| ManifestError::Line {
         path: path.into(),
         line: line_of(e.as_bytes(), e.utf8_error().valid_up_to()),
-        why: "not valid UTF-8".into(),
+        why: LineError::NotUtf8,
     })?;
     parse(&text, path)
 }
@@ -161,26 +184,43 @@ fn line_of(bytes: &[u8], at: usize) -> usize {
     1 + bytes[..at.min(bytes.len())].iter().filter(|&&b| b == b'\n').count()
 }
 
+/// Why a manifest path may not be written (see [`check_relative`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UnsafePath {
+    #[error("the path is empty")]
+    Empty,
+    #[error("the path contains a NUL byte")]
+    Nul,
+    #[error("the path is absolute; manifest paths are relative to the output directory")]
+    Absolute,
+    #[error("the path contains `..` and would leave the output directory")]
+    ParentDir,
+    #[error("the path has an empty or `.` component")]
+    EmptyOrDotComponent,
+    #[error("the path does not stay inside the output directory")]
+    Escapes,
+}
+
 /// A relative path that stays inside the directory it is joined to: not empty, not absolute,
 /// no `..`, no `.` components and no empty ones.
-pub fn check_relative(path: &str) -> Result<(), String> {
+pub fn check_relative(path: &str) -> Result<(), UnsafePath> {
     if path.is_empty() {
-        return Err("the path is empty".into());
+        return Err(UnsafePath::Empty);
     }
     if path.contains('\0') {
-        return Err("the path contains a NUL byte".into());
+        return Err(UnsafePath::Nul);
     }
     if path.starts_with('/') {
-        return Err("the path is absolute; manifest paths are relative to the output directory".into());
+        return Err(UnsafePath::Absolute);
     }
     if path.split('/').any(|c| c == "..") {
-        return Err("the path contains `..` and would leave the output directory".into());
+        return Err(UnsafePath::ParentDir);
     }
     if path.split('/').any(|c| c.is_empty() || c == ".") {
-        return Err("the path has an empty or `.` component".into());
+        return Err(UnsafePath::EmptyOrDotComponent);
     }
     if Path::new(path).components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err("the path does not stay inside the output directory".into());
+        return Err(UnsafePath::Escapes);
     }
     Ok(())
 }
@@ -321,8 +361,20 @@ mod tests {
 
     #[test]
     fn paths_that_leave_the_directory_are_refused_by_check_relative_only() {
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", "a/..", "..", "x\0y"] {
-            assert!(check_relative(bad).is_err(), "{bad:?} was accepted");
+        use UnsafePath::*;
+        for (bad, why) in [
+            ("", Empty),
+            ("/etc/passwd", Absolute),
+            ("../x", ParentDir),
+            ("a/../../x", ParentDir),
+            ("a//b", EmptyOrDotComponent),
+            ("./a", EmptyOrDotComponent),
+            ("a/.", EmptyOrDotComponent),
+            ("a/..", ParentDir),
+            ("..", ParentDir),
+            ("x\0y", Nul),
+        ] {
+            assert_eq!(check_relative(bad), Err(why), "{bad:?}");
             // The line itself is well formed: the file it names fails, not the whole manifest.
             let text = format!("{}\n", line(bad, 1));
             assert_eq!(parse(&text, m()).expect("parse").entries[bad].path, bad);
@@ -449,13 +501,27 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_file_id_names_itself_and_keeps_the_parse_error() {
+        let e = Entry { id: "not-an-id".into(), ..entry("a", 1) }.file_id().expect_err("not an ID");
+        assert_eq!(e.source, ParseIdError::File("not-an-id".into()));
+        assert_eq!(
+            crate::error_chain(&e),
+            "the manifest's file ID \"not-an-id\" is not valid: malformed file ID \"not-an-id\": expected 32 hex digits"
+        );
+    }
+
+    #[test]
     fn a_missing_or_non_utf8_manifest_is_an_error_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("nope.jsonl");
-        assert!(load(&missing).expect_err("missing").to_string().contains("nope.jsonl"));
+        let e = load(&missing).expect_err("missing");
+        assert!(e.to_string().contains("nope.jsonl"), "{e}");
+        assert!(matches!(&e, ManifestError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound), "{e:?}");
         let bad = dir.path().join("bad.jsonl");
         std::fs::write(&bad, [line("a", 1).as_bytes(), b"\n\xff\xfe\n"].concat()).expect("write");
-        assert!(load(&bad).expect_err("non-UTF-8").to_string().contains("line 2"));
+        let e = load(&bad).expect_err("non-UTF-8");
+        assert!(matches!(e, ManifestError::Line { line: 2, why: LineError::NotUtf8, .. }), "{e:?}");
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 
     fn arb_entry() -> impl Strategy<Value = Entry> {

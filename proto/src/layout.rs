@@ -42,13 +42,18 @@ impl fmt::Display for Chunking {
     }
 }
 
+/// A chunking name other than `equal` or `dynamic`; holds the name given.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown chunking {0:?}: expected equal or dynamic")]
+pub struct UnknownChunking(pub String);
+
 impl FromStr for Chunking {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Chunking, String> {
+    type Err = UnknownChunking;
+    fn from_str(s: &str) -> Result<Chunking, UnknownChunking> {
         match s {
             "equal" => Ok(Chunking::Equal),
             "dynamic" => Ok(Chunking::Dynamic),
-            _ => Err(format!("unknown chunking {s:?}: expected equal or dynamic")),
+            _ => Err(UnknownChunking(s.to_string())),
         }
     }
 }
@@ -212,6 +217,16 @@ mod tests {
 
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn chunking_names_round_trip_and_an_unknown_one_is_named_in_the_error() {
+        for chunking in [Chunking::Equal, Chunking::Dynamic] {
+            assert_eq!(chunking.to_string().parse::<Chunking>(), Ok(chunking));
+        }
+        let e = "Equal".parse::<Chunking>().unwrap_err();
+        assert_eq!(e, UnknownChunking("Equal".into()));
+        assert_eq!(e.to_string(), "unknown chunking \"Equal\": expected equal or dynamic");
+    }
 
     #[test]
     fn equal_split_of_small_sizes() {

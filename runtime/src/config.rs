@@ -6,16 +6,45 @@
 //! list). Unknown keys are refused, naming the file.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Why the settings of `--config FILE` cannot be used. Every variant but the first names the
+/// file; the causes (an I/O error, a TOML syntax error) are left to `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--config needs a FILE")]
+    MissingPath,
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("config file {} is not valid TOML", path.display())]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config file {}: unknown setting {key:?}", path.display())]
+    UnknownSetting { path: PathBuf, key: String },
+    /// A table, a date or the like, which no option takes.
+    #[error("config file {}: {key} = {value} is not a supported value", path.display())]
+    UnsupportedValue { path: PathBuf, key: String, value: toml::Value },
+    /// A string or number given to an option that takes no value.
+    #[error("config file {}: {key} is a switch; give it true or false", path.display())]
+    NotASwitchValue { path: PathBuf, key: String },
+}
 
 /// The process's arguments with the settings of its `--config FILE` (if any) put in front.
-pub fn args_with_config(cmd: &clap::Command) -> Result<Vec<OsString>, String> {
+pub fn args_with_config(cmd: &clap::Command) -> Result<Vec<OsString>, ConfigError> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let mut config_path = None;
     for (i, arg) in argv.iter().enumerate() {
         let Some(arg) = arg.to_str() else { continue };
         if arg == "--config" {
-            config_path = Some(argv.get(i + 1).ok_or("--config needs a FILE")?.clone());
+            config_path = Some(argv.get(i + 1).ok_or(ConfigError::MissingPath)?.clone());
         } else if let Some(path) = arg.strip_prefix("--config=") {
             config_path = Some(path.into());
         }
@@ -36,10 +65,9 @@ pub fn args_with_config(cmd: &clap::Command) -> Result<Vec<OsString>, String> {
 }
 
 /// The arguments a config file stands for, leaving out options in `skip`.
-fn config_args(path: &Path, cmd: &clap::Command, skip: &[String]) -> Result<Vec<OsString>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let table: toml::Table =
-        text.parse().map_err(|e| format!("config file {} is not valid TOML: {e}", path.display()))?;
+fn config_args(path: &Path, cmd: &clap::Command, skip: &[String]) -> Result<Vec<OsString>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let table: toml::Table = text.parse().map_err(|source| ConfigError::Toml { path: path.into(), source })?;
     let mut out = Vec::new();
     for (key, value) in table {
         let long = key.replace('_', "-");
@@ -47,7 +75,7 @@ fn config_args(path: &Path, cmd: &clap::Command, skip: &[String]) -> Result<Vec<
             .get_arguments()
             .find(|a| a.get_long() == Some(long.as_str()))
             .filter(|_| long != "config" && long != "help" && long != "version")
-            .ok_or_else(|| format!("config file {}: unknown setting {key:?}", path.display()))?;
+            .ok_or_else(|| ConfigError::UnknownSetting { path: path.into(), key: key.clone() })?;
         if skip.contains(&long) {
             continue;
         }
@@ -69,11 +97,15 @@ fn config_args(path: &Path, cmd: &clap::Command, skip: &[String]) -> Result<Vec<
                 }
                 toml::Value::Boolean(b) => b.to_string(),
                 other => {
-                    return Err(format!("config file {}: {key} = {other} is not a supported value", path.display()))
+                    return Err(ConfigError::UnsupportedValue {
+                        path: path.into(),
+                        key: key.clone(),
+                        value: other.clone(),
+                    })
                 }
             };
             if !takes_value {
-                return Err(format!("config file {}: {key} is a switch; give it true or false", path.display()));
+                return Err(ConfigError::NotASwitchValue { path: path.into(), key: key.clone() });
             }
             out.push(format!("--{long}").into());
             out.push(text.into());
@@ -96,7 +128,7 @@ mod tests {
             .arg(Arg::new("config").long("config"))
     }
 
-    fn args_of(toml: &str, skip: &[&str]) -> Result<Vec<String>, String> {
+    fn args_of(toml: &str, skip: &[&str]) -> Result<Vec<String>, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, toml).expect("write");
@@ -117,10 +149,27 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
-        assert!(args_of("lisen = \"x\"\n", &[]).unwrap_err().contains("unknown setting \"lisen\""));
-        assert!(args_of("config = \"other.toml\"\n", &[]).unwrap_err().contains("unknown setting"));
-        assert!(args_of("insecure = \"yes\"\n", &[]).unwrap_err().contains("switch"));
-        assert!(args_of("listen = {a = 1}\n", &[]).unwrap_err().contains("not a supported value"));
-        assert!(args_of("listen = \n", &[]).unwrap_err().contains("not valid TOML"));
+        let refused = |toml: &str| args_of(toml, &[]).expect_err(toml);
+        let e = refused("lisen = \"x\"\n");
+        assert!(matches!(&e, ConfigError::UnknownSetting { key, .. } if key == "lisen"), "{e:?}");
+        assert!(e.to_string().contains("unknown setting \"lisen\"") && e.to_string().contains("c.toml"), "{e}");
+        let e = refused("config = \"other.toml\"\n");
+        assert!(matches!(e, ConfigError::UnknownSetting { .. }) && e.to_string().contains("unknown setting"), "{e}");
+        let e = refused("insecure = \"yes\"\n");
+        assert!(matches!(e, ConfigError::NotASwitchValue { .. }) && e.to_string().contains("switch"), "{e}");
+        let e = refused("listen = {a = 1}\n");
+        assert!(matches!(e, ConfigError::UnsupportedValue { .. }), "{e:?}");
+        assert!(e.to_string().contains("not a supported value"), "{e}");
+        let e = refused("listen = \n");
+        assert!(matches!(e, ConfigError::Toml { .. }) && e.to_string().contains("not valid TOML"), "{e}");
+        assert!(std::error::Error::source(&e).is_some(), "the TOML error is kept as the cause");
+    }
+
+    #[test]
+    fn a_missing_file_keeps_its_io_error_kind() {
+        let missing = Path::new("/nonexistent/dfs-config.toml");
+        let e = config_args(missing, &cmd(), &[]).expect_err("a missing file");
+        assert!(matches!(&e, ConfigError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound), "{e:?}");
+        assert_eq!(e.to_string(), "cannot read config file /nonexistent/dfs-config.toml");
     }
 }

@@ -45,12 +45,25 @@ pub fn main_with_config<A: clap::Parser>(run: impl FnOnce(A) -> Result<(), Strin
     let argv = match config::args_with_config(&A::command()) {
         Ok(argv) => argv,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", error_chain(&e));
             return std::process::ExitCode::FAILURE;
         }
     };
     let args = A::parse_from(argv);
     main_with(|| run(args))
+}
+
+/// An error and its sources as one text, `a: b: c`: what a typed error prints on its way out
+/// of `main`, its causes included.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
@@ -198,13 +211,18 @@ pub enum DataPath {
     Splice,
 }
 
+/// A data path name other than `splice` or `copy`; holds the name given.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown data path {0:?}: expected splice or copy")]
+pub struct UnknownDataPath(pub String);
+
 impl std::str::FromStr for DataPath {
-    type Err = String;
-    fn from_str(s: &str) -> Result<DataPath, String> {
+    type Err = UnknownDataPath;
+    fn from_str(s: &str) -> Result<DataPath, UnknownDataPath> {
         match s {
             "copy" => Ok(DataPath::Copy),
             "splice" => Ok(DataPath::Splice),
-            _ => Err(format!("unknown data path {s:?}: expected splice or copy")),
+            _ => Err(UnknownDataPath(s.to_string())),
         }
     }
 }
@@ -251,6 +269,17 @@ pub fn choose_data_path(requested: DataPath) -> DataPath {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn data_path_names_round_trip_and_an_unknown_one_is_named_in_the_error() {
+        use super::{DataPath, UnknownDataPath};
+        for path in [DataPath::Copy, DataPath::Splice] {
+            assert_eq!(path.to_string().parse::<DataPath>(), Ok(path));
+        }
+        let e = "zerocopy".parse::<DataPath>().unwrap_err();
+        assert_eq!(e, UnknownDataPath("zerocopy".into()));
+        assert_eq!(e.to_string(), "unknown data path \"zerocopy\": expected splice or copy");
+    }
+
     #[test]
     fn the_descriptor_limit_is_raised_to_the_hard_limit() {
         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, default_value_t = 100_000)]
     count: u64,
     /// Bytes per chunk.
-    #[arg(long, default_value = "1KiB", value_parser = |s: &str| parse_size::parse_size(s).map_err(|e| e.to_string()))]
+    #[arg(long, default_value = "1KiB", value_parser = |s: &str| parse_size::parse_size(s))]
     size: u64,
     /// Connections, each with one STORE in flight.
     #[arg(long, default_value_t = 64)]

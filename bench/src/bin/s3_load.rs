@@ -62,8 +62,17 @@ const MAX_PARTS: u64 = 10_000;
 /// as this.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
 
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("{s:?}: {e}"))
+/// A size option's value that is not a byte count. clap prints only an argument error's own
+/// message, so the cause is part of it rather than a `source()`.
+#[derive(Debug, thiserror::Error)]
+#[error("{text:?}: {cause}")]
+struct BadSize {
+    text: String,
+    cause: parse_size::Error,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, BadSize> {
+    parse_size::Config::new().with_binary().parse_size(s).map_err(|cause| BadSize { text: s.to_string(), cause })
 }
 
 #[derive(Parser, Debug)]

@@ -11,7 +11,14 @@
 
 use super::latency::US_PER_MS;
 use hdrhistogram::Histogram;
+use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
+
+/// Why the plot could not be drawn: plotters refused the layout or a drawing step. The SVG is
+/// written into a string, so no file is involved yet.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct PlotError(#[from] DrawingAreaErrorKind<std::io::Error>);
 
 /// The picture's size in SVG pixels (both views).
 const WIDTH_PX: u32 = 1800;
@@ -83,16 +90,16 @@ fn y_decimals(y_max_ms: f64) -> usize {
 /// Draws the percentile curve of `histogram` (microseconds) and the latency over time of
 /// `timeline` ((seconds since the run began, latency ms) per request) under `title`, and
 /// returns the SVG document.
-pub fn render_svg(histogram: &Histogram<u64>, timeline: &[(f64, f64)], title: &str) -> Result<String, String> {
+pub fn render_svg(histogram: &Histogram<u64>, timeline: &[(f64, f64)], title: &str) -> Result<String, PlotError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let root = root.titled(title, ("sans-serif", 22)).map_err(|e| e.to_string())?;
+        root.fill(&WHITE)?;
+        let root = root.titled(title, ("sans-serif", 22))?;
         let (left, right) = root.split_horizontally(WIDTH_PX / 2);
         draw_percentiles(&left, histogram)?;
         draw_over_time(&right, timeline)?;
-        root.present().map_err(|e| e.to_string())?;
+        root.present()?;
     }
     Ok(svg)
 }
@@ -106,28 +113,28 @@ type Chart<'a, 'b> = ChartContext<
 >;
 
 /// One of the two panels: its caption and axes from 0 to the maxima.
-fn panel<'a, 'b>(area: &'a Area<'b>, caption: &str, x_max: f64, y_max: f64) -> Result<Chart<'a, 'b>, String> {
+fn panel<'a, 'b>(area: &'a Area<'b>, caption: &str, x_max: f64, y_max: f64) -> Result<Chart<'a, 'b>, PlotError> {
     ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 18))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-        .map_err(|e| e.to_string())
+        .map_err(PlotError)
 }
 
 /// The series' legend, upper left, as both panels draw it.
-fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), String> {
+fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), PlotError> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| e.to_string())
+        .map_err(PlotError)
 }
 
-fn draw_percentiles(area: &Area<'_>, histogram: &Histogram<u64>) -> Result<(), String> {
+fn draw_percentiles(area: &Area<'_>, histogram: &Histogram<u64>) -> Result<(), PlotError> {
     let points = curve(histogram);
     let max_ms = histogram.max() as f64 / US_PER_MS;
     let last_x = points.last().map_or(0.0, |&(x, _)| x);
@@ -147,22 +154,19 @@ fn draw_percentiles(area: &Area<'_>, histogram: &Histogram<u64>) -> Result<(), S
         .y_label_formatter(&y_label)
         .x_desc("percentile")
         .y_desc("latency (ms)")
-        .draw()
-        .map_err(|e| e.to_string())?;
+        .draw()?;
     chart
-        .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
-        .map_err(|e| e.to_string())?
+        .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))?
         .label("latency at percentile")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     chart
-        .draw_series(DashedLineSeries::new([(0.0, max_ms), (x_max, max_ms)], 6, 4, RED.stroke_width(1)))
-        .map_err(|e| e.to_string())?
+        .draw_series(DashedLineSeries::new([(0.0, max_ms), (x_max, max_ms)], 6, 4, RED.stroke_width(1)))?
         .label(format!("max {max_ms:.3} ms"))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(1)));
     draw_legend(&mut chart)
 }
 
-fn draw_over_time(area: &Area<'_>, timeline: &[(f64, f64)]) -> Result<(), String> {
+fn draw_over_time(area: &Area<'_>, timeline: &[(f64, f64)]) -> Result<(), PlotError> {
     let bins = over_time(timeline);
     let x_max = bins.last().map_or(1.0, |&(t, _, _)| t * 1.02).max(1e-3);
     let y_max = (bins.iter().map(|&(_, _, max)| max).fold(0.0, f64::max) * HEADROOM).max(0.001);
@@ -176,16 +180,13 @@ fn draw_over_time(area: &Area<'_>, timeline: &[(f64, f64)]) -> Result<(), String
         .y_label_formatter(&y_label)
         .x_desc("seconds since the first request")
         .y_desc("latency (ms)")
-        .draw()
-        .map_err(|e| e.to_string())?;
+        .draw()?;
     chart
-        .draw_series(LineSeries::new(bins.iter().map(|&(t, _, max)| (t, max)), RED.stroke_width(1)))
-        .map_err(|e| e.to_string())?
+        .draw_series(LineSeries::new(bins.iter().map(|&(t, _, max)| (t, max)), RED.stroke_width(1)))?
         .label("highest in slice")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(1)));
     chart
-        .draw_series(LineSeries::new(bins.iter().map(|&(t, median, _)| (t, median)), BLUE.stroke_width(2)))
-        .map_err(|e| e.to_string())?
+        .draw_series(LineSeries::new(bins.iter().map(|&(t, median, _)| (t, median)), BLUE.stroke_width(2)))?
         .label("median in slice")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     draw_legend(&mut chart)
