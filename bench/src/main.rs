@@ -22,24 +22,12 @@ mod stats;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use dfs_proto::units::parse_bytes;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// A size option's value that is not a byte count. clap prints only an argument error's own
-/// message, so the cause is part of it rather than a `source()`.
-#[derive(Debug, thiserror::Error)]
-#[error("{text:?}: {cause}")]
-struct BadSize {
-    text: String,
-    cause: parse_size::Error,
-}
-
-fn parse_bytes(s: &str) -> Result<u64, BadSize> {
-    parse_size::Config::new().with_binary().parse_size(s).map_err(|cause| BadSize { text: s.to_string(), cause })
-}
 
 #[derive(Parser, Debug, Serialize)]
 #[command(about = "Measure dfs against the ideal relay, SeaweedFS and the Python sketch, all in one run")]

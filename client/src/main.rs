@@ -22,6 +22,7 @@ use bench::{BenchConfig, BenchInput, BenchOp, Cleanup, LocalCluster, LOG_TAIL_LI
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use dfs_client::{failover, Chunking, Client, FileId, MappedFile, Progress, DEFAULT_SERVER};
+use dfs_proto::units::parse_bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fs;
 use std::io::{self, IsTerminal, Write};
@@ -517,19 +518,6 @@ fn parse_jobs(s: &str) -> Result<usize, BadJobs> {
         Ok(n) if (1..=dfs_client::ingest::MAX_JOBS).contains(&n) => Ok(n),
         _ => Err(BadJobs(s.to_string())),
     }
-}
-
-/// A size option's value that is not a byte count. clap prints only an argument error's own
-/// message, so the cause is part of it rather than a `source()`.
-#[derive(Debug, thiserror::Error)]
-#[error("{text:?}: {cause}")]
-struct BadSize {
-    text: String,
-    cause: parse_size::Error,
-}
-
-fn parse_bytes(s: &str) -> Result<u64, BadSize> {
-    parse_size::Config::new().with_binary().parse_size(s).map_err(|cause| BadSize { text: s.to_string(), cause })
 }
 
 /// Parses a file ID before any connection is made, so a typo costs no round trip.

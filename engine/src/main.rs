@@ -5,6 +5,7 @@ use clap::Parser;
 use dfs_engine::cluster::{self, NodeTimeouts};
 use dfs_engine::state::{self, EngineConfig, EngineState};
 use dfs_engine::{buffer, local, meta, metrics, repair, server};
+use dfs_proto::units::parse_bytes;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,10 +16,6 @@ use std::time::Duration;
 pub const MIN_NODES: usize = 4;
 /// Copies of each chunk unless `--replicas` says otherwise.
 const DEFAULT_REPLICAS: usize = 2;
-
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    parse_size::Config::new().with_binary().parse_size(s).map_err(|e| format!("{s:?}: {e}"))
-}
 
 /// dfs engine: the coordinator clients talk to.
 #[derive(Parser, Debug)]

@@ -16,3 +16,18 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[unit])
     }
 }
+
+/// A size option's value that is not a byte count. clap prints only an argument error's own
+/// message, so the cause is part of it rather than a `source()`.
+#[derive(Debug, thiserror::Error)]
+#[error("{text:?}: {cause}")]
+pub struct BadSize {
+    text: String,
+    cause: parse_size::Error,
+}
+
+/// A byte count as people write it on a command line (`4096`, `64KiB`, `8MB`, `1.5GiB`; K, M,
+/// G read as powers of two): the one parser of every binary's size options.
+pub fn parse_bytes(s: &str) -> Result<u64, BadSize> {
+    parse_size::Config::new().with_binary().parse_size(s).map_err(|cause| BadSize { text: s.to_string(), cause })
+}

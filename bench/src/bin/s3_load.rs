@@ -28,6 +28,7 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dfs_proto::units::parse_bytes;
 use hdrhistogram::Histogram;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -61,19 +62,6 @@ const MAX_PARTS: u64 = 10_000;
 /// Highest latency the histograms hold (one hour), in microseconds; a slower request is counted
 /// as this.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
-
-/// A size option's value that is not a byte count. clap prints only an argument error's own
-/// message, so the cause is part of it rather than a `source()`.
-#[derive(Debug, thiserror::Error)]
-#[error("{text:?}: {cause}")]
-struct BadSize {
-    text: String,
-    cause: parse_size::Error,
-}
-
-fn parse_bytes(s: &str) -> Result<u64, BadSize> {
-    parse_size::Config::new().with_binary().parse_size(s).map_err(|cause| BadSize { text: s.to_string(), cause })
-}
 
 #[derive(Parser, Debug)]
 #[command(
