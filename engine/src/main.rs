@@ -153,7 +153,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    dfs_runtime::main_with_config::<Args>(run)
+    dfs_runtime::main_with_config::<Args, _>(run)
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -164,7 +164,7 @@ fn run(args: Args) -> Result<(), String> {
         return Err("--chunk-size-max must be at least 1 byte".into());
     }
     // io_uring where the kernel allows it, else epoll (logged once).
-    dfs_runtime::backend::select()?;
+    dfs_runtime::backend::select().map_err(|e| e.to_string())?;
     // Checked before any local node is started.
     let n_planned = args.local.unwrap_or(args.nodes.len());
     if n_planned < MIN_NODES {
@@ -322,7 +322,7 @@ fn run(args: Args) -> Result<(), String> {
         repair_queue: Default::default(),
         repair_pace: dfs_engine::repair_queue::RepairPace::new(args.repair_bandwidth),
     });
-    name_nodes(&state)?;
+    name_nodes(&state).map_err(|e| e.to_string())?;
     if args.ping_interval_secs > 0 {
         cluster::start_pinger(&state.links, Duration::from_secs(args.ping_interval_secs))
             .map_err(|e| format!("cannot start the node pinger: {e}"))?;
@@ -332,13 +332,15 @@ fn run(args: Args) -> Result<(), String> {
         Duration::from_secs(args.repair_interval_secs),
         Duration::from_secs(args.repair_queue_secs),
         Duration::from_secs(args.repair_after_down_secs),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     metrics::init();
     if let Some(http_addr) = args.http {
         let open = http_addr.ip().is_loopback() || args.insecure;
         let mut pages = dfs_engine::status::Pages::new(state.clone(), open, addr.to_string())
             .map_err(|e| format!("cannot start the status page's runtime: {e}"))?;
-        dfs_runtime::metrics::serve_with(http_addr, Some(Box::new(move |m, u, a| pages.answer(m, u, a))))?;
+        dfs_runtime::metrics::serve_with(http_addr, Some(Box::new(move |m, u, a| pages.answer(m, u, a))))
+            .map_err(|e| e.to_string())?;
     }
     if let Some((listeners, keys, hosts, file)) = s3 {
         let at = listeners[0].local_addr().map_err(|e| format!("S3 listener: {e}"))?;
@@ -354,19 +356,30 @@ fn run(args: Args) -> Result<(), String> {
     dfs_runtime::serve_per_core(listeners, args.max_connections, state, server::handle).map_err(|e| e.to_string())
 }
 
+/// What can stop the engine's background work from starting.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot start the {0}: {1}")]
+    Thread(&'static str, std::io::Error),
+    #[error("the first ping panicked")]
+    PingPanicked,
+    #[error(transparent)]
+    Meta(#[from] meta::MetaError),
+}
+
 /// Learns every node's ID (one round of pings, on a thread of its own so that no connection
 /// outlives its runtime) and upgrades metadata that still names nodes by address.
-fn name_nodes(state: &EngineState) -> Result<(), String> {
+fn name_nodes(state: &EngineState) -> Result<(), StartError> {
     let links = state.links.with_idle(state.links.timeouts.connect);
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("first-ping".into())
             .spawn_scoped(s, || dfs_runtime::backend::start(cluster::ping_all(&links)))
-            .map_err(|e| format!("cannot start the first ping: {e}"))?
+            .map_err(|e| StartError::Thread("first ping", e))?
             .join()
-            .map_err(|_| "the first ping panicked".to_string())
+            .map_err(|_| StartError::PingPanicked)
     })?;
-    match state.meta.name_nodes(&*state.links.health).map_err(|e| e.to_string())? {
+    match state.meta.name_nodes(&*state.links.health)? {
         (0, 0) => {}
         (named, 0) => tracing::info!("metadata upgraded: {named} file record(s) now name their nodes by ID"),
         (named, left) => tracing::warn!(
@@ -385,7 +398,7 @@ fn start_background_repair(
     audit: Duration,
     queue: Duration,
     after_down: Duration,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     if audit.is_zero() && queue.is_zero() {
         return Ok(());
     }
@@ -445,5 +458,5 @@ fn start_background_repair(
             })
         })
         .map(drop)
-        .map_err(|e| format!("cannot start the background repair thread: {e}"))
+        .map_err(|e| StartError::Thread("background repair thread", e))
 }

@@ -129,7 +129,7 @@ fn parse_segment_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    dfs_runtime::main_with_config::<Args>(run)
+    dfs_runtime::main_with_config::<Args, _>(run)
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -154,7 +154,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     };
     // io_uring where the kernel allows it, else epoll (logged once).
-    dfs_runtime::backend::select()?;
+    dfs_runtime::backend::select().map_err(|e| e.to_string())?;
     match dfs_runtime::raise_fd_limit() {
         Ok(n) => tracing::debug!("open descriptor limit: {n}"),
         Err(e) => tracing::warn!("cannot raise the open descriptor limit: {e}"),
@@ -204,7 +204,7 @@ fn run(args: Args) -> Result<(), String> {
     tracing::info!("node {node_id} listening on {addr}, data in {}, {} runtime(s)", root.display(), args.threads);
     metrics::init();
     if let Some(metrics_addr) = args.metrics {
-        dfs_runtime::metrics::serve(metrics_addr)?;
+        dfs_runtime::metrics::serve(metrics_addr).map_err(|e| e.to_string())?;
     }
     dfs_runtime::announce(addr);
     let data_path = dfs_runtime::choose_data_path(args.data_path);

@@ -28,13 +28,22 @@ static BACKEND: OnceLock<Backend> = OnceLock::new();
 /// The environment variable that forces the fallback: `DFS_IO=epoll`.
 pub const IO_ENV: &str = "DFS_IO";
 
+/// `DFS_IO` names no backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BadBackend {
+    #[error("{IO_ENV}={0:?}: expected `uring` or `epoll`")]
+    Unknown(String),
+    #[error("{IO_ENV}: {0}")]
+    Unreadable(std::env::VarError),
+}
+
 /// Chooses the backend (once; later calls return the first choice) and logs the choice.
 /// Err: `DFS_IO` holds something other than `uring` or `epoll`.
-pub fn select() -> Result<Backend, String> {
+pub fn select() -> Result<Backend, BadBackend> {
     match std::env::var(IO_ENV).as_deref() {
         Ok("epoll") | Ok("uring") | Err(std::env::VarError::NotPresent) => {}
-        Ok(other) => return Err(format!("{IO_ENV}={other:?}: expected `uring` or `epoll`")),
-        Err(e) => return Err(format!("{IO_ENV}: {e}")),
+        Ok(other) => return Err(BadBackend::Unknown(other.to_string())),
+        Err(e) => return Err(BadBackend::Unreadable(e.clone())),
     }
     Ok(*BACKEND.get_or_init(|| {
         if std::env::var(IO_ENV).as_deref() == Ok("epoll") {

@@ -27,7 +27,7 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 
 /// The body of a server binary's `main`: sets up logging, runs `run`, and turns its error into
 /// one `error: ...` line on stderr and a failing exit status.
-pub fn main_with(run: impl FnOnce() -> Result<(), String>) -> std::process::ExitCode {
+pub fn main_with<E: std::fmt::Display>(run: impl FnOnce() -> Result<(), E>) -> std::process::ExitCode {
     init_logging();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -40,7 +40,9 @@ pub fn main_with(run: impl FnOnce() -> Result<(), String>) -> std::process::Exit
 
 /// [`main_with`] for a binary whose arguments may also come from `--config FILE`: the file's
 /// settings go in front of the command line, which overrides them.
-pub fn main_with_config<A: clap::Parser>(run: impl FnOnce(A) -> Result<(), String>) -> std::process::ExitCode {
+pub fn main_with_config<A: clap::Parser, E: std::fmt::Display>(
+    run: impl FnOnce(A) -> Result<(), E>,
+) -> std::process::ExitCode {
     dfs_proto::env::forget_empty_settings();
     let argv = match config::args_with_config(&A::command()) {
         Ok(argv) => argv,

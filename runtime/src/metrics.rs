@@ -12,15 +12,26 @@ pub type Page = (u16, &'static str, Vec<u8>);
 /// its `Authorization` header; None passes the request on to `/metrics` (or 404).
 pub type Pages = Box<dyn FnMut(&str, &str, Option<&str>) -> Option<Page> + Send>;
 
+/// Why the HTTP listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot serve HTTP on {addr}: {cause}")]
+    Bind { addr: SocketAddr, cause: Box<dyn std::error::Error + Send + Sync> },
+    #[error("HTTP server on {0} has no IP address")]
+    NoIp(SocketAddr),
+    #[error("cannot start the HTTP thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Starts serving `GET /metrics` on `addr`; returns the bound address.
-pub fn serve(addr: SocketAddr) -> Result<SocketAddr, String> {
+pub fn serve(addr: SocketAddr) -> Result<SocketAddr, HttpError> {
     serve_with(addr, None)
 }
 
 /// [`serve`], with `pages` answering what they know first.
-pub fn serve_with(addr: SocketAddr, mut pages: Option<Pages>) -> Result<SocketAddr, String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| format!("cannot serve HTTP on {addr}: {e}"))?;
-    let bound = server.server_addr().to_ip().ok_or_else(|| format!("HTTP server on {addr} has no IP address"))?;
+pub fn serve_with(addr: SocketAddr, mut pages: Option<Pages>) -> Result<SocketAddr, HttpError> {
+    let server = tiny_http::Server::http(addr).map_err(|cause| HttpError::Bind { addr, cause })?;
+    let bound = server.server_addr().to_ip().ok_or(HttpError::NoIp(addr))?;
     let has_pages = pages.is_some();
     std::thread::Builder::new()
         .name("http".into())
@@ -70,7 +81,7 @@ pub fn serve_with(addr: SocketAddr, mut pages: Option<Pages>) -> Result<SocketAd
                 }
             }
         })
-        .map_err(|e| format!("cannot start the HTTP thread: {e}"))?;
+        .map_err(HttpError::Thread)?;
     if has_pages {
         tracing::info!("status page on http://{bound}/, metrics on http://{bound}/metrics");
     } else {
