@@ -109,6 +109,120 @@ impl<N: Copy + PartialEq + std::fmt::Debug, I: Copy + PartialEq, E> Upload<N, I,
     }
 }
 
+/// Opening the STOREs of one chunk: the engine implements it over its node connections
+/// (`engine/src/put.rs`), `dfs-sim` over its simulated nodes; [`open_copies`] is the procedure
+/// both run.
+#[allow(async_fn_in_trait)]
+pub trait OpenIo {
+    type Node: Copy + PartialEq + std::fmt::Debug;
+    type Error;
+    /// A STORE in progress on one node (its bytes follow on the caller's path).
+    type Open;
+
+    /// Opens a STORE of the chunk on `node`. Err: the node cannot take it (unreachable, refused
+    /// the connection or the request).
+    async fn open(&self, node: Self::Node) -> Result<Self::Open, Self::Error>;
+}
+
+/// Copying a chunk of an upload from a node holding an acknowledged copy to another, verified
+/// on the way: the engine implements it over its node connections, `dfs-sim` over its simulated
+/// nodes; [`complete`] is the procedure both run.
+#[allow(async_fn_in_trait)]
+pub trait CopyIo {
+    type Node: Copy + PartialEq + std::fmt::Debug;
+    /// What a node proves on the connection that wrote a copy (its ID).
+    type Id: Copy + PartialEq;
+    type Error;
+
+    /// Every node of the cluster, those believed up first.
+    fn nodes_up_first(&self) -> Vec<Self::Node>;
+    /// A copy of `chunk` is about to be written on `node`.
+    fn will_write(&self, chunk: usize, node: Self::Node);
+    /// Copies `chunk` from `source` to `dest`, every block checked against `block_crcs` (the
+    /// source's acknowledged ones); the destination's ID once the new copy is durable.
+    async fn copy(
+        &self,
+        chunk: usize,
+        source: Self::Node,
+        dest: Self::Node,
+        block_crcs: &[u32],
+    ) -> Result<Self::Id, Self::Error>;
+}
+
+/// Fewer nodes took a chunk's STOREs than it needs copies.
+#[derive(Debug)]
+pub struct Refused<N, E> {
+    pub accepted: usize,
+    pub candidates: usize,
+    pub refusals: Vec<(N, E)>,
+}
+
+/// Opens `replicas` STOREs of one chunk on the first of `candidates` (its placement order,
+/// those believed up first) that take one, skipping those that cannot.
+pub async fn open_copies<O: OpenIo>(
+    io: &O,
+    candidates: &[O::Node],
+    replicas: usize,
+) -> Result<Vec<(O::Node, O::Open)>, Refused<O::Node, O::Error>> {
+    assert!(replicas >= 1, "at least one copy of each chunk");
+    let mut open = Vec::with_capacity(replicas);
+    let mut refusals = Vec::new();
+    for &node in candidates {
+        if open.len() == replicas {
+            break;
+        }
+        assert!(!open.iter().any(|(n, _)| *n == node), "node {node:?} is a candidate twice");
+        match io.open(node).await {
+            Ok(o) => open.push((node, o)),
+            Err(e) => refusals.push((node, e)),
+        }
+    }
+    if open.len() < replicas {
+        return Err(Refused { accepted: open.len(), candidates: candidates.len(), refusals });
+    }
+    Ok(open)
+}
+
+/// Why an upload cannot be committed after its bytes were sent: chunk `chunk` has `copies` of
+/// the copies it needs (0: every copy failed while it was written); its errors are in the upload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Incomplete {
+    pub chunk: usize,
+    pub copies: usize,
+}
+
+/// Completes every chunk a node failed part-way: copies it from an acknowledged copy to other
+/// nodes, as [`Upload::next`] says, until every chunk has its copies (Ok: commit) or one cannot
+/// have them.
+pub async fn complete<C: CopyIo>(io: &C, upload: &mut Upload<C::Node, C::Id, C::Error>) -> Result<(), Incomplete> {
+    let replicas = upload.replicas();
+    loop {
+        let (chunk, source, exclude) = match upload.next() {
+            Next::Commit => return Ok(()),
+            Next::Lost { chunk } => return Err(Incomplete { chunk, copies: 0 }),
+            Next::Complete { chunk, source, exclude, .. } => (chunk, source, exclude),
+        };
+        let block_crcs = upload.copies(chunk)[0].block_crcs.clone();
+        for dest in io.nodes_up_first() {
+            if upload.copies(chunk).len() >= replicas {
+                break;
+            }
+            if exclude.contains(&dest) {
+                continue;
+            }
+            io.will_write(chunk, dest);
+            match io.copy(chunk, source, dest, &block_crcs).await {
+                Ok(id) => upload.acked(chunk, dest, id, block_crcs.clone()),
+                Err(e) => upload.failed(chunk, dest, e),
+            }
+        }
+        let copies = upload.copies(chunk).len();
+        if copies < replicas {
+            return Err(Incomplete { chunk, copies });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

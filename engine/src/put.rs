@@ -8,7 +8,7 @@ use crate::cluster::{
 };
 use crate::meta::{ChunkRecord, FileRecord, NodeSlot};
 use crate::state::{internal, meta_failed, EngineState};
-use dfs_core::upload::Next as UploadNext;
+use dfs_core::upload::{CopyIo, Incomplete, Next as UploadNext, OpenIo, Refused};
 use dfs_proto::layout::chunk_spans;
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, NodeId, Origin, Status};
 use dfs_runtime::conn::Conn;
@@ -435,6 +435,36 @@ fn note_replaced_since_written(state: &EngineState, file_id: FileId, upload: &Up
     }
 }
 
+/// Opening one chunk's STOREs over the engine's node connections (`dfs_core::upload::open_copies`
+/// chooses the nodes).
+struct EngineOpen<'a> {
+    state: &'a EngineState,
+    chunk_id: ChunkId,
+    length: u64,
+    crc32: u32,
+    /// A small chunk's bytes, sent with the request.
+    data: Option<&'a [u8]>,
+}
+
+impl OpenIo for EngineOpen<'_> {
+    type Node = SocketAddr;
+    type Error = NodeError;
+    type Open = Target;
+
+    async fn open(&self, addr: SocketAddr) -> Result<Target, NodeError> {
+        match open_store(addr, &self.state.links, self.chunk_id, self.length, self.crc32, self.data).await {
+            Ok(node) => {
+                self.state.links.health.mark_up(addr);
+                Ok(Target { addr, node: Some(node), error: None })
+            }
+            Err(e) => {
+                self.state.links.health.note_failure(&e);
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Opens `replicas` STOREs for one chunk on the first candidates that accept, skipping nodes
 /// that cannot be reached.
 async fn open_targets(
@@ -446,43 +476,73 @@ async fn open_targets(
     replicas: usize,
     data: Option<&[u8]>,
 ) -> Result<Vec<Target>, PutFailure> {
-    let mut targets = Vec::with_capacity(replicas);
-    let mut refused = Vec::new();
-    for &addr in candidates {
-        if targets.len() == replicas {
-            break;
-        }
-        match open_store(addr, &state.links, chunk_id, length, crc32, data).await {
-            Ok(node) => {
-                state.links.health.mark_up(addr);
-                targets.push(Target { addr, node: Some(node), error: None });
-            }
-            Err(e) => {
-                state.links.health.note_failure(&e);
-                refused.push(e.to_string());
-            }
-        }
-    }
-    if targets.len() < replicas {
-        let status = if refused.is_empty() { Status::Internal } else { Status::Unavailable };
-        return Err(PutFailure {
+    let io = EngineOpen { state, chunk_id, length, crc32, data };
+    match dfs_core::upload::open_copies(&io, candidates, replicas).await {
+        Ok(open) => Ok(open.into_iter().map(|(_, target)| target).collect()),
+        Err(Refused { accepted, candidates, refusals }) => Err(PutFailure {
             chunk_idx: chunk_id.chunk_idx,
-            status,
+            status: if refusals.is_empty() { Status::Internal } else { Status::Unavailable },
             message: format!(
-                "chunk {} needs {replicas} copies on distinct nodes, but only {} of {} nodes accepted it ({})",
+                "chunk {} needs {replicas} copies on distinct nodes, but only {accepted} of {candidates} nodes accepted it ({})",
                 chunk_id.chunk_idx,
-                targets.len(),
-                candidates.len(),
-                refused.join("; ")
+                refusals.iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ")
             ),
-        });
+        }),
     }
-    Ok(targets)
 }
 
-/// Completes every chunk a node failed part-way: copies it from an acknowledged copy (verified
-/// block by block on the way) to other nodes, as `dfs_core::upload` says, until every chunk has
-/// its copies (None) or one cannot have them (the failure to report).
+/// Copies of an upload's chunks made node to node over the engine's connections, every block
+/// verified ([`cluster::copy_chunk`]); `dfs_core::upload::complete` decides which.
+struct EngineCopy<'a> {
+    state: &'a EngineState,
+    file_id: FileId,
+    spans: &'a [dfs_proto::layout::ChunkSpan],
+    chunk_crcs: &'a [u32],
+}
+
+impl CopyIo for EngineCopy<'_> {
+    type Node = SocketAddr;
+    type Id = NodeId;
+    type Error = NodeError;
+
+    fn nodes_up_first(&self) -> Vec<SocketAddr> {
+        self.state.links.health.up_first(&self.state.config.nodes)
+    }
+
+    fn will_write(&self, _chunk: usize, _node: SocketAddr) {}
+
+    async fn copy(
+        &self,
+        chunk_idx: usize,
+        source: SocketAddr,
+        dest: SocketAddr,
+        block_crcs: &[u32],
+    ) -> Result<NodeId, NodeError> {
+        let span = &self.spans[chunk_idx];
+        let chunk = ChunkRecord {
+            offset: span.offset,
+            length: span.length,
+            crc32: self.chunk_crcs[chunk_idx],
+            block_crcs: block_crcs.to_vec(),
+            placement: Vec::new(),
+        };
+        let chunk_id = ChunkId { file_id: self.file_id, chunk_idx: span.chunk_idx };
+        match cluster::copy_chunk(source, dest, &self.state.links, chunk_id, &chunk).await {
+            Ok(node_id) => {
+                tracing::info!("{chunk_id}: copied from {source} to {dest} after a node failed mid-upload");
+                Ok(node_id)
+            }
+            Err(e) => {
+                let e = e.into_node_error();
+                self.state.links.health.note_failure(&e);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Completes every chunk a node failed part-way (`dfs_core::upload::complete`), or says which
+/// chunk cannot have its copies.
 async fn complete_copies(
     state: &EngineState,
     file_id: FileId,
@@ -491,64 +551,25 @@ async fn complete_copies(
     upload: &mut Upload,
 ) -> Option<PutFailure> {
     let replicas = upload.replicas();
-    let describe =
-        |errors: &[(SocketAddr, NodeError)]| errors.iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ");
-    loop {
-        let (chunk_idx, source, exclude) = match upload.next() {
-            UploadNext::Commit => return None,
-            UploadNext::Lost { chunk } => {
-                let errors = upload.errors(chunk);
-                return Some(PutFailure {
-                    chunk_idx: chunk as u32,
-                    status: errors.first().map_or(Status::Internal, |(_, e)| e.status()),
-                    message: format!(
-                        "chunk {chunk} lost all of its {replicas} copies while they were written: {}",
-                        describe(errors)
-                    ),
-                });
-            }
-            UploadNext::Complete { chunk, source, exclude, .. } => (chunk, source, exclude),
-        };
-        let span = &spans[chunk_idx];
-        let chunk = ChunkRecord {
-            offset: span.offset,
-            length: span.length,
-            crc32: chunk_crcs[chunk_idx],
-            block_crcs: upload.copies(chunk_idx)[0].block_crcs.clone(),
-            placement: Vec::new(),
-        };
-        let chunk_id = ChunkId { file_id, chunk_idx: span.chunk_idx };
-        for dest in state.links.health.up_first(&state.config.nodes) {
-            if upload.copies(chunk_idx).len() >= replicas {
-                break;
-            }
-            if exclude.contains(&dest) {
-                continue;
-            }
-            match cluster::copy_chunk(source, dest, &state.links, chunk_id, &chunk).await {
-                Ok(node_id) => {
-                    tracing::info!("{chunk_id}: copied from {source} to {dest} after a node failed mid-upload");
-                    upload.acked(chunk_idx, dest, node_id, chunk.block_crcs.clone());
-                }
-                Err(e) => {
-                    let e = e.into_node_error();
-                    state.links.health.note_failure(&e);
-                    upload.failed(chunk_idx, dest, e);
-                }
-            }
+    let io = EngineCopy { state, file_id, spans, chunk_crcs };
+    let Incomplete { chunk, copies } = dfs_core::upload::complete(&io, upload).await.err()?;
+    let errors = upload.errors(chunk);
+    let describe = errors.iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ");
+    Some(if copies == 0 {
+        PutFailure {
+            chunk_idx: chunk as u32,
+            status: errors.first().map_or(Status::Internal, |(_, e)| e.status()),
+            message: format!("chunk {chunk} lost all of its {replicas} copies while they were written: {describe}"),
         }
-        if upload.copies(chunk_idx).len() < replicas {
-            return Some(PutFailure {
-                chunk_idx: span.chunk_idx,
-                status: Status::Unavailable,
-                message: format!(
-                    "chunk {chunk_idx} has {} of the {replicas} copies it needs and no other node took one: {}",
-                    upload.copies(chunk_idx).len(),
-                    describe(upload.errors(chunk_idx))
-                ),
-            });
+    } else {
+        PutFailure {
+            chunk_idx: chunk as u32,
+            status: Status::Unavailable,
+            message: format!(
+                "chunk {chunk} has {copies} of the {replicas} copies it needs and no other node took one: {describe}"
+            ),
         }
-    }
+    })
 }
 
 async fn settle(state: &EngineState, handle: Option<tokio::task::JoinHandle<Acked>>, upload: &mut Upload) {

@@ -7,15 +7,80 @@ use crate::world::{ChunkRec, Deleter, Node, NodeErr, Record, Unrecorded, World, 
 use dfs_core::gc::{Ask, Collected, GcIo, Listed};
 use dfs_core::placement::{ring, up_first};
 use dfs_core::repair::{CopyFailed, Found, Outcome, Placed, QueueIo, Reason, RepairIo};
-use dfs_core::upload::{Next as UploadNext, Upload};
+use dfs_core::upload::{CopyIo, Incomplete, OpenIo, Upload};
 use dfs_proto::layout::{chunk_spans, crc32, Chunking};
 use dfs_proto::{ChunkId, FileId};
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::time::Duration;
 
 fn all_nodes(w: &World) -> Vec<Node> {
     (0..w.config.n_nodes).collect()
+}
+
+/// Opening a STORE on a simulated node: the connection and handshake, as `open_store` makes
+/// them (the bytes and the acknowledgement follow in [`World::store`]).
+struct SimOpen<'a> {
+    w: &'a Rc<World>,
+}
+
+impl OpenIo for SimOpen<'_> {
+    type Node = Node;
+    type Error = NodeErr;
+    type Open = ();
+
+    async fn open(&self, node: Node) -> Result<(), NodeErr> {
+        match self.w.call(node, Duration::ZERO, |_, _| Ok(())).await {
+            Ok(()) => {
+                self.w.mark(node, true);
+                Ok(())
+            }
+            Err(e) => {
+                self.w.note_failure(node, e);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Copying an upload's chunk node to node in the simulation: FETCH from the source, checked
+/// against the chunk's crc32, then STORE on the destination.
+struct SimCopy<'a, 'w> {
+    w: &'a Rc<World>,
+    file_id: FileId,
+    crcs: &'a [u32],
+    unrecorded: RefCell<&'a mut Unrecorded<'w>>,
+    written: &'a RefCell<Vec<(ChunkId, Node)>>,
+}
+
+impl CopyIo for SimCopy<'_, '_> {
+    type Node = Node;
+    type Id = u64;
+    type Error = NodeErr;
+
+    fn nodes_up_first(&self) -> Vec<Node> {
+        up_first(&all_nodes(self.w), |n| self.w.is_up(n))
+    }
+
+    fn will_write(&self, chunk: usize, node: Node) {
+        let chunk = ChunkId { file_id: self.file_id, chunk_idx: chunk as u32 };
+        self.unrecorded.borrow_mut().add(chunk, node);
+        self.written.borrow_mut().push((chunk, node));
+    }
+
+    async fn copy(&self, idx: usize, source: Node, dest: Node, _block_crcs: &[u32]) -> Result<u64, NodeErr> {
+        let chunk = ChunkId { file_id: self.file_id, chunk_idx: idx as u32 };
+        let bytes = match self.w.fetch(source, chunk).await {
+            Ok(b) if crc32(&b) == self.crcs[idx] => b,
+            Ok(_) => return Err(NodeErr::Corrupt),
+            Err(e) => {
+                self.w.note_failure(source, e);
+                return Err(e);
+            }
+        };
+        self.w.store(dest, chunk, &bytes, self.crcs[idx]).await.inspect_err(|&e| self.w.note_failure(dest, e))
+    }
 }
 
 /// PUT: each chunk to R nodes in ring order, nodes believed up first; the record is committed
@@ -33,19 +98,27 @@ pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
     let mut upload: Upload<Node, u64, NodeErr> = Upload::new(spans.len(), replicas);
     // Every copy attempted, for the clean-up of a failed upload: a copy may exist though its
     // reply was lost.
-    let mut written: Vec<(ChunkId, Node)> = Vec::new();
+    let written: RefCell<Vec<(ChunkId, Node)>> = RefCell::new(Vec::new());
+    let mut failure: Option<String> = None;
     let crcs: Vec<u32> =
         spans.iter().map(|s| crc32(&data[s.offset as usize..(s.offset + s.length) as usize])).collect();
     for (idx, span) in spans.iter().enumerate() {
         let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
         let bytes = &data[span.offset as usize..(span.offset + span.length) as usize];
         let crc = crcs[idx];
-        // Each chunk goes to the first R nodes of its ring, those believed up first, at once.
+        // Each chunk goes to the first R nodes of its ring, those believed up first, that take
+        // its STORE (put.rs's open_targets: dfs_core::upload::open_copies), at once.
         let order = up_first(&ring(&all_nodes(&w), file_id, idx as u32), |n| w.is_up(n));
-        let targets: Vec<Node> = order.iter().take(replicas).copied().collect();
+        let targets: Vec<Node> = match dfs_core::upload::open_copies(&SimOpen { w: &w }, &order, replicas).await {
+            Ok(open) => open.into_iter().map(|(n, ())| n).collect(),
+            Err(refused) => {
+                failure = Some(format!("chunk {idx}: {} of {replicas} nodes took its STORE", refused.accepted));
+                break;
+            }
+        };
         for &n in &targets {
             unrecorded.add(chunk, n);
-            written.push((chunk, n));
+            written.borrow_mut().push((chunk, n));
         }
         let handles: Vec<_> = targets
             .iter()
@@ -64,49 +137,19 @@ pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
             }
         }
     }
-    // A chunk a node failed is copied from an acknowledged copy, verified, to other nodes.
-    let failure = loop {
-        let (idx, source, exclude) = match upload.next() {
-            UploadNext::Commit => break None,
-            UploadNext::Lost { chunk } => break Some(format!("chunk {chunk}: no copy")),
-            UploadNext::Complete { chunk, source, exclude, .. } => (chunk, source, exclude),
-        };
-        let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
-        let source_bytes = match w.fetch(source, chunk).await {
-            Ok(b) if crc32(&b) == crcs[idx] => Some(b),
-            Ok(_) => None,
-            Err(e) => {
-                w.note_failure(source, e);
-                None
-            }
-        };
-        if let Some(bytes) = source_bytes {
-            for dest in up_first(&all_nodes(&w), |n| w.is_up(n)) {
-                if upload.copies(idx).len() >= replicas {
-                    break;
-                }
-                if exclude.contains(&dest) {
-                    continue;
-                }
-                unrecorded.add(chunk, dest);
-                written.push((chunk, dest));
-                match w.store(dest, chunk, &bytes, crcs[idx]).await {
-                    Ok(identity) => upload.acked(idx, dest, identity, vec![crcs[idx]]),
-                    Err(e) => {
-                        w.note_failure(dest, e);
-                        upload.failed(idx, dest, e);
-                    }
-                }
-            }
+    // A chunk a node failed is copied from an acknowledged copy, verified, to other nodes
+    // (put.rs's complete_copies: dfs_core::upload::complete).
+    if failure.is_none() {
+        let io = SimCopy { w: &w, file_id, crcs: &crcs, unrecorded: RefCell::new(&mut unrecorded), written: &written };
+        if let Err(Incomplete { chunk, copies }) = dfs_core::upload::complete(&io, &mut upload).await {
+            failure = Some(format!("chunk {chunk}: {copies} of {replicas} copies"));
         }
-        if upload.copies(idx).len() < replicas {
-            break Some(format!("chunk {idx}: {} of {replicas} copies", upload.copies(idx).len()));
-        }
-    };
+    }
     if let Some(why) = failure {
         drop(unrecorded);
         drop(writing);
         let w2 = w.clone();
+        let written = written.into_inner();
         exec::spawn("clean up a failed upload", async move {
             for (chunk, n) in written {
                 let _ = w2.delete(n, chunk, None, Deleter::Owner).await;
