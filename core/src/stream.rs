@@ -222,3 +222,205 @@ async fn stream_copy<B: Blocks, R: Runtime>(
         Err(e) => Streamed::Failed(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Tasks on the test's local set, timeouts on tokio's (paused) clock.
+    struct Local;
+
+    struct Task(tokio::task::JoinHandle<()>);
+
+    impl Future for Task {
+        type Output = ();
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+            std::pin::Pin::new(&mut self.0).poll(cx).map(drop)
+        }
+    }
+
+    impl Runtime for Local {
+        type Handle = Task;
+        fn spawn(task: impl Future<Output = ()> + 'static) -> Task {
+            Task(tokio::task::spawn_local(task))
+        }
+        fn abort(handle: &Task) {
+            handle.0.abort();
+        }
+        async fn timeout<F: Future>(d: Duration, future: F) -> Option<F::Output> {
+            tokio::time::timeout(d, future).await.ok()
+        }
+    }
+
+    const BLOCK: usize = 4;
+
+    /// Chunks of blocks, each copy the same bytes; a copy may fail at a block (read error) and
+    /// every open is logged.
+    struct Copies {
+        chunks: Vec<Vec<u8>>,
+        n_copies: usize,
+        /// (chunk, copy) → the block whose read fails.
+        fail_at: Vec<((usize, usize), usize)>,
+        opens: RefCell<Vec<(usize, usize, usize)>>,
+        failed: RefCell<Vec<(usize, usize)>>,
+    }
+
+    impl Copies {
+        fn new(chunks: Vec<Vec<u8>>, n_copies: usize) -> Copies {
+            Copies { chunks, n_copies, fail_at: Vec::new(), opens: RefCell::default(), failed: RefCell::default() }
+        }
+    }
+
+    struct Reader {
+        bytes: Vec<u8>,
+        next: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl Blocks for Copies {
+        type Reader = Reader;
+        type Error = String;
+        fn n_chunks(&self) -> usize {
+            self.chunks.len()
+        }
+        fn n_copies(&self, _chunk: usize) -> usize {
+            self.n_copies
+        }
+        fn n_blocks(&self, chunk: usize) -> usize {
+            self.chunks[chunk].len().div_ceil(BLOCK)
+        }
+        async fn open(&self, chunk: usize, copy: usize, first_block: usize) -> Result<Reader, String> {
+            self.opens.borrow_mut().push((chunk, copy, first_block));
+            let fail_at = self.fail_at.iter().find(|(k, _)| *k == (chunk, copy)).map(|(_, b)| *b);
+            Ok(Reader { bytes: self.chunks[chunk].clone(), next: first_block, fail_at })
+        }
+        fn failed(&self, chunk: usize, copy: usize, _e: &String) {
+            self.failed.borrow_mut().push((chunk, copy));
+        }
+    }
+
+    impl BlockReader for Reader {
+        type Error = String;
+        fn next_block(&self) -> Option<usize> {
+            (self.next * BLOCK < self.bytes.len()).then_some(self.next)
+        }
+        fn block_len(&self, block: usize) -> usize {
+            (self.bytes.len() - block * BLOCK).min(BLOCK)
+        }
+        fn max_unread(&self) -> Duration {
+            Duration::from_secs(10)
+        }
+        async fn read_block(&mut self, mut buf: Vec<u8>) -> Result<Vec<u8>, String> {
+            if self.fail_at == Some(self.next) {
+                return Err(format!("block {} unreadable", self.next));
+            }
+            let len = self.block_len(self.next);
+            buf[..len].copy_from_slice(&self.bytes[self.next * BLOCK..self.next * BLOCK + len]);
+            self.next += 1;
+            Ok(buf)
+        }
+        async fn finish(self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// A client that keeps what it is sent, fails after `fail_after` sends, and takes `delay`
+    /// over each.
+    #[derive(Default)]
+    struct Client {
+        got: RefCell<Vec<u8>>,
+        fail_after: Option<usize>,
+        delay: Duration,
+        n_sent: RefCell<usize>,
+    }
+
+    impl Sink for Client {
+        type Error = &'static str;
+        async fn send(&self, buf: Vec<u8>, len: usize) -> Result<Vec<u8>, &'static str> {
+            tokio::time::sleep(self.delay).await;
+            if self.fail_after.is_some_and(|n| *self.n_sent.borrow() >= n) {
+                return Err("client gone");
+            }
+            *self.n_sent.borrow_mut() += 1;
+            self.got.borrow_mut().extend_from_slice(&buf[..len]);
+            Ok(buf)
+        }
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    async fn run(copies: Copies, client: &Client, read_ahead: usize) -> (Ended<String, &'static str>, Rc<Copies>) {
+        let copies = Rc::new(copies);
+        let local = tokio::task::LocalSet::new();
+        let ended = local.run_until(stream::<Copies, Client, Local>(copies.clone(), client, BLOCK, read_ahead)).await;
+        (ended, copies)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_block_reaches_the_client_in_order() {
+        let chunks = vec![bytes(10, 1), bytes(0, 2), bytes(8, 3), bytes(1, 4)];
+        let want: Vec<u8> = chunks.concat();
+        let client = Client::default();
+        let (ended, copies) = run(Copies::new(chunks, 2), &client, 2).await;
+        assert!(matches!(ended, Ended::Done), "{ended:?}");
+        assert_eq!(*client.got.borrow(), want);
+        assert!(copies.failed.borrow().is_empty());
+        assert!(copies.opens.borrow().iter().all(|&(_, copy, first)| copy == 0 && first == 0), "one open per chunk");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_that_fails_mid_chunk_is_left_for_the_next_at_the_block_that_failed() {
+        let chunks = vec![bytes(12, 1), bytes(16, 2)];
+        let want: Vec<u8> = chunks.concat();
+        let mut copies = Copies::new(chunks, 3);
+        copies.fail_at = vec![((1, 0), 2), ((1, 1), 3)];
+        let client = Client::default();
+        let (ended, copies) = run(copies, &client, 3).await;
+        assert!(matches!(ended, Ended::Done), "{ended:?}");
+        assert_eq!(*client.got.borrow(), want, "no block lost or repeated across the failovers");
+        assert_eq!(*copies.failed.borrow(), [(1, 0), (1, 1)]);
+        assert_eq!(copies.opens.borrow()[1..], [(1, 0, 0), (1, 1, 2), (1, 2, 3)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_with_no_readable_copy_ends_the_download_with_every_copy_s_error() {
+        let chunks = vec![bytes(8, 1), bytes(8, 2), bytes(8, 3)];
+        let mut copies = Copies::new(chunks.clone(), 2);
+        copies.fail_at = vec![((1, 0), 0), ((1, 1), 1)];
+        let client = Client::default();
+        let (ended, _) = run(copies, &client, 2).await;
+        match ended {
+            Ended::Failed { chunk: 1, errors } => assert_eq!(errors.len(), 2, "{errors:?}"),
+            other => panic!("{other:?}"),
+        }
+        let got = client.got.borrow();
+        assert!(got.len() <= 12 && got[..] == chunks.concat()[..got.len()], "only bytes before the lost block");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_goes_away_ends_the_download_and_its_reader() {
+        let client = Client { fail_after: Some(2), ..Client::default() };
+        let (ended, copies) = run(Copies::new(vec![bytes(64, 1), bytes(64, 2)], 2), &client, 2).await;
+        assert!(matches!(ended, Ended::SinkFailed("client gone")), "{ended:?}");
+        assert_eq!(client.got.borrow().len(), 2 * BLOCK);
+        assert!(copies.opens.borrow().len() <= 2, "the reader stopped: {:?}", copies.opens.borrow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_slower_than_the_node_waits_is_served_from_a_copy_opened_again() {
+        // Each send takes longer than a reader may sit unread: the reader lets the copy go and
+        // opens it again from the next block, and every byte still arrives once, in order.
+        let chunks = vec![bytes(24, 7)];
+        let client = Client { delay: Duration::from_secs(11), ..Client::default() };
+        let (ended, copies) = run(Copies::new(chunks.clone(), 1), &client, 1).await;
+        assert!(matches!(ended, Ended::Done), "{ended:?}");
+        assert_eq!(*client.got.borrow(), chunks[0]);
+        let opens = copies.opens.borrow();
+        assert!(opens.len() > 1, "the copy was opened again: {opens:?}");
+        assert!(opens.windows(2).all(|w| w[0].2 < w[1].2), "each reopening starts further on: {opens:?}");
+        assert!(copies.failed.borrow().is_empty(), "letting a node go is not a failure");
+    }
+}

@@ -290,4 +290,75 @@ mod tests {
         u.acked(0, 1, 10, vec![7]);
         u.acked(0, 1, 10, vec![7]);
     }
+
+    /// Nodes 0..6: `refuse` cannot take a STORE, `broken` fails every copy made to it.
+    struct Fake {
+        refuse: Vec<u8>,
+        broken: Vec<u8>,
+        writes: std::cell::RefCell<Vec<(usize, u8)>>,
+    }
+
+    impl OpenIo for Fake {
+        type Node = u8;
+        type Error = &'static str;
+        type Open = ();
+        async fn open(&self, node: u8) -> Result<(), &'static str> {
+            if self.refuse.contains(&node) {
+                Err("refused")
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl CopyIo for Fake {
+        type Node = u8;
+        type Id = u32;
+        type Error = &'static str;
+        fn nodes_up_first(&self) -> Vec<u8> {
+            (0..6).collect()
+        }
+        fn will_write(&self, chunk: usize, node: u8) {
+            self.writes.borrow_mut().push((chunk, node));
+        }
+        async fn copy(&self, _chunk: usize, _source: u8, dest: u8, _crcs: &[u32]) -> Result<u32, &'static str> {
+            if self.broken.contains(&dest) {
+                Err("broken")
+            } else {
+                Ok(dest as u32 * 10)
+            }
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().expect("a test runtime").block_on(f)
+    }
+
+    #[test]
+    fn a_chunk_s_copies_go_to_the_first_nodes_that_take_them() {
+        let fake = Fake { refuse: vec![1, 3], broken: vec![], writes: Default::default() };
+        let open = block_on(open_copies(&fake, &[1, 2, 3, 4, 5], 2)).expect("two nodes take it");
+        assert_eq!(open.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 4], "refusing nodes are skipped, in order");
+        let refused = block_on(open_copies(&fake, &[1, 2, 3], 2)).expect_err("one node takes it");
+        assert_eq!((refused.accepted, refused.candidates, refused.refusals.len()), (1, 3, 2));
+    }
+
+    #[test]
+    fn copies_a_node_failed_are_made_elsewhere_or_the_chunk_is_named() {
+        let fake = Fake { refuse: vec![], broken: vec![2], writes: Default::default() };
+        let mut u: Upload<u8, u32, &'static str> = Upload::new(2, 2);
+        u.acked(0, 0, 0, vec![7]);
+        u.acked(0, 1, 10, vec![7]);
+        u.acked(1, 1, 10, vec![7]);
+        u.failed(1, 0, "reset");
+        block_on(complete(&fake, &mut u)).expect("chunk 1 completed");
+        // Node 0 failed chunk 1 and node 1 holds it: node 2 is tried (and breaks), then node 3.
+        assert_eq!(u.copies(1).iter().map(|k| k.node).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(*fake.writes.borrow(), [(1, 2), (1, 3)]);
+        let fake = Fake { refuse: vec![], broken: vec![2, 3, 4, 5], writes: Default::default() };
+        let mut u: Upload<u8, u32, &'static str> = Upload::new(1, 2);
+        u.acked(0, 1, 10, vec![7]);
+        u.failed(0, 0, "reset");
+        assert_eq!(block_on(complete(&fake, &mut u)), Err(Incomplete { chunk: 0, copies: 1 }));
+    }
 }
