@@ -3,7 +3,9 @@
 
 use clap::Parser;
 use dfs_node::server::{self, NodeState};
-use dfs_node::{identity, metrics, scrub, segments, store, sync};
+use dfs_node::store::files::sync;
+use dfs_node::store::{self, files, segments};
+use dfs_node::{identity, metrics, scrub};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -167,7 +169,7 @@ fn run(args: Args) -> Result<(), String> {
                     args.data.display()
                 ));
             }
-            store::Stores::Files(Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?))
+            store::Stores::Files(Arc::new(files::ChunkStore::open(&args.data).map_err(|e| e.to_string())?))
         }
         StoreKind::Segments => {
             let store = Arc::new(

@@ -2,10 +2,11 @@
 //! that reaches its end gets exactly one answer; a malformed frame gets a BadRequest answer and
 //! the connection is closed, without disturbing any other connection.
 
-use crate::footer::{Footer, FooterError, FOOTER_FIXED_BYTES};
 use crate::metrics;
-use crate::segments::{record_span, Kind, Location, RecordHeader, SegmentStore, WRITE_BYTES};
-use crate::store::{ChunkStore, Stores};
+use crate::store::files::footer::{Footer, FooterError, FOOTER_FIXED_BYTES};
+use crate::store::files::ChunkStore;
+use crate::store::segments::{record_span, Kind, Location, RecordHeader, SegmentStore, WRITE_BYTES};
+use crate::store::Stores;
 use dfs_proto::auth::{self, ClusterSecret, Nonce, AUTH_CLUSTER, AUTH_NONE};
 use dfs_proto::io_std::Frame;
 use dfs_proto::layout::{block_len, n_blocks, BlockHasher};
@@ -38,7 +39,7 @@ pub struct NodeState {
     pub idle_timeout: Duration,
     pub data_path: DataPath,
     /// Set with `--commit-sync grouped`: STOREs share file-system-wide syncs.
-    pub group_sync: Option<crate::sync::GroupSync>,
+    pub group_sync: Option<crate::store::files::sync::GroupSync>,
     /// With a secret, only an engine that proves it knows the secret is served.
     pub cluster_secret: Option<ClusterSecret>,
 }
@@ -656,7 +657,7 @@ async fn segment_store(
         segs.abandon(&r).await;
         return Ok(Err(RequestError::ChecksumMismatch { chunk: chunk_id, announced: crc32, actual }));
     }
-    stage.extend_from_slice(&crate::segments::encode_trailer(&header, &block_crcs));
+    stage.extend_from_slice(&crate::store::segments::encode_trailer(&header, &block_crcs));
     stage.pad_to_alignment();
     assert_eq!(write_at + stage.len() as u64, r.offset + r.span, "a record fills its reservation exactly");
     let (res, stage) = dfs_runtime::ops::write_all_at(r.segment.fd_for(length), stage, write_at).await;

@@ -1,4 +1,5 @@
-//! The node's on-disk layout. Everything lives under the data directory:
+//! The chunk-file store (`dfs-node --store files`), the layout before segments. Everything lives
+//! under the data directory:
 //!
 //! - `chunks/<xx>/<file id>.<chunk index>`: committed chunks, `xx` the file ID's first byte;
 //! - `chunks/<xx>/.<file id>.<chunk index>.<nonce>.tmp`: chunks being received, next to where
@@ -10,6 +11,9 @@
 //!
 //! Paths are built from a [`ChunkId`] alone, never from a name a user typed, so no request can
 //! reach outside the data directory.
+
+pub mod footer;
+pub mod sync;
 
 use dfs_proto::ChunkId;
 use std::io;
@@ -236,13 +240,4 @@ fn spread_subdirectories(dir: &Path) {
     if let Err(e) = result {
         tracing::debug!("cannot set the top-directory flag on {}: {e}", dir.display());
     }
-}
-
-/// Where a node keeps its chunks (`--store`): chunk files (this module) or segments.
-#[derive(Clone)]
-pub enum Stores {
-    /// One file per chunk copy under `chunks/`.
-    Files(std::sync::Arc<ChunkStore>),
-    /// Records appended to segment files under `segments/`.
-    Segments(std::sync::Arc<crate::segments::SegmentStore>),
 }
