@@ -15,7 +15,10 @@
 //! everything before it (u32), both big-endian. Written under a temporary name, synced, and
 //! renamed into place.
 
+use super::blocking::{ctx, fsync_dir, open_segment_file, pread_exact};
+use super::format::{segment_name, RecordHeader};
 use super::*;
+use dfs_runtime::aligned::AlignedBuf;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 

@@ -17,8 +17,12 @@
 //! its segment is the oldest: every record it can delete lies in its own segment or an older
 //! one (records only move forward, and only live ones), so none is left.
 
+use super::blocking::{ctx, fsync_dir, pread_exact};
+use super::read::verify_location;
+use super::scan::scan_segment;
 use super::*;
 use crate::pace::Pace;
+use dfs_runtime::aligned::AlignedBuf;
 
 /// When compaction rewrites a segment, and how fast.
 #[derive(Clone, Copy, Debug)]
@@ -58,7 +62,8 @@ impl Batch {
     /// Pads every copy not taken over (best effort), after a failure part-way.
     fn abandon(&mut self) {
         for (_, _, r) in self.moves.drain(..) {
-            if let Err(e) = pwrite_all(&r.segment.fd, &pad(&r), r.offset).and_then(|()| r.segment.datasync()) {
+            if let Err(e) = pwrite_all(&r.segment.fd, &pad(r.span, r.lsn), r.offset).and_then(|()| r.segment.datasync())
+            {
                 tracing::warn!(
                     "segments: cannot mark an unused compaction copy dead in {}: {e}",
                     r.segment.path.display()
@@ -265,7 +270,7 @@ impl SegmentStore {
                 }
             }
             // Not taken over: a dead copy, marked so.
-            pwrite_all(&r.segment.fd, &pad(&r), r.offset)?;
+            pwrite_all(&r.segment.fd, &pad(r.span, r.lsn), r.offset)?;
             padded.push(r);
         }
         sync_each(padded.iter().map(|r| &r.segment))?;
@@ -317,6 +322,7 @@ pub fn start_compactor(store: Arc<SegmentStore>, policy: Policy, interval: Durat
 
 #[cfg(test)]
 mod tests {
+    use super::super::format::segment_name;
     use super::super::tests::{data, id, put, read_back, reserve_larger_than_a_segment};
     use super::*;
 

@@ -14,6 +14,8 @@
 
 use super::tests::{data, wait_for_spare};
 use super::*;
+use dfs_proto::FileId;
+use dfs_runtime::aligned::AlignedBuf;
 use std::collections::{BTreeMap, BTreeSet};
 
 const SEGMENT: u64 = 1 << 20;
