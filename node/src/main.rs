@@ -187,10 +187,7 @@ fn run(args: Args) -> Result<(), String> {
             store::Stores::Segments(store)
         }
     };
-    let root = match &stores {
-        store::Stores::Files(f) => f.root().to_path_buf(),
-        store::Stores::Segments(s) => s.root().to_path_buf(),
-    };
+    let root = stores.root().to_path_buf();
     let (node_id, new_id) = identity::load_or_create(&root).map_err(|e| e.to_string())?;
     if new_id {
         tracing::info!("this data directory is new: it is node {node_id}");

@@ -36,13 +36,13 @@ pub struct Policy {
 
 /// What one segment's compaction did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Compacted {
-    pub seq: u64,
-    pub n_moved: u64,
-    pub n_tombstones_kept: u64,
+pub(super) struct Compacted {
+    pub(super) seq: u64,
+    pub(super) n_moved: u64,
+    pub(super) n_tombstones_kept: u64,
     /// Records whose data failed its crc32s when read for the copy: set aside, as scrub does.
-    pub n_corrupt: u64,
-    pub bytes_freed: u64,
+    pub(super) n_corrupt: u64,
+    pub(super) bytes_freed: u64,
 }
 
 /// Bytes of records copied before the copies are synced, checked and take over.
@@ -82,7 +82,7 @@ impl SegmentStore {
 
     /// Bytes that hold nothing live: dead records, pads, and the unused ends of sealed
     /// segments. Compaction gives them back.
-    pub fn reclaimable_bytes(&self) -> u64 {
+    pub(super) fn reclaimable_bytes(&self) -> u64 {
         let active = self.active_seq();
         self.lock_segments().values().map(|s| s.dead_bytes(Some(s.seq) != active)).sum()
     }
@@ -147,7 +147,7 @@ impl SegmentStore {
 
     /// Rewrites the segment with the smallest live share, if one is under `policy.below`
     /// (blocking; runs on the compaction thread). None: nothing to do.
-    pub fn compact_once(&self, policy: Policy) -> io::Result<Option<Compacted>> {
+    pub(super) fn compact_once(&self, policy: Policy) -> io::Result<Option<Compacted>> {
         match self.candidate(policy.below) {
             Some(segment) if self.seal(&segment) => self.compact(&segment, policy).map(Some),
             _ => Ok(None),

@@ -17,7 +17,7 @@ pub(super) const RECORD_HEADER_BYTES: usize = 64;
 
 /// What a record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(super) enum Kind {
     /// A chunk copy: `length` bytes of data.
     Chunk = 1,
     /// The chunk is deleted (or set aside by scrub); earlier records of it are dead.
@@ -28,20 +28,20 @@ pub enum Kind {
 
 /// A record's header, as stored in its first 64 bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordHeader {
-    pub kind: Kind,
-    pub chunk_id: ChunkId,
-    pub length: u64,
-    pub crc32: u32,
-    pub created_unix_ms: u64,
+pub(super) struct RecordHeader {
+    pub(super) kind: Kind,
+    pub(super) chunk_id: ChunkId,
+    pub(super) length: u64,
+    pub(super) crc32: u32,
+    pub(super) created_unix_ms: u64,
     /// The record's place in the node's history: every record gets a higher one than all
     /// before it, and a compacted copy keeps its original's. Of a chunk's records, the one with
     /// the highest wins, wherever it lies.
-    pub lsn: u64,
+    pub(super) lsn: u64,
 }
 
 impl RecordHeader {
-    pub fn encode(&self) -> [u8; RECORD_HEADER_BYTES] {
+    pub(super) fn encode(&self) -> [u8; RECORD_HEADER_BYTES] {
         let mut out = [0u8; RECORD_HEADER_BYTES];
         out[0..8].copy_from_slice(&RECORD_MAGIC);
         out[8] = self.kind as u8;
@@ -57,7 +57,7 @@ impl RecordHeader {
     }
 
     /// The header at the start of `bytes`, if it is one whose own crc32 holds.
-    pub fn decode(bytes: &[u8]) -> Option<RecordHeader> {
+    pub(super) fn decode(bytes: &[u8]) -> Option<RecordHeader> {
         let b = bytes.get(..RECORD_HEADER_BYTES)?;
         if b[0..8] != RECORD_MAGIC || crc32fast::hash(&b[..60]) != u32::from_be_bytes(b[60..64].try_into().ok()?) {
             return None;
@@ -90,7 +90,7 @@ impl RecordHeader {
     }
 
     /// Bytes the whole record takes in its segment, padding included.
-    pub fn span(&self) -> u64 {
+    pub(super) fn span(&self) -> u64 {
         match self.kind {
             Kind::Pad => self.length,
             _ => record_span(self.length),
@@ -99,12 +99,12 @@ impl RecordHeader {
 }
 
 /// Bytes a chunk or tombstone record of `length` data bytes takes in a segment.
-pub fn record_span(length: u64) -> u64 {
+pub(super) fn record_span(length: u64) -> u64 {
     align_up(RECORD_HEADER_BYTES as u64 + length + 4 * n_blocks(length) + 4)
 }
 
 /// The trailer after a record's data: its block crc32s, then the seal over header and crc32s.
-pub fn encode_trailer(header: &[u8; RECORD_HEADER_BYTES], block_crcs: &[u32]) -> Vec<u8> {
+pub(super) fn encode_trailer(header: &[u8; RECORD_HEADER_BYTES], block_crcs: &[u32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 * block_crcs.len() + 4);
     for c in block_crcs {
         out.extend_from_slice(&c.to_be_bytes());

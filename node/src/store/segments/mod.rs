@@ -21,7 +21,8 @@
 //! `segment-sync` thread. The rest lies along its seams: `format` (header, trailer, tombstone and
 //! segment header bytes), `segment` (one open segment file), `maker` (new and spare segments),
 //! `recovery` (opening a store: checkpoint, then a scan of what came after it), `scan` (one
-//! segment's records at start-up), `read` (a record's blocks read back and checked),
+//! segment's records at start-up), `receive` (a STORE's record written as its body arrives),
+//! `read` (a record's blocks read back and checked, for FETCH, scrub, start-up and compaction),
 //! `blocking` (the plain file calls of threads outside the runtimes), and `checkpoint`,
 //! `compact` and, for tests, `model`.
 
@@ -33,23 +34,22 @@ mod maker;
 #[cfg(test)]
 mod model;
 mod read;
+mod receive;
 mod recovery;
 mod scan;
 mod segment;
 
 pub use checkpoint::start_checkpointer;
 pub use compact::{start_compactor, Policy};
-pub use format::{encode_trailer, record_span, Kind, RecordHeader};
 pub use maker::Prefill;
-pub use segment::Segment;
 
 use blocking::pwrite_all;
-use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::ChunkId;
 use dfs_runtime::aligned::ALIGN;
-use format::{pad, tombstone, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use format::{pad, record_span, tombstone, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use maker::{remove_unused, SegmentMaker};
 use read::verify_location;
+use segment::Segment;
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -58,37 +58,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-/// Bytes moved per direct write while receiving a chunk.
-pub const WRITE_BYTES: usize = BLOCK_SIZE_BYTES as usize;
-
 /// Where a chunk's record lives, and what the index needs to answer without reading it.
 #[derive(Clone, Debug)]
-pub struct Location {
-    pub segment: Arc<Segment>,
+pub(crate) struct Location {
+    segment: Arc<Segment>,
     /// Offset of the record's header in its segment.
-    pub offset: u64,
-    pub length: u64,
-    pub crc32: u32,
-    pub created_unix_ms: u64,
-    /// The record's sequence number ([`RecordHeader::lsn`]): which record of a chunk is live.
-    pub lsn: u64,
-    pub block_crcs: Arc<[u32]>,
+    offset: u64,
+    pub(crate) length: u64,
+    pub(crate) crc32: u32,
+    created_unix_ms: u64,
+    /// The record's sequence number ([`RecordHeader::lsn`](format::RecordHeader::lsn)): which
+    /// record of a chunk is live.
+    lsn: u64,
+    block_crcs: Arc<[u32]>,
 }
 
 impl Location {
     /// Offset of the data's first byte in the segment.
-    pub fn data_offset(&self) -> u64 {
+    fn data_offset(&self) -> u64 {
         self.offset + RECORD_HEADER_BYTES as u64
     }
 }
 
 /// The space one write was given: `span` bytes at `offset` of `segment`, and the sequence
 /// number its record takes.
-pub struct Reservation {
-    pub segment: Arc<Segment>,
-    pub offset: u64,
-    pub span: u64,
-    pub lsn: u64,
+struct Reservation {
+    segment: Arc<Segment>,
+    offset: u64,
+    span: u64,
+    lsn: u64,
 }
 
 impl Drop for Reservation {
@@ -118,7 +116,7 @@ pub struct SegmentStore {
     segment_bytes: u64,
     /// Whether the segments are open with O_DIRECT (refused by some file systems, tmpfs among
     /// them; then the page cache is used, and said once in the log).
-    pub direct: bool,
+    direct: bool,
     index: Mutex<BTreeMap<ChunkId, Location>>,
     /// Every segment that holds records or is being written, by seq (not the spare).
     segments: Mutex<BTreeMap<u64, Arc<Segment>>>,
@@ -149,7 +147,7 @@ pub enum SegmentIo {
 }
 
 impl SegmentStore {
-    pub fn root(&self) -> &Path {
+    pub(super) fn root(&self) -> &Path {
         &self.root
     }
 
@@ -162,7 +160,7 @@ impl SegmentStore {
     }
 
     /// Space for a record of `span` bytes: in the active segment, or in a new one.
-    pub fn reserve(&self, span: u64) -> io::Result<Reservation> {
+    fn reserve(&self, span: u64) -> io::Result<Reservation> {
         assert!(span.is_multiple_of(ALIGN as u64), "record spans are aligned");
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // A segment whose sync failed takes nothing more.
@@ -232,23 +230,23 @@ impl SegmentStore {
 
     /// Returns once an fdatasync of `segment` that started after this call has finished: every
     /// write to it completed before the call is then durable.
-    pub async fn sync(&self, segment: &Arc<Segment>) -> io::Result<()> {
+    async fn sync(&self, segment: &Arc<Segment>) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.sync_queue.send((segment.clone(), tx)).map_err(|_| io::Error::other("the segment sync thread is gone"))?;
         rx.await.map_err(|_| io::Error::other("the segment sync thread is gone"))?.map_err(io::Error::other)
     }
 
-    pub fn get(&self, id: &ChunkId) -> Option<Location> {
+    pub(crate) fn get(&self, id: &ChunkId) -> Option<Location> {
         self.lock_index().get(id).cloned()
     }
 
-    pub fn contains(&self, id: &ChunkId) -> bool {
+    fn contains(&self, id: &ChunkId) -> bool {
         self.lock_index().contains_key(id)
     }
 
     /// Makes a durable record the live copy of its chunk. False if the chunk already has one
     /// (the caller then marks its record dead).
-    pub fn publish(&self, id: ChunkId, location: Location) -> bool {
+    fn publish(&self, id: ChunkId, location: Location) -> bool {
         let mut index = self.lock_index();
         if index.contains_key(&id) {
             return false;
@@ -260,17 +258,24 @@ impl SegmentStore {
     }
 
     /// Appends a tombstone for `id` and, once it is durable, drops the chunk from the index.
-    /// Err(NotFound) if there is no such chunk.
-    pub async fn remove(&self, id: ChunkId, quarantine: bool) -> io::Result<()> {
+    /// Err(NotFound) if there is no such chunk. (The engine's DELETE always goes through
+    /// [`SegmentStore::remove_if_written_before`].)
+    #[cfg(test)]
+    async fn remove(&self, id: ChunkId, quarantine: bool) -> io::Result<()> {
         let Some(old) = self.get(&id) else {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("chunk {id} not found")));
         };
         self.remove_record(id, &old, quarantine).await
     }
 
-    /// [`SegmentStore::remove`], only if the chunk's record was stored before
-    /// `written_before_unix_ms` (when given). Ok(false): a newer record, kept.
-    pub async fn remove_if_written_before(&self, id: ChunkId, written_before_unix_ms: Option<u64>) -> io::Result<bool> {
+    /// Appends a tombstone for `id` and, once it is durable, drops the chunk from the index, only
+    /// if the chunk's record was stored before `written_before_unix_ms` (when given).
+    /// Ok(false): a newer record, kept. Err(NotFound) if there is no such chunk.
+    pub(super) async fn remove_if_written_before(
+        &self,
+        id: ChunkId,
+        written_before_unix_ms: Option<u64>,
+    ) -> io::Result<bool> {
         let Some(old) = self.get(&id) else {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("chunk {id} not found")));
         };
@@ -282,7 +287,7 @@ impl SegmentStore {
 
     /// Sets record `old` of `id` aside as corrupt (a tombstone; counted as quarantined), unless
     /// a newer record has taken its place.
-    pub async fn quarantine_record(&self, id: ChunkId, old: &Location) -> io::Result<()> {
+    pub(crate) async fn quarantine_record(&self, id: ChunkId, old: &Location) -> io::Result<()> {
         match self.get(&id) {
             Some(current) if current.lsn == old.lsn => self.remove_record(id, old, true).await,
             _ => Ok(()),
@@ -310,7 +315,7 @@ impl SegmentStore {
     /// [`SegmentStore::remove_record`] for a thread outside the runtimes (scrub, compaction):
     /// writes and syncs the tombstone with plain blocking calls. Ok(false): the index no longer
     /// holds `old` (deleted, or set aside and stored again meanwhile), and nothing was written.
-    pub fn remove_blocking(&self, id: ChunkId, old: &Location, quarantine: bool) -> io::Result<bool> {
+    pub(crate) fn remove_blocking(&self, id: ChunkId, old: &Location, quarantine: bool) -> io::Result<bool> {
         if !self.holds(id, old) {
             return Ok(false);
         }
@@ -343,7 +348,7 @@ impl SegmentStore {
 
     /// Reads a record's data and checks every block against its crc32, calling `pace` with the
     /// bytes read (blocking; for scrub). Inner error: why the record is corrupt.
-    pub fn verify(&self, loc: &Location, pace: impl FnMut(u64)) -> io::Result<Result<(), String>> {
+    pub(crate) fn verify(&self, loc: &Location, pace: impl FnMut(u64)) -> io::Result<Result<(), String>> {
         verify_location(loc, pace)
     }
 }
@@ -355,7 +360,7 @@ fn sub(counter: &AtomicU64, n: u64) {
 impl SegmentStore {
     /// Marks the record of an abandoned or refused write dead (best effort): a pad header over
     /// its span, so start-up skips it at once.
-    pub async fn abandon(&self, r: &Reservation) {
+    async fn abandon(&self, r: &Reservation) {
         let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, pad(r.span, r.lsn), r.offset).await;
         if let Err(e) = res {
             tracing::warn!("segments: cannot mark an abandoned record dead in {}: {e}", r.segment.path.display());
@@ -364,7 +369,7 @@ impl SegmentStore {
 
     /// Chunk IDs after `after`, in order, at most `limit`, and whether more follow; with
     /// `min_age`, only chunks stored at least that long ago.
-    pub fn list(&self, after: Option<ChunkId>, limit: usize, min_age: Option<Duration>) -> (Vec<ChunkId>, bool) {
+    pub(super) fn list(&self, after: Option<ChunkId>, limit: usize, min_age: Option<Duration>) -> (Vec<ChunkId>, bool) {
         let now = dfs_runtime::unix_ms();
         let index = self.lock_index();
         let mut out = Vec::new();
@@ -384,7 +389,7 @@ impl SegmentStore {
         (out, false)
     }
 
-    pub fn report(&self) -> io::Result<dfs_proto::StoreReport> {
+    pub(super) fn report(&self) -> io::Result<dfs_proto::StoreReport> {
         let vfs = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
         Ok(dfs_proto::StoreReport {
             n_chunks: self.lock_index().len() as u64,
@@ -397,7 +402,7 @@ impl SegmentStore {
     }
 
     /// Every live chunk, for scrub.
-    pub fn all(&self) -> Vec<(ChunkId, Location)> {
+    pub(crate) fn all(&self) -> Vec<(ChunkId, Location)> {
         self.lock_index().iter().map(|(id, l)| (*id, l.clone())).collect()
     }
 }
@@ -423,8 +428,9 @@ fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::format::segment_name;
+    use super::format::{encode_trailer, segment_name, Kind, RecordHeader};
     use super::*;
+    use dfs_proto::limits::BLOCK_SIZE_BYTES;
     use dfs_proto::FileId;
     use dfs_runtime::aligned::AlignedBuf;
 

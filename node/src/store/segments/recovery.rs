@@ -27,7 +27,7 @@ const VERIFIED_SEGMENTS_AT_START: usize = 2;
 impl SegmentStore {
     /// [`SegmentStore::open_with`] O_DIRECT, as the unit tests open it.
     #[cfg(test)]
-    pub fn open(root: &Path, segment_bytes: u64, prefill: Prefill) -> io::Result<SegmentStore> {
+    pub(super) fn open(root: &Path, segment_bytes: u64, prefill: Prefill) -> io::Result<SegmentStore> {
         SegmentStore::open_with(root, segment_bytes, prefill, SegmentIo::Direct)
     }
 

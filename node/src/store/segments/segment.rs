@@ -20,16 +20,16 @@ const SMALL_RECORD_BYTES: u64 = 64 << 10;
 static SYNC_EIO_INJECTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug)]
-pub struct Segment {
-    pub seq: u64,
+pub(super) struct Segment {
+    pub(super) seq: u64,
     /// Opened with O_DIRECT where the file system allows it: large records and everything else.
-    pub fd: Arc<OwnedFd>,
+    pub(super) fd: Arc<OwnedFd>,
     /// Opened without O_DIRECT: small records are written and read through the page cache
     /// (see [`SMALL_RECORD_BYTES`]). Both descriptors are of one file, so one fdatasync covers
     /// both, and the kernel keeps the two views coherent.
-    pub buffered: Arc<OwnedFd>,
-    pub size: u64,
-    pub path: PathBuf,
+    pub(super) buffered: Arc<OwnedFd>,
+    pub(super) size: u64,
+    pub(super) path: PathBuf,
     /// Offset up to which space has been handed out to records.
     pub(super) end: AtomicU64,
     /// Bytes of live chunk records in it.
@@ -89,7 +89,7 @@ impl Segment {
 
     /// fdatasync of the segment: every write to it that completed before the call is durable
     /// when it returns Ok. After one failure every later call fails too.
-    pub fn datasync(&self) -> io::Result<()> {
+    pub(super) fn datasync(&self) -> io::Result<()> {
         let _one_at_a_time = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
         if self.failed.load(Ordering::Acquire) {
             return Err(io::Error::other(format!(
@@ -113,7 +113,7 @@ impl Segment {
     }
 
     /// Whether a sync of it has failed.
-    pub fn is_failed(&self) -> bool {
+    pub(super) fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
 
@@ -123,7 +123,7 @@ impl Segment {
     }
 
     /// The descriptor a record of `length` data bytes is written and read through.
-    pub fn fd_for(&self, length: u64) -> &Arc<OwnedFd> {
+    pub(super) fn fd_for(&self, length: u64) -> &Arc<OwnedFd> {
         if record_span(length) <= SMALL_RECORD_BYTES {
             &self.buffered
         } else {
