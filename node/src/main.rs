@@ -3,7 +3,9 @@
 
 use clap::Parser;
 use dfs_node::server::{self, NodeState};
-use dfs_node::{identity, metrics, scrub, segments, store, sync};
+use dfs_node::store::files::sync;
+use dfs_node::store::{self, files, segments};
+use dfs_node::{identity, metrics, scrub};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -167,7 +169,7 @@ fn run(args: Args) -> Result<(), String> {
                     args.data.display()
                 ));
             }
-            store::Stores::Files(Arc::new(store::ChunkStore::open(&args.data).map_err(|e| e.to_string())?))
+            store::Stores::Files(Arc::new(files::ChunkStore::open(&args.data).map_err(|e| e.to_string())?))
         }
         StoreKind::Segments => {
             let store = Arc::new(
@@ -185,10 +187,7 @@ fn run(args: Args) -> Result<(), String> {
             store::Stores::Segments(store)
         }
     };
-    let root = match &stores {
-        store::Stores::Files(f) => f.root().to_path_buf(),
-        store::Stores::Segments(s) => s.root().to_path_buf(),
-    };
+    let root = stores.root().to_path_buf();
     let (node_id, new_id) = identity::load_or_create(&root).map_err(|e| e.to_string())?;
     if new_id {
         tracing::info!("this data directory is new: it is node {node_id}");

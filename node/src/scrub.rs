@@ -4,10 +4,11 @@
 //! good one. Runs on its own thread, one pass at a time: on request (SCRUB) at full speed, and
 //! in the background on an interval at a bounded read rate.
 
-use crate::footer::{Footer, FOOTER_FIXED_BYTES};
 use crate::pace::Pace;
-use crate::segments::SegmentStore;
-use crate::store::{ChunkStore, Stores};
+use crate::store::files::footer::{Footer, FOOTER_FIXED_BYTES};
+use crate::store::files::ChunkStore;
+use crate::store::segments::SegmentStore;
+use crate::store::Stores;
 use dfs_proto::layout::{block_len, check_block};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, Msg};

@@ -1,7 +1,7 @@
 //! The node's segment store (`--store segments`) on real processes: what was acknowledged
 //! survives a `kill -9` in the middle of a batch of writes, and a restarted node serves it from
 //! the index it rebuilt. (Format, torn and corrupt records and gaps are covered by the unit
-//! tests in `node/src/segments.rs`.)
+//! tests in `node/src/store/segments/`: `format.rs` and `recovery.rs`.)
 
 use dfs_proto::Chunking;
 use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, segment_oracle, Cluster, ClusterOpts};

@@ -7,20 +7,20 @@ use dfs_proto::layout::{combine_block_crcs, n_blocks};
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_BLOCKS_PER_CHUNK};
 use dfs_proto::{ChunkId, FileId};
 
-pub const FOOTER_MAGIC: [u8; 8] = *b"DFSCHNK1";
+const FOOTER_MAGIC: [u8; 8] = *b"DFSCHNK1";
 /// Fixed part of the footer: magic, file id, chunk index, length, crc32, block size, block count, seal.
-pub const FOOTER_FIXED_BYTES: usize = 8 + 16 + 4 + 8 + 4 + 4 + 4 + 4;
+pub(crate) const FOOTER_FIXED_BYTES: usize = 8 + 16 + 4 + 8 + 4 + 4 + 4 + 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Footer {
-    pub chunk_id: ChunkId,
-    pub length: u64,
-    pub crc32: u32,
-    pub block_crcs: Vec<u32>,
+pub(crate) struct Footer {
+    pub(super) chunk_id: ChunkId,
+    pub(crate) length: u64,
+    pub(crate) crc32: u32,
+    pub(crate) block_crcs: Vec<u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FooterError {
+pub(crate) enum FooterError {
     #[error("file is {0} bytes, too short for a chunk footer")]
     TooShort(u64),
     #[error("footer magic is wrong")]
@@ -37,11 +37,11 @@ pub enum FooterError {
 
 impl Footer {
     /// Bytes the footer occupies for a chunk of `length` bytes.
-    pub fn encoded_len(length: u64) -> u64 {
+    pub(crate) fn encoded_len(length: u64) -> u64 {
         4 * n_blocks(length) + FOOTER_FIXED_BYTES as u64
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         assert_eq!(self.block_crcs.len() as u64, n_blocks(self.length), "footer block count");
         let mut out = Vec::with_capacity(Footer::encoded_len(self.length) as usize);
         for c in &self.block_crcs {
@@ -61,7 +61,7 @@ impl Footer {
 
     /// Parses the fixed tail (the last [`FOOTER_FIXED_BYTES`] of the file) and returns the chunk
     /// length and block count, so the caller knows how many block crcs to read before it.
-    pub fn parse_tail(tail: &[u8], file_len: u64) -> Result<(u64, u32), FooterError> {
+    pub(crate) fn parse_tail(tail: &[u8], file_len: u64) -> Result<(u64, u32), FooterError> {
         assert_eq!(tail.len(), FOOTER_FIXED_BYTES);
         if tail[..8] != FOOTER_MAGIC {
             return Err(FooterError::Magic);
@@ -79,7 +79,7 @@ impl Footer {
     }
 
     /// Parses the whole footer (block crcs then the fixed tail) and checks it for `expected`.
-    pub fn decode(bytes: &[u8], expected: ChunkId) -> Result<Footer, FooterError> {
+    pub(crate) fn decode(bytes: &[u8], expected: ChunkId) -> Result<Footer, FooterError> {
         let fixed_at = bytes.len().checked_sub(FOOTER_FIXED_BYTES).ok_or(FooterError::TooShort(bytes.len() as u64))?;
         let seal = u32::from_be_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"));
         if dfs_proto::layout::crc32(&bytes[..bytes.len() - 4]) != seal {

@@ -17,8 +17,12 @@
 //! its segment is the oldest: every record it can delete lies in its own segment or an older
 //! one (records only move forward, and only live ones), so none is left.
 
+use super::blocking::{ctx, fsync_dir, pread_exact};
+use super::read::verify_location;
+use super::scan::scan_segment;
 use super::*;
 use crate::pace::Pace;
+use dfs_runtime::aligned::AlignedBuf;
 
 /// When compaction rewrites a segment, and how fast.
 #[derive(Clone, Copy, Debug)]
@@ -32,13 +36,13 @@ pub struct Policy {
 
 /// What one segment's compaction did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Compacted {
-    pub seq: u64,
-    pub n_moved: u64,
-    pub n_tombstones_kept: u64,
+pub(super) struct Compacted {
+    pub(super) seq: u64,
+    pub(super) n_moved: u64,
+    pub(super) n_tombstones_kept: u64,
     /// Records whose data failed its crc32s when read for the copy: set aside, as scrub does.
-    pub n_corrupt: u64,
-    pub bytes_freed: u64,
+    pub(super) n_corrupt: u64,
+    pub(super) bytes_freed: u64,
 }
 
 /// Bytes of records copied before the copies are synced, checked and take over.
@@ -58,7 +62,8 @@ impl Batch {
     /// Pads every copy not taken over (best effort), after a failure part-way.
     fn abandon(&mut self) {
         for (_, _, r) in self.moves.drain(..) {
-            if let Err(e) = pwrite_all(&r.segment.fd, &pad(&r), r.offset).and_then(|()| r.segment.datasync()) {
+            if let Err(e) = pwrite_all(&r.segment.fd, &pad(r.span, r.lsn), r.offset).and_then(|()| r.segment.datasync())
+            {
                 tracing::warn!(
                     "segments: cannot mark an unused compaction copy dead in {}: {e}",
                     r.segment.path.display()
@@ -77,7 +82,7 @@ impl SegmentStore {
 
     /// Bytes that hold nothing live: dead records, pads, and the unused ends of sealed
     /// segments. Compaction gives them back.
-    pub fn reclaimable_bytes(&self) -> u64 {
+    pub(super) fn reclaimable_bytes(&self) -> u64 {
         let active = self.active_seq();
         self.lock_segments().values().map(|s| s.dead_bytes(Some(s.seq) != active)).sum()
     }
@@ -142,7 +147,7 @@ impl SegmentStore {
 
     /// Rewrites the segment with the smallest live share, if one is under `policy.below`
     /// (blocking; runs on the compaction thread). None: nothing to do.
-    pub fn compact_once(&self, policy: Policy) -> io::Result<Option<Compacted>> {
+    pub(super) fn compact_once(&self, policy: Policy) -> io::Result<Option<Compacted>> {
         match self.candidate(policy.below) {
             Some(segment) if self.seal(&segment) => self.compact(&segment, policy).map(Some),
             _ => Ok(None),
@@ -265,7 +270,7 @@ impl SegmentStore {
                 }
             }
             // Not taken over: a dead copy, marked so.
-            pwrite_all(&r.segment.fd, &pad(&r), r.offset)?;
+            pwrite_all(&r.segment.fd, &pad(r.span, r.lsn), r.offset)?;
             padded.push(r);
         }
         sync_each(padded.iter().map(|r| &r.segment))?;
@@ -317,6 +322,7 @@ pub fn start_compactor(store: Arc<SegmentStore>, policy: Policy, interval: Durat
 
 #[cfg(test)]
 mod tests {
+    use super::super::format::segment_name;
     use super::super::tests::{data, id, put, read_back, reserve_larger_than_a_segment};
     use super::*;
 

@@ -46,7 +46,7 @@ impl GroupSync {
     }
 
     /// Returns once a sync that started after this call has finished.
-    pub async fn sync(&self) -> io::Result<()> {
+    pub(super) async fn sync(&self) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue.send(tx).map_err(|_| io::Error::other("the group sync thread is gone"))?;
         rx.await.map_err(|_| io::Error::other("the group sync thread is gone"))?.map_err(io::Error::other)

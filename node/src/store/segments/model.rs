@@ -12,8 +12,12 @@
 //! from the seed. A failing seed prints itself: `DFS_MODEL_SEED=S cargo test -p dfs-node model`
 //! replays it, `DFS_MODEL_SEEDS=N` runs more.
 
+use super::format::{encode_trailer, Kind, RecordHeader};
 use super::tests::{data, wait_for_spare};
 use super::*;
+use dfs_proto::limits::BLOCK_SIZE_BYTES;
+use dfs_proto::FileId;
+use dfs_runtime::aligned::AlignedBuf;
 use std::collections::{BTreeMap, BTreeSet};
 
 const SEGMENT: u64 = 1 << 20;

@@ -15,11 +15,14 @@
 //! everything before it (u32), both big-endian. Written under a temporary name, synced, and
 //! renamed into place.
 
+use super::blocking::{ctx, fsync_dir, open_segment_file, pread_exact};
+use super::format::{segment_name, RecordHeader};
 use super::*;
+use dfs_runtime::aligned::AlignedBuf;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 
-pub const FILE_NAME: &str = "index.ckpt";
+pub(super) const FILE_NAME: &str = "index.ckpt";
 const MAGIC: [u8; 8] = *b"DFSCKPT1";
 /// Index entries copied per hold of the index lock.
 const SLICE_ENTRIES: usize = 4096;
@@ -94,7 +97,7 @@ impl SegmentStore {
     }
 
     /// Writes a checkpoint of the index (blocking). Returns the entries written.
-    pub fn write_checkpoint(&self) -> io::Result<u64> {
+    pub(super) fn write_checkpoint(&self) -> io::Result<u64> {
         let (first_scanned_seq, next_lsn) = self.checkpoint_point();
         self.write_checkpoint_at(first_scanned_seq, next_lsn)
     }
@@ -256,6 +259,7 @@ pub fn start_checkpointer(store: Arc<SegmentStore>, interval: Duration) -> io::R
 
 #[cfg(test)]
 mod tests {
+    use super::super::format::{encode_trailer, Kind};
     use super::super::tests::{data, id, overwrite, put, read_back, reserve_larger_than_a_segment};
     use super::*;
 

@@ -1,4 +1,5 @@
-//! The node's on-disk layout. Everything lives under the data directory:
+//! The chunk-file store (`dfs-node --store files`), the layout before segments. Everything lives
+//! under the data directory:
 //!
 //! - `chunks/<xx>/<file id>.<chunk index>`: committed chunks, `xx` the file ID's first byte;
 //! - `chunks/<xx>/.<file id>.<chunk index>.<nonce>.tmp`: chunks being received, next to where
@@ -10,7 +11,18 @@
 //!
 //! Paths are built from a [`ChunkId`] alone, never from a name a user typed, so no request can
 //! reach outside the data directory.
+//!
+//! This module holds the layout, its counts, listing, deletion and quarantine; `receive` takes a
+//! STORE into a temp file and commits it, `read` opens a chunk file for FETCH and EXISTS,
+//! `footer` is the checksum footer at the end of each chunk file, and `sync` the group commit
+//! by syncfs.
 
+pub(crate) mod footer;
+mod read;
+mod receive;
+pub mod sync;
+
+use crate::store::ChunkError;
 use dfs_proto::ChunkId;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -22,7 +34,7 @@ use std::time::{Duration, SystemTime};
 /// Running totals of what the store holds, counted at start-up and kept up to date by every
 /// commit, delete and quarantine.
 #[derive(Default)]
-pub struct StoreCounts {
+struct StoreCounts {
     n_chunks: AtomicU64,
     bytes_used: AtomicU64,
     n_quarantined: AtomicU64,
@@ -88,22 +100,22 @@ impl ChunkStore {
         Ok(store)
     }
 
-    pub fn root(&self) -> &Path {
+    pub(super) fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn quarantine_dir(&self) -> PathBuf {
+    fn quarantine_dir(&self) -> PathBuf {
         self.root.join("quarantine")
     }
 
     /// A chunk file of `file_bytes` bytes was committed.
-    pub fn note_added(&self, file_bytes: u64) {
+    fn note_added(&self, file_bytes: u64) {
         self.counts.n_chunks.fetch_add(1, Ordering::Relaxed);
         self.counts.bytes_used.fetch_add(file_bytes, Ordering::Relaxed);
     }
 
     /// A chunk file of `file_bytes` bytes was deleted or quarantined.
-    pub fn note_removed(&self, file_bytes: u64) {
+    fn note_removed(&self, file_bytes: u64) {
         let sub = |a: &AtomicU64, v: u64| {
             let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(x.saturating_sub(v)));
         };
@@ -112,7 +124,7 @@ impl ChunkStore {
     }
 
     /// What the store holds, and the free space of its file system.
-    pub fn report(&self) -> io::Result<dfs_proto::StoreReport> {
+    pub(super) fn report(&self) -> io::Result<dfs_proto::StoreReport> {
         let vfs = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
         Ok(dfs_proto::StoreReport {
             n_chunks: self.counts.n_chunks.load(Ordering::Relaxed),
@@ -126,7 +138,7 @@ impl ChunkStore {
     }
 
     /// Moves a committed chunk file out of reach into `quarantine/`, durably.
-    pub fn quarantine(&self, id: &ChunkId) -> io::Result<PathBuf> {
+    pub(crate) fn quarantine(&self, id: &ChunkId) -> io::Result<PathBuf> {
         let from = self.chunk_path(id);
         let file_bytes = std::fs::symlink_metadata(&from)?.len();
         let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -140,21 +152,21 @@ impl ChunkStore {
         Ok(to)
     }
 
-    pub fn chunk_dir(&self, id: &ChunkId) -> PathBuf {
+    fn chunk_dir(&self, id: &ChunkId) -> PathBuf {
         self.root.join("chunks").join(id.fanout_dir())
     }
 
-    pub fn chunk_dir_fd(&self, id: &ChunkId) -> &Arc<OwnedFd> {
+    fn chunk_dir_fd(&self, id: &ChunkId) -> &Arc<OwnedFd> {
         &self.dir_fds[id.file_id.0[0] as usize]
     }
 
-    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+    pub(crate) fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         self.chunk_dir(id).join(id.file_name())
     }
 
     /// A fresh temp path for receiving `id`; the random suffix keeps two concurrent STOREs of the
     /// same chunk apart (the second loses at the no-replace rename).
-    pub fn temp_path(&self, id: &ChunkId) -> io::Result<PathBuf> {
+    fn temp_path(&self, id: &ChunkId) -> io::Result<PathBuf> {
         let mut nonce = [0u8; 8];
         getrandom::getrandom(&mut nonce).map_err(io::Error::other)?;
         Ok(self.chunk_dir(id).join(format!(".{}.{}.tmp", id.file_name(), hex::encode(nonce))))
@@ -163,7 +175,7 @@ impl ChunkStore {
     /// All committed chunk IDs after `after`, in order, at most `limit`, and whether more follow;
     /// with a `min_age`, only chunks whose file was last modified at least that long ago.
     /// Files whose names are not chunk IDs are skipped and logged.
-    pub fn list(
+    pub(crate) fn list(
         &self,
         after: Option<ChunkId>,
         limit: usize,
@@ -204,6 +216,44 @@ impl ChunkStore {
         }
         Ok((out, false))
     }
+
+    /// A chunk's length and crc32 from its footer, if its file is there and the footer sound.
+    pub(super) async fn exists(&self, chunk_id: ChunkId) -> Result<(u64, u32), ChunkError> {
+        let chunk = self.open_chunk(chunk_id).await?;
+        let (length, crc32) = (chunk.footer().length, chunk.footer().crc32);
+        chunk.close().await;
+        Ok((length, crc32))
+    }
+
+    /// Deletes a chunk file durably; with `written_before_unix_ms`, only one last modified
+    /// before then.
+    pub(super) async fn delete(
+        &self,
+        chunk_id: ChunkId,
+        written_before_unix_ms: Option<u64>,
+    ) -> Result<(), ChunkError> {
+        let path = self.chunk_path(&chunk_id);
+        let meta = std::fs::symlink_metadata(&path);
+        if let (Some(before), Ok(m)) = (written_before_unix_ms, &meta) {
+            let modified_ms = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(u64::MAX, |d| d.as_millis() as u64);
+            if modified_ms >= before {
+                return Err(ChunkError::Newer(chunk_id));
+            }
+        }
+        let file_bytes = meta.map(|m| m.len()).unwrap_or(0);
+        match dfs_runtime::backend::fs::remove_file(&path).await {
+            Ok(()) => self.note_removed(file_bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ChunkError::NotFound(chunk_id)),
+            Err(e) => return Err(ChunkError::io(format!("cannot delete chunk {chunk_id}"))(e)),
+        }
+        dfs_runtime::ops::fsync(self.chunk_dir_fd(&chunk_id))
+            .await
+            .map_err(ChunkError::io(format!("cannot sync directory of chunk {chunk_id}")))
+    }
 }
 
 /// Temp files are hidden (leading dot) and end in `.tmp`; no chunk ID looks like that.
@@ -236,13 +286,4 @@ fn spread_subdirectories(dir: &Path) {
     if let Err(e) = result {
         tracing::debug!("cannot set the top-directory flag on {}: {e}", dir.display());
     }
-}
-
-/// Where a node keeps its chunks (`--store`): chunk files (this module) or segments.
-#[derive(Clone)]
-pub enum Stores {
-    /// One file per chunk copy under `chunks/`.
-    Files(std::sync::Arc<ChunkStore>),
-    /// Records appended to segment files under `segments/`.
-    Segments(std::sync::Arc<crate::segments::SegmentStore>),
 }

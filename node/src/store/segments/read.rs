@@ -1,0 +1,81 @@
+//! Reading a record's data back, every block checked against its crc32: with plain blocking
+//! reads for scrub, start-up and compaction, and block by block on the runtime for FETCH, which
+//! reads ahead by running each read as a task of its own.
+
+use super::blocking::pread_exact;
+use super::Location;
+use crate::store::ChunkError;
+use dfs_proto::layout::{block_len, check_block};
+use dfs_proto::limits::BLOCK_SIZE_BYTES;
+use dfs_proto::ChunkId;
+use dfs_runtime::aligned::{align_down, align_up, AlignedBuf, ALIGN};
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+
+/// See [`SegmentStore::verify`](super::SegmentStore::verify).
+pub(super) fn verify_location(loc: &Location, mut pace: impl FnMut(u64)) -> io::Result<Result<(), String>> {
+    let mut buf = AlignedBuf::zeroed(BLOCK_SIZE_BYTES as usize + 2 * ALIGN);
+    for (block_idx, &expected) in loc.block_crcs.iter().enumerate() {
+        let at = loc.data_offset() + block_idx as u64 * BLOCK_SIZE_BYTES as u64;
+        let len = block_len(loc.length, block_idx as u64);
+        let (s, e) = (align_down(at), align_up(at + len));
+        pread_exact(&loc.segment.fd, &mut buf, (e - s) as usize, s)?;
+        let from = (at - s) as usize;
+        if let Err(mismatch) = check_block(block_idx as u64, &buf[from..from + len as usize], expected) {
+            return Ok(Err(mismatch.to_string()));
+        }
+        pace(len);
+    }
+    Ok(Ok(()))
+}
+
+impl Location {
+    /// Bytes of a buffer that holds any one block of the record as [`Location::read_block`]
+    /// reads it: the block, and the rest of the aligned span around it.
+    pub(crate) fn block_buf_bytes(&self) -> usize {
+        align_up(self.length.min(BLOCK_SIZE_BYTES as u64)) as usize + 2 * ALIGN
+    }
+
+    /// Where block `block_idx` lies: the aligned span read, and its data's place in that span.
+    fn block_span(&self, block_idx: u64) -> (u64, u64, usize, usize) {
+        let len = block_len(self.length, block_idx);
+        let at = self.data_offset() + block_idx * BLOCK_SIZE_BYTES as u64;
+        (align_down(at), align_up(at + len), (at - align_down(at)) as usize, len as usize)
+    }
+
+    /// Reads the aligned span around block `block_idx` into `buf`, through the descriptor the
+    /// record was written through; the future owns all it needs, so that it can run as a task
+    /// of its own while earlier blocks are sent.
+    pub(crate) fn read_block(
+        &self,
+        block_idx: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (io::Result<()>, AlignedBuf)> + 'static {
+        let (start, end, _, _) = self.block_span(block_idx);
+        let fd = self.segment.fd_for(self.length).clone();
+        async move { dfs_runtime::ops::read_exact_at(&fd, buf, (end - start) as usize, start).await }
+    }
+
+    /// Block `block_idx` of chunk `chunk_id` as [`Location::read_block`] left it in `buf`,
+    /// checked against its crc32: its place in `buf`, or why it cannot be sent.
+    pub(crate) fn check_block(
+        &self,
+        chunk_id: ChunkId,
+        block_idx: u64,
+        res: io::Result<()>,
+        buf: &AlignedBuf,
+    ) -> Result<Range<usize>, ChunkError> {
+        let (_, _, from, len) = self.block_span(block_idx);
+        res.map_err(ChunkError::io(format!("cannot read chunk {chunk_id}")))
+            .and_then(|()| {
+                crate::store::check_block(
+                    chunk_id,
+                    block_idx,
+                    &buf[from..from + len],
+                    self.block_crcs[block_idx as usize],
+                )
+            })
+            .map(|()| from..from + len)
+    }
+}
