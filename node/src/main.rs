@@ -115,17 +115,28 @@ enum StoreKind {
     Segments,
 }
 
-fn parse_share(s: &str) -> Result<f64, String> {
+/// A flag's value the node cannot use (clap prints the message).
+#[derive(Debug, thiserror::Error)]
+enum BadValue {
+    #[error("{0:?}: a share from 0 to 1, such as 0.5")]
+    Share(String),
+    #[error(transparent)]
+    Size(#[from] dfs_proto::units::BadSize),
+    #[error("{0} bytes: a segment is 1 MiB to 1 TiB, a multiple of 4 KiB")]
+    SegmentSize(u64),
+}
+
+fn parse_share(s: &str) -> Result<f64, BadValue> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?}: a share from 0 to 1, such as 0.5")),
+        _ => Err(BadValue::Share(s.to_string())),
     }
 }
 
-fn parse_segment_size(s: &str) -> Result<u64, String> {
-    let bytes = parse_size::parse_size(s).map_err(|e| e.to_string())?;
+fn parse_segment_size(s: &str) -> Result<u64, BadValue> {
+    let bytes = dfs_proto::units::parse_bytes(s)?;
     if !(1 << 20..=1 << 40).contains(&bytes) || !bytes.is_multiple_of(dfs_runtime::aligned::ALIGN as u64) {
-        return Err(format!("{bytes} bytes: a segment is 1 MiB to 1 TiB, a multiple of 4 KiB"));
+        return Err(BadValue::SegmentSize(bytes));
     }
     Ok(bytes)
 }

@@ -47,7 +47,7 @@ fn status(e: &ChunkError) -> Status {
         ChunkError::AlreadyExists(_) | ChunkError::Newer(_) => Status::AlreadyExists,
         ChunkError::ChecksumMismatch { .. } => Status::ChecksumMismatch,
         ChunkError::BadRequest(..) => Status::BadRequest,
-        ChunkError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => Status::NoSpace,
+        ChunkError::Io { source, .. } if crate::store::is_full(source) => Status::NoSpace,
         ChunkError::Io { .. } => Status::Internal,
     }
 }
@@ -65,7 +65,7 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
         Ok(Frame::Msg(Msg::Hello(h))) if h.role == Role::Engine && h.version == VERSION => {
             if let Err(why) = authenticate(state, conn, &h).await? {
                 tracing::warn!("refused an engine connection: {why}");
-                let _ = conn.write_msg(&Msg::error(Status::Unauthorized, why)).await;
+                let _ = conn.write_msg(&Msg::error(Status::Unauthorized, why.to_string())).await;
                 return Ok(());
             }
         }
@@ -171,28 +171,39 @@ async fn serve(state: &NodeState, conn: &Conn) -> Result<(), FrameError> {
     }
 }
 
+/// Why a node refuses an engine's handshake.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("this node has no cluster secret (--cluster-secret-file) and cannot prove one")]
+    NoSecretHere,
+    #[error("this node requires the cluster secret: start the engine with --cluster-secret-file")]
+    SecretRequired,
+    #[error("the engine's proof of the cluster secret is wrong")]
+    WrongProof,
+    #[error("expected the engine's AuthProof")]
+    NoProof,
+}
+
 /// Checks that the engine knows the cluster secret, if this node has one (see
 /// `dfs_proto::auth`). Inner error: why the engine is refused.
-async fn authenticate(state: &NodeState, conn: &Conn, hello: &Hello) -> Result<Result<(), String>, FrameError> {
+async fn authenticate(state: &NodeState, conn: &Conn, hello: &Hello) -> Result<Result<(), Refused>, FrameError> {
     let Some(secret) = &state.cluster_secret else {
         return Ok(match hello.auth_method {
             AUTH_NONE => Ok(()),
-            _ => Err("this node has no cluster secret (--cluster-secret-file) and cannot prove one".into()),
+            _ => Err(Refused::NoSecretHere),
         });
     };
     let engine_nonce: Nonce = match (hello.auth_method, hello.auth.as_slice().try_into()) {
         (AUTH_CLUSTER, Ok(n)) => n,
-        _ => {
-            return Ok(Err("this node requires the cluster secret: start the engine with --cluster-secret-file".into()))
-        }
+        _ => return Ok(Err(Refused::SecretRequired)),
     };
     let node_nonce = auth::nonce().map_err(FrameError::Io)?;
     let proof = secret.node_proof(&engine_nonce, &node_nonce, &state.node_id);
     conn.write_msg(&Msg::AuthChallenge { nonce: node_nonce, node_id: state.node_id, proof }).await?;
     Ok(match conn.read_frame().await? {
         Frame::Msg(Msg::AuthProof { proof }) if secret.check_engine(&engine_nonce, &node_nonce, &proof) => Ok(()),
-        Frame::Msg(Msg::AuthProof { .. }) => Err("the engine's proof of the cluster secret is wrong".into()),
-        _ => Err("expected the engine's AuthProof".into()),
+        Frame::Msg(Msg::AuthProof { .. }) => Err(Refused::WrongProof),
+        _ => Err(Refused::NoProof),
     })
 }
 

@@ -17,6 +17,39 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A sync's failure as a sync thread hands it to every waiter it answers: an `io::Error` is
+/// not `Clone`, so its kind and OS error number travel with its text, and each waiter gets an
+/// `io::Error` back that says what the disk said (a full disk stays `StorageFull`, answered
+/// `NoSpace`, not a string no one can match).
+#[derive(Debug, Clone)]
+pub(crate) struct SyncFailed {
+    kind: io::ErrorKind,
+    raw: Option<i32>,
+    text: String,
+}
+
+impl From<&io::Error> for SyncFailed {
+    fn from(e: &io::Error) -> SyncFailed {
+        SyncFailed { kind: e.kind(), raw: e.raw_os_error(), text: e.to_string() }
+    }
+}
+
+impl From<SyncFailed> for io::Error {
+    fn from(e: SyncFailed) -> io::Error {
+        let back = match e.raw {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::new(e.kind, e.text),
+        };
+        assert_eq!(back.kind(), e.kind, "a sync error keeps its kind");
+        back
+    }
+}
+
+/// Whether a failed write or sync means the disk is full.
+pub(crate) fn is_full(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull
+}
+
 /// Where a node keeps its chunks (`--store`): chunk files or segments.
 #[derive(Clone)]
 pub enum Stores {

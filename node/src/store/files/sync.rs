@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc;
 
-type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+type Waiter = tokio::sync::oneshot::Sender<Result<(), crate::store::SyncFailed>>;
 
 /// How a STORE is made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -36,7 +36,7 @@ impl GroupSync {
                 batch.extend(waiting.try_iter());
                 // SAFETY: syncfs on a descriptor this thread owns.
                 let rc = unsafe { libc::syncfs(fd.as_raw_fd()) };
-                let result = if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error().to_string()) };
+                let result = if rc == 0 { Ok(()) } else { Err((&io::Error::last_os_error()).into()) };
                 for waiter in batch {
                     let _ = waiter.send(result.clone());
                 }
@@ -49,6 +49,6 @@ impl GroupSync {
     pub(super) async fn sync(&self) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue.send(tx).map_err(|_| io::Error::other("the group sync thread is gone"))?;
-        rx.await.map_err(|_| io::Error::other("the group sync thread is gone"))?.map_err(io::Error::other)
+        Ok(rx.await.map_err(|_| io::Error::other("the group sync thread is gone"))??)
     }
 }

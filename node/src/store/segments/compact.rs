@@ -244,7 +244,7 @@ impl SegmentStore {
                 }
                 // Deleted meanwhile: the copy is dead.
                 Ok(Ok(())) => None,
-                Ok(Err(why)) => Some(why),
+                Ok(Err(why)) => Some(why.to_string()),
                 Err(e) => Some(e.to_string()),
             };
             if let Some(why_copy) = why_copy {

@@ -152,21 +152,34 @@ pub(super) fn encode_segment_header(seq: u64, size: u64) -> AlignedBuf {
     b
 }
 
+/// Why a segment's header block is not one this build can read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BadSegmentHeader {
+    #[error("not a dfs segment (bad magic)")]
+    Magic,
+    #[error("segment header fails its crc32")]
+    Crc,
+    #[error("segment format version {0}; this build reads version {FORMAT_VERSION}")]
+    Version(u32),
+    #[error("segment alignment {0}, expected {ALIGN}")]
+    Alignment(u32),
+}
+
 /// (seq, size) from a segment header block, or why it is not one this build can read.
-pub(super) fn decode_segment_header(b: &[u8]) -> Result<(u64, u64), String> {
+pub(super) fn decode_segment_header(b: &[u8]) -> Result<(u64, u64), BadSegmentHeader> {
     if b.len() < 36 || b[0..8] != SEGMENT_MAGIC {
-        return Err("not a dfs segment (bad magic)".into());
+        return Err(BadSegmentHeader::Magic);
     }
     if crc32fast::hash(&b[..32]) != u32::from_be_bytes(b[32..36].try_into().expect("4 bytes")) {
-        return Err("segment header fails its crc32".into());
+        return Err(BadSegmentHeader::Crc);
     }
     let version = u32::from_be_bytes(b[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        return Err(format!("segment format version {version}; this build reads version {FORMAT_VERSION}"));
+        return Err(BadSegmentHeader::Version(version));
     }
     let align = u32::from_be_bytes(b[12..16].try_into().expect("4 bytes"));
     if align as usize != ALIGN {
-        return Err(format!("segment alignment {align}, expected {ALIGN}"));
+        return Err(BadSegmentHeader::Alignment(align));
     }
     Ok((
         u64::from_be_bytes(b[16..24].try_into().expect("8 bytes")),

@@ -107,7 +107,7 @@ struct Writer {
     waiting: usize,
 }
 
-type SyncWaiter = (Arc<Segment>, tokio::sync::oneshot::Sender<Result<(), String>>);
+type SyncWaiter = (Arc<Segment>, tokio::sync::oneshot::Sender<Result<(), crate::store::SyncFailed>>);
 
 pub struct SegmentStore {
     root: PathBuf,
@@ -233,7 +233,7 @@ impl SegmentStore {
     async fn sync(&self, segment: &Arc<Segment>) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.sync_queue.send((segment.clone(), tx)).map_err(|_| io::Error::other("the segment sync thread is gone"))?;
-        rx.await.map_err(|_| io::Error::other("the segment sync thread is gone"))?.map_err(io::Error::other)
+        Ok(rx.await.map_err(|_| io::Error::other("the segment sync thread is gone"))??)
     }
 
     pub(crate) fn get(&self, id: &ChunkId) -> Option<Location> {
@@ -348,7 +348,11 @@ impl SegmentStore {
 
     /// Reads a record's data and checks every block against its crc32, calling `pace` with the
     /// bytes read (blocking; for scrub). Inner error: why the record is corrupt.
-    pub(crate) fn verify(&self, loc: &Location, pace: impl FnMut(u64)) -> io::Result<Result<(), String>> {
+    pub(crate) fn verify(
+        &self,
+        loc: &Location,
+        pace: impl FnMut(u64),
+    ) -> io::Result<Result<(), dfs_proto::layout::BlockMismatch>> {
         verify_location(loc, pace)
     }
 }
@@ -412,12 +416,12 @@ fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
     while let Ok(first) = waiting.recv() {
         let mut batch = vec![first];
         batch.extend(waiting.try_iter());
-        let mut results: Vec<(u64, Result<(), String>)> = Vec::new();
+        let mut results: Vec<(u64, Result<(), crate::store::SyncFailed>)> = Vec::new();
         for (segment, _) in &batch {
             if results.iter().any(|(seq, _)| *seq == segment.seq) {
                 continue;
             }
-            results.push((segment.seq, segment.datasync().map_err(|e| e.to_string())));
+            results.push((segment.seq, segment.datasync().map_err(|e| (&e).into())));
         }
         for (segment, waiter) in batch {
             let result = results.iter().find(|(seq, _)| *seq == segment.seq).map(|(_, r)| r.clone());
@@ -604,6 +608,21 @@ pub(super) mod tests {
         assert!(!store.contains(&id(2, 0)), "a deleted chunk came back");
     }
 
+    /// An fdatasync that reports a full disk reaches the waiting STORE as a full disk (the
+    /// node answers NoSpace and the engine puts the copy elsewhere), not as a string.
+    #[test]
+    fn a_full_disk_at_sync_reaches_the_writer_as_a_full_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        tokio_uring::start(async {
+            let store = SegmentStore::open(dir.path(), 4 << 20, Prefill::Allocate).unwrap();
+            let first = put(&store, id(1, 0), &data(1, 1000)).await;
+            first.segment.fail_next_sync_for_tests(libc::ENOSPC);
+            let e = store.sync(&first.segment).await.expect_err("the sync reported ENOSPC");
+            assert!(crate::store::is_full(&e), "{e:?}");
+            assert!(e.to_string().contains("failed"), "{e}");
+        });
+    }
+
     #[test]
     fn a_failed_sync_fails_the_segment_for_every_later_writer() {
         let dir = tempfile::tempdir().unwrap();
@@ -612,7 +631,7 @@ pub(super) mod tests {
             let first = put(&store, id(1, 0), &data(1, 1000)).await;
             // Another descriptor's sync of the segment (compaction's, scrub's) receives the
             // writeback error; the kernel reports it to that caller only.
-            first.segment.fail_next_sync_for_tests();
+            first.segment.fail_next_sync_for_tests(libc::EIO);
             assert!(first.segment.datasync().is_err());
             let e = store.sync(&first.segment).await.expect_err("a sync after the error succeeded");
             assert!(e.to_string().contains("failed"), "{e}");

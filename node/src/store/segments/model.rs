@@ -144,7 +144,7 @@ async fn life(store: &SegmentStore, model: &mut Model, rng: &mut fastrand::Rng, 
                 let id = model.fresh_id();
                 trace.push(format!("sync error under {id}"));
                 if let Ok(w) = write_record(store, id, random_bytes(rng, 5000)).await {
-                    w.r.segment.fail_next_sync_for_tests();
+                    w.r.segment.fail_next_sync_for_tests(libc::EIO);
                     let _ = w.r.segment.datasync();
                     let zeros = vec![0u8; w.bytes.len()];
                     super::tests::overwrite(&w.r.segment.path, w.location.data_offset(), &zeros);

@@ -5,7 +5,7 @@
 use super::blocking::pread_exact;
 use super::Location;
 use crate::store::ChunkError;
-use dfs_proto::layout::{block_len, check_block};
+use dfs_proto::layout::{block_len, check_block, BlockMismatch};
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::ChunkId;
 use dfs_runtime::aligned::{align_down, align_up, AlignedBuf, ALIGN};
@@ -14,7 +14,7 @@ use std::io;
 use std::ops::Range;
 
 /// See [`SegmentStore::verify`](super::SegmentStore::verify).
-pub(super) fn verify_location(loc: &Location, mut pace: impl FnMut(u64)) -> io::Result<Result<(), String>> {
+pub(super) fn verify_location(loc: &Location, mut pace: impl FnMut(u64)) -> io::Result<Result<(), BlockMismatch>> {
     let mut buf = AlignedBuf::zeroed(BLOCK_SIZE_BYTES as usize + 2 * ALIGN);
     for (block_idx, &expected) in loc.block_crcs.iter().enumerate() {
         let at = loc.data_offset() + block_idx as u64 * BLOCK_SIZE_BYTES as u64;
@@ -23,7 +23,7 @@ pub(super) fn verify_location(loc: &Location, mut pace: impl FnMut(u64)) -> io::
         pread_exact(&loc.segment.fd, &mut buf, (e - s) as usize, s)?;
         let from = (at - s) as usize;
         if let Err(mismatch) = check_block(block_idx as u64, &buf[from..from + len as usize], expected) {
-            return Ok(Err(mismatch.to_string()));
+            return Ok(Err(mismatch));
         }
         pace(len);
     }

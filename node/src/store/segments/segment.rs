@@ -7,7 +7,7 @@ use super::format::{record_span, SEGMENT_HEADER_BYTES};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Records up to this span (header, data and trailer) are written and read through the page
@@ -45,9 +45,9 @@ pub(super) struct Segment {
     /// Held across each fdatasync of it, so that a failure is marked before any other sync of
     /// it can answer.
     pub(super) syncing: Mutex<()>,
-    /// The next sync fails as if the disk had reported an I/O error (tests and the
-    /// `segment-sync-eio` failpoint).
-    pub(super) fail_next_sync: AtomicBool,
+    /// The next sync fails as if the disk had reported this error number (0: none; tests and
+    /// the `segment-sync-eio` failpoint, which reports EIO).
+    pub(super) fail_next_sync: AtomicI32,
 }
 
 impl Segment {
@@ -64,7 +64,7 @@ impl Segment {
             pending: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             syncing: Mutex::new(()),
-            fail_next_sync: AtomicBool::new(false),
+            fail_next_sync: AtomicI32::new(0),
         }
     }
 
@@ -83,7 +83,7 @@ impl Segment {
             pending: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             syncing: Mutex::new(()),
-            fail_next_sync: AtomicBool::new(false),
+            fail_next_sync: AtomicI32::new(0),
         }
     }
 
@@ -97,9 +97,15 @@ impl Segment {
                 self.path.display()
             )));
         }
-        let injected = self.fail_next_sync.swap(false, Ordering::AcqRel)
-            || dfs_runtime::failpoint::is_on("segment-sync-eio") && !SYNC_EIO_INJECTED.swap(true, Ordering::AcqRel);
-        let result = if injected { Err(io::Error::from_raw_os_error(libc::EIO)) } else { fdatasync(&self.fd) };
+        let injected = match self.fail_next_sync.swap(0, Ordering::AcqRel) {
+            0 if dfs_runtime::failpoint::is_on("segment-sync-eio")
+                && !SYNC_EIO_INJECTED.swap(true, Ordering::AcqRel) =>
+            {
+                libc::EIO
+            }
+            errno => errno,
+        };
+        let result = if injected != 0 { Err(io::Error::from_raw_os_error(injected)) } else { fdatasync(&self.fd) };
         if let Err(e) = result {
             self.failed.store(true, Ordering::Release);
             tracing::error!(
@@ -118,8 +124,9 @@ impl Segment {
     }
 
     #[cfg(test)]
-    pub(super) fn fail_next_sync_for_tests(&self) {
-        self.fail_next_sync.store(true, Ordering::Release);
+    pub(super) fn fail_next_sync_for_tests(&self, errno: i32) {
+        assert_ne!(errno, 0, "an error number");
+        self.fail_next_sync.store(errno, Ordering::Release);
     }
 
     /// The descriptor a record of `length` data bytes is written and read through.
