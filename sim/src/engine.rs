@@ -83,23 +83,35 @@ impl CopyIo for SimCopy<'_, '_> {
     }
 }
 
+/// Why a simulated PUT failed (counted, not an invariant broken).
+#[derive(Debug, thiserror::Error)]
+pub enum PutFailed {
+    #[error("{0}")]
+    Layout(dfs_proto::layout::LayoutError),
+    /// Fewer nodes than R took the chunk's STORE.
+    #[error("chunk {chunk}: {accepted} node(s) took its STORE")]
+    Refused { chunk: usize, accepted: usize },
+    #[error("chunk {}: {} copies", .0.chunk, .0.copies)]
+    Incomplete(Incomplete),
+}
+
 /// PUT: each chunk to R nodes in ring order, nodes believed up first; the record is committed
 /// only when every chunk has R durable copies, and the file ID stays registered as being
 /// written until after the commit.
-pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
+pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, PutFailed> {
     let mut id = [0u8; 16];
     exec::fill(&mut id);
     let file_id = FileId(id);
     let writing = w.begin_writing(file_id);
     let mut unrecorded = Unrecorded::new(&w);
-    let spans = chunk_spans(data.len() as u64, Chunking::Equal, 0).map_err(|e| e.to_string())?;
+    let spans = chunk_spans(data.len() as u64, Chunking::Equal, 0).map_err(PutFailed::Layout)?;
     let replicas = w.config.replicas;
     // The copies, as dfs_core::upload keeps them for put.rs.
     let mut upload: Upload<Node, u64, NodeErr> = Upload::new(spans.len(), replicas);
     // Every copy attempted, for the clean-up of a failed upload: a copy may exist though its
     // reply was lost.
     let written: RefCell<Vec<(ChunkId, Node)>> = RefCell::new(Vec::new());
-    let mut failure: Option<String> = None;
+    let mut failure: Option<PutFailed> = None;
     let crcs: Vec<u32> =
         spans.iter().map(|s| crc32(&data[s.offset as usize..(s.offset + s.length) as usize])).collect();
     for (idx, span) in spans.iter().enumerate() {
@@ -112,7 +124,7 @@ pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
         let targets: Vec<Node> = match dfs_core::upload::open_copies(&SimOpen { w: &w }, &order, replicas).await {
             Ok(open) => open.into_iter().map(|(n, ())| n).collect(),
             Err(refused) => {
-                failure = Some(format!("chunk {idx}: {} of {replicas} nodes took its STORE", refused.accepted));
+                failure = Some(PutFailed::Refused { chunk: idx, accepted: refused.accepted });
                 break;
             }
         };
@@ -141,8 +153,8 @@ pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, String> {
     // (put.rs's complete_copies: dfs_core::upload::complete).
     if failure.is_none() {
         let io = SimCopy { w: &w, file_id, crcs: &crcs, unrecorded: RefCell::new(&mut unrecorded), written: &written };
-        if let Err(Incomplete { chunk, copies }) = dfs_core::upload::complete(&io, &mut upload).await {
-            failure = Some(format!("chunk {chunk}: {copies} of {replicas} copies"));
+        if let Err(incomplete) = dfs_core::upload::complete(&io, &mut upload).await {
+            failure = Some(PutFailed::Incomplete(incomplete));
         }
     }
     if let Some(why) = failure {

@@ -42,8 +42,20 @@ struct Outcome {
     summary: String,
 }
 
+/// How a seed failed.
+#[derive(Debug, thiserror::Error)]
+enum SeedFailed {
+    /// An invariant broke, or an assertion of the code under test failed.
+    #[error("{0}")]
+    Panicked(String),
+    #[error("deadlock: nothing can run and no timer is set; waiting: {}", .0.join(", "))]
+    Deadlock(Vec<String>),
+    #[error("not finished after {limit:?} of simulated time; still running: {}", waiting.join(", "))]
+    OutOfTime { limit: Duration, waiting: Vec<String> },
+}
+
 /// The run a seed stands for: the cluster's shape and the workload are drawn from it too.
-fn run_seed(seed: u64) -> Result<Outcome, String> {
+fn run_seed(seed: u64) -> Result<Outcome, SeedFailed> {
     std::panic::catch_unwind(|| {
         exec::run(seed, Duration::from_secs(3 * 3600), async move {
             let n_nodes = exec::random_range(4..7) as usize;
@@ -80,20 +92,18 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
         })
     })
     .map_err(|panic| {
-        panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "a panic without a message".into())
+        SeedFailed::Panicked(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into()),
+        )
     })?
     .map(|(n_lost, summary, sim_time, steps)| Outcome { sim_time, steps, n_lost, summary })
     .map_err(|stuck| match stuck {
-        exec::Stuck::Deadlock { waiting } => {
-            format!("deadlock: nothing can run and no timer is set; waiting: {}", waiting.join(", "))
-        }
-        exec::Stuck::OutOfTime { limit, waiting } => {
-            format!("not finished after {limit:?} of simulated time; still running: {}", waiting.join(", "))
-        }
+        exec::Stuck::Deadlock { waiting } => SeedFailed::Deadlock(waiting),
+        exec::Stuck::OutOfTime { limit, waiting } => SeedFailed::OutOfTime { limit, waiting },
     })
 }
 

@@ -177,11 +177,24 @@ impl Runtime for SimRuntime {
     }
 }
 
+/// Why a streamed GET ended without the whole file (counted, unless the file should be there).
+#[derive(Debug, thiserror::Error)]
+pub enum StreamGetErr {
+    #[error("not found")]
+    NotFound,
+    /// No copy of this chunk could be read; one error per copy tried.
+    #[error("chunk {0}: {1:?}")]
+    Chunk(usize, Vec<NodeErr>),
+    /// The client went away or stalled, as the seed made it.
+    #[error("client: {0:?}")]
+    Client(ClientErr),
+}
+
 /// A streamed GET of `file_id`, whose bytes should be `expected`, by a client reading the way
 /// the seed picks. Checks that no byte received differs from what was stored, and that a
 /// download whose client went away ends at once.
-pub async fn get(w: Rc<World>, file_id: FileId, expected: &[u8]) -> Result<(), String> {
-    let Some(record) = w.meta.borrow().get(&file_id).cloned() else { return Err("not found".into()) };
+pub async fn get(w: Rc<World>, file_id: FileId, expected: &[u8]) -> Result<(), StreamGetErr> {
+    let Some(record) = w.meta.borrow().get(&file_id).cloned() else { return Err(StreamGetErr::NotFound) };
     let copies = record.chunks.iter().map(|c| up_first(&c.placement, |n| w.is_up(n))).collect();
     let n_blocks: usize = record.chunks.iter().map(|c| (c.length as usize).div_ceil(BLOCK)).sum();
     let reading = match exec::random_range(0..10) {
@@ -213,7 +226,7 @@ pub async fn get(w: Rc<World>, file_id: FileId, expected: &[u8]) -> Result<(), S
         Ended::Done => {
             violated(format!("streamed GET {file_id} ended after {} of {} bytes", received.len(), expected.len()))
         }
-        Ended::Failed { chunk, errors } => Err(format!("chunk {chunk}: {errors:?}")),
-        Ended::SinkFailed(e) => Err(format!("client: {e:?}")),
+        Ended::Failed { chunk, errors } => Err(StreamGetErr::Chunk(chunk, errors)),
+        Ended::SinkFailed(e) => Err(StreamGetErr::Client(e)),
     }
 }

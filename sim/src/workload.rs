@@ -60,7 +60,10 @@ pub async fn client(w: Rc<World>, n_ops: u64) {
                         w.truth.borrow_mut().insert(id, data.to_vec());
                         w.counts.borrow_mut().puts_ok += 1;
                     }
-                    Err(_) => w.counts.borrow_mut().puts_failed += 1,
+                    Err(e) => {
+                        exec::trace(|| format!("put failed: {e}"));
+                        w.counts.borrow_mut().puts_failed += 1;
+                    }
                 }
             }
             40..70 => {
@@ -71,10 +74,13 @@ pub async fn client(w: Rc<World>, n_ops: u64) {
                     w.counts.borrow_mut().streamed_gets += 1;
                     match crate::stream::get(w.clone(), id, data).await {
                         Ok(()) => w.counts.borrow_mut().gets_ok += 1,
-                        Err(e) if e == "not found" && !w.deleting.borrow().contains(&id) => {
+                        Err(crate::stream::StreamGetErr::NotFound) if !w.deleting.borrow().contains(&id) => {
                             violated(format!("GET {id}: not found, though acknowledged and never deleted"))
                         }
-                        Err(_) => w.counts.borrow_mut().gets_failed += 1,
+                        Err(e) => {
+                            exec::trace(|| format!("streamed GET {id} failed: {e}"));
+                            w.counts.borrow_mut().gets_failed += 1;
+                        }
                     }
                     continue;
                 }
