@@ -1,4 +1,4 @@
-//! The dfs wire protocol, version 1: the one definition of every frame that crosses a socket,
+//! The dfs wire protocol (version [`VERSION`]): the one definition of every frame that crosses a socket,
 //! the limits that bound them, the typed status codes, file and chunk identities, and the chunk
 //! and block layout both ends must agree on. See `docs/PROTOCOL.md` for the byte-level format.
 //!

@@ -1,5 +1,6 @@
-//! The segment store (`dfs-node --store segments`): every chunk copy is one record appended to a
-//! large preallocated segment file, written with O_DIRECT from aligned buffers, and made durable
+//! The segment store (`dfs-node --store segments`, the default): every chunk copy is one record
+//! appended to a large preallocated segment file, written from aligned buffers through the page
+//! cache (the default, `--segment-io buffered`) or with O_DIRECT (`--segment-io direct`), and made durable
 //! by an `fdatasync` of its segment shared by every record written before it started (group
 //! commit). An in-memory index maps chunk IDs to records; it is rebuilt at start-up by scanning
 //! the segments. The on-disk format is specified in `docs/STORE.md`.
