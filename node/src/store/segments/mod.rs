@@ -221,9 +221,15 @@ impl SegmentStore {
         }
         let segment = w.active.clone().expect("an active segment after the check above");
         let offset = w.next_offset;
+        assert!(
+            offset >= SEGMENT_HEADER_BYTES && offset.is_multiple_of(ALIGN as u64) && offset + span <= segment.size,
+            "a reservation lies inside its segment, on a block boundary: {offset} + {span} of {}",
+            segment.size
+        );
         w.next_offset += span;
         let lsn = w.next_lsn;
         w.next_lsn += 1;
+        assert!(w.next_lsn > lsn, "sequence numbers only go up");
         segment.end.store(w.next_offset, Ordering::Relaxed);
         segment.pending.fetch_add(1, Ordering::AcqRel);
         Ok(Reservation { segment, offset, span, lsn })

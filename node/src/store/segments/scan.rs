@@ -75,6 +75,7 @@ pub(super) fn scan_segment(segment: &Arc<Segment>) -> io::Result<Scan> {
     let mut pos = SEGMENT_HEADER_BYTES;
     let mut scan = Scan { records: Vec::new(), n_skipped: 0, n_pads: 0, max_lsn: 0, end: SEGMENT_HEADER_BYTES };
     while pos + ALIGN as u64 <= segment.size {
+        assert!(pos.is_multiple_of(ALIGN as u64), "the scan stays on record boundaries: {pos}");
         let Some(header) = RecordHeader::decode(window.get(pos, ALIGN)?) else {
             // A gap: an abandoned write that never wrote its header, or the unwritten end.
             // Look for the next record a block at a time.
@@ -82,6 +83,7 @@ pub(super) fn scan_segment(segment: &Arc<Segment>) -> io::Result<Scan> {
             continue;
         };
         let span = header.span();
+        assert!(span >= ALIGN as u64 && span.is_multiple_of(ALIGN as u64), "a record spans whole blocks: {span}");
         if pos + span > segment.size {
             scan.n_skipped += 1;
             pos += ALIGN as u64;
@@ -123,5 +125,14 @@ pub(super) fn scan_segment(segment: &Arc<Segment>) -> io::Result<Scan> {
         pos += span;
         scan.end = pos;
     }
+    assert!(scan.end <= segment.size, "the last record ends inside the segment");
+    assert!(scan.records.iter().all(|r| r.lsn <= scan.max_lsn), "max_lsn is at least every record's sequence number");
+    assert!(
+        scan.records.windows(2).all(|w| match (&w[0].loc, &w[1].loc) {
+            (Some(a), Some(b)) => a.offset < b.offset,
+            _ => true,
+        }),
+        "records are found in the order they lie"
+    );
     Ok(scan)
 }
