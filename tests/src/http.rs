@@ -3,21 +3,17 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The address in the first `<what> on http://ADDR/` line of a server's log (`what`: `metrics`,
 /// `status page`), waiting up to 10 s for it to appear.
 pub fn logged_addr(log: &Path, what: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
     let marker = format!("{what} on http://");
-    loop {
+    crate::wait_for(&format!("{} to log its {what} address", log.display()), Duration::from_secs(10), || {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(rest) = text.split(&marker).nth(1) {
-            return rest.split('/').next().expect("an address before the path").to_string();
-        }
-        assert!(Instant::now() < deadline, "{} never logged its {what} address", log.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let rest = text.split(&marker).nth(1)?;
+        Some(rest.split('/').next().expect("an address before the path").to_string())
+    })
 }
 
 pub struct Response {

@@ -99,11 +99,9 @@ fn compaction_gives_back_the_space_of_deleted_files_and_status_shows_it() {
         cluster.rm(id).unwrap_or_else(|e| panic!("rm {id}: {e}"));
     }
     // The engine deletes chunks on their nodes in the background.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while cluster.node_addrs().iter().map(|a| dfs_tests::node_report(a).n_chunks).sum::<u64>() > 16 {
-        assert!(std::time::Instant::now() < deadline, "the deleted files' chunks are still on their nodes");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    dfs_tests::wait_until("the deleted files' chunks to leave their nodes", Duration::from_secs(15), || {
+        cluster.node_addrs().iter().map(|a| dfs_tests::node_report(a).n_chunks).sum::<u64>() <= 16
+    });
     let (live, reclaimable) = reports(&cluster);
     assert!((4 << 20..5 << 20).contains(&live), "live bytes {live} with 4 MiB left");
     assert!(reclaimable >= 20 << 20, "{reclaimable} bytes reclaimable after deleting 20 MiB");

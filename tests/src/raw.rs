@@ -1,0 +1,82 @@
+//! Raw TCP: connections a test writes arbitrary bytes to, and how the server closed them.
+
+use crate::client::preview;
+use crate::CLOSE_TIMEOUT;
+use dfs_proto::io_std::{self, Frame};
+use dfs_proto::Msg;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How a server ended a connection it was sent garbage on.
+#[derive(Debug)]
+pub enum Closed {
+    /// Clean EOF, after these bytes (possibly an Error frame).
+    Eof(Vec<u8>),
+    /// Connection reset (the server closed with unread input).
+    Reset(Vec<u8>),
+    /// An Error frame arrived and the connection was still open when the wait ended.
+    ErrorFrame(String),
+}
+
+/// Connects with read and write timeouts set.
+pub fn raw_connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_millis(250))).expect("set read timeout");
+    s.set_write_timeout(Some(CLOSE_TIMEOUT)).expect("set write timeout");
+    s
+}
+
+/// Sends `bytes` (a write failure is fine: the server may already have closed), optionally
+/// half-closes, then waits up to [`CLOSE_TIMEOUT`] for the server to close the connection or
+/// answer with an Error frame. Panics, naming `what`, if neither happens.
+#[track_caller]
+pub fn send_and_expect_close(addr: &str, bytes: &[u8], half_close: bool, what: &str) -> Closed {
+    let mut s = raw_connect(addr);
+    let _ = s.write_all(bytes);
+    if half_close {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+    expect_closed(&mut s, what)
+}
+
+#[track_caller]
+pub fn expect_closed(s: &mut TcpStream, what: &str) -> Closed {
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Closed::Eof(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Closed::Reset(got),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{what}: unexpected read error {e}"),
+        }
+        if Instant::now() >= deadline {
+            if let Some(message) = error_frame_in(&got) {
+                return Closed::ErrorFrame(message);
+            }
+            panic!(
+                "{what}: the server neither closed the connection nor sent an Error frame within {CLOSE_TIMEOUT:?} (received {} bytes: {})",
+                got.len(),
+                preview(&got, 200)
+            );
+        }
+    }
+}
+
+/// The message of the first frame in `bytes` if it is an Error frame.
+pub fn error_frame_in(bytes: &[u8]) -> Option<String> {
+    match io_std::read_frame(&mut &bytes[..]) {
+        Ok(Frame::Msg(Msg::Error { status, message })) => Some(format!("{status}: {message}")),
+        _ => None,
+    }
+}
+
+/// A frame header: body length (big-endian), then kind.
+pub fn frame_header(body_len: u32, kind: u8) -> Vec<u8> {
+    let mut h = body_len.to_be_bytes().to_vec();
+    h.push(kind);
+    h
+}
