@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 size_mib=${DFS_DEMO_SIZE:-256}
 port=${DFS_DEMO_PORT:-7700}
 cargo build --release --workspace --bins
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 work=$(mktemp -d)
 engine_pid=
 cleanup() {
