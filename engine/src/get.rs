@@ -188,8 +188,14 @@ pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<
         }
     }
     match state.budget.try_reserve(record.size) {
-        Some(_reservation) => get_buffered(state, client, file_id, &record, copies).await,
-        None => get_streamed(state, client, file_id, &record, copies).await,
+        Some(_reservation) => {
+            crate::metrics::DOWNLOADS.with_label_values(&["buffered"]).inc();
+            get_buffered(state, client, file_id, &record, copies).await
+        }
+        None => {
+            crate::metrics::DOWNLOADS.with_label_values(&["streamed"]).inc();
+            get_streamed(state, client, file_id, &record, copies).await
+        }
     }
 }
 

@@ -84,6 +84,13 @@ pub static NODE_BYTES_FREE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("dfs_engine_node_bytes_free", "Free bytes a node reported on its disk", &["node"])
         .expect("metric registers once")
 });
+/// Native GETs by how they were answered: `buffered` (the whole file under the buffer budget)
+/// or `streamed` (block by block, in chunk order).
+pub static DOWNLOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("dfs_engine_downloads_total", "Native file downloads by how they were answered", &["how"])
+        .expect("metric registers once")
+});
+
 pub static REPAIR_COPIES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("dfs_engine_repair_copies_total", "Chunk copies made by repair")
         .expect("metric registers once")

@@ -63,15 +63,31 @@ fn sixty_four_mib_random_file_round_trips_byte_identical() {
     assert_bytes_eq(&got, &data, &format!("get {id} (64 MiB + 5)"));
 }
 
+/// A file larger than the engine's download buffer budget is streamed (the engine's
+/// `dfs_engine_downloads_total{how="streamed"}` counts each such GET, and none is buffered),
+/// and arrives byte-identical.
 #[test]
 fn get_larger_than_the_buffer_budget_streams_byte_identical() {
     let cluster = Cluster::start(
         4,
-        ClusterOpts { buffer_budget_bytes: Some(MIB), chunk_size_max_bytes: Some(MIB), ..ClusterOpts::default() },
+        ClusterOpts {
+            buffer_budget_bytes: Some(MIB),
+            chunk_size_max_bytes: Some(MIB),
+            engine_args: vec!["--metrics".into(), "127.0.0.1:0".into()],
+            ..ClusterOpts::default()
+        },
     );
+    let metrics = dfs_tests::http::logged_addr(&cluster.engine_stderr_log(), "metrics");
+    let downloads = |how: &str| -> f64 {
+        let body = dfs_tests::http::get(&metrics, "/metrics", &[]).body;
+        let series = format!("dfs_engine_downloads_total{{how=\"{how}\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(series.as_str())).map_or(0.0, |v| v.trim().parse().expect("a number"))
+    };
     // 8 MiB + 7 is eight times the budget, and its chunks are neither block- nor budget-aligned.
     let size = 8 * MIB as usize + 7;
     for (seed, chunking) in [(80, Chunking::Equal), (81, Chunking::Dynamic)] {
         check_round_trip(&cluster, seed, size, chunking);
     }
+    assert_eq!(downloads("streamed"), 4.0, "every download (two files, to a file and to stdout) was streamed");
+    assert_eq!(downloads("buffered"), 0.0, "no download was buffered whole");
 }
