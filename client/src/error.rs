@@ -70,15 +70,3 @@ pub enum IntegrityError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
-
-/// An error and its sources as one line, `a: b: c`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

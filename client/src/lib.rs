@@ -17,8 +17,9 @@ pub mod ingest;
 pub mod manifest;
 mod put;
 
+pub use dfs_proto::error::error_chain;
 pub use dfs_proto::{ChunkInfo, Chunking, FileId, FileInfo, FileSummary, HelloOk, Origin, Status};
-pub use error::{error_chain, ClientError, IntegrityError, Result};
+pub use error::{ClientError, IntegrityError, Result};
 pub use put::{default_name, MappedFile};
 
 use dfs_proto::io_std::{self, Frame};

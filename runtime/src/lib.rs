@@ -47,25 +47,12 @@ pub fn main_with_config<A: clap::Parser, E: std::fmt::Display>(
     let argv = match config::args_with_config(&A::command()) {
         Ok(argv) => argv,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}", dfs_proto::error::error_chain(&e));
             return std::process::ExitCode::FAILURE;
         }
     };
     let args = A::parse_from(argv);
     main_with(|| run(args))
-}
-
-/// An error and its sources as one text, `a: b: c`: what a typed error prints on its way out
-/// of `main`, its causes included.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

@@ -52,10 +52,15 @@ pub(super) struct Segment {
 
 impl Segment {
     pub(super) fn new(seq: u64, fd: OwnedFd, buffered: OwnedFd, size: u64, path: PathBuf) -> Segment {
+        Segment::unwritten(seq, Arc::new(fd), Arc::new(buffered), size, path)
+    }
+
+    /// A segment of `size` bytes with nothing written past its header.
+    fn unwritten(seq: u64, fd: Arc<OwnedFd>, buffered: Arc<OwnedFd>, size: u64, path: PathBuf) -> Segment {
         Segment {
             seq,
-            fd: Arc::new(fd),
-            buffered: Arc::new(buffered),
+            fd,
+            buffered,
             size,
             path,
             end: AtomicU64::new(SEGMENT_HEADER_BYTES),
@@ -71,20 +76,7 @@ impl Segment {
     /// The same file under another number and path (a spare renumbered before it is written).
     pub(super) fn renumbered(&self, seq: u64, path: PathBuf) -> Segment {
         assert_eq!(self.end.load(Ordering::Relaxed), SEGMENT_HEADER_BYTES, "only an unwritten segment is renumbered");
-        Segment {
-            seq,
-            fd: self.fd.clone(),
-            buffered: self.buffered.clone(),
-            size: self.size,
-            path,
-            end: AtomicU64::new(SEGMENT_HEADER_BYTES),
-            live: AtomicU64::new(0),
-            tombs: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
-            syncing: Mutex::new(()),
-            fail_next_sync: AtomicI32::new(0),
-        }
+        Segment::unwritten(seq, self.fd.clone(), self.buffered.clone(), self.size, path)
     }
 
     /// fdatasync of the segment: every write to it that completed before the call is durable
