@@ -15,7 +15,7 @@
 //! everything before it (u32), both big-endian. Written under a temporary name, synced, and
 //! renamed into place.
 
-use super::blocking::{ctx, fsync_dir, open_segment_file, pread_exact};
+use super::disk::{ctx, Disk, DiskFile};
 use super::format::{segment_name, RecordHeader};
 use super::*;
 use dfs_runtime::aligned::AlignedBuf;
@@ -61,6 +61,34 @@ pub(super) struct Loaded {
     pub next_lsn: u64,
     pub segments: BTreeMap<u64, SegmentEntry>,
     pub entries: Vec<Entry>,
+}
+
+/// Writes a file front to back through a buffer of 1 MiB.
+struct Appender {
+    file: Arc<dyn DiskFile>,
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl Write for Appender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + buf.len() > self.buf.capacity() {
+            self.flush()?;
+        }
+        if buf.len() >= self.buf.capacity() {
+            self.file.write_all_at(buf, self.at)?;
+            self.at += buf.len() as u64;
+        } else {
+            self.buf.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&self.buf, self.at)?;
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
 }
 
 /// Counts the crc32 of everything written through it.
@@ -117,8 +145,13 @@ impl SegmentStore {
             .collect();
         let temp = self.dir.join(format!(".{FILE_NAME}.tmp"));
         let path = self.dir.join(FILE_NAME);
-        let file = std::fs::File::create(&temp).map_err(ctx("cannot create", &temp))?;
-        let mut w = Hashing { inner: io::BufWriter::with_capacity(1 << 20, file), crc: crc32fast::Hasher::new() };
+        match self.disk.remove(&temp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(ctx("cannot remove", &temp)(e)),
+            _ => {}
+        }
+        let file = self.disk.open(&temp, true, false).map_err(ctx("cannot create", &temp))?;
+        let appender = Appender { file: file.clone(), at: 0, buf: Vec::with_capacity(1 << 20) };
+        let mut w = Hashing { inner: appender, crc: crc32fast::Hasher::new() };
         w.write_all(&MAGIC)?;
         encode_into(&Head { first_scanned_seq, next_lsn, n_segments: covered.len() as u64 }, &mut w)?;
         for s in &covered {
@@ -159,25 +192,29 @@ impl SegmentStore {
         }
         w.write_all(&n_entries.to_be_bytes())?;
         let crc = w.crc.clone().finalize();
-        let mut file = w.inner.into_inner().map_err(|e| e.into_error())?;
-        file.write_all(&crc.to_be_bytes())?;
-        file.sync_data().map_err(ctx("cannot sync", &temp))?;
-        drop(file);
-        std::fs::rename(&temp, &path).map_err(ctx("cannot rename", &temp))?;
-        fsync_dir(&self.dir_fd)?;
+        let mut appender = w.inner;
+        appender.write_all(&crc.to_be_bytes())?;
+        appender.flush().map_err(ctx("cannot write", &temp))?;
+        file.datasync().map_err(ctx("cannot sync", &temp))?;
+        self.disk.rename(&temp, &path).map_err(ctx("cannot rename", &temp))?;
+        self.disk.sync_dir(&self.dir).map_err(ctx("cannot sync", &self.dir))?;
         Ok(n_entries)
     }
 }
 
 /// Reads the checkpoint in `dir`, if there is one. A damaged one is an error (start-up then
 /// scans every segment).
-pub(super) fn load(dir: &Path) -> io::Result<Option<Loaded>> {
+pub(super) fn load(disk: &dyn Disk, dir: &Path) -> io::Result<Option<Loaded>> {
     let path = dir.join(FILE_NAME);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    let file = match disk.open(&path, false, false) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ctx("cannot read", &path)(e)),
+        Err(e) => return Err(ctx("cannot open", &path)(e)),
     };
+    let len = file.len().map_err(ctx("cannot read", &path))? as usize;
+    let mut buf = AlignedBuf::zeroed(len);
+    file.read_exact_into(&mut buf, len, 0).map_err(ctx("cannot read", &path))?;
+    let bytes: &[u8] = &buf;
     let bad = |why: &str| io::Error::other(format!("{}: {why}", path.display()));
     if bytes.len() < MAGIC.len() + 12 || bytes[..MAGIC.len()] != MAGIC {
         return Err(bad("not a dfs index checkpoint"));
@@ -212,17 +249,17 @@ pub(super) fn load(dir: &Path) -> io::Result<Option<Loaded>> {
 /// which would have been written after the checkpoint and is not in it. Checkpoints written
 /// before the segments were numbered in write order could cover a segment still being
 /// written; this finds them (by the first block past each covered end) so that start-up scans.
-pub(super) fn check_covered_ends(dir: &Path, c: &Loaded) -> io::Result<()> {
+pub(super) fn check_covered_ends(disk: &dyn Disk, dir: &Path, c: &Loaded) -> io::Result<()> {
     for s in c.segments.values().filter(|s| s.seq < c.first_scanned_seq && s.end + ALIGN as u64 <= s.size) {
         let path = dir.join(segment_name(s.seq));
-        let file = match open_segment_file(&path, false, false) {
+        let file = match disk.open(&path, false, false) {
             Ok(f) => f,
             // Deleted by compaction since: its records were copied forward.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(ctx("cannot open", &path)(e)),
         };
         let mut buf = AlignedBuf::zeroed(ALIGN);
-        pread_exact(&file.into(), &mut buf, ALIGN, s.end).map_err(ctx("cannot read", &path))?;
+        file.read_exact_into(&mut buf, ALIGN, s.end).map_err(ctx("cannot read", &path))?;
         if RecordHeader::decode(&buf).is_some() {
             return Err(io::Error::other(format!(
                 "the index checkpoint covers {} up to {}, but a record follows there",
@@ -355,7 +392,7 @@ mod tests {
             buf.extend_from_slice(&d);
             buf.extend_from_slice(&encode_trailer(&header.encode(), &crcs));
             buf.pad_to_alignment();
-            pwrite_all(&slow.segment.fd, &buf, slow.offset).unwrap();
+            slow.segment.fd.write_all_at(&buf, slow.offset).unwrap();
             store.sync(&slow.segment).await.unwrap();
             let loc = Location {
                 segment: slow.segment.clone(),

@@ -17,7 +17,7 @@
 //! its segment is the oldest: every record it can delete lies in its own segment or an older
 //! one (records only move forward, and only live ones), so none is left.
 
-use super::blocking::{ctx, fsync_dir, pread_exact};
+use super::disk::ctx;
 use super::read::verify_location;
 use super::scan::scan_segment;
 use super::*;
@@ -36,13 +36,13 @@ pub struct Policy {
 
 /// What one segment's compaction did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(super) struct Compacted {
-    pub(super) seq: u64,
-    pub(super) n_moved: u64,
-    pub(super) n_tombstones_kept: u64,
+pub struct Compacted {
+    pub seq: u64,
+    pub n_moved: u64,
+    pub n_tombstones_kept: u64,
     /// Records whose data failed its crc32s when read for the copy: set aside, as scrub does.
-    pub(super) n_corrupt: u64,
-    pub(super) bytes_freed: u64,
+    pub n_corrupt: u64,
+    pub bytes_freed: u64,
 }
 
 /// Bytes of records copied before the copies are synced, checked and take over.
@@ -62,7 +62,7 @@ impl Batch {
     /// Pads every copy not taken over (best effort), after a failure part-way.
     fn abandon(&mut self) {
         for (_, _, r) in self.moves.drain(..) {
-            if let Err(e) = pwrite_all(&r.segment.fd, &pad(r.span, r.lsn), r.offset).and_then(|()| r.segment.datasync())
+            if let Err(e) = r.segment.fd.write_all_at(&pad(r.span, r.lsn), r.offset).and_then(|()| r.segment.datasync())
             {
                 tracing::warn!(
                     "segments: cannot mark an unused compaction copy dead in {}: {e}",
@@ -172,8 +172,8 @@ impl SegmentStore {
             )));
         }
         self.lock_segments().remove(&seg.seq);
-        std::fs::remove_file(&seg.path).map_err(ctx("cannot remove compacted segment", &seg.path))?;
-        fsync_dir(&self.dir_fd)?;
+        self.disk.remove(&seg.path).map_err(ctx("cannot remove compacted segment", &seg.path))?;
+        self.disk.sync_dir(&self.dir).map_err(ctx("cannot sync", &self.dir))?;
         out.bytes_freed = seg.size;
         crate::metrics::SEGMENTS_COMPACTED.inc();
         crate::metrics::COMPACTION_BYTES_FREED.inc_by(seg.size);
@@ -205,8 +205,8 @@ impl SegmentStore {
             let mut done = 0;
             while done < span {
                 let len = (span - done).min(COPY_BYTES) as usize;
-                pread_exact(&old.segment.fd, &mut buf, len, old.offset + done)?;
-                pwrite_all(&r.segment.fd, &buf[..len], r.offset + done)?;
+                old.segment.fd.read_exact_into(&mut buf, len, old.offset + done)?;
+                r.segment.fd.write_all_at(&buf[..len], r.offset + done)?;
                 pace.account(2 * len as u64);
                 done += len as u64;
             }
@@ -222,7 +222,7 @@ impl SegmentStore {
                 continue;
             }
             let r = self.reserve(record_span(0))?;
-            pwrite_all(&r.segment.fd, &tombstone(t.id, t.lsn), r.offset)?;
+            r.segment.fd.write_all_at(&tombstone(t.id, t.lsn), r.offset)?;
             r.segment.tombs.fetch_add(r.span, Ordering::Relaxed);
             batch.tombstones.push(r);
             out.n_tombstones_kept += 1;
@@ -270,7 +270,7 @@ impl SegmentStore {
                 }
             }
             // Not taken over: a dead copy, marked so.
-            pwrite_all(&r.segment.fd, &pad(r.span, r.lsn), r.offset)?;
+            r.segment.fd.write_all_at(&pad(r.span, r.lsn), r.offset)?;
             padded.push(r);
         }
         sync_each(padded.iter().map(|r| &r.segment))?;
@@ -449,8 +449,8 @@ mod tests {
             let r = store.reserve(record_span(old.length)).unwrap();
             assert_eq!(r.segment.seq, 3);
             let mut buf = AlignedBuf::zeroed(r.span as usize);
-            pread_exact(&old.segment.fd, &mut buf, r.span as usize, old.offset).unwrap();
-            pwrite_all(&r.segment.fd, &buf, r.offset).unwrap();
+            old.segment.fd.read_exact_into(&mut buf, r.span as usize, old.offset).unwrap();
+            r.segment.fd.write_all_at(&buf, r.offset).unwrap();
             let mut batch = Batch { moves: vec![(id(1, 5), old, r)], ..Batch::default() };
             let mut out = Compacted::default();
             store.take_over(&mut batch, &mut out, &mut Pace::new(None)).unwrap();

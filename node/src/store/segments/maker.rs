@@ -4,13 +4,12 @@
 //! not crowd out the writes and syncs of the segment being written. A spare made before a
 //! record larger than a segment is renumbered before anything is written to it.
 
-use super::blocking::{ctx, fdatasync, fsync_dir, open_segment_file, pwrite_all};
+use super::disk::{ctx, Disk};
 use super::format::{encode_segment_header, segment_name, SEGMENT_HEADER_BYTES};
 use super::segment::Segment;
-use super::{SegmentStore, Writer};
+use super::{SegmentStore, Threads, Writer};
 use dfs_runtime::aligned::AlignedBuf;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -53,7 +52,7 @@ fn prefill_can_pace(writer_waiting: bool, free: u64, fill_rate: f64, remaining: 
 /// own ahead of need.
 pub(super) struct SegmentMaker {
     pub(super) dir: PathBuf,
-    pub(super) dir_fd: Arc<OwnedFd>,
+    pub(super) disk: Arc<dyn Disk>,
     pub(super) direct: bool,
     pub(super) prefill: Prefill,
     pub(super) reported: AtomicBool,
@@ -78,14 +77,10 @@ impl SegmentMaker {
         // so a crash while it is made leaves nothing that start-up would take for a segment.
         let path = self.dir.join(segment_name(seq));
         let temp = self.dir.join(format!(".{}.tmp", segment_name(seq)));
-        let _ = std::fs::remove_file(&temp);
-        let file = open_segment_file(&temp, true, self.direct).map_err(ctx("cannot create", &temp))?;
-        let fd: OwnedFd = file.into();
+        let _ = self.disk.remove(&temp);
+        let fd = self.disk.open(&temp, true, self.direct).map_err(ctx("cannot create", &temp))?;
         let result = (|| {
-            // SAFETY: fallocate on a descriptor we own.
-            if unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, size as libc::off_t) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            fd.allocate(size)?;
             if prefill && self.prefill == Prefill::Zero {
                 let mut zeros = AlignedBuf::zeroed(PREFILL_PIECE_BYTES);
                 zeros.set_len(zeros.capacity());
@@ -95,19 +90,19 @@ impl SegmentMaker {
                         std::thread::sleep(PREFILL_PACED_PAUSE);
                     }
                     let len = (size - at).min(zeros.len() as u64) as usize;
-                    pwrite_all(&fd, &zeros[..len], at)?;
+                    fd.write_all_at(&zeros[..len], at)?;
                     at += len as u64;
                 }
             }
-            pwrite_all(&fd, &encode_segment_header(seq, size), 0)?;
-            fdatasync(&fd)?;
-            std::fs::rename(&temp, &path)?;
-            fsync_dir(&self.dir_fd)
+            fd.write_all_at(&encode_segment_header(seq, size), 0)?;
+            fd.datasync()?;
+            self.disk.rename(&temp, &path)?;
+            self.disk.sync_dir(&self.dir)
         })();
         if let Err(e) = result {
             drop(fd);
-            let _ = std::fs::remove_file(&temp);
-            let _ = std::fs::remove_file(&path);
+            let _ = self.disk.remove(&temp);
+            let _ = self.disk.remove(&path);
             return Err(io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display())));
         }
         if !self.reported.swap(true, Ordering::Relaxed) {
@@ -119,8 +114,8 @@ impl SegmentMaker {
                 self.prefill
             );
         }
-        let buffered = open_segment_file(&path, false, false).map_err(ctx("cannot open", &path))?;
-        Ok(Arc::new(Segment::new(seq, fd, buffered.into(), size, path)))
+        let buffered = self.disk.open(&path, false, false).map_err(ctx("cannot open", &path))?;
+        Ok(Arc::new(Segment::new(seq, fd, buffered, size, path)))
     }
 }
 
@@ -131,13 +126,13 @@ impl SegmentMaker {
     /// record: start-up removes it.
     pub(super) fn renumber(&self, spare: &Segment, seq: u64) -> io::Result<Arc<Segment>> {
         let path = self.dir.join(segment_name(seq));
-        if path.exists() {
+        if self.disk.exists(&path) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists already", path.display())));
         }
-        pwrite_all(&spare.fd, &encode_segment_header(seq, spare.size), 0)?;
-        fdatasync(&spare.fd)?;
-        std::fs::rename(&spare.path, &path)?;
-        fsync_dir(&self.dir_fd)?;
+        spare.fd.write_all_at(&encode_segment_header(seq, spare.size), 0)?;
+        spare.fd.datasync()?;
+        self.disk.rename(&spare.path, &path)?;
+        self.disk.sync_dir(&self.dir)?;
         Ok(Arc::new(spare.renumbered(seq, path)))
     }
 }
@@ -145,7 +140,7 @@ impl SegmentMaker {
 impl SegmentStore {
     /// Starts making the next segment on a thread of its own, unless one is ready or under way.
     pub(super) fn prepare_spare(&self, w: &mut Writer) {
-        if w.spare.is_some() || w.preparing {
+        if w.spare.is_some() || w.preparing || self.threads == Threads::None {
             return;
         }
         w.preparing = true;
@@ -182,9 +177,25 @@ impl SegmentStore {
     }
 }
 
+impl SegmentStore {
+    /// Makes the spare segment now, on this thread, unless one is ready: for a store opened
+    /// with [`Threads::None`], where no segment-maker thread makes it ahead of need (the
+    /// simulator calls this where the thread would have run).
+    pub fn make_spare_now(&self) -> io::Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if w.spare.is_some() || w.preparing {
+            return Ok(());
+        }
+        let seq = w.next_seq;
+        w.next_seq += 1;
+        w.spare = Some(self.maker.make(seq, self.segment_bytes, true, &|_| false)?);
+        Ok(())
+    }
+}
+
 /// Deletes a segment no record was ever written to (a spare made before a stop).
-pub(super) fn remove_unused(segment: &Segment) {
-    match std::fs::remove_file(&segment.path) {
+pub(super) fn remove_unused(disk: &dyn Disk, segment: &Segment) {
+    match disk.remove(&segment.path) {
         Ok(()) => tracing::info!("segments: removed {}, which holds no record", segment.path.display()),
         Err(e) => tracing::warn!("segments: cannot remove unused {}: {e}", segment.path.display()),
     }

@@ -27,9 +27,9 @@
 //! `blocking` (the plain file calls of threads outside the runtimes), and `checkpoint`,
 //! `compact` and, for tests, `model`.
 
-mod blocking;
 mod checkpoint;
 mod compact;
+pub mod disk;
 mod format;
 mod maker;
 #[cfg(test)]
@@ -41,10 +41,9 @@ mod scan;
 mod segment;
 
 pub use checkpoint::start_checkpointer;
-pub use compact::{start_compactor, Policy};
+pub use compact::{start_compactor, Compacted, Policy};
 pub use maker::Prefill;
 
-use blocking::pwrite_all;
 use dfs_proto::ChunkId;
 use dfs_runtime::aligned::ALIGN;
 use format::{pad, record_span, tombstone, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
@@ -53,7 +52,6 @@ use read::verify_location;
 use segment::Segment;
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -121,7 +119,8 @@ pub struct SegmentStore {
     index: Mutex<BTreeMap<ChunkId, Location>>,
     /// Every segment that holds records or is being written, by seq (not the spare).
     segments: Mutex<BTreeMap<u64, Arc<Segment>>>,
-    dir_fd: Arc<OwnedFd>,
+    disk: Arc<dyn disk::Disk>,
+    threads: Threads,
     writer: Arc<Mutex<Writer>>,
     /// Signalled when a spare segment is ready (or failed to be made).
     spare_ready: Arc<std::sync::Condvar>,
@@ -133,6 +132,17 @@ pub struct SegmentStore {
     /// Held by a scrub pass: one at a time, whoever asked for it.
     pub(crate) scrubbing: Mutex<()>,
     pub(crate) scrub: crate::progress::ScrubProgress,
+}
+
+/// Whether a store runs threads of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// As the node runs it: syncs are shared by the waiters of a `segment-sync` thread (group
+    /// commit) and spare segments are made ahead of need on a `segment-maker` thread.
+    Own,
+    /// As the simulator runs it, one step at a time: each sync runs on the caller's thread, and
+    /// a spare segment is made only by [`SegmentStore::make_spare_now`].
+    None,
 }
 
 /// How records reach the disk and come back (`--segment-io`). Either way a record is
@@ -199,7 +209,7 @@ impl SegmentStore {
                         Ok(renumbered) => renumbered,
                         Err(e) => {
                             tracing::warn!("segments: cannot renumber {} as {seq}: {e}", segment.path.display());
-                            remove_unused(&segment);
+                            remove_unused(&*self.disk, &segment);
                             let seq = w.next_seq;
                             w.next_seq += 1;
                             let size = self.segment_bytes.max(SEGMENT_HEADER_BYTES + span);
@@ -238,6 +248,9 @@ impl SegmentStore {
     /// Returns once an fdatasync of `segment` that started after this call has finished: every
     /// write to it completed before the call is then durable.
     async fn sync(&self, segment: &Arc<Segment>) -> io::Result<()> {
+        if self.threads == Threads::None {
+            return segment.datasync().map_err(|e| crate::store::SyncFailed::from(&e).into());
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.sync_queue.send((segment.clone(), tx)).map_err(|_| io::Error::other("the segment sync thread is gone"))?;
         Ok(rx.await.map_err(|_| io::Error::other("the segment sync thread is gone"))??)
@@ -311,7 +324,7 @@ impl SegmentStore {
             return Ok(());
         }
         let r = self.reserve(record_span(0))?;
-        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, tombstone(id, old.lsn), r.offset).await;
+        let (res, _) = r.segment.fd.clone().write_owned(tombstone(id, old.lsn), r.offset).await;
         res?;
         r.segment.tombs.fetch_add(r.span, Ordering::Relaxed);
         self.sync(&r.segment).await?;
@@ -327,7 +340,7 @@ impl SegmentStore {
             return Ok(false);
         }
         let r = self.reserve(record_span(0))?;
-        pwrite_all(&r.segment.fd, &tombstone(id, old.lsn), r.offset)?;
+        r.segment.fd.write_all_at(&tombstone(id, old.lsn), r.offset)?;
         r.segment.tombs.fetch_add(r.span, Ordering::Relaxed);
         r.segment.datasync()?;
         self.forget(id, old, quarantine);
@@ -372,7 +385,7 @@ impl SegmentStore {
     /// Marks the record of an abandoned or refused write dead (best effort): a pad header over
     /// its span, so start-up skips it at once.
     async fn abandon(&self, r: &Reservation) {
-        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, pad(r.span, r.lsn), r.offset).await;
+        let (res, _) = r.segment.fd.clone().write_owned(pad(r.span, r.lsn), r.offset).await;
         if let Err(e) = res {
             tracing::warn!("segments: cannot mark an abandoned record dead in {}: {e}", r.segment.path.display());
         }
@@ -401,11 +414,11 @@ impl SegmentStore {
     }
 
     pub(super) fn report(&self) -> io::Result<dfs_proto::StoreReport> {
-        let vfs = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+        let bytes_free = self.disk.free_bytes(&self.root)?;
         Ok(dfs_proto::StoreReport {
             n_chunks: self.lock_index().len() as u64,
             bytes_used: self.live_bytes.load(Ordering::Relaxed),
-            bytes_free: vfs.blocks_available() as u64 * vfs.fragment_size() as u64,
+            bytes_free,
             n_quarantined: self.n_quarantined.load(Ordering::Relaxed),
             bytes_reclaimable: self.reclaimable_bytes(),
             scrub: self.scrub.report(),
@@ -468,7 +481,7 @@ pub(super) mod tests {
         buf.extend_from_slice(data);
         buf.extend_from_slice(&encode_trailer(&bytes, &crcs));
         buf.pad_to_alignment();
-        let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, buf, r.offset).await;
+        let (res, _) = r.segment.fd.clone().write_owned(buf, r.offset).await;
         res.unwrap();
         store.sync(&r.segment).await.unwrap();
         let loc = Location {

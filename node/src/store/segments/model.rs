@@ -65,7 +65,7 @@ async fn write_record(store: &SegmentStore, id: ChunkId, bytes: Vec<u8>) -> io::
     buf.extend_from_slice(&bytes);
     buf.extend_from_slice(&encode_trailer(&encoded, &crcs));
     buf.pad_to_alignment();
-    let (res, _) = dfs_runtime::ops::write_all_at(&r.segment.fd, buf, r.offset).await;
+    let (res, _) = r.segment.fd.clone().write_owned(buf, r.offset).await;
     res?;
     let location = Location {
         segment: r.segment.clone(),

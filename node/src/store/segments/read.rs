@@ -2,7 +2,6 @@
 //! reads for scrub, start-up and compaction, and block by block on the runtime for FETCH, which
 //! reads ahead by running each read as a task of its own.
 
-use super::blocking::pread_exact;
 use super::Location;
 use crate::store::ChunkError;
 use dfs_proto::layout::{block_len, check_block, BlockMismatch};
@@ -20,7 +19,7 @@ pub(super) fn verify_location(loc: &Location, mut pace: impl FnMut(u64)) -> io::
         let at = loc.data_offset() + block_idx as u64 * BLOCK_SIZE_BYTES as u64;
         let len = block_len(loc.length, block_idx as u64);
         let (s, e) = (align_down(at), align_up(at + len));
-        pread_exact(&loc.segment.fd, &mut buf, (e - s) as usize, s)?;
+        loc.segment.fd.read_exact_into(&mut buf, (e - s) as usize, s)?;
         let from = (at - s) as usize;
         if let Err(mismatch) = check_block(block_idx as u64, &buf[from..from + len as usize], expected) {
             return Ok(Err(mismatch));
@@ -54,7 +53,7 @@ impl Location {
     ) -> impl Future<Output = (io::Result<()>, AlignedBuf)> + 'static {
         let (start, end, _, _) = self.block_span(block_idx);
         let fd = self.segment.fd_for(self.length).clone();
-        async move { dfs_runtime::ops::read_exact_at(&fd, buf, (end - start) as usize, start).await }
+        fd.read_owned(buf, (end - start) as usize, start)
     }
 
     /// Block `block_idx` of chunk `chunk_id` as [`Location::read_block`] left it in `buf`,

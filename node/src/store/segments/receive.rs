@@ -131,9 +131,7 @@ impl Incoming<'_> {
             let to_write = std::mem::replace(&mut stage, next);
             let fd = r.segment.fd.clone();
             let at = self.write_at;
-            self.writes.push_back(dfs_runtime::backend::spawn(async move {
-                dfs_runtime::ops::write_all_at(&fd, to_write, at).await
-            }));
+            self.writes.push_back(dfs_runtime::backend::spawn(fd.write_owned(to_write, at)));
             self.write_at += aligned as u64;
         }
         self.stage = Some(stage);
@@ -193,7 +191,7 @@ impl Incoming<'_> {
         stage.extend_from_slice(&encode_trailer(&self.header, &block_crcs));
         stage.pad_to_alignment();
         assert_eq!(self.write_at + stage.len() as u64, r.offset + r.span, "a record fills its reservation exactly");
-        let (res, stage) = dfs_runtime::ops::write_all_at(r.segment.fd_for(length), stage, self.write_at).await;
+        let (res, stage) = r.segment.fd_for(length).clone().write_owned(stage, self.write_at).await;
         aligned::give_back(stage);
         if let Err(e) = res {
             segs.abandon(&r).await;

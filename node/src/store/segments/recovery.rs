@@ -3,19 +3,18 @@
 //! (the newest read through, since only they can hold a write torn by a crash), and the first
 //! segment made before the node serves anything.
 
-use super::blocking::{ctx, open_segment_file, pread_exact};
+use super::disk::{ctx, Disk, RealDisk};
 use super::checkpoint;
 use super::format::{decode_segment_header, record_span, segment_name, SEGMENT_HEADER_BYTES};
 use super::maker::{remove_unused, Prefill, SegmentMaker};
 use super::read::verify_location;
 use super::scan::{scan_segment, Scanned};
 use super::segment::Segment;
-use super::{sync_thread, Location, SegmentIo, SegmentStore, SyncWaiter, Writer};
+use super::{sync_thread, Location, SegmentIo, SegmentStore, SyncWaiter, Threads, Writer};
 use dfs_proto::{ChunkId, FileId};
 use dfs_runtime::aligned::{AlignedBuf, ALIGN};
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -34,10 +33,23 @@ impl SegmentStore {
     /// Opens (creating if needed) the segments under `root/segments`, rebuilding the index;
     /// records are written and read as `io` says.
     pub fn open_with(root: &Path, segment_bytes: u64, prefill: Prefill, io: SegmentIo) -> io::Result<SegmentStore> {
+        SegmentStore::open_on(Arc::new(RealDisk), Threads::Own, root, segment_bytes, prefill, io)
+    }
+
+    /// [`SegmentStore::open_with`] on `disk`, with or without threads of its own (the
+    /// simulator opens it on a simulated disk, without).
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        threads: Threads,
+        root: &Path,
+        segment_bytes: u64,
+        prefill: Prefill,
+        io: SegmentIo,
+    ) -> io::Result<SegmentStore> {
         assert!(segment_bytes.is_multiple_of(ALIGN as u64) && segment_bytes > SEGMENT_HEADER_BYTES, "segment size");
-        std::fs::create_dir_all(root).map_err(ctx("cannot create data directory", root))?;
-        let root = root.canonicalize().map_err(ctx("cannot resolve data directory", root))?;
-        if root.join("chunks").exists() {
+        disk.create_dir_all(root).map_err(ctx("cannot create data directory", root))?;
+        let root = disk.resolve(root).map_err(ctx("cannot resolve data directory", root))?;
+        if disk.exists(&root.join("chunks")) {
             return Err(io::Error::other(format!(
                 "{} holds a chunk-file store (chunks/), the layout before segments: start this node \
                  with --store files to keep it, or move to segments by starting the node with \
@@ -47,13 +59,12 @@ impl SegmentStore {
             )));
         }
         let dir = root.join("segments");
-        std::fs::create_dir_all(&dir).map_err(ctx("cannot create", &dir))?;
-        let dir_fd: Arc<OwnedFd> = Arc::new(std::fs::File::open(&dir).map_err(ctx("cannot open", &dir))?.into());
+        disk.create_dir_all(&dir).map_err(ctx("cannot create", &dir))?;
         // Probe direct I/O once with a scratch file.
         let probe = dir.join(".direct-probe");
-        let _ = std::fs::remove_file(&probe);
+        let _ = disk.remove(&probe);
         let direct = io == SegmentIo::Direct
-            && match open_segment_file(&probe, true, true) {
+            && match disk.open(&probe, true, true) {
                 Ok(_) => true,
                 Err(e) => {
                     tracing::warn!(
@@ -63,13 +74,15 @@ impl SegmentStore {
                     false
                 }
             };
-        let _ = std::fs::remove_file(&probe);
+        let _ = disk.remove(&probe);
 
         let (sync_queue, waiting) = mpsc::channel::<SyncWaiter>();
-        std::thread::Builder::new().name("segment-sync".into()).spawn(move || sync_thread(waiting))?;
+        if threads == Threads::Own {
+            std::thread::Builder::new().name("segment-sync".into()).spawn(move || sync_thread(waiting))?;
+        }
         let maker = Arc::new(SegmentMaker {
             dir: dir.clone(),
-            dir_fd: dir_fd.clone(),
+            disk: disk.clone(),
             direct,
             prefill,
             reported: AtomicBool::new(false),
@@ -82,7 +95,8 @@ impl SegmentStore {
             direct,
             index: Mutex::new(BTreeMap::new()),
             segments: Mutex::new(BTreeMap::new()),
-            dir_fd,
+            disk,
+            threads,
             writer: Arc::new(Mutex::new(Writer {
                 active: None,
                 next_offset: 0,
@@ -127,32 +141,31 @@ impl SegmentStore {
     fn recover(&self) -> io::Result<()> {
         let started = std::time::Instant::now();
         let mut seqs = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(ctx("cannot read", &self.dir))? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for name in self.disk.list(&self.dir).map_err(ctx("cannot read", &self.dir))? {
+            let name = name.as_str();
+            let path = self.dir.join(name);
             match name.strip_suffix(".seg").and_then(|h| u64::from_str_radix(h, 16).ok()) {
                 Some(seq) => seqs.push(seq),
                 // A segment a crash interrupted while it was made: it never held a record.
                 // Gone already is as good as removed (in the tests, the segment maker of a store
                 // opened before on the same directory may still be finishing it).
                 None if name.starts_with('.') && name.ends_with(".seg.tmp") => {
-                    match std::fs::remove_file(entry.path()) {
+                    match self.disk.remove(&path) {
                         Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                            return Err(ctx("cannot remove", &entry.path())(e));
+                            return Err(ctx("cannot remove", &path)(e));
                         }
                         _ => {}
                     }
                 }
                 None if name.starts_with('.') || name == checkpoint::FILE_NAME => {}
-                None => tracing::warn!("segments: ignoring unexpected file {}", entry.path().display()),
+                None => tracing::warn!("segments: ignoring unexpected file {}", path.display()),
             }
         }
         seqs.sort_unstable();
         let n_segments = seqs.len();
-        let ckpt = checkpoint::load(&self.dir)
+        let ckpt = checkpoint::load(&*self.disk, &self.dir)
             .and_then(|c| match c {
-                Some(c) => checkpoint::check_covered_ends(&self.dir, &c).map(|()| Some(c)),
+                Some(c) => checkpoint::check_covered_ends(&*self.disk, &self.dir, &c).map(|()| Some(c)),
                 None => Ok(None),
             })
             .unwrap_or_else(|e| {
@@ -169,10 +182,9 @@ impl SegmentStore {
         let mut empty_last: Option<Arc<Segment>> = None;
         for &seq in &seqs {
             let path = self.dir.join(segment_name(seq));
-            let file = open_segment_file(&path, false, self.direct).map_err(ctx("cannot open", &path))?;
-            let fd: OwnedFd = file.into();
+            let fd = self.disk.open(&path, false, self.direct).map_err(ctx("cannot open", &path))?;
             let mut buf = AlignedBuf::zeroed(ALIGN);
-            pread_exact(&fd, &mut buf, ALIGN, 0).map_err(ctx("cannot read", &path))?;
+            fd.read_exact_into(&mut buf, ALIGN, 0).map_err(ctx("cannot read", &path))?;
             let (found_seq, size) = decode_segment_header(&buf).map_err(|why| {
                 io::Error::other(format!(
                     "{}: {why} (to move a node to this build, start it on an empty directory and run \
@@ -180,14 +192,14 @@ impl SegmentStore {
                     path.display()
                 ))
             })?;
-            let buffered = open_segment_file(&path, false, false).map_err(ctx("cannot open", &path))?;
-            let segment = Arc::new(Segment::new(seq, fd, buffered.into(), size, path.clone()));
+            let buffered = self.disk.open(&path, false, false).map_err(ctx("cannot open", &path))?;
+            let segment = Arc::new(Segment::new(seq, fd, buffered, size, path.clone()));
             if found_seq != seq {
                 // A spare whose renumbering a stop interrupted: it never held a record.
                 let scan = scan_segment(&segment)
                     .map_err(|e| io::Error::new(e.kind(), format!("scanning {}: {e}", path.display())))?;
                 if scan.records.is_empty() && scan.n_skipped + scan.n_pads == 0 {
-                    remove_unused(&segment);
+                    remove_unused(&*self.disk, &segment);
                     continue;
                 }
                 return Err(io::Error::other(format!("{}: header says segment {found_seq}", path.display())));
@@ -198,7 +210,7 @@ impl SegmentStore {
                 by_seq.insert(seq, segment.clone());
                 scanned.push((segment, Vec::new()));
                 if let Some(unused) = empty_last.take() {
-                    remove_unused(&unused);
+                    remove_unused(&*self.disk, &unused);
                 }
                 continue;
             }
@@ -211,10 +223,10 @@ impl SegmentStore {
             if scan.records.len() as u64 + scan.n_skipped + scan.n_pads > 0 {
                 scanned.push((segment, scan.records));
                 if let Some(unused) = empty_last.take() {
-                    remove_unused(&unused);
+                    remove_unused(&*self.disk, &unused);
                 }
             } else if let Some(unused) = empty_last.replace(segment) {
-                remove_unused(&unused);
+                remove_unused(&*self.disk, &unused);
             }
         }
         // Only the newest segments written to can hold a write torn by a crash: read their

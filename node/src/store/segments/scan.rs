@@ -2,7 +2,6 @@
 //! trailer, read a window of several MiB at a time through a run of records, passing over gaps
 //! (space reserved and never written) and skipping records whose seals fail.
 
-use super::blocking::pread_exact;
 use super::format::{decode_trailer, Kind, RecordHeader, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use super::segment::Segment;
 use super::Location;
@@ -61,7 +60,7 @@ impl<'a> Window<'a> {
             let want = if pos <= end { SCAN_WINDOW_BYTES } else { SCAN_JUMP_BYTES } as u64;
             let need = align_up(pos + len as u64) - start;
             let n = want.max(need).min(self.segment.size - start) as usize;
-            pread_exact(&self.segment.fd, &mut self.buf, n, start)?;
+            self.segment.fd.read_exact_into(&mut self.buf, n, start)?;
             (self.start, self.len) = (start, n);
         }
         let from = (pos - self.start) as usize;

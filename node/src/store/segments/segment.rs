@@ -2,10 +2,9 @@
 //! page cache), how far space has been handed out, the bytes of live records and tombstones in
 //! it, and its fdatasync, which once failed fails for good.
 
-use super::blocking::fdatasync;
+use super::disk::DiskFile;
 use super::format::{record_span, SEGMENT_HEADER_BYTES};
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,11 +22,11 @@ static SYNC_EIO_INJECTED: AtomicBool = AtomicBool::new(false);
 pub(super) struct Segment {
     pub(super) seq: u64,
     /// Opened with O_DIRECT where the file system allows it: large records and everything else.
-    pub(super) fd: Arc<OwnedFd>,
+    pub(super) fd: Arc<dyn DiskFile>,
     /// Opened without O_DIRECT: small records are written and read through the page cache
     /// (see [`SMALL_RECORD_BYTES`]). Both descriptors are of one file, so one fdatasync covers
     /// both, and the kernel keeps the two views coherent.
-    pub(super) buffered: Arc<OwnedFd>,
+    pub(super) buffered: Arc<dyn DiskFile>,
     pub(super) size: u64,
     pub(super) path: PathBuf,
     /// Offset up to which space has been handed out to records.
@@ -51,12 +50,12 @@ pub(super) struct Segment {
 }
 
 impl Segment {
-    pub(super) fn new(seq: u64, fd: OwnedFd, buffered: OwnedFd, size: u64, path: PathBuf) -> Segment {
-        Segment::unwritten(seq, Arc::new(fd), Arc::new(buffered), size, path)
+    pub(super) fn new(seq: u64, fd: Arc<dyn DiskFile>, buffered: Arc<dyn DiskFile>, size: u64, path: PathBuf) -> Segment {
+        Segment::unwritten(seq, fd, buffered, size, path)
     }
 
     /// A segment of `size` bytes with nothing written past its header.
-    fn unwritten(seq: u64, fd: Arc<OwnedFd>, buffered: Arc<OwnedFd>, size: u64, path: PathBuf) -> Segment {
+    fn unwritten(seq: u64, fd: Arc<dyn DiskFile>, buffered: Arc<dyn DiskFile>, size: u64, path: PathBuf) -> Segment {
         Segment {
             seq,
             fd,
@@ -97,7 +96,7 @@ impl Segment {
             }
             errno => errno,
         };
-        let result = if injected != 0 { Err(io::Error::from_raw_os_error(injected)) } else { fdatasync(&self.fd) };
+        let result = if injected != 0 { Err(io::Error::from_raw_os_error(injected)) } else { self.fd.datasync() };
         if let Err(e) = result {
             self.failed.store(true, Ordering::Release);
             tracing::error!(
@@ -122,7 +121,7 @@ impl Segment {
     }
 
     /// The descriptor a record of `length` data bytes is written and read through.
-    pub(super) fn fd_for(&self, length: u64) -> &Arc<OwnedFd> {
+    pub(super) fn fd_for(&self, length: u64) -> &Arc<dyn DiskFile> {
         if record_span(length) <= SMALL_RECORD_BYTES {
             &self.buffered
         } else {
