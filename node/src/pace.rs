@@ -4,14 +4,14 @@
 use std::time::{Duration, Instant};
 
 /// Keeps a background pass at or under a rate of bytes per second (scrub, compaction).
-pub(crate) struct Pace {
+pub struct Pace {
     bytes_per_sec: Option<u64>,
     started: Instant,
     bytes: u64,
 }
 
 impl Pace {
-    pub(crate) fn new(bytes_per_sec: Option<u64>) -> Pace {
+    pub fn new(bytes_per_sec: Option<u64>) -> Pace {
         Pace { bytes_per_sec, started: Instant::now(), bytes: 0 }
     }
 

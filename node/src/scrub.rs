@@ -112,33 +112,73 @@ pub fn pass_segments(store: &SegmentStore, bytes_per_sec: Option<u64>) -> io::Re
     let running = store.scrub.start();
     let mut pace = Pace::new(bytes_per_sec);
     let mut out = Outcome::default();
-    for (id, loc) in store.all() {
+    for listed in listing(store) {
         out.n_checked += 1;
         running.checked(out.n_checked);
-        match store.verify(&loc, |n| pace.account(n)) {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => {
+        match check_listed(store, &listed, &mut pace) {
+            Finding::Sound => {}
+            Finding::Corrupt(line) => {
                 out.n_corrupt += 1;
-                // Tests hold the pass here, between its listing and the tombstone, while a read
-                // sets the copy aside and repair stores a fresh one.
-                dfs_runtime::failpoint::pause_blocking("scrub-before-set-aside");
-                let line = match store.remove_blocking(id, &loc, true) {
-                    Ok(true) => format!("chunk {id} is corrupt ({why}); set aside"),
-                    Ok(false) => format!("chunk {id} was corrupt ({why}); already set aside or deleted meanwhile"),
-                    Err(e) => format!("chunk {id} is corrupt ({why}); cannot set it aside: {e}"),
-                };
-                tracing::warn!("scrub: {line}");
                 dfs_proto::msg::push_report_line(&mut out.lines, line);
             }
-            Err(e) => {
-                tracing::warn!("scrub: cannot read chunk {id}: {e}");
-                dfs_proto::msg::push_report_line(&mut out.lines, format!("chunk {id}: cannot be read: {e}"));
-            }
+            Finding::Unreadable(line) => dfs_proto::msg::push_report_line(&mut out.lines, line),
         }
     }
     tracing::info!("scrub: {} chunk(s) checked, {} corrupt", out.n_checked, out.n_corrupt);
     running.finish(out.n_checked, out.n_corrupt);
     Ok(out)
+}
+
+/// A live record as a scrub pass listed it, checked later by [`check_listed`]: meanwhile it may
+/// be deleted, set aside by a read, or stored again.
+pub struct Listed {
+    id: ChunkId,
+    loc: crate::store::segments::Location,
+}
+
+/// What checking one listed record found; with a report line unless sound.
+#[derive(Debug)]
+pub enum Finding {
+    Sound,
+    Corrupt(String),
+    Unreadable(String),
+}
+
+/// The records a scrub pass of a segment store goes through.
+pub fn listing(store: &SegmentStore) -> Vec<Listed> {
+    store.all().into_iter().map(|(id, loc)| Listed { id, loc }).collect()
+}
+
+/// Reads one listed record and checks every block; a corrupt record is set aside with a
+/// tombstone (its bytes stay until compaction) and counted as quarantined, unless the index no
+/// longer holds it.
+pub fn check_listed(store: &SegmentStore, listed: &Listed, pace: &mut Pace) -> Finding {
+    let Listed { id, loc } = listed;
+    match store.verify(loc, |n| pace.account(n)) {
+        Ok(Ok(())) => Finding::Sound,
+        Ok(Err(why)) => {
+            // Tests hold the pass here, between its listing and the tombstone, while a read
+            // sets the copy aside and repair stores a fresh one.
+            dfs_runtime::failpoint::pause_blocking("scrub-before-set-aside");
+            let line = match store.remove_blocking(*id, loc, true) {
+                Ok(true) => format!("chunk {id} is corrupt ({why}); set aside"),
+                Ok(false) => format!("chunk {id} was corrupt ({why}); already set aside or deleted meanwhile"),
+                Err(e) => format!("chunk {id} is corrupt ({why}); cannot set it aside: {e}"),
+            };
+            tracing::warn!("scrub: {line}");
+            Finding::Corrupt(line)
+        }
+        Err(e) => {
+            tracing::warn!("scrub: cannot read chunk {id}: {e}");
+            Finding::Unreadable(format!("chunk {id}: cannot be read: {e}"))
+        }
+    }
+}
+
+impl Listed {
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
 }
 
 fn pass_any(stores: &Stores, bytes_per_sec: Option<u64>) -> io::Result<Outcome> {

@@ -5,7 +5,7 @@
 use crate::metrics;
 use crate::store::files::sync::GroupSync;
 use crate::store::files::ChunkStore;
-use crate::store::segments::{Location, SegmentStore};
+use crate::store::segments::SegmentStore;
 use crate::store::{ChunkError, Stores};
 use dfs_proto::auth::{self, ClusterSecret, Nonce, AUTH_CLUSTER, AUTH_NONE};
 use dfs_proto::io_std::Frame;
@@ -313,18 +313,6 @@ async fn fetch(
     Ok(Ok(()))
 }
 
-/// A record FETCH found not to hold the bytes stored is set aside as scrub would (a tombstone,
-/// counted as quarantined), so that repair finds the copy missing and makes it again.
-async fn set_aside_if_corrupt(segs: &SegmentStore, chunk_id: ChunkId, loc: &Location, e: &ChunkError) {
-    if !matches!(e, ChunkError::Corrupt(..)) {
-        return;
-    }
-    match segs.quarantine_record(chunk_id, loc).await {
-        Ok(()) => tracing::warn!("chunk {chunk_id} failed a block check on FETCH; set aside"),
-        Err(q) => tracing::warn!("chunk {chunk_id} failed a block check on FETCH; cannot set it aside: {q}"),
-    }
-}
-
 /// Ends a FETCH stream with an Error frame in place of a block that cannot be sent (unreadable,
 /// or not the bytes stored); the connection stays usable.
 async fn end_fetch(conn: &Conn, e: ChunkError) -> Result<Result<(), ChunkError>, FrameError> {
@@ -386,7 +374,7 @@ async fn segment_fetch(
         let block = match loc.check_block(chunk_id, 0, res, &buf) {
             Ok(block) => block,
             Err(e) => {
-                set_aside_if_corrupt(segs, chunk_id, &loc, &e).await;
+                segs.set_aside_if_corrupt(chunk_id, &loc, &e).await;
                 return end_fetch(conn, e).await;
             }
         };
@@ -418,7 +406,7 @@ async fn segment_fetch(
         let block = match loc.check_block(chunk_id, block_idx, res, &buf) {
             Ok(block) => block,
             Err(e) => {
-                set_aside_if_corrupt(segs, chunk_id, &loc, &e).await;
+                segs.set_aside_if_corrupt(chunk_id, &loc, &e).await;
                 return end_fetch(conn, e).await;
             }
         };

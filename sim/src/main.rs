@@ -4,6 +4,7 @@
 
 mod engine;
 mod exec;
+mod store;
 mod stream;
 mod workload;
 mod world;
@@ -48,6 +49,9 @@ enum SeedFailed {
     /// An invariant broke, or an assertion of the code under test failed.
     #[error("{0}")]
     Panicked(String),
+    /// The node's segment store broke an invariant over the simulated disk.
+    #[error("segment store: {0}")]
+    Store(String),
     #[error("deadlock: nothing can run and no timer is set; waiting: {}", .0.join(", "))]
     Deadlock(Vec<String>),
     #[error("not finished after {limit:?} of simulated time; still running: {}", waiting.join(", "))]
@@ -91,26 +95,39 @@ fn run_seed(seed: u64) -> Result<Outcome, SeedFailed> {
             (n_lost, summary, exec::now(), exec::steps())
         })
     })
-    .map_err(|panic| {
-        SeedFailed::Panicked(
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic without a message".into()),
-        )
-    })?
+    .map_err(|panic| SeedFailed::Panicked(panic_message(&*panic)))?
     .map(|(n_lost, summary, sim_time, steps)| Outcome { sim_time, steps, n_lost, summary })
     .map_err(|stuck| match stuck {
         exec::Stuck::Deadlock { waiting } => SeedFailed::Deadlock(waiting),
         exec::Stuck::OutOfTime { limit, waiting } => SeedFailed::OutOfTime { limit, waiting },
     })
+    .and_then(|mut outcome| {
+        let c = std::panic::catch_unwind(|| store::run(seed))
+            .map_err(|panic| SeedFailed::Store(panic_message(&*panic)))?
+            .map_err(SeedFailed::Store)?;
+        outcome.summary += &format!(
+            "; segment store: {} acknowledged, {} deleted, {} power cuts, {} writeback errors, {} rotted, {} repaired, \
+             {} checkpoints, {} compactions",
+            c.acked, c.deleted, c.power_cuts, c.writeback_errors, c.rotted, c.repaired, c.checkpoints, c.compactions
+        );
+        Ok(outcome)
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     // A broken invariant is a panic inside the run; its message is reported once, below.
-    std::panic::set_hook(Box::new(|_| {}));
+    if std::env::var_os("DFS_SIM_PANICS").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     exec::set_trace(args.trace);
     let mut seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],

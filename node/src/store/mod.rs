@@ -123,7 +123,7 @@ impl Stores {
 /// Why a request failed: most on one chunk, `Io` on the store as a whole too (a listing, a
 /// report, a scrub). The connection itself is still usable.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ChunkError {
+pub enum ChunkError {
     #[error("chunk {0} not found")]
     NotFound(ChunkId),
     #[error("chunk {0}: {1}")]

@@ -125,7 +125,7 @@ impl SegmentStore {
     }
 
     /// Writes a checkpoint of the index (blocking). Returns the entries written.
-    pub(super) fn write_checkpoint(&self) -> io::Result<u64> {
+    pub fn write_checkpoint(&self) -> io::Result<u64> {
         let (first_scanned_seq, next_lsn) = self.checkpoint_point();
         self.write_checkpoint_at(first_scanned_seq, next_lsn)
     }
@@ -211,7 +211,7 @@ pub(super) fn load(disk: &dyn Disk, dir: &Path) -> io::Result<Option<Loaded>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(ctx("cannot open", &path)(e)),
     };
-    let len = file.len().map_err(ctx("cannot read", &path))? as usize;
+    let len = file.size().map_err(ctx("cannot read", &path))? as usize;
     let mut buf = AlignedBuf::zeroed(len);
     file.read_exact_into(&mut buf, len, 0).map_err(ctx("cannot read", &path))?;
     let bytes: &[u8] = &buf;

@@ -147,7 +147,7 @@ impl SegmentStore {
 
     /// Rewrites the segment with the smallest live share, if one is under `policy.below`
     /// (blocking; runs on the compaction thread). None: nothing to do.
-    pub(super) fn compact_once(&self, policy: Policy) -> io::Result<Option<Compacted>> {
+    pub fn compact_once(&self, policy: Policy) -> io::Result<Option<Compacted>> {
         match self.candidate(policy.below) {
             Some(segment) if self.seal(&segment) => self.compact(&segment, policy).map(Some),
             _ => Ok(None),

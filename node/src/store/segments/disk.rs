@@ -54,7 +54,7 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     /// long, and the space reads as zeros until written.
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// The file's length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Reads exactly `len` bytes at `offset` into the front of `buf` (blocking); the buffer's
     /// data is then those bytes.
     fn read_exact_into(&self, buf: &mut AlignedBuf, len: usize, offset: u64) -> io::Result<()>;
@@ -139,7 +139,7 @@ impl DiskFile for RealFile {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(nix::sys::stat::fstat(self.fd.as_raw_fd()).map_err(io::Error::from)?.st_size as u64)
     }
 

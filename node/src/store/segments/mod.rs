@@ -43,6 +43,7 @@ mod segment;
 pub use checkpoint::start_checkpointer;
 pub use compact::{start_compactor, Compacted, Policy};
 pub use maker::Prefill;
+pub use receive::Incoming;
 
 use dfs_proto::ChunkId;
 use dfs_runtime::aligned::ALIGN;
@@ -260,8 +261,21 @@ impl SegmentStore {
         self.lock_index().get(id).cloned()
     }
 
-    fn contains(&self, id: &ChunkId) -> bool {
+    pub fn contains(&self, id: &ChunkId) -> bool {
         self.lock_index().contains_key(id)
+    }
+
+    /// The highest sequence number of a live record (0 if none), and the one the next record
+    /// takes, which must be above it.
+    pub fn lsn_bounds(&self) -> (u64, u64) {
+        let next = self.writer.lock().unwrap_or_else(|e| e.into_inner()).next_lsn;
+        (self.lock_index().values().map(|l| l.lsn).max().unwrap_or(0), next)
+    }
+
+    /// Where the data of `id`'s record lies: its segment file and the byte range in it (the
+    /// simulator rots sectors there).
+    pub fn data_place(&self, id: &ChunkId) -> Option<(PathBuf, std::ops::Range<u64>)> {
+        self.get(id).map(|l| (l.segment.path.clone(), l.data_offset()..l.data_offset() + l.length))
     }
 
     /// Makes a durable record the live copy of its chunk. False if the chunk already has one
@@ -291,7 +305,7 @@ impl SegmentStore {
     /// Appends a tombstone for `id` and, once it is durable, drops the chunk from the index, only
     /// if the chunk's record was stored before `written_before_unix_ms` (when given).
     /// Ok(false): a newer record, kept. Err(NotFound) if there is no such chunk.
-    pub(super) async fn remove_if_written_before(
+    pub async fn remove_if_written_before(
         &self,
         id: ChunkId,
         written_before_unix_ms: Option<u64>,

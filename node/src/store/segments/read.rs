@@ -2,12 +2,13 @@
 //! reads for scrub, start-up and compaction, and block by block on the runtime for FETCH, which
 //! reads ahead by running each read as a task of its own.
 
-use super::Location;
+use super::{Location, SegmentStore};
 use crate::store::ChunkError;
 use dfs_proto::layout::{block_len, check_block, BlockMismatch};
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::ChunkId;
-use dfs_runtime::aligned::{align_down, align_up, AlignedBuf, ALIGN};
+use dfs_proto::layout::n_blocks;
+use dfs_runtime::aligned::{self, align_down, align_up, AlignedBuf, ALIGN};
 use std::future::Future;
 use std::io;
 use std::ops::Range;
@@ -27,6 +28,44 @@ pub(super) fn verify_location(loc: &Location, mut pace: impl FnMut(u64)) -> io::
         pace(len);
     }
     Ok(Ok(()))
+}
+
+impl SegmentStore {
+    /// A record FETCH found not to hold the bytes stored is set aside as scrub would (a
+    /// tombstone, counted as quarantined), so that repair finds the copy missing and makes it
+    /// again.
+    pub(crate) async fn set_aside_if_corrupt(&self, chunk_id: ChunkId, loc: &Location, e: &ChunkError) {
+        if !matches!(e, ChunkError::Corrupt(..)) {
+            return;
+        }
+        match self.quarantine_record(chunk_id, loc).await {
+            Ok(()) => tracing::warn!("chunk {chunk_id} failed a block check on FETCH; set aside"),
+            Err(q) => tracing::warn!("chunk {chunk_id} failed a block check on FETCH; cannot set it aside: {q}"),
+        }
+    }
+
+    /// A chunk's data read whole, block by block, each checked against its crc32 as FETCH
+    /// checks it; a record that fails is set aside as FETCH sets it aside (for the simulator,
+    /// which reads what a FETCH would send).
+    pub async fn read_chunk(&self, chunk_id: ChunkId) -> Result<Vec<u8>, ChunkError> {
+        let loc = self.get(&chunk_id).ok_or(ChunkError::NotFound(chunk_id))?;
+        let mut out = Vec::with_capacity(loc.length as usize);
+        for block_idx in 0..n_blocks(loc.length) {
+            let (res, buf) = loc.read_block(block_idx, aligned::for_io(loc.block_buf_bytes())).await;
+            let checked = loc.check_block(chunk_id, block_idx, res, &buf);
+            match checked {
+                Ok(range) => out.extend_from_slice(&buf[range]),
+                Err(e) => {
+                    aligned::give_back(buf);
+                    self.set_aside_if_corrupt(chunk_id, &loc, &e).await;
+                    return Err(e);
+                }
+            }
+            aligned::give_back(buf);
+        }
+        assert_eq!(out.len() as u64, loc.length, "a chunk read whole has its length");
+        Ok(out)
+    }
 }
 
 impl Location {

@@ -23,7 +23,7 @@ type Write = tokio::task::JoinHandle<(io::Result<()>, AlignedBuf)>;
 
 /// A chunk of `length` bytes being received into the space reserved for its record, or why it
 /// is refused (the rest of its body is then only read through).
-pub(crate) struct Incoming<'a> {
+pub struct Incoming<'a> {
     store: &'a SegmentStore,
     chunk_id: ChunkId,
     length: u64,
@@ -49,7 +49,7 @@ impl SegmentStore {
     /// Begins receiving chunk `chunk_id` of `length` bytes whose crc32 is announced as `crc32`:
     /// space for its record, unless the chunk is here already or no space can be had (then the
     /// refusal is kept for [`Incoming::finish`]).
-    pub(crate) fn receive(&self, chunk_id: ChunkId, length: u64, crc32: u32) -> Incoming<'_> {
+    pub fn receive(&self, chunk_id: ChunkId, length: u64, crc32: u32) -> Incoming<'_> {
         let mut failed: Option<ChunkError> = None;
         let mut reservation = None;
         if self.contains(&chunk_id) {
@@ -93,7 +93,7 @@ impl Incoming<'_> {
     /// The buffer to receive the next piece of the body into, and the range of it to fill: at
     /// most `remaining` bytes, after what is staged already (from its start once the chunk is
     /// refused: the bytes are then only read through). Give it back to [`Incoming::received`].
-    pub(crate) fn next_piece(&mut self, remaining: u64) -> (AlignedBuf, usize, usize) {
+    pub fn next_piece(&mut self, remaining: u64) -> (AlignedBuf, usize, usize) {
         let stage = self.stage.take().expect("the buffer lent for the last piece came back");
         let begin = if self.failed.is_some() { 0 } else { stage.len() };
         let n = remaining.min((self.stage_bytes - begin) as u64) as usize;
@@ -103,7 +103,7 @@ impl Incoming<'_> {
     /// Takes back the buffer [`Incoming::next_piece`] lent, with `stage[begin..end]` received:
     /// hashed, and once a write's worth is staged, its aligned part written while the next
     /// piece is received (the rest of its last block stays staged).
-    pub(crate) async fn received(&mut self, mut stage: AlignedBuf, begin: usize, end: usize) {
+    pub async fn received(&mut self, mut stage: AlignedBuf, begin: usize, end: usize) {
         if self.failed.is_some() {
             stage.set_len(0);
             self.stage = Some(stage);
@@ -154,7 +154,7 @@ impl Incoming<'_> {
     /// The body was cut off (the engine went away mid-chunk): once the writes under way are
     /// done, the reserved space is marked dead, so start-up passes it at once instead of
     /// searching it for records.
-    pub(crate) async fn abandon(mut self) {
+    pub async fn abandon(mut self) {
         while let Some(w) = self.writes.pop_front() {
             let _ = w.await;
         }
@@ -166,7 +166,7 @@ impl Incoming<'_> {
     /// Once the whole body was received: checks the crc32 announced, writes the rest of the
     /// record with its trailer, syncs it, and makes it the chunk's live copy. Ok: the block
     /// crc32s of a record that is now durable and indexed.
-    pub(crate) async fn finish(mut self) -> Result<Vec<u32>, ChunkError> {
+    pub async fn finish(mut self) -> Result<Vec<u32>, ChunkError> {
         while let Some(w) = self.writes.pop_front() {
             let done = w.await;
             self.note_written(done);
