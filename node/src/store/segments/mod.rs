@@ -126,6 +126,9 @@ pub struct SegmentStore {
     /// Signalled when a spare segment is ready (or failed to be made).
     spare_ready: Arc<std::sync::Condvar>,
     sync_queue: mpsc::Sender<SyncWaiter>,
+    /// With [`Threads::None`], the queue the sync thread would take its waiters from:
+    /// [`SegmentStore::sync_now`] serves it.
+    sync_waiting: Mutex<Option<mpsc::Receiver<SyncWaiter>>>,
     live_bytes: AtomicU64,
     n_quarantined: AtomicU64,
     /// Segments start-up took from the index checkpoint instead of scanning them.
@@ -141,8 +144,9 @@ pub enum Threads {
     /// As the node runs it: syncs are shared by the waiters of a `segment-sync` thread (group
     /// commit) and spare segments are made ahead of need on a `segment-maker` thread.
     Own,
-    /// As the simulator runs it, one step at a time: each sync runs on the caller's thread, and
-    /// a spare segment is made only by [`SegmentStore::make_spare_now`].
+    /// As the simulator runs it, one step at a time: the syncs queued are run by
+    /// [`SegmentStore::sync_now`], and a spare segment is made only by
+    /// [`SegmentStore::make_spare_now`].
     None,
 }
 
@@ -249,12 +253,22 @@ impl SegmentStore {
     /// Returns once an fdatasync of `segment` that started after this call has finished: every
     /// write to it completed before the call is then durable.
     async fn sync(&self, segment: &Arc<Segment>) -> io::Result<()> {
-        if self.threads == Threads::None {
-            return segment.datasync().map_err(|e| crate::store::SyncFailed::from(&e).into());
-        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.sync_queue.send((segment.clone(), tx)).map_err(|_| io::Error::other("the segment sync thread is gone"))?;
         Ok(rx.await.map_err(|_| io::Error::other("the segment sync thread is gone"))??)
+    }
+
+    /// Runs the syncs queued so far, as the `segment-sync` thread runs them, for a store opened
+    /// with [`Threads::None`] (the simulator calls this where the thread would have run).
+    /// Returns how many waiters were answered.
+    pub fn sync_now(&self) -> usize {
+        let waiting = self.sync_waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let batch: Vec<SyncWaiter> = waiting.as_ref().map(|w| w.try_iter().collect()).unwrap_or_default();
+        let n = batch.len();
+        if n > 0 {
+            sync_batch(batch);
+        }
+        n
     }
 
     pub(crate) fn get(&self, id: &ChunkId) -> Option<Location> {
@@ -445,11 +459,18 @@ impl SegmentStore {
     }
 }
 
-/// Runs fdatasync for the waiters queued so far, once per distinct segment, and answers them.
+/// The `segment-sync` thread: each time waiters are queued, syncs for them all.
 fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
     while let Ok(first) = waiting.recv() {
         let mut batch = vec![first];
         batch.extend(waiting.try_iter());
+        sync_batch(batch);
+    }
+}
+
+/// Runs fdatasync for a batch of waiters, once per distinct segment, and answers them.
+fn sync_batch(batch: Vec<SyncWaiter>) {
+    {
         let mut results: Vec<(u64, Result<(), crate::store::SyncFailed>)> = Vec::new();
         for (segment, _) in &batch {
             if results.iter().any(|(seq, _)| *seq == segment.seq) {

@@ -77,9 +77,13 @@ impl SegmentStore {
         let _ = disk.remove(&probe);
 
         let (sync_queue, waiting) = mpsc::channel::<SyncWaiter>();
-        if threads == Threads::Own {
-            std::thread::Builder::new().name("segment-sync".into()).spawn(move || sync_thread(waiting))?;
-        }
+        let sync_waiting = match threads {
+            Threads::Own => {
+                std::thread::Builder::new().name("segment-sync".into()).spawn(move || sync_thread(waiting))?;
+                None
+            }
+            Threads::None => Some(waiting),
+        };
         let maker = Arc::new(SegmentMaker {
             dir: dir.clone(),
             disk: disk.clone(),
@@ -108,6 +112,7 @@ impl SegmentStore {
             })),
             spare_ready: Arc::new(std::sync::Condvar::new()),
             sync_queue,
+            sync_waiting: Mutex::new(sync_waiting),
             live_bytes: AtomicU64::new(0),
             n_quarantined: AtomicU64::new(0),
             scrubbing: Mutex::new(()),

@@ -46,7 +46,9 @@ struct Window<'a> {
 
 impl<'a> Window<'a> {
     fn new(segment: &'a Segment) -> Window<'a> {
-        Window { segment, buf: AlignedBuf::zeroed(SCAN_WINDOW_BYTES + 2 * ALIGN), start: 0, len: 0 }
+        // No larger than the segment: a window reads at most the segment's size.
+        let bytes = SCAN_WINDOW_BYTES.min(segment.size as usize) + 2 * ALIGN;
+        Window { segment, buf: AlignedBuf::zeroed(bytes), start: 0, len: 0 }
     }
 
     /// The `len` bytes at `pos` (at most a window's worth, inside the segment), read with the
