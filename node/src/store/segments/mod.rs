@@ -24,16 +24,15 @@
 //! `recovery` (opening a store: checkpoint, then a scan of what came after it), `scan` (one
 //! segment's records at start-up), `receive` (a STORE's record written as its body arrives),
 //! `read` (a record's blocks read back and checked, for FETCH, scrub, start-up and compaction),
-//! `blocking` (the plain file calls of threads outside the runtimes), and `checkpoint`,
-//! `compact` and, for tests, `model`.
+//! `checkpoint`, `compact`, and `disk` (every file and directory call, through the [`disk::Disk`]
+//! seam: the host's file system in the node, a simulated disk in `dfs-sim`, which runs this
+//! store as it ships).
 
 mod checkpoint;
 mod compact;
 pub mod disk;
 mod format;
 mod maker;
-#[cfg(test)]
-mod model;
 mod read;
 mod receive;
 mod recovery;
