@@ -4,7 +4,7 @@
 //! a bucket made one way is the same bucket the other way.
 
 use crate::meta::objects::{bad_bucket_name, BucketDeleted, ObjectEntry};
-use crate::state::{meta_failed, EngineState};
+use crate::state::EngineState;
 use dfs_proto::limits::{MAX_ETAG_BYTES, MAX_KEY_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{BucketSummary, KeySummary, Msg, Status};
 
@@ -19,7 +19,7 @@ pub async fn create(state: &EngineState, name: &str) -> Msg {
     match state.meta.create_bucket(name).await {
         Ok(true) => Msg::Ok,
         Ok(false) => Msg::error(Status::AlreadyExists, format!("bucket {name:?} exists already")),
-        Err(e) => meta_failed(e),
+        Err(e) => state.meta_failed(e),
     }
 }
 
@@ -34,7 +34,7 @@ pub async fn delete(state: &EngineState, name: &str) -> Msg {
             Status::BadRequest,
             format!("bucket {name:?} is not empty: delete its keys first (dfs-client bucket ls {name})"),
         ),
-        Err(e) => meta_failed(e),
+        Err(e) => state.meta_failed(e),
     }
 }
 
@@ -54,7 +54,7 @@ pub async fn list(state: &EngineState, after: Option<&str>, limit: u32) -> Msg {
                 .collect();
             Msg::BucketListOk { buckets, more: names.next().is_some() }
         }
-        Err(e) => meta_failed(e),
+        Err(e) => state.meta_failed(e),
     }
 }
 
@@ -81,7 +81,7 @@ pub async fn keys(state: &EngineState, bucket: &str, prefix: &str, after: Option
     match state.meta.bucket(bucket).await {
         Ok(Some(_)) => {}
         Ok(None) => return no_bucket(bucket),
-        Err(e) => return meta_failed(e),
+        Err(e) => return state.meta_failed(e),
     }
     let limit = limit.min(MAX_LIST_ENTRIES) as usize;
     match state.meta.list_keys(bucket, prefix, None, after, limit).await {
@@ -92,6 +92,6 @@ pub async fn keys(state: &EngineState, bucket: &str, prefix: &str, after: Option
             let keys = page.contents.into_iter().map(|(k, e)| summary(k, &e)).collect();
             Msg::BucketKeysOk { keys, more }
         }
-        Err(e) => meta_failed(e),
+        Err(e) => state.meta_failed(e),
     }
 }

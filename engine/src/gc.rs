@@ -34,7 +34,7 @@ fn places(record: &FileRecord, chunk_idx: u32, addr: SocketAddr, nodes: &dyn Nod
 /// One gc pass over every node. Err: it could not run (another engine holds the cluster's gc
 /// pass, or the metadata cannot say).
 pub async fn run(state: &EngineState, dry_run: bool, grace: Duration) -> Result<GcOutcome, PassError> {
-    let lease = PassError::take(&state.meta, Pass::Gc).await?;
+    let lease = PassError::take(&state.meta, &state.passes, Pass::Gc).await?;
     let mut out = GcOutcome::default();
     for &addr in &state.config.nodes {
         if lease.lost() {

@@ -11,7 +11,7 @@ use crate::buffer::{ChunkBuf, Reassembly};
 use crate::cluster::{read_chunk, ChunkReader, Health, Links, NodeError, NodeFailure};
 use crate::meta::{ChunkRecord, FileRecord, PlacementError};
 use crate::repair_queue::RepairQueue;
-use crate::state::{internal, meta_failed, not_found, EngineState};
+use crate::state::{not_found, EngineState};
 use dfs_core::repair::Reason;
 use dfs_core::stream::{self, Ended};
 use dfs_proto::layout::block_len;
@@ -178,13 +178,13 @@ pub async fn get(state: &EngineState, client: &Conn, file_id: FileId) -> Result<
     let record = match state.meta.get(file_id).await {
         Ok(Some(r)) => r,
         Ok(None) => return client.write_msg(&not_found(file_id)).await,
-        Err(e) => return client.write_msg(&meta_failed(e)).await,
+        Err(e) => return client.write_msg(&state.meta_failed(e)).await,
     };
     let mut copies = Vec::with_capacity(record.chunks.len());
     for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
         match read_order(&record, chunk, &state.links.health) {
             Ok(addrs) => copies.push(addrs),
-            Err(e) => return client.write_msg(&internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
+            Err(e) => return client.write_msg(&state.internal(format!("file {file_id} chunk {chunk_idx}: {e}"))).await,
         }
     }
     match state.budget.try_reserve(record.size) {
@@ -212,7 +212,7 @@ async fn get_buffered(
         Err(f) => {
             let line = format!("GET {file_id}: {}", f.describe(file_id).1);
             tracing::warn!("{line}");
-            crate::metrics::note_error(&line);
+            state.errors.note(&line);
             return client.write_msg(&f.to_msg(file_id)).await;
         }
     };
@@ -293,7 +293,7 @@ async fn get_streamed(
             let f = ChunkFailure { chunk_idx: chunk as u32, errors };
             let line = format!("GET {file_id}: {}", f.describe(file_id).1);
             tracing::warn!("{line}");
-            crate::metrics::note_error(&line);
+            state.errors.note(&line);
             client.write_msg(&f.to_msg(file_id)).await
         }
     }
@@ -462,7 +462,7 @@ pub async fn stream_range(
                 Err(f) => {
                     let line = format!("GET {file_id}: {}", f.describe(file_id).1);
                     tracing::warn!("{line}");
-                    crate::metrics::note_error(&line);
+                    state.errors.note(&line);
                     let _ = tx.send(Err(std::io::Error::other(line))).await;
                     false
                 }
@@ -486,7 +486,7 @@ pub async fn stream_range(
             let f = ChunkFailure { chunk_idx: (first + chunk) as u32, errors };
             let line = format!("GET {file_id}: {}", f.describe(file_id).1);
             tracing::warn!("{line}");
-            crate::metrics::note_error(&line);
+            state.errors.note(&line);
             let _ = tx.send(Err(std::io::Error::other(line))).await;
             false
         }

@@ -321,6 +321,9 @@ fn run(args: Args) -> Result<(), String> {
         repair_lock: Default::default(),
         repair_queue: Default::default(),
         repair_pace: dfs_engine::repair_queue::RepairPace::new(args.repair_bandwidth),
+        activity: Default::default(),
+        errors: Default::default(),
+        passes: Default::default(),
     });
     name_nodes(&state).map_err(|e| e.to_string())?;
     if args.ping_interval_secs > 0 {
@@ -432,7 +435,7 @@ fn start_background_repair(
                         tokio::time::sleep(queue).await;
                     }
                     if lease.as_ref().is_none_or(|l| l.lost()) {
-                        lease = match state.meta.take_pass(meta::Pass::Repair).await {
+                        lease = match state.meta.take_pass(&state.passes, meta::Pass::Repair).await {
                             Ok(Ok(l)) => Some(l),
                             Ok(Err(holder)) => {
                                 if holder_seen.as_ref() != Some(&holder) {

@@ -196,18 +196,22 @@ pub fn record(op: &str, tally: &dfs_runtime::conn::Tally, elapsed: std::time::Du
 /// Errors kept for the status page.
 const MAX_ERRORS: usize = 20;
 
-static ERRORS: LazyLock<std::sync::Mutex<std::collections::VecDeque<(u64, String)>>> = LazyLock::new(Default::default);
+/// The last errors an engine answered to clients (at most [`MAX_ERRORS`]), for the status page.
+#[derive(Default)]
+pub struct RecentErrors(std::sync::Mutex<std::collections::VecDeque<(u64, String)>>);
 
-/// Remembers an error answered to a client, for the status page (the last [`MAX_ERRORS`]).
-pub fn note_error(message: &str) {
-    let mut errors = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
-    if errors.len() == MAX_ERRORS {
-        errors.pop_front();
+impl RecentErrors {
+    /// Remembers an error answered to a client.
+    pub fn note(&self, message: &str) {
+        let mut errors = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.len() == MAX_ERRORS {
+            errors.pop_front();
+        }
+        errors.push_back((dfs_runtime::unix_ms(), message.to_string()));
     }
-    errors.push_back((dfs_runtime::unix_ms(), message.to_string()));
-}
 
-/// The errors [`note_error`] kept, oldest first, with their time in Unix ms.
-pub fn recent_errors() -> Vec<(u64, String)> {
-    ERRORS.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    /// The errors kept, oldest first, with their time in Unix ms.
+    pub fn recent(&self) -> Vec<(u64, String)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
 }

@@ -7,7 +7,7 @@ use crate::cluster::{
     self, await_store, open_store, relay, write_live, NodeError, RelayBuffers, Splicer, Target, RELAY_BYTES,
 };
 use crate::meta::{ChunkRecord, FileRecord, NodeSlot};
-use crate::state::{internal, meta_failed, EngineState};
+use crate::state::EngineState;
 use dfs_core::upload::{CopyIo, Incomplete, Next as UploadNext, OpenIo, Refused};
 use dfs_proto::layout::chunk_spans;
 use dfs_proto::{ChunkId, Chunking, FileId, FrameError, Msg, NodeId, Origin, Status};
@@ -272,7 +272,7 @@ async fn commit(
             }
             Ok(_) => {
                 cleanup(upload);
-                Err(meta_failed(format!("cannot record file: {e}")))
+                Err(state.meta_failed(format!("cannot record file: {e}")))
             }
             Err(e2) => {
                 // Whether the record exists is unknown: keep the chunks (gc removes them after
@@ -281,7 +281,7 @@ async fn commit(
                     "upload of {:?}: commit failed ({e}) and the record cannot be read back: {e2}",
                     record.name
                 );
-                Err(internal(format!("cannot tell whether the file was recorded: {e}; {e2}")))
+                Err(state.internal(format!("cannot tell whether the file was recorded: {e}; {e2}")))
             }
         },
     }

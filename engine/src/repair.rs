@@ -41,7 +41,7 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
     let _running = Running(&state.repair_running);
     // One repair at a time in the cluster: with engines sharing PostgreSQL, the one holding the
     // repair pass (a turn of its queue shares the hold).
-    let lease = PassError::take(&state.meta, Pass::Repair).await?;
+    let lease = PassError::take(&state.meta, &state.passes, Pass::Repair).await?;
     // A turn of the queue may be running: wait for it, so that two repairs never write
     // placements from records read at different times.
     let _exclusive = state.repair_lock.lock().await;

@@ -3,7 +3,7 @@
 
 use crate::cluster;
 use crate::metrics;
-use crate::state::{meta_failed, not_found, EngineState};
+use crate::state::{not_found, EngineState};
 use dfs_proto::io_std::Frame;
 use dfs_proto::limits::{BLOCK_SIZE_BYTES, MAX_LIST_ENTRIES};
 use dfs_proto::{ChunkId, FrameError, HelloOk, Msg, Role, Status, VERSION};
@@ -94,25 +94,25 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
         let result: Result<(), FrameError> = async {
             match msg {
                 Msg::Put { name, size, chunking, chunk_crcs, origin } => {
-                    let _counted = crate::status::InProgress::upload();
+                    let _counted = crate::status::InProgress::upload(&state.activity);
                     crate::put::put(state, conn, name, size, chunking, chunk_crcs, origin).await?
                 }
                 Msg::Get { file_id } => {
-                    let _counted = crate::status::InProgress::download();
+                    let _counted = crate::status::InProgress::download(&state.activity);
                     crate::get::get(state, conn, file_id).await?
                 }
                 Msg::Stat { file_id } => {
                     let reply = match state.meta.get(file_id).await {
                         Ok(Some(record)) => Msg::StatOk(record.info(file_id, &*state.links.health)),
                         Ok(None) => not_found(file_id),
-                        Err(e) => meta_failed(e),
+                        Err(e) => state.meta_failed(e),
                     };
                     conn.write_msg(&reply).await?
                 }
                 Msg::List { after, limit } => {
                     let reply = match state.meta.list(after, limit.min(MAX_LIST_ENTRIES) as usize).await {
                         Ok((files, more)) => Msg::ListOk { files, more },
-                        Err(e) => meta_failed(e),
+                        Err(e) => state.meta_failed(e),
                     };
                     conn.write_msg(&reply).await?
                 }
@@ -120,7 +120,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     let reply = match delete_file(state, file_id).await {
                         Ok(true) => Msg::Ok,
                         Ok(false) => not_found(file_id),
-                        Err(e) => meta_failed(e),
+                        Err(e) => state.meta_failed(e),
                     };
                     conn.write_msg(&reply).await?
                 }
@@ -148,7 +148,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
                     conn.write_msg(&reply).await?
                 }
                 Msg::Scrub => {
-                    let reply = match state.meta.take_pass(crate::meta::Pass::Scrub).await {
+                    let reply = match state.meta.take_pass(&state.passes, crate::meta::Pass::Scrub).await {
                         Ok(Ok(_lease)) => {
                             let (reply, quarantined) = cluster::scrub_all(&state.config.nodes, &state.links).await;
                             for chunk in quarantined {
@@ -198,7 +198,7 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
         metrics::INFLIGHT_BYTES.sub(upload_bytes);
         let tally = conn.tally(&mark, &result);
         metrics::record(op, &tally, started.elapsed());
-        crate::status::ACTIVITY.record(&tally, started.elapsed());
+        state.activity.record(&tally, started.elapsed());
         result?;
     }
 }

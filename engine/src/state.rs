@@ -98,22 +98,31 @@ pub struct EngineState {
     /// Chunks noted for repair by the request paths, and what the queue has done.
     pub repair_queue: Arc<crate::repair_queue::RepairQueue>,
     pub repair_pace: crate::repair_queue::RepairPace,
+    /// Requests per second and transfers under way, for the status page.
+    pub activity: crate::status::Activity,
+    /// The last errors answered to clients, for the status page.
+    pub errors: crate::metrics::RecentErrors,
+    /// The cluster-wide passes running on this engine.
+    pub passes: crate::meta::RunningPasses,
 }
 
 pub fn not_found(file_id: FileId) -> Msg {
     Msg::error(Status::NotFound, format!("file {file_id} not found"))
 }
 
-/// The answer when the metadata cannot be read or written: Unavailable, so that a client given
-/// several engines tries the next.
-pub fn meta_failed(e: impl std::fmt::Display) -> Msg {
-    tracing::error!("{e}");
-    crate::metrics::note_error(&e.to_string());
-    Msg::error(Status::Unavailable, e.to_string())
-}
+impl EngineState {
+    /// The answer when the metadata cannot be read or written: Unavailable, so that a client
+    /// given several engines tries the next. Logged, and kept for the status page.
+    pub fn meta_failed(&self, e: impl std::fmt::Display) -> Msg {
+        tracing::error!("{e}");
+        self.errors.note(&e.to_string());
+        Msg::error(Status::Unavailable, e.to_string())
+    }
 
-pub fn internal(e: impl std::fmt::Display) -> Msg {
-    tracing::error!("{e}");
-    crate::metrics::note_error(&e.to_string());
-    Msg::error(Status::Internal, e.to_string())
+    /// The answer to a failure of the engine itself. Logged, and kept for the status page.
+    pub fn internal(&self, e: impl std::fmt::Display) -> Msg {
+        tracing::error!("{e}");
+        self.errors.note(&e.to_string());
+        Msg::error(Status::Internal, e.to_string())
+    }
 }

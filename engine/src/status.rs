@@ -3,9 +3,9 @@
 //! as JSON at `/api/status`. The page is complete without JavaScript (the numbers); the script
 //! only refreshes it in place and draws the charts. Everything is built into the binary.
 //!
-//! The request paths feed [`ACTIVITY`] (a ring of per-second counters, the last five minutes)
-//! and `metrics::note_error` (the last errors answered to clients); the rest is read when
-//! asked: the node table, the repair queue, the metadata's totals.
+//! The request paths feed the engine state's [`Activity`] (a ring of per-second counters, the
+//! last five minutes) and its `errors` (the last errors answered to clients); the rest is read
+//! when asked: the node table, the repair queue, the metadata's totals, the passes running.
 //!
 //! On a loopback listener, or with no access keys, the pages are open; otherwise they need an
 //! access key (`Authorization: Bearer KEY`). They never show key material.
@@ -15,7 +15,7 @@ use dfs_proto::units::human_bytes;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Seconds the activity ring keeps.
@@ -53,10 +53,14 @@ pub struct Activity {
     pub downloads: AtomicI64,
 }
 
-pub static ACTIVITY: LazyLock<Activity> = LazyLock::new(Activity::new);
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity::new()
+    }
+}
 
 impl Activity {
-    fn new() -> Activity {
+    pub fn new() -> Activity {
         Activity {
             ring: (0..RING_SECS).map(|_| Slot::default()).collect(),
             uploads: AtomicI64::new(0),
@@ -122,21 +126,21 @@ impl Activity {
 }
 
 /// Counts a transfer in progress while it lives.
-pub struct InProgress(&'static AtomicI64);
+pub struct InProgress<'a>(&'a AtomicI64);
 
-impl InProgress {
-    pub fn upload() -> InProgress {
-        ACTIVITY.uploads.fetch_add(1, Ordering::Relaxed);
-        InProgress(&ACTIVITY.uploads)
+impl InProgress<'_> {
+    pub fn upload(activity: &Activity) -> InProgress<'_> {
+        activity.uploads.fetch_add(1, Ordering::Relaxed);
+        InProgress(&activity.uploads)
     }
 
-    pub fn download() -> InProgress {
-        ACTIVITY.downloads.fetch_add(1, Ordering::Relaxed);
-        InProgress(&ACTIVITY.downloads)
+    pub fn download(activity: &Activity) -> InProgress<'_> {
+        activity.downloads.fetch_add(1, Ordering::Relaxed);
+        InProgress(&activity.downloads)
     }
 }
 
-impl Drop for InProgress {
+impl Drop for InProgress<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -215,7 +219,6 @@ impl Pages {
     /// Err: the page's runtime could not start.
     pub fn new(state: Arc<EngineState>, open: bool, addr: String) -> Result<Pages, std::io::Error> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
-        LazyLock::force(&ACTIVITY);
         Ok(Pages { state, open, addr, started_unix_ms: dfs_runtime::unix_ms(), rt, totals: None })
     }
 
@@ -276,12 +279,14 @@ impl Pages {
         };
         let n_queued = self.rt.block_on(state.meta.queue_len()).unwrap_or(0) + state.repair_queue.n_notes();
         let (engines, passes, engines_error) =
-            match self.rt.block_on(state.meta.cluster_view(&self.addr, self.started_unix_ms)) {
+            match self.rt.block_on(state.meta.cluster_view(&state.passes, &self.addr, self.started_unix_ms)) {
                 Ok(v) => (v.engines, v.passes, None),
                 Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
             };
         let (s3_ops, s3_statuses) = crate::metrics::s3_counts();
-        let errors: Vec<ErrorView> = crate::metrics::recent_errors()
+        let errors: Vec<ErrorView> = state
+            .errors
+            .recent()
             .into_iter()
             .map(|(unix_ms, message)| ErrorView { unix_ms, message })
             .collect();
@@ -303,9 +308,9 @@ impl Pages {
             engines_error,
             files,
             files_error,
-            uploads_in_progress: ACTIVITY.uploads.load(Ordering::Relaxed),
-            downloads_in_progress: ACTIVITY.downloads.load(Ordering::Relaxed),
-            seconds: ACTIVITY.last(CHART_SECS),
+            uploads_in_progress: state.activity.uploads.load(Ordering::Relaxed),
+            downloads_in_progress: state.activity.downloads.load(Ordering::Relaxed),
+            seconds: state.activity.last(CHART_SECS),
             errors,
             s3_ops,
             s3_statuses,

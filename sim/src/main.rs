@@ -107,8 +107,16 @@ fn run_seed(seed: u64) -> Result<Outcome, SeedFailed> {
             .map_err(SeedFailed::Store)?;
         outcome.summary += &format!(
             "; segment store: {} acknowledged, {} deleted, {} power cuts, {} writeback errors, {} rotted, {} repaired, \
-             {} checkpoints, {} compactions",
-            c.acked, c.deleted, c.power_cuts, c.writeback_errors, c.rotted, c.repaired, c.checkpoints, c.compactions
+             {} checkpoints, {} compactions, {} writes refused by a full disk",
+            c.acked,
+            c.deleted,
+            c.power_cuts,
+            c.writeback_errors,
+            c.rotted,
+            c.repaired,
+            c.checkpoints,
+            c.compactions,
+            c.disk_full
         );
         Ok(outcome)
     })

@@ -35,11 +35,13 @@ pub struct DfsS3 {
 /// (which, unlike the work, can be sent between threads, as `s3s` asks); counts the request by
 /// its answer, in the metrics and on the status page.
 fn local<T: Send + 'static>(
+    state: &Arc<EngineState>,
     op: &'static str,
     work: impl Future<Output = S3Result<T>> + 'static,
 ) -> impl Future<Output = S3Result<T>> + Send {
     let started = std::time::Instant::now();
     let task = dfs_runtime::backend::spawn(work);
+    let state = state.clone();
     async move {
         let result = task.await.map_err(|e| s3_error!(InternalError, "the request's task failed: {e}"))?;
         let code = match &result {
@@ -55,7 +57,7 @@ fn local<T: Send + 'static>(
             _ => "error",
         };
         let tally = dfs_runtime::conn::Tally { bytes_in: 0, bytes_out: 0, outcome };
-        crate::status::ACTIVITY.record(&tally, elapsed);
+        state.activity.record(&tally, elapsed);
         result
     }
 }
@@ -450,7 +452,7 @@ async fn store_body(
         etag: None,
         computed: None,
     };
-    let _counted = crate::status::InProgress::upload();
+    let _counted = crate::status::InProgress::upload(&state.activity);
     let file_id = match put_buffered(state, name, size, S3_CHUNK_CAP_BYTES, &mut source).await {
         Ok(id) => id,
         Err(BufferedPutError::Body(e)) => return Err(e),
@@ -661,7 +663,7 @@ pub async fn collect_abandoned_uploads(state: &EngineState, max_age: std::time::
 impl S3 for DfsS3 {
     async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
         let state = self.state.clone();
-        local("ListBuckets", async move {
+        local(&self.state, "ListBuckets", async move {
             let buckets = state.meta.buckets().await.map_err(meta_err)?;
             let buckets = buckets
                 .into_iter()
@@ -680,7 +682,7 @@ impl S3 for DfsS3 {
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
         let state = self.state.clone();
         let name = req.input.bucket;
-        local("CreateBucket", async move {
+        local(&self.state, "CreateBucket", async move {
             if let Some(why) = bad_bucket_name(&name) {
                 return Err(s3_error!(InvalidBucketName, "{why}"));
             }
@@ -695,7 +697,7 @@ impl S3 for DfsS3 {
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
         let state = self.state.clone();
         let name = req.input.bucket;
-        local("HeadBucket", async move {
+        local(&self.state, "HeadBucket", async move {
             require_bucket(&state, &name).await?;
             Ok(S3Response::new(HeadBucketOutput::default()))
         })
@@ -708,7 +710,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         let state = self.state.clone();
         let name = req.input.bucket;
-        local("GetBucketLocation", async move {
+        local(&self.state, "GetBucketLocation", async move {
             require_bucket(&state, &name).await?;
             Ok(S3Response::new(GetBucketLocationOutput::default()))
         })
@@ -718,7 +720,7 @@ impl S3 for DfsS3 {
     async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
         let state = self.state.clone();
         let name = req.input.bucket;
-        local("DeleteBucket", async move {
+        local(&self.state, "DeleteBucket", async move {
             if bad_bucket_name(&name).is_some() {
                 return Err(s3_error!(NoSuchBucket));
             }
@@ -735,7 +737,7 @@ impl S3 for DfsS3 {
         let state = self.state.clone();
         let mut input = req.input;
         let trailers = req.trailing_headers;
-        local("PutObject", async move {
+        local(&self.state, "PutObject", async move {
             check_key(&input.key)?;
             let condition = write_condition(input.if_match.take(), input.if_none_match.take());
             require_bucket(&state, &input.bucket).await?;
@@ -744,7 +746,7 @@ impl S3 for DfsS3 {
             let name = format!("{}/{}", input.bucket, input.key);
             let stored = store_body(&state, name, input.body, input.content_length, digests, trailers).await?;
             crate::metrics::S3_BYTES_IN.inc_by(stored.size);
-            crate::status::ACTIVITY.add_bytes(stored.size, 0);
+            state.activity.add_bytes(stored.size, 0);
             let mut entry = ObjectEntry::headers_only(
                 input.content_type.map(|c| c.to_string()),
                 input.content_encoding,
@@ -773,7 +775,7 @@ impl S3 for DfsS3 {
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("GetObject", async move {
+        local(&self.state, "GetObject", async move {
             let entry = existing_object(&state, &input.bucket, &input.key).await?;
             check_preconditions(
                 &entry,
@@ -794,7 +796,7 @@ impl S3 for DfsS3 {
             let reader_state = state.clone();
             let reader_entry = entry.clone();
             dfs_runtime::backend::spawn(async move {
-                let _counted = crate::status::InProgress::download();
+                let _counted = crate::status::InProgress::download(&reader_state.activity);
                 stream_object(&reader_state, &reader_entry, start, end, tx).await;
             });
             let body = if end - start <= WHOLE_BODY_BYTES {
@@ -813,16 +815,16 @@ impl S3 for DfsS3 {
                     return Err(s3_error!(InternalError, "{why}"));
                 }
                 crate::metrics::S3_BYTES_OUT.inc_by(whole.len() as u64);
-                crate::status::ACTIVITY.add_bytes(0, whole.len() as u64);
+                state.activity.add_bytes(0, whole.len() as u64);
                 StreamingBlob::from(s3s::Body::from(Bytes::from(whole)))
             } else {
-                StreamingBlob::wrap(futures_util::stream::unfold(rx, |mut rx| async move {
+                StreamingBlob::wrap(futures_util::stream::unfold((rx, state.clone()), |(mut rx, state)| async move {
                     let item = rx.recv().await?;
                     if let Ok(bytes) = &item {
                         crate::metrics::S3_BYTES_OUT.inc_by(bytes.len() as u64);
-                        crate::status::ACTIVITY.add_bytes(0, bytes.len() as u64);
+                        state.activity.add_bytes(0, bytes.len() as u64);
                     }
-                    Some((item, rx))
+                    Some((item, (rx, state)))
                 }))
             };
             let output = GetObjectOutput {
@@ -851,7 +853,7 @@ impl S3 for DfsS3 {
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("HeadObject", async move {
+        local(&self.state, "HeadObject", async move {
             let entry = existing_object(&state, &input.bucket, &input.key).await?;
             check_preconditions(
                 &entry,
@@ -879,7 +881,7 @@ impl S3 for DfsS3 {
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("DeleteObject", async move {
+        local(&self.state, "DeleteObject", async move {
             check_key(&input.key)?;
             require_bucket(&state, &input.bucket).await?;
             if let Some(old) = state.meta.delete_object(&input.bucket, input.key.as_bytes()).await.map_err(meta_err)? {
@@ -893,7 +895,7 @@ impl S3 for DfsS3 {
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("DeleteObjects", async move {
+        local(&self.state, "DeleteObjects", async move {
             require_bucket(&state, &input.bucket).await?;
             if input.delete.objects.len() > MAX_LIST_KEYS {
                 return Err(s3_error!(MalformedXML, "one request deletes at most {MAX_LIST_KEYS} keys"));
@@ -930,7 +932,7 @@ impl S3 for DfsS3 {
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
         let state = self.state.clone();
         let input = req.input;
-        local("ListObjectsV2", async move {
+        local(&self.state, "ListObjectsV2", async move {
             require_bucket(&state, &input.bucket).await?;
             let max = max_keys(input.max_keys)?;
             let after = match &input.continuation_token {
@@ -970,7 +972,7 @@ impl S3 for DfsS3 {
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("ListObjects", async move {
+        local(&self.state, "ListObjects", async move {
             require_bucket(&state, &input.bucket).await?;
             let max = max_keys(input.max_keys)?;
             let prefix = input.prefix.clone().unwrap_or_default();
@@ -1011,7 +1013,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("ListObjectVersions", async move {
+        local(&self.state, "ListObjectVersions", async move {
             require_bucket(&state, &input.bucket).await?;
             let max = max_keys(input.max_keys)?;
             let prefix = input.prefix.clone().unwrap_or_default();
@@ -1060,7 +1062,7 @@ impl S3 for DfsS3 {
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("CopyObject", async move {
+        local(&self.state, "CopyObject", async move {
             check_key(&input.key)?;
             let CopySource::Bucket { bucket: src_bucket, key: src_key, version_id } = &input.copy_source else {
                 return Err(s3_error!(NotImplemented, "copying from an access point is not supported"));
@@ -1135,7 +1137,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("CreateMultipartUpload", async move {
+        local(&self.state, "CreateMultipartUpload", async move {
             check_key(&input.key)?;
             require_bucket(&state, &input.bucket).await?;
             let upload_id = new_upload_id()?;
@@ -1166,7 +1168,7 @@ impl S3 for DfsS3 {
         let state = self.state.clone();
         let input = req.input;
         let trailers = req.trailing_headers;
-        local("UploadPart", async move {
+        local(&self.state, "UploadPart", async move {
             check_upload_id(&input.upload_id)?;
             if !(1..=MAX_PARTS).contains(&input.part_number) {
                 return Err(s3_error!(InvalidArgument, "a part number is 1 to {MAX_PARTS}"));
@@ -1180,7 +1182,7 @@ impl S3 for DfsS3 {
                 format!("{}/{} (upload {}, part {})", input.bucket, input.key, input.upload_id, input.part_number);
             let stored = store_body(&state, name, input.body, input.content_length, digests, trailers).await?;
             crate::metrics::S3_BYTES_IN.inc_by(stored.size);
-            crate::status::ACTIVITY.add_bytes(stored.size, 0);
+            state.activity.add_bytes(stored.size, 0);
             let mut part = ObjectEntry::headers_only(None, None, None, None, Vec::new());
             part.parts = vec![PartRef { file_id: stored.file_id.0, size: stored.size }];
             part.size = stored.size;
@@ -1207,7 +1209,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let state = self.state.clone();
         let mut input = req.input;
-        local("CompleteMultipartUpload", async move {
+        local(&self.state, "CompleteMultipartUpload", async move {
             use s3s::crypto::Checksum as _;
             check_upload_id(&input.upload_id)?;
             let condition = write_condition(input.if_match.take(), input.if_none_match.take());
@@ -1285,7 +1287,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("AbortMultipartUpload", async move {
+        local(&self.state, "AbortMultipartUpload", async move {
             check_upload_id(&input.upload_id)?;
             let at = upload_key(&input.bucket, &input.key, &input.upload_id);
             if state.meta.delete_object(UPLOADS_BUCKET, &at).await.map_err(meta_err)?.is_none() {
@@ -1302,7 +1304,7 @@ impl S3 for DfsS3 {
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("ListParts", async move {
+        local(&self.state, "ListParts", async move {
             check_upload_id(&input.upload_id)?;
             let at = upload_key(&input.bucket, &input.key, &input.upload_id);
             if state.meta.object(UPLOADS_BUCKET, &at).await.map_err(meta_err)?.is_none() {
@@ -1344,7 +1346,7 @@ impl S3 for DfsS3 {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let state = self.state.clone();
         let input = req.input;
-        local("ListMultipartUploads", async move {
+        local(&self.state, "ListMultipartUploads", async move {
             require_bucket(&state, &input.bucket).await?;
             let max = max_keys(input.max_uploads)?;
             let prefix = input.prefix.clone().unwrap_or_default();

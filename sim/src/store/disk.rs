@@ -64,6 +64,8 @@ struct State {
     off: bool,
     /// Calls made, for the trace.
     n_calls: u64,
+    /// Writes and allocations refused for want of space.
+    n_full: u64,
 }
 
 impl State {
@@ -95,6 +97,7 @@ impl State {
             return Ok(());
         }
         if self.used() + (len - have) > self.capacity {
+            self.n_full += 1;
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.inodes.get_mut(&ino).expect("an open file's inode").data.resize(len as usize, 0);
@@ -149,6 +152,11 @@ impl SimDisk {
 
     pub fn n_calls(&self) -> u64 {
         self.lock().n_calls
+    }
+
+    /// Writes and allocations refused so far because the disk was full.
+    pub fn n_full(&self) -> u64 {
+        self.lock().n_full
     }
 
     /// A crash and a restart: every sector not synced is kept or lost at random, the directory

@@ -38,6 +38,7 @@ pub struct Counts {
     pub power_cuts: u64,
     pub writeback_errors: u64,
     pub rotted: u64,
+    pub disk_full: u64,
     pub repaired: u64,
     pub checkpoints: u64,
     pub compactions: u64,
@@ -212,6 +213,7 @@ pub fn run(seed: u64) -> Result<Counts, String> {
         drop(store);
         disk.crash(&mut rng);
     }
+    model.counts.disk_full = disk.n_full();
     Ok(model.counts)
 }
 
