@@ -667,3 +667,100 @@ pub async fn queue_turn<Q: QueueIo>(
     q.settle(&settled, &retry).await?;
     Ok(turn)
 }
+
+/// What a full repair pass needs: the nodes believed down probed first, the files listed a page
+/// at a time, each file's record read as it is now, the repair of one of its chunks, and where
+/// a chunk the pass could not settle goes (the repair queue). The engine implements it over its
+/// metadata and nodes (`engine/src/repair.rs`), `dfs-sim` over its simulated cluster;
+/// [`full_pass`] is the one procedure both run.
+#[allow(async_fn_in_trait)]
+pub trait PassIo {
+    /// A file's record.
+    type Record;
+    type Error;
+
+    /// Asks every node believed down whether it is back, before the pass reads anything.
+    async fn probe_down_nodes(&self);
+    /// Files after `after` (all from the start with None), in order, with their chunk counts,
+    /// and whether more follow.
+    async fn list(&self, after: Option<FileId>) -> Result<(Vec<(FileId, u64)>, bool), Self::Error>;
+    /// A file's record as it is now: None if it was deleted since it was listed.
+    async fn record(&self, file_id: FileId) -> Result<Option<Self::Record>, Self::Error>;
+    /// The number of chunks of `record`.
+    fn n_chunks(record: &Self::Record) -> usize;
+    /// Repairs chunk `chunk` of `record`; true if it settled (it has the copies it should).
+    async fn repair_chunk(&self, record: &Self::Record, chunk: ChunkId) -> bool;
+    /// A chunk the pass could not settle: the repair queue tries it again.
+    fn note_unsettled(&self, chunk: ChunkId);
+    /// Whether the pass was lost (its lease lapsed and another engine may run it): it stops.
+    fn lost(&self) -> bool;
+    /// The chunks done so far of the total (every chunk of every file listed).
+    async fn progress(&self, n_done: u64, n_total: u64);
+}
+
+/// Why a full pass stopped before its end.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PassStopped<E> {
+    /// The files or a record could not be read.
+    Failed(E),
+    /// The pass was lost ([`PassIo::lost`]).
+    Lost,
+}
+
+/// What a full pass went through.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PassCount {
+    /// Files whose record was read (not deleted since they were listed).
+    pub n_files: u64,
+    pub n_chunks: u64,
+    /// Chunks left to the repair queue.
+    pub n_unsettled: u64,
+}
+
+/// A full repair pass: every chunk of every file listed at its start, each repaired from its
+/// record as it is when the pass reaches it (a file deleted meanwhile is passed over), and
+/// whatever could not be settled left to the repair queue. Stops between files once the pass
+/// is lost.
+pub async fn full_pass<P: PassIo>(io: &P) -> Result<PassCount, PassStopped<P::Error>> {
+    io.probe_down_nodes().await;
+    // The file list first, so progress has a total.
+    let mut files: Vec<(FileId, u64)> = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, more) = io.list(after).await.map_err(PassStopped::Failed)?;
+        assert!(
+            page.windows(2).all(|w| w[0].0 < w[1].0) && after.is_none_or(|a| page.first().is_none_or(|f| f.0 > a)),
+            "files are listed in order, each page after the last"
+        );
+        files.extend(page.iter().copied());
+        match (more, page.last()) {
+            (true, Some(last)) => after = Some(last.0),
+            _ => break,
+        }
+    }
+    let n_total: u64 = files.iter().map(|(_, n)| n).sum();
+    let mut count = PassCount::default();
+    let mut n_done = 0u64;
+    for (file_id, n_listed) in files {
+        if io.lost() {
+            return Err(PassStopped::Lost);
+        }
+        let Some(record) = io.record(file_id).await.map_err(PassStopped::Failed)? else {
+            n_done += n_listed;
+            continue;
+        };
+        count.n_files += 1;
+        for chunk_idx in 0..P::n_chunks(&record) {
+            let chunk = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
+            count.n_chunks += 1;
+            if !io.repair_chunk(&record, chunk).await {
+                io.note_unsettled(chunk);
+                count.n_unsettled += 1;
+            }
+            n_done += 1;
+            io.progress(n_done.min(n_total), n_total).await;
+        }
+    }
+    assert!(count.n_unsettled <= count.n_chunks, "a chunk is left unsettled at most once");
+    Ok(count)
+}

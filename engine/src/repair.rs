@@ -12,10 +12,13 @@ use crate::meta::{
     Writer,
 };
 use crate::state::{EngineState, UploadGuard};
-use dfs_core::repair::{CopyFailed, Found, Outcome, Placed as CorePlaced, QueueIo, Reason, RepairIo, Said};
+use dfs_core::repair::{
+    CopyFailed, Found, Outcome, PassIo, PassStopped, Placed as CorePlaced, QueueIo, Reason, RepairIo, Said,
+};
 use dfs_proto::msg::push_report_line;
 use dfs_proto::{ChunkId, FileId, Msg, NodeId, RepairSummary, Status};
 use dfs_runtime::conn::Conn;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -46,49 +49,19 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
     // placements from records read at different times.
     let _exclusive = state.repair_lock.lock().await;
     let started = Instant::now();
-    probe_down_nodes(state).await;
-    // The file list first, so progress has a total.
-    let mut files: Vec<(FileId, u64)> = Vec::new();
-    let mut after = None;
-    loop {
-        let (page, more) = state.meta.list(after, 1000).await?;
-        files.extend(page.iter().map(|f| (f.file_id, f.n_chunks as u64)));
-        match (more, page.last()) {
-            (true, Some(last)) => after = Some(last.file_id),
-            _ => break,
-        }
+    let pass = EnginePass {
+        state,
+        lease: &lease,
+        client,
+        summary: RefCell::new(RepairSummary::default()),
+        last_report: Cell::new(Instant::now()),
+    };
+    match dfs_core::repair::full_pass(&pass).await {
+        Ok(_) => {}
+        Err(PassStopped::Lost) => return Err(PassError::Lost(Pass::Repair)),
+        Err(PassStopped::Failed(e)) => return Err(e.into()),
     }
-    let n_total: u64 = files.iter().map(|(_, n)| n).sum();
-    let mut summary = RepairSummary::default();
-    let mut n_done = 0u64;
-    let mut last_report = Instant::now();
-    for (file_id, n_chunks) in files {
-        if lease.lost() {
-            return Err(PassError::Lost(Pass::Repair));
-        }
-        let record = match state.meta.get(file_id).await {
-            Ok(Some(r)) => r,
-            // Deleted since it was listed.
-            Ok(None) => {
-                n_done += n_chunks;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        summary.n_files += 1;
-        for (chunk_idx, chunk) in record.chunks.iter().enumerate() {
-            let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
-            // What the pass could not settle, the queue tries again.
-            if !repair_chunk(state, &record, chunk_id, chunk, &mut summary).await.settled() {
-                state.repair_queue.note(chunk_id, Reason::Audit);
-            }
-            n_done += 1;
-            if let Some(conn) = client.filter(|_| last_report.elapsed() >= PROGRESS_EVERY) {
-                let _ = conn.write_msg(&Msg::RepairProgress { n_done, n_total }).await;
-                last_report = Instant::now();
-            }
-        }
-    }
+    let summary = pass.summary.into_inner();
     tracing::info!(
         "repair: {} file(s), {} chunk(s) checked, {} cop(ies) made ({} bytes), {} lost, {} unavailable now, {} short of copies, in {:.1?}",
         summary.n_files,
@@ -101,6 +74,65 @@ pub async fn run(state: &EngineState, client: Option<&Conn>) -> Result<RepairSum
         started.elapsed()
     );
     Ok(summary)
+}
+
+/// A full pass over the engine's metadata and nodes: what [`dfs_core::repair::full_pass`] asks
+/// for, with the pass's summary and the progress frames for the client that asked for it.
+struct EnginePass<'a> {
+    state: &'a EngineState,
+    lease: &'a crate::meta::PassLease,
+    client: Option<&'a Conn>,
+    summary: RefCell<RepairSummary>,
+    last_report: Cell<Instant>,
+}
+
+impl PassIo for EnginePass<'_> {
+    type Record = FileRecord;
+    type Error = MetaError;
+
+    async fn probe_down_nodes(&self) {
+        probe_down_nodes(self.state).await;
+    }
+
+    async fn list(&self, after: Option<FileId>) -> Result<(Vec<(FileId, u64)>, bool), MetaError> {
+        let (page, more) = self.state.meta.list(after, 1000).await?;
+        Ok((page.iter().map(|f| (f.file_id, f.n_chunks as u64)).collect(), more))
+    }
+
+    async fn record(&self, file_id: FileId) -> Result<Option<FileRecord>, MetaError> {
+        let record = self.state.meta.get(file_id).await?;
+        if record.is_some() {
+            self.summary.borrow_mut().n_files += 1;
+        }
+        Ok(record)
+    }
+
+    fn n_chunks(record: &FileRecord) -> usize {
+        record.chunks.len()
+    }
+
+    async fn repair_chunk(&self, record: &FileRecord, chunk: ChunkId) -> bool {
+        let c = &record.chunks[chunk.chunk_idx as usize];
+        let mut summary = std::mem::take(&mut *self.summary.borrow_mut());
+        let settled = repair_chunk(self.state, record, chunk, c, &mut summary).await.settled();
+        *self.summary.borrow_mut() = summary;
+        settled
+    }
+
+    fn note_unsettled(&self, chunk: ChunkId) {
+        self.state.repair_queue.note(chunk, Reason::Audit);
+    }
+
+    fn lost(&self) -> bool {
+        self.lease.lost()
+    }
+
+    async fn progress(&self, n_done: u64, n_total: u64) {
+        if let Some(conn) = self.client.filter(|_| self.last_report.get().elapsed() >= PROGRESS_EVERY) {
+            let _ = conn.write_msg(&Msg::RepairProgress { n_done, n_total }).await;
+            self.last_report.set(Instant::now());
+        }
+    }
 }
 
 pub use dfs_core::repair::{QueueTurn, QUEUE_BATCH};

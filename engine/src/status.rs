@@ -284,12 +284,8 @@ impl Pages {
                 Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
             };
         let (s3_ops, s3_statuses) = crate::metrics::s3_counts();
-        let errors: Vec<ErrorView> = state
-            .errors
-            .recent()
-            .into_iter()
-            .map(|(unix_ms, message)| ErrorView { unix_ms, message })
-            .collect();
+        let errors: Vec<ErrorView> =
+            state.errors.recent().into_iter().map(|(unix_ms, message)| ErrorView { unix_ms, message }).collect();
         Status {
             version: env!("CARGO_PKG_VERSION"),
             metadata: state.meta.describe(),

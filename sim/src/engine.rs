@@ -6,7 +6,7 @@ use crate::exec::{self, yield_now};
 use crate::world::{ChunkRec, Deleter, Node, NodeErr, Record, Unrecorded, World, Writing};
 use dfs_core::gc::{Ask, Collected, GcIo, Listed};
 use dfs_core::placement::{ring, up_first};
-use dfs_core::repair::{CopyFailed, Found, Outcome, Placed, QueueIo, Reason, RepairIo};
+use dfs_core::repair::{CopyFailed, Found, Outcome, PassIo, PassStopped, Placed, QueueIo, Reason, RepairIo};
 use dfs_core::upload::{CopyIo, Incomplete, OpenIo, Upload};
 use dfs_proto::layout::{chunk_spans, crc32, Chunking};
 use dfs_proto::{ChunkId, FileId};
@@ -358,17 +358,62 @@ async fn probe_down_nodes(w: &Rc<World>) {
     }
 }
 
-async fn repair_pass(w: &Rc<World>) {
-    probe_down_nodes(w).await;
-    let files: Vec<FileId> = w.meta.borrow().keys().copied().collect();
-    for file_id in files {
-        let Some(record) = w.meta.borrow().get(&file_id).cloned() else { continue };
-        for (idx, c) in record.chunks.iter().enumerate() {
-            let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
-            if !repair_chunk(w, chunk, c).await.settled() {
-                w.queue_notes.borrow_mut().insert(chunk);
-            }
+/// A full repair pass over the simulated cluster: what `dfs_core::repair::full_pass`, the
+/// procedure the engine runs, asks for. This engine always holds the repair pass.
+struct SimPass<'a>(&'a Rc<World>);
+
+impl PassIo for SimPass<'_> {
+    type Record = Record;
+    type Error = std::convert::Infallible;
+
+    async fn probe_down_nodes(&self) {
+        probe_down_nodes(self.0).await;
+    }
+
+    async fn list(&self, after: Option<FileId>) -> Result<(Vec<(FileId, u64)>, bool), Self::Error> {
+        // A few files a page, so that the pass reads its list in several steps, as the engine's.
+        const PAGE: usize = 7;
+        let meta = self.0.meta.borrow();
+        let mut page: Vec<(FileId, u64)> = match after {
+            Some(a) => meta.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => meta.range(..),
         }
+        .map(|(id, r)| (*id, r.chunks.len() as u64))
+        .take(PAGE + 1)
+        .collect();
+        let more = page.len() > PAGE;
+        page.truncate(PAGE);
+        Ok((page, more))
+    }
+
+    async fn record(&self, file_id: FileId) -> Result<Option<Record>, Self::Error> {
+        Ok(self.0.meta.borrow().get(&file_id).cloned())
+    }
+
+    fn n_chunks(record: &Record) -> usize {
+        record.chunks.len()
+    }
+
+    async fn repair_chunk(&self, record: &Record, chunk: ChunkId) -> bool {
+        repair_chunk(self.0, chunk, &record.chunks[chunk.chunk_idx as usize]).await.settled()
+    }
+
+    fn note_unsettled(&self, chunk: ChunkId) {
+        self.0.queue_notes.borrow_mut().insert(chunk);
+    }
+
+    fn lost(&self) -> bool {
+        false
+    }
+
+    async fn progress(&self, _n_done: u64, _n_total: u64) {}
+}
+
+async fn repair_pass(w: &Rc<World>) {
+    match dfs_core::repair::full_pass(&SimPass(w)).await {
+        Ok(_) => {}
+        Err(PassStopped::Lost) => unreachable!("the simulated engine never loses its pass"),
+        Err(PassStopped::Failed(never)) => match never {},
     }
 }
 

@@ -151,6 +151,8 @@ fn an_engine_with_a_secret_refuses_nodes_that_cannot_prove_it() {
 /// Runs a server binary that should refuse to start, and returns its stderr.
 fn refused_start(cmd: &mut Command, what: &str) -> String {
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    // Not `dfs_tests::wait_for`: a server that did not refuse must be killed before the panic,
+    // or it would outlive the test listening beyond loopback.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = child.try_wait().expect("wait") {

@@ -90,19 +90,17 @@ fn abandoned_streamed_downloads_free_their_connection_slots() {
     cluster.note("killed two downloading clients and stopped a third");
 
     // Within the idle timeout (2 s) and some slack, every slot is free again.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = cluster.client(["stat", id.as_str()]);
-        if out.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the engine still refuses clients 15 s after three downloads were abandoned: {}",
-            out.describe()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    dfs_tests::wait_until(
+        "the engine to take clients again after three downloads were abandoned",
+        Duration::from_secs(15),
+        || {
+            let ok = cluster.client(["stat", id.as_str()]).success();
+            if !ok {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            ok
+        },
+    );
     // Free slots are not enough: a whole download must work again, more than once.
     for _ in 0..3 {
         let got = cluster.get(&id).unwrap_or_else(|e| panic!("get {id} after abandoned downloads: {e}"));
@@ -194,17 +192,25 @@ fn repair_leaves_alone_copies_it_cannot_check_on_a_node_out_of_descriptors() {
         .is_ok_and(|s| s.success());
     assert!(ok, "prlimit --pid {pid} failed");
     let mut hogs = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while n_open_fds(pid) < limit {
-        assert!(Instant::now() < deadline, "node 0 never ran out of descriptors ({} of {limit})", n_open_fds(pid));
-        hogs.push(TcpStream::connect(cluster.node_addr(0)).expect("connect to node 0"));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    dfs_tests::wait_until(
+        &format!("node 0 to reach its limit of {limit} descriptors"),
+        Duration::from_secs(20),
+        || {
+            if n_open_fds(pid) >= limit {
+                return true;
+            }
+            hogs.push(TcpStream::connect(cluster.node_addr(0)).expect("connect to node 0"));
+            std::thread::sleep(Duration::from_millis(50));
+            false
+        },
+    );
     cluster.note(&format!("node 0 (pid {pid}) is at its descriptor limit of {limit}"));
 
     let (_, report) = cluster.client_json(&["repair"]);
     drop(hogs);
     assert_eq!(u(&report, "/n_copies_made"), 0, "every copy was sound, yet repair replaced some: {report}");
+    // A fixed wait: a DELETE repair sent node 0 would land in the background, and that none
+    // does is not a condition one can wait for.
     std::thread::sleep(Duration::from_millis(200));
     let after: BTreeSet<_> = cluster.chunk_files(0).into_iter().map(|(c, _)| c).collect();
     let lost: Vec<_> = before.difference(&after).collect();
@@ -239,13 +245,15 @@ fn files_with_a_shared_pair(cluster: &Cluster) -> (Vec<(String, Vec<u8>)>, usize
 /// Reads every file until the engine has noticed that node `victim` is gone.
 fn wait_until_marked_down(cluster: &Cluster, files: &[(String, Vec<u8>)], victim: usize) {
     let addr = cluster.node_addr(victim).to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !nodes_down(cluster).contains(&addr) {
-        assert!(Instant::now() < deadline, "the engine never marked node {victim} down");
+    dfs_tests::wait_until(&format!("the engine to mark node {victim} down"), Duration::from_secs(30), || {
+        if nodes_down(cluster).contains(&addr) {
+            return true;
+        }
         for (id, _) in files {
             let _ = cluster.get(id);
         }
-    }
+        false
+    });
 }
 
 /// Regression: right after a node restart, repair still believed the node down (until the next
@@ -425,7 +433,8 @@ fn a_commit_error_after_the_commit_does_not_delete_the_chunks() {
     let id = cluster
         .try_put_bytes(&data, "commit error", Chunking::Equal)
         .unwrap_or_else(|out| panic!("a put whose record was committed failed: {}", out.describe()));
-    // Chunks of a failed upload are deleted in the background: give that a moment.
+    // Chunks of a failed upload are deleted in the background: give that a moment (a fixed
+    // wait: that no delete comes is not a condition one can wait for).
     std::thread::sleep(Duration::from_secs(1));
     let got = cluster.get(&id).unwrap_or_else(|e| panic!("get {id}: {e}"));
     assert_bytes_eq(&got, &data, "a file whose commit reported an error");
@@ -449,14 +458,18 @@ fn gc_does_not_collect_a_chunk_whose_upload_commits_meanwhile() {
     let input = cluster.write_input(&data);
     let mut client = cluster.spawn_client(["put".as_ref(), input.as_os_str()]);
     // Wait for the first chunk to be durable on its node, then hold the client there.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (0..4).all(|n| cluster.chunk_files(n).is_empty()) {
-        assert!(Instant::now() < deadline, "no chunk became durable within 60 s");
+    dfs_tests::wait_until("a chunk of the upload to be durable on its node", Duration::from_secs(60), || {
+        if (0..4).any(|n| !cluster.chunk_files(n).is_empty()) {
+            return true;
+        }
         assert!(client.try_wait().expect("poll the client").is_none(), "the upload ended too soon");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        false
+    });
     signal(client.id(), "STOP");
     let gc = cluster.spawn_client(["gc", "--grace-secs", "0"]);
+    // A fixed wait for gc to reach the upload's chunk: the buggy gc then pauses in the failpoint
+    // after reading the record, but a correct one sees the upload in progress and never reaches
+    // the failpoint, so its log line cannot be waited for.
     std::thread::sleep(Duration::from_millis(700));
     signal(client.id(), "CONT");
     let out = client.wait_with_output().expect("wait for the upload");
@@ -493,7 +506,9 @@ fn gc_keeps_a_copy_written_after_its_listing() {
     cluster.store_copy(other, chunk, quarter);
     let gc = cluster.spawn_client(["gc", "--grace-secs", "0", "--json"]);
     // gc has listed the node and is pausing before its DELETE: the orphan is replaced by a new
-    // copy, as a repair writing there would.
+    // copy, as a repair writing there would. A fixed wait (about half the pause) rather than
+    // one for the failpoint's log line: it also leaves the new copy clearly younger than the
+    // listing, which a chunk file's coarse mtime could blur.
     std::thread::sleep(Duration::from_millis(1500));
     cluster.delete_copy(other, chunk);
     cluster.store_copy(other, chunk, quarter);

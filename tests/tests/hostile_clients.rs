@@ -65,6 +65,7 @@ fn trickle(addr: &str, role: Role) -> Option<Duration> {
         if s.write_all(&[byte]).is_err() {
             return Some(started.elapsed());
         }
+        // The trickle's pace: a fixed wait by design.
         std::thread::sleep(Duration::from_millis(700));
         // A closed connection shows as EOF on a non-blocking peek.
         s.set_nonblocking(true).ok()?;

@@ -11,7 +11,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// Builds a tree with nested directories, empty and few-MiB files, names with spaces and
 /// unicode, a symlink and a fifo. Returns (relative path, contents) of its regular files.
@@ -409,12 +409,13 @@ fn killing_put_part_way_then_rerunning_uploads_only_the_rest() {
     let manifest = root.join("manifest.jsonl");
 
     let mut child = cluster.spawn_client(["put", "-r", s(&root), "--manifest", s(&manifest), "--jobs", "1"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fs::read_to_string(&manifest).map_or(0, |t| t.matches("\"path\"").count()) < 5 {
-        assert!(Instant::now() < deadline, "put -r recorded fewer than 5 files in 60 s");
+    dfs_tests::wait_until("put -r to record 5 files", Duration::from_secs(60), || {
+        if fs::read_to_string(&manifest).map_or(0, |t| t.matches("\"path\"").count()) >= 5 {
+            return true;
+        }
         assert!(child.try_wait().expect("try_wait").is_none(), "put -r ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+        false
+    });
     child.kill().expect("kill");
     let status = child.wait().expect("wait");
     assert!(!status.success(), "put -r finished before the kill: {status}");
@@ -473,12 +474,13 @@ fn an_interrupted_get_leaves_only_whole_files_and_a_rerun_finishes() {
             .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".dfs-restore-")))
             .collect()
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while partial(&restored).is_empty() {
-        assert!(Instant::now() < deadline, "get -r started no download in 60 s");
+    dfs_tests::wait_until("get -r to start a download", Duration::from_secs(60), || {
+        if !partial(&restored).is_empty() {
+            return true;
+        }
         assert!(child.try_wait().expect("try_wait").is_none(), "get -r ended before it could be interrupted");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        false
+    });
     let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
     assert!(status.success(), "kill -TERM failed");
     let status = child.wait().expect("wait");

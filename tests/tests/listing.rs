@@ -4,7 +4,7 @@
 use dfs_proto::Chunking;
 use dfs_tests::{assert_bytes_eq, pseudo_random_bytes, Cluster, ClusterOpts};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Client processes run at once in the many-files test.
 const N_CLIENT_THREADS: usize = 4;
@@ -108,15 +108,11 @@ fn rm_deletes_the_chunk_files_on_the_nodes() {
     assert_eq!(n_before, 8, "a 100000-byte file must have 2 copies of each of its 4 chunks before rm");
     cluster.rm(&id).unwrap_or_else(|e| panic!("rm {id}: {e}"));
     // The engine may delete chunks after it answers; nothing signals the end, so wait boundedly.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: Vec<_> = (0..4).flat_map(|c| cluster.find_chunk_file(&id, c)).collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "10 s after rm {id}, chunk files are still on disk: {left:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    dfs_tests::wait_until(
+        &format!("the chunk files of {id} to leave the disks after rm"),
+        Duration::from_secs(10),
+        || (0..4).all(|c| cluster.find_chunk_file(&id, c).is_empty()),
+    );
     let n_kept: usize = (0..4).map(|c| cluster.find_chunk_file(&kept, c).len()).sum();
     assert_eq!(n_kept, 8, "rm of one file removed chunk files of another");
 }
@@ -128,7 +124,7 @@ fn ls_sorts_filters_and_reverses() {
     let files = [("b-mid", 300usize), ("a-big", 5000), ("c-small", 10), ("other", 1)];
     for (name, size) in files {
         cluster.put_bytes(&pseudo_random_bytes(size as u64, size), name, Chunking::Equal);
-        // Distinct creation times, for sorting by time.
+        // Distinct creation times, for sorting by time (a fixed wait: time must pass).
         std::thread::sleep(Duration::from_millis(5));
     }
     let names = |args: &[&str]| -> Vec<String> {

@@ -6,7 +6,7 @@ use dfs_proto::Chunking;
 use dfs_tests::http;
 use dfs_tests::{pseudo_random_bytes, Cluster, ClusterOpts};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The `http://ADDR/metrics` address a server logged, waiting for the line to appear.
 fn metrics_addr(log: &Path) -> String {
@@ -66,15 +66,14 @@ fn counters_move_with_requests_on_engine_and_nodes() {
     assert_eq!(sample(&node_metrics, r#"dfs_node_requests_total{op="Store",result="ok"}"#), held, "{node_metrics}");
     assert!(sample(&node_metrics, "dfs_node_bytes_in_total") > 0.0, "{node_metrics}");
     let node_label = format!(r#"{{node="{}"}}"#, cluster.node_addr(0));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let body = scrape(&engine);
-        let up = sample(&body, &format!("dfs_engine_node_up{node_label}"));
-        let chunks = sample(&body, &format!("dfs_engine_node_chunks{node_label}"));
-        if up == 1.0 && chunks == held {
-            break;
-        }
-        assert!(Instant::now() < deadline, "engine reports node 0 up={up} with {chunks} chunks, expected 1 and {held}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    dfs_tests::wait_until(
+        &format!("the engine to report node 0 up (1) with {held} chunks"),
+        Duration::from_secs(10),
+        || {
+            let body = scrape(&engine);
+            let up = sample(&body, &format!("dfs_engine_node_up{node_label}"));
+            let chunks = sample(&body, &format!("dfs_engine_node_chunks{node_label}"));
+            up == 1.0 && chunks == held
+        },
+    );
 }

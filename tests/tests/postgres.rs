@@ -145,16 +145,12 @@ fn gc_on_one_engine_keeps_another_engines_upload_and_collects_it_once_that_engin
     cluster.use_server(Some(&a));
     let input = cluster.write_input(&pseudo_random_bytes(7, 1 << 20));
     let mut stalled = cluster.spawn_client([std::ffi::OsStr::new("put"), input.as_os_str()]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let leftovers = loop {
-        let extra: Vec<_> = all_stored(&cluster).difference(&before).copied().collect();
-        // Four chunks, two copies each.
-        if extra.len() == 8 {
-            break extra;
-        }
-        assert!(std::time::Instant::now() < deadline, "the upload through A never wrote its copies: {extra:?}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let leftovers =
+        dfs_tests::wait_for("the upload through A to write its copies", std::time::Duration::from_secs(30), || {
+            let extra: Vec<_> = all_stored(&cluster).difference(&before).copied().collect();
+            // Four chunks, two copies each.
+            (extra.len() == 8).then_some(extra)
+        });
 
     cluster.use_server(Some(&b));
     let out = gc_json(&cluster);
@@ -188,16 +184,15 @@ fn a_pass_runs_on_one_engine_at_a_time_and_is_taken_over_when_its_engine_dies() 
     let chunk = dfs_tests::chunk_id(&id, 0);
     let holder = cluster.find_copies(&id, 0)[0];
     cluster.rm(&id).expect("rm");
-    // The upload's registration is removed at A's next heartbeat (a third of the lease).
+    // The upload's registration is removed at A's next heartbeat (a third of the lease): a
+    // fixed wait, longer than that.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     cluster.store_copy(holder, chunk, b"orphan bytes");
 
     let mut gc_a = cluster.spawn_client(["gc", "--grace-secs", "0"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_to_string(&log_a).unwrap_or_default().contains("failpoint gc-before-delete") {
-        assert!(std::time::Instant::now() < deadline, "A's gc never reached the orphan");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    dfs_tests::wait_until("A's gc to reach the orphan", std::time::Duration::from_secs(20), || {
+        std::fs::read_to_string(&log_a).unwrap_or_default().contains("failpoint gc-before-delete")
+    });
     cluster.use_server(Some(&b));
     let err = cluster.client(["gc", "--grace-secs", "0"]).expect_error("gc on B while A runs it");
     assert!(err.contains(&format!("the engine at {a} is running the cluster's gc pass")), "{err}");
@@ -217,10 +212,12 @@ fn a_pass_runs_on_one_engine_at_a_time_and_is_taken_over_when_its_engine_dies() 
 
     cluster.kill_engine_at(&a);
     let _ = gc_a.wait();
+    // A fixed wait: A's lease on the pass (2 s) must lapse before B may take it over.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let out = gc_json(&cluster);
     assert_eq!(out["n_deleted"], 1, "B took the pass over and collected the orphan: {out}");
-    // A's registration has lapsed, and B released the pass when its gc ended.
+    // A's registration has lapsed, and B released the pass when its gc ended. (Not
+    // `dfs_tests::wait_for`: at the deadline the assertions below show the last status.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let status = loop {
         let status = status_of(&page_b);
@@ -303,16 +300,11 @@ fn a_client_given_two_engines_finishes_its_work_through_the_second_when_the_firs
         &[OsStr::new("get"), OsStr::new(&stored[1].0), OsStr::new("-o"), OsStr::new("-")],
         "get2",
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    dfs_tests::wait_until("A to hold all three requests", std::time::Duration::from_secs(30), || {
         let log = std::fs::read_to_string(&log_a).unwrap_or_default();
         let holds = ["failpoint put-before-commit", "failpoint get-after-first-chunk"].map(|p| log.matches(p).count());
-        if holds[0] >= 1 && holds[1] >= 2 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "A never held all three requests: {holds:?}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        holds[0] >= 1 && holds[1] >= 2
+    });
     cluster.kill_engine_at(&a);
 
     for (child, tag, what) in
@@ -426,11 +418,9 @@ fn a_tree_put_and_restored_through_two_engines_carries_on_when_the_first_dies() 
         "3".as_ref(),
     ];
     let mut put = spawn_client(&cluster, &both, &args, "put-tree");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::read_to_string(&log_a).unwrap_or_default().matches("failpoint put-before-commit").count() < 3 {
-        assert!(std::time::Instant::now() < deadline, "A never held three uploads");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    dfs_tests::wait_until("A to hold three uploads", std::time::Duration::from_secs(30), || {
+        std::fs::read_to_string(&log_a).unwrap_or_default().matches("failpoint put-before-commit").count() >= 3
+    });
     cluster.kill_engine_at(&a);
     let status = put.wait().expect("wait for put -r");
     let stderr = String::from_utf8_lossy(&client_log(&cluster, "put-tree", "stderr")).into_owned();
@@ -469,17 +459,19 @@ fn a_commit_held_past_the_statement_limit_never_lists_a_file_without_its_data() 
     let outcome = std::thread::scope(|s| {
         let holder = s.spawn(|| pg.sql("BEGIN; LOCK TABLE dfs_files IN EXCLUSIVE MODE; SELECT pg_sleep(14); COMMIT"));
         // The lock is taken (psql runs the statements in order; the sleep starts after it).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !pg
-            .sql(
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-                       WHERE c.relname = 'dfs_files' AND l.mode = 'ExclusiveLock' AND l.granted",
-            )
-            .starts_with('1')
-        {
-            assert!(std::time::Instant::now() < deadline, "the lock was never taken");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        dfs_tests::wait_until("the lock to be taken", std::time::Duration::from_secs(5), || {
+            let taken = pg
+                .sql(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                           WHERE c.relname = 'dfs_files' AND l.mode = 'ExclusiveLock' AND l.granted",
+                )
+                .starts_with('1');
+            // Each check runs psql: not every few milliseconds.
+            if !taken {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            taken
+        });
         let started = std::time::Instant::now();
         let outcome = cluster.try_put_bytes(&data, "held", Chunking::Equal);
         cluster.note(&format!("the put answered after {:.1?}", started.elapsed()));

@@ -5,7 +5,7 @@
 use dfs_proto::Chunking;
 use dfs_tests::{assert_bytes_eq, chunk_id, pseudo_random_bytes, Cluster, ClusterOpts, Damage};
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Two copies, the queue turning every second, nodes pinged every second, no audit pass.
 fn queued(after_down_secs: u64) -> ClusterOpts {
@@ -38,17 +38,16 @@ fn put_files(cluster: &Cluster, n: u64) -> Vec<(String, Vec<u8>)> {
 /// Waits until the engine's status shows the queue empty with at least `settled` chunks
 /// settled, and returns the queue's status.
 fn wait_for_queue(cluster: &Cluster, settled: u64, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
+    dfs_tests::wait_for(&format!("the repair queue to settle {settled} chunk(s) and empty"), within, || {
         let (ok, status) = cluster.client_json(&["status"]);
         assert!(ok, "status failed: {status}");
         let q = status.pointer("/repair_queue").cloned().unwrap_or_else(|| panic!("no repair_queue in {status}"));
         if u(&q, "/n_queued") == 0 && u(&q, "/n_settled") >= settled {
-            return q;
+            return Some(q);
         }
-        assert!(Instant::now() < deadline, "the repair queue did not settle {settled} chunk(s) in {within:?}: {q}");
         std::thread::sleep(Duration::from_millis(250));
-    }
+        None
+    })
 }
 
 /// How many chunks of `files` have a copy on node `node`'s disk.

@@ -7,7 +7,7 @@ use dfs_proto::Chunking;
 use dfs_tests::{assert_bytes_eq, chunk_id, mentions_chunk, pseudo_random_bytes, Cluster, ClusterOpts, Damage};
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
@@ -18,19 +18,16 @@ fn two_copies() -> ClusterOpts {
 /// Waits until some node has a chunk being written (a temp file, or a segment record whose
 /// header is on disk and whose seal is not yet) and returns that node.
 fn node_mid_write(cluster: &Cluster, client: &mut std::process::Child) -> (usize, Vec<dfs_proto::ChunkId>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(found) =
-            (0..cluster.n_nodes()).map(|n| (n, cluster.partial_copies(n))).find(|(_, partial)| !partial.is_empty())
-        {
-            return found;
+    dfs_tests::wait_for("a node to start writing a chunk", Duration::from_secs(60), || {
+        let found =
+            (0..cluster.n_nodes()).map(|n| (n, cluster.partial_copies(n))).find(|(_, partial)| !partial.is_empty());
+        if found.is_none() {
+            if let Ok(Some(status)) = client.try_wait() {
+                panic!("the upload ended ({status}) before any node was seen writing a chunk");
+            }
         }
-        if let Ok(Some(status)) = client.try_wait() {
-            panic!("the upload ended ({status}) before any node was seen writing a chunk");
-        }
-        assert!(Instant::now() < deadline, "no node started writing a chunk within 60 s");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        found
+    })
 }
 
 #[test]

@@ -42,11 +42,13 @@ fn acknowledged_records_survive_a_kill_9_in_the_middle_of_a_batch() {
                 }
             });
         }
+        // A fixed wait: the workers upload for a while, so the kill lands in the middle of batches.
         std::thread::sleep(Duration::from_millis(1500));
         // Not through `cluster`: the workers hold it. SIGKILL the node's process directly.
         let pid = cluster.pids().into_iter().find(|(l, _)| l == "node 0").map(|(_, p)| p).expect("node 0 runs");
         let killed = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
         assert!(killed.is_ok_and(|s| s.success()), "kill -9 node 0");
+        // A fixed wait: the workers go on against the dead node for a while before they stop.
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::Relaxed);
     });
@@ -124,16 +126,11 @@ fn compaction_gives_back_the_space_of_deleted_files_and_status_shows_it() {
         cluster.kill_node(n);
         cluster.restart_node(n);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let live = dfs_tests::wait_for("compaction to leave less than 1 MiB reclaimable", Duration::from_secs(30), || {
         let (live, reclaimable) = reports(&cluster);
-        if reclaimable < 1 << 20 {
-            assert!((4 << 20..5 << 20).contains(&live), "live bytes {live} after compaction");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "after 30 s, {reclaimable} bytes are still reclaimable");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        (reclaimable < 1 << 20).then_some(live)
+    });
+    assert!((4 << 20..5 << 20).contains(&live), "live bytes {live} after compaction");
     let bytes_after = segment_bytes(&cluster);
     assert!(bytes_after + (12 << 20) <= bytes_before, "segment files took {bytes_before} bytes, now {bytes_after}");
     cluster.set_node_args(NO_COMPACTION);
@@ -176,7 +173,8 @@ fn a_checkpoint_during_a_large_record_hides_nothing_acknowledged() {
             stored.push((id, data));
         }
     };
-    // Every node writes a segment and has its spare ready.
+    // Every node writes a segment and has its spare ready (a fixed wait: nothing outside
+    // the node tells when its spare is ready).
     put_small(&cluster, 4, &mut stored);
     std::thread::sleep(Duration::from_millis(500));
     // A 32 MiB file: its first chunk, of 8 MiB, is held on its node after the first piece (the
@@ -184,27 +182,23 @@ fn a_checkpoint_during_a_large_record_hides_nothing_acknowledged() {
     // that node.
     let input = cluster.write_input(&pseudo_random_bytes(7, 32 << 20));
     let mut large = cluster.spawn_client([std::ffi::OsStr::new("put"), input.as_os_str()]);
-    let held = (0..200).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
+    dfs_tests::wait_until("a node to hold the large record", Duration::from_secs(10), || {
         (0..cluster.n_nodes()).any(|n| {
             std::fs::read_to_string(cluster.node_stderr_log(n)).is_ok_and(|l| l.contains("segment-store-large-record"))
         })
     });
-    assert!(held, "the large record was not held on any node");
     put_small(&cluster, 19, &mut stored);
     // A checkpoint on every node, written after those. Every small file has a chunk on every
     // node, so each node changes after `since` and checkpoints again; `since` taken after the
     // last put instead could follow a node's last checkpoint, with nothing newer to write.
     let since = std::time::SystemTime::now();
     put_small(&cluster, 1, &mut stored);
-    let checkpointed = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
+    dfs_tests::wait_until("a checkpoint on every node after the puts", Duration::from_secs(10), || {
         (0..cluster.n_nodes()).all(|n| {
             let ckpt = cluster.node_data_dir(n).join("segments").join("index.ckpt");
             std::fs::metadata(ckpt).and_then(|m| m.modified()).is_ok_and(|t| t > since)
         })
     });
-    assert!(checkpointed, "no checkpoint within 10 s");
     put_small(&cluster, 20, &mut stored);
     for n in 0..cluster.n_nodes() {
         cluster.kill_node(n);
@@ -252,17 +246,19 @@ fn a_failed_sync_fails_its_segment_and_nothing_more_is_written_to_it() {
             .and_then(|log| log.lines().find(|l| l.contains("segments: sync of ")).map(str::to_string))
     };
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let put_one = |cluster: &Cluster, files: &mut Vec<(String, Vec<u8>)>| {
         let i = files.len() as u64;
         let data = pseudo_random_bytes(500 + i, 20_000 + i as usize * 1000);
         files.push((cluster.put_bytes(&data, &format!("f{i}"), Chunking::Equal), data));
     };
-    while failed_line().is_none() {
-        assert!(std::time::Instant::now() < deadline, "node 0 never failed a sync");
+    dfs_tests::wait_until("node 0 to fail a sync", Duration::from_secs(15), || {
+        if failed_line().is_some() {
+            return true;
+        }
         put_one(&cluster, &mut files);
         std::thread::sleep(Duration::from_millis(100));
-    }
+        false
+    });
     for _ in 0..12 {
         put_one(&cluster, &mut files);
     }

@@ -8,7 +8,7 @@ use dfs_proto::{Chunking, Hello, Msg, Role, Status};
 use dfs_tests::{pseudo_random_bytes, Cluster, ClusterOpts};
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn handshake(addr: &str) -> (TcpStream, u64) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to engine {addr}: {e}"));
@@ -30,24 +30,16 @@ fn put_msg(name: &str, data: &[u8], cap: u64) -> Msg {
 /// received: no temp file (files: a chunk being received; segments: a segment being made) and
 /// no chunk record left without its seal (segments).
 fn wait_for_chunks_of_only(cluster: &Cluster, ids: &[&str], why: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stray: Vec<String> = (0..cluster.n_nodes())
+    let what = format!("the nodes to hold no chunk but those of {ids:?}, no temp file and no partial copy after {why}");
+    dfs_tests::wait_until(&what, Duration::from_secs(10), || {
+        let stray = (0..cluster.n_nodes())
             .flat_map(|n| cluster.stored_chunk_ids(n))
             .map(|id| id.to_string())
-            .filter(|c| !ids.iter().any(|id| c.starts_with(id)))
-            .collect();
-        let tmp_left: Vec<_> = (0..cluster.n_nodes()).flat_map(|n| cluster.temp_files(n)).collect();
-        let partial: Vec<_> = (0..cluster.n_nodes()).flat_map(|n| cluster.partial_copies(n)).collect();
-        if stray.is_empty() && tmp_left.is_empty() && partial.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "10 s after {why}, nodes still hold chunks {stray:?}, temp files {tmp_left:?} and partial copies {partial:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            .any(|c| !ids.iter().any(|id| c.starts_with(id)));
+        let tmp_left = (0..cluster.n_nodes()).any(|n| !cluster.temp_files(n).is_empty());
+        let partial = (0..cluster.n_nodes()).any(|n| !cluster.partial_copies(n).is_empty());
+        !stray && !tmp_left && !partial
+    });
 }
 
 #[test]

@@ -296,4 +296,3 @@ impl Queued {
         Reason::from_code(self.reason)
     }
 }
-

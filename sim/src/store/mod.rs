@@ -76,7 +76,8 @@ impl Model {
     }
 
     fn random_acked(&self, rng: &mut XorShiftRng) -> Option<ChunkId> {
-        (!self.acked.is_empty()).then(|| *self.acked.keys().nth(rng.random_range(0..self.acked.len())).expect("in range"))
+        (!self.acked.is_empty())
+            .then(|| *self.acked.keys().nth(rng.random_range(0..self.acked.len())).expect("in range"))
     }
 }
 
@@ -93,12 +94,21 @@ struct Store {
 
 /// Piece sizes a socket might deliver a body in.
 fn random_pieces(rng: &mut XorShiftRng) -> Vec<usize> {
-    (0..16).map(|_| if rng.random_bool(0.3) { rng.random_range(1..4096) } else { rng.random_range(4096..=256 << 10) }).collect()
+    (0..16)
+        .map(|_| if rng.random_bool(0.3) { rng.random_range(1..4096) } else { rng.random_range(4096..=256 << 10) })
+        .collect()
 }
 
 /// Feeds `bytes[*pos..upto]` to a STORE in the given piece sizes (cycled), as a socket
 /// delivers them.
-async fn feed(incoming: &mut Incoming<'_>, bytes: &[u8], pos: &mut usize, upto: usize, pieces: &[usize], turn: &mut usize) {
+async fn feed(
+    incoming: &mut Incoming<'_>,
+    bytes: &[u8],
+    pos: &mut usize,
+    upto: usize,
+    pieces: &[usize],
+    turn: &mut usize,
+) {
     while *pos < upto {
         let (mut stage, begin, end) = incoming.next_piece((upto - *pos) as u64);
         let n = (end - begin).min(pieces[*turn % pieces.len()]);
@@ -112,7 +122,13 @@ async fn feed(incoming: &mut Incoming<'_>, bytes: &[u8], pos: &mut usize, upto: 
 }
 
 /// Starts a STORE of `bytes` as `id`, held after `hold_at` bytes when given.
-fn spawn_store(s: &Arc<SegmentStore>, id: ChunkId, bytes: Vec<u8>, rng: &mut XorShiftRng, hold_at: Option<usize>) -> Store {
+fn spawn_store(
+    s: &Arc<SegmentStore>,
+    id: ChunkId,
+    bytes: Vec<u8>,
+    rng: &mut XorShiftRng,
+    hold_at: Option<usize>,
+) -> Store {
     let pieces = random_pieces(rng);
     let bytes = Rc::new(bytes);
     let (gate, opened) = match hold_at {
@@ -189,8 +205,9 @@ pub fn run(seed: u64) -> Result<Counts, String> {
     let mut calls_per_life = 400;
     for n_life in 0..=LIVES {
         model.note(format!("-- start {n_life}"));
-        let store = SegmentStore::open_on(Arc::new(disk.clone()), Threads::None, Path::new("/node"), SEGMENT, prefill, io)
-            .map_err(|e| model.fail(format!("life {n_life}: the store does not open: {e}")))?;
+        let store =
+            SegmentStore::open_on(Arc::new(disk.clone()), Threads::None, Path::new("/node"), SEGMENT, prefill, io)
+                .map_err(|e| model.fail(format!("life {n_life}: the store does not open: {e}")))?;
         let store = Arc::new(store);
         tokio::task::LocalSet::new().block_on(&rt, check(&store, &mut model, &mut rng, n_life))?;
         if n_life == LIVES {
@@ -242,7 +259,9 @@ async fn check(s: &Arc<SegmentStore>, model: &mut Model, rng: &mut XorShiftRng, 
     }
     let (max, next) = s.lsn_bounds();
     if next <= max {
-        return Err(model.fail(format!("life {n_life}: a record has sequence number {max}, the next record would get {next}")));
+        return Err(
+            model.fail(format!("life {n_life}: a record has sequence number {max}, the next record would get {next}"))
+        );
     }
     Ok(())
 }
@@ -328,7 +347,11 @@ async fn life(s: &Arc<SegmentStore>, disk: &SimDisk, model: &mut Model, rng: &mu
                 let Some(&i) = held.get(rng.random_range(0..held.len().max(1))) else { continue };
                 let go = rng.random_bool(0.9);
                 let st = &mut under_way[i];
-                model.note(if go { format!("the rest of {} arrives", st.id) } else { format!("the engine goes away in the middle of {}", st.id) });
+                model.note(if go {
+                    format!("the rest of {} arrives", st.id)
+                } else {
+                    format!("the engine goes away in the middle of {}", st.id)
+                });
                 let _ = st.gate.take().expect("a held store").send(go);
             }
             47..=54 => {
@@ -337,7 +360,9 @@ async fn life(s: &Arc<SegmentStore>, disk: &SimDisk, model: &mut Model, rng: &mu
                 model.acked.remove(&id);
                 model.rotted.remove(&id);
                 let s2 = s.clone();
-                let deleted = finish(s, tokio::task::spawn_local(async move { s2.remove_if_written_before(id, None).await })).await;
+                let deleted =
+                    finish(s, tokio::task::spawn_local(async move { s2.remove_if_written_before(id, None).await }))
+                        .await;
                 // A failed delete may or may not have left its tombstone: neither acknowledged
                 // nor deleted, nothing is checked of it any more.
                 if let Ok(true) = deleted {
@@ -402,7 +427,8 @@ async fn life(s: &Arc<SegmentStore>, disk: &SimDisk, model: &mut Model, rng: &mu
                     model.note(format!("scrub checks {id}"));
                     if let dfs_node::scrub::Finding::Corrupt(line) = dfs_node::scrub::check_listed(s, &one, &mut pace) {
                         if !model.ever_rotted.contains(&id) && model.acked.contains_key(&id) {
-                            return Err(model.fail(format!("scrub found acknowledged {id} corrupt, and it never rotted: {line}")));
+                            return Err(model
+                                .fail(format!("scrub found acknowledged {id} corrupt, and it never rotted: {line}")));
                         }
                         if let Some(bytes) = model.acked.get(&id).cloned() {
                             if !s.contains(&id) {

@@ -46,8 +46,8 @@ mod queue;
 mod schema;
 mod writer;
 
-pub(crate) use leases::{Done, Held};
 use leases::{heartbeat, register};
+pub(crate) use leases::{Done, Held};
 use schema::migrate;
 use writer::{writer, Insert, MAX_BATCH};
 
@@ -422,7 +422,6 @@ impl Postgres {
         })
         .await
     }
-
 }
 
 fn random_id() -> Result<[u8; 16], MetaError> {

@@ -122,7 +122,11 @@ impl Postgres {
         .await
     }
 
-    pub async fn object(&self, bucket: String, key: Vec<u8>) -> Result<Option<crate::meta::objects::ObjectEntry>, MetaError> {
+    pub async fn object(
+        &self,
+        bucket: String,
+        key: Vec<u8>,
+    ) -> Result<Option<crate::meta::objects::ObjectEntry>, MetaError> {
         self.run("reading an object", move |c| async move {
             let row = c
                 .query_opt("SELECT entry FROM dfs_objects WHERE bucket = $1 AND key = $2", &[&bucket, &key])

@@ -318,11 +318,7 @@ impl SegmentStore {
     /// Appends a tombstone for `id` and, once it is durable, drops the chunk from the index, only
     /// if the chunk's record was stored before `written_before_unix_ms` (when given).
     /// Ok(false): a newer record, kept. Err(NotFound) if there is no such chunk.
-    pub async fn remove_if_written_before(
-        &self,
-        id: ChunkId,
-        written_before_unix_ms: Option<u64>,
-    ) -> io::Result<bool> {
+    pub async fn remove_if_written_before(&self, id: ChunkId, written_before_unix_ms: Option<u64>) -> io::Result<bool> {
         let Some(old) = self.get(&id) else {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("chunk {id} not found")));
         };

@@ -4,10 +4,10 @@
 
 use super::{Location, SegmentStore};
 use crate::store::ChunkError;
+use dfs_proto::layout::n_blocks;
 use dfs_proto::layout::{block_len, check_block, BlockMismatch};
 use dfs_proto::limits::BLOCK_SIZE_BYTES;
 use dfs_proto::ChunkId;
-use dfs_proto::layout::n_blocks;
 use dfs_runtime::aligned::{self, align_down, align_up, AlignedBuf, ALIGN};
 use std::future::Future;
 use std::io;

@@ -3,8 +3,8 @@
 //! (the newest read through, since only they can hold a write torn by a crash), and the first
 //! segment made before the node serves anything.
 
-use super::disk::{ctx, Disk, RealDisk};
 use super::checkpoint;
+use super::disk::{ctx, Disk, RealDisk};
 use super::format::{decode_segment_header, record_span, segment_name, SEGMENT_HEADER_BYTES};
 use super::maker::{remove_unused, Prefill, SegmentMaker};
 use super::read::verify_location;
@@ -154,14 +154,12 @@ impl SegmentStore {
                 // A segment a crash interrupted while it was made: it never held a record.
                 // Gone already is as good as removed (in the tests, the segment maker of a store
                 // opened before on the same directory may still be finishing it).
-                None if name.starts_with('.') && name.ends_with(".seg.tmp") => {
-                    match self.disk.remove(&path) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                            return Err(ctx("cannot remove", &path)(e));
-                        }
-                        _ => {}
+                None if name.starts_with('.') && name.ends_with(".seg.tmp") => match self.disk.remove(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(ctx("cannot remove", &path)(e));
                     }
-                }
+                    _ => {}
+                },
                 None if name.starts_with('.') || name == checkpoint::FILE_NAME => {}
                 None => tracing::warn!("segments: ignoring unexpected file {}", path.display()),
             }

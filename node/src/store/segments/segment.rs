@@ -50,7 +50,13 @@ pub(super) struct Segment {
 }
 
 impl Segment {
-    pub(super) fn new(seq: u64, fd: Arc<dyn DiskFile>, buffered: Arc<dyn DiskFile>, size: u64, path: PathBuf) -> Segment {
+    pub(super) fn new(
+        seq: u64,
+        fd: Arc<dyn DiskFile>,
+        buffered: Arc<dyn DiskFile>,
+        size: u64,
+        path: PathBuf,
+    ) -> Segment {
         Segment::unwritten(seq, fd, buffered, size, path)
     }
 
