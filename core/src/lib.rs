@@ -1,6 +1,6 @@
 //! The engine's decisions, without sockets, files or clocks: which nodes a chunk's copies go
 //! to and in what order reads try them (`placement`), what repair does with one chunk from what
-//! its checks found (`repair`), gc's rule for one chunk found on a node (`gc`), a state
+//! its checks found (`repair`), a read of one chunk from its copies (`read`), gc's rule for one chunk found on a node (`gc`), a state
 //! machine that asks its questions in the order that makes it safe against commits happening
 //! meanwhile, an upload's bookkeeping (`upload`), and the streamed download (`stream`), generic
 //! over its I/O.
@@ -11,6 +11,7 @@
 
 pub mod gc;
 pub mod placement;
+pub mod read;
 pub mod repair;
 pub mod stream;
 pub mod upload;

@@ -86,6 +86,60 @@ fn copy_failed(links: &Links, queue: &RepairQueue, chunk_id: ChunkId, e: &NodeEr
     queue.note(chunk_id, Reason::ReadFailed);
 }
 
+/// One chunk of a buffered GET read from its copies ([`dfs_core::read::read_chunk`] over the
+/// engine's nodes).
+struct CopyReader {
+    /// The chunk's window of the file's buffer, until a read keeps it.
+    slot: crate::buffer::WindowSlot,
+    links: Links,
+    budget: std::sync::Arc<crate::buffer::Budget>,
+    queue: std::sync::Arc<RepairQueue>,
+    chunk_id: ChunkId,
+    chunk: ChunkRecord,
+}
+
+impl dfs_core::read::ChunkRead for CopyReader {
+    type Node = SocketAddr;
+    /// None: the chunk is in the file's buffer; else in a buffer of its own.
+    type Got = Option<ChunkBuf>;
+    type Error = NodeError;
+
+    async fn read(&self, addr: SocketAddr) -> Result<Option<ChunkBuf>, NodeError> {
+        let (links, chunk_id, chunk) = (&self.links, self.chunk_id, &self.chunk);
+        // Each copy is read into the chunk's window of the file's buffer. A failed read that is
+        // still in flight (one that timed out completes later) keeps its window, and the kernel
+        // may still write into it: then the next copy is read into a buffer of its own,
+        // reserved against the budget like the file's buffer.
+        match self.slot.take() {
+            Some(w) => read_chunk(addr, links, chunk_id, chunk, w).await.map(|_| None),
+            None => match self.budget.reserve_within(chunk.length, links.timeouts.idle).await {
+                Some(reservation) => {
+                    let ChunkBuf { bytes, hold } = ChunkBuf::zeroed(chunk.length as usize, reservation);
+                    read_chunk(addr, links, chunk_id, chunk, bytes).await.map(|bytes| Some(ChunkBuf { bytes, hold }))
+                }
+                None => Err(NodeError::new(
+                    addr,
+                    NodeFailure::Remote(
+                        Status::Unavailable,
+                        "not read: the engine's download buffer budget stayed full".into(),
+                    ),
+                )),
+            },
+        }
+    }
+
+    fn served(&self, addr: SocketAddr, n_failed: usize) {
+        self.links.health.mark_up(addr);
+        if n_failed > 0 {
+            tracing::info!("{}: read from {addr} after {n_failed} failed cop(ies)", self.chunk_id);
+        }
+    }
+
+    fn failed(&self, _addr: SocketAddr, e: &NodeError) {
+        copy_failed(&self.links, &self.queue, self.chunk_id, e);
+    }
+}
+
 /// Reads `chunks` (chunk `first_idx` and those after it) into `buf`, each at its offset less
 /// `base`, each from the first of its copies that reads sound, at most
 /// `MAX_PARALLEL_FETCHES` chunks at once. A chunk read into a buffer of its own instead (its
@@ -113,45 +167,10 @@ async fn read_chunks(
         let chunk_id = ChunkId { file_id, chunk_idx: chunk_idx as u32 };
         tasks.push(dfs_runtime::backend::spawn(async move {
             let _permit = permits.acquire().await.expect("semaphore is never closed");
-            let mut errors = Vec::new();
-            for addr in addrs {
-                // Each copy is read into the chunk's window of the file's buffer. A failed read
-                // that is still in flight (one that timed out completes later) keeps its window,
-                // and the kernel may still write into it: then the next copy is read into a
-                // buffer of its own, reserved against the budget like the file's buffer.
-                let result = match slot.take() {
-                    Some(w) => read_chunk(addr, &links, chunk_id, &chunk, w).await.map(|_| None),
-                    None => match budget.reserve_within(chunk.length, links.timeouts.idle).await {
-                        Some(reservation) => {
-                            let ChunkBuf { bytes, hold } = ChunkBuf::zeroed(chunk.length as usize, reservation);
-                            read_chunk(addr, &links, chunk_id, &chunk, bytes)
-                                .await
-                                .map(|bytes| Some(ChunkBuf { bytes, hold }))
-                        }
-                        None => Err(NodeError::new(
-                            addr,
-                            NodeFailure::Remote(
-                                Status::Unavailable,
-                                "not read: the engine's download buffer budget stayed full".into(),
-                            ),
-                        )),
-                    },
-                };
-                match result {
-                    Ok(replacement) => {
-                        links.health.mark_up(addr);
-                        if !errors.is_empty() {
-                            tracing::info!("{chunk_id}: read from {addr} after {} failed cop(ies)", errors.len());
-                        }
-                        return Ok(replacement);
-                    }
-                    Err(e) => {
-                        copy_failed(&links, &queue, chunk_id, &e);
-                        errors.push(e);
-                    }
-                }
-            }
-            Err(ChunkFailure { chunk_idx: chunk_idx as u32, errors })
+            let io = CopyReader { slot, links, budget, queue, chunk_id, chunk };
+            dfs_core::read::read_chunk(&io, &addrs)
+                .await
+                .map_err(|errors| ChunkFailure { chunk_idx: chunk_idx as u32, errors })
         }));
     }
     let mut first_failure: Option<ChunkFailure> = None;

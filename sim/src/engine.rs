@@ -210,6 +210,39 @@ impl std::fmt::Display for GetErr {
     }
 }
 
+/// One chunk of a GET read from its copies ([`dfs_core::read::read_chunk`], as the engine's
+/// buffered GET reads each chunk): every byte checked against the record before it counts.
+struct SimChunkRead<'a> {
+    w: &'a Rc<World>,
+    chunk: ChunkId,
+    c: &'a ChunkRec,
+}
+
+impl dfs_core::read::ChunkRead for SimChunkRead<'_> {
+    type Node = Node;
+    type Got = Vec<u8>;
+    type Error = (Node, NodeErr);
+
+    async fn read(&self, n: Node) -> Result<Vec<u8>, (Node, NodeErr)> {
+        match self.w.fetch(n, self.chunk).await {
+            Ok(bytes) if bytes.len() as u64 == self.c.length && crc32(&bytes) == self.c.crc32 => Ok(bytes),
+            Ok(_) => Err((n, NodeErr::Corrupt)),
+            Err(e) => Err((n, e)),
+        }
+    }
+
+    fn served(&self, n: Node, _n_failed: usize) {
+        self.w.mark(n, true);
+    }
+
+    fn failed(&self, _n: Node, &(n, e): &(Node, NodeErr)) {
+        if e != NodeErr::Corrupt {
+            self.w.note_failure(n, e);
+        }
+        self.w.queue_notes.borrow_mut().insert(self.chunk);
+    }
+}
+
 /// GET: each chunk from its copies, nodes believed up first, every byte checked against the
 /// recorded crc32 before it counts.
 pub async fn get(w: Rc<World>, file_id: FileId) -> Result<Vec<u8>, GetErr> {
@@ -217,30 +250,11 @@ pub async fn get(w: Rc<World>, file_id: FileId) -> Result<Vec<u8>, GetErr> {
     let mut out = vec![0u8; record.size as usize];
     for (idx, c) in record.chunks.iter().enumerate() {
         let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
-        let mut errors = Vec::new();
-        let mut done = false;
-        for n in up_first(&c.placement, |n| w.is_up(n)) {
-            match w.fetch(n, chunk).await {
-                Ok(bytes) if bytes.len() as u64 == c.length && crc32(&bytes) == c.crc32 => {
-                    w.mark(n, true);
-                    out[c.offset as usize..(c.offset + c.length) as usize].copy_from_slice(&bytes);
-                    done = true;
-                    break;
-                }
-                Ok(_) => {
-                    w.queue_notes.borrow_mut().insert(chunk);
-                    errors.push((n, NodeErr::Corrupt));
-                }
-                Err(e) => {
-                    w.note_failure(n, e);
-                    w.queue_notes.borrow_mut().insert(chunk);
-                    errors.push((n, e));
-                }
-            }
-        }
-        if !done {
-            return Err(GetErr::Chunk(idx as u32, errors));
-        }
+        let order = up_first(&c.placement, |n| w.is_up(n));
+        let bytes = dfs_core::read::read_chunk(&SimChunkRead { w: &w, chunk, c }, &order)
+            .await
+            .map_err(|errors| GetErr::Chunk(idx as u32, errors))?;
+        out[c.offset as usize..(c.offset + c.length) as usize].copy_from_slice(&bytes);
     }
     Ok(out)
 }
