@@ -100,8 +100,14 @@ pub fn plan<N: Copy + PartialEq + std::fmt::Debug>(
 /// A chunk left short of R keeps pointing at its copies on down nodes, up to R: they may come
 /// back.
 pub fn keep_copies_on_down_nodes<N: Copy + PartialEq>(placement: &mut Vec<N>, down: &[N], replicas: usize) {
+    let before = placement.len();
     let short = replicas.saturating_sub(placement.len());
     placement.extend(down.iter().copied().filter(|d| !placement.contains(d)).take(short).collect::<Vec<_>>());
+    assert!(placement.len() >= before && placement.len() <= before.max(replicas), "only the copies short are added");
+    assert!(
+        placement.iter().enumerate().all(|(i, n)| !placement[..i].contains(n)),
+        "a placement names each node once"
+    );
 }
 
 /// Why a chunk was put on the repair queue.
@@ -209,8 +215,9 @@ pub fn outcome(done: Done) -> Outcome {
 /// How long the queue waits before trying a chunk again after `attempts` unsettled tries:
 /// 5 s, doubling, at most an hour.
 pub fn retry_after(attempts: u32) -> std::time::Duration {
-    let secs = 5u64.saturating_mul(1u64 << attempts.min(20));
-    std::time::Duration::from_secs(secs.min(3600))
+    let secs = 5u64.saturating_mul(1u64 << attempts.min(20)).min(3600);
+    assert!((5..=3600).contains(&secs), "a retry waits between 5 s and an hour: {secs}");
+    std::time::Duration::from_secs(secs)
 }
 
 #[cfg(test)]

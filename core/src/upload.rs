@@ -66,6 +66,11 @@ impl<N: Copy + PartialEq + std::fmt::Debug, I: Copy + PartialEq, E> Upload<N, I,
 
     /// `node`'s copy of `chunk` failed with `e`.
     pub fn failed(&mut self, chunk: usize, node: N, e: E) {
+        assert!(chunk < self.chunks.len(), "chunk {chunk} of an upload of {}", self.chunks.len());
+        assert!(
+            !self.chunks[chunk].copies.iter().any(|k| k.node == node),
+            "a copy acknowledged on {node:?} cannot also fail"
+        );
         self.chunks[chunk].errors.push((node, e));
     }
 
