@@ -104,10 +104,7 @@ pub fn keep_copies_on_down_nodes<N: Copy + PartialEq>(placement: &mut Vec<N>, do
     let short = replicas.saturating_sub(placement.len());
     placement.extend(down.iter().copied().filter(|d| !placement.contains(d)).take(short).collect::<Vec<_>>());
     assert!(placement.len() >= before && placement.len() <= before.max(replicas), "only the copies short are added");
-    assert!(
-        placement.iter().enumerate().all(|(i, n)| !placement[..i].contains(n)),
-        "a placement names each node once"
-    );
+    assert!(placement.iter().enumerate().all(|(i, n)| !placement[..i].contains(n)), "a placement names each node once");
 }
 
 /// Why a chunk was put on the repair queue.

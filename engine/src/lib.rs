@@ -6,6 +6,7 @@
 //! requests, as orchestrations over it; `meta` keeps the file records; `server` is one client
 //! connection; `state` what every handler shares.
 
+pub mod activity;
 pub mod buckets;
 pub mod buffer;
 pub mod cluster;

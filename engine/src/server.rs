@@ -94,11 +94,11 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
         let result: Result<(), FrameError> = async {
             match msg {
                 Msg::Put { name, size, chunking, chunk_crcs, origin } => {
-                    let _counted = crate::status::InProgress::upload(&state.activity);
+                    let _counted = crate::activity::InProgress::upload(&state.activity);
                     crate::put::put(state, conn, name, size, chunking, chunk_crcs, origin).await?
                 }
                 Msg::Get { file_id } => {
-                    let _counted = crate::status::InProgress::download(&state.activity);
+                    let _counted = crate::activity::InProgress::download(&state.activity);
                     crate::get::get(state, conn, file_id).await?
                 }
                 Msg::Stat { file_id } => {

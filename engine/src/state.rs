@@ -99,7 +99,7 @@ pub struct EngineState {
     pub repair_queue: Arc<crate::repair_queue::RepairQueue>,
     pub repair_pace: crate::repair_queue::RepairPace,
     /// Requests per second and transfers under way, for the status page.
-    pub activity: crate::status::Activity,
+    pub activity: crate::activity::Activity,
     /// The last errors answered to clients, for the status page.
     pub errors: crate::metrics::RecentErrors,
     /// The cluster-wide passes running on this engine.

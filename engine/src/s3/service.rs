@@ -452,7 +452,7 @@ async fn store_body(
         etag: None,
         computed: None,
     };
-    let _counted = crate::status::InProgress::upload(&state.activity);
+    let _counted = crate::activity::InProgress::upload(&state.activity);
     let file_id = match put_buffered(state, name, size, S3_CHUNK_CAP_BYTES, &mut source).await {
         Ok(id) => id,
         Err(BufferedPutError::Body(e)) => return Err(e),
@@ -796,7 +796,7 @@ impl S3 for DfsS3 {
             let reader_state = state.clone();
             let reader_entry = entry.clone();
             dfs_runtime::backend::spawn(async move {
-                let _counted = crate::status::InProgress::download(&reader_state.activity);
+                let _counted = crate::activity::InProgress::download(&reader_state.activity);
                 stream_object(&reader_state, &reader_entry, start, end, tx).await;
             });
             let body = if end - start <= WHOLE_BODY_BYTES {
