@@ -465,18 +465,16 @@ fn sync_thread(waiting: mpsc::Receiver<SyncWaiter>) {
 
 /// Runs fdatasync for a batch of waiters, once per distinct segment, and answers them.
 fn sync_batch(batch: Vec<SyncWaiter>) {
-    {
-        let mut results: Vec<(u64, Result<(), crate::store::SyncFailed>)> = Vec::new();
-        for (segment, _) in &batch {
-            if results.iter().any(|(seq, _)| *seq == segment.seq) {
-                continue;
-            }
-            results.push((segment.seq, segment.datasync().map_err(|e| (&e).into())));
+    let mut results: Vec<(u64, Result<(), crate::store::SyncFailed>)> = Vec::new();
+    for (segment, _) in &batch {
+        if results.iter().any(|(seq, _)| *seq == segment.seq) {
+            continue;
         }
-        for (segment, waiter) in batch {
-            let result = results.iter().find(|(seq, _)| *seq == segment.seq).map(|(_, r)| r.clone());
-            let _ = waiter.send(result.unwrap_or(Ok(())));
-        }
+        results.push((segment.seq, segment.datasync().map_err(|e| (&e).into())));
+    }
+    for (segment, waiter) in batch {
+        let result = results.iter().find(|(seq, _)| *seq == segment.seq).map(|(_, r)| r.clone());
+        let _ = waiter.send(result.unwrap_or(Ok(())));
     }
 }
 

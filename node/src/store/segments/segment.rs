@@ -50,6 +50,8 @@ pub(super) struct Segment {
 }
 
 impl Segment {
+    /// A segment of `size` bytes, its space handed out up to the end of its header (start-up
+    /// then sets how far records reach).
     pub(super) fn new(
         seq: u64,
         fd: Arc<dyn DiskFile>,
@@ -57,11 +59,6 @@ impl Segment {
         size: u64,
         path: PathBuf,
     ) -> Segment {
-        Segment::unwritten(seq, fd, buffered, size, path)
-    }
-
-    /// A segment of `size` bytes with nothing written past its header.
-    fn unwritten(seq: u64, fd: Arc<dyn DiskFile>, buffered: Arc<dyn DiskFile>, size: u64, path: PathBuf) -> Segment {
         Segment {
             seq,
             fd,
@@ -81,7 +78,7 @@ impl Segment {
     /// The same file under another number and path (a spare renumbered before it is written).
     pub(super) fn renumbered(&self, seq: u64, path: PathBuf) -> Segment {
         assert_eq!(self.end.load(Ordering::Relaxed), SEGMENT_HEADER_BYTES, "only an unwritten segment is renumbered");
-        Segment::unwritten(seq, self.fd.clone(), self.buffered.clone(), self.size, path)
+        Segment::new(seq, self.fd.clone(), self.buffered.clone(), self.size, path)
     }
 
     /// fdatasync of the segment: every write to it that completed before the call is durable
