@@ -82,6 +82,11 @@ impl<N: Copy + PartialEq + std::fmt::Debug, I: Copy + PartialEq, E> Upload<N, I,
         &self.chunks[chunk].errors
     }
 
+    /// Chunk `chunk`'s errors, taken out (for the report of a failed upload).
+    pub fn take_errors(&mut self, chunk: usize) -> Vec<(N, E)> {
+        std::mem::take(&mut self.chunks[chunk].errors)
+    }
+
     /// The first chunk short of copies and what it needs, or the commit.
     pub fn next(&self) -> Next<N> {
         for (chunk, c) in self.chunks.iter().enumerate() {
@@ -228,6 +233,171 @@ pub async fn complete<C: CopyIo>(io: &C, upload: &mut Upload<C::Node, C::Id, C::
     }
 }
 
+/// An upload as the engine runs it, for [`put`]: the bytes from their source (a client
+/// connection, a request body) to each chunk's nodes, the acknowledgements awaited while later
+/// chunks stream, the copies completed where a node failed, then the commit. The engine
+/// implements it over its client and node connections and its metadata (`engine/src/put.rs`),
+/// `dfs-sim` over simulated ones.
+#[allow(async_fn_in_trait)]
+pub trait PutIo: CopyIo {
+    /// A STORE opened on a node, its bytes still to send.
+    type Open;
+    /// A STORE whose bytes are sent and whose acknowledgement is awaited (by a task of its own,
+    /// so that later chunks stream meanwhile).
+    type Pending;
+    /// Why the source of the bytes stopped (the client went away, the body broke or is not
+    /// what its client said).
+    type Stopped;
+    /// Why the commit failed.
+    type CommitError;
+
+    /// Chunk `chunk`'s candidate nodes: its placement order, those believed up first.
+    fn candidates(&self, chunk: usize) -> Vec<Self::Node>;
+    /// Before chunk `chunk`'s STOREs open: reads from the source what the requests carry (a
+    /// small chunk's bytes, a buffered chunk's crc32).
+    async fn prepare(&mut self, chunk: usize) -> Result<(), Self::Stopped>;
+    /// Opens a STORE of `chunk` on `node`. Err: the node cannot take it.
+    async fn open(&self, chunk: usize, node: Self::Node) -> Result<Self::Open, Self::Error>;
+    /// Sends `chunk`'s bytes from the source into every STORE in `open`. A STORE whose node
+    /// fails is marked so, and the others go on. With none open (the upload has failed), the
+    /// chunk is still read from the source, so that its client can be answered.
+    async fn send(&mut self, chunk: usize, open: &mut [Self::Open]) -> Result<(), Self::Stopped>;
+    /// Starts the wait for `node`'s acknowledgement of its copy of `chunk`. Err: that STORE
+    /// already failed while its bytes were sent.
+    fn await_ack(&self, chunk: usize, node: Self::Node, open: Self::Open) -> Result<Self::Pending, Self::Error>;
+    /// The acknowledgement: the ID the node proved on the connection and the copy's block
+    /// crc32s, or why the copy failed.
+    async fn acked(&self, pending: Self::Pending) -> Result<(Self::Id, Vec<u32>), Self::Error>;
+    /// After the last chunk: whether the source is whole and what its client said it is.
+    async fn finish(&mut self) -> Result<(), Self::Stopped>;
+    /// The upload will not be committed: the copies it wrote go.
+    fn abandon(&self, upload: &Upload<Self::Node, Self::Id, Self::Error>);
+    /// Records the file, every chunk with its copies. Err: not recorded (the implementation
+    /// settles what happens to the copies).
+    async fn commit(&mut self, upload: &Upload<Self::Node, Self::Id, Self::Error>) -> Result<(), Self::CommitError>;
+    /// The ID the node `node` answers with now, if it has answered.
+    fn id_of(&self, node: Self::Node) -> Option<Self::Id>;
+    /// After the commit: a copy of `chunk` sits on a node replaced since it wrote it, so the
+    /// chunk is short of a copy though acknowledged; it goes to the repair queue.
+    fn note_replaced(&self, chunk: usize);
+}
+
+/// Why [`put`] recorded nothing.
+#[derive(Debug)]
+pub enum PutFailed<S, N, E, C> {
+    /// The source of the bytes stopped.
+    Stopped(S),
+    /// Fewer nodes took chunk `chunk`'s STOREs than it needs copies.
+    Refused { chunk: usize, refused: Refused<N, E> },
+    /// After its bytes were sent, chunk `chunk` has `copies` of the copies it needs (0: every
+    /// copy failed while it was written), and no other node took one; what failed.
+    Incomplete { chunk: usize, copies: usize, errors: Vec<(N, E)> },
+    /// The commit failed.
+    Commit(C),
+}
+
+/// One PUT: for each chunk in order, the STOREs opened on the first `replicas` candidates that
+/// take them ([`open_copies`]), its bytes sent, and its acknowledgements awaited with at most
+/// `max_inflight_chunks` chunks' acknowledgements outstanding; then every chunk a node failed
+/// part-way completed from an acknowledged copy ([`complete`]), and the record committed only
+/// when every chunk has `replicas` durable copies. A failed upload's copies are abandoned; a
+/// chunk whose node was replaced after it acknowledged goes to the repair queue.
+pub async fn put<P: PutIo>(
+    io: &mut P,
+    n_chunks: usize,
+    replicas: usize,
+    max_inflight_chunks: usize,
+) -> Result<(), PutFailed<P::Stopped, P::Node, P::Error, P::CommitError>> {
+    assert!(max_inflight_chunks >= 1, "at least one chunk's acknowledgements in flight");
+    let mut upload: Upload<P::Node, P::Id, P::Error> = Upload::new(n_chunks, replicas);
+    let mut inflight: std::collections::VecDeque<(usize, P::Node, P::Pending)> = Default::default();
+    let mut refused: Option<(usize, Refused<P::Node, P::Error>)> = None;
+    let mut stopped: Option<P::Stopped> = None;
+    for chunk in 0..n_chunks {
+        if let Err(s) = io.prepare(chunk).await {
+            stopped = Some(s);
+            break;
+        }
+        let (mut nodes, mut open) = (Vec::new(), Vec::new());
+        if refused.is_none() {
+            let candidates = io.candidates(chunk);
+            match open_copies(&OpenChunk { io: &*io, chunk }, &candidates, replicas).await {
+                Ok(opened) => (nodes, open) = opened.into_iter().unzip(),
+                Err(r) => refused = Some((chunk, r)),
+            }
+        }
+        if let Err(s) = io.send(chunk, &mut open).await {
+            stopped = Some(s);
+            break;
+        }
+        assert_eq!(nodes.len(), open.len(), "send keeps every STORE it was given");
+        for (node, o) in nodes.into_iter().zip(open) {
+            match io.await_ack(chunk, node, o) {
+                Ok(pending) => inflight.push_back((chunk, node, pending)),
+                Err(e) => upload.failed(chunk, node, e),
+            }
+        }
+        while inflight.len() >= max_inflight_chunks * replicas {
+            settle_ack(&*io, &mut upload, inflight.pop_front()).await;
+        }
+    }
+    while let Some(pending) = inflight.pop_front() {
+        settle_ack(&*io, &mut upload, Some(pending)).await;
+    }
+    if stopped.is_none() {
+        stopped = io.finish().await.err();
+    }
+    let failed = match (stopped, refused) {
+        (Some(s), _) => Some(PutFailed::Stopped(s)),
+        (None, Some((chunk, refused))) => Some(PutFailed::Refused { chunk, refused }),
+        (None, None) => match complete(&*io, &mut upload).await {
+            Ok(()) => None,
+            Err(Incomplete { chunk, copies }) => {
+                Some(PutFailed::Incomplete { chunk, copies, errors: upload.take_errors(chunk) })
+            }
+        },
+    };
+    if let Some(failed) = failed {
+        io.abandon(&upload);
+        return Err(failed);
+    }
+    assert_eq!(upload.next(), Next::Commit, "an upload is committed only with every copy");
+    io.commit(&upload).await.map_err(PutFailed::Commit)?;
+    for chunk in upload.replaced_since_written(|n| io.id_of(n)) {
+        io.note_replaced(chunk);
+    }
+    Ok(())
+}
+
+/// [`OpenIo`] for one chunk of a [`PutIo`].
+struct OpenChunk<'a, P> {
+    io: &'a P,
+    chunk: usize,
+}
+
+impl<P: PutIo> OpenIo for OpenChunk<'_, P> {
+    type Node = P::Node;
+    type Error = P::Error;
+    type Open = P::Open;
+
+    async fn open(&self, node: P::Node) -> Result<P::Open, P::Error> {
+        self.io.open(self.chunk, node).await
+    }
+}
+
+/// Records the outcome of one awaited acknowledgement.
+async fn settle_ack<P: PutIo>(
+    io: &P,
+    upload: &mut Upload<P::Node, P::Id, P::Error>,
+    pending: Option<(usize, P::Node, P::Pending)>,
+) {
+    let Some((chunk, node, pending)) = pending else { return };
+    match io.acked(pending).await {
+        Ok((id, block_crcs)) => upload.acked(chunk, node, id, block_crcs),
+        Err(e) => upload.failed(chunk, node, e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,5 +535,165 @@ mod tests {
         u.acked(0, 1, 10, vec![7]);
         u.failed(0, 0, "reset");
         assert_eq!(block_on(complete(&fake, &mut u)), Err(Incomplete { chunk: 0, copies: 1 }));
+    }
+
+    /// A [`PutIo`] over nodes 0..6 that logs every call: `refuse` cannot take a STORE, `cut`
+    /// fails the STOREs it is sent (`(chunk, node)`), `stop_at` is the chunk whose read fails,
+    /// `replaced` answers with another ID after the upload.
+    #[derive(Default)]
+    struct FakePut {
+        refuse: Vec<u8>,
+        cut: Vec<(usize, u8)>,
+        stop_at: Option<usize>,
+        replaced: Vec<u8>,
+        log: std::cell::RefCell<Vec<String>>,
+        noted: std::cell::RefCell<Vec<usize>>,
+        committed: Option<Vec<Vec<u8>>>,
+    }
+
+    impl FakePut {
+        fn log(&self, line: String) {
+            self.log.borrow_mut().push(line);
+        }
+        fn logged(&self) -> Vec<String> {
+            self.log.borrow().clone()
+        }
+    }
+
+    impl CopyIo for FakePut {
+        type Node = u8;
+        type Id = u32;
+        type Error = &'static str;
+        fn nodes_up_first(&self) -> Vec<u8> {
+            (0..6).collect()
+        }
+        fn will_write(&self, chunk: usize, node: u8) {
+            self.log(format!("copy {chunk} to {node}"));
+        }
+        async fn copy(&self, _chunk: usize, _source: u8, dest: u8, _crcs: &[u32]) -> Result<u32, &'static str> {
+            Ok(dest as u32)
+        }
+    }
+
+    impl PutIo for FakePut {
+        type Open = u8;
+        type Pending = (u8, bool);
+        type Stopped = usize;
+        type CommitError = ();
+        fn candidates(&self, chunk: usize) -> Vec<u8> {
+            (0..6).map(|k| ((chunk + k) % 6) as u8).collect()
+        }
+        async fn prepare(&mut self, chunk: usize) -> Result<(), usize> {
+            self.log(format!("prepare {chunk}"));
+            if self.stop_at == Some(chunk) {
+                return Err(chunk);
+            }
+            Ok(())
+        }
+        async fn open(&self, _chunk: usize, node: u8) -> Result<u8, &'static str> {
+            if self.refuse.contains(&node) {
+                return Err("refused");
+            }
+            Ok(node)
+        }
+        async fn send(&mut self, chunk: usize, open: &mut [u8]) -> Result<(), usize> {
+            self.log(format!("send {chunk} to {open:?}"));
+            Ok(())
+        }
+        fn await_ack(&self, chunk: usize, node: u8, open: u8) -> Result<(u8, bool), &'static str> {
+            assert_eq!(node, open);
+            Ok((node, !self.cut.contains(&(chunk, node))))
+        }
+        async fn acked(&self, (node, ok): (u8, bool)) -> Result<(u32, Vec<u32>), &'static str> {
+            self.log(format!("ack from {node}"));
+            if ok {
+                Ok((node as u32, vec![7]))
+            } else {
+                Err("reset")
+            }
+        }
+        async fn finish(&mut self) -> Result<(), usize> {
+            self.log("finish".into());
+            Ok(())
+        }
+        fn abandon(&self, upload: &Upload<u8, u32, &'static str>) {
+            self.log(format!("abandon {:?}", upload.written()));
+        }
+        async fn commit(&mut self, upload: &Upload<u8, u32, &'static str>) -> Result<(), ()> {
+            let placements = (0..upload.n_chunks()).map(|c| upload.copies(c).iter().map(|k| k.node).collect());
+            self.committed = Some(placements.collect());
+            Ok(())
+        }
+        fn id_of(&self, node: u8) -> Option<u32> {
+            Some(if self.replaced.contains(&node) { 99 } else { node as u32 })
+        }
+        fn note_replaced(&self, chunk: usize) {
+            self.noted.borrow_mut().push(chunk);
+        }
+    }
+
+    #[test]
+    fn a_put_commits_every_chunk_on_the_first_nodes_that_take_it_and_notes_replaced_nodes() {
+        let mut io = FakePut { refuse: vec![1], replaced: vec![3], ..Default::default() };
+        block_on(put(&mut io, 3, 2, 8)).expect("committed");
+        // Chunk 0 tries 0, 1 (refuses), 2; chunk 1 tries 1 (refuses), 2, 3; chunk 2 tries 2, 3.
+        assert_eq!(io.committed, Some(vec![vec![0, 2], vec![2, 3], vec![2, 3]]));
+        assert_eq!(*io.noted.borrow(), [1, 2], "the chunks with a copy on node 3, replaced since");
+        assert!(!io.logged().iter().any(|l| l.starts_with("abandon")));
+    }
+
+    #[test]
+    fn acknowledgements_stay_in_flight_up_to_the_window_while_later_chunks_stream() {
+        let mut io = FakePut::default();
+        block_on(put(&mut io, 3, 1, 2)).expect("committed");
+        let log = io.logged();
+        let at = |line: &str| log.iter().position(|l| l == line).unwrap_or_else(|| panic!("{line} in {log:?}"));
+        // Two chunks' acknowledgements may be outstanding: chunk 0's is awaited once chunk 1 is
+        // sent, before chunk 2 is read.
+        assert!(at("send 1 to [1]") < at("ack from 0") && at("ack from 0") < at("prepare 2"), "{log:?}");
+        assert!(at("ack from 2") < at("finish"), "{log:?}");
+    }
+
+    #[test]
+    fn a_refused_chunk_fails_the_upload_but_its_source_is_read_to_the_end() {
+        // Only node 0 takes STOREs.
+        let mut io = FakePut { refuse: vec![1, 2, 3, 4, 5], ..Default::default() };
+        let failed = block_on(put(&mut io, 3, 2, 8)).expect_err("one node takes STOREs, two are needed");
+        match failed {
+            PutFailed::Refused { chunk: 0, refused } => assert_eq!((refused.accepted, refused.refusals.len()), (1, 5)),
+            other => panic!("{other:?}"),
+        }
+        let log = io.logged();
+        assert!(log.contains(&"send 2 to []".to_string()), "the rest is still read: {log:?}");
+        assert!(log.contains(&"finish".to_string()), "{log:?}");
+        assert_eq!(log.last().map(String::as_str), Some("abandon []"));
+        assert_eq!(io.committed, None);
+    }
+
+    #[test]
+    fn a_copy_cut_while_sent_is_made_again_elsewhere_before_the_commit() {
+        let mut io = FakePut { cut: vec![(1, 2)], ..Default::default() };
+        block_on(put(&mut io, 2, 2, 8)).expect("committed");
+        // Chunk 1 went to 1 and 2; 2 failed, so it is copied to the first node not tried: 0.
+        assert_eq!(io.committed, Some(vec![vec![0, 1], vec![1, 0]]));
+        assert!(io.logged().contains(&"copy 1 to 0".to_string()));
+        let mut io = FakePut { cut: vec![(0, 0), (0, 1)], ..Default::default() };
+        match block_on(put(&mut io, 1, 2, 8)) {
+            Err(PutFailed::Incomplete { chunk: 0, copies: 0, errors }) => assert_eq!(errors, [(0, "reset"), (1, "reset")]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(io.committed, None);
+    }
+
+    #[test]
+    fn a_source_that_stops_ends_the_upload_after_the_acknowledgements_in_flight() {
+        let mut io = FakePut { stop_at: Some(2), ..Default::default() };
+        assert!(matches!(block_on(put(&mut io, 4, 2, 8)), Err(PutFailed::Stopped(2))));
+        let log = io.logged();
+        assert!(!log.iter().any(|l| l == "finish" || l.starts_with("send 2")), "{log:?}");
+        // The copies of chunks 0 and 1 were acknowledged before the upload was abandoned, so
+        // they are deleted.
+        assert_eq!(log.last().map(String::as_str), Some("abandon [(0, 0), (0, 1), (1, 1), (1, 2)]"));
+        assert_eq!(io.committed, None);
     }
 }

@@ -7,8 +7,8 @@ use crate::world::{ChunkRec, Deleter, Node, NodeErr, Record, Unrecorded, World, 
 use dfs_core::gc::{Ask, Collected, GcIo, Listed};
 use dfs_core::placement::{ring, up_first};
 use dfs_core::repair::{CopyFailed, Found, Outcome, PassIo, PassStopped, Placed, QueueIo, Reason, RepairIo};
-use dfs_core::upload::{CopyIo, Incomplete, OpenIo, Upload};
-use dfs_proto::layout::{chunk_spans, crc32, Chunking};
+use dfs_core::upload::{CopyIo, PutFailed as Failed, PutIo, Upload};
+use dfs_proto::layout::{chunk_spans, crc32, ChunkSpan, Chunking};
 use dfs_proto::{ChunkId, FileId};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -19,42 +19,42 @@ fn all_nodes(w: &World) -> Vec<Node> {
     (0..w.config.n_nodes).collect()
 }
 
-/// Opening a STORE on a simulated node: the connection and handshake, as `open_store` makes
-/// them (the bytes and the acknowledgement follow in [`World::store`]).
-struct SimOpen<'a> {
+/// One upload over the simulated cluster: what `dfs_core::upload::put`, the procedure the
+/// engine runs, asks for. A STORE is opened as `open_store` opens it (the connection and the
+/// handshake); its bytes and its acknowledgement are one simulated call ([`World::store`]),
+/// run as a task of its own, as the engine awaits each acknowledgement.
+struct SimPut<'a> {
     w: &'a Rc<World>,
+    file_id: FileId,
+    data: &'a [u8],
+    spans: &'a [ChunkSpan],
+    crcs: &'a [u32],
+    /// Copies that may exist and are not recorded yet, for the invariants.
+    unrecorded: RefCell<Unrecorded<'a>>,
+    /// Every copy attempted, for the clean-up of a failed upload: a copy may exist though its
+    /// reply was lost.
+    written: RefCell<Vec<(ChunkId, Node)>>,
 }
 
-impl OpenIo for SimOpen<'_> {
-    type Node = Node;
-    type Error = NodeErr;
-    type Open = ();
+impl SimPut<'_> {
+    fn chunk_id(&self, idx: usize) -> ChunkId {
+        ChunkId { file_id: self.file_id, chunk_idx: idx as u32 }
+    }
 
-    async fn open(&self, node: Node) -> Result<(), NodeErr> {
-        match self.w.call(node, Duration::ZERO, |_, _| Ok(())).await {
-            Ok(()) => {
-                self.w.mark(node, true);
-                Ok(())
-            }
-            Err(e) => {
-                self.w.note_failure(node, e);
-                Err(e)
-            }
-        }
+    fn will_write(&self, chunk: ChunkId, node: Node) {
+        self.unrecorded.borrow_mut().add(chunk, node);
+        self.written.borrow_mut().push((chunk, node));
+    }
+
+    fn bytes(&self, idx: usize) -> &[u8] {
+        let span = &self.spans[idx];
+        &self.data[span.offset as usize..(span.offset + span.length) as usize]
     }
 }
 
 /// Copying an upload's chunk node to node in the simulation: FETCH from the source, checked
 /// against the chunk's crc32, then STORE on the destination.
-struct SimCopy<'a, 'w> {
-    w: &'a Rc<World>,
-    file_id: FileId,
-    crcs: &'a [u32],
-    unrecorded: RefCell<&'a mut Unrecorded<'w>>,
-    written: &'a RefCell<Vec<(ChunkId, Node)>>,
-}
-
-impl CopyIo for SimCopy<'_, '_> {
+impl CopyIo for SimPut<'_> {
     type Node = Node;
     type Id = u64;
     type Error = NodeErr;
@@ -63,14 +63,12 @@ impl CopyIo for SimCopy<'_, '_> {
         up_first(&all_nodes(self.w), |n| self.w.is_up(n))
     }
 
-    fn will_write(&self, chunk: usize, node: Node) {
-        let chunk = ChunkId { file_id: self.file_id, chunk_idx: chunk as u32 };
-        self.unrecorded.borrow_mut().add(chunk, node);
-        self.written.borrow_mut().push((chunk, node));
+    fn will_write(&self, idx: usize, node: Node) {
+        SimPut::will_write(self, self.chunk_id(idx), node);
     }
 
     async fn copy(&self, idx: usize, source: Node, dest: Node, _block_crcs: &[u32]) -> Result<u64, NodeErr> {
-        let chunk = ChunkId { file_id: self.file_id, chunk_idx: idx as u32 };
+        let chunk = self.chunk_id(idx);
         let bytes = match self.w.fetch(source, chunk).await {
             Ok(b) if crc32(&b) == self.crcs[idx] => b,
             Ok(_) => return Err(NodeErr::Corrupt),
@@ -83,6 +81,95 @@ impl CopyIo for SimCopy<'_, '_> {
     }
 }
 
+impl PutIo for SimPut<'_> {
+    type Open = ();
+    type Pending = exec::JoinHandle<(Node, Result<u64, NodeErr>)>;
+    type Stopped = std::convert::Infallible;
+    type CommitError = std::convert::Infallible;
+
+    fn candidates(&self, idx: usize) -> Vec<Node> {
+        up_first(&ring(&all_nodes(self.w), self.file_id, idx as u32), |n| self.w.is_up(n))
+    }
+
+    /// The simulated client sends nothing ahead of the STOREs.
+    async fn prepare(&mut self, _idx: usize) -> Result<(), Self::Stopped> {
+        Ok(())
+    }
+
+    async fn open(&self, idx: usize, node: Node) -> Result<(), NodeErr> {
+        match self.w.call(node, Duration::ZERO, |_, _| Ok(())).await {
+            Ok(()) => {
+                self.w.mark(node, true);
+                self.will_write(self.chunk_id(idx), node);
+                Ok(())
+            }
+            Err(e) => {
+                self.w.note_failure(node, e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The bytes go with the acknowledgement's call.
+    async fn send(&mut self, _idx: usize, _open: &mut [()]) -> Result<(), Self::Stopped> {
+        Ok(())
+    }
+
+    fn await_ack(&self, idx: usize, node: Node, (): ()) -> Result<Self::Pending, NodeErr> {
+        let (w, chunk, bytes, crc) = (self.w.clone(), self.chunk_id(idx), self.bytes(idx).to_vec(), self.crcs[idx]);
+        Ok(exec::spawn(format!("store {chunk} on {node}"), async move { (node, w.store(node, chunk, &bytes, crc).await) }))
+    }
+
+    async fn acked(&self, pending: Self::Pending) -> Result<(u64, Vec<u32>), NodeErr> {
+        let (node, stored) = pending.await;
+        let identity = stored.inspect_err(|&e| self.w.note_failure(node, e))?;
+        Ok((identity, vec![]))
+    }
+
+    async fn finish(&mut self) -> Result<(), Self::Stopped> {
+        Ok(())
+    }
+
+    fn abandon(&self, _upload: &Upload<Node, u64, NodeErr>) {
+        let w = self.w.clone();
+        let written = std::mem::take(&mut *self.written.borrow_mut());
+        exec::spawn("clean up a failed upload", async move {
+            for (chunk, n) in written {
+                let _ = w.delete(n, chunk, None, Deleter::Owner).await;
+            }
+        });
+    }
+
+    /// The commit goes through the metadata writer (another thread in the engine).
+    async fn commit(&mut self, upload: &Upload<Node, u64, NodeErr>) -> Result<(), Self::CommitError> {
+        let chunks: Vec<ChunkRec> = self
+            .spans
+            .iter()
+            .enumerate()
+            .map(|(idx, span)| ChunkRec {
+                offset: span.offset,
+                length: span.length,
+                crc32: self.crcs[idx],
+                placement: upload.copies(idx).iter().map(|k| k.node).collect(),
+            })
+            .collect();
+        yield_now().await;
+        let file_id = self.file_id;
+        exec::trace(|| format!("put {file_id}: committed {:?}", chunks.iter().map(|c| &c.placement).collect::<Vec<_>>()));
+        self.w.answering.borrow_mut().insert(file_id);
+        self.w.meta.borrow_mut().insert(file_id, Record { size: self.data.len() as u64, chunks });
+        Ok(())
+    }
+
+    fn id_of(&self, node: Node) -> Option<u64> {
+        self.w.known_identity.borrow()[node]
+    }
+
+    fn note_replaced(&self, idx: usize) {
+        self.w.queue_notes.borrow_mut().insert(self.chunk_id(idx));
+    }
+}
+
 /// Why a simulated PUT failed (counted, not an invariant broken).
 #[derive(Debug, thiserror::Error)]
 pub enum PutFailed {
@@ -91,108 +178,49 @@ pub enum PutFailed {
     /// Fewer nodes than R took the chunk's STORE.
     #[error("chunk {chunk}: {accepted} node(s) took its STORE")]
     Refused { chunk: usize, accepted: usize },
-    #[error("chunk {}: {} copies", .0.chunk, .0.copies)]
-    Incomplete(Incomplete),
+    /// A chunk lost copies while it was written and no other node took one.
+    #[error("chunk {chunk}: {copies} copies")]
+    Incomplete { chunk: usize, copies: usize },
 }
 
-/// PUT: each chunk to R nodes in ring order, nodes believed up first; the record is committed
-/// only when every chunk has R durable copies, and the file ID stays registered as being
-/// written until after the commit.
+/// PUT, as the engine runs it (`dfs_core::upload::put`): each chunk to the first R nodes of its
+/// ring that take its STORE, nodes believed up first; the record is committed only when every
+/// chunk has R durable copies, and the file ID stays registered as being written until after
+/// the commit.
 pub async fn put(w: Rc<World>, data: Rc<Vec<u8>>) -> Result<FileId, PutFailed> {
     let mut id = [0u8; 16];
     exec::fill(&mut id);
     let file_id = FileId(id);
     let writing = w.begin_writing(file_id);
-    let mut unrecorded = Unrecorded::new(&w);
     let spans = chunk_spans(data.len() as u64, Chunking::Equal, 0).map_err(PutFailed::Layout)?;
-    let replicas = w.config.replicas;
-    // The copies, as dfs_core::upload keeps them for put.rs.
-    let mut upload: Upload<Node, u64, NodeErr> = Upload::new(spans.len(), replicas);
-    // Every copy attempted, for the clean-up of a failed upload: a copy may exist though its
-    // reply was lost.
-    let written: RefCell<Vec<(ChunkId, Node)>> = RefCell::new(Vec::new());
-    let mut failure: Option<PutFailed> = None;
     let crcs: Vec<u32> =
         spans.iter().map(|s| crc32(&data[s.offset as usize..(s.offset + s.length) as usize])).collect();
-    for (idx, span) in spans.iter().enumerate() {
-        let chunk = ChunkId { file_id, chunk_idx: idx as u32 };
-        let bytes = &data[span.offset as usize..(span.offset + span.length) as usize];
-        let crc = crcs[idx];
-        // Each chunk goes to the first R nodes of its ring, those believed up first, that take
-        // its STORE (put.rs's open_targets: dfs_core::upload::open_copies), at once.
-        let order = up_first(&ring(&all_nodes(&w), file_id, idx as u32), |n| w.is_up(n));
-        let targets: Vec<Node> = match dfs_core::upload::open_copies(&SimOpen { w: &w }, &order, replicas).await {
-            Ok(open) => open.into_iter().map(|(n, ())| n).collect(),
-            Err(refused) => {
-                failure = Some(PutFailed::Refused { chunk: idx, accepted: refused.accepted });
-                break;
-            }
-        };
-        for &n in &targets {
-            unrecorded.add(chunk, n);
-            written.borrow_mut().push((chunk, n));
+    let mut io = SimPut {
+        w: &w,
+        file_id,
+        data: &data,
+        spans: &spans,
+        crcs: &crcs,
+        unrecorded: RefCell::new(Unrecorded::new(&w)),
+        written: RefCell::new(Vec::new()),
+    };
+    let put = dfs_core::upload::put(&mut io, spans.len(), w.config.replicas, MAX_INFLIGHT_CHUNKS).await;
+    drop(io);
+    match put {
+        Ok(()) => {
+            // The engine's handler ends after the commit: the upload stops being in progress.
+            yield_now().await;
+            drop(writing);
+            Ok(file_id)
         }
-        let handles: Vec<_> = targets
-            .iter()
-            .map(|&n| {
-                let (w, bytes) = (w.clone(), bytes.to_vec());
-                exec::spawn(format!("store {chunk} on {n}"), async move { (n, w.store(n, chunk, &bytes, crc).await) })
-            })
-            .collect();
-        for (n, r) in exec::join_all(handles).await {
-            match r {
-                Ok(identity) => upload.acked(idx, n, identity, vec![crc]),
-                Err(e) => {
-                    w.note_failure(n, e);
-                    upload.failed(idx, n, e);
-                }
-            }
-        }
+        Err(Failed::Refused { chunk, refused }) => Err(PutFailed::Refused { chunk, accepted: refused.accepted }),
+        Err(Failed::Incomplete { chunk, copies, .. }) => Err(PutFailed::Incomplete { chunk, copies }),
+        Err(Failed::Stopped(never) | Failed::Commit(never)) => match never {},
     }
-    // A chunk a node failed is copied from an acknowledged copy, verified, to other nodes
-    // (put.rs's complete_copies: dfs_core::upload::complete).
-    if failure.is_none() {
-        let io = SimCopy { w: &w, file_id, crcs: &crcs, unrecorded: RefCell::new(&mut unrecorded), written: &written };
-        if let Err(incomplete) = dfs_core::upload::complete(&io, &mut upload).await {
-            failure = Some(PutFailed::Incomplete(incomplete));
-        }
-    }
-    if let Some(why) = failure {
-        drop(unrecorded);
-        drop(writing);
-        let w2 = w.clone();
-        let written = written.into_inner();
-        exec::spawn("clean up a failed upload", async move {
-            for (chunk, n) in written {
-                let _ = w2.delete(n, chunk, None, Deleter::Owner).await;
-            }
-        });
-        return Err(why);
-    }
-    let chunks: Vec<ChunkRec> = spans
-        .iter()
-        .enumerate()
-        .map(|(idx, span)| ChunkRec {
-            offset: span.offset,
-            length: span.length,
-            crc32: crcs[idx],
-            placement: upload.copies(idx).iter().map(|k| k.node).collect(),
-        })
-        .collect();
-    // The commit goes through the metadata writer (another thread in the engine).
-    yield_now().await;
-    exec::trace(|| format!("put {file_id}: committed {:?}", chunks.iter().map(|c| &c.placement).collect::<Vec<_>>()));
-    w.answering.borrow_mut().insert(file_id);
-    w.meta.borrow_mut().insert(file_id, Record { size: data.len() as u64, chunks });
-    // A node replaced after it acknowledged a copy no longer holds it: queued, as put.rs does.
-    for idx in upload.replaced_since_written(|n| w.known_identity.borrow()[n]) {
-        w.queue_notes.borrow_mut().insert(ChunkId { file_id, chunk_idx: idx as u32 });
-    }
-    drop(unrecorded);
-    yield_now().await;
-    drop(writing);
-    Ok(file_id)
 }
+
+/// As the engine's `put::MAX_INFLIGHT_CHUNKS`.
+const MAX_INFLIGHT_CHUNKS: usize = 8;
 
 /// How a GET failed.
 #[derive(Debug)]

@@ -505,11 +505,15 @@ fn gc_keeps_a_copy_written_after_its_listing() {
     // An orphan: a copy on a node the file does not place it on.
     cluster.store_copy(other, chunk, quarter);
     let gc = cluster.spawn_client(["gc", "--grace-secs", "0", "--json"]);
-    // gc has listed the node and is pausing before its DELETE: the orphan is replaced by a new
-    // copy, as a repair writing there would. A fixed wait (about half the pause) rather than
-    // one for the failpoint's log line: it also leaves the new copy clearly younger than the
-    // listing, which a chunk file's coarse mtime could blur.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once gc has listed the node and pauses before its DELETE, the orphan is replaced by a new
+    // copy, as a repair writing there would. (A fixed wait here let a slow gc list the node
+    // after the new copy was written, and rightly delete it.) The short sleep leaves the new
+    // copy clearly younger than the listing.
+    let log = cluster.engine_stderr_log();
+    dfs_tests::wait_until("gc to pause before its DELETE", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("failpoint gc-before-delete: pausing"))
+    });
+    std::thread::sleep(Duration::from_millis(100));
     cluster.delete_copy(other, chunk);
     cluster.store_copy(other, chunk, quarter);
     let out = gc.wait_with_output().expect("wait for gc");
