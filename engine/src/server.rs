@@ -15,21 +15,39 @@ use std::time::Duration;
 /// How long a status request waits for every node's fresh counts.
 const STATUS_PING_WAIT: Duration = Duration::from_millis(500);
 
-/// Removes a file's record, then its copies in the background. False: no such file.
+/// Removes a file's record, then its copies in the background (`dfs_core::delete`). False: no
+/// such file.
 pub async fn delete_file(state: &EngineState, file_id: dfs_proto::FileId) -> Result<bool, crate::meta::MetaError> {
-    let Some(record) = state.meta.delete(file_id).await? else { return Ok(false) };
-    let chunks = record
-        .chunks
-        .iter()
-        .enumerate()
-        .flat_map(|(i, c)| {
-            let id = ChunkId { file_id, chunk_idx: i as u32 };
-            c.placement.iter().map(move |&p| (id, p))
-        })
-        .filter_map(|(id, p)| Some((id, record.nodes.get(p as usize)?.resolve(&*state.links.health).ok()?)))
-        .collect();
-    cluster::delete_later(&state.links, chunks);
-    Ok(true)
+    dfs_core::delete::delete_file(&EngineDelete(state), file_id).await
+}
+
+/// A delete over the engine's metadata and node connections.
+struct EngineDelete<'a>(&'a EngineState);
+
+impl dfs_core::delete::DeleteIo for EngineDelete<'_> {
+    type Node = SocketAddr;
+    type Error = crate::meta::MetaError;
+
+    /// The copies at the addresses their nodes answer at now (a node no longer known is left
+    /// to gc).
+    async fn remove_record(&self, file_id: dfs_proto::FileId) -> Result<Option<Vec<(ChunkId, SocketAddr)>>, Self::Error> {
+        let Some(record) = self.0.meta.delete(file_id).await? else { return Ok(None) };
+        let copies = record
+            .chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let id = ChunkId { file_id, chunk_idx: i as u32 };
+                c.placement.iter().map(move |&p| (id, p))
+            })
+            .filter_map(|(id, p)| Some((id, record.nodes.get(p as usize)?.resolve(&*self.0.links.health).ok()?)))
+            .collect();
+        Ok(Some(copies))
+    }
+
+    fn delete_copies(&self, copies: Vec<(ChunkId, SocketAddr)>) {
+        cluster::delete_later(&self.0.links, copies);
+    }
 }
 
 pub async fn handle(state: Arc<EngineState>, stream: dfs_runtime::backend::net::TcpStream, peer: SocketAddr) {

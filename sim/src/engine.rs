@@ -162,7 +162,7 @@ impl PutIo for SimPut<'_> {
     }
 
     fn id_of(&self, node: Node) -> Option<u64> {
-        self.w.known_identity.borrow()[node]
+        self.w.heard.borrow()[node].id()
     }
 
     fn note_replaced(&self, idx: usize) {
@@ -287,15 +287,41 @@ pub async fn get(w: Rc<World>, file_id: FileId) -> Result<Vec<u8>, GetErr> {
     Ok(out)
 }
 
+/// A delete over the simulated cluster: what `dfs_core::delete::delete_file`, the procedure the
+/// engine runs, asks for.
+struct SimDelete<'a>(&'a Rc<World>);
+
+impl dfs_core::delete::DeleteIo for SimDelete<'_> {
+    type Node = Node;
+    type Error = std::convert::Infallible;
+
+    /// The metadata answers after a yield (the engine awaits its writer).
+    async fn remove_record(&self, file_id: FileId) -> Result<Option<Vec<(ChunkId, Node)>>, Self::Error> {
+        yield_now().await;
+        let Some(record) = self.0.meta.borrow_mut().remove(&file_id) else { return Ok(None) };
+        let copies = record.chunks.iter().enumerate().flat_map(|(idx, c)| {
+            c.placement.iter().map(move |&n| (ChunkId { file_id, chunk_idx: idx as u32 }, n))
+        });
+        Ok(Some(copies.collect()))
+    }
+
+    /// In the background, one after the other, as `cluster::delete_later` deletes them.
+    fn delete_copies(&self, copies: Vec<(ChunkId, Node)>) {
+        let w = self.0.clone();
+        exec::spawn("delete a file's copies", async move {
+            for (chunk, n) in copies {
+                let _ = w.delete(n, chunk, None, Deleter::Owner).await;
+            }
+        });
+    }
+}
+
 /// DELETE: the record goes first, then its copies (best effort; gc gets the rest).
 pub async fn delete(w: Rc<World>, file_id: FileId) -> bool {
-    let Some(record) = w.meta.borrow_mut().remove(&file_id) else { return false };
-    for (idx, c) in record.chunks.iter().enumerate() {
-        for &n in &c.placement {
-            let _ = w.delete(n, ChunkId { file_id, chunk_idx: idx as u32 }, None, Deleter::Owner).await;
-        }
+    match dfs_core::delete::delete_file(&SimDelete(&w), file_id).await {
+        Ok(deleted) => deleted,
+        Err(never) => match never {},
     }
-    true
 }
 
 /// gc of one node over the simulated cluster: what `dfs_core::gc::collect_node`, the procedure
@@ -575,8 +601,7 @@ async fn ping(w: &Rc<World>, node: Node) {
     match w.ping(node).await {
         Some((identity, n_quarantined)) => {
             w.mark(node, true);
-            let before = w.known_quarantined.borrow_mut()[node].replace(n_quarantined);
-            let grew = before.is_some_and(|b| n_quarantined > b);
+            let grew = w.heard.borrow_mut()[node].set_aside(n_quarantined);
             if w.learn(node, identity) {
                 w.node_news.borrow_mut().push((node, Reason::NodeReplaced));
             }

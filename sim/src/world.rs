@@ -154,10 +154,11 @@ pub struct World {
     pub node_news: RefCell<Vec<(Node, dfs_core::repair::Reason)>>,
     /// Chunks noted for the queue by reads and scrubs, not yet queued.
     pub queue_notes: RefCell<BTreeSet<ChunkId>>,
-    /// The ID the engine last saw at each node, and since when each node is believed down.
-    pub known_identity: RefCell<Vec<Option<u64>>>,
-    /// Each node's count of copies set aside, as the pinger last read it.
-    pub known_quarantined: RefCell<Vec<Option<u64>>>,
+    /// What each node's answers said (`dfs_core::health`, as the engine's node table keeps
+    /// it): the ID the engine last saw there, and its count of copies set aside as the pinger
+    /// last read it.
+    pub heard: RefCell<Vec<dfs_core::health::Heard<u64>>>,
+    /// Since when each node is believed down.
     pub down_since: RefCell<Vec<Option<Duration>>>,
     /// Whether faults may strike now (off for the final check).
     pub chaos: std::cell::Cell<bool>,
@@ -192,8 +193,7 @@ impl World {
             queue: RefCell::new(BTreeMap::new()),
             queue_notes: RefCell::new(BTreeSet::new()),
             node_news: RefCell::new(Vec::new()),
-            known_identity: RefCell::new(vec![None; n]),
-            known_quarantined: RefCell::new(vec![None; n]),
+            heard: RefCell::new(vec![Default::default(); n]),
             down_since: RefCell::new(vec![None; n]),
             chaos: std::cell::Cell::new(true),
             counts: RefCell::new(Counts::default()),
@@ -220,7 +220,7 @@ impl World {
     /// What a node's handshake tells the engine: its ID. True when the engine learns it: the
     /// node's first answer, or another ID than before (its disk was replaced).
     pub fn learn(&self, node: Node, identity: u64) -> bool {
-        self.known_identity.borrow_mut()[node].replace(identity) != Some(identity)
+        self.heard.borrow_mut()[node].proved(identity) != dfs_core::health::Proved::Known
     }
 
     /// What the engine does with a failed request: a node that did not answer is marked down.

@@ -5,6 +5,7 @@
 //! skip down nodes without waiting for a timeout and reads try live copies first.
 
 use super::conn::{Links, NodeError, NodeFailure};
+use dfs_core::health::{Heard, Proved};
 use dfs_proto::NodeId;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,9 +27,10 @@ struct NodeHealth {
 
 pub struct Health {
     nodes: Vec<NodeHealth>,
-    /// The ID each node (same index) last proved; None until it answers. One lock over all,
-    /// so that no two addresses can take one ID at once.
-    ids: Mutex<Vec<Option<NodeId>>>,
+    /// What each node (same index) has said: the ID it last proved (None until it answers)
+    /// and its last count of copies set aside (`dfs_core::health`). One lock over all, so that
+    /// no two addresses can take one ID at once.
+    heard: Mutex<Vec<Heard<NodeId>>>,
     /// IDs learned since the last [`Health::take_learned`]: each node's first answer, and a
     /// new ID at an address where another had answered.
     learned: Mutex<Vec<Learned>>,
@@ -62,7 +64,7 @@ impl Health {
             .collect();
         Health {
             nodes,
-            ids: Mutex::new(vec![None; addrs.len()]),
+            heard: Mutex::new(vec![Heard::default(); addrs.len()]),
             learned: Mutex::new(Vec::new()),
             quarantine_grew: Mutex::new(Vec::new()),
         }
@@ -103,12 +105,12 @@ impl Health {
     /// The ID the node at `addr` proved, once it has answered.
     pub fn id_of(&self, addr: SocketAddr) -> Option<NodeId> {
         let i = self.nodes.iter().position(|n| n.addr == addr)?;
-        lock(&self.ids)[i]
+        lock(&self.heard)[i].id()
     }
 
     /// Where node `id` answers now, if one of the engine's nodes has proved that ID.
     pub fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
-        let i = lock(&self.ids).iter().position(|held| *held == Some(id))?;
+        let i = lock(&self.heard).iter().position(|held| held.id() == Some(id))?;
         Some(self.nodes[i].addr)
     }
 
@@ -121,25 +123,27 @@ impl Health {
             // Not one of the engine's nodes (a recorded address being tried): nothing to keep.
             return Ok(());
         };
-        let mut ids = lock(&self.ids);
-        if let Some(j) = ids.iter().position(|held| *held == Some(id)).filter(|&j| j != i) {
+        let mut heard = lock(&self.heard);
+        if let Some(j) = heard.iter().position(|held| held.id() == Some(id)).filter(|&j| j != i) {
             let other = &self.nodes[j];
             if other.up.load(Ordering::Acquire) {
                 return Err(SharedIdentity { addr, id, holder: other.addr });
             }
             tracing::warn!("node {id} moved from {} to {addr}", other.addr);
-            ids[j] = None;
+            heard[j].forget_id();
         }
-        let previous = ids[i].replace(id);
-        if previous != Some(id) {
-            lock(&self.learned).push(Learned { addr, id, previous });
-        }
-        if let Some(previous) = previous.filter(|p| *p != id) {
-            tracing::warn!(
-                "the node at {addr} is now node {id}, not {previous}: its data directory was replaced; repair re-makes \
-                 the copies {previous} held"
-            );
-        }
+        let previous = match heard[i].proved(id) {
+            Proved::Known => return Ok(()),
+            Proved::First => None,
+            Proved::Replaced { previous } => {
+                tracing::warn!(
+                    "the node at {addr} is now node {id}, not {previous}: its data directory was replaced; repair \
+                     re-makes the copies {previous} held"
+                );
+                Some(previous)
+            }
+        };
+        lock(&self.learned).push(Learned { addr, id, previous });
         Ok(())
     }
 
@@ -180,10 +184,9 @@ impl Health {
         crate::metrics::NODE_CHUNKS.with_label_values(&[&node]).set(report.n_chunks as i64);
         crate::metrics::NODE_BYTES_USED.with_label_values(&[&node]).set(report.bytes_used as i64);
         crate::metrics::NODE_BYTES_FREE.with_label_values(&[&node]).set(report.bytes_free as i64);
-        if let Some(n) = self.find(addr) {
-            let before = n.report.lock().unwrap_or_else(|e| e.into_inner()).replace(report);
-            // A node restarted counts from zero again: only growth over the last count counts.
-            if before.is_some_and(|b| report.n_quarantined > b.n_quarantined) {
+        if let Some(i) = self.nodes.iter().position(|n| n.addr == addr) {
+            *self.nodes[i].report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+            if lock(&self.heard)[i].set_aside(report.n_quarantined) {
                 lock(&self.quarantine_grew).push(addr);
             }
         }
@@ -196,7 +199,7 @@ impl Health {
     }
 
     pub fn view(&self) -> Vec<dfs_proto::NodeStatus> {
-        let ids = lock(&self.ids).clone();
+        let ids: Vec<Option<NodeId>> = lock(&self.heard).iter().map(Heard::id).collect();
         self.nodes
             .iter()
             .zip(ids)
