@@ -94,7 +94,8 @@ impl<N: Copy + PartialEq + std::fmt::Debug, I: Copy + PartialEq, E> Upload<N, I,
                 continue;
             }
             let Some(source) = c.copies.first() else { return Next::Lost { chunk } };
-            let exclude = c.copies.iter().map(|k| k.node).chain(c.errors.iter().map(|(n, _)| *n)).collect();
+            let exclude: Vec<N> = c.copies.iter().map(|k| k.node).chain(c.errors.iter().map(|(n, _)| *n)).collect();
+            assert!(exclude.contains(&source.node), "the source holds a copy: no new copy goes there");
             return Next::Complete { chunk, source: source.node, need: self.replicas - c.copies.len(), exclude };
         }
         Next::Commit
@@ -206,6 +207,7 @@ pub struct Incomplete {
 /// have them.
 pub async fn complete<C: CopyIo>(io: &C, upload: &mut Upload<C::Node, C::Id, C::Error>) -> Result<(), Incomplete> {
     let replicas = upload.replicas();
+    assert!(upload.written().len() <= replicas * upload.n_chunks(), "no chunk has more copies than it needs");
     loop {
         let (chunk, source, exclude) = match upload.next() {
             Next::Commit => return Ok(()),
@@ -230,6 +232,7 @@ pub async fn complete<C: CopyIo>(io: &C, upload: &mut Upload<C::Node, C::Id, C::
         if copies < replicas {
             return Err(Incomplete { chunk, copies });
         }
+        assert_eq!(copies, replicas, "chunk {chunk} completed with exactly its copies");
     }
 }
 

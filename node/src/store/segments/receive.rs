@@ -56,7 +56,11 @@ impl SegmentStore {
             failed = Some(ChunkError::AlreadyExists(chunk_id));
         } else {
             match self.reserve(record_span(length)) {
-                Ok(r) => reservation = Some(r),
+                Ok(r) => {
+                    assert_eq!(r.span, record_span(length), "a record's reservation is its whole span");
+                    assert_eq!(r.offset % ALIGN as u64, 0, "a record starts aligned");
+                    reservation = Some(r);
+                }
                 Err(e) => failed = Some(ChunkError::io(format!("cannot make room for chunk {chunk_id}"))(e)),
             }
         }
@@ -109,6 +113,7 @@ impl Incoming<'_> {
             self.stage = Some(stage);
             return;
         }
+        assert!(begin <= end && end <= self.stage_bytes, "a piece fits the stage: {begin}..{end} of {}", self.stage_bytes);
         self.hasher.update(&stage[begin..end]);
         stage.set_len(end);
         if stage.len() >= WRITE_BYTES {
@@ -128,6 +133,8 @@ impl Incoming<'_> {
             next.set_len(0);
             next.extend_from_slice(&stage[aligned..full]);
             stage.set_len(aligned);
+            assert_eq!(self.write_at % ALIGN as u64, 0, "writes start aligned");
+            assert!(self.write_at + aligned as u64 <= r.offset + r.span, "a write stays inside its record's reservation");
             let to_write = std::mem::replace(&mut stage, next);
             let fd = r.segment.fd.clone();
             let at = self.write_at;
@@ -183,6 +190,7 @@ impl Incoming<'_> {
             return Err(e);
         }
         let (actual, block_crcs) = std::mem::take(&mut self.hasher).finish();
+        assert_eq!(block_crcs.len() as u64, dfs_proto::layout::n_blocks(length), "one crc32 per block received");
         if actual != crc32 {
             segs.abandon(&r).await;
             return Err(ChunkError::ChecksumMismatch { chunk: chunk_id, announced: crc32, actual });
