@@ -107,11 +107,12 @@ impl Server {
         }
     }
 
-    fn hello(&self) -> Hello {
+    /// The Hello, naming the access key (never carrying it) with the client's nonce.
+    fn hello(&self, client_nonce: &dfs_proto::auth::Nonce) -> Hello {
         let mut hello = Hello::new(Role::Client);
         if let Some(key) = &self.access_key {
-            hello.auth_method = dfs_proto::auth::AUTH_ACCESS_KEY;
-            hello.auth = key.as_bytes().to_vec();
+            hello.auth_method = dfs_proto::auth::AUTH_KEY_PROOF;
+            hello.auth = dfs_proto::auth::AccessKey::new(key.as_bytes()).hello_auth(client_nonce);
         }
         hello
     }
@@ -185,10 +186,30 @@ impl Client {
         let stream = open_stream(addr).map_err(connect_error)?;
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
         let mut writer = reader.get_ref();
-        io_std::write_msg(&mut writer, &Msg::Hello(server.hello()))
+        let client_nonce = dfs_proto::auth::nonce().map_err(connect_error)?;
+        io_std::write_msg(&mut writer, &Msg::Hello(server.hello(&client_nonce)))
             .map_err(|e| connection_error("sending the handshake", e.into(), IO_TIMEOUT))?;
-        let frame = io_std::read_frame_on(&mut reader, Link::Client)
+        let mut frame = io_std::read_frame_on(&mut reader, Link::Client)
             .map_err(|e| connection_error("waiting for the handshake answer", e, IO_TIMEOUT))?;
+        if let Frame::Msg(Msg::KeyChallenge { nonce: engine_nonce, proof }) = frame {
+            // The engine proves it holds the key before the client proves it does.
+            let Some(key) = &server.access_key else {
+                return Err(ClientError::Protocol(
+                    "the engine sent a key challenge, but no access key was given".into(),
+                ));
+            };
+            let key = dfs_proto::auth::AccessKey::new(key.as_bytes());
+            if !key.check_engine(&client_nonce, &engine_nonce, &proof) {
+                return Err(ClientError::Protocol(format!(
+                    "the engine at {addr} could not prove that it holds this access key: refusing to go on"
+                )));
+            }
+            let proof = key.client_proof(&client_nonce, &engine_nonce);
+            io_std::write_msg(&mut reader.get_ref(), &Msg::KeyProof { proof })
+                .map_err(|e| connection_error("sending the key proof", e.into(), IO_TIMEOUT))?;
+            frame = io_std::read_frame_on(&mut reader, Link::Client)
+                .map_err(|e| connection_error("waiting for the handshake answer", e, IO_TIMEOUT))?;
+        }
         let hello = match frame {
             Frame::Msg(Msg::HelloOk(hello)) => hello,
             Frame::Msg(Msg::Error { status, message }) => return Err(ClientError::Remote { status, message }),

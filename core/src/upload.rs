@@ -314,7 +314,8 @@ pub async fn put<P: PutIo>(
     assert!(max_inflight_chunks >= 1, "at least one chunk's acknowledgements in flight");
     let mut upload: Upload<P::Node, P::Id, P::Error> = Upload::new(n_chunks, replicas);
     let mut inflight: std::collections::VecDeque<(usize, P::Node, P::Pending)> = Default::default();
-    let mut refused: Option<(usize, Refused<P::Node, P::Error>)> = None;
+    // The first chunk too few nodes took, and their answers.
+    let mut refused: Option<RefusedAt<P::Node, P::Error>> = None;
     let mut stopped: Option<P::Stopped> = None;
     for chunk in 0..n_chunks {
         if let Err(s) = io.prepare(chunk).await {
@@ -371,6 +372,9 @@ pub async fn put<P: PutIo>(
     }
     Ok(())
 }
+
+/// A chunk that fewer nodes took than it needs copies, and their answers.
+type RefusedAt<N, E> = (usize, Refused<N, E>);
 
 /// [`OpenIo`] for one chunk of a [`PutIo`].
 struct OpenChunk<'a, P> {
@@ -682,7 +686,9 @@ mod tests {
         assert!(io.logged().contains(&"copy 1 to 0".to_string()));
         let mut io = FakePut { cut: vec![(0, 0), (0, 1)], ..Default::default() };
         match block_on(put(&mut io, 1, 2, 8)) {
-            Err(PutFailed::Incomplete { chunk: 0, copies: 0, errors }) => assert_eq!(errors, [(0, "reset"), (1, "reset")]),
+            Err(PutFailed::Incomplete { chunk: 0, copies: 0, errors }) => {
+                assert_eq!(errors, [(0, "reset"), (1, "reset")])
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(io.committed, None);

@@ -311,7 +311,13 @@ impl<S: Source> CopyIo for EnginePut<'_, S> {
 
     fn will_write(&self, _chunk: usize, _node: SocketAddr) {}
 
-    async fn copy(&self, idx: usize, source: SocketAddr, dest: SocketAddr, block_crcs: &[u32]) -> Result<NodeId, NodeError> {
+    async fn copy(
+        &self,
+        idx: usize,
+        source: SocketAddr,
+        dest: SocketAddr,
+        block_crcs: &[u32],
+    ) -> Result<NodeId, NodeError> {
         let span = &self.spans[idx];
         let chunk = ChunkRecord {
             offset: span.offset,

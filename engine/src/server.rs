@@ -30,7 +30,10 @@ impl dfs_core::delete::DeleteIo for EngineDelete<'_> {
 
     /// The copies at the addresses their nodes answer at now (a node no longer known is left
     /// to gc).
-    async fn remove_record(&self, file_id: dfs_proto::FileId) -> Result<Option<Vec<(ChunkId, SocketAddr)>>, Self::Error> {
+    async fn remove_record(
+        &self,
+        file_id: dfs_proto::FileId,
+    ) -> Result<Option<Vec<(ChunkId, SocketAddr)>>, Self::Error> {
         let Some(record) = self.0.meta.delete(file_id).await? else { return Ok(None) };
         let copies = record
             .chunks
@@ -50,6 +53,45 @@ impl dfs_core::delete::DeleteIo for EngineDelete<'_> {
     }
 }
 
+/// Why a client's handshake was refused.
+#[derive(Debug, thiserror::Error)]
+enum KeyRefused {
+    #[error(
+        "a valid access key is required: dfs-client --token-file FILE (or DFS_TOKEN_FILE), or --token KEY (or DFS_TOKEN)"
+    )]
+    NoKey,
+    #[error("this engine holds no such access key")]
+    UnknownKey,
+    #[error("the client's proof of its access key is wrong")]
+    WrongProof,
+    #[error("expected the client's KeyProof")]
+    NoProof,
+}
+
+/// The client's proof of an access key, by challenge and response (`dfs_proto::auth`): the key
+/// its Hello names, the engine's challenge with the engine's own proof, and the client's
+/// proof. Ok(Err): refused, with why. Err: the connection broke.
+async fn check_access_key(
+    keys: &dfs_proto::auth::AccessKeys,
+    conn: &Conn,
+    hello: &dfs_proto::Hello,
+) -> Result<Result<(), KeyRefused>, FrameError> {
+    use dfs_proto::auth::{AccessKey, AUTH_KEY_PROOF};
+    if hello.auth_method != AUTH_KEY_PROOF {
+        return Ok(Err(KeyRefused::NoKey));
+    }
+    let Some((id, client_nonce)) = AccessKey::parse_hello_auth(&hello.auth) else { return Ok(Err(KeyRefused::NoKey)) };
+    let Some(key) = keys.by_id(&id) else { return Ok(Err(KeyRefused::UnknownKey)) };
+    let engine_nonce = dfs_proto::auth::nonce().map_err(FrameError::Io)?;
+    let proof = key.engine_proof(&client_nonce, &engine_nonce);
+    conn.write_msg(&Msg::KeyChallenge { nonce: engine_nonce, proof }).await?;
+    Ok(match conn.read_frame().await? {
+        Frame::Msg(Msg::KeyProof { proof }) if key.check_client(&client_nonce, &engine_nonce, &proof) => Ok(()),
+        Frame::Msg(Msg::KeyProof { .. }) => Err(KeyRefused::WrongProof),
+        _ => Err(KeyRefused::NoProof),
+    })
+}
+
 pub async fn handle(state: Arc<EngineState>, stream: dfs_runtime::backend::net::TcpStream, peer: SocketAddr) {
     let conn = Conn::new(stream, state.config.client_idle_timeout, dfs_proto::Link::Client);
     metrics::CONNECTIONS.inc();
@@ -65,10 +107,9 @@ async fn serve(state: &EngineState, conn: &Conn) -> Result<(), FrameError> {
     match conn.read_frame().await {
         Ok(Frame::Msg(Msg::Hello(h))) if h.role == Role::Client && h.version == VERSION => {
             if let Some(keys) = &state.access_keys {
-                if h.auth_method != dfs_proto::auth::AUTH_ACCESS_KEY || !keys.accepts(&h.auth) {
-                    let why = "a valid access key is required: dfs-client --token-file FILE (or DFS_TOKEN_FILE), or --token KEY (or DFS_TOKEN)";
-                    let _ = conn.write_msg(&Msg::error(Status::Unauthorized, why)).await;
-                    return Err(FrameError::Io(std::io::Error::other("client presented no valid access key")));
+                if let Err(why) = check_access_key(keys, conn, &h).await? {
+                    let _ = conn.write_msg(&Msg::error(Status::Unauthorized, why.to_string())).await;
+                    return Err(FrameError::Io(std::io::Error::other(format!("client refused: {why}"))));
                 }
             }
         }

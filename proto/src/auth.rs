@@ -1,7 +1,12 @@
 //! Authentication, carried in the Hello frame's `auth_method` and `auth` slot.
 //!
-//! - Clients present an **access key** (method 1): the engine compares it, in constant time,
-//!   with each key of its `--token-file`.
+//! - Clients prove that they hold an **access key** (method 3) by challenge-response, so the
+//!   key never crosses the wire: the client's Hello carries the key's ID (a hash of the key,
+//!   which names it among the engine's `--token-file` keys without revealing it) and a fresh
+//!   nonce; the engine answers with its own fresh nonce and HMAC-SHA256(key, "dfs engine to
+//!   client" | client nonce | engine nonce), proving that it holds the same key; the client
+//!   checks that and answers with HMAC-SHA256(key, "dfs client" | client nonce | engine nonce);
+//!   the engine checks it in constant time, and only then sends HelloOk.
 //! - Engine and nodes prove to each other that they know the **cluster secret** (method 2) by
 //!   challenge-response, so the secret never crosses the wire and a recorded handshake cannot be
 //!   replayed: the engine's Hello carries a fresh nonce; the node answers with its own fresh
@@ -17,8 +22,11 @@ use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
 
 pub const AUTH_NONE: u8 = 0;
-pub const AUTH_ACCESS_KEY: u8 = 1;
+/// Method 1 sent the access key itself; it is no longer spoken (protocol 7 and later).
 pub const AUTH_CLUSTER: u8 = 2;
+pub const AUTH_KEY_PROOF: u8 = 3;
+/// Bytes of an access key's ID.
+pub const KEY_ID_BYTES: usize = 16;
 /// Bytes of each side's challenge nonce.
 pub const NONCE_BYTES: usize = 32;
 /// Bytes of an HMAC-SHA256 proof.
@@ -31,6 +39,9 @@ pub type Proof = [u8; PROOF_BYTES];
 
 const NODE_LABEL: &[u8] = b"dfs node";
 const ENGINE_LABEL: &[u8] = b"dfs engine";
+const KEY_ID_LABEL: &[u8] = b"dfs access key id";
+const CLIENT_LABEL: &[u8] = b"dfs client";
+const ENGINE_TO_CLIENT_LABEL: &[u8] = b"dfs engine to client";
 
 /// A fresh nonce from the operating system's random source.
 pub fn nonce() -> std::io::Result<Nonce> {
@@ -121,8 +132,77 @@ impl ClusterSecret {
     }
 }
 
+/// One access key, on either side of a client's handshake.
+pub struct AccessKey {
+    key: Vec<u8>,
+    id: [u8; KEY_ID_BYTES],
+}
+
+impl AccessKey {
+    pub fn new(key: &[u8]) -> AccessKey {
+        use sha2::Digest;
+        let digest = Sha256::new().chain_update(KEY_ID_LABEL).chain_update(key).finalize();
+        let id = digest[..KEY_ID_BYTES].try_into().expect("a SHA-256 digest is longer than a key ID");
+        AccessKey { key: key.to_vec(), id }
+    }
+
+    /// The key's ID: what a client's Hello names it by.
+    pub fn id(&self) -> [u8; KEY_ID_BYTES] {
+        self.id
+    }
+
+    /// The Hello's auth slot: the key's ID, then the client's nonce.
+    pub fn hello_auth(&self, client_nonce: &Nonce) -> Vec<u8> {
+        [&self.id[..], &client_nonce[..]].concat()
+    }
+
+    /// A Hello's auth slot taken apart: the key ID and the client's nonce, if it has their
+    /// length.
+    pub fn parse_hello_auth(auth: &[u8]) -> Option<([u8; KEY_ID_BYTES], Nonce)> {
+        if auth.len() != KEY_ID_BYTES + NONCE_BYTES {
+            return None;
+        }
+        let (id, nonce) = auth.split_at(KEY_ID_BYTES);
+        Some((id.try_into().ok()?, nonce.try_into().ok()?))
+    }
+
+    fn mac(&self, label: &[u8], client_nonce: &Nonce, engine_nonce: &Nonce) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes a key of any length");
+        mac.update(label);
+        mac.update(client_nonce);
+        mac.update(engine_nonce);
+        mac
+    }
+
+    /// The client's answer to the engine's challenge.
+    pub fn client_proof(&self, client_nonce: &Nonce, engine_nonce: &Nonce) -> Proof {
+        self.mac(CLIENT_LABEL, client_nonce, engine_nonce).finalize().into_bytes().into()
+    }
+
+    /// The engine's proof that it holds the key, sent with its challenge.
+    pub fn engine_proof(&self, client_nonce: &Nonce, engine_nonce: &Nonce) -> Proof {
+        self.mac(ENGINE_TO_CLIENT_LABEL, client_nonce, engine_nonce).finalize().into_bytes().into()
+    }
+
+    /// Checks, in constant time, a client's proof.
+    pub fn check_client(&self, client_nonce: &Nonce, engine_nonce: &Nonce, proof: &[u8]) -> bool {
+        self.mac(CLIENT_LABEL, client_nonce, engine_nonce).verify_slice(proof).is_ok()
+    }
+
+    /// Checks, in constant time, the engine's proof.
+    pub fn check_engine(&self, client_nonce: &Nonce, engine_nonce: &Nonce, proof: &[u8]) -> bool {
+        self.mac(ENGINE_TO_CLIENT_LABEL, client_nonce, engine_nonce).verify_slice(proof).is_ok()
+    }
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AccessKey {{ id: {} }}", hex::encode(self.id))
+    }
+}
+
 /// The access keys an engine accepts from clients.
-pub struct AccessKeys(Vec<Vec<u8>>);
+pub struct AccessKeys(Vec<AccessKey>);
 
 impl AccessKeys {
     /// One key per line; blank lines and lines starting with `#` are ignored.
@@ -138,7 +218,7 @@ impl AccessKeys {
                 let where_ = format!("on line {} of {}", line_idx + 1, path.display());
                 return Err(SecretError::TooShort { what: "access key", where_, len: key.len() });
             }
-            keys.push(key.as_bytes().to_vec());
+            keys.push(AccessKey::new(key.as_bytes()));
         }
         if keys.is_empty() {
             return Err(SecretError::NoKey { path: path.to_owned() });
@@ -146,14 +226,20 @@ impl AccessKeys {
         Ok(AccessKeys(keys))
     }
 
-    /// Whether `presented` is one of the keys. Every key is compared in full, in constant time,
-    /// so the answer's timing says nothing about which key or how many bytes matched.
+    /// Whether `presented` is one of the keys itself (HTTP's Bearer and Basic authentication
+    /// carry the key; the dfs protocol never does). Every key is compared in full, in constant
+    /// time, so the answer's timing says nothing about which key or how many bytes matched.
     pub fn accepts(&self, presented: &[u8]) -> bool {
         let mut ok = subtle::Choice::from(0u8);
         for key in &self.0 {
-            ok |= key.as_slice().ct_eq(presented);
+            ok |= key.key.as_slice().ct_eq(presented);
         }
         ok.into()
+    }
+
+    /// The key with ID `id`. (The ID is public: it names a key without revealing it.)
+    pub fn by_id(&self, id: &[u8; KEY_ID_BYTES]) -> Option<&AccessKey> {
+        self.0.iter().find(|k| bool::from(k.id.ct_eq(id)))
     }
 }
 
@@ -206,12 +292,29 @@ mod tests {
     }
 
     #[test]
-    fn access_keys_accept_exactly_their_keys() {
-        let keys = AccessKeys(vec![b"a".repeat(32), b"b".repeat(40)]);
-        assert!(keys.accepts(&b"a".repeat(32)));
-        assert!(keys.accepts(&b"b".repeat(40)));
-        assert!(!keys.accepts(&b"a".repeat(31)));
-        assert!(!keys.accepts(b""));
-        assert!(!keys.accepts(&b"c".repeat(32)));
+    fn an_access_key_is_found_by_its_id_and_proved_without_crossing_the_wire() {
+        let (a, b) = (b"a".repeat(32), b"b".repeat(40));
+        let keys = AccessKeys(vec![AccessKey::new(&a), AccessKey::new(&b)]);
+        let client = AccessKey::new(&b);
+        let (cn, en) = ([1u8; 32], [2u8; 32]);
+        let auth = client.hello_auth(&cn);
+        assert!(!auth.windows(b.len()).any(|w| w == b), "the key itself is not in the Hello");
+        let (id, nonce) = AccessKey::parse_hello_auth(&auth).expect("a well-formed auth slot");
+        assert_eq!(nonce, cn);
+        let held = keys.by_id(&id).expect("the engine holds the key");
+        assert!(keys.by_id(&AccessKey::new(&b"c".repeat(32)).id()).is_none(), "an unknown key has no match");
+        assert!(AccessKey::parse_hello_auth(&auth[1..]).is_none());
+        // Each side proves the key; a proof for other nonces (a replay) or of the other role fails.
+        let engine = held.engine_proof(&cn, &en);
+        assert!(client.check_engine(&cn, &en, &engine));
+        assert!(!client.check_engine(&cn, &[3u8; 32], &engine));
+        let proof = client.client_proof(&cn, &en);
+        assert!(held.check_client(&cn, &en, &proof));
+        assert!(!held.check_client(&cn, &en, &engine), "an engine proof is not a client proof");
+        assert!(!held.check_client(&[3u8; 32], &en, &proof), "a proof for another client nonce fails");
+        assert!(
+            !keys.by_id(&AccessKey::new(&a).id()).expect("key a").check_client(&cn, &en, &proof),
+            "another key fails"
+        );
     }
 }

@@ -31,4 +31,4 @@ pub use status::Status;
 /// Protocol magic that opens every connection's Hello frame.
 pub const MAGIC: [u8; 4] = *b"DFS1";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;

@@ -58,6 +58,8 @@ frame_kinds! {
     Ok = 0x04, Both;
     AuthChallenge = 0x05, Node;
     AuthProof = 0x06, Node;
+    KeyChallenge = 0x07, Client;
+    KeyProof = 0x08, Client;
     Put = 0x10, Client;
     PutOk = 0x11, Client;
     Get = 0x12, Client;
@@ -174,7 +176,7 @@ pub enum Role {
 pub struct Hello {
     pub version: u16,
     pub role: Role,
-    /// Authentication method; 0 is "none". Reserved for the authentication issue.
+    /// Authentication method ([`crate::auth`]): none, a client's key proof, or the cluster's.
     pub auth_method: u8,
     pub auth: Vec<u8>,
 }
@@ -380,6 +382,17 @@ pub enum Msg {
     },
     /// Engine → node: the engine's proof of the cluster secret.
     AuthProof {
+        proof: crate::auth::Proof,
+    },
+    /// Engine → client, in answer to a Hello with the key-proof method: the engine's nonce, and
+    /// its proof that it holds the access key the client named, over both nonces (see
+    /// [`crate::auth`]).
+    KeyChallenge {
+        nonce: crate::auth::Nonce,
+        proof: crate::auth::Proof,
+    },
+    /// Client → engine: the client's proof of its access key over both nonces.
+    KeyProof {
         proof: crate::auth::Proof,
     },
     /// Upload: followed on the wire by exactly `size` raw bytes (no framing). `origin` is
@@ -732,6 +745,8 @@ impl Msg {
             Msg::Ok => Kind::Ok,
             Msg::AuthChallenge { .. } => Kind::AuthChallenge,
             Msg::AuthProof { .. } => Kind::AuthProof,
+            Msg::KeyChallenge { .. } => Kind::KeyChallenge,
+            Msg::KeyProof { .. } => Kind::KeyProof,
             Msg::Put { .. } => Kind::Put,
             Msg::PutOk { .. } => Kind::PutOk,
             Msg::Get { .. } => Kind::Get,
@@ -864,6 +879,11 @@ impl Msg {
                 w.raw(proof);
             }
             Msg::AuthProof { proof } => w.raw(proof),
+            Msg::KeyChallenge { nonce, proof } => {
+                w.raw(nonce);
+                w.raw(proof);
+            }
+            Msg::KeyProof { proof } => w.raw(proof),
             Msg::ClusterStatusOk { replicas, nodes, repair_queue } => {
                 w.u32(*replicas);
                 w.count(nodes.len());
@@ -994,6 +1014,8 @@ impl Msg {
                 Msg::AuthChallenge { nonce: r.array("nonce")?, node_id: node_id(r)?, proof: r.array("proof")? }
             }
             Kind::AuthProof => Msg::AuthProof { proof: r.array("proof")? },
+            Kind::KeyChallenge => Msg::KeyChallenge { nonce: r.array("nonce")?, proof: r.array("proof")? },
+            Kind::KeyProof => Msg::KeyProof { proof: r.array("proof")? },
             Kind::End => Msg::End,
             Kind::Put => {
                 let name = r.string("name", MAX_NAME_BYTES)?;

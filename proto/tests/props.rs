@@ -20,13 +20,15 @@ use std::io::Cursor;
 
 /// Every frame kind with its wire value, written out here rather than taken from the crate so
 /// that a renumbering (a wire format change) fails a test.
-const KINDS: [(u8, Kind); 43] = [
+const KINDS: [(u8, Kind); 45] = [
     (0x01, Kind::Hello),
     (0x02, Kind::HelloOk),
     (0x03, Kind::Error),
     (0x04, Kind::Ok),
     (0x05, Kind::AuthChallenge),
     (0x06, Kind::AuthProof),
+    (0x07, Kind::KeyChallenge),
+    (0x08, Kind::KeyProof),
     (0x10, Kind::Put),
     (0x11, Kind::PutOk),
     (0x12, Kind::Get),
@@ -194,6 +196,8 @@ fn msg() -> impl Strategy<Value = Msg> {
             proof
         }),
         any::<[u8; 32]>().prop_map(|proof| Msg::AuthProof { proof }),
+        (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(nonce, proof)| Msg::KeyChallenge { nonce, proof }),
+        any::<[u8; 32]>().prop_map(|proof| Msg::KeyProof { proof }),
         (text(100), file_size(), chunking(), crcs(), origin()).prop_map(
             |(name, size, chunking, chunk_crcs, origin)| Msg::Put { name, size, chunking, chunk_crcs, origin }
         ),

@@ -117,7 +117,10 @@ impl PutIo for SimPut<'_> {
 
     fn await_ack(&self, idx: usize, node: Node, (): ()) -> Result<Self::Pending, NodeErr> {
         let (w, chunk, bytes, crc) = (self.w.clone(), self.chunk_id(idx), self.bytes(idx).to_vec(), self.crcs[idx]);
-        Ok(exec::spawn(format!("store {chunk} on {node}"), async move { (node, w.store(node, chunk, &bytes, crc).await) }))
+        Ok(exec::spawn(
+            format!("store {chunk} on {node}"),
+            async move { (node, w.store(node, chunk, &bytes, crc).await) },
+        ))
     }
 
     async fn acked(&self, pending: Self::Pending) -> Result<(u64, Vec<u32>), NodeErr> {
@@ -155,7 +158,9 @@ impl PutIo for SimPut<'_> {
             .collect();
         yield_now().await;
         let file_id = self.file_id;
-        exec::trace(|| format!("put {file_id}: committed {:?}", chunks.iter().map(|c| &c.placement).collect::<Vec<_>>()));
+        exec::trace(|| {
+            format!("put {file_id}: committed {:?}", chunks.iter().map(|c| &c.placement).collect::<Vec<_>>())
+        });
         self.w.answering.borrow_mut().insert(file_id);
         self.w.meta.borrow_mut().insert(file_id, Record { size: self.data.len() as u64, chunks });
         Ok(())
@@ -299,9 +304,11 @@ impl dfs_core::delete::DeleteIo for SimDelete<'_> {
     async fn remove_record(&self, file_id: FileId) -> Result<Option<Vec<(ChunkId, Node)>>, Self::Error> {
         yield_now().await;
         let Some(record) = self.0.meta.borrow_mut().remove(&file_id) else { return Ok(None) };
-        let copies = record.chunks.iter().enumerate().flat_map(|(idx, c)| {
-            c.placement.iter().map(move |&n| (ChunkId { file_id, chunk_idx: idx as u32 }, n))
-        });
+        let copies = record
+            .chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(idx, c)| c.placement.iter().map(move |&n| (ChunkId { file_id, chunk_idx: idx as u32 }, n)));
         Ok(Some(copies.collect()))
     }
 

@@ -80,3 +80,71 @@ pub fn frame_header(body_len: u32, kind: u8) -> Vec<u8> {
     h.push(kind);
     h
 }
+
+/// Per connection through a [`Tap`]: what the connecting side sent, and what it got.
+type Captured = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
+/// A recording TCP forwarder: every connection made to [`Tap::addr`] is forwarded to the
+/// target, and every byte crossing it, either way, is kept: what a capture on the wire between
+/// the two would hold.
+pub struct Tap {
+    pub addr: String,
+    /// Per connection, in the order accepted: what the connecting side sent, and what it got.
+    captured: Captured,
+}
+
+impl Tap {
+    /// Listens on a free loopback port and forwards to `target`, until the test process ends.
+    pub fn start(target: &str) -> Tap {
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the tap");
+        let addr = listener.local_addr().expect("the tap's address").to_string();
+        let captured: Captured = Arc::default();
+        let (target, shared) = (target.to_string(), captured.clone());
+        std::thread::spawn(move || {
+            for down in listener.incoming() {
+                let Ok(down) = down else { continue };
+                let Ok(up) = TcpStream::connect(&target) else { continue };
+                let k = {
+                    let mut all = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    all.push((Vec::new(), Vec::new()));
+                    all.len() - 1
+                };
+                let pump = |mut from: TcpStream, mut to: TcpStream, sent: bool, shared: Captured| {
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            {
+                                let mut all = shared.lock().unwrap_or_else(|e| e.into_inner());
+                                let side = if sent { &mut all[k].0 } else { &mut all[k].1 };
+                                side.extend_from_slice(&buf[..n]);
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Write);
+                    })
+                };
+                let (down2, up2) = (down.try_clone().expect("clone a socket"), up.try_clone().expect("clone a socket"));
+                pump(down, up2, true, shared.clone());
+                pump(up, down2, false, shared.clone());
+            }
+        });
+        Tap { addr, captured }
+    }
+
+    /// Everything captured so far, per connection: (sent by the connecting side, received).
+    pub fn captured(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.captured.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -51,6 +51,95 @@ fn a_client_without_the_right_access_key_is_refused() {
     assert_eq!(cluster.ls().len(), 1, "refused clients must not have stored anything");
 }
 
+/// A capture of the client's traffic (a recording forwarder in front of the engine) holds the
+/// file's bytes, as it must while traffic is not encrypted, but never the access key: the key is
+/// proved by challenge and response. Replaying the client's side of a captured handshake on a
+/// new connection is refused, since the engine's nonce differs.
+#[test]
+fn the_access_key_never_crosses_the_wire_and_a_captured_handshake_cannot_be_replayed() {
+    let cluster = Cluster::start(4, secured());
+    let key_file = cluster.root().join("access.key");
+    let key = std::fs::read_to_string(&key_file).expect("read the access key").trim().to_string();
+    let tap = dfs_tests::Tap::start(cluster.engine_addr());
+    let data = pseudo_random_bytes(7, 200_000);
+    let input = cluster.write_input(&data);
+    let client = |args: &[&str]| {
+        let out = Command::new(bin("dfs-client"))
+            .args(["--server", tap.addr.as_str()])
+            .args(args)
+            .env("DFS_TOKEN_FILE", &key_file)
+            .env_remove("DFS_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run dfs-client");
+        assert!(out.status.success(), "{args:?} through the tap: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let id = String::from_utf8(client(&["put", input.to_str().expect("utf-8 path"), "--name", "tapped"]))
+        .expect("utf-8 file ID")
+        .trim()
+        .to_string();
+    let got = client(&["get", id.as_str(), "-o", "-"]);
+    assert_bytes_eq(&got, &data, "a file put and read through the tap");
+    client(&["ls"]);
+    let captured = tap.captured();
+    assert_eq!(captured.len(), 3, "one connection per client run");
+    let all: Vec<u8> = captured.iter().flat_map(|(sent, got)| [sent.as_slice(), got.as_slice()].concat()).collect();
+    // The capture sees what crosses the wire: the file, both ways (so a key in it would show).
+    assert!(dfs_tests::contains_bytes(&all, &data[100_000..100_064]), "the capture holds no file bytes");
+    assert!(!dfs_tests::contains_bytes(&all, key.as_bytes()), "the access key crossed the wire");
+    assert!(!dfs_tests::contains_bytes(&all, &key.as_bytes()[..16]), "part of the access key crossed the wire");
+    // The client's side of the `ls` handshake (Hello, then KeyProof), replayed.
+    let (sent, _) = &captured[2];
+    let mut s = raw_connect(cluster.engine_addr());
+    use std::io::Write;
+    s.write_all(sent).expect("replay the client's bytes");
+    let mut answers = Vec::new();
+    loop {
+        match read_frame(&mut s) {
+            Ok(Frame::Msg(Msg::KeyChallenge { .. })) => answers.push("challenge"),
+            Ok(Frame::Msg(Msg::Error { status: Status::Unauthorized, .. })) => answers.push("unauthorized"),
+            Ok(other) => panic!("a replayed handshake was answered {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(answers, ["challenge", "unauthorized"], "a replayed handshake must be refused");
+}
+
+/// A client does not prove its key to an engine that cannot prove it holds the same key: an
+/// impostor's challenge is refused with one clear line, and no proof is sent.
+#[test]
+fn a_client_refuses_an_engine_that_cannot_prove_the_key() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the impostor");
+    let addr = listener.local_addr().expect("its address").to_string();
+    let impostor = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("the client connects");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("set a read timeout");
+        match read_frame(&mut s) {
+            Ok(Frame::Msg(Msg::Hello(h))) => assert_eq!(h.auth_method, dfs_proto::auth::AUTH_KEY_PROOF, "{h:?}"),
+            other => panic!("expected the client's Hello, got {other:?}"),
+        }
+        write_msg(&mut s, &Msg::KeyChallenge { nonce: [9; 32], proof: [0; 32] }).expect("send the challenge");
+        // Whatever the client sends next (nothing, it closes): no KeyProof.
+        read_frame(&mut s)
+    });
+    let out = Command::new(bin("dfs-client"))
+        .args(["--server", addr.as_str(), "--token", &"a".repeat(64), "ls"])
+        .env_remove("DFS_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dfs-client");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit status {:?}, stderr {stderr}", out.status);
+    assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1, "{stderr}");
+    assert!(stderr.contains("could not prove that it holds this access key"), "{stderr}");
+    let next = impostor.join().expect("the impostor thread");
+    assert!(
+        !matches!(next, Ok(Frame::Msg(Msg::KeyProof { .. }))),
+        "the client proved its key to an impostor: {next:?}"
+    );
+}
+
 /// Opens a raw engine connection to a node and sends Hello with `auth_method` and `auth`.
 fn hello_to_node(addr: &str, auth_method: u8, auth: Vec<u8>) -> std::net::TcpStream {
     let mut s = raw_connect(addr);

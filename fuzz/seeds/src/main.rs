@@ -6,7 +6,7 @@
 #[path = "../../src/kinds.rs"]
 mod kinds;
 
-use dfs_proto::auth::{AUTH_ACCESS_KEY, AUTH_CLUSTER};
+use dfs_proto::auth::{AUTH_CLUSTER, AUTH_KEY_PROOF};
 use dfs_proto::limits::{FRAME_HEADER_BYTES, MAX_DATA_FRAME_BYTES, MAX_FILE_SIZE_BYTES};
 use dfs_proto::{
     ChunkId, ChunkInfo, Chunking, FileId, FileInfo, FileNode, FileSummary, FrameHeader, Hello, HelloOk, Msg, NodeId,
@@ -66,7 +66,7 @@ fn samples() -> Vec<(&'static str, Msg)> {
         |role, auth_method, auth: &[u8]| Msg::Hello(Hello { version: VERSION, role, auth_method, auth: auth.into() });
     vec![
         ("hello-none", Msg::Hello(Hello::new(Role::Client))),
-        ("hello-access-key", hello(Role::Client, AUTH_ACCESS_KEY, b"0123456789abcdef0123456789abcdef")),
+        ("hello-key-proof", hello(Role::Client, AUTH_KEY_PROOF, &[5; 48])),
         ("hello-cluster", hello(Role::Engine, AUTH_CLUSTER, &[7; 32])),
         (
             "hello-ok",
@@ -92,6 +92,8 @@ fn samples() -> Vec<(&'static str, Msg)> {
         ("ok", Msg::Ok),
         ("auth-challenge", Msg::AuthChallenge { nonce: [1; 32], node_id: NodeId([0x1d; 16]), proof: [2; 32] }),
         ("auth-proof", Msg::AuthProof { proof: [3; 32] }),
+        ("key-challenge", Msg::KeyChallenge { nonce: [4; 32], proof: [6; 32] }),
+        ("key-proof", Msg::KeyProof { proof: [8; 32] }),
         (
             "put",
             Msg::Put {
@@ -270,11 +272,12 @@ fn streams(samples: &[(&'static str, Msg)]) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         (
             "engine-reads-client",
-            frames(&["hello-access-key", "put", "get", "stat", "list-first", "delete", "gc", "scrub"]),
+            frames(&["hello-key-proof", "key-proof", "put", "get", "stat", "list-first", "delete", "gc", "scrub"]),
         ),
         (
             "client-reads-engine",
             frames(&[
+                "key-challenge",
                 "hello-ok",
                 "put-ok",
                 "get-ok",

@@ -113,7 +113,11 @@ impl Incoming<'_> {
             self.stage = Some(stage);
             return;
         }
-        assert!(begin <= end && end <= self.stage_bytes, "a piece fits the stage: {begin}..{end} of {}", self.stage_bytes);
+        assert!(
+            begin <= end && end <= self.stage_bytes,
+            "a piece fits the stage: {begin}..{end} of {}",
+            self.stage_bytes
+        );
         self.hasher.update(&stage[begin..end]);
         stage.set_len(end);
         if stage.len() >= WRITE_BYTES {
@@ -134,7 +138,10 @@ impl Incoming<'_> {
             next.extend_from_slice(&stage[aligned..full]);
             stage.set_len(aligned);
             assert_eq!(self.write_at % ALIGN as u64, 0, "writes start aligned");
-            assert!(self.write_at + aligned as u64 <= r.offset + r.span, "a write stays inside its record's reservation");
+            assert!(
+                self.write_at + aligned as u64 <= r.offset + r.span,
+                "a write stays inside its record's reservation"
+            );
             let to_write = std::mem::replace(&mut stage, next);
             let fd = r.segment.fd.clone();
             let at = self.write_at;
