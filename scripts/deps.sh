@@ -3,7 +3,8 @@
 # missing: PostgreSQL (the tests of the PostgreSQL metadata backend start servers of their own
 # with initdb and pg_ctl), iproute2 and nftables (the multi-host tests put each process in a
 # network namespace of its own and make partitions with nftables rules), Chromium (the
-# status page's test renders it in a headless browser), rclone and s3cmd, and from PyPI
+# status page's test renders it in a headless browser), rclone and s3cmd, the openssl tool
+# (the TLS tests make their CAs and certificates with it), and from PyPI
 # aws-cli and boto3 (the S3 tests). Debian and Ubuntu (apt-get); as root,
 # or through sudo.
 set -euo pipefail
@@ -26,6 +27,7 @@ fi
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/bin/chromium ] || [ -x /usr/bin/chromium-browser ] || [ -x /usr/bin/google-chrome ] || need+=(chromium)
 # rclone and s3cmd, S3 clients of the S3 front door's tests.
 command -v rclone >/dev/null 2>&1 || need+=(rclone)

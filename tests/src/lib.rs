@@ -12,6 +12,7 @@
 pub use serde_json::Value;
 
 pub mod browser;
+pub mod certs;
 pub mod http;
 pub mod json;
 pub mod netns;

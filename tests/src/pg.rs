@@ -165,6 +165,30 @@ impl Postgres {
             .unwrap_or(false)
     }
 
+    /// Turns TLS on: a server certificate signed by `ca` for the server's address (and
+    /// `localhost`), then a restart. Clients may still connect without TLS.
+    pub fn enable_tls(&self, ca: &crate::certs::Ca) {
+        let host = self.host.as_ref().map_or("127.0.0.1", |(_, ip)| ip.as_str()).to_string();
+        let (cert, key) = ca.sign("postgres-server", &[&format!("IP:{host}"), "DNS:localhost"]);
+        let (to_cert, to_key) = (self.data().join("server.crt"), self.data().join("server.key"));
+        fs::copy(&cert, &to_cert).expect("copy the server certificate");
+        fs::copy(&key, &to_key).expect("copy the server key");
+        fs::set_permissions(&to_key, fs::Permissions::from_mode(0o600)).expect("chmod the key");
+        chown(&to_cert, self.run_as);
+        chown(&to_key, self.run_as);
+        let conf = self.data().join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        fs::write(&conf, text).expect("write postgresql.conf");
+        self.stop();
+        self.restart();
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Stops the server (fast shutdown: sessions are cut, committed data stays).
     pub fn stop(&self) {
         let _ = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "fast", "-w", "stop"]).output();

@@ -96,8 +96,14 @@ pub struct Tap {
 impl Tap {
     /// Listens on a free loopback port and forwards to `target`, until the test process ends.
     pub fn start(target: &str) -> Tap {
+        Tap::start_on("127.0.0.1", target)
+    }
+
+    /// [`Tap::start`] on another loopback address (any of 127.0.0.0/8), for a peer reached by
+    /// an address its certificate does not name.
+    pub fn start_on(ip: &str, target: &str) -> Tap {
         use std::sync::Arc;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the tap");
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind the tap");
         let addr = listener.local_addr().expect("the tap's address").to_string();
         let captured: Captured = Arc::default();
         let (target, shared) = (target.to_string(), captured.clone());

@@ -496,3 +496,82 @@ fn a_commit_held_past_the_statement_limit_never_lists_a_file_without_its_data() 
     assert_eq!(rows, if listed.len() == 2 { "2" } else { "1" }, "rows in dfs_files");
     assert_bytes_eq(&cluster.get(&before_id).expect("get before"), &before, "the file put before");
 }
+
+/// Runs `dfs-engine` over PostgreSQL at `url` until it fails to start; its stderr.
+fn engine_refused(pg: &Postgres, cluster: &Cluster, url: &str) -> String {
+    let out = std::process::Command::new(dfs_tests::bin("dfs-engine"))
+        .args(["--listen", "127.0.0.1:0", "--meta", url, "--meta-password-file"])
+        .arg(pg.password_file())
+        .args(cluster.node_addrs().iter().flat_map(|a| ["--node".to_string(), a.clone()]))
+        .output()
+        .expect("run dfs-engine");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the engine started over {url}: {stderr}");
+    stderr
+}
+
+/// With `sslmode=verify-full`, the engine reaches PostgreSQL over TLS and checks its
+/// certificate: a capture between the two (a recording forwarder) holds none of the names and
+/// statements that cross in clear without TLS (shown on the same cluster, so the check can
+/// fail); a certificate from another CA, or a server name the certificate does not carry, stops
+/// the engine with one clear error.
+#[test]
+fn the_engine_reaches_postgresql_over_tls_and_checks_its_certificate() {
+    let pg = Postgres::start();
+    let scratch = tempfile::tempdir().expect("a temp dir");
+    let ca = dfs_tests::certs::Ca::new(scratch.path(), "pg-ca");
+    pg.enable_tls(&ca);
+    let pg_addr = format!("127.0.0.1:{}", pg.port());
+    let (tls_tap, plain_tap) = (dfs_tests::Tap::start(&pg_addr), dfs_tests::Tap::start(&pg_addr));
+    let ca_path = ca.cert.to_str().expect("a UTF-8 path").to_string();
+    let tls_url = format!("postgres://dfs@{}/postgres?sslmode=verify-full&sslrootcert={ca_path}", tls_tap.addr);
+    let mut o = opts(&pg);
+    o.postgres = Some((tls_url, pg.password_file()));
+    let mut cluster = Cluster::start(4, o);
+    let data = pseudo_random_bytes(3, 50_000);
+    let name = "a-name-that-crosses-to-the-database";
+    let id = cluster.put_bytes(&data, name, Chunking::Equal);
+    assert!(cluster.ls().iter().any(|e| e.id == id && e.name == name));
+    let log = std::fs::read_to_string(cluster.engine_stderr_log()).unwrap_or_default();
+    assert!(log.contains("certificate checked against"), "the engine must say how it reaches PostgreSQL: {log}");
+    let capture = |tap: &dfs_tests::Tap| -> Vec<u8> {
+        tap.captured().into_iter().flat_map(|(sent, got)| [sent, got].concat()).collect()
+    };
+    let tls_bytes = capture(&tls_tap);
+    assert!(!tls_bytes.is_empty(), "no traffic went through the TLS tap");
+    for clear in [name.as_bytes(), b"dfs_files", b"SELECT"] {
+        assert!(
+            !dfs_tests::contains_bytes(&tls_bytes, clear),
+            "{:?} crossed to PostgreSQL in clear under TLS",
+            String::from_utf8_lossy(clear)
+        );
+    }
+    // The same engine without TLS (a second one on the same metadata): the name crosses in clear.
+    cluster.kill_engine();
+    let mut o = opts(&pg);
+    o.postgres = Some((format!("postgres://dfs@{}/postgres", plain_tap.addr), pg.password_file()));
+    let plain = Cluster::start(4, o);
+    assert!(plain.ls().iter().any(|e| e.id == id), "the file is in the database");
+    assert!(dfs_tests::contains_bytes(&capture(&plain_tap), name.as_bytes()), "the plain capture must show the name");
+
+    // Another CA's certificate, and a name the certificate does not carry.
+    let other = dfs_tests::certs::Ca::new(&scratch.path().join("other"), "other-ca");
+    let other_path = other.cert.to_str().expect("a UTF-8 path");
+    let stderr = engine_refused(
+        &pg,
+        &plain,
+        &format!("postgres://dfs@{pg_addr}/postgres?sslmode=verify-full&sslrootcert={other_path}"),
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: ") && last.contains("invalid peer certificate"), "another CA: {stderr}");
+    let elsewhere = dfs_tests::Tap::start_on("127.0.0.2", &pg_addr);
+    let stderr = engine_refused(
+        &pg,
+        &plain,
+        &format!("postgres://dfs@{}/postgres?sslmode=verify-full&sslrootcert={ca_path}", elsewhere.addr),
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("invalid peer certificate"), "a name the certificate does not carry: {stderr}");
+    let stderr = engine_refused(&pg, &plain, &format!("postgres://dfs@{pg_addr}/postgres?sslmode=verify-full"));
+    assert!(stderr.contains("needs sslrootcert"), "{stderr}");
+}

@@ -44,6 +44,7 @@ mod leases;
 mod objects;
 mod queue;
 mod schema;
+mod tls;
 mod writer;
 
 use leases::{heartbeat, register};
@@ -164,17 +165,21 @@ fn file_id_of(bytes: &[u8]) -> Result<FileId, MetaError> {
 }
 
 /// The connection settings from `url` and the options, checked before any connection.
-fn config(url: &str, opts: &PostgresOptions) -> Result<(tokio_postgres::Config, String), MetaError> {
+fn config(url: &str, opts: &PostgresOptions) -> Result<(tokio_postgres::Config, String, tls::PgTls), MetaError> {
     let bad = |why: String| MetaError::Config(format!("--meta: {why}"));
+    let (url, tls) = tls::split_url(url)?;
     let mut config: tokio_postgres::Config = url.parse().map_err(|e| bad(format!("not a PostgreSQL URL: {e}")))?;
     if config.get_password().is_some() {
         return Err(bad("the URL holds a password; put it in --meta-password-file instead".into()));
     }
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(bad("sslmode=require: this engine connects to PostgreSQL without TLS (use a local socket \
-                        or a tunnel, or sslmode=disable)"
-            .into()));
-    }
+    // A string in libpq's key=value form keeps tokio-postgres's reading of sslmode (none of
+    // its modes checks certificates).
+    let tls = tls.unwrap_or(match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => tls::PgTls::Off,
+        tokio_postgres::config::SslMode::Require => tls::PgTls::Unverified { required: true },
+        _ => tls::PgTls::Unverified { required: false },
+    });
+    config.ssl_mode(tls.ssl_mode());
     if let Some(path) = &opts.password_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| bad(format!("cannot read --meta-password-file {}: {e}", path.display())))?;
@@ -201,13 +206,24 @@ fn config(url: &str, opts: &PostgresOptions) -> Result<(tokio_postgres::Config, 
         config.get_user().unwrap_or("?"),
         config.get_dbname().or(config.get_user()).unwrap_or("?")
     );
-    Ok((config, describe))
+    Ok((config, describe, tls))
 }
 
 impl Postgres {
     /// Connects, runs the migrations this database lacks, and starts the writer.
     pub fn open(url: &str, opts: &PostgresOptions) -> Result<Postgres, MetaError> {
-        let (config, describe) = config(url, opts)?;
+        let (config, describe, tls) = config(url, opts)?;
+        let connector = tls::connector(&tls)?;
+        if tls == tls::PgTls::Off {
+            tracing::info!("PostgreSQL {describe}: no TLS");
+        } else if matches!(tls, tls::PgTls::Unverified { .. }) {
+            tracing::warn!(
+                "PostgreSQL {describe}: {}; add sslmode=verify-full&sslrootcert=FILE to know it is the database",
+                tls.describe()
+            );
+        } else {
+            tracing::info!("PostgreSQL {describe}: {}", tls.describe());
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -220,11 +236,8 @@ impl Postgres {
                 let _ = rt.block_on(stopped);
             })
             .map_err(|e| MetaError::Db(format!("cannot start the PostgreSQL thread: {e}")))?;
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let manager =
+            Manager::from_config(config, connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = {
             let _enter = handle.enter();
             Pool::builder(manager)
@@ -437,16 +450,17 @@ mod tests {
     #[test]
     fn urls_are_checked_before_any_connection() {
         let opts = PostgresOptions::default();
-        let (_, d) = config("postgres://dfs@127.0.0.1:5433/meta", &opts).unwrap();
-        assert_eq!(d, "dfs@127.0.0.1:5433/meta");
+        let (_, d, tls) = config("postgres://dfs@127.0.0.1:5433/meta", &opts).unwrap();
+        assert_eq!((d.as_str(), tls), ("dfs@127.0.0.1:5433/meta", tls::PgTls::Off));
         let err = config("postgres://dfs:secret@127.0.0.1/meta", &opts).err().unwrap().to_string();
         assert!(err.contains("holds a password") && !err.contains("secret"), "{err}");
-        let err = config("postgres://dfs@127.0.0.1/meta?sslmode=require", &opts).err().unwrap().to_string();
-        assert!(err.contains("sslmode=require"), "{err}");
+        let (c, _, tls) = config("postgres://dfs@127.0.0.1/meta?sslmode=require", &opts).unwrap();
+        assert_eq!(tls, tls::PgTls::Unverified { required: true });
+        assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "hunter2\n").unwrap();
-        let (c, _) =
+        let (c, _, _) =
             config("postgres://dfs@h/db", &PostgresOptions { password_file: Some(pw), ..Default::default() }).unwrap();
         assert_eq!(c.get_password(), Some(&b"hunter2"[..]));
     }
