@@ -22,3 +22,4 @@ pub mod s3;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod tls;

@@ -129,6 +129,13 @@ struct Args {
     /// *.s3.example.com. Requests to any other host name or address stay path-style.
     #[arg(long, value_name = "DOMAIN")]
     s3_domain: Option<String>,
+    /// Serve the S3 API over HTTPS with this certificate (PEM, the chain from the server's own
+    /// certificate up), read again whenever the file changes. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Seconds after which an S3 multipart upload that was neither completed nor aborted is
     /// aborted and its parts deleted.
     #[arg(long, default_value_t = 7 * 86400)]
@@ -231,6 +238,9 @@ fn run(args: Args) -> Result<(), String> {
             Some((listeners, keys, hosts, file.clone()))
         }
     };
+    if s3.is_none() && args.tls_cert.is_some() {
+        return Err("--tls-cert serves the S3 API over HTTPS: it needs --s3 ADDR (or --local)".into());
+    }
     if s3.is_none() && args.s3_domain.is_some() {
         return Err("--s3-domain needs the S3 API served: --s3 ADDR (or --local)".into());
     }
@@ -352,8 +362,16 @@ fn run(args: Args) -> Result<(), String> {
             None => "path-style".into(),
         };
         let max_age = Duration::from_secs(args.s3_upload_max_age_secs);
-        dfs_engine::s3::start(state.clone(), listeners, keys, hosts, max_age).map_err(|e| e.to_string())?;
-        tracing::info!("S3 API on http://{at}/ ({style}), key pairs in {}", file.display());
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = dfs_engine::tls::CertFiles::load(cert, key).map_err(|e| e.to_string())?;
+                Some(std::sync::Arc::new(files).server_config(&[b"http/1.1"]).map_err(|e| e.to_string())?)
+            }
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        dfs_engine::s3::start(state.clone(), listeners, keys, hosts, max_age, tls).map_err(|e| e.to_string())?;
+        tracing::info!("S3 API on {scheme}://{at}/ ({style}), key pairs in {}", file.display());
     }
     dfs_runtime::announce(addr);
     dfs_runtime::serve_per_core(listeners, args.max_connections, state, server::handle).map_err(|e| e.to_string())

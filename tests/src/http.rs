@@ -5,13 +5,14 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-/// The address in the first `<what> on http://ADDR/` line of a server's log (`what`: `metrics`,
-/// `status page`), waiting up to 10 s for it to appear.
+/// The address in the first `<what> on http://ADDR/` (or `https://`) line of a server's log
+/// (`what`: `metrics`, `status page`, `S3 API`), waiting up to 10 s for it to appear.
 pub fn logged_addr(log: &Path, what: &str) -> String {
-    let marker = format!("{what} on http://");
     crate::wait_for(&format!("{} to log its {what} address", log.display()), Duration::from_secs(10), || {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let rest = text.split(&marker).nth(1)?;
+        let rest = [format!("{what} on http://"), format!("{what} on https://")]
+            .iter()
+            .find_map(|marker| text.split(marker.as_str()).nth(1).map(str::to_string))?;
         Some(rest.split('/').next().expect("an address before the path").to_string())
     })
 }

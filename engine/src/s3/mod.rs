@@ -170,6 +170,7 @@ pub fn start(
     keys: S3Keys,
     hosts: Option<VirtualHosts>,
     upload_max_age: std::time::Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<(), S3SetupError> {
     let mut builder = s3s::service::S3ServiceBuilder::new(service::DfsS3 { state: state.clone() });
     builder.set_auth(keys);
@@ -179,10 +180,10 @@ pub fn start(
     let s3 = builder.build();
     for (n, listener) in listeners.into_iter().enumerate() {
         listener.set_nonblocking(true).map_err(S3SetupError::Listener)?;
-        let (state, s3) = (state.clone(), s3.clone());
+        let (state, s3, tls) = (state.clone(), s3.clone(), tls.clone());
         std::thread::Builder::new()
             .name(format!("s3-{n}"))
-            .spawn(move || serve(state, listener, s3, (n == 0).then_some(upload_max_age)))
+            .spawn(move || serve(state, listener, s3, tls, (n == 0).then_some(upload_max_age)))
             .map_err(S3SetupError::Thread)?;
     }
     Ok(())
@@ -194,8 +195,11 @@ fn serve(
     state: Arc<EngineState>,
     listener: std::net::TcpListener,
     s3: s3s::service::S3Service,
+    tls: Option<Arc<rustls::ServerConfig>>,
     collect_after: Option<std::time::Duration>,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let handshake_timeout = state.config.client_idle_timeout;
     dfs_runtime::backend::start(async move {
         if let Err(e) = state.meta.create_bucket(crate::meta::objects::UPLOADS_BUCKET).await {
             tracing::error!("S3: cannot make the namespace of multipart uploads: {e}");
@@ -247,15 +251,60 @@ fn serve(
                     resp
                 }
             });
+            let acceptor = acceptor.clone();
             dfs_runtime::backend::spawn(async move {
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), counted);
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, "S3 connection ended: {e}");
+                let Some(acceptor) = acceptor else { return serve_http(stream, counted, peer).await };
+                match tokio::time::timeout(handshake_timeout, https(&acceptor, stream)).await {
+                    Ok(Ok(Some(tls))) => serve_http(tls, counted, peer).await,
+                    Ok(Ok(None)) => tracing::debug!(%peer, "S3: a plain HTTP request on the HTTPS port, answered 400"),
+                    Ok(Err(e)) => tracing::debug!(%peer, "S3: TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "S3: no TLS handshake within {handshake_timeout:?}"),
                 }
             });
         }
     })
+}
+
+/// Serves S3 requests on one connection, plain or TLS, until it ends.
+async fn serve_http<I, S>(io: I, service: S, peer: std::net::SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, "S3 connection ended: {e}");
+    }
+}
+
+/// The TLS side of an HTTPS connection. None: the client spoke plain HTTP to this port, and was
+/// answered 400 with one line saying to use https:// (rather than a failed handshake it would
+/// report as a reset or a garbled answer).
+async fn https(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    mut stream: tokio::net::TcpStream,
+) -> std::io::Result<Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = [0u8; 1];
+    // 0x16: the first byte of a TLS handshake record.
+    if stream.peek(&mut first).await? == 1 && first[0] != 0x16 {
+        let body = "this S3 endpoint speaks HTTPS: use an https:// endpoint URL\n";
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sent, so that closing does not reset the answer away.
+        let mut sink = [0u8; 4096];
+        let drain = async { while stream.read(&mut sink).await.is_ok_and(|n| n > 0) {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+        return Ok(None);
+    }
+    acceptor.accept(stream).await.map(Some)
 }
 
 #[cfg(test)]

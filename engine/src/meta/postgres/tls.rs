@@ -108,10 +108,7 @@ pub fn split_url(url: &str) -> Result<(String, Option<PgTls>), MetaError> {
 
 /// The rustls connector for `tls` (never used with [`PgTls::Off`]).
 pub fn connector(tls: &PgTls) -> Result<tokio_postgres_rustls::MakeRustlsConnect, MetaError> {
-    // ring's provider (deprecated in rustls 0.23.48 for its lack of post-quantum key exchange)
-    // keeps the build free of aws-lc's C library; X25519 and the NIST curves are what it offers.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| MetaError::Config(format!("TLS to PostgreSQL: {e}")))?;
