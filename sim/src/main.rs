@@ -104,7 +104,7 @@ fn run_seed(seed: u64) -> Result<Outcome, SeedFailed> {
     .and_then(|mut outcome| {
         let c = std::panic::catch_unwind(|| store::run(seed))
             .map_err(|panic| SeedFailed::Store(panic_message(&*panic)))?
-            .map_err(SeedFailed::Store)?;
+            .map_err(|failed| SeedFailed::Store(failed.to_string()))?;
         outcome.summary += &format!(
             "; segment store: {} acknowledged, {} deleted, {} power cuts, {} writeback errors, {} rotted, {} repaired, \
              {} checkpoints, {} compactions, {} writes refused by a full disk",

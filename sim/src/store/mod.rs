@@ -70,9 +70,9 @@ impl Model {
         self.trace.push(step);
     }
 
-    fn fail(&self, why: String) -> String {
+    fn fail(&self, why: String) -> StoreFailed {
         let tail = self.trace.len().saturating_sub(60);
-        format!("{why}\n  last steps:\n    {}", self.trace[tail..].join("\n    "))
+        StoreFailed::Violated { why, last_steps: self.trace[tail..].to_vec() }
     }
 
     fn random_acked(&self, rng: &mut XorShiftRng) -> Option<ChunkId> {
@@ -194,12 +194,22 @@ async fn fetch(s: &Arc<SegmentStore>, id: ChunkId) -> Result<Vec<u8>, ChunkError
 }
 
 /// Runs one seed: Err names the invariant that broke, with the steps before it.
-pub fn run(seed: u64) -> Result<Counts, String> {
+/// Why a seed's run of the segment store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailed {
+    /// An invariant broke; the steps that led there, the last first at the bottom.
+    #[error("{why}\n  last steps:\n    {}", last_steps.join("\n    "))]
+    Violated { why: String, last_steps: Vec<String> },
+    #[error("no runtime for the store: {0}")]
+    Runtime(std::io::Error),
+}
+
+pub fn run(seed: u64) -> Result<Counts, StoreFailed> {
     let mut rng = XorShiftRng::seed_from_u64(seed ^ 0x5e6d_0000_0000_0000);
     let disk = SimDisk::new(rng.random_range(6..20) * SEGMENT);
     let prefill = if rng.random_bool(0.5) { Prefill::Zero } else { Prefill::Allocate };
     let io = if rng.random_bool(0.5) { SegmentIo::Direct } else { SegmentIo::Buffered };
-    let rt = tokio::runtime::Builder::new_current_thread().build().map_err(|e| format!("no runtime: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().build().map_err(StoreFailed::Runtime)?;
     let mut model = Model::default();
     // Disk calls a life made: a cut of the power lands anywhere in about that many.
     let mut calls_per_life = 400;
@@ -236,7 +246,12 @@ pub fn run(seed: u64) -> Result<Counts, String> {
 
 /// The invariants, checked at a start: acknowledged records read back (or their rot is
 /// reported, and they are stored again), deleted ones stay deleted, sequence numbers go on.
-async fn check(s: &Arc<SegmentStore>, model: &mut Model, rng: &mut XorShiftRng, n_life: usize) -> Result<(), String> {
+async fn check(
+    s: &Arc<SegmentStore>,
+    model: &mut Model,
+    rng: &mut XorShiftRng,
+    n_life: usize,
+) -> Result<(), StoreFailed> {
     let acked: Vec<(ChunkId, Vec<u8>)> = model.acked.iter().map(|(id, b)| (*id, b.clone())).collect();
     for (id, bytes) in acked {
         match fetch(s, id).await {
@@ -297,7 +312,12 @@ async fn collect(under_way: &mut Vec<Store>, model: &mut Model) {
 }
 
 /// One life: random steps until the step count runs out or the power goes.
-async fn life(s: &Arc<SegmentStore>, disk: &SimDisk, model: &mut Model, rng: &mut XorShiftRng) -> Result<(), String> {
+async fn life(
+    s: &Arc<SegmentStore>,
+    disk: &SimDisk,
+    model: &mut Model,
+    rng: &mut XorShiftRng,
+) -> Result<(), StoreFailed> {
     let mut under_way: Vec<Store> = Vec::new();
     let mut scrub: Option<Vec<dfs_node::scrub::Listed>> = None;
     let n_steps = rng.random_range(10..60);
